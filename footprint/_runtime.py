@@ -1,0 +1,330 @@
+"""The per-process runtime: span queues, samplers, resolvers and the writer thread.
+
+The hot path (``footprint.tracking``) only touches ``inflight`` (a dict insert at the
+start of a call) and ``ended`` (a deque append at its end). Everything else happens on
+the worker thread: every ``flush_interval_s`` it takes the in-flight snapshot, drains the
+ended spans and the samples, resolves what it can, and writes the records.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import json
+import logging
+import os
+import socket
+import threading
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from footprint._clock import SYSTEM_CLOCK, Clock
+from footprint.attribution import DeviceResolver, EnergyPiece, SpanShare
+from footprint.config import Settings
+from footprint.sampling import Sampler
+from footprint.sensors import ENERGY_MISSING, ENERGY_POWER, Sensor, open_cpu_sensor, open_gpu_sensor
+from footprint.sensors.base import NullSensor
+
+log = logging.getLogger("footprint")
+
+# A span that had not reached the in-flight dict or the ended queue when the worker looked
+# (a thread paused between two bytecodes) is still seen if it began this long before.
+ANNOUNCE_MARGIN_S = 0.5
+
+# Field order of the tuple the hot path appends when a call ends.
+EndedSpan = tuple[
+    int,  # span id
+    float,  # start, monotonic s
+    float,  # end, monotonic s
+    str,  # model
+    dict,  # tags
+    str,  # status
+    "str | None",  # error type
+    "int | None",  # input tokens
+    "int | None",  # output tokens
+    "float | None",  # time to first item, s
+    "tuple | None",  # gpus (indices or UUIDs), None = all
+]
+
+
+class FootprintWarning(UserWarning):
+    """Something footprint could not do; the tracked code carried on."""
+
+
+@dataclass
+class _Pending:
+    """A span being resolved: what it is, and what each of its devices gave it."""
+
+    span: EndedSpan | None
+    devices: tuple[int, ...]
+    shares: dict[int, SpanShare] = field(default_factory=dict)
+
+
+class Runtime:
+    """Owns the sensors, samplers, resolvers and store of this process."""
+
+    def __init__(self, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.now = clock.monotonic_s
+        self.wall_offset_s = clock.wall_s() - clock.monotonic_s()
+        self.ids = itertools.count()
+        self.inflight: dict[int, tuple[float, tuple | None]] = {}
+        self.ended: deque[EndedSpan] = deque()
+        self.max_pending = settings.max_pending_spans
+        self.dropped_spans = 0
+        self.unsaved_records = 0
+        self.records_written = 0
+        self.warnings_issued: set[str] = set()
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+
+        self.gpu_sensor, reason = self._open_gpu(settings.sensor)
+        if reason and settings.sensor.partition(":")[0] != "none":
+            self.warn_once("no-gpu", f"footprint: no GPU energy will be recorded: {reason}")
+        self.cpu_sensor: Sensor | None = None
+        if settings.cpu:
+            self.cpu_sensor, _ = open_cpu_sensor()
+        self.gpu_sampler = Sampler(self.gpu_sensor, settings.sampling_period_s, clock)
+        self.cpu_sampler = (
+            Sampler(self.cpu_sensor, settings.sampling_period_s, clock) if self.cpu_sensor else None
+        )
+        self.gpu_devices = self.gpu_sensor.devices
+        self.cpu_devices = self.cpu_sensor.devices if self.cpu_sensor else []
+        self._uuid_to_index = {d.uuid: d.index for d in self.gpu_devices}
+        n_gpu = len(self.gpu_devices)
+        self.resolvers = [DeviceResolver() for _ in range(n_gpu + len(self.cpu_devices))]
+        self._all_gpus = tuple(range(n_gpu))
+        self._cpu_slots = tuple(range(n_gpu, n_gpu + len(self.cpu_devices)))
+        self._pending: dict[int, _Pending] = {}
+        self._idle_rows: dict[tuple[str, datetime], list[float]] = {}
+        self._cycle_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.store: Any = None
+        self._open_store()
+
+    # -- setup ---------------------------------------------------------------------
+    def _open_gpu(self, spec: str) -> tuple[Sensor, str]:
+        try:
+            return open_gpu_sensor(spec, self.clock)
+        except Exception as exc:
+            return NullSensor(str(exc)), f"{type(exc).__name__}: {exc}"
+
+    def _open_store(self) -> None:
+        from footprint.storage.store import Store
+
+        try:
+            self.store = Store(self.settings.db)
+        except Exception as exc:
+            self.warn_once("store", f"footprint: records will not be stored: {exc}")
+
+    def warn_once(self, key: str, message: str) -> None:
+        if key not in self.warnings_issued:
+            self.warnings_issued.add(key)
+            warnings.warn(message, FootprintWarning, stacklevel=3)
+
+    def start(self) -> None:
+        """First samples now (so the first span is measured from its start), then threads."""
+        self.gpu_sampler.start()
+        if self.cpu_sampler:
+            self.cpu_sampler.start()
+        self._worker = threading.Thread(target=self._run, name="footprint-writer", daemon=True)
+        self._worker.start()
+        atexit.register(self.shutdown)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.flush_interval_s):
+            try:
+                self.cycle(until_s=self.now() - ANNOUNCE_MARGIN_S)
+            except Exception as exc:  # never let the writer die silently
+                self.warn_once("cycle", f"footprint: internal error while resolving: {exc!r}")
+
+    # -- resolving -----------------------------------------------------------------
+    def _gpu_slots(self, gpus: tuple | None) -> tuple[int, ...]:
+        if gpus is None:
+            return self._all_gpus
+        slots = []
+        for gpu in gpus:
+            index = self._uuid_to_index.get(gpu) if isinstance(gpu, str) else gpu
+            if isinstance(index, int) and 0 <= index < len(self.gpu_devices):
+                slots.append(index)
+        return tuple(dict.fromkeys(slots))
+
+    def _announce(self, span_id: int, start_s: float, gpus: tuple | None) -> _Pending:
+        pending = self._pending.get(span_id)
+        if pending is None:
+            devices = self._gpu_slots(gpus) + self._cpu_slots
+            pending = _Pending(span=None, devices=devices)
+            self._pending[span_id] = pending
+            for slot in devices:
+                self.resolvers[slot].begin(span_id, start_s)
+        return pending
+
+    def cycle(self, until_s: float, drain_all: bool = False, final: bool = False) -> int:
+        """Resolve intervals ending by ``until_s`` and write what is complete.
+
+        Returns the number of records handed to the store.
+        """
+        with self._cycle_lock:
+            inflight = dict(self.inflight)  # snapshot first, then drain: see module doc
+            ended = []
+            while self.ended:
+                ended.append(self.ended.popleft())
+            samples = self.gpu_sampler.drain() + (self.cpu_sampler.drain() if self.cpu_sampler else [])
+            for slot, resolver in enumerate(self.resolvers):
+                resolver.add_samples(samples[slot])
+            for span_id, (start_s, gpus) in inflight.items():
+                self._announce(span_id, start_s, gpus)
+            for span in ended:
+                pending = self._announce(span[0], span[1], span[10])
+                pending.span = span
+                for slot in pending.devices:
+                    self.resolvers[slot].end(span[0], span[2])
+            records = []
+            for slot, resolver in enumerate(self.resolvers):
+                done = resolver.resolve(until_s, drain_all=drain_all, final=final)
+                for span_id, share in done.items():
+                    pending = self._pending.get(span_id)
+                    if pending is not None:
+                        pending.shares[slot] = share
+                self._collect_idle(slot, resolver)
+            for span_id, pending in list(self._pending.items()):
+                if pending.span is None and final:
+                    del self._pending[span_id]  # still running at exit: nothing to store
+                elif pending.span is not None and len(pending.shares) == len(pending.devices):
+                    records.append(self._record(pending))
+                    del self._pending[span_id]
+            self._write(records)
+            return len(records)
+
+    def _collect_idle(self, slot: int, resolver: DeviceResolver) -> None:
+        devices = self.gpu_devices + self.cpu_devices
+        uuid = devices[slot].uuid
+        for pieces, column in ((resolver.idle, 0), (resolver.measured, 1)):
+            for piece in pieces:
+                for minute, energy_j in self._split_by_minute(piece):
+                    self._idle_rows.setdefault((uuid, minute), [0.0, 0.0])[column] += energy_j
+            pieces.clear()
+
+    def _split_by_minute(self, piece: EnergyPiece) -> list[tuple[datetime, float]]:
+        start = piece.start_s + self.wall_offset_s
+        end = piece.end_s + self.wall_offset_s
+        out = []
+        cursor = start
+        while cursor < end:
+            minute_start = cursor - cursor % 60.0
+            stop = min(end, minute_start + 60.0)
+            fraction = (stop - cursor) / (end - start)
+            out.append((datetime.fromtimestamp(minute_start, timezone.utc), piece.energy_j * fraction))
+            cursor = stop
+        return out
+
+    def _record(self, pending: _Pending) -> dict[str, Any]:
+        (_, start_s, end_s, model, tags, status, error_type, tokens_in, tokens_out, ttft_s, _) = (
+            pending.span  # type: ignore[misc]
+        )
+        gpu_shares = [pending.shares[s] for s in pending.devices if s < len(self.gpu_devices)]
+        cpu_shares = [pending.shares[s] for s in pending.devices if s >= len(self.gpu_devices)]
+        gpu_uuids = [self.gpu_devices[s].uuid for s in pending.devices if s < len(self.gpu_devices)]
+        if gpu_shares:
+            energy_j: float | None = sum(s.energy_j for s in gpu_shares)
+            gpu_seconds: float | None = sum(s.gpu_s for s in gpu_shares)
+            methods = {self.gpu_devices[s].energy_method for s in pending.devices if s < len(self.gpu_devices)}
+            source = ENERGY_POWER if ENERGY_POWER in methods else methods.pop()
+            if any(s.partial for s in gpu_shares):
+                source = "estimated"
+        else:
+            energy_j = gpu_seconds = None
+            source = ENERGY_MISSING
+        cpu_energy_j = sum(s.energy_j for s in cpu_shares) if cpu_shares else None
+        cpu_source = ENERGY_MISSING
+        if cpu_shares:
+            cpu_source = "estimated" if any(s.partial for s in cpu_shares) else "counter"
+        offset = self.wall_offset_s
+        return {
+            "model": model,
+            "tags": json.dumps(tags, default=str, sort_keys=True) if tags else "{}",
+            "started_at": datetime.fromtimestamp(start_s + offset, timezone.utc),
+            "ended_at": datetime.fromtimestamp(end_s + offset, timezone.utc),
+            "duration_s": end_s - start_s,
+            "time_to_first_token_s": ttft_s,
+            "status": status,
+            "error_type": error_type,
+            "input_tokens": tokens_in,
+            "output_tokens": tokens_out,
+            "gpus": json.dumps(gpu_uuids),
+            "gpu_seconds": gpu_seconds,
+            "energy_j": energy_j,
+            "energy_source": source,
+            "cpu_energy_j": cpu_energy_j,
+            "cpu_energy_source": cpu_source,
+            "host": self.host,
+            "pid": self.pid,
+        }
+
+    def _write(self, records: list[dict[str, Any]]) -> None:
+        idle_rows = [
+            {
+                "device_uuid": uuid,
+                "minute": minute,
+                "idle_energy_j": idle_j,
+                "measured_energy_j": measured_j,
+                "host": self.host,
+                "pid": self.pid,
+            }
+            for (uuid, minute), (idle_j, measured_j) in self._idle_rows.items()
+        ]
+        self._idle_rows.clear()
+        if self.store is None:
+            self.unsaved_records += len(records)
+            return
+        try:
+            self.store.write(records, idle_rows)
+            self.records_written += len(records)
+        except Exception as exc:
+            self.unsaved_records += len(records)
+            self.warn_once("write", f"footprint: could not store records ({exc}); counting them")
+
+    # -- public control ------------------------------------------------------------
+    def flush(self) -> int:
+        """Measure up to now and write every span that has ended; returns records written."""
+        self.gpu_sampler.sample_fresh()
+        if self.cpu_sampler:
+            self.cpu_sampler.sample_fresh()
+        return self.cycle(until_s=float("inf"), drain_all=True)
+
+    def shutdown(self) -> None:
+        """Stop the threads and write everything (spans still running are dropped)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(timeout=10)
+        try:
+            self.gpu_sampler.stop()
+            if self.cpu_sampler:
+                self.cpu_sampler.stop()
+            self.cycle(until_s=float("inf"), drain_all=True, final=True)
+        finally:
+            for sensor in (self.gpu_sensor, self.cpu_sensor):
+                if sensor is not None:
+                    sensor.close()
+            if self.store is not None:
+                self.store.close()
+        atexit.unregister(self.shutdown)
+
+    def stats(self) -> dict[str, int]:
+        """Counters a user can check: nothing is dropped silently."""
+        return {
+            "records_written": self.records_written,
+            "dropped_spans": self.dropped_spans,
+            "unsaved_records": self.unsaved_records,
+            "pending_spans": len(self.ended) + len(self._pending),
+            "sampler_failed_reads": self.gpu_sampler.failed_reads,
+            "sampler_dropped_samples": self.gpu_sampler.dropped_samples,
+        }
+

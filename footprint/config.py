@@ -1,0 +1,142 @@
+"""Settings: defaults < pyproject ``[tool.footprint]`` < ``footprint.toml`` < env < configure().
+
+Every setting is validated when it is set, so a bad value fails at ``configure()`` (or
+when the environment is read) with the allowed values, never inside tracked code.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+SENSOR_CHOICES = ("auto", "nvml", "simulated", "none")
+ENV_PREFIX = "FOOTPRINT_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the tracker needs; see ``configure`` for the meaning of each field."""
+
+    db: str = "footprint.db"
+    sensor: str = "auto"
+    region: str | None = None
+    sampling_period_s: float = 0.05
+    flush_interval_s: float = 1.0
+    daemon: str | None = None
+    cpu: bool = True
+    max_pending_spans: int = 100_000
+
+    def __post_init__(self) -> None:
+        validate_sensor(self.sensor)
+        _positive("sampling_period_s", self.sampling_period_s, maximum=10.0)
+        _positive("flush_interval_s", self.flush_interval_s, maximum=60.0)
+        if not isinstance(self.max_pending_spans, int) or self.max_pending_spans < 1:
+            raise ValueError("max_pending_spans must be a positive integer")
+        if not isinstance(self.db, str) or not self.db.strip():
+            raise ValueError("db must be a SQLAlchemy URL or a file path")
+
+
+def _positive(name: str, value: object, maximum: float) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or not 0 < value <= maximum:  # type: ignore[arg-type]
+        raise ValueError(f"{name} must be a number of seconds in (0, {maximum:g}], got {value!r}")
+
+
+def validate_sensor(spec: str) -> None:
+    """Check a sensor spec: ``auto``, ``nvml``, ``none`` or ``simulated[:k=v,...]``."""
+    if not isinstance(spec, str):
+        raise ValueError(f"sensor must be a string, one of {', '.join(SENSOR_CHOICES)}")
+    name, _, options = spec.partition(":")
+    if name not in SENSOR_CHOICES:
+        raise ValueError(
+            f"unknown sensor {spec!r}; allowed: auto, nvml, none, simulated[:gpus=N,idle_w=W,"
+            "busy_w=W,update_period_s=S,noise=F,seed=N]"
+        )
+    if name == "simulated":
+        from footprint.sensors.simulated import SimulatedGpuSpec
+
+        SimulatedGpuSpec.parse(options)
+    elif options:
+        raise ValueError(f"sensor {name!r} takes no options")
+
+
+_FLOAT_FIELDS = {"sampling_period_s", "flush_interval_s"}
+_INT_FIELDS = {"max_pending_spans"}
+_BOOL_FIELDS = {"cpu"}
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if name in _FLOAT_FIELDS:
+            return float(raw)
+        if name in _INT_FIELDS:
+            return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}: not a number: {raw!r}") from None
+    if name in _BOOL_FIELDS:
+        lowered = raw.strip().lower()
+        if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ValueError(f"{name}: expected true or false, got {raw!r}")
+        return lowered in ("1", "true", "yes", "on")
+    return raw
+
+
+def _from_mapping(source: str, mapping: dict[str, Any]) -> dict[str, Any]:
+    known = {f.name for f in fields(Settings)}
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = key.lower().replace("-", "_")
+        if name not in known:
+            raise ValueError(f"{source}: unknown setting {key!r}; known: {', '.join(sorted(known))}")
+        out[name] = _coerce(name, value)
+    return out
+
+
+def load_file_settings(directory: Path | None = None) -> dict[str, Any]:
+    """Settings from ``[tool.footprint]`` in pyproject.toml, then footprint.toml."""
+    directory = directory or Path.cwd()
+    merged: dict[str, Any] = {}
+    pyproject = directory / "pyproject.toml"
+    if pyproject.is_file():
+        table = tomllib.loads(pyproject.read_text()).get("tool", {}).get("footprint", {})
+        merged.update(_from_mapping(str(pyproject), table))
+    own = directory / "footprint.toml"
+    if own.is_file():
+        merged.update(_from_mapping(str(own), tomllib.loads(own.read_text())))
+    return merged
+
+
+def load_env_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """``FOOTPRINT_DB``, ``FOOTPRINT_SENSOR``, ``FOOTPRINT_REGION``, ``FOOTPRINT_DAEMON``…"""
+    environ = dict(os.environ if environ is None else environ)
+    known = {f.name for f in fields(Settings)}
+    picked = {}
+    for key, value in environ.items():
+        if key.startswith(ENV_PREFIX):
+            name = key[len(ENV_PREFIX) :].lower()
+            if name in known:
+                picked[name] = value
+    return _from_mapping("environment", picked)
+
+
+def resolve_settings(
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+    directory: Path | None = None,
+) -> Settings:
+    """Merge every source; later sources win."""
+    merged = load_file_settings(directory)
+    merged.update(load_env_settings(environ))
+    merged.update(_from_mapping("configure()", overrides or {}))
+    return replace(Settings(), **merged)

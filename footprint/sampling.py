@@ -1,0 +1,210 @@
+"""Background sampling of cumulative energy into bounded per-device timelines.
+
+A timeline sample ``(t_s, energy_j)`` means "``energy_j`` had been spent by monotonic
+time ``t_s``". Hardware counters only change every few tens of milliseconds, so the time
+a changed value is first seen is later than the instant it describes; for counters whose
+update period is known, ``TickEstimator`` locks onto the counter's phase and stamps each
+value with its tick instead of the poll time. Unchanged readings carry no information
+and are not stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+from footprint._clock import SYSTEM_CLOCK, Clock
+from footprint.sensors.base import ENERGY_COUNTER, ENERGY_SIMULATED, Sensor, SensorError
+
+log = logging.getLogger("footprint")
+
+Sample = tuple[float, float]  # (monotonic time in s, cumulative energy in J)
+
+
+class TickEstimator:
+    """Estimate when a periodic counter ticked from the polls around each change.
+
+    Each change seen between polls at ``lo_s`` and ``hi_s`` bounds a tick to
+    ``(lo_s, hi_s]``. Assuming ticks at ``phase + n·period``, intersecting these bounds
+    narrows the phase; an empty intersection (drift, jitter) restarts the lock.
+    """
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = period_s
+        self._low_s: float | None = None  # phase bounds, absolute times near a reference
+        self._high_s: float | None = None
+
+    @property
+    def uncertainty_s(self) -> float:
+        """Half-width of the current phase interval (period/2 before any change)."""
+        if self._low_s is None or self._high_s is None:
+            return self.period_s / 2
+        return (self._high_s - self._low_s) / 2
+
+    def tick_time_s(self, lo_s: float, hi_s: float) -> float:
+        """Best estimate in ``(lo_s, hi_s]`` of the tick that happened in that window."""
+        period = self.period_s
+        if self._low_s is None or self._high_s is None:
+            self._low_s, self._high_s = lo_s, hi_s
+        else:
+            shift = round(((lo_s + hi_s) / 2 - (self._low_s + self._high_s) / 2) / period)
+            low = max(self._low_s, lo_s - shift * period)
+            high = min(self._high_s, hi_s - shift * period)
+            if low > high:
+                low, high = lo_s - shift * period, hi_s - shift * period
+            self._low_s, self._high_s = low, high
+        shift = round(((lo_s + hi_s) / 2 - (self._low_s + self._high_s) / 2) / period)
+        estimate = (self._low_s + self._high_s) / 2 + shift * period
+        return min(max(estimate, lo_s), hi_s)
+
+
+@dataclass
+class _DeviceState:
+    last_poll_s: float | None = None
+    last_energy_j: float | None = None
+    last_sample_s: float | None = None
+    estimator: TickEstimator | None = None
+
+
+class Sampler:
+    """Reads a sensor every ``period_s`` on a daemon thread into bounded timelines.
+
+    ``drain()`` hands the new samples to the resolver. When a timeline is full the oldest
+    samples are dropped and counted in ``dropped_samples``; failed reads are counted in
+    ``failed_reads`` and never raised.
+    """
+
+    def __init__(
+        self,
+        sensor: Sensor,
+        period_s: float = 0.05,
+        clock: Clock = SYSTEM_CLOCK,
+        capacity: int = 72_000,
+    ) -> None:
+        self.sensor = sensor
+        self.period_s = period_s
+        self.clock = clock
+        self.capacity = capacity
+        self.devices = sensor.devices
+        self._timelines: list[deque[Sample]] = [deque() for _ in self.devices]
+        update_period_s = sensor.counter_update_period_s
+        self._states = [
+            _DeviceState(
+                estimator=TickEstimator(update_period_s)
+                if update_period_s and d.energy_method in (ENERGY_COUNTER, ENERGY_SIMULATED)
+                else None
+            )
+            for d in self.devices
+        ]
+        self.dropped_samples = 0
+        self.failed_reads = 0
+        self.polls = 0
+        self.read_latency_s_total = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._jitter = random.Random(0x5EED)
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        """Take a first sample now, then keep sampling on a daemon thread."""
+        self.sample_once()
+        self._thread = threading.Thread(target=self._run, name="footprint-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and take a final sample that describes the present."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.sample_fresh()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            # A little jitter keeps polls from aliasing with the counter's own period.
+            self._stop.wait(self.period_s * self._jitter.uniform(0.9, 1.1))
+            if not self._stop.is_set():
+                self.sample_once()
+
+    # -- sampling ------------------------------------------------------------------
+    def sample_once(self) -> None:
+        """Read every device once and append the changed values."""
+        before_s = self.clock.monotonic_s()
+        try:
+            energies_j = self.sensor.read_energy_j()
+        except SensorError as exc:
+            self.failed_reads += 1
+            if self.failed_reads == 1:
+                log.warning("footprint: energy read failed (%s); will keep trying", exc)
+            return
+        except Exception as exc:  # a sensor bug must not kill the sampler
+            self.failed_reads += 1
+            if self.failed_reads == 1:
+                log.warning("footprint: unexpected sensor error %r", exc)
+            return
+        poll_s = self.clock.monotonic_s()
+        self.polls += 1
+        self.read_latency_s_total += poll_s - before_s
+        with self._lock:
+            for index, energy_j in enumerate(energies_j):
+                if energy_j is None:
+                    continue
+                self._record(index, poll_s, energy_j)
+
+    def sample_fresh(self, max_wait_s: float | None = None) -> None:
+        """Sample until every counter has ticked once more (bounded wait).
+
+        Used at flush and exit so spans that just ended get a sample after their end.
+        """
+        target_s = self.clock.monotonic_s()
+        wait_s = max_wait_s if max_wait_s is not None else 3 * self._max_tick_s()
+        deadline_s = target_s + wait_s
+        while True:
+            self.sample_once()
+            if self.latest_time_s() >= target_s or self.clock.monotonic_s() >= deadline_s:
+                return
+            self.clock.sleep(min(self.period_s, 0.02))
+
+    def _max_tick_s(self) -> float:
+        return max(self.sensor.counter_update_period_s or 0.0, self.period_s)
+
+    def _record(self, index: int, poll_s: float, energy_j: float) -> None:
+        state = self._states[index]
+        if state.last_energy_j is not None and energy_j == state.last_energy_j:
+            state.last_poll_s = poll_s
+            return
+        if state.estimator is None or state.last_poll_s is None:
+            t_s = poll_s
+            if state.estimator is not None:  # first value: its tick is in (poll - period, poll]
+                t_s = poll_s - state.estimator.period_s / 2
+        else:
+            t_s = state.estimator.tick_time_s(state.last_poll_s, poll_s)
+        timeline = self._timelines[index]
+        if timeline and t_s <= timeline[-1][0]:
+            t_s = timeline[-1][0] + 1e-9
+        if len(timeline) >= self.capacity:
+            timeline.popleft()
+            self.dropped_samples += 1
+        timeline.append((t_s, energy_j))
+        state.last_poll_s = poll_s
+        state.last_energy_j = energy_j
+        state.last_sample_s = t_s
+
+    def drain(self) -> list[list[Sample]]:
+        """Samples appended since the last drain, per device."""
+        with self._lock:
+            out = [list(timeline) for timeline in self._timelines]
+            for timeline in self._timelines:
+                timeline.clear()
+        return out
+
+    def latest_time_s(self) -> float:
+        """Time of the oldest 'latest sample' among devices (-inf when none sampled)."""
+        with self._lock:
+            latest = [state.last_sample_s for state in self._states]
+        if not latest or any(t is None for t in latest):
+            return float("-inf") if latest else self.clock.monotonic_s()
+        return min(t for t in latest if t is not None)

@@ -1,0 +1,215 @@
+"""A simulated GPU: the same interface as the NVML sensor, driven by a workload API.
+
+Power model per device: ``idle_w + (busy_w - idle_w) * min(1, load)`` where ``load`` is
+the sum of the loads registered with ``add_load`` (or ``run``) that are active at that
+time, plus optional per-tick noise. Like real hardware, the energy counter only changes
+every ``update_period_s`` (ticks aligned on multiples of the period in the clock's
+monotonic time) and reports whole millijoules.
+
+It is deterministic for a given seed, also across processes: ticks are aligned on the
+system-wide monotonic clock and the noise of tick ``k`` is a hash of (seed, device, k), so
+idle power and noise agree between processes; registered loads are per process.
+
+Because it knows the power at every instant, ``true_energy_j(t0, t1)`` is the ground
+truth that attribution accuracy is tested against.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+from dataclasses import dataclass, fields
+
+from footprint._clock import SYSTEM_CLOCK, Clock
+from footprint.sensors.base import ENERGY_SIMULATED, DeviceInfo, Sensor
+
+_MASK64 = (1 << 64) - 1
+
+
+def _unit_hash(seed: int, device: int, tick: int) -> float:
+    """Deterministic uniform number in [0, 1) from three integers (splitmix64)."""
+    z = (seed * 0x9E3779B97F4A7C15 + device * 0xBF58476D1CE4E5B9 + tick) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    z ^= z >> 31
+    return (z >> 11) / float(1 << 53)
+
+
+@dataclass(frozen=True)
+class SimulatedGpuSpec:
+    """Options of ``FOOTPRINT_SENSOR=simulated:gpus=2,idle_w=60,busy_w=400,seed=7``."""
+
+    gpus: int = 1
+    idle_w: float = 60.0
+    busy_w: float = 400.0
+    update_period_s: float = 0.1
+    noise: float = 0.0  # amplitude of per-tick noise as a fraction of idle power
+    seed: int = 0
+    name: str = "Simulated GPU"
+
+    def __post_init__(self) -> None:
+        if self.gpus < 1 or self.gpus > 64:
+            raise ValueError(f"simulated sensor: gpus must be 1..64, got {self.gpus}")
+        for label, value in (("idle_w", self.idle_w), ("busy_w", self.busy_w)):
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"simulated sensor: {label} must be a finite watt figure >= 0")
+        if self.busy_w < self.idle_w:
+            raise ValueError("simulated sensor: busy_w must be >= idle_w")
+        if not math.isfinite(self.update_period_s) or not 0.001 <= self.update_period_s <= 10:
+            raise ValueError("simulated sensor: update_period_s must be in [0.001, 10] seconds")
+        if not math.isfinite(self.noise) or not 0 <= self.noise <= 1:
+            raise ValueError("simulated sensor: noise must be in [0, 1]")
+
+    @classmethod
+    def parse(cls, options: str) -> SimulatedGpuSpec:
+        """Parse ``"gpus=2,idle_w=60"``; unknown keys or bad values raise ValueError."""
+        known = {f.name: f.type for f in fields(cls)}
+        values: dict[str, object] = {}
+        for item in filter(None, (part.strip() for part in options.split(","))):
+            key, sep, raw = item.partition("=")
+            key = key.strip()
+            if not sep or key not in known:
+                raise ValueError(
+                    f"simulated sensor: unknown option {item!r}; allowed: {', '.join(known)}"
+                )
+            try:
+                if key in ("gpus", "seed"):
+                    values[key] = int(raw)
+                elif key == "name":
+                    values[key] = raw.strip()
+                else:
+                    values[key] = float(raw)
+            except ValueError:
+                raise ValueError(f"simulated sensor: bad value for {key}: {raw!r}") from None
+        return cls(**values)  # type: ignore[arg-type]
+
+
+class SimulatedGpu:
+    """One simulated device: power model, counter and exact energy integral."""
+
+    def __init__(self, index: int, spec: SimulatedGpuSpec) -> None:
+        self.index = index
+        self.spec = spec
+        self._dynamic_w = spec.busy_w - spec.idle_w
+        self._noise_j = spec.noise * spec.idle_w * spec.update_period_s
+        # Load change points: sorted times with the load delta at each.
+        self._times_s: list[float] = []
+        self._deltas: list[float] = []
+        # Prefix data, valid up to index self._valid: load after each change point and
+        # the dynamic energy integrated from the first change point up to it.
+        self._load_after: list[float] = []
+        self._dyn_j_at: list[float] = []
+        self._valid = 0
+        self._lock = threading.Lock()
+
+    # -- workload API --------------------------------------------------------------
+    def add_load(self, start_s: float, end_s: float, load: float = 1.0) -> None:
+        """Add ``load`` (1.0 = one full-power job) between two monotonic times."""
+        if not end_s > start_s or not math.isfinite(load) or load < 0:
+            raise ValueError("add_load needs end_s > start_s and a finite load >= 0")
+        with self._lock:
+            for t, delta in ((start_s, load), (end_s, -load)):
+                i = bisect.bisect_right(self._times_s, t)
+                self._times_s.insert(i, t)
+                self._deltas.insert(i, delta)
+                self._valid = min(self._valid, i)
+
+    def _refresh(self) -> None:
+        n = len(self._times_s)
+        del self._load_after[self._valid :]
+        del self._dyn_j_at[self._valid :]
+        load = self._load_after[-1] if self._load_after else 0.0
+        energy_j = self._dyn_j_at[-1] if self._dyn_j_at else 0.0
+        for i in range(self._valid, n):
+            if i > 0:
+                dt = self._times_s[i] - self._times_s[i - 1]
+                energy_j += self._dynamic_w * min(1.0, max(0.0, load)) * dt
+            load += self._deltas[i]
+            self._load_after.append(load)
+            self._dyn_j_at.append(energy_j)
+        self._valid = n
+
+    def _dynamic_energy_j(self, t_s: float) -> float:
+        """Dynamic (above idle) energy from the first load change up to ``t_s``."""
+        with self._lock:
+            if self._valid < len(self._times_s):
+                self._refresh()
+            i = bisect.bisect_right(self._times_s, t_s) - 1
+            if i < 0:
+                return 0.0
+            load = min(1.0, max(0.0, self._load_after[i]))
+            return self._dyn_j_at[i] + self._dynamic_w * load * (t_s - self._times_s[i])
+
+    def power_w(self, t_s: float) -> float:
+        """Power at ``t_s`` without noise, in W."""
+        with self._lock:
+            if self._valid < len(self._times_s):
+                self._refresh()
+            i = bisect.bisect_right(self._times_s, t_s) - 1
+            load = min(1.0, max(0.0, self._load_after[i])) if i >= 0 else 0.0
+        return self.spec.idle_w + self._dynamic_w * load
+
+    # -- energy --------------------------------------------------------------------
+    def _noise_offset_j(self, tick: int) -> float:
+        if self._noise_j == 0.0:
+            return 0.0
+        return self._noise_j * (_unit_hash(self.spec.seed, self.index, tick) - 0.5)
+
+    def true_energy_j(self, t0_s: float, t1_s: float) -> float:
+        """Exact energy spent between two monotonic times, in J (the ground truth)."""
+        return self._energy_since_origin_j(t1_s) - self._energy_since_origin_j(t0_s)
+
+    def _energy_since_origin_j(self, t_s: float) -> float:
+        period = self.spec.update_period_s
+        base = self.spec.idle_w * t_s + self._dynamic_energy_j(t_s)
+        if self._noise_j == 0.0:
+            return base
+        # Noise energy of tick k is spread evenly over ((k-1)·period, k·period].
+        tick = math.ceil(t_s / period)
+        fraction = (t_s - (tick - 1) * period) / period
+        before = self._noise_offset_j(tick - 1)
+        return base + before + (self._noise_offset_j(tick) - before) * fraction
+
+    def counter_mj(self, t_s: float) -> int:
+        """What the hardware counter reads at ``t_s``: whole mJ at the last tick."""
+        tick_s = math.floor(t_s / self.spec.update_period_s) * self.spec.update_period_s
+        return math.floor(self._energy_since_origin_j(tick_s) * 1000.0)
+
+
+class SimulatedSensor(Sensor):
+    """Simulated GPUs behind the ``Sensor`` interface; never chosen implicitly."""
+
+    def __init__(self, spec: SimulatedGpuSpec | None = None, clock: Clock = SYSTEM_CLOCK):
+        self.spec = spec or SimulatedGpuSpec()
+        self.clock = clock
+        self.gpus = [SimulatedGpu(i, self.spec) for i in range(self.spec.gpus)]
+        self._devices = [
+            DeviceInfo(
+                index=i,
+                uuid=f"GPU-sim{self.spec.seed:04d}-0000-4000-8000-{i:012d}",
+                name=self.spec.name,
+                kind="gpu",
+                energy_method=ENERGY_SIMULATED,
+            )
+            for i in range(self.spec.gpus)
+        ]
+
+    @property
+    def devices(self) -> list[DeviceInfo]:
+        return self._devices
+
+    @property
+    def counter_update_period_s(self) -> float:
+        return self.spec.update_period_s
+
+    def read_energy_j(self) -> list[float | None]:
+        now_s = self.clock.monotonic_s()
+        return [gpu.counter_mj(now_s) / 1000.0 for gpu in self.gpus]
+
+    def run(self, seconds: float, load: float = 1.0, devices: list[int] | None = None) -> None:
+        """Workload helper: load the devices for ``seconds`` and sleep that long."""
+        start_s = self.clock.monotonic_s()
+        for index in range(len(self.gpus)) if devices is None else devices:
+            self.gpus[index].add_load(start_s, start_s + seconds, load)
+        self.clock.sleep(seconds)

@@ -1,0 +1,85 @@
+"""The tables: one row per query, idle energy per device per minute, schema metadata.
+
+Pricing and carbon columns are nullable: they are filled by the pricing step when a
+zone is known, and a report can re-apply other factors later from the energy columns.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, DateTime
+from sqlmodel import Field, SQLModel
+
+SCHEMA_VERSION = 1
+
+
+def _utc_column(index: bool = False) -> Column:
+    return Column(DateTime(timezone=True), nullable=False, index=index)
+
+
+class QueryRecord(SQLModel, table=True):
+    """One tracked inference call. Never holds prompts or responses: counts only."""
+
+    __tablename__ = "queries"
+
+    id: int | None = Field(default=None, primary_key=True)
+    model: str = Field(index=True)
+    tags: str = "{}"  # JSON object of the tags given to track()/query()
+    started_at: datetime = Field(sa_column=_utc_column(index=True))
+    ended_at: datetime = Field(sa_column=_utc_column())
+    duration_s: float
+    time_to_first_token_s: float | None = None
+    status: str = "ok"  # ok | error
+    error_type: str | None = None  # exception class name, never its message
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    gpus: str = "[]"  # JSON list of GPU UUIDs the query was attributed on
+    gpu_seconds: float | None = None  # Σ over its GPUs of its time share of each interval
+    energy_j: float | None = None  # attributed GPU energy; None when energy_source=missing
+    energy_source: str = "missing"  # counter | power | simulated | estimated | missing
+    cpu_energy_j: float | None = None
+    cpu_energy_source: str = "missing"
+    host: str
+    pid: int
+    # Filled by pricing (nullable until a zone and factors are applied).
+    zone: str | None = None
+    intensity_g_per_kwh: float | None = None
+    intensity_source: str | None = None
+    market_intensity_g_per_kwh: float | None = None
+    pue: float | None = None
+    price_per_kwh: float | None = None
+    currency: str | None = None
+    usd_per_gpu_hour: float | None = None
+    co2e_g: float | None = None
+    market_co2e_g: float | None = None
+    embodied_co2e_g: float | None = None
+    energy_cost: float | None = None
+    compute_cost: float | None = None
+
+
+class IdleEnergy(SQLModel, table=True):
+    """Per device per minute: idle energy and the whole counter delta it belongs to.
+
+    Several rows may cover the same (device, minute) — one per flush and process — and
+    reports sum them. Σ queries.energy_j + Σ idle_energy_j = Σ measured_energy_j.
+    """
+
+    __tablename__ = "idle_energy"
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_uuid: str = Field(index=True)
+    minute: datetime = Field(sa_column=_utc_column(index=True))
+    idle_energy_j: float
+    measured_energy_j: float
+    host: str
+    pid: int
+
+
+class Meta(SQLModel, table=True):
+    """Key/value facts about the database (schema_version)."""
+
+    __tablename__ = "footprint_meta"
+
+    key: str = Field(primary_key=True)
+    value: str

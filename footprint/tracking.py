@@ -1,0 +1,370 @@
+"""The hot path: ``track`` and ``query`` take two timestamps and queue a span.
+
+Nothing here touches NVML, the database or a lock held for long: a call costs a dict
+insert at its start and a deque append at its end. The runtime (sensors, sampler,
+resolver, writer) starts on first use. Exceptions of the wrapped code propagate unchanged;
+footprint's own failures are turned into one warning and counters.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from footprint._clock import SYSTEM_CLOCK, Clock
+from footprint._runtime import FootprintWarning, Runtime
+from footprint.config import resolve_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+TokensFn = Callable[[Any], "tuple[int | None, int | None]"]
+
+_runtime: Runtime | None = None
+_failed = False
+_overrides: dict[str, Any] = {}
+_clock: Clock = SYSTEM_CLOCK
+_lock = threading.Lock()
+_RESERVED = {"model", "tokens", "gpus"}
+
+
+def configure(*, clock: Clock | None = None, **settings: Any) -> None:
+    """Set db, sensor, region, sampling_period_s, flush_interval_s, daemon, cpu, ...
+
+    Values are validated now (ValueError names the allowed values). A running tracker
+    is flushed and restarted with the new settings on its next use.
+    """
+    global _overrides, _clock, _failed
+    merged = {**_overrides, **settings}
+    resolve_settings(merged)  # validate before changing anything
+    with _lock:
+        _overrides = merged
+        if clock is not None:
+            _clock = clock
+        _failed = False
+    shutdown()
+
+
+def reset_configuration() -> None:
+    """Forget ``configure()`` overrides (files and environment still apply)."""
+    global _overrides, _clock, _failed
+    shutdown()
+    with _lock:
+        _overrides, _clock, _failed = {}, SYSTEM_CLOCK, False
+
+
+def _ensure_runtime() -> Runtime | None:
+    global _runtime, _failed
+    with _lock:
+        if _runtime is None and not _failed:
+            try:
+                runtime = Runtime(resolve_settings(_overrides), _clock)
+                runtime.start()
+                _runtime = runtime
+            except Exception as exc:
+                _failed = True
+                import warnings
+
+                warnings.warn(
+                    f"footprint: tracking disabled: {exc}", FootprintWarning, stacklevel=3
+                )
+        return _runtime
+
+
+def get_runtime() -> Runtime | None:
+    """The running runtime (started if needed), or None when tracking is disabled."""
+    return _runtime or _ensure_runtime()
+
+
+def flush() -> int:
+    """Write every span that has ended; returns the number of records written."""
+    runtime = _runtime
+    return runtime.flush() if runtime is not None else 0
+
+
+def shutdown() -> None:
+    """Flush and stop the tracker (it restarts on next use)."""
+    global _runtime
+    with _lock:
+        runtime, _runtime = _runtime, None
+    if runtime is not None:
+        runtime.shutdown()
+
+
+def stats() -> dict[str, int]:
+    """Counters: records written, spans dropped, records that could not be stored."""
+    runtime = _runtime
+    return runtime.stats() if runtime is not None else {}
+
+
+def _safe_tokens(runtime: Runtime, tokens: TokensFn, value: Any) -> tuple[Any, Any]:
+    try:
+        tokens_in, tokens_out = tokens(value)
+        return tokens_in, tokens_out
+    except Exception as exc:
+        runtime.warn_once("tokens", f"footprint: tokens= callable failed: {exc!r}")
+        return None, None
+
+
+def _check_names(model: Any, tags: dict[str, Any], where: str) -> None:
+    if not isinstance(model, str) or not model:
+        raise TypeError(f"{where} needs model='name of the model' (a non-empty string)")
+    clash = _RESERVED & tags.keys()
+    if clash:
+        raise TypeError(f"{where}: {', '.join(sorted(clash))} cannot be used as a tag name")
+
+
+def track(
+    *args: Any,
+    model: str | None = None,
+    tokens: TokensFn | None = None,
+    gpus: list[int | str] | None = None,
+    **tags: Any,
+) -> Callable[[F], F]:
+    """Decorator recording one query per call of a sync, async or (async) generator function.
+
+    ``tokens`` maps the result to ``(input_tokens, output_tokens)``; for generators it
+    gets the number of items yielded. ``gpus`` restricts attribution to some GPUs
+    (indices or UUIDs; default: every visible GPU). Other keywords are stored as tags.
+    """
+    if args:
+        raise TypeError("track() takes keyword arguments only: @footprint.track(model='...')")
+    _check_names(model, tags, "track()")
+    if tokens is not None and not callable(tokens):
+        raise TypeError("track(): tokens= must be a callable returning (input, output)")
+    gpu_tuple = tuple(gpus) if gpus is not None else None
+    frozen_tags = dict(tags)
+
+    def decorate(fn: F) -> F:
+        if inspect.isasyncgenfunction(fn):
+            return _wrap_async_gen(fn, model, frozen_tags, tokens, gpu_tuple)  # type: ignore
+        if inspect.isgeneratorfunction(fn):
+            return _wrap_gen(fn, model, frozen_tags, tokens, gpu_tuple)  # type: ignore
+        if inspect.iscoroutinefunction(fn):
+            return _wrap_async(fn, model, frozen_tags, tokens, gpu_tuple)  # type: ignore
+        return _wrap_sync(fn, model, frozen_tags, tokens, gpu_tuple)  # type: ignore
+
+    return decorate
+
+
+def _begin(gpus: tuple | None) -> tuple[Runtime | None, int, float]:
+    runtime = _runtime or _ensure_runtime()
+    if runtime is None:
+        return None, 0, 0.0
+    span_id = next(runtime.ids)
+    start_s = runtime.now()
+    runtime.inflight[span_id] = (start_s, gpus)
+    return runtime, span_id, start_s
+
+
+def _end(
+    runtime: Runtime,
+    span_id: int,
+    start_s: float,
+    model: str,
+    tags: dict,
+    status: str,
+    error_type: str | None,
+    tokens_in: Any,
+    tokens_out: Any,
+    ttft_s: float | None,
+    gpus: tuple | None,
+) -> None:
+    end_s = runtime.now()
+    if len(runtime.ended) < runtime.max_pending:
+        runtime.ended.append(
+            (span_id, start_s, end_s, model, tags, status, error_type, tokens_in, tokens_out,
+             ttft_s, gpus)
+        )  # fmt: skip
+    else:
+        runtime.dropped_spans += 1
+        runtime.warn_once("queue", "footprint: span queue full; dropping and counting spans")
+    runtime.inflight.pop(span_id, None)
+
+
+def _status_of(exc: BaseException) -> str:
+    name = type(exc).__name__
+    return "cancelled" if name in ("CancelledError", "GeneratorExit") else "error"
+
+
+def _wrap_sync(fn, model, tags, tokens, gpus):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        runtime, span_id, start_s = _begin(gpus)
+        if runtime is None:
+            return fn(*args, **kwargs)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            _end(runtime, span_id, start_s, model, tags, _status_of(exc), type(exc).__name__,
+                 None, None, None, gpus)  # fmt: skip
+            raise
+        tokens_in = tokens_out = None
+        if tokens is not None:
+            tokens_in, tokens_out = _safe_tokens(runtime, tokens, result)
+        _end(runtime, span_id, start_s, model, tags, "ok", None, tokens_in, tokens_out, None, gpus)
+        return result
+
+    return wrapper
+
+
+def _wrap_async(fn, model, tags, tokens, gpus):
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        runtime, span_id, start_s = _begin(gpus)
+        if runtime is None:
+            return await fn(*args, **kwargs)
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            _end(runtime, span_id, start_s, model, tags, _status_of(exc), type(exc).__name__,
+                 None, None, None, gpus)  # fmt: skip
+            raise
+        tokens_in = tokens_out = None
+        if tokens is not None:
+            tokens_in, tokens_out = _safe_tokens(runtime, tokens, result)
+        _end(runtime, span_id, start_s, model, tags, "ok", None, tokens_in, tokens_out, None, gpus)
+        return result
+
+    return wrapper
+
+
+def _finish_stream(runtime, span_id, start_s, model, tags, tokens, gpus, items, ttft_s, exc):
+    tokens_in = tokens_out = None
+    if exc is None or isinstance(exc, GeneratorExit):
+        status, error_type = "ok", None
+        if tokens is not None:
+            tokens_in, tokens_out = _safe_tokens(runtime, tokens, items)
+    else:
+        status, error_type = _status_of(exc), type(exc).__name__
+    _end(runtime, span_id, start_s, model, tags, status, error_type, tokens_in, tokens_out,
+         ttft_s, gpus)  # fmt: skip
+
+
+def _wrap_gen(fn, model, tags, tokens, gpus):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        runtime, span_id, start_s = _begin(gpus)
+        if runtime is None:
+            return (yield from fn(*args, **kwargs))
+        items, ttft_s, error = 0, None, None
+        inner = fn(*args, **kwargs)
+        try:
+            value = next(inner)
+            while True:
+                if items == 0:
+                    ttft_s = runtime.now() - start_s
+                items += 1
+                try:
+                    sent = yield value
+                except GeneratorExit:
+                    inner.close()
+                    raise
+                except BaseException as thrown:
+                    value = inner.throw(thrown)
+                else:
+                    value = inner.send(sent)
+        except StopIteration as stop:
+            return stop.value
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            _finish_stream(runtime, span_id, start_s, model, tags, tokens, gpus, items, ttft_s,
+                           error)  # fmt: skip
+
+    return wrapper
+
+
+def _wrap_async_gen(fn, model, tags, tokens, gpus):
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        runtime, span_id, start_s = _begin(gpus)
+        inner = fn(*args, **kwargs)
+        if runtime is None:
+            async for item in inner:
+                yield item
+            return
+        items, ttft_s, error = 0, None, None
+        try:
+            value = await inner.__anext__()
+            while True:
+                if items == 0:
+                    ttft_s = runtime.now() - start_s
+                items += 1
+                try:
+                    sent = yield value
+                except GeneratorExit:
+                    await inner.aclose()
+                    raise
+                except BaseException as thrown:
+                    value = await inner.athrow(thrown)
+                else:
+                    value = await inner.asend(sent)
+        except StopAsyncIteration:
+            return
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            _finish_stream(runtime, span_id, start_s, model, tags, tokens, gpus, items, ttft_s,
+                           error)  # fmt: skip
+
+    return wrapper
+
+
+class Query:
+    """A tracked block: ``with footprint.query(model=...) as q: q.set_tokens(...)``."""
+
+    __slots__ = ("model", "tags", "gpus", "input_tokens", "output_tokens", "_ttft_s",
+                 "_runtime", "_span_id", "_start_s")  # fmt: skip
+
+    def __init__(self, model: str, tags: dict[str, Any], gpus: tuple | None) -> None:
+        self.model = model
+        self.tags = tags
+        self.gpus = gpus
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+        self._ttft_s: float | None = None
+        self._runtime: Runtime | None = None
+        self._span_id = 0
+        self._start_s = 0.0
+
+    def set_tokens(self, input: int | None = None, output: int | None = None) -> None:  # noqa: A002
+        """Record token counts (only counts are stored, never text)."""
+        if input is not None:
+            self.input_tokens = int(input)
+        if output is not None:
+            self.output_tokens = int(output)
+
+    def first_token(self) -> None:
+        """Mark now as the time the first token (or item) was produced."""
+        if self._runtime is not None and self._ttft_s is None:
+            self._ttft_s = self._runtime.now() - self._start_s
+
+    def __enter__(self) -> Query:
+        self._runtime, self._span_id, self._start_s = _begin(self.gpus)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        runtime = self._runtime
+        if runtime is not None:
+            status = "ok" if exc is None else _status_of(exc)
+            error_type = None if exc is None else type(exc).__name__
+            _end(runtime, self._span_id, self._start_s, self.model, self.tags, status, error_type,
+                 self.input_tokens, self.output_tokens, self._ttft_s, self.gpus)  # fmt: skip
+            self._runtime = None
+        return False
+
+    async def __aenter__(self) -> Query:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        return self.__exit__(exc_type, exc, tb)
+
+
+def query(*, model: str, gpus: list[int | str] | None = None, **tags: Any) -> Query:
+    """Context manager (sync and async) recording one query for the block it wraps."""
+    _check_names(model, tags, "query()")
+    return Query(model, dict(tags), tuple(gpus) if gpus is not None else None)
