@@ -22,9 +22,7 @@ UUIDS = [
 ]
 
 
-def make(
-    gpus: list[FakeGpu], visible: str | None = None
-) -> tuple[NvmlSensor, object, FakeClock]:
+def make(gpus: list[FakeGpu], visible: str | None = None) -> tuple[NvmlSensor, object, FakeClock]:
     clock = FakeClock()
     fake = make_fake_pynvml(gpus, clock=clock)
     sensor = NvmlSensor(visible, nvml=fake, now_s=clock.now_s)
@@ -165,9 +163,7 @@ def test_device_with_neither_counter_nor_power_is_skipped_with_reason() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.lists(
-        st.tuples(st.integers(0, 2_000_000), st.floats(0.001, 5.0)), min_size=1, max_size=30
-    )
+    st.lists(st.tuples(st.integers(0, 2_000_000), st.floats(0.001, 5.0)), min_size=1, max_size=30)
 )
 def test_power_integration_equals_trapezoid_of_milliwatt_samples(
     samples: list[tuple[int, float]],

@@ -20,6 +20,7 @@ initialised, only when a sensor is created.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -230,9 +231,7 @@ class NvmlSensor(Sensor):
         try:
             nvml.nvmlDeviceGetPowerUsage(handle)
         except nvml.NVMLError as err:
-            self.skipped[uuid] = (
-                f"no energy counter ({counter_error}) and no power reading ({err})"
-            )
+            self.skipped[uuid] = f"no energy counter ({counter_error}) and no power reading ({err})"
             return None
         return _PowerIntegrator(nvml, handle, self._now_s)
 
@@ -253,7 +252,7 @@ class NvmlSensor(Sensor):
     @property
     def lost_devices(self) -> list[str]:
         """UUIDs of devices that reported ``GPU is lost``; they are no longer read."""
-        return [info.uuid for info, lost in zip(self._devices, self._lost) if lost]
+        return [info.uuid for info, lost in zip(self._devices, self._lost, strict=True) if lost]
 
     def read_energy_j(self) -> list[float | None]:
         """Cumulative J per device since the sensor was created (power: since first read).
@@ -291,10 +290,8 @@ class NvmlSensor(Sensor):
             self._shutdown()
 
     def _shutdown(self) -> None:
-        try:
+        with contextlib.suppress(self._nvml.NVMLError):
             self._nvml.nvmlShutdown()
-        except self._nvml.NVMLError:
-            pass
 
 
 def _text(value: str | bytes) -> str:

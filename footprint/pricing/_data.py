@@ -1,0 +1,249 @@
+"""Loading the shipped factor tables: ``regions/*.csv`` and codecarbon's data files.
+
+Everything here is read once, lazily, with the stdlib ``csv``/``json`` modules (no pandas:
+this module sits under the pricing path). A malformed file raises ``DataFileError`` naming
+the file, line and column; a table is either returned whole or not at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import functools
+import importlib.util
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+# Years a sourced figure may carry; anything outside is a typo, not data.
+MIN_YEAR = 1990
+MAX_YEAR = _dt.date.today().year + 1
+
+
+class DataFileError(ValueError):
+    """A data file has a bad row: says which file, line (1-based) and column."""
+
+    def __init__(self, path: str | os.PathLike[str], line: int, column: str, message: str):
+        self.path = str(path)
+        self.line = line
+        self.column = column
+        super().__init__(f"{self.path}, line {line}, column {column!r}: {message}")
+
+
+def regions_dir() -> Path:
+    """The folder holding our ``*.csv`` tables.
+
+    ``FOOTPRINT_REGIONS_DIR`` wins; then ``footprint/_regions`` (where the wheel puts the
+    repository's ``regions/``); then ``regions/`` at the source-tree root.
+    """
+    override = os.environ.get("FOOTPRINT_REGIONS_DIR")
+    if override:
+        return Path(override)
+    here = Path(__file__).resolve().parent.parent  # footprint/
+    for candidate in (here / "_regions", here.parent / "regions"):
+        if (candidate / "cloud_regions.csv").is_file():
+            return candidate
+    raise FileNotFoundError(
+        "footprint's region tables (regions/*.csv) are not installed; "
+        "set FOOTPRINT_REGIONS_DIR to the folder that holds them"
+    )
+
+
+def codecarbon_data_dir() -> Path:
+    """codecarbon's ``data/`` folder, found without importing codecarbon (import is slow)."""
+    spec = importlib.util.find_spec("codecarbon")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("codecarbon is not installed; its grid data is required")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def codecarbon_version() -> str:
+    """The installed codecarbon version string, for source citations."""
+    try:
+        from importlib.metadata import version
+
+        return version("codecarbon")
+    except Exception:  # pragma: no cover - metadata missing in odd installs
+        return "unknown"
+
+
+@functools.cache
+def load_json(relative: str) -> Any:
+    """One of codecarbon's JSON data files, parsed once."""
+    path = codecarbon_data_dir() / relative
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+# --- typed cell parsers: each raises ValueError with a short reason -------------------
+
+
+def text(value: str) -> str:
+    """A non-empty string, stripped."""
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def optional_text(value: str) -> str | None:
+    """A string, or None when the cell is empty."""
+    value = value.strip()
+    return value or None
+
+
+def non_negative_float(value: str) -> float:
+    """A finite number >= 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{value!r} must be a finite number >= 0")
+    return number
+
+
+def optional_non_negative_float(value: str) -> float | None:
+    """A finite number >= 0, or None when empty."""
+    return non_negative_float(value) if value.strip() else None
+
+
+def positive_int(value: str) -> int:
+    """An integer > 0."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an integer") from None
+    if number <= 0:
+        raise ValueError(f"{value!r} must be > 0")
+    return number
+
+
+def optional_positive_int(value: str) -> int | None:
+    """An integer > 0, or None when empty."""
+    return positive_int(value) if value.strip() else None
+
+
+def year(value: str) -> int:
+    """A plausible publication / data year."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a year") from None
+    if not MIN_YEAR <= number <= MAX_YEAR:
+        raise ValueError(f"{number} is not a plausible year ({MIN_YEAR}..{MAX_YEAR})")
+    return number
+
+
+Parser = Callable[[str], Any]
+
+
+def read_table(
+    path: str | os.PathLike[str], columns: Mapping[str, Parser]
+) -> tuple[dict[str, Any], ...]:
+    """Read a CSV with a header into typed row dicts; all-or-nothing.
+
+    ``columns`` maps each required column to its parser; extra columns are kept as text.
+    Any missing column, short row or unparsable cell raises ``DataFileError``.
+    """
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = [name.strip() for name in next(reader)]
+        except StopIteration:
+            raise DataFileError(path, 1, "", "file is empty (a header row is required)") from None
+        missing = [name for name in columns if name not in header]
+        if missing:
+            raise DataFileError(path, 1, missing[0], "required column is missing from the header")
+        out: list[dict[str, Any]] = []
+        for line_no, raw in enumerate(reader, start=2):
+            if not raw or all(not cell.strip() for cell in raw):
+                continue  # blank lines are allowed
+            if len(raw) != len(header):
+                column = header[len(raw)] if len(raw) < len(header) else "(extra)"
+                raise DataFileError(
+                    path, line_no, column, f"expected {len(header)} fields, got {len(raw)}"
+                )
+            row: dict[str, Any] = dict(zip(header, raw, strict=True))
+            for name, parse in columns.items():
+                try:
+                    row[name] = parse(row[name])
+                except ValueError as exc:
+                    raise DataFileError(path, line_no, name, str(exc)) from None
+            row["_line"] = line_no
+            out.append(row)
+    return tuple(out)
+
+
+# --- the shipped tables ---------------------------------------------------------------
+
+CLOUD_REGION_COLUMNS: dict[str, Parser] = {
+    "provider": text,
+    "region": text,
+    "name": text,
+    "country_iso3": text,
+    "sub_region": optional_text,
+    "location": text,
+    "status": text,
+    "source": text,
+    "year": year,
+}
+PRICE_COLUMNS: dict[str, Parser] = {
+    "zone": text,
+    "price_per_kwh": non_negative_float,
+    "currency": text,
+    "sector": text,
+    "period": text,
+    "year": year,
+    "source": text,
+}
+PUE_COLUMNS: dict[str, Parser] = {
+    "provider": text,
+    "pue": non_negative_float,
+    "scope": text,
+    "year": year,
+    "source": text,
+}
+GPU_PRICE_COLUMNS: dict[str, Parser] = {
+    "gpu_model": text,
+    "match": text,
+    "usd_per_gpu_hour": non_negative_float,
+    "provider": text,
+    "offer": text,
+    "region": text,
+    "gpus_per_instance": optional_positive_int,
+    "instance_usd_per_hour": optional_non_negative_float,
+    "year": year,
+    "source": text,
+}
+EMBODIED_COLUMNS: dict[str, Parser] = {
+    "item": text,
+    "kgco2e": non_negative_float,
+    "lifetime_years": non_negative_float,
+    "scope": text,
+    "year": year,
+    "source": text,
+}
+
+TABLES: dict[str, dict[str, Parser]] = {
+    "cloud_regions.csv": CLOUD_REGION_COLUMNS,
+    "electricity_prices.csv": PRICE_COLUMNS,
+    "pue.csv": PUE_COLUMNS,
+    "gpu_prices.csv": GPU_PRICE_COLUMNS,
+    "embodied.csv": EMBODIED_COLUMNS,
+}
+
+
+@functools.cache
+def table(name: str) -> tuple[dict[str, Any], ...]:
+    """One shipped ``regions/<name>`` table, validated and cached."""
+    return read_table(regions_dir() / name, TABLES[name])
+
+
+def clear_caches() -> None:
+    """Forget every loaded table (tests that swap ``FOOTPRINT_REGIONS_DIR`` use it)."""
+    table.cache_clear()
+    load_json.cache_clear()
