@@ -94,7 +94,8 @@ class Runtime:
         )
         self.gpu_devices = self.gpu_sensor.devices
         self.cpu_devices = self.cpu_sensor.devices if self.cpu_sensor else []
-        self._uuid_to_index = {d.uuid: d.index for d in self.gpu_devices}
+        self._uuid_to_index = {d.uuid: slot for slot, d in enumerate(self.gpu_devices)}
+        self._cuda_to_slot = {d.index: slot for slot, d in enumerate(self.gpu_devices)}
         n_gpu = len(self.gpu_devices)
         self.resolvers = [DeviceResolver() for _ in range(n_gpu + len(self.cpu_devices))]
         self._all_gpus = tuple(range(n_gpu))
@@ -149,9 +150,9 @@ class Runtime:
             return self._all_gpus
         slots = []
         for gpu in gpus:
-            index = self._uuid_to_index.get(gpu) if isinstance(gpu, str) else gpu
-            if isinstance(index, int) and 0 <= index < len(self.gpu_devices):
-                slots.append(index)
+            slot = (self._uuid_to_index if isinstance(gpu, str) else self._cuda_to_slot).get(gpu)
+            if slot is not None:
+                slots.append(slot)
         return tuple(dict.fromkeys(slots))
 
     def _announce(self, span_id: int, start_s: float, gpus: tuple | None) -> _Pending:

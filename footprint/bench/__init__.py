@@ -1,0 +1,1 @@
+"""Benchmarks behind ``footprint bench``: measured side by side, reported as ratios."""

@@ -1,0 +1,172 @@
+"""The ``footprint`` command: a thin layer over the library.
+
+Bad input exits with code 2 and one line on stderr saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+try:  # typer >= 0.20 vendors click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_exceptions
+
+app = typer.Typer(
+    help="What each inference query costs in energy, CO2e and money.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+bench_app = typer.Typer(help="Benchmarks, measured on this machine.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+console = Console()
+
+
+class InputError(Exception):
+    """Bad input from the command line: exit 2 with this one-line message."""
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@app.command()
+def devices(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    sensor: Annotated[
+        str | None, typer.Option(help="auto | nvml | simulated[:opts] (default: settings)")
+    ] = None,
+) -> None:
+    """List the GPUs (and CPU packages) found and how each one's energy is measured."""
+    from footprint.config import resolve_settings, validate_sensor
+    from footprint.sensors import open_cpu_sensor, open_gpu_sensor
+
+    try:
+        if sensor is not None:
+            validate_sensor(sensor)
+        spec = sensor or resolve_settings().sensor
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    gpu_sensor, reason = open_gpu_sensor(spec)
+    cpu_sensor, cpu_reason = open_cpu_sensor()
+    found = [d.__dict__ for d in gpu_sensor.devices]
+    cpus = [d.__dict__ for d in cpu_sensor.devices] if cpu_sensor else []
+    gpu_sensor.close()
+    if cpu_sensor:
+        cpu_sensor.close()
+    result = {
+        "sensor": spec,
+        "gpus": found,
+        "gpu_note": reason or None,
+        "cpus": cpus,
+        "cpu_note": cpu_reason or None,
+    }
+    if as_json:
+        _print_json(result)
+        return
+    if not found:
+        console.print(f"No GPU found: {reason}. Queries will be recorded with energy_source=missing.")
+    else:
+        table = Table("index", "uuid", "name", "energy method")
+        for d in gpu_sensor.devices:
+            table.add_row(str(d.index), d.uuid, d.name, d.energy_method)
+        console.print(table)
+    if cpus:
+        console.print(f"CPU energy (RAPL): {', '.join(c['uuid'] for c in cpus)}")
+    else:
+        console.print(f"CPU energy: not available ({cpu_reason})")
+
+
+@app.command()
+def demo(
+    db: Annotated[str, typer.Option(help="Database URL or file path.")] = "footprint-demo.db",
+    queries: Annotated[int, typer.Option(min=1, max=100_000, help="How many queries.")] = 60,
+    seed: Annotated[int, typer.Option(help="Seed of the workload and the simulated GPUs.")] = 1,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Concurrent callers.")] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Run a concurrent multi-model workload on simulated GPUs and show what it cost."""
+    from footprint.demo import run_demo
+    from footprint.storage.store import StoreError, normalize_db_url
+
+    try:
+        url = normalize_db_url(db)
+    except StoreError as exc:
+        raise InputError(str(exc)) from None
+    if not url.startswith("sqlite"):
+        raise InputError("the demo writes a SQLite file: give a path or sqlite:///path")
+    if not as_json:
+        console.print(f"Running {queries} queries on 2 simulated GPUs ({concurrency} at a time)…")
+    try:
+        summary = run_demo(db, queries=queries, seed=seed, concurrency=concurrency)
+    except RuntimeError as exc:
+        raise InputError(str(exc)) from None
+    if as_json:
+        _print_json(summary)
+        return
+    table = Table("model", "queries", "errors", "energy (J)", "GPU-s", "out tokens", "J/token",
+                  title="footprint demo (simulated GPUs)")  # fmt: skip
+    for name, m in summary["models"].items():
+        per_token = m["j_per_output_token"]
+        table.add_row(name, str(m["queries"]), str(m["errors"]), f"{m['energy_j']:.1f}",
+                      f"{m['gpu_seconds']:.2f}", str(m["output_tokens"]),
+                      f"{per_token:.3f}" if per_token is not None else "-")  # fmt: skip
+    console.print(table)
+    console.print(
+        f"measured {summary['measured_energy_j']:.1f} J = attributed "
+        f"{summary['attributed_energy_j']:.1f} J + idle {summary['idle_energy_j']:.1f} J "
+        f"(difference {summary['conservation_error_j']:.2e} J); records in {db}"
+    )
+
+
+@bench_app.command("overhead")
+def bench_overhead(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    batches: Annotated[int, typer.Option(min=10, help="Timed batches per side.")] = 300,
+) -> None:
+    """Per-call cost of @track on a no-op, against the bare call and codecarbon's tasks."""
+    from footprint.bench.overhead import run
+
+    result = run(batches=batches)
+    if as_json:
+        _print_json(result)
+        return
+    console.print(
+        f"@track adds {result['track_us_median']:.2f} µs median "
+        f"(p99 {result['track_us_p99']:.2f} µs) per call; codecarbon start_task/stop_task "
+        f"{result['codecarbon_task_us_median']:.0f} µs: "
+        f"{result['ratio_codecarbon_over_track']:.0f}× more."
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning bad input into exit 2 with one line."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except click_exceptions.NoArgsIsHelpError as exc:
+        sys.stdout.write(exc.format_message() + "\n")
+        sys.exit(0)
+    except click_exceptions.UsageError as exc:
+        sys.stderr.write(f"footprint: error: {exc.format_message()}\n")
+        sys.exit(2)
+    except InputError as exc:
+        sys.stderr.write(f"footprint: error: {exc}\n")
+        sys.exit(2)
+    except click_exceptions.Abort:
+        sys.stderr.write("footprint: aborted\n")
+        sys.exit(130)
+    except click_exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

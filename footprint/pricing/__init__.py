@@ -1,0 +1,77 @@
+"""Pricing: where a query ran, and what its joules cost in CO2e and money.
+
+Zones (countries, sub-national grids, AWS/Azure/GCP regions), grid intensity from
+codecarbon's data (static), a user's hourly CSV or Electricity Maps (live), PUE,
+electricity and GPU-hour prices and embodied carbon from ``regions/*.csv``.
+"""
+
+from ._data import DataFileError
+from .catalog import list_zones
+from .factors import (
+    Factors,
+    build_factors,
+    embodied_for,
+    gpu_price_for,
+    price_for,
+    price_query,
+    pue_for,
+    validate_overrides,
+)
+from .intensity import (
+    ElectricityMapsClient,
+    GridFactor,
+    HourlyIntensity,
+    Intensity,
+    IntensitySource,
+    grid_factors,
+    static_intensity,
+)
+from .zones import (
+    DefaultZoneWarning,
+    UnknownZoneError,
+    Zone,
+    all_zones,
+    detect_cloud_zone,
+    lookup_zone,
+    resolve_zone,
+)
+
+
+def clear_caches() -> None:
+    """Forget every loaded table and index (for tests that swap the data folder)."""
+    from . import _data, factors, intensity, zones
+
+    _data.clear_caches()
+    factors.clear_caches()
+    intensity.grid_factors.cache_clear()
+    intensity.gcp_factors.cache_clear()
+    zones._catalog.cache_clear()
+
+
+__all__ = [
+    "DataFileError",
+    "DefaultZoneWarning",
+    "ElectricityMapsClient",
+    "Factors",
+    "GridFactor",
+    "HourlyIntensity",
+    "Intensity",
+    "IntensitySource",
+    "UnknownZoneError",
+    "Zone",
+    "all_zones",
+    "build_factors",
+    "clear_caches",
+    "detect_cloud_zone",
+    "embodied_for",
+    "gpu_price_for",
+    "grid_factors",
+    "list_zones",
+    "lookup_zone",
+    "price_for",
+    "price_query",
+    "pue_for",
+    "resolve_zone",
+    "static_intensity",
+    "validate_overrides",
+]

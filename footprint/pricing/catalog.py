@@ -1,0 +1,62 @@
+"""The zone catalogue behind ``footprint regions [QUERY] --json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .factors import price_for
+from .intensity import static_intensity, world_average
+from .zones import KIND_WORLD, all_zones
+
+
+def list_zones(query: str | None = None) -> list[dict[str, Any]]:
+    """Every zone we know with its static intensity, electricity price and sources.
+
+    ``query`` keeps zones whose id, name, provider, location, country or grid zone
+    contains it (case-insensitive): ``"aws"`` lists AWS regions with their grid zones.
+    """
+    needle = (query or "").strip().casefold()
+    out: list[dict[str, Any]] = []
+    for zone in all_zones():
+        haystack = " ".join(
+            str(part)
+            for part in (
+                zone.id,
+                zone.name,
+                zone.provider,
+                zone.location,
+                zone.country_iso3,
+                zone.grid_zone,
+            )
+            if part
+        ).casefold()
+        if needle and needle not in haystack:
+            continue
+        if zone.kind == KIND_WORLD:
+            world = world_average()
+            g, ref = world.g_per_kwh, world.ref
+        else:
+            found = static_intensity(zone)
+            g, ref = found.g_per_kwh, found.ref
+        price = price_for(zone) if zone.kind != KIND_WORLD else None
+        out.append(
+            {
+                "zone": zone.id,
+                "kind": zone.kind,
+                "name": zone.name,
+                "country_iso3": zone.country_iso3 or None,
+                "sub_region": zone.sub_region,
+                "provider": zone.provider,
+                "cloud_region": zone.cloud_region,
+                "location": zone.location,
+                "status": zone.status,
+                "grid_zone": zone.grid_zone,
+                "intensity_g_per_kwh": g,
+                "intensity_source": "static",
+                "intensity_ref": ref,
+                "price_per_kwh": price[0] if price else None,
+                "currency": price[1] if price else None,
+                "price_ref": price[2] if price else None,
+            }
+        )
+    return out

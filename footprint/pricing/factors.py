@@ -1,0 +1,313 @@
+"""The factors that price a query, and the pure arithmetic that applies them.
+
+``build_factors`` gathers, for one zone and time: grid intensity (gCO2e/kWh), PUE,
+electricity price per kWh, $/GPU-hour and embodied carbon, each with the text of its
+source; user overrides win and are listed in ``Factors.overrides``. ``price_query`` turns
+a query's joules and GPU-seconds into grams and money. Bad settings (negative or NaN
+prices, PUE < 1) are rejected when the factors are built, not when a query is priced.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _data
+from .intensity import IntensitySource, static_intensity
+from .zones import Zone, resolve_zone
+
+JOULES_PER_KWH = 3_600_000.0
+SECONDS_PER_HOUR = 3600.0
+SECONDS_PER_YEAR = 365.25 * 86400.0
+ON_PREMISE = "on_premise"
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+def _check_number(name: str, value: float | None, *, minimum: float = 0.0) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < minimum:
+        bound = "PUE must be >= 1" if name == "pue" else f"{name} must be >= {minimum:g}"
+        raise ValueError(f"{bound}, got {value!r}")
+
+
+def validate_overrides(
+    *,
+    price_per_kwh: float | None = None,
+    currency: str | None = None,
+    usd_per_gpu_hour: float | None = None,
+    pue: float | None = None,
+    market_intensity_g_per_kwh: float | None = None,
+    embodied_kgco2e: float | None = None,
+    lifetime_years: float | None = None,
+) -> None:
+    """Reject bad user settings at configuration time with a ``ValueError`` saying which."""
+    _check_number("price_per_kwh", price_per_kwh)
+    _check_number("usd_per_gpu_hour", usd_per_gpu_hour)
+    _check_number("pue", pue, minimum=1.0)
+    _check_number("market_intensity_g_per_kwh", market_intensity_g_per_kwh)
+    _check_number("embodied_kgco2e", embodied_kgco2e)
+    _check_number("lifetime_years", lifetime_years)
+    if lifetime_years is not None and lifetime_years == 0:
+        raise ValueError("lifetime_years must be > 0")
+    if currency is not None and not _CURRENCY.match(currency):
+        raise ValueError(f"currency must be a 3-letter ISO 4217 code like 'EUR', got {currency!r}")
+
+
+@dataclass(frozen=True)
+class Factors:
+    """Everything needed to price a query in one zone, each factor with its source text."""
+
+    zone: str
+    intensity_g_per_kwh: float
+    intensity_source: str  # "static" | "hourly" | "live"
+    intensity_ref: str
+    pue: float
+    pue_ref: str
+    price_per_kwh: float | None = None  # in ``currency``
+    currency: str | None = None
+    price_ref: str = ""
+    usd_per_gpu_hour: float | None = None
+    gpu_price_ref: str = ""
+    embodied_kgco2e: float | None = None  # per GPU
+    lifetime_years: float | None = None
+    embodied_ref: str = ""
+    market_intensity_g_per_kwh: float | None = None  # contractual (market-based) factor
+    market_intensity_ref: str = ""
+    zone_is_default: bool = False
+    overrides: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        _check_number("intensity_g_per_kwh", self.intensity_g_per_kwh)
+        validate_overrides(
+            price_per_kwh=self.price_per_kwh,
+            currency=self.currency,
+            usd_per_gpu_hour=self.usd_per_gpu_hour,
+            pue=self.pue,
+            market_intensity_g_per_kwh=self.market_intensity_g_per_kwh,
+            embodied_kgco2e=self.embodied_kgco2e,
+            lifetime_years=self.lifetime_years,
+        )
+        if self.price_per_kwh is not None and self.currency is None:
+            raise ValueError("price_per_kwh needs a currency")
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain dict (for records and JSON output)."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+# --- table lookups (dict reads over the cached tables) ----------------------------------
+
+
+@functools.cache
+def _pue_index() -> dict[str, dict[str, Any]]:
+    return {row["provider"].casefold(): row for row in _data.table("pue.csv")}
+
+
+@functools.cache
+def _price_index() -> dict[str, dict[str, Any]]:
+    return {row["zone"].casefold(): row for row in _data.table("electricity_prices.csv")}
+
+
+def clear_caches() -> None:
+    """Forget the indexed tables (after ``_data.clear_caches``)."""
+    _pue_index.cache_clear()
+    _price_index.cache_clear()
+
+
+def pue_for(provider: str | None) -> tuple[float, str]:
+    """(PUE, source) for a cloud provider, or the on-premise default."""
+    rows = _pue_index()
+    row = rows.get((provider or ON_PREMISE).casefold()) or rows[ON_PREMISE]
+    return row["pue"], f"{row['scope']} ({row['year']}): {row['source']}"
+
+
+def price_for(zone: Zone) -> tuple[float, str, str] | None:
+    """(price per kWh, currency, source) for the zone, its grid zone or its country."""
+    rows = _price_index()
+    for key in (zone.id, zone.grid_zone, zone.country_iso3):
+        row = rows.get(key.casefold()) if key else None
+        if row is not None:
+            ref = f"{row['zone']}: {row['sector']}, {row['period']}: {row['source']}"
+            return row["price_per_kwh"], row["currency"], ref
+    return None
+
+
+def gpu_price_for(gpu_model: str, provider: str | None = None) -> tuple[float, str] | None:
+    """($/GPU-hour, source) for an NVML GPU name; rows are tried in file order, the
+    provider's own row first when there is one."""
+    matches = [
+        row
+        for row in _data.table("gpu_prices.csv")
+        if re.search(row["match"], gpu_model, flags=re.IGNORECASE)
+    ]
+    if not matches:
+        return None
+    own = [row for row in matches if provider and row["provider"].casefold() == provider.casefold()]
+    row = (own or matches)[0]
+    ref = (
+        f"{row['gpu_model']}, {row['provider']} {row['offer']} in {row['region']} "
+        f"({row['year']}): {row['source']}"
+    )
+    return row["usd_per_gpu_hour"], ref
+
+
+def embodied_for(item: str = "gpu") -> tuple[float, float, str] | None:
+    """(kgCO2e, lifetime in years, source) for an ``embodied.csv`` item."""
+    for row in _data.table("embodied.csv"):
+        if row["item"] == item:
+            return row["kgco2e"], row["lifetime_years"], f"{row['scope']}: {row['source']}"
+    return None
+
+
+def build_factors(
+    zone: Zone | str | None = None,
+    *,
+    provider: str | None = None,
+    gpu_model: str | None = None,
+    at: _dt.datetime | None = None,
+    intensity: IntensitySource | None = None,
+    price_per_kwh: float | None = None,
+    currency: str | None = None,
+    usd_per_gpu_hour: float | None = None,
+    pue: float | None = None,
+    market_intensity_g_per_kwh: float | None = None,
+    embodied_kgco2e: float | None = None,
+    lifetime_years: float | None = None,
+    env: Mapping[str, str] = os.environ,
+) -> Factors:
+    """The factors for ``zone`` (a ``Zone``, a spec, or None to resolve from ``env``).
+
+    ``provider`` selects the PUE (default: the zone's cloud provider, else on-premise);
+    ``gpu_model`` (an NVML name) selects $/GPU-hour. Keyword overrides win over the shipped
+    data and are named in ``Factors.overrides``. Raises ``ValueError`` on bad overrides
+    and ``UnknownZoneError`` on an unknown zone.
+    """
+    validate_overrides(
+        price_per_kwh=price_per_kwh,
+        currency=currency,
+        usd_per_gpu_hour=usd_per_gpu_hour,
+        pue=pue,
+        market_intensity_g_per_kwh=market_intensity_g_per_kwh,
+        embodied_kgco2e=embodied_kgco2e,
+        lifetime_years=lifetime_years,
+    )
+    if not isinstance(zone, Zone):
+        zone = resolve_zone(zone, env=env)
+    overrides: list[str] = []
+
+    found = intensity.lookup(zone, at) if intensity else static_intensity(zone)
+    provider = provider or zone.provider
+    if pue is None:
+        pue_value, pue_ref = pue_for(provider)
+    else:
+        pue_value, pue_ref = float(pue), "user override"
+        overrides.append("pue")
+
+    if price_per_kwh is not None:
+        if currency is None:
+            raise ValueError("a price_per_kwh override needs a currency (e.g. currency='EUR')")
+        price, price_currency, price_ref = float(price_per_kwh), currency, "user override"
+        overrides += ["price_per_kwh", "currency"]
+    else:
+        shipped = price_for(zone)
+        if shipped is None:
+            price, price_currency, price_ref = None, None, f"no electricity price for {zone.id}"
+        else:
+            price, price_currency, price_ref = shipped
+        if currency is not None and currency != price_currency:
+            raise ValueError(
+                f"currency {currency!r} given without price_per_kwh; the shipped price for "
+                f"{zone.id} is in {price_currency}"
+            )
+
+    if usd_per_gpu_hour is not None:
+        gpu_price, gpu_ref = float(usd_per_gpu_hour), "user override"
+        overrides.append("usd_per_gpu_hour")
+    elif gpu_model:
+        shipped_gpu = gpu_price_for(gpu_model, provider)
+        gpu_price, gpu_ref = shipped_gpu if shipped_gpu else (None, f"no price for {gpu_model!r}")
+    else:
+        gpu_price, gpu_ref = None, "no GPU model given"
+
+    shipped_embodied = embodied_for("gpu")
+    emb_kg, emb_years, emb_ref = shipped_embodied if shipped_embodied else (None, None, "")
+    if embodied_kgco2e is not None:
+        emb_kg, emb_ref = float(embodied_kgco2e), "user override"
+        overrides.append("embodied_kgco2e")
+    if lifetime_years is not None:
+        emb_years = float(lifetime_years)
+        overrides.append("lifetime_years")
+
+    market_ref = ""
+    if market_intensity_g_per_kwh is not None:
+        market_ref = "user contractual factor (market-based)"
+        overrides.append("market_intensity_g_per_kwh")
+
+    return Factors(
+        zone=zone.id,
+        intensity_g_per_kwh=found.g_per_kwh,
+        intensity_source=found.source,
+        intensity_ref=found.ref,
+        pue=pue_value,
+        pue_ref=pue_ref,
+        price_per_kwh=price,
+        currency=price_currency,
+        price_ref=price_ref,
+        usd_per_gpu_hour=gpu_price,
+        gpu_price_ref=gpu_ref,
+        embodied_kgco2e=emb_kg,
+        lifetime_years=emb_years,
+        embodied_ref=emb_ref,
+        market_intensity_g_per_kwh=market_intensity_g_per_kwh,
+        market_intensity_ref=market_ref,
+        zone_is_default=zone.is_default,
+        overrides=tuple(overrides),
+    )
+
+
+def price_query(energy_j: float, gpu_seconds: float, factors: Factors) -> dict[str, float | None]:
+    """Grams and money for one query from its GPU joules and GPU-seconds. Pure.
+
+    - ``energy_kwh`` = joules / 3.6e6; ``facility_energy_kwh`` = that x PUE
+    - ``co2e_g`` = facility kWh x grid gCO2e/kWh (location-based)
+    - ``market_co2e_g`` = facility kWh x contractual gCO2e/kWh, when one is set
+    - ``embodied_co2e_g`` = embodied kgCO2e x 1000 x gpu_seconds / lifetime seconds
+    - ``energy_cost`` = facility kWh x price per kWh, in ``factors.currency``
+    - ``compute_cost_usd`` = gpu_seconds x $/GPU-hour / 3600
+
+    Unknown factors give None for their figure. Negative or non-finite inputs raise.
+    """
+    for name, value in (("energy_j", energy_j), ("gpu_seconds", gpu_seconds)):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    energy_kwh = energy_j / JOULES_PER_KWH
+    facility_kwh = energy_kwh * factors.pue
+    market = factors.market_intensity_g_per_kwh
+    embodied = None
+    if factors.embodied_kgco2e is not None and factors.lifetime_years:
+        lifetime_s = factors.lifetime_years * SECONDS_PER_YEAR
+        embodied = factors.embodied_kgco2e * 1000.0 * gpu_seconds / lifetime_s
+    price = factors.price_per_kwh
+    gpu_price = factors.usd_per_gpu_hour
+    return {
+        "energy_kwh": energy_kwh,
+        "facility_energy_kwh": facility_kwh,
+        "co2e_g": facility_kwh * factors.intensity_g_per_kwh,
+        "market_co2e_g": None if market is None else facility_kwh * market,
+        "embodied_co2e_g": embodied,
+        "energy_cost": None if price is None else facility_kwh * price,
+        "compute_cost_usd": None
+        if gpu_price is None
+        else gpu_seconds * gpu_price / SECONDS_PER_HOUR,
+    }
