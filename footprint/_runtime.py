@@ -175,7 +175,9 @@ class Runtime:
             ended = []
             while self.ended:
                 ended.append(self.ended.popleft())
-            samples = self.gpu_sampler.drain() + (self.cpu_sampler.drain() if self.cpu_sampler else [])
+            samples = self.gpu_sampler.drain() + (
+                self.cpu_sampler.drain() if self.cpu_sampler else []
+            )
             for slot, resolver in enumerate(self.resolvers):
                 resolver.add_samples(samples[slot])
             for span_id, (start_s, gpus) in inflight.items():
@@ -220,7 +222,9 @@ class Runtime:
             minute_start = cursor - cursor % 60.0
             stop = min(end, minute_start + 60.0)
             fraction = (stop - cursor) / (end - start)
-            out.append((datetime.fromtimestamp(minute_start, timezone.utc), piece.energy_j * fraction))
+            out.append(
+                (datetime.fromtimestamp(minute_start, timezone.utc), piece.energy_j * fraction)
+            )
             cursor = stop
         return out
 
@@ -234,7 +238,11 @@ class Runtime:
         if gpu_shares:
             energy_j: float | None = sum(s.energy_j for s in gpu_shares)
             gpu_seconds: float | None = sum(s.gpu_s for s in gpu_shares)
-            methods = {self.gpu_devices[s].energy_method for s in pending.devices if s < len(self.gpu_devices)}
+            methods = {
+                self.gpu_devices[s].energy_method
+                for s in pending.devices
+                if s < len(self.gpu_devices)
+            }
             source = ENERGY_POWER if ENERGY_POWER in methods else methods.pop()
             if any(s.partial for s in gpu_shares):
                 source = "estimated"
@@ -328,4 +336,3 @@ class Runtime:
             "sampler_failed_reads": self.gpu_sampler.failed_reads,
             "sampler_dropped_samples": self.gpu_sampler.dropped_samples,
         }
-

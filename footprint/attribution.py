@@ -132,9 +132,7 @@ class DeviceResolver:
         duration_s = t1 - t0
         self.measured.append(EnergyPiece(t0, t1, delta_j))
         active = [s for s in self._open.values() if s.start_s < t1 and s.end_s > t0]
-        cuts = sorted(
-            {t for s in active for t in (s.start_s, s.end_s) if t0 < t < t1} | {t0, t1}
-        )
+        cuts = sorted({t for s in active for t in (s.start_s, s.end_s) if t0 < t < t1} | {t0, t1})
         segments = list(zip(cuts, cuts[1:]))
         energies_j = self._segment_energies(segments, delta_j, duration_s, next_power_w)
         idle_j = 0.0

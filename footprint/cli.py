@@ -74,7 +74,9 @@ def devices(
         _print_json(result)
         return
     if not found:
-        console.print(f"No GPU found: {reason}. Queries will be recorded with energy_source=missing.")
+        console.print(
+            f"No GPU found: {reason}. Queries will be recorded with energy_source=missing."
+        )
     else:
         table = Table("index", "uuid", "name", "energy method")
         for d in gpu_sensor.devices:

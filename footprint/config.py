@@ -98,7 +98,9 @@ def _from_mapping(source: str, mapping: dict[str, Any]) -> dict[str, Any]:
     for key, value in mapping.items():
         name = key.lower().replace("-", "_")
         if name not in known:
-            raise ValueError(f"{source}: unknown setting {key!r}; known: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"{source}: unknown setting {key!r}; known: {', '.join(sorted(known))}"
+            )
         out[name] = _coerce(name, value)
     return out
 

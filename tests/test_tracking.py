@@ -80,8 +80,7 @@ def test_generator_records_time_to_first_item_and_item_count(tracked_db):
         import time
 
         time.sleep(0.05)
-        for i in range(n):
-            yield i
+        yield from range(n)
 
     assert list(stream(4)) == [0, 1, 2, 3]
     footprint.flush()

@@ -66,7 +66,9 @@ def open_engine(db: str) -> Engine:
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
-        SQLModel.metadata.create_all(engine, tables=[QueryRecord.__table__, IdleEnergy.__table__, Meta.__table__])
+        SQLModel.metadata.create_all(
+            engine, tables=[QueryRecord.__table__, IdleEnergy.__table__, Meta.__table__]
+        )
         _check_schema_version(engine)
     except StoreError:
         raise

@@ -1,0 +1,67 @@
+"""Settings: validation, sources and their precedence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import footprint
+from footprint.config import resolve_settings
+
+
+@pytest.mark.parametrize("period", [0, -1, math.nan, math.inf, True, 11])
+def test_bad_sampling_period_is_rejected_with_allowed_range(period):
+    with pytest.raises(
+        ValueError, match=r"sampling_period_s must be a number of seconds in \(0, 10\]"
+    ):
+        footprint.configure(sampling_period_s=period)
+
+
+def test_unknown_sensor_lists_allowed_values():
+    with pytest.raises(ValueError, match="allowed: auto, nvml, none, simulated"):
+        footprint.configure(sensor="rocm")
+
+
+def test_bad_simulated_option_is_rejected():
+    with pytest.raises(ValueError, match="unknown option 'gpu=2'"):
+        footprint.configure(sensor="simulated:gpu=2")
+    with pytest.raises(ValueError, match="busy_w must be >= idle_w"):
+        footprint.configure(sensor="simulated:idle_w=100,busy_w=50")
+
+
+def test_unknown_setting_is_rejected():
+    with pytest.raises(ValueError, match="unknown setting 'sampling'"):
+        footprint.configure(sampling=1)
+
+
+def test_precedence_configure_over_env_over_files(tmp_path):
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.footprint]\ndb = "from-pyproject.db"\nregion = "FRA"\nsampling_period_s = 0.2\n'
+    )
+    (tmp_path / "footprint.toml").write_text('db = "from-toml.db"\nsensor = "none"\n')
+    env = {"FOOTPRINT_DB": "from-env.db", "FOOTPRINT_SAMPLING_PERIOD_S": "0.1", "OTHER": "x"}
+    s = resolve_settings({}, environ=env, directory=tmp_path)
+    assert (s.db, s.sensor, s.region, s.sampling_period_s) == ("from-env.db", "none", "FRA", 0.1)
+    s = resolve_settings({"db": "explicit.db"}, environ=env, directory=tmp_path)
+    assert s.db == "explicit.db"
+
+
+def test_bad_env_value_names_the_setting(tmp_path):
+    with pytest.raises(ValueError, match="sampling_period_s: not a number"):
+        resolve_settings({}, environ={"FOOTPRINT_SAMPLING_PERIOD_S": "soon"}, directory=tmp_path)
+    with pytest.raises(ValueError, match="cpu: expected true or false"):
+        resolve_settings({}, environ={"FOOTPRINT_CPU": "maybe"}, directory=tmp_path)
+
+
+def test_bad_env_sensor_disables_tracking_without_breaking_calls(monkeypatch, tmp_path):
+    monkeypatch.setenv("FOOTPRINT_SENSOR", "quantum")
+    monkeypatch.setenv("FOOTPRINT_DB", str(tmp_path / "x.db"))
+
+    @footprint.track(model="m")
+    def f():
+        return 7
+
+    with pytest.warns(footprint.FootprintWarning, match="tracking disabled: unknown sensor"):
+        assert f() == 7
+    assert f() == 7

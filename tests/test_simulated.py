@@ -1,0 +1,93 @@
+"""The simulated GPU: counter behaviour like hardware, exact ground truth, determinism."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from footprint._clock import ManualClock
+from footprint.sampling import TickEstimator
+from footprint.sensors.simulated import SimulatedGpu, SimulatedGpuSpec, SimulatedSensor
+
+
+def test_counter_changes_only_at_ticks_in_whole_millijoules():
+    gpu = SimulatedGpu(0, SimulatedGpuSpec(idle_w=60.0, update_period_s=0.1))
+    assert gpu.counter_mj(100.01) == gpu.counter_mj(100.09)
+    assert gpu.counter_mj(100.1001) - gpu.counter_mj(100.09) == pytest.approx(
+        6000, abs=1
+    )  # 60 W x 0.1 s
+    assert isinstance(gpu.counter_mj(12.3456), int)
+
+
+def test_true_energy_follows_the_power_model_with_saturation():
+    gpu = SimulatedGpu(0, SimulatedGpuSpec(idle_w=50.0, busy_w=450.0))
+    gpu.add_load(10.0, 12.0, 0.5)
+    gpu.add_load(11.0, 13.0, 0.75)  # 10-11: 0.5, 11-12: 1.25 -> capped at 1, 12-13: 0.75
+    expected = 50 * 4 + 400 * (0.5 + 1.0 + 0.75)
+    assert gpu.true_energy_j(9.0, 13.0) == pytest.approx(expected)
+    assert gpu.power_w(11.5) == pytest.approx(450.0)
+
+
+@given(st.lists(st.tuples(st.floats(0, 50), st.floats(0.01, 5), st.floats(0, 2)), max_size=20),
+       st.floats(0, 60), st.floats(0, 60))  # fmt: skip
+@settings(max_examples=100, deadline=None)
+def test_noise_and_loads_keep_energy_additive_and_counter_monotonic(loads, a, b):
+    gpu = SimulatedGpu(0, SimulatedGpuSpec(noise=0.5, seed=3))
+    for start, length, load in loads:
+        gpu.add_load(start, start + length, load)
+    lo, hi = min(a, b), max(a, b)
+    mid = (lo + hi) / 2
+    assert gpu.true_energy_j(lo, hi) == pytest.approx(
+        gpu.true_energy_j(lo, mid) + gpu.true_energy_j(mid, hi), abs=1e-6
+    )
+    assert gpu.true_energy_j(lo, hi) >= 0
+    assert gpu.counter_mj(hi) >= gpu.counter_mj(lo)
+
+
+def test_same_seed_same_counter_in_another_instance():
+    """Two processes with the same seed agree: nothing depends on instance state."""
+    spec = SimulatedGpuSpec(gpus=2, noise=0.3, seed=42)
+    clock_a, clock_b = ManualClock(1234.5), ManualClock(1234.5)
+    a, b = SimulatedSensor(spec, clock_a), SimulatedSensor(spec, clock_b)
+    assert a.read_energy_j() == b.read_energy_j()
+    assert [d.uuid for d in a.devices] == [d.uuid for d in b.devices]
+    other = SimulatedSensor(SimulatedGpuSpec(gpus=2, noise=0.3, seed=43), ManualClock(1234.5))
+    assert other.read_energy_j() != a.read_energy_j()
+
+
+def test_run_loads_the_chosen_devices_and_advances_the_clock():
+    clock = ManualClock(100.0)
+    sensor = SimulatedSensor(SimulatedGpuSpec(gpus=2, idle_w=10, busy_w=110), clock)
+    before = sensor.read_energy_j()
+    sensor.run(2.0, load=1.0, devices=[1])
+    after = sensor.read_energy_j()
+    assert clock.monotonic_s() == 102.0
+    assert after[0] - before[0] == pytest.approx(20.0, abs=0.01)
+    assert after[1] - before[1] == pytest.approx(220.0, abs=0.01)
+
+
+def test_options_parse():
+    spec = SimulatedGpuSpec.parse("gpus=2, idle_w=60,busy_w=400,seed=7,noise=0.1")
+    assert (spec.gpus, spec.idle_w, spec.busy_w, spec.seed, spec.noise) == (2, 60, 400, 7, 0.1)
+    with pytest.raises(ValueError, match="bad value for gpus"):
+        SimulatedGpuSpec.parse("gpus=two")
+
+
+def test_tick_estimator_locks_onto_the_phase():
+    period, phase = 0.1, 0.0372
+    estimator = TickEstimator(period)
+    poll = 0.0
+    import random
+
+    rng = random.Random(1)
+    last = None
+    for _ in range(200):
+        prev_poll, poll = poll, poll + 0.05 * rng.uniform(0.9, 1.1)
+        ticks_before = int((prev_poll - phase) // period)
+        ticks_now = int((poll - phase) // period)
+        if ticks_now > ticks_before:
+            last = (estimator.tick_time_s(prev_poll, poll), phase + ticks_now * period)
+    estimate, truth = last
+    assert abs(estimate - truth) < 0.002
+    assert estimator.uncertainty_s < 0.002
