@@ -105,6 +105,8 @@ class Runtime:
         self._cycle_lock = threading.Lock()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
+        self.pricer: Any = None
+        self._open_pricer()
         self.store: Any = None
         self._open_store()
 
@@ -114,6 +116,15 @@ class Runtime:
             return open_gpu_sensor(spec, self.clock)
         except Exception as exc:
             return NullSensor(str(exc)), f"{type(exc).__name__}: {exc}"
+
+    def _open_pricer(self) -> None:
+        from footprint.pricing.pricer import Pricer
+
+        gpu_model = self.gpu_devices[0].name if self.gpu_devices else None
+        try:
+            self.pricer = Pricer(self.settings, gpu_model)
+        except Exception as exc:
+            self.warn_once("pricing", f"footprint: records will carry no CO2e or cost: {exc}")
 
     def _open_store(self) -> None:
         from footprint.storage.store import Store
@@ -254,7 +265,7 @@ class Runtime:
         if cpu_shares:
             cpu_source = "estimated" if any(s.partial for s in cpu_shares) else "counter"
         offset = self.wall_offset_s
-        return {
+        record = {
             "model": model,
             "tags": json.dumps(tags, default=str, sort_keys=True) if tags else "{}",
             "started_at": datetime.fromtimestamp(start_s + offset, timezone.utc),
@@ -274,6 +285,12 @@ class Runtime:
             "host": self.host,
             "pid": self.pid,
         }
+        if self.pricer is not None:
+            try:
+                self.pricer.apply(record)
+            except Exception as exc:
+                self.warn_once("price", f"footprint: could not price a record: {exc!r}")
+        return record
 
     def _write(self, records: list[dict[str, Any]]) -> None:
         idle_rows = [

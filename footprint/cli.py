@@ -130,6 +130,33 @@ def demo(
     )
 
 
+@app.command()
+def regions(
+    query: Annotated[str | None, typer.Argument(help="Filter: a zone, provider or place.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """The zones we know (countries, grids, AWS/Azure/GCP regions) with their factors."""
+    from footprint.pricing import list_zones, lookup_zone
+
+    zones = list_zones(query)
+    if not zones:
+        try:
+            lookup_zone(query or "")
+        except ValueError as exc:
+            raise InputError(f"no zone matches {query!r}: {exc}") from None
+        raise InputError(f"no zone matches {query!r}")
+    if as_json:
+        _print_json({"query": query, "count": len(zones), "zones": zones})
+        return
+    table = Table("zone", "name", "grid zone", "gCO2e/kWh", "price/kWh", "intensity source")
+    for z in zones:
+        price = f"{z['price_per_kwh']:.4f} {z['currency']}" if z["price_per_kwh"] else "-"
+        table.add_row(z["zone"], z["name"] or "", z["grid_zone"] or "",
+                      f"{z['intensity_g_per_kwh']:.0f}", price, z["intensity_ref"][:60])  # fmt: skip
+    console.print(table)
+    console.print(f"{len(zones)} zones")
+
+
 @bench_app.command("overhead")
 def bench_overhead(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,

@@ -19,6 +19,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 SENSOR_CHOICES = ("auto", "nvml", "simulated", "none")
+PROVIDERS = ("aws", "azure", "gcp", "on_premise")
 ENV_PREFIX = "FOOTPRINT_"
 
 
@@ -34,6 +35,18 @@ class Settings:
     daemon: str | None = None
     cpu: bool = True
     max_pending_spans: int = 100_000
+    # Pricing: where it runs and the user's overrides of the shipped factors.
+    detect_cloud: bool = False
+    provider: str | None = None  # aws | azure | gcp | on_premise (PUE); default: the zone's
+    hourly_intensity_csv: str | None = None
+    electricitymaps_token: str | None = None
+    price_per_kwh: float | None = None
+    currency: str | None = None
+    usd_per_gpu_hour: float | None = None
+    pue: float | None = None
+    market_intensity_g_per_kwh: float | None = None
+    embodied_kgco2e: float | None = None
+    lifetime_years: float | None = None
 
     def __post_init__(self) -> None:
         validate_sensor(self.sensor)
@@ -43,6 +56,30 @@ class Settings:
             raise ValueError("max_pending_spans must be a positive integer")
         if not isinstance(self.db, str) or not self.db.strip():
             raise ValueError("db must be a SQLAlchemy URL or a file path")
+        self._validate_pricing()
+
+    def _validate_pricing(self) -> None:
+        from footprint.pricing import HourlyIntensity, lookup_zone, validate_overrides
+
+        validate_overrides(
+            price_per_kwh=self.price_per_kwh,
+            currency=self.currency,
+            usd_per_gpu_hour=self.usd_per_gpu_hour,
+            pue=self.pue,
+            market_intensity_g_per_kwh=self.market_intensity_g_per_kwh,
+            embodied_kgco2e=self.embodied_kgco2e,
+            lifetime_years=self.lifetime_years,
+        )
+        if self.price_per_kwh is not None and self.currency is None:
+            raise ValueError("price_per_kwh needs currency (e.g. currency='EUR')")
+        if self.provider is not None and self.provider not in PROVIDERS:
+            raise ValueError(
+                f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}"
+            )
+        if self.region is not None:
+            lookup_zone(self.region)  # UnknownZoneError names the closest known zones
+        if self.hourly_intensity_csv is not None:
+            HourlyIntensity.from_csv(self.hourly_intensity_csv)  # file/line/column errors
 
 
 def _positive(name: str, value: object, maximum: float) -> None:
@@ -69,9 +106,18 @@ def validate_sensor(spec: str) -> None:
         raise ValueError(f"sensor {name!r} takes no options")
 
 
-_FLOAT_FIELDS = {"sampling_period_s", "flush_interval_s"}
+_FLOAT_FIELDS = {
+    "sampling_period_s",
+    "flush_interval_s",
+    "price_per_kwh",
+    "usd_per_gpu_hour",
+    "pue",
+    "market_intensity_g_per_kwh",
+    "embodied_kgco2e",
+    "lifetime_years",
+}
 _INT_FIELDS = {"max_pending_spans"}
-_BOOL_FIELDS = {"cpu"}
+_BOOL_FIELDS = {"cpu", "detect_cloud"}
 
 
 def _coerce(name: str, raw: Any) -> Any:

@@ -38,14 +38,17 @@ MODELS = (
     DemoModel("whisper-large-v3", (1,), 0.7, 0.0002, 0.0008, (300, 1500), (20, 120)),
 )
 
-DEMO_SENSOR = "simulated:gpus=2,idle_w=70,busy_w=700,noise=0.02,seed={seed}"
+DEMO_SENSOR = (
+    "simulated:gpus=2,idle_w=70,busy_w=700,noise=0.02,seed={seed},name=NVIDIA H100 80GB HBM3"
+)
+DEMO_REGION = "aws:us-east-1"
 
 
 def run_demo(db: str, queries: int = 60, seed: int = 1, concurrency: int = 4) -> dict[str, Any]:
     """Run the workload, flush, and summarise this run's rows from the database."""
     if queries < 1:
         raise ValueError("queries must be at least 1")
-    footprint.configure(db=db, sensor=DEMO_SENSOR.format(seed=seed), cpu=False)
+    footprint.configure(db=db, sensor=DEMO_SENSOR.format(seed=seed), cpu=False, region=DEMO_REGION)
     runtime = get_runtime()
     if runtime is None or runtime.store is None:
         raise RuntimeError(f"cannot open the demo database {db}")

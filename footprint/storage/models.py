@@ -54,8 +54,9 @@ class QueryRecord(SQLModel, table=True):
     co2e_g: float | None = None
     market_co2e_g: float | None = None
     embodied_co2e_g: float | None = None
-    energy_cost: float | None = None
-    compute_cost: float | None = None
+    energy_cost: float | None = None  # in ``currency``
+    energy_cost_usd: float | None = None
+    compute_cost: float | None = None  # USD: GPU-seconds x $/GPU-hour
 
 
 class IdleEnergy(SQLModel, table=True):

@@ -1,0 +1,101 @@
+"""Applying factors to records: the step between attribution and storage.
+
+One ``Pricer`` per runtime: the zone is resolved once, factors are built once per UTC
+hour (hourly or live intensity can change with the hour) and each record gets its
+CO2e, costs and the factors used, so a report can show and re-apply them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from .factors import Factors, build_factors, price_query
+from .intensity import ElectricityMapsClient, HourlyIntensity, IntensitySource
+from .zones import Zone, resolve_zone
+
+# Settings fields that are passed to build_factors as user overrides.
+OVERRIDE_FIELDS = (
+    "price_per_kwh",
+    "currency",
+    "usd_per_gpu_hour",
+    "pue",
+    "market_intensity_g_per_kwh",
+    "embodied_kgco2e",
+    "lifetime_years",
+)
+
+
+class Pricer:
+    """Prices records of one host: zone, intensity source, overrides and GPU model."""
+
+    def __init__(
+        self,
+        settings: Any,
+        gpu_model: str | None,
+        env: Mapping[str, str] = os.environ,
+    ) -> None:
+        self.zone: Zone = resolve_zone(settings.region, env=env, detect_cloud=settings.detect_cloud)
+        hourly = (
+            HourlyIntensity.from_csv(settings.hourly_intensity_csv)
+            if settings.hourly_intensity_csv
+            else None
+        )
+        live = (
+            ElectricityMapsClient(settings.electricitymaps_token)
+            if settings.electricitymaps_token
+            else ElectricityMapsClient.from_env(env)
+        )
+        self.intensity = IntensitySource(hourly=hourly, live=live) if hourly or live else None
+        self.gpu_model = gpu_model
+        self.provider = settings.provider
+        self.overrides = {name: getattr(settings, name) for name in OVERRIDE_FIELDS}
+        self.env = env
+        self._by_hour: dict[_dt.datetime, Factors] = {}
+
+    def factors_at(self, when: _dt.datetime) -> Factors:
+        """The factors that apply at ``when`` (UTC), built once per hour."""
+        hour = when.replace(minute=0, second=0, microsecond=0)
+        factors = self._by_hour.get(hour)
+        if factors is None:
+            if len(self._by_hour) > 48:
+                self._by_hour.clear()
+            factors = build_factors(
+                self.zone,
+                provider=self.provider,
+                gpu_model=self.gpu_model,
+                at=hour,
+                intensity=self.intensity,
+                env=self.env,
+                **self.overrides,
+            )
+            self._by_hour[hour] = factors
+        return factors
+
+    def apply(self, record: dict[str, Any]) -> None:
+        """Fill the pricing columns of a record in place."""
+        factors = self.factors_at(record["started_at"])
+        record.update(
+            zone=factors.zone,
+            intensity_g_per_kwh=factors.intensity_g_per_kwh,
+            intensity_source=factors.intensity_source,
+            market_intensity_g_per_kwh=factors.market_intensity_g_per_kwh,
+            pue=factors.pue,
+            price_per_kwh=factors.price_per_kwh,
+            currency=factors.currency,
+            usd_per_gpu_hour=factors.usd_per_gpu_hour,
+        )
+        energy_j = record.get("energy_j")
+        if energy_j is None:
+            return
+        priced = price_query(energy_j, record.get("gpu_seconds") or 0.0, factors)
+        record.update(
+            co2e_g=priced["co2e_g"],
+            market_co2e_g=priced["market_co2e_g"],
+            embodied_co2e_g=priced["embodied_co2e_g"],
+            energy_cost=priced["energy_cost"],
+            energy_cost_usd=priced.get("energy_cost_usd"),
+            compute_cost=priced["compute_cost_usd"],
+        )
