@@ -151,8 +151,9 @@ def regions(
     table = Table("zone", "name", "grid zone", "gCO2e/kWh", "price/kWh", "intensity source")
     for z in zones:
         price = f"{z['price_per_kwh']:.4f} {z['currency']}" if z["price_per_kwh"] else "-"
-        table.add_row(z["zone"], z["name"] or "", z["grid_zone"] or "",
-                      f"{z['intensity_g_per_kwh']:.0f}", price, z["intensity_ref"][:60])  # fmt: skip
+        intensity = f"{z['intensity_g_per_kwh']:.0f}"
+        row = (z["zone"], z["name"] or "", z["grid_zone"] or "", intensity, price)
+        table.add_row(*row, z["intensity_ref"][:60])
     console.print(table)
     console.print(f"{len(zones)} zones")
 

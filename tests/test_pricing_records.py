@@ -81,6 +81,9 @@ def test_hourly_csv_takes_precedence_for_the_hours_it_covers(tmp_path):
 
 
 def test_no_region_uses_the_flagged_default_and_warns(tmp_path):
+    from footprint.pricing.zones import _reset_default_warning
+
+    _reset_default_warning()  # the warning is once per process
     with pytest.warns(UserWarning, match="(?i)world"):
         row = _one_record(tmp_path)
     assert row["zone"] == "WORLD"

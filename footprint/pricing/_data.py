@@ -106,6 +106,22 @@ def non_negative_float(value: str) -> float:
     return number
 
 
+def positive_float(value: str) -> float:
+    """A finite number > 0 (a rate or factor that may not be zero)."""
+    number = non_negative_float(value)
+    if number == 0:
+        raise ValueError(f"{value!r} must be > 0")
+    return number
+
+
+def currency_code(value: str) -> str:
+    """A 3-letter upper-case ISO 4217 code such as ``EUR``."""
+    value = value.strip()
+    if len(value) != 3 or not value.isascii() or not value.isalpha() or not value.isupper():
+        raise ValueError(f"{value!r} is not a 3-letter ISO 4217 currency code")
+    return value
+
+
 def optional_non_negative_float(value: str) -> float | None:
     """A finite number >= 0, or None when empty."""
     return non_negative_float(value) if value.strip() else None
@@ -194,7 +210,7 @@ CLOUD_REGION_COLUMNS: dict[str, Parser] = {
 PRICE_COLUMNS: dict[str, Parser] = {
     "zone": text,
     "price_per_kwh": non_negative_float,
-    "currency": text,
+    "currency": currency_code,
     "sector": text,
     "period": text,
     "year": year,
@@ -228,12 +244,20 @@ EMBODIED_COLUMNS: dict[str, Parser] = {
     "source": text,
 }
 
+EXCHANGE_RATE_COLUMNS: dict[str, Parser] = {
+    "currency": currency_code,
+    "usd_per_unit": positive_float,
+    "year": year,
+    "source": text,
+}
+
 TABLES: dict[str, dict[str, Parser]] = {
     "cloud_regions.csv": CLOUD_REGION_COLUMNS,
     "electricity_prices.csv": PRICE_COLUMNS,
     "pue.csv": PUE_COLUMNS,
     "gpu_prices.csv": GPU_PRICE_COLUMNS,
     "embodied.csv": EMBODIED_COLUMNS,
+    "exchange_rates.csv": EXCHANGE_RATE_COLUMNS,
 }
 
 
@@ -241,6 +265,21 @@ TABLES: dict[str, dict[str, Parser]] = {
 def table(name: str) -> tuple[dict[str, Any], ...]:
     """One shipped ``regions/<name>`` table, validated and cached."""
     return read_table(regions_dir() / name, TABLES[name])
+
+
+def unique_exchange_rates(
+    rows: tuple[dict[str, Any], ...], path: str | os.PathLike[str] = "exchange_rates.csv"
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Index ``exchange_rates.csv`` rows by (currency, year); a repeated pair is an error."""
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["currency"], row["year"])
+        if key in out:
+            raise DataFileError(
+                path, row["_line"], "year", f"{key[0]} {key[1]} is already on line {out[key]['_line']}"
+            )
+        out[key] = row
+    return out
 
 
 def clear_caches() -> None:
