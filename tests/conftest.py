@@ -26,7 +26,7 @@ def tracked_db(tmp_path) -> Path:
     """footprint configured on one simulated GPU writing to a fresh SQLite file."""
     db = tmp_path / "fp.db"
     footprint.configure(
-        db=str(db), sensor="simulated:gpus=1,idle_w=60,busy_w=400,seed=1", cpu=False
+        db=str(db), sensor="simulated:gpus=1,idle_w=60,busy_w=400,seed=1", cpu=False, region="FRA"
     )
     return db
 

@@ -72,6 +72,9 @@ def test_zone_from_env_and_default_flag():
         ("NVIDIA A100-SXM4-40GB", 2.7447),
         ("NVIDIA A100 80GB PCIe", 3.673),
         ("NVIDIA A10G", 1.006),
+        ("NVIDIA L4", 0.8048),
+        ("NVIDIA L40S", 1.861),
+        ("Tesla T4", 0.526),
     ],
 )
 def test_gpu_prices_match_nvml_names(gpu, price):
@@ -81,6 +84,9 @@ def test_gpu_prices_match_nvml_names(gpu, price):
 def test_gpu_price_prefers_the_providers_own_offer():
     assert gpu_price_for("NVIDIA H200", "gcp")[0] == pytest.approx(10.4365)
     assert gpu_price_for("NVIDIA GeForce RTX 4090") is None
+    # "L4" must not catch the L40 / L40S, nor "A10G" a plain A10
+    assert gpu_price_for("NVIDIA L40") is None
+    assert gpu_price_for("NVIDIA A10") is None
 
 
 def test_overrides_win_and_are_recorded():

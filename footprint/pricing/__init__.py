@@ -15,6 +15,7 @@ from .factors import (
     price_for,
     price_query,
     pue_for,
+    usd_per_unit,
     validate_overrides,
 )
 from .intensity import (
@@ -73,5 +74,6 @@ __all__ = [
     "pue_for",
     "resolve_zone",
     "static_intensity",
+    "usd_per_unit",
     "validate_overrides",
 ]

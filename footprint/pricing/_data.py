@@ -275,9 +275,9 @@ def unique_exchange_rates(
     for row in rows:
         key = (row["currency"], row["year"])
         if key in out:
-            raise DataFileError(
-                path, row["_line"], "year", f"{key[0]} {key[1]} is already on line {out[key]['_line']}"
-            )
+            first = out[key]["_line"]
+            message = f"{key[0]} {key[1]} is already on line {first}"
+            raise DataFileError(path, row["_line"], "year", message)
         out[key] = row
     return out
 

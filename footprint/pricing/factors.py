@@ -1,9 +1,10 @@
 """The factors that price a query, and the pure arithmetic that applies them.
 
 ``build_factors`` gathers, for one zone and time: grid intensity (gCO2e/kWh), PUE,
-electricity price per kWh, $/GPU-hour and embodied carbon, each with the text of its
-source; user overrides win and are listed in ``Factors.overrides``. ``price_query`` turns
-a query's joules and GPU-seconds into grams and money. Bad settings (negative or NaN
+electricity price per kWh (in its own currency and, through ``regions/exchange_rates.csv``,
+in USD), $/GPU-hour and embodied carbon, each with the text of its source; user overrides
+win and are listed in ``Factors.overrides``. ``price_query`` turns a query's joules and
+GPU-seconds into grams and money. Bad settings (negative or NaN
 prices, PUE < 1) are rejected when the factors are built, not when a query is priced.
 """
 
@@ -86,9 +87,12 @@ class Factors:
     market_intensity_ref: str = ""
     zone_is_default: bool = False
     overrides: tuple[str, ...] = field(default=())
+    usd_per_kwh: float | None = None  # ``price_per_kwh`` converted to USD; None without a rate
+    exchange_rate_ref: str = ""
 
     def __post_init__(self) -> None:
         _check_number("intensity_g_per_kwh", self.intensity_g_per_kwh)
+        _check_number("usd_per_kwh", self.usd_per_kwh)
         validate_overrides(
             price_per_kwh=self.price_per_kwh,
             currency=self.currency,
@@ -119,10 +123,23 @@ def _price_index() -> dict[str, dict[str, Any]]:
     return {row["zone"].casefold(): row for row in _data.table("electricity_prices.csv")}
 
 
+@functools.cache
+def _rate_index() -> dict[str, dict[int, dict[str, Any]]]:
+    """{currency: {year: row}} from ``exchange_rates.csv``."""
+    rows = _data.unique_exchange_rates(
+        _data.table("exchange_rates.csv"), _data.regions_dir() / "exchange_rates.csv"
+    )
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for (currency, year), row in rows.items():
+        out.setdefault(currency, {})[year] = row
+    return out
+
+
 def clear_caches() -> None:
     """Forget the indexed tables (after ``_data.clear_caches``)."""
     _pue_index.cache_clear()
     _price_index.cache_clear()
+    _rate_index.cache_clear()
 
 
 def pue_for(provider: str | None) -> tuple[float, str]:
@@ -132,15 +149,43 @@ def pue_for(provider: str | None) -> tuple[float, str]:
     return row["pue"], f"{row['scope']} ({row['year']}): {row['source']}"
 
 
-def price_for(zone: Zone) -> tuple[float, str, str] | None:
-    """(price per kWh, currency, source) for the zone, its grid zone or its country."""
+def _price_row(zone: Zone) -> dict[str, Any] | None:
     rows = _price_index()
     for key in (zone.id, zone.grid_zone, zone.country_iso3):
         row = rows.get(key.casefold()) if key else None
         if row is not None:
-            ref = f"{row['zone']}: {row['sector']}, {row['period']}: {row['source']}"
-            return row["price_per_kwh"], row["currency"], ref
+            return row
     return None
+
+
+def price_for(zone: Zone) -> tuple[float, str, str] | None:
+    """(price per kWh, currency, source) for the zone, its grid zone or its country."""
+    row = _price_row(zone)
+    if row is None:
+        return None
+    ref = f"{row['zone']}: {row['sector']}, {row['period']}: {row['source']}"
+    return row["price_per_kwh"], row["currency"], ref
+
+
+def usd_per_unit(currency: str, year: int | None = None) -> tuple[float, str] | None:
+    """(US dollars per one unit of ``currency``, source) from ``exchange_rates.csv``.
+
+    Rates are annual averages. With ``year``, that year's rate, else the nearest year
+    shipped (the later one on a tie), and the source says which year was used; without
+    it, the latest year. USD is 1.0. None for a currency with no shipped rate.
+    """
+    code = currency.strip().upper()
+    if code == "USD":
+        return 1.0, "USD (no conversion)"
+    by_year = _rate_index().get(code)
+    if not by_year:
+        return None
+    wanted = year
+    used = max(by_year) if wanted is None else min(by_year, key=lambda y: (abs(y - wanted), -y))
+    row = by_year[used]
+    note = "" if year is None or used == year else f" (nearest year to {year})"
+    ref = f"{code} {used} annual average{note}: {row['usd_per_unit']:g} USD/{code}: {row['source']}"
+    return row["usd_per_unit"], ref
 
 
 def gpu_price_for(gpu_model: str, provider: str | None = None) -> tuple[float, str] | None:
@@ -214,6 +259,7 @@ def build_factors(
         pue_value, pue_ref = float(pue), "user override"
         overrides.append("pue")
 
+    price_year: int | None = None
     if price_per_kwh is not None:
         if currency is None:
             raise ValueError("a price_per_kwh override needs a currency (e.g. currency='EUR')")
@@ -225,11 +271,21 @@ def build_factors(
             price, price_currency, price_ref = None, None, f"no electricity price for {zone.id}"
         else:
             price, price_currency, price_ref = shipped
+            row = _price_row(zone)
+            price_year = row["year"] if row else None
         if currency is not None and currency != price_currency:
             raise ValueError(
                 f"currency {currency!r} given without price_per_kwh; the shipped price for "
                 f"{zone.id} is in {price_currency}"
             )
+
+    usd_kwh, fx_ref = None, ""
+    if price is not None and price_currency is not None:
+        rate = usd_per_unit(price_currency, price_year)
+        if rate is None:
+            fx_ref = f"no exchange rate for {price_currency}"
+        else:
+            usd_kwh, fx_ref = price * rate[0], rate[1]
 
     if usd_per_gpu_hour is not None:
         gpu_price, gpu_ref = float(usd_per_gpu_hour), "user override"
@@ -273,6 +329,8 @@ def build_factors(
         market_intensity_ref=market_ref,
         zone_is_default=zone.is_default,
         overrides=tuple(overrides),
+        usd_per_kwh=usd_kwh,
+        exchange_rate_ref=fx_ref,
     )
 
 
@@ -284,6 +342,8 @@ def price_query(energy_j: float, gpu_seconds: float, factors: Factors) -> dict[s
     - ``market_co2e_g`` = facility kWh x contractual gCO2e/kWh, when one is set
     - ``embodied_co2e_g`` = embodied kgCO2e x 1000 x gpu_seconds / lifetime seconds
     - ``energy_cost`` = facility kWh x price per kWh, in ``factors.currency``
+    - ``energy_cost_usd`` = facility kWh x ``usd_per_kwh`` (the price in USD; a USD price
+      needs no rate), None when no exchange rate is known
     - ``compute_cost_usd`` = gpu_seconds x $/GPU-hour / 3600
 
     Unknown factors give None for their figure. Negative or non-finite inputs raise.
@@ -299,6 +359,9 @@ def price_query(energy_j: float, gpu_seconds: float, factors: Factors) -> dict[s
         lifetime_s = factors.lifetime_years * SECONDS_PER_YEAR
         embodied = factors.embodied_kgco2e * 1000.0 * gpu_seconds / lifetime_s
     price = factors.price_per_kwh
+    usd_kwh = factors.usd_per_kwh
+    if usd_kwh is None and price is not None and factors.currency == "USD":
+        usd_kwh = price
     gpu_price = factors.usd_per_gpu_hour
     return {
         "energy_kwh": energy_kwh,
@@ -307,6 +370,7 @@ def price_query(energy_j: float, gpu_seconds: float, factors: Factors) -> dict[s
         "market_co2e_g": None if market is None else facility_kwh * market,
         "embodied_co2e_g": embodied,
         "energy_cost": None if price is None else facility_kwh * price,
+        "energy_cost_usd": None if usd_kwh is None else facility_kwh * usd_kwh,
         "compute_cost_usd": None
         if gpu_price is None
         else gpu_seconds * gpu_price / SECONDS_PER_HOUR,

@@ -205,55 +205,84 @@ def parse_args(argv: list[str] | None) -> Options:
 
 
 class EnergyCounter:
-    """Direct reads of one GPU's ``nvmlDeviceGetTotalEnergyConsumption`` (mJ)."""
+    """Direct reads of one GPU's ``nvmlDeviceGetTotalEnergyConsumption`` (mJ).
 
-    def __init__(self, nvml: Any, handle: Any, now: Callable[[], float]) -> None:
+    A change is timed by the two polls around it: the counter ticked after the last poll
+    that saw the old value and by the one that saw the new value. When that bracket is
+    wider than ``max_bracket_s`` (the thread was descheduled between two polls), the time
+    is not trusted and the next change is used instead.
+    """
+
+    RETRIES = 5
+
+    def __init__(
+        self, nvml: Any, handle: Any, now: Callable[[], float], max_bracket_s: float = 0.002
+    ) -> None:
         self.nvml = nvml
         self.handle = handle
         self.now = now
+        self.max_bracket_s = max_bracket_s
+        self.wide_brackets = 0
 
     def read_mj(self) -> int:
         return int(self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle))
 
     def wait_for_change(self, timeout_s: float) -> tuple[int, float]:
-        """Poll tightly until the counter changes; its new value and the time it was seen."""
-        first = self.read_mj()
-        deadline = self.now() + timeout_s
+        """Poll tightly until the counter changes: its new value and when it changed."""
+        last = self.read_mj()
+        prev_s = self.now()
+        deadline = prev_s + timeout_s
+        retries = 0
         while True:
             value = self.read_mj()
             seen_s = self.now()
-            if value != first:
-                return value, seen_s
-            if seen_s > deadline:
+            if value != last:
+                if seen_s - prev_s <= self.max_bracket_s or retries == self.RETRIES:
+                    return value, (prev_s + seen_s) / 2
+                self.wide_brackets += 1
+                retries += 1
+                last, deadline = value, seen_s + timeout_s
+            elif seen_s > deadline:
                 raise ValidationError(
                     f"the NVML energy counter did not change in {timeout_s:.2f} s"
                 )
+            prev_s = seen_s
 
 
 def observe_counter(counter: EnergyCounter, seconds: float) -> dict[str, Any]:
-    """Poll the counter as fast as possible; median interval between changes and call time."""
+    """Poll the counter as fast as possible: median interval between changes, call time.
+
+    Intervals are taken between changes timed to within ``counter.max_bracket_s``; a change
+    seen after the thread was descheduled does not give a usable time.
+    """
     now = counter.now
     perf = time.perf_counter_ns
     call_ns: list[int] = []
-    change_s: list[float] = []
+    changes: list[tuple[float, float]] = []  # (time of the change, width of its bracket)
     last = counter.read_mj()
-    end_s = now() + seconds
+    prev_s = now()
+    end_s = prev_s + seconds
     while True:
         before = perf()
         value = counter.read_mj()
         call_ns.append(perf() - before)
         seen_s = now()
         if value != last:
-            change_s.append(seen_s)
+            changes.append(((prev_s + seen_s) / 2, seen_s - prev_s))
             last = value
         if seen_s >= end_s:
             break
-    intervals = [b - a for a, b in zip(change_s, change_s[1:])]
+        prev_s = seen_s
+    limit_s = counter.max_bracket_s
+    intervals = [
+        b - a for (a, wa), (b, wb) in zip(changes, changes[1:]) if wa <= limit_s and wb <= limit_s
+    ]
     return {
         "counter_update_period_ms_observed": (
             _round(statistics.median(intervals) * 1000, 3) if intervals else None
         ),
-        "counter_changes_observed": len(change_s),
+        "counter_changes_observed": len(changes),
+        "counter_intervals_used": len(intervals),
         "counter_polls": len(call_ns),
         "nvml_energy_call_us_median": _round(statistics.median(call_ns) / 1000, 3),
     }
@@ -619,6 +648,8 @@ def _validate_gpu(
     counter = EnergyCounter(nvml, handle, now)
     log(f"validate.py: {device.name} {device.uuid}; observing the counter {opts.observe_seconds} s")
     report.update(observe_counter(counter, opts.observe_seconds))
+    # a change is timed to within a few polls; slower NVML calls widen what is accepted
+    counter.max_bracket_s = max(0.002, 20e-6 * report["nvml_energy_call_us_median"])
     period_ms = report["counter_update_period_ms_observed"]
     period_s = period_ms / 1000.0 if period_ms else 0.1
     tick_timeout_s = max(1.0, 20 * period_s)
@@ -642,6 +673,7 @@ def _validate_gpu(
     if load is None:
         skipped = {"skipped": f"cannot generate GPU load: {load_desc}"}
         report["serial"] = report["concurrent"] = skipped
+        report["counter_changes_retimed"] = counter.wide_brackets
         return report
 
     with contextlib.ExitStack() as stack:
@@ -656,6 +688,8 @@ def _validate_gpu(
         report["serial"] = run_serial(ctx)
         log(f"validate.py: {opts.concurrent_loads} loads of {opts.seconds_per_load} s at once")
         report["concurrent"] = run_concurrent(ctx)
+    # changes whose time was not trusted (thread descheduled), and the next one used
+    report["counter_changes_retimed"] = counter.wide_brackets
     return report
 
 
@@ -683,7 +717,7 @@ def _as_pynvml(nvml: Any) -> Iterator[None]:
 
 
 def _round(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(float(value), digits)
+    return None if value is None else round(float(value), digits) + 0.0  # no -0.0
 
 
 def main(
