@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import warnings
@@ -27,6 +28,7 @@ from footprint.config import Settings
 from footprint.sampling import Sampler
 from footprint.sensors import ENERGY_MISSING, ENERGY_POWER, Sensor, open_cpu_sensor, open_gpu_sensor
 from footprint.sensors.base import NullSensor
+from footprint.storage.writer import WriteFailed, Writer
 
 log = logging.getLogger("footprint")
 
@@ -76,8 +78,7 @@ class Runtime:
         self.ended: deque[EndedSpan] = deque()
         self.max_pending = settings.max_pending_spans
         self.dropped_spans = 0
-        self.unsaved_records = 0
-        self.records_written = 0
+        self._dropped_spans_reported = 0
         self.warnings_issued: set[str] = set()
         self.host = socket.gethostname()
         self.pid = os.getpid()
@@ -102,13 +103,12 @@ class Runtime:
         self._cpu_slots = tuple(range(n_gpu, n_gpu + len(self.cpu_devices)))
         self._pending: dict[int, _Pending] = {}
         self._idle_rows: dict[tuple[str, datetime], list[float]] = {}
-        self._cycle_lock = threading.Lock()
+        self._cycle_lock = threading.RLock()  # a signal handler may flush mid-cycle
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self.pricer: Any = None
         self._open_pricer()
-        self.store: Any = None
-        self._open_store()
+        self.writer = Writer(self._open_store, self.host, self.pid)
 
     # -- setup ---------------------------------------------------------------------
     def _open_gpu(self, spec: str) -> tuple[Sensor, str]:
@@ -126,13 +126,18 @@ class Runtime:
         except Exception as exc:
             self.warn_once("pricing", f"footprint: records will carry no CO2e or cost: {exc}")
 
-    def _open_store(self) -> None:
+    def _open_store(self) -> Any:
         from footprint.storage.store import Store
 
+        return Store(self.settings.db)
+
+    @property
+    def store(self) -> Any:
+        """The open store (opened now if needed), or None if it cannot be opened."""
         try:
-            self.store = Store(self.settings.db)
-        except Exception as exc:
-            self.warn_once("store", f"footprint: records will not be stored: {exc}")
+            return self.writer.open_store()
+        except Exception:
+            return None
 
     def warn_once(self, key: str, message: str) -> None:
         if key not in self.warnings_issued:
@@ -147,6 +152,28 @@ class Runtime:
         self._worker = threading.Thread(target=self._run, name="footprint-writer", daemon=True)
         self._worker.start()
         atexit.register(self.shutdown)
+        self._install_signal_handlers()
+
+    def _install_signal_handlers(self) -> None:
+        """SIGTERM (and SIGINT when left at its default) flush before the process ends."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(signum)
+            if previous == signal.SIG_IGN or (
+                signum == signal.SIGINT and previous is not signal.SIG_DFL
+            ):
+                continue  # ignored on purpose, or Python's KeyboardInterrupt (atexit flushes)
+
+            def handler(sig: int, frame: Any, previous: Any = previous) -> None:
+                self.shutdown()
+                if callable(previous):
+                    previous(sig, frame)
+                else:
+                    signal.signal(sig, signal.SIG_DFL)
+                    os.kill(os.getpid(), sig)
+
+            signal.signal(signum, handler)
 
     def _run(self) -> None:
         while not self._stop.wait(self.settings.flush_interval_s):
@@ -305,15 +332,18 @@ class Runtime:
             for (uuid, minute), (idle_j, measured_j) in self._idle_rows.items()
         ]
         self._idle_rows.clear()
-        if self.store is None:
-            self.unsaved_records += len(records)
-            return
+        dropped = self.dropped_spans
+        self.writer.count_loss("span_queue_full", dropped - self._dropped_spans_reported)
+        self._dropped_spans_reported = dropped
+        self.writer.submit(records, idle_rows)
         try:
-            self.store.write(records, idle_rows)
-            self.records_written += len(records)
-        except Exception as exc:
-            self.unsaved_records += len(records)
-            self.warn_once("write", f"footprint: could not store records ({exc}); counting them")
+            self.writer.flush()
+        except WriteFailed as exc:
+            self.warn_once(
+                "write",
+                f"footprint: records will not be stored for now ({exc}); keeping up to "
+                f"{self.writer.max_buffered} in memory and counting what overflows",
+            )
 
     # -- public control ------------------------------------------------------------
     def flush(self) -> int:
@@ -335,20 +365,23 @@ class Runtime:
             if self.cpu_sampler:
                 self.cpu_sampler.stop()
             self.cycle(until_s=float("inf"), drain_all=True, final=True)
+            lost = self.writer.abandon()
+            if lost:
+                log.warning("footprint: %d records could not be stored before exit", lost)
         finally:
             for sensor in (self.gpu_sensor, self.cpu_sensor):
                 if sensor is not None:
                     sensor.close()
-            if self.store is not None:
-                self.store.close()
+            self.writer.close()
         atexit.unregister(self.shutdown)
 
     def stats(self) -> dict[str, int]:
         """Counters a user can check: nothing is dropped silently."""
         return {
-            "records_written": self.records_written,
+            "records_written": self.writer.written,
+            "buffered_records": self.writer.buffered,
             "dropped_spans": self.dropped_spans,
-            "unsaved_records": self.unsaved_records,
+            "unsaved_records": self.writer.dropped,
             "pending_spans": len(self.ended) + len(self._pending),
             "sampler_failed_reads": self.gpu_sampler.failed_reads,
             "sampler_dropped_samples": self.gpu_sampler.dropped_samples,

@@ -141,13 +141,18 @@ def test_full_run_on_the_fake_gpu(fake_gpu, capsys, tmp_path) -> None:
     assert load.calls == [(LOAD_S, 0)] * 7
     assert report["total_seconds"] < 8
 
-    # Polling is tight (one fake call, a few µs, between polls) and nothing else runs
-    # meanwhile, so each change is seen within microseconds of its tick; the median of the
-    # ~7 intervals ignores a rare scheduler pause. 1 ms is far above the poll resolution
-    # and far below a wrong answer (a multiple of the period, or footprint's 10 ms poll).
+    # Each change is timed by the polls around it (a few µs apart here), and changes seen
+    # after the thread was descheduled are not used; the script reports that bracket as
+    # the resolution (2 ms unless it had to widen it), and every interval is good to
+    # within it. A wrong answer (NVML's usual 100 ms, footprint's 10 ms poll, a multiple
+    # of the period) is far outside it.
     assert report["counter_changes_observed"] >= 6
-    assert report["counter_update_period_ms_observed"] == pytest.approx(PERIOD_S * 1000, abs=1.0)
-    assert report["idle_w"] == pytest.approx(IDLE_W, rel=0.005)
+    resolution_ms = report["counter_period_resolution_ms"]
+    assert resolution_ms <= 10
+    assert report["counter_update_period_ms_observed"] == pytest.approx(
+        PERIOD_S * 1000, abs=resolution_ms
+    )
+    assert report["idle_w"] == pytest.approx(IDLE_W, rel=0.01)
 
     serial = report["serial"]
     assert len(serial["queries"]) == 3
@@ -160,9 +165,11 @@ def test_full_run_on_the_fake_gpu(fake_gpu, capsys, tmp_path) -> None:
             abs(q["attributed_j"] - q["direct_j"]) / q["direct_j"], abs=1e-5
         )
     # footprint stamps a counter value when its sampler sees it, up to one sampling period
-    # (10 ms) after the counter's tick; a load whose power steps from 60 to 400 W is then
-    # off by up to 340 W × 10 ms / (400 W × 0.4 s) ≈ 2.1 %. Allow 4 % for scheduling.
-    assert serial["max_rel_error"] < 0.04
+    # (10 ms) after the counter's tick (NvmlSensor does not declare the update period, so
+    # the sampler's TickEstimator is not used); a load whose power steps from 60 to 400 W is
+    # then off by up to 340 W × 10 ms / (400 W × 0.4 s) ≈ 2.1 %, measured 0.4-2 % on a quiet
+    # machine. 6 % leaves room for ~15 ms of scheduling delay on a busy CI runner.
+    assert serial["max_rel_error"] < 0.06
     assert serial["mean_rel_error"] <= serial["max_rel_error"]
     assert_conserved(serial)
 
@@ -176,7 +183,7 @@ def test_full_run_on_the_fake_gpu(fake_gpu, capsys, tmp_path) -> None:
     assert concurrent["queries_window_direct_j"] == pytest.approx(
         busy_w(4) * concurrent["window_s"], rel=0.03
     )
-    assert concurrent["queries_rel_error"] < 0.04
+    assert concurrent["queries_rel_error"] < 0.06
     assert_conserved(concurrent)
 
 
@@ -185,12 +192,16 @@ def assert_conserved(phase: dict) -> None:
     assert abs(phase["internal_conservation_error_j"]) < 1e-6
     assert phase["attributed_j"] > 0 and phase["idle_j"] > 0
     # Against the counter read directly around the run: the same counter values, so 0 to
-    # float precision when the reads bracket footprint's first and last samples with no
-    # counter change in between (the script makes sure of it at the start); a change
-    # slipping in at the end would cost one tick of idle energy (60 W × 50 ms = 3 J).
-    assert abs(phase["conservation_error_j"]) <= IDLE_W * PERIOD_S * 1.01
-    assert phase["conservation_rel_error"] < 0.02
-    assert phase["start_aligned"] is True
+    # float precision when the script's reads bracket footprint's first and last samples
+    # with no counter change in between. A change slipping in (the run's start is retried
+    # up to 5 times; at the end the read follows footprint's shutdown) adds exactly one
+    # idle tick, 60 W × 50 ms = 3 J, at either end: nothing else is allowed.
+    tick_j = IDLE_W * PERIOD_S
+    error_j = phase["conservation_error_j"]
+    ticks = round(error_j / tick_j)
+    assert ticks in (-1, 0, 1), error_j
+    assert error_j == pytest.approx(ticks * tick_j, abs=0.005), error_j
+    assert phase["conservation_rel_error"] <= tick_j / phase["direct_counter_delta_j"] + 1e-6
 
 
 def test_without_a_load_it_still_measures_the_counter_and_idle(fake_gpu, capsys) -> None:
@@ -200,7 +211,9 @@ def test_without_a_load_it_still_measures_the_counter_and_idle(fake_gpu, capsys)
     assert "cannot generate GPU load" in err
     assert report["load"]["available"] is False
     assert report["idle_w"] == pytest.approx(IDLE_W, rel=0.01)
-    assert report["counter_update_period_ms_observed"] == pytest.approx(PERIOD_S * 1000, abs=1.0)
+    assert report["counter_update_period_ms_observed"] == pytest.approx(
+        PERIOD_S * 1000, abs=report["counter_period_resolution_ms"]
+    )
     assert "skipped" in report["serial"] and "skipped" in report["concurrent"]
 
 
@@ -209,7 +222,11 @@ def test_an_injected_nvml_module_is_also_what_footprint_reads(monkeypatch, capsy
     monkeypatch.setitem(sys.modules, "pynvml", None)  # the real one must not be touched
     gpu = FakeGpu(UUID, power_w=IDLE_W, counter_update_period_s=PERIOD_S)
     fake, lock = real_time_fake([gpu])
-    argv = FAST + ["--seconds-per-load", "0.2", "--serial-queries", "1", "--concurrent-loads", "2"]
+    argv = [
+        "--observe-seconds", "0.15", "--idle-seconds", "0.1", "--gap-seconds", "0.05",
+        "--warmup-seconds", "0", "--sampling-period", str(SAMPLING_S),
+        "--seconds-per-load", "0.15", "--serial-queries", "1", "--concurrent-loads", "2",
+    ]  # fmt: skip
     code, report, err = run_main(argv, capsys, nvml=fake, load=FakeLoad(gpu, lock))
     assert code == 0, err
     assert report["serial"]["queries"][0]["energy_source"] == "counter"

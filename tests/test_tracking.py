@@ -225,10 +225,11 @@ def test_unwritable_database_never_raises_into_user_code(tmp_path):
     def f():
         return 42
 
-    with pytest.warns(footprint.FootprintWarning, match="not be stored"):
-        assert f() == 42
-    footprint.flush()
-    assert footprint.stats()["unsaved_records"] == 1
+    assert f() == 42  # the database is opened off the hot path
+    with pytest.warns(footprint.FootprintWarning, match="not be stored.*does not exist"):
+        footprint.flush()
+    assert footprint.stats()["buffered_records"] == 1
+    footprint.shutdown()  # at exit what could not be stored is counted, not hidden
 
 
 def test_full_span_queue_counts_drops(tmp_path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, DateTime
+from sqlalchemy import Column, DateTime, Index
 from sqlmodel import Field, SQLModel
 
 SCHEMA_VERSION = 1
@@ -22,6 +22,7 @@ class QueryRecord(SQLModel, table=True):
     """One tracked inference call. Never holds prompts or responses: counts only."""
 
     __tablename__ = "queries"
+    __table_args__ = (Index("ix_queries_model_started_at", "model", "started_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     model: str = Field(index=True)
@@ -73,6 +74,23 @@ class IdleEnergy(SQLModel, table=True):
     minute: datetime = Field(sa_column=_utc_column(index=True))
     idle_energy_j: float
     measured_energy_j: float
+    host: str
+    pid: int
+
+
+class Loss(SQLModel, table=True):
+    """What could not be measured or stored, counted when it happened (never silent).
+
+    ``kind``: ``span_queue_full`` (spans dropped at the hot path), ``write_failed``
+    (records dropped after the writer's buffer overflowed), ``samples_overflow``.
+    """
+
+    __tablename__ = "losses"
+
+    id: int | None = Field(default=None, primary_key=True)
+    recorded_at: datetime = Field(sa_column=_utc_column())
+    kind: str
+    count: int
     host: str
     pid: int
 

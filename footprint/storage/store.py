@@ -1,27 +1,45 @@
-"""Opening the database and writing batches of records.
+"""Opening the database, keeping its schema current, and inserting batches.
 
 SQLite is opened in WAL mode with ``synchronous=NORMAL`` and a busy timeout so several
-processes can write one file; PostgreSQL works through the same SQLAlchemy tables.
-Writes are executemany batches of plain dicts through SQLAlchemy Core, one transaction per
-batch: no ORM object per row.
+processes can write one file; batches go through the driver's ``executemany`` with rows
+as tuples (no ORM object, no per-row SQL compilation). PostgreSQL uses the same tables
+through SQLAlchemy Core. One transaction per batch.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert, select
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Engine,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlmodel import SQLModel
 
-from footprint.storage.models import SCHEMA_VERSION, IdleEnergy, Meta, QueryRecord
+from footprint.storage.models import SCHEMA_VERSION, IdleEnergy, Loss, Meta, QueryRecord
 
 log = logging.getLogger("footprint")
 
 SUPPORTED_SCHEMES = ("sqlite", "postgresql")
+TABLES = [QueryRecord.__table__, IdleEnergy.__table__, Loss.__table__, Meta.__table__]
+
+# Migrations: MIGRATIONS[v] takes a database at schema version v to v + 1, in the same
+# transaction that records the new version.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
 
 
 class StoreError(RuntimeError):
@@ -39,75 +57,209 @@ def normalize_db_url(db: str) -> str:
     if url.get_backend_name() not in SUPPORTED_SCHEMES:
         raise StoreError(
             f"unsupported database scheme {url.drivername!r}; use a file path, "
-            "sqlite:///path or postgresql+psycopg://..."
+            "sqlite:///path or postgresql+psycopg://user@host/db"
         )
     return db
 
 
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return parsed.database
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 
 
-def open_engine(db: str) -> Engine:
-    """Create the engine and the tables; check the schema version."""
+def open_engine(db: str, *, create: bool = True) -> Engine:
+    """Create the engine, the tables (``create``) and bring the schema up to date.
+
+    Raises ``StoreError`` with a clear reason: unsupported scheme, missing folder,
+    unreadable file, missing driver, or a schema newer than this footprint.
+    """
     url = normalize_db_url(db)
-    is_sqlite = url.startswith("sqlite")
-    if is_sqlite:
-        path = make_url(url).database
-        if path and path != ":memory:":
-            parent = Path(path).parent
-            if not parent.is_dir():
-                raise StoreError(f"cannot create database {path}: folder {parent} does not exist")
-    engine = create_engine(url, connect_args={"timeout": 10} if is_sqlite else {})
-    if is_sqlite:
-        event.listen(engine, "connect", _sqlite_pragmas)
+    path = sqlite_path(url)
+    if path is not None:
+        folder = Path(path).parent
+        if not folder.is_dir():
+            raise StoreError(f"cannot create database {path}: folder {folder} does not exist")
+        if not create and not Path(path).exists():
+            raise StoreError(f"no database at {path}")
     try:
-        SQLModel.metadata.create_all(
-            engine, tables=[QueryRecord.__table__, IdleEnergy.__table__, Meta.__table__]
-        )
-        _check_schema_version(engine)
-    except StoreError:
-        raise
-    except Exception as exc:
-        raise StoreError(f"cannot open database {url}: {exc}") from exc
-    return engine
+        engine = create_engine(url, connect_args={"timeout": 10} if path else {})
+    except ModuleNotFoundError as exc:
+        raise StoreError(
+            f"the driver for {make_url(url).drivername} is not installed ({exc.name}); "
+            "for PostgreSQL: pip install 'footprint[postgres]'"
+        ) from None
+    if url.startswith("sqlite"):
+        event.listen(engine, "connect", _sqlite_pragmas)
+    last_error: Exception | None = None
+    for attempt in range(5):  # several processes may create the same fresh file at once
+        try:
+            if create:
+                SQLModel.metadata.create_all(engine, tables=TABLES)
+            _migrate(engine)
+            return engine
+        except StoreError:
+            engine.dispose()
+            raise
+        except (OperationalError, IntegrityError) as exc:
+            last_error = exc
+            time.sleep(0.05 * (attempt + 1))
+        except Exception as exc:
+            last_error = exc
+            break
+    engine.dispose()
+    raise StoreError(f"cannot open database {url}: {_reason(last_error)}")
 
 
-def _check_schema_version(engine: Engine) -> None:
+def _reason(exc: BaseException | None) -> str:
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return str(exc.orig).strip().splitlines()[0]
+    return str(exc)
+
+
+def schema_version(conn: Connection) -> int | None:
+    meta = Meta.__table__
+    row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
+    return None if row is None else int(row[0])
+
+
+def _migrate(engine: Engine) -> None:
     meta = Meta.__table__
     with engine.begin() as conn:
-        row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
-        if row is None:
+        version = schema_version(conn)
+        if version is None:
             conn.execute(insert(meta), [{"key": "schema_version", "value": str(SCHEMA_VERSION)}])
-        elif int(row[0]) > SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
             raise StoreError(
-                f"database schema version {row[0]} is newer than this footprint "
-                f"(supports {SCHEMA_VERSION}); upgrade footprint to read it"
+                f"database schema version {version} is newer than this footprint "
+                f"(which knows up to {SCHEMA_VERSION}); upgrade footprint to use it"
             )
+        while version < SCHEMA_VERSION:
+            step = MIGRATIONS.get(version)
+            if step is None:
+                raise StoreError(f"no migration from schema version {version}")
+            step(conn)
+            version += 1
+            log.info("footprint: migrated database to schema version %d", version)
+        conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(version)))
+
+
+def _sqlite_datetime(value: Any) -> Any:
+    """The text SQLAlchemy's SQLite DateTime type writes (naive UTC, microseconds)."""
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(_dt.timezone.utc).replace(tzinfo=None)
+        return value.isoformat(sep=" ", timespec="microseconds")
+    return value
 
 
 class Store:
-    """Batch writer over one database."""
+    """Batch inserts into one database."""
 
     def __init__(self, db: str) -> None:
         self.url = normalize_db_url(db)
         self.engine = open_engine(db)
-        self._queries = QueryRecord.__table__
-        self._idle = IdleEnergy.__table__
+        self.is_sqlite = self.url.startswith("sqlite")
+        self._plans = {table.name: self._plan(table) for table in TABLES[:3]}
 
-    def write(self, records: list[dict[str, Any]], idle_rows: list[dict[str, Any]]) -> None:
-        """Insert both batches in one transaction."""
-        if not records and not idle_rows:
+    @staticmethod
+    def _plan(table: Any) -> tuple[str, list[str], set[str]]:
+        columns = [c.name for c in table.columns if c.name != "id"]
+        datetimes = {c.name for c in table.columns if isinstance(c.type, DateTime)}
+        placeholders = ", ".join("?" * len(columns))
+        sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders})"
+        return sql, columns, datetimes
+
+    def insert(
+        self,
+        records: list[dict[str, Any]],
+        idle_rows: list[dict[str, Any]] = (),  # type: ignore[assignment]
+        losses: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    ) -> None:
+        """Insert the three kinds of rows in one transaction (all or nothing)."""
+        batches = [
+            (QueryRecord.__table__, records),
+            (IdleEnergy.__table__, idle_rows),
+            (Loss.__table__, losses),
+        ]
+        if self.is_sqlite:
+            self._insert_sqlite(batches)
             return
         with self.engine.begin() as conn:
-            if records:
-                conn.execute(insert(self._queries), records)
-            if idle_rows:
-                conn.execute(insert(self._idle), idle_rows)
+            for table, rows in batches:
+                if rows:
+                    conn.execute(insert(table), list(rows))
+
+    def _insert_sqlite(self, batches: list[tuple[Any, list[dict[str, Any]]]]) -> None:
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            for table, rows in batches:
+                if not rows:
+                    continue
+                sql, columns, datetimes = self._plans[table.name]
+                convert = _sqlite_datetime
+                cursor.executemany(
+                    sql,
+                    [
+                        [convert(r.get(c)) if c in datetimes else r.get(c) for c in columns]
+                        for r in rows
+                    ],
+                )
+            connection.commit()
+        except BaseException:
+            connection.rollback()
+            raise
+        finally:
+            connection.close()
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def database_info(db: str) -> dict[str, Any]:
+    """Schema version, row counts, size on disk and losses recorded, for ``db info``."""
+    url = normalize_db_url(db)
+    engine = open_engine(db, create=False)
+    try:
+        with engine.connect() as conn:
+            info: dict[str, Any] = {"db": url, "schema_version": schema_version(conn)}
+            for table in TABLES[:3]:
+                count = select(func.count()).select_from(table)
+                info[f"{table.name}_rows"] = conn.execute(count).scalar_one()
+            losses = Loss.__table__
+            by_kind = conn.execute(
+                select(losses.c.kind, func.sum(losses.c.count)).group_by(losses.c.kind)
+            ).all()
+            info["losses"] = {kind: int(total) for kind, total in by_kind}
+            info["lost_total"] = sum(info["losses"].values())
+            queries = QueryRecord.__table__
+            first, last = conn.execute(
+                select(func.min(queries.c.started_at), func.max(queries.c.started_at))
+            ).one()
+            info["first_query_at"] = first
+            info["last_query_at"] = last
+            path = sqlite_path(url)
+            if path is not None:
+                info["size_bytes"] = sum(
+                    Path(p).stat().st_size
+                    for p in (path, path + "-wal", path + "-shm")
+                    if Path(p).exists()
+                )
+            else:
+                size = "SELECT pg_total_relation_size('queries') + pg_total_relation_size('idle_energy')"
+                info["size_bytes"] = conn.execute(text(size)).scalar_one()
+    finally:
+        engine.dispose()
+    return info

@@ -207,8 +207,9 @@ def parse_args(argv: list[str] | None) -> Options:
 class EnergyCounter:
     """Direct reads of one GPU's ``nvmlDeviceGetTotalEnergyConsumption`` (mJ).
 
-    A change is timed by the two polls around it: the counter ticked after the last poll
-    that saw the old value and by the one that saw the new value. When that bracket is
+    A change is timed by the two polls around it: the counter ticked after the start of
+    the last read that returned the old value and before the end of the first read that
+    returned the new one. When that bracket is
     wider than ``max_bracket_s`` (the thread was descheduled between two polls), the time
     is not trusted and the next change is used instead.
     """
@@ -229,16 +230,18 @@ class EnergyCounter:
 
     def wait_for_change(self, timeout_s: float) -> tuple[int, float]:
         """Poll tightly until the counter changes: its new value and when it changed."""
+        now = self.now
+        low_s = now()  # the tick is after the start of the last read of the old value
         last = self.read_mj()
-        prev_s = self.now()
-        deadline = prev_s + timeout_s
+        deadline = low_s + timeout_s
         retries = 0
         while True:
+            before_s = now()
             value = self.read_mj()
-            seen_s = self.now()
+            seen_s = now()
             if value != last:
-                if seen_s - prev_s <= self.max_bracket_s or retries == self.RETRIES:
-                    return value, (prev_s + seen_s) / 2
+                if seen_s - low_s <= self.max_bracket_s or retries == self.RETRIES:
+                    return value, (low_s + seen_s) / 2
                 self.wide_brackets += 1
                 retries += 1
                 last, deadline = value, seen_s + timeout_s
@@ -246,41 +249,49 @@ class EnergyCounter:
                 raise ValidationError(
                     f"the NVML energy counter did not change in {timeout_s:.2f} s"
                 )
-            prev_s = seen_s
+            low_s = before_s
 
 
 def observe_counter(counter: EnergyCounter, seconds: float) -> dict[str, Any]:
     """Poll the counter as fast as possible: median interval between changes, call time.
 
-    Intervals are taken between changes timed to within ``counter.max_bracket_s``; a change
-    seen after the thread was descheduled does not give a usable time.
+    Intervals are taken between changes timed to within ``counter.max_bracket_s`` (a change
+    seen after the thread was descheduled has no usable time); only if no such pair exists
+    is the limit widened. ``counter_period_resolution_ms`` is the limit used.
     """
     now = counter.now
     perf = time.perf_counter_ns
     call_ns: list[int] = []
     changes: list[tuple[float, float]] = []  # (time of the change, width of its bracket)
+    low_s = now()
     last = counter.read_mj()
-    prev_s = now()
-    end_s = prev_s + seconds
+    end_s = low_s + seconds
     while True:
+        before_s = now()
         before = perf()
         value = counter.read_mj()
         call_ns.append(perf() - before)
         seen_s = now()
         if value != last:
-            changes.append(((prev_s + seen_s) / 2, seen_s - prev_s))
+            changes.append(((low_s + seen_s) / 2, seen_s - low_s))
             last = value
         if seen_s >= end_s:
             break
-        prev_s = seen_s
-    limit_s = counter.max_bracket_s
-    intervals = [
-        b - a for (a, wa), (b, wb) in zip(changes, changes[1:]) if wa <= limit_s and wb <= limit_s
-    ]
+        low_s = before_s
+    intervals: list[float] = []
+    for factor in (1, 2, 5, 10, 20, 50):  # widen only when descheduling left no good pair
+        limit_s = counter.max_bracket_s * factor
+        intervals = [
+            b - a for (a, wa), (b, wb) in zip(changes, changes[1:]) if max(wa, wb) <= limit_s
+        ]
+        if intervals:
+            break
     return {
         "counter_update_period_ms_observed": (
             _round(statistics.median(intervals) * 1000, 3) if intervals else None
         ),
+        # each change is timed to within this, so each interval is good to within it too
+        "counter_period_resolution_ms": _round(limit_s * 1000, 3) if intervals else None,
         "counter_changes_observed": len(changes),
         "counter_intervals_used": len(intervals),
         "counter_polls": len(call_ns),
