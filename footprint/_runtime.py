@@ -28,6 +28,7 @@ from footprint.config import Settings
 from footprint.sampling import Sampler
 from footprint.sensors import ENERGY_MISSING, ENERGY_POWER, Sensor, open_cpu_sensor, open_gpu_sensor
 from footprint.sensors.base import NullSensor
+from footprint.storage.models import PRICING_COLUMNS
 from footprint.storage.writer import WriteFailed, Writer
 
 log = logging.getLogger("footprint")
@@ -292,7 +293,8 @@ class Runtime:
         if cpu_shares:
             cpu_source = "estimated" if any(s.partial for s in cpu_shares) else "counter"
         offset = self.wall_offset_s
-        record = {
+        record = dict.fromkeys(PRICING_COLUMNS)
+        record.update({
             "model": model,
             "tags": json.dumps(tags, default=str, sort_keys=True) if tags else "{}",
             "started_at": datetime.fromtimestamp(start_s + offset, timezone.utc),
@@ -311,7 +313,7 @@ class Runtime:
             "cpu_energy_source": cpu_source,
             "host": self.host,
             "pid": self.pid,
-        }
+        })  # fmt: skip
         if self.pricer is not None:
             try:
                 self.pricer.apply(record)

@@ -27,6 +27,10 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks, measured on this machine.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+db_app = typer.Typer(help="Look into and export the database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+DB_HELP = "Database URL or file path (default: settings, FOOTPRINT_DB)."
 
 console = Console()
 
@@ -156,6 +160,85 @@ def regions(
         table.add_row(*row, z["intensity_ref"][:60])
     console.print(table)
     console.print(f"{len(zones)} zones")
+
+
+def _settings_db(db: str | None) -> str:
+    if db is not None:
+        return db
+    from footprint.config import resolve_settings
+
+    try:
+        return resolve_settings().db
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+@db_app.command("info")
+def db_info(
+    db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Schema version, rows, size on disk and what was lost (dropped or unsaved)."""
+    from footprint.storage.store import StoreError, database_info
+
+    try:
+        info = database_info(_settings_db(db))
+    except StoreError as exc:
+        raise InputError(str(exc)) from None
+    if as_json:
+        _print_json(info)
+        return
+    for key, value in info.items():
+        console.print(f"{key:>16}: {value}")
+
+
+@db_app.command("export")
+def db_export(
+    fmt: Annotated[str, typer.Option("--format", help="csv | jsonl | parquet")] = "csv",
+    db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+    out: Annotated[str | None, typer.Option(help="Output file (default: stdout).")] = None,
+) -> None:
+    """Every query record, streamed in constant memory."""
+    from footprint.storage.export import FORMATS, export_parquet, export_text
+    from footprint.storage.store import StoreError
+
+    if fmt not in FORMATS:
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "parquet" and out is None:
+        raise InputError("parquet export needs --out FILE")
+    source = _settings_db(db)
+    try:
+        if fmt == "parquet":
+            count = export_parquet(source, out)  # type: ignore[arg-type]
+        elif out is None:
+            count = export_text(source, fmt, sys.stdout)
+        else:
+            with open(out, "w", newline="", encoding="utf-8") as handle:
+                count = export_text(source, fmt, handle)
+    except (StoreError, OSError) as exc:
+        raise InputError(str(exc)) from None
+    if out is not None:
+        sys.stderr.write(f"{count} records written to {out}\n")
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    rows: Annotated[
+        int, typer.Option(min=1000, max=10_000_000, help="Records per side.")
+    ] = 200_000,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Records/s through footprint's writer vs raw sqlite3 executemany, same rows."""
+    from footprint.bench.ingest import run
+
+    result = run(rows=rows)
+    if as_json:
+        _print_json(result)
+        return
+    console.print(
+        f"footprint writer {result['footprint_rows_per_s']:,.0f} rows/s, raw sqlite3 "
+        f"executemany {result['raw_sqlite_rows_per_s']:,.0f} rows/s: ratio {result['ratio']:.2f}"
+    )
 
 
 @bench_app.command("overhead")

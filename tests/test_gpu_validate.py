@@ -108,7 +108,7 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture, **kwargs) -> tuple[
 
 
 FAST = [
-    "--observe-seconds", "0.4", "--idle-seconds", "0.3", "--gap-seconds", "0.15",
+    "--observe-seconds", "0.3", "--idle-seconds", "0.3", "--gap-seconds", "0.1",
     "--warmup-seconds", "0", "--sampling-period", str(SAMPLING_S),
 ]  # fmt: skip
 
@@ -146,7 +146,7 @@ def test_full_run_on_the_fake_gpu(fake_gpu, capsys, tmp_path) -> None:
     # the resolution (2 ms unless it had to widen it), and every interval is good to
     # within it. A wrong answer (NVML's usual 100 ms, footprint's 10 ms poll, a multiple
     # of the period) is far outside it.
-    assert report["counter_changes_observed"] >= 6
+    assert report["counter_changes_observed"] >= 5
     resolution_ms = report["counter_period_resolution_ms"]
     assert resolution_ms <= 10
     assert report["counter_update_period_ms_observed"] == pytest.approx(
@@ -158,7 +158,7 @@ def test_full_run_on_the_fake_gpu(fake_gpu, capsys, tmp_path) -> None:
     assert len(serial["queries"]) == 3
     for q in serial["queries"]:
         assert q["energy_source"] == "counter"
-        assert q["duration_s"] == pytest.approx(LOAD_S, abs=0.02)
+        assert LOAD_S <= q["duration_s"] < LOAD_S + 0.1
         # the script's direct figure is the fake's ground truth: busy power × load time
         assert q["direct_j"] == pytest.approx(busy_w(1) * q["duration_s"], rel=0.01)
         assert q["rel_error"] == pytest.approx(
@@ -167,10 +167,11 @@ def test_full_run_on_the_fake_gpu(fake_gpu, capsys, tmp_path) -> None:
     # footprint stamps a counter value when its sampler sees it, up to one sampling period
     # (10 ms) after the counter's tick (NvmlSensor does not declare the update period, so
     # the sampler's TickEstimator is not used); a load whose power steps from 60 to 400 W is
-    # then off by up to 340 W × 10 ms / (400 W × 0.4 s) ≈ 2.1 %, measured 0.4-2 % on a quiet
-    # machine. 6 % leaves room for ~15 ms of scheduling delay on a busy CI runner.
-    assert serial["max_rel_error"] < 0.06
-    assert serial["mean_rel_error"] <= serial["max_rel_error"]
+    # then off by up to 340 W × 10 ms / (400 W × 0.4 s) ≈ 2.1 %: measured 0.3-2 % on a quiet
+    # machine, up to 3.4 % with the CPUs oversubscribed 3×. 8 % still allows ~25 ms of
+    # scheduling delay, and catches a one-tick (50 ms, 10.6 %) misplacement of the edges.
+    assert serial["max_rel_error"] < 0.08
+    assert serial["mean_rel_error"] < 0.04
     assert_conserved(serial)
 
     concurrent = report["concurrent"]
@@ -183,7 +184,7 @@ def test_full_run_on_the_fake_gpu(fake_gpu, capsys, tmp_path) -> None:
     assert concurrent["queries_window_direct_j"] == pytest.approx(
         busy_w(4) * concurrent["window_s"], rel=0.03
     )
-    assert concurrent["queries_rel_error"] < 0.06
+    assert concurrent["queries_rel_error"] < 0.04
     assert_conserved(concurrent)
 
 

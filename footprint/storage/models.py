@@ -60,6 +60,13 @@ class QueryRecord(SQLModel, table=True):
     compute_cost: float | None = None  # USD: GPU-seconds x $/GPU-hour
 
 
+PRICING_COLUMNS = (
+    "zone", "intensity_g_per_kwh", "intensity_source", "market_intensity_g_per_kwh", "pue",
+    "price_per_kwh", "currency", "usd_per_gpu_hour", "co2e_g", "market_co2e_g",
+    "embodied_co2e_g", "energy_cost", "energy_cost_usd", "compute_cost",
+)  # fmt: skip
+
+
 class IdleEnergy(SQLModel, table=True):
     """Per device per minute: idle energy and the whole counter delta it belongs to.
 

@@ -18,7 +18,7 @@ from typing import Any
 
 log = logging.getLogger("footprint")
 
-BATCH_ROWS = 5_000
+BATCH_ROWS = 50_000
 
 
 class Writer:

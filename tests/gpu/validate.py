@@ -138,48 +138,56 @@ def parse_args(argv: list[str] | None) -> Options:
     )
     p.add_argument(
         "--seconds-per-load",
+        metavar="S",
         type=_positive_float,
         default=d.seconds_per_load,
         help="length of each load, s (default %(default)s)",
     )
     p.add_argument(
         "--serial-queries",
+        metavar="K",
         type=_positive_int,
         default=d.serial_queries,
         help="loads run one at a time (default %(default)s)",
     )
     p.add_argument(
         "--concurrent-loads",
+        metavar="N",
         type=_positive_int,
         default=d.concurrent_loads,
         help="loads run at once on the same GPU (default %(default)s)",
     )
     p.add_argument(
         "--gap-seconds",
+        metavar="S",
         type=_non_negative_float,
         default=d.gap_seconds,
         help="idle time between loads, s (default %(default)s)",
     )
     p.add_argument(
         "--idle-seconds",
+        metavar="S",
         type=_positive_float,
         default=d.idle_seconds,
         help="idle baseline, s (default %(default)s)",
     )
     p.add_argument(
         "--observe-seconds",
+        metavar="S",
         type=_positive_float,
         default=d.observe_seconds,
         help="tight polling of the energy counter, s (default %(default)s)",
     )
     p.add_argument(
         "--warmup-seconds",
+        metavar="S",
         type=_non_negative_float,
         default=d.warmup_seconds,
         help="untracked load first (CUDA start-up), s; 0 skips (default %(default)s)",
     )
     p.add_argument(
         "--sampling-period",
+        metavar="S",
         type=_positive_float,
         default=d.sampling_period_s,
         dest="sampling_period_s",
@@ -187,17 +195,21 @@ def parse_args(argv: list[str] | None) -> Options:
     )
     p.add_argument(
         "--device",
+        metavar="I",
         type=_non_negative_int,
         default=d.device,
         help="CUDA index of the GPU to validate (default %(default)s)",
     )
     p.add_argument(
         "--db-dir",
+        metavar="DIR",
         default=None,
         help="keep footprint's SQLite files in this folder (default: a temp folder)",
     )
-    p.add_argument("--json-out", default=None, help="also write the JSON object to this file")
-    ns = p.parse_args(argv)  # fmt: skip
+    p.add_argument(
+        "--json-out", metavar="FILE", default=None, help="also write the JSON object to this file"
+    )
+    ns = p.parse_args(argv)
     return Options(**vars(ns))
 
 
@@ -379,9 +391,16 @@ def start_phase(
     """
     for attempt in range(1, PHASE_START_ATTEMPTS + 1):
         db = db_dir / f"{name}-{attempt}.db"
+        for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            stale.unlink(missing_ok=True)  # a kept --db-dir from an earlier run
         Store(str(db)).close()  # create the tables now, so the runtime starts quickly
         footprint.configure(
-            db=str(db), sensor="nvml", cpu=False, sampling_period_s=opts.sampling_period_s
+            db=str(db),
+            sensor="nvml",
+            cpu=False,
+            sampling_period_s=opts.sampling_period_s,
+            daemon=None,  # measured in this process even if FOOTPRINT_DAEMON is set
+            detect_cloud=False,  # no cloud metadata lookup: pricing is not what is checked
         )
         before_mj, _ = counter.wait_for_change(tick_timeout_s)
         runtime = get_runtime()

@@ -1,0 +1,129 @@
+"""``footprint bench report``: the whole ``footprint report`` command against hand-written SQL.
+
+A SQLite file with N synthetic query records (and a month of per-minute idle rows for
+eight GPUs) is built once, in the real schema (created by ``open_engine``), with raw
+``sqlite3.executemany``. Then, side by side in the same run:
+
+- ``report_s``: ``footprint report --format json`` as a subprocess, process start,
+  imports, SQL, rollups and JSON output included;
+- ``raw_sql_s``: the same aggregates straight from ``sqlite3`` in this process (already
+  started): per-model and per-GPU sums, the per-day series, idle energy per GPU and the
+  nearest-rank p50/p95 of energy, CO2e and cost per query per model.
+
+Each side runs ``repeats`` times, alternating; the best run of each counts.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from footprint.storage.models import IdleEnergy, QueryRecord
+from footprint.storage.store import open_engine
+
+# (model, GPUs it runs on, mean seconds, watts per GPU, share of traffic)
+BENCH_MODELS = (
+    ("llama-3-8b", (0,), 1.2, 420.0, 0.34),
+    ("llama-3-70b", (2, 3), 3.5, 610.0, 0.18),
+    ("mixtral-8x7b", (0, 1), 2.4, 560.0, 0.16),
+    ("qwen-2.5-7b", (4,), 1.0, 380.0, 0.14),
+    ("whisper-large-v3", (5,), 0.8, 300.0, 0.10),
+    ("bge-m3", (6,), 0.05, 250.0, 0.08),
+)
+GPU_UUIDS = tuple(f"GPU-bench000-0000-4000-8000-{i:012d}" for i in range(8))
+# zone, intensity g/kWh, PUE, price/kWh, currency, USD per unit, $/GPU-h, share of traffic
+BENCH_ZONES = (
+    ("aws:us-east-1", 244.76, 1.14, 0.0895, "USD", 1.0, 6.88, 0.7),
+    ("aws:eu-west-1", 282.0, 1.14, 0.1868, "EUR", 1.082, 7.2, 0.3),
+)
+EPOCH = _dt.datetime(2026, 1, 1, tzinfo=_dt.timezone.utc)
+DAYS = 30
+
+
+def _columns(table: Any) -> list[str]:
+    return [c.name for c in table.columns if c.name != "id"]
+
+
+def build_db(path: Path, rows: int, seed: int = 0) -> None:
+    """Create the schema with ``open_engine`` and fill it with raw ``executemany``."""
+    engine = open_engine(str(path))
+    engine.dispose()
+    rng = random.Random(seed)
+    span_s = DAYS * 86400.0
+    step = span_s / max(rows, 1)
+    models = [m for m in BENCH_MODELS]
+    model_weights = [m[4] for m in models]
+    zone_weights = [z[7] for z in BENCH_ZONES]
+    columns = _columns(QueryRecord.__table__)
+    placeholders = ", ".join("?" * len(columns))
+    insert = f"INSERT INTO queries ({', '.join(columns)}) VALUES ({placeholders})"
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=OFF")
+    gpu_lists = {m[1]: json.dumps([GPU_UUIDS[g] for g in m[1]]) for m in models}
+    tags = json.dumps({"team": "search"})
+    chunk: list[tuple] = []
+    epoch_s = EPOCH.timestamp()
+    for i in range(rows):
+        name, gpus, mean_s, watts, _ = rng.choices(models, model_weights)[0]
+        zone, intensity, pue, price, currency, usd, gpu_hour, _ = rng.choices(
+            BENCH_ZONES, zone_weights
+        )[0]
+        began_s = epoch_s + i * step
+        duration = rng.expovariate(1.0 / mean_s) + 0.01
+        gpu_seconds = duration * len(gpus) * rng.uniform(0.3, 1.0)
+        energy_j = gpu_seconds * watts * rng.uniform(0.8, 1.2)
+        kwh = energy_j / 3.6e6 * pue
+        error = rng.random() < 0.01
+        out_tokens = None if error else rng.randint(5, 900)
+        cost = kwh * price
+        started = _text(began_s)
+        chunk.append(
+            (
+                name, tags, started, _text(began_s + duration), duration, duration * 0.1,
+                "error" if error else "ok", "TimeoutError" if error else None,
+                rng.randint(10, 3000), out_tokens, gpu_lists[gpus], gpu_seconds, energy_j,
+                "counter", None, "missing", f"gpu-node-{gpus[0] // 4}", 4242, zone, intensity,
+                "static", None, pue, price, currency, gpu_hour, kwh * intensity, None,
+                gpu_seconds * 7.9e-4, cost, cost * usd, gpu_seconds * gpu_hour / 3600.0,
+            )
+        )  # fmt: skip
+        if len(chunk) >= 100_000:
+            con.executemany(insert, chunk)
+            chunk.clear()
+    if chunk:
+        con.executemany(insert, chunk)
+    idle_columns = _columns(IdleEnergy.__table__)
+    idle_insert = (
+        f"INSERT INTO idle_energy ({', '.join(idle_columns)}) "
+        f"VALUES ({', '.join('?' * len(idle_columns))})"
+    )
+    minutes = DAYS * 1440
+    idle_rows = (
+        (uuid, _text(epoch_s + m * 60.0), 60.0 * 70.0 * 0.4, 60.0 * 70.0 * 0.4 + 9000.0,
+         f"gpu-node-{g // 4}", 4242)
+        for g, uuid in enumerate(GPU_UUIDS)
+        for m in range(0, minutes, max(1, minutes * 8 // max(rows, 1) or 1))
+    )  # fmt: skip
+    con.executemany(idle_insert, idle_rows)
+    con.commit()
+    con.close()
+
+
+def _text(epoch_s: float) -> str:
+    """SQLAlchemy's SQLite text for a UTC datetime."""
+    whole = math.floor(epoch_s)
+    micro = int(round((epoch_s - whole) * 1e6))
+    if micro == 1_000_000:
+        whole, micro = whole + 1, 0
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole)) + f".{micro:06d}"
