@@ -18,12 +18,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 import random
 import sqlite3
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any

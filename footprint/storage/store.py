@@ -303,7 +303,8 @@ def database_info(db: str) -> dict[str, Any]:
                 )
             else:
                 size = text(
-                    "SELECT pg_total_relation_size('queries') + pg_total_relation_size('idle_energy')"
+                    "SELECT pg_total_relation_size('queries')"
+                    " + pg_total_relation_size('idle_energy')"
                 )
                 info["size_bytes"] = conn.execute(size).scalar_one()
     finally:
