@@ -68,18 +68,24 @@ def sqlite_path(url: str) -> str | None:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
-    return parsed.database
+    database = parsed.database
+    if str(parsed.query.get("uri", "")).lower() in ("true", "1") and database.startswith("file:"):
+        database = database.removeprefix("file:")  # sqlite:///file:path?mode=ro&uri=true
+    return database
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+def _sqlite_pragmas(busy_timeout_s: float) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return on_connect
 
 
-def open_engine(db: str, *, create: bool = True) -> Engine:
+def open_engine(db: str, *, create: bool = True, busy_timeout_s: float = 10.0) -> Engine:
     """Create the engine, the tables (``create``) and bring the schema up to date.
 
     Raises ``StoreError`` with a clear reason: unsupported scheme, missing folder,
@@ -94,14 +100,14 @@ def open_engine(db: str, *, create: bool = True) -> Engine:
         if not create and not Path(path).exists():
             raise StoreError(f"no database at {path}")
     try:
-        engine = create_engine(url, connect_args={"timeout": 10} if path else {})
+        engine = create_engine(url, connect_args={"timeout": busy_timeout_s} if path else {})
     except ModuleNotFoundError as exc:
         raise StoreError(
             f"the driver for {make_url(url).drivername} is not installed ({exc.name}); "
             "for PostgreSQL: pip install 'footprint[postgres]'"
         ) from None
     if url.startswith("sqlite"):
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas(busy_timeout_s))
     last_error: Exception | None = None
     for attempt in range(5):  # several processes may create the same fresh file at once
         try:
@@ -215,9 +221,9 @@ def _row_builder(columns: list[str], datetimes: set[str]) -> Callable[[dict], tu
 class Store:
     """Batch inserts into one database."""
 
-    def __init__(self, db: str) -> None:
+    def __init__(self, db: str, busy_timeout_s: float = 10.0) -> None:
         self.url = normalize_db_url(db)
-        self.engine = open_engine(db)
+        self.engine = open_engine(db, busy_timeout_s=busy_timeout_s)
         self.is_sqlite = self.url.startswith("sqlite")
         self._plans = {table.name: self._plan(table) for table in TABLES[:3]}
 

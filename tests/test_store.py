@@ -1,0 +1,335 @@
+"""The store: batched durable writes, many processes, crashes, schema, SQLite and PostgreSQL.
+
+Tests taking the ``db_url`` fixture run on SQLite always and on PostgreSQL when
+``FOOTPRINT_TEST_POSTGRES_URL`` is set (``.ci/run`` sets it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, select, text
+
+from footprint.bench.ingest import make_records, time_footprint, time_raw
+from footprint.cli import main
+from footprint.storage.models import IdleEnergy, Loss, QueryRecord
+from footprint.storage.store import MIGRATIONS, Store, StoreError, database_info, open_engine
+from footprint.storage.writer import Writer, WriteFailed
+
+PG_URL = os.environ.get("FOOTPRINT_TEST_POSTGRES_URL")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield str(tmp_path / "store.db")
+        return
+    if not PG_URL:
+        pytest.skip("FOOTPRINT_TEST_POSTGRES_URL is not set")
+    schema = f"fp_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+def count_rows(url: str, table: str = "queries") -> int:
+    engine = open_engine(url, create=False)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def test_round_trip_keeps_every_column(db_url):
+    records = make_records(50, seed=4)
+    now = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+    idle = [{"device_uuid": "GPU-x", "minute": now, "idle_energy_j": 1.5,
+             "measured_energy_j": 9.0, "host": "h", "pid": 1}]  # fmt: skip
+    losses = [{"recorded_at": now, "kind": "span_queue_full", "count": 3, "host": "h", "pid": 1}]
+    store = Store(db_url)
+    store.insert(records, idle, losses)
+    with store.engine.connect() as conn:
+        got = conn.execute(select(QueryRecord.__table__).order_by(QueryRecord.__table__.c.id)).all()
+        idle_back = conn.execute(select(IdleEnergy.__table__)).one()
+        loss_back = conn.execute(select(Loss.__table__)).one()
+    store.close()
+    assert len(got) == 50
+    for record, row in zip(records, got):
+        row = row._asdict()
+        for key, value in record.items():
+            if isinstance(value, dt.datetime):
+                back = row[key] if row[key].tzinfo else row[key].replace(tzinfo=dt.timezone.utc)
+                assert back == value, key
+            elif isinstance(value, float):
+                assert row[key] == pytest.approx(value, rel=1e-12), key
+            else:
+                assert row[key] == value, key
+    assert idle_back.idle_energy_j == 1.5 and loss_back.count == 3
+    info = database_info(db_url)
+    assert info["queries_rows"] == 50 and info["schema_version"] == 1
+    assert info["losses"] == {"span_queue_full": 3}
+
+
+def test_batch_is_all_or_nothing(tmp_path):
+    store = Store(str(tmp_path / "a.db"))
+    good = make_records(10)
+    bad = dict(good[0], duration_s=None)  # NOT NULL column
+    with pytest.raises(Exception):
+        store.insert(good + [bad])
+    assert count_rows(str(tmp_path / "a.db")) == 0
+
+
+class FlakyStore:
+    """A store whose inserts fail with a given error until told otherwise."""
+
+    def __init__(self, real: Store, error: Exception):
+        self.real, self.error, self.failing = real, error, True
+
+    def insert(self, records, idle_rows=(), losses=()):
+        if self.failing:
+            raise self.error
+        self.real.insert(records, idle_rows, losses)
+
+    def close(self):
+        self.real.close()
+
+
+def test_disk_full_keeps_rows_and_retries(tmp_path):
+    db = str(tmp_path / "full.db")
+    flaky = FlakyStore(Store(db), sqlite3.OperationalError("database or disk is full"))
+    writer = Writer(lambda: flaky, "h", 1, max_buffered=100)
+    writer.submit(make_records(30), [])
+    with pytest.raises(WriteFailed, match="disk is full"):
+        writer.flush()
+    assert writer.buffered == 30 and writer.dropped == 0
+    writer.submit(make_records(90, seed=1), [])  # 120 > 100: the 20 oldest are dropped
+    assert writer.buffered == 100 and writer.dropped == 20
+    flaky.failing = False
+    assert writer.flush() == 100
+    assert count_rows(db) == 100
+    assert database_info(db)["losses"] == {"write_failed": 20}
+
+
+def test_locked_database_times_out_then_recovers(tmp_path):
+    db = tmp_path / "locked.db"
+    store = Store(str(db), busy_timeout_s=0.2)
+    writer = Writer(lambda: store, "h", 1)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    writer.submit(make_records(5), [])
+    with pytest.raises(WriteFailed, match="locked"):
+        writer.flush()
+    blocker.execute("COMMIT")
+    blocker.close()
+    assert writer.flush() == 5
+
+
+def test_read_only_database_is_refused_clearly(tmp_path):
+    db = tmp_path / "ro.db"
+    Store(str(db)).close()
+    with pytest.raises(StoreError, match="readonly"):
+        Store(f"sqlite:///file:{db}?mode=ro&uri=true").insert(make_records(1))
+
+
+@pytest.mark.parametrize("url, message", [
+    ("mysql://u@h/db", "unsupported database scheme"),
+    ("sqlite:////no/such/folder/x.db", "does not exist"),
+])  # fmt: skip
+def test_bad_urls_say_why(url, message):
+    with pytest.raises(StoreError, match=message):
+        Store(url)
+
+
+def test_newer_schema_is_refused(db_url):
+    Store(db_url).close()
+    engine = open_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE footprint_meta SET value = '99' WHERE key = 'schema_version'"))
+    engine.dispose()
+    with pytest.raises(StoreError, match="schema version 99 is newer"):
+        Store(db_url)
+
+
+def test_older_schema_is_migrated_in_place(db_url, monkeypatch):
+    store = Store(db_url)
+    store.insert(make_records(3))
+    store.close()
+
+    def add_column(conn):
+        conn.execute(text("ALTER TABLE queries ADD COLUMN migrated_flag INTEGER DEFAULT 7"))
+
+    monkeypatch.setattr("footprint.storage.store.SCHEMA_VERSION", 2)
+    monkeypatch.setitem(MIGRATIONS, 1, add_column)
+    engine = open_engine(db_url)
+    with engine.connect() as conn:
+        version = conn.execute(text("SELECT value FROM footprint_meta")).scalar_one()
+        flags = conn.execute(text("SELECT migrated_flag FROM queries")).scalars().all()
+    engine.dispose()
+    assert version == "2" and flags == [7, 7, 7]
+
+
+WORKER = textwrap.dedent(
+    """
+    import os, sys, time
+    import footprint
+    footprint.configure(db=sys.argv[1], sensor="none", cpu=False, region="FRA",
+                        flush_interval_s=float(sys.argv[3]))
+
+    @footprint.track(model="worker", proc=os.getpid())
+    def infer(i):
+        return i
+
+    n = int(sys.argv[2])
+    pause = float(sys.argv[4])
+    for i in range(n):
+        infer(i)
+        if pause:
+            time.sleep(pause)
+        if i % 100 == 99:
+            print(i + 1, flush=True)
+    print("done", flush=True)
+    """
+)
+
+
+def _spawn(tmp_path, url, n, flush_s=0.5, pause_s=0.0):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    return subprocess.Popen(
+        [sys.executable, str(script), url, str(n), str(flush_s), str(pause_s)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_four_processes_lose_nothing(db_url, tmp_path):
+    Store(db_url).close()  # create the schema once, as a deployment would
+    procs = [_spawn(tmp_path, db_url, 5000) for _ in range(4)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+    engine = open_engine(db_url, create=False)
+    with engine.connect() as conn:
+        total, distinct, pids = conn.execute(
+            text("SELECT COUNT(*), COUNT(DISTINCT id), COUNT(DISTINCT pid) FROM queries")
+        ).one()
+    engine.dispose()
+    assert (total, distinct, pids) == (20_000, 20_000, 4)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_load_leaves_a_sound_database(tmp_path):
+    db = tmp_path / "crash.db"
+    flush_s, pause_s = 0.2, 0.001
+    proc = _spawn(tmp_path, str(db), 100_000, flush_s=flush_s, pause_s=pause_s)
+    started = time.monotonic()
+    reported = 0
+    while reported < 2000:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        reported = int(line)
+    elapsed = time.monotonic() - started
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    rate_per_s = reported / elapsed
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    stored = con.execute("SELECT COUNT(*) FROM queries").fetchone()[0]
+    con.close()
+    # Calls made after the last line read may or may not be stored; what is missing is
+    # what the process had not flushed: one flush interval plus one write, at its rate.
+    lost = max(0, reported - stored)
+    print(f"SIGKILL after {reported} calls: {stored} stored, {lost} lost")
+    assert stored > 0
+    assert lost <= rate_per_s * (2 * flush_s + 0.5), (reported, stored, rate_per_s)
+
+
+@pytest.mark.slow
+def test_sigterm_flushes_everything(tmp_path):
+    db = tmp_path / "term.db"
+    proc = _spawn(tmp_path, str(db), 100_000, flush_s=60.0, pause_s=0.0005)
+    reported = 0
+    while reported < 1000:
+        reported = int(proc.stdout.readline())
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGTERM  # the default action still happens
+    stored = count_rows(str(db))
+    assert stored >= reported  # nothing flushed by the timer (60 s): all by the handler
+
+
+def test_footprint_writer_and_raw_insert_the_same_rows(tmp_path):
+    """The ingest benchmark compares like with like: the same complete rows."""
+    records = make_records(200, seed=9)
+    time_raw(records, tmp_path, 0)
+    time_footprint(records, tmp_path, 0)
+    dumps = []
+    for name in ("raw-0.db", "footprint-0.db"):
+        con = sqlite3.connect(tmp_path / name)
+        cols = [r[1] for r in con.execute("PRAGMA table_info(queries)") if r[1] != "id"]
+        dumps.append(con.execute(f"SELECT {', '.join(cols)} FROM queries ORDER BY id").fetchall())
+        con.close()
+    assert len(dumps[0]) == 200 and dumps[0] == dumps[1]
+
+
+def test_db_info_and_export_commands(tmp_path, capsys):
+    db = str(tmp_path / "e.db")
+    store = Store(db)
+    store.insert(make_records(7))
+    store.close()
+    main(["db", "info", "--db", db, "--json"])
+    info = json.loads(capsys.readouterr().out)
+    assert info["queries_rows"] == 7 and info["size_bytes"] > 0 and info["lost_total"] == 0
+    main(["db", "export", "--db", db, "--format", "jsonl"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 7 and json.loads(lines[0])["model"] == "llama-3-8b"
+    out = tmp_path / "e.csv"
+    main(["db", "export", "--db", db, "--format", "csv", "--out", str(out)])
+    import csv
+
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 7 and rows[0]["started_at"].startswith("2026-01-01T00:00:00")
+    assert set(rows[0]) == {c.name for c in QueryRecord.__table__.columns}
+
+
+def test_export_is_streamed_in_chunks(tmp_path, monkeypatch):
+    from footprint.storage import export
+
+    monkeypatch.setattr(export, "CHUNK_ROWS", 10)
+    db = str(tmp_path / "s.db")
+    store = Store(db)
+    store.insert(make_records(35))
+    store.close()
+    sizes = [len(rows) for _, rows in export.iter_chunks(db)]
+    assert sizes == [10, 10, 10, 5]
+
+
+@pytest.mark.parametrize("args", [
+    ["db", "info", "--db", "/no/such/dir/x.db"],
+    ["db", "export", "--format", "xml", "--db", "x.db"],
+    ["db", "export", "--format", "parquet", "--db", "x.db"],
+])  # fmt: skip
+def test_db_commands_bad_input_exit_2(args, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1
