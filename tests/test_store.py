@@ -25,7 +25,7 @@ from footprint.bench.ingest import make_records, time_footprint, time_raw
 from footprint.cli import main
 from footprint.storage.models import IdleEnergy, Loss, QueryRecord
 from footprint.storage.store import MIGRATIONS, Store, StoreError, database_info, open_engine
-from footprint.storage.writer import Writer, WriteFailed
+from footprint.storage.writer import WriteFailed, Writer
 
 PG_URL = os.environ.get("FOOTPRINT_TEST_POSTGRES_URL")
 REPO = Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ def test_batch_is_all_or_nothing(tmp_path):
     store = Store(str(tmp_path / "a.db"))
     good = make_records(10)
     bad = dict(good[0], duration_s=None)  # NOT NULL column
-    with pytest.raises(Exception):
+    with pytest.raises(sqlite3.IntegrityError, match="NOT NULL"):
         store.insert(good + [bad])
     assert count_rows(str(tmp_path / "a.db")) == 0
 
