@@ -57,8 +57,77 @@ class TickEstimator:
                 low, high = lo_s - shift * period, hi_s - shift * period
             self._low_s, self._high_s = low, high
         shift = round(((lo_s + hi_s) / 2 - (self._low_s + self._high_s) / 2) / period)
-        estimate = (self._low_s + self._high_s) / 2 + shift * period
+        # Re-anchor the phase bounds on this tick, so an error in the period does not
+        # accumulate with the distance to the first change.
+        self._low_s += shift * period
+        self._high_s += shift * period
+        estimate = (self._low_s + self._high_s) / 2
         return min(max(estimate, lo_s), hi_s)
+
+
+class PeriodLearner:
+    """Learn how often a counter updates when the sensor does not say (NVML does not).
+
+    From the midpoints of the poll windows in which the value changed: a rough period
+    (median gap of the first changes), then a long-baseline figure, first to latest
+    midpoint over the number of ticks in between, which keeps improving (its error is
+    about one poll period over the tick count). Only useful when polls are faster than
+    the counter; otherwise poll times are good enough and the learner gives up.
+    """
+
+    def __init__(self, poll_period_s: float, min_changes: int = 40) -> None:
+        self.poll_period_s = poll_period_s
+        self.min_changes = min_changes
+        self._warmup_mids_s: list[float] = []
+        self._first_mid_s: float | None = None
+        self._last_mid_s = 0.0
+        self._ticks = 0
+        self.period_s: float | None = None
+        self.gave_up = False
+        self._tick_origin_s: float | None = None
+        self._tick_last_s = 0.0
+        self._tick_count = 0
+
+    def observe(self, lo_s: float, hi_s: float) -> float | None:
+        """Feed a window in which the counter changed; returns the period once known."""
+        if self.gave_up:
+            return None
+        mid_s = (lo_s + hi_s) / 2
+        if self.period_s is None:
+            self._warmup_mids_s.append(mid_s)
+            if len(self._warmup_mids_s) < self.min_changes:
+                return None
+            mids = self._warmup_mids_s
+            gaps = sorted(b - a for a, b in zip(mids, mids[1:]))
+            rough_s = gaps[len(gaps) // 2]
+            if rough_s < 1.5 * self.poll_period_s:
+                self.gave_up = True  # the counter changes about every poll: nothing to learn
+                return None
+            self._first_mid_s = mids[0]
+            self._ticks = sum(max(1, round((b - a) / rough_s)) for a, b in zip(mids, mids[1:]))
+            self._warmup_mids_s = []
+        else:
+            self._ticks += max(1, round((mid_s - self._last_mid_s) / self.period_s))
+        self._last_mid_s = mid_s
+        self.period_s = (mid_s - self._first_mid_s) / self._ticks  # type: ignore[operator]
+        return self.period_s
+
+    def observe_tick(self, tick_s: float) -> float | None:
+        """Refine the period from estimated tick times (once a ``TickEstimator`` locks).
+
+        Tick estimates are far tighter than window midpoints, so the tick count between
+        changes is unambiguous and the long-baseline period keeps converging.
+        """
+        if self.period_s is None:
+            return None
+        if self._tick_origin_s is None:
+            self._tick_origin_s, self._tick_last_s, self._tick_count = tick_s, tick_s, 0
+            return self.period_s
+        self._tick_count += max(1, round((tick_s - self._tick_last_s) / self.period_s))
+        self._tick_last_s = tick_s
+        if self._tick_count >= 100:
+            self.period_s = (tick_s - self._tick_origin_s) / self._tick_count
+        return self.period_s
 
 
 @dataclass
@@ -67,6 +136,7 @@ class _DeviceState:
     last_energy_j: float | None = None
     last_sample_s: float | None = None
     estimator: TickEstimator | None = None
+    learner: PeriodLearner | None = None
 
 
 class Sampler:
@@ -91,14 +161,15 @@ class Sampler:
         self.devices = sensor.devices
         self._timelines: list[deque[Sample]] = [deque() for _ in self.devices]
         update_period_s = sensor.counter_update_period_s
-        self._states = [
-            _DeviceState(
-                estimator=TickEstimator(update_period_s)
-                if update_period_s and d.energy_method in (ENERGY_COUNTER, ENERGY_SIMULATED)
-                else None
-            )
-            for d in self.devices
-        ]
+        self._states = []
+        for device in self.devices:
+            state = _DeviceState()
+            if device.energy_method in (ENERGY_COUNTER, ENERGY_SIMULATED):
+                if update_period_s:
+                    state.estimator = TickEstimator(update_period_s)
+                else:
+                    state.learner = PeriodLearner(period_s)
+            self._states.append(state)
         self.dropped_samples = 0
         self.failed_reads = 0
         self.polls = 0
@@ -176,12 +247,21 @@ class Sampler:
         if state.last_energy_j is not None and energy_j == state.last_energy_j:
             state.last_poll_s = poll_s
             return
+        learner = state.learner
+        if learner is not None and state.estimator is None and state.last_poll_s is not None:
+            learned_s = learner.observe(state.last_poll_s, poll_s)
+            if learned_s is not None:
+                state.estimator = TickEstimator(learned_s)
+            elif learner.gave_up:
+                state.learner = None
         if state.estimator is None or state.last_poll_s is None:
             t_s = poll_s
             if state.estimator is not None:  # first value: its tick is in (poll - period, poll]
                 t_s = poll_s - state.estimator.period_s / 2
         else:
             t_s = state.estimator.tick_time_s(state.last_poll_s, poll_s)
+            if learner is not None:
+                state.estimator.period_s = learner.observe_tick(t_s) or state.estimator.period_s
         timeline = self._timelines[index]
         if timeline and t_s <= timeline[-1][0]:
             t_s = timeline[-1][0] + 1e-9
@@ -192,6 +272,10 @@ class Sampler:
         state.last_poll_s = poll_s
         state.last_energy_j = energy_j
         state.last_sample_s = t_s
+
+    def counter_periods_s(self) -> list[float | None]:
+        """The counter update period used per device (given or learned; None: not yet)."""
+        return [s.estimator.period_s if s.estimator else None for s in self._states]
 
     def drain(self) -> list[list[Sample]]:
         """Samples appended since the last drain, per device."""

@@ -91,3 +91,67 @@ def test_tick_estimator_locks_onto_the_phase():
     estimate, truth = last
     assert abs(estimate - truth) < 0.002
     assert estimator.uncertainty_s < 0.002
+
+
+def _poll_windows(period_s, poll_s, n_polls, seed=4):
+    """Windows (previous poll, poll] in which a counter of ``period_s`` changed."""
+    import random
+
+    rng = random.Random(seed)
+    t, windows = 0.0, []
+    for _ in range(n_polls):
+        prev, t = t, t + poll_s * rng.uniform(0.9, 1.1)
+        if int((t - 0.013) // period_s) > int((prev - 0.013) // period_s):
+            windows.append((prev, t))
+    return windows
+
+
+def test_period_learner_finds_an_unannounced_counter_period():
+    from footprint.sampling import PeriodLearner
+
+    learner = PeriodLearner(poll_period_s=0.05)
+    learned = None
+    for lo, hi in _poll_windows(0.1, 0.05, 400):
+        learned = learner.observe(lo, hi) or learned
+        if learned:
+            break
+    assert learned == pytest.approx(0.1, abs=0.002)
+
+
+def test_period_learner_gives_up_on_counters_faster_than_polls():
+    from footprint.sampling import PeriodLearner
+
+    learner = PeriodLearner(poll_period_s=0.05)
+    assert all(learner.observe(lo, hi) is None for lo, hi in _poll_windows(0.02, 0.05, 400))
+    assert learner.gave_up
+
+
+def test_sampler_learns_the_period_of_a_counter_sensor():
+    """An NVML-like sensor (counter, period unknown) gets tick-stamped samples."""
+    from footprint.sampling import Sampler
+    from footprint.sensors.base import ENERGY_COUNTER, DeviceInfo
+
+    class CounterWithoutPeriod(SimulatedSensor):
+        @property
+        def counter_update_period_s(self):
+            return None
+
+        @property
+        def devices(self):
+            return [DeviceInfo(0, "GPU-x", "x", "gpu", ENERGY_COUNTER)]
+
+    clock = ManualClock(500.0)
+    sampler = Sampler(CounterWithoutPeriod(SimulatedGpuSpec(), clock), 0.05, clock)
+    import random
+
+    rng = random.Random(2)
+    for _ in range(1500):  # 75 s of polling
+        sampler.sample_once()
+        clock.advance(0.05 * rng.uniform(0.9, 1.1))
+    (period,) = sampler.counter_periods_s()
+    assert period == pytest.approx(0.1, abs=0.0005)
+    samples = sampler.drain()[0]
+    # Once locked, samples sit on the counter's ticks (multiples of 0.1 s), not on polls.
+    late = [t for t, _ in samples[-20:]]
+    # (Poll-time stamps would be up to a poll period, 50 ms, after the tick.)
+    assert max(abs(t * 10 - round(t * 10)) / 10 for t in late) < 0.01
