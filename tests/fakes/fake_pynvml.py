@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import string
 import sys
+import threading
 import types
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -245,6 +246,11 @@ class FakeGpu:
         return round(self.power_at_w(self.clock.now_s()) * 1000)
 
     def _advance(self) -> None:
+        # The sampler thread and a test thread may read at once, as with the real library.
+        with _ADVANCE_LOCK:
+            self._advance_locked()
+
+    def _advance_locked(self) -> None:
         now_s = self.clock.now_s()
         while True:
             tick_s = self._attach_s + (self._tick + 1) * self.counter_update_period_s
@@ -269,6 +275,9 @@ class FakeGpu:
         else:
             self._energy_j += float(self.power_w) * dt_s
         self._t_s = t_s
+
+
+_ADVANCE_LOCK = threading.RLock()
 
 
 class _Handle:
