@@ -60,16 +60,9 @@ class Settings:
 
     def _validate_pricing(self) -> None:
         from footprint.pricing import HourlyIntensity, lookup_zone, validate_overrides
+        from footprint.pricing.pricer import OVERRIDE_FIELDS
 
-        validate_overrides(
-            price_per_kwh=self.price_per_kwh,
-            currency=self.currency,
-            usd_per_gpu_hour=self.usd_per_gpu_hour,
-            pue=self.pue,
-            market_intensity_g_per_kwh=self.market_intensity_g_per_kwh,
-            embodied_kgco2e=self.embodied_kgco2e,
-            lifetime_years=self.lifetime_years,
-        )
+        validate_overrides(**{name: getattr(self, name) for name in OVERRIDE_FIELDS})
         if self.price_per_kwh is not None and self.currency is None:
             raise ValueError("price_per_kwh needs currency (e.g. currency='EUR')")
         if self.provider is not None and self.provider not in PROVIDERS:
