@@ -28,7 +28,7 @@ from footprint.config import Settings
 from footprint.sampling import Sampler
 from footprint.sensors import ENERGY_MISSING, ENERGY_POWER, Sensor, open_cpu_sensor, open_gpu_sensor
 from footprint.sensors.base import NullSensor
-from footprint.storage.models import PRICING_COLUMNS
+from footprint.storage.columns import PRICING_COLUMNS
 from footprint.storage.writer import WriteFailed, Writer
 
 log = logging.getLogger("footprint")

@@ -11,6 +11,10 @@ from datetime import datetime
 from sqlalchemy import Column, DateTime, Index
 from sqlmodel import Field, SQLModel
 
+from footprint.storage.columns import PRICING_COLUMNS
+
+__all__ = ["PRICING_COLUMNS", "IdleEnergy", "Loss", "Meta", "QueryRecord", "SCHEMA_VERSION"]
+
 SCHEMA_VERSION = 1
 
 
@@ -58,13 +62,6 @@ class QueryRecord(SQLModel, table=True):
     energy_cost: float | None = None  # in ``currency``
     energy_cost_usd: float | None = None
     compute_cost: float | None = None  # USD: GPU-seconds x $/GPU-hour
-
-
-PRICING_COLUMNS = (
-    "zone", "intensity_g_per_kwh", "intensity_source", "market_intensity_g_per_kwh", "pue",
-    "price_per_kwh", "currency", "usd_per_gpu_hour", "co2e_g", "market_co2e_g",
-    "embodied_co2e_g", "energy_cost", "energy_cost_usd", "compute_cost",
-)  # fmt: skip
 
 
 class IdleEnergy(SQLModel, table=True):
