@@ -84,6 +84,12 @@ class Runtime:
         self.host = socket.gethostname()
         self.pid = os.getpid()
 
+        if settings.daemon:
+            self.warn_once(
+                "daemon",
+                "footprint: daemon mode is not available in this version; "
+                f"measuring in this process instead of via {settings.daemon}",
+            )
         self.gpu_sensor, reason = self._open_gpu(settings.sensor)
         if reason and settings.sensor.partition(":")[0] != "none":
             self.warn_once("no-gpu", f"footprint: no GPU energy will be recorded: {reason}")

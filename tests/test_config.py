@@ -65,3 +65,15 @@ def test_bad_env_sensor_disables_tracking_without_breaking_calls(monkeypatch, tm
     with pytest.warns(footprint.FootprintWarning, match="tracking disabled: unknown sensor"):
         assert f() == 7
     assert f() == 7
+
+
+def test_daemon_setting_is_not_silently_ignored(tmp_path):
+    footprint.configure(db=str(tmp_path / "d.db"), sensor="none", cpu=False, region="FRA",
+                        daemon="/run/footprint.sock")  # fmt: skip
+
+    @footprint.track(model="m")
+    def f():
+        return 1
+
+    with pytest.warns(footprint.FootprintWarning, match="daemon mode is not available"):
+        assert f() == 1
