@@ -18,8 +18,12 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
 import random
 import sqlite3
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -123,3 +127,142 @@ def _text(epoch_s: float) -> str:
     if micro == 1_000_000:
         whole, micro = whole + 1, 0
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole)) + f".{micro:06d}"
+
+
+# The hand-written side: the aggregates ``footprint report`` computes, as plain SQL.
+RAW_GROUPED = """
+SELECT model, substr(started_at, 1, 10) AS day, gpus, zone, currency, intensity_source, pue,
+       price_per_kwh, usd_per_gpu_hour, market_intensity_g_per_kwh, energy_source,
+       count(*), sum(CASE WHEN status != 'ok' THEN 1 ELSE 0 END),
+       coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),
+       coalesce(sum(gpu_seconds), 0.0), coalesce(sum(energy_j), 0.0), count(energy_j),
+       coalesce(sum(energy_j * pue), 0.0), coalesce(sum(co2e_g), 0.0),
+       coalesce(sum(market_co2e_g), 0.0), count(market_co2e_g),
+       coalesce(sum(embodied_co2e_g), 0.0), coalesce(sum(energy_cost_usd), 0.0),
+       coalesce(sum(CASE WHEN energy_cost_usd IS NULL AND energy_cost IS NOT NULL
+                         THEN energy_cost END), 0.0),
+       count(CASE WHEN energy_cost_usd IS NULL AND energy_cost IS NOT NULL THEN 1 END),
+       coalesce(sum(compute_cost), 0.0), coalesce(sum(duration_s), 0.0),
+       min(intensity_g_per_kwh), max(intensity_g_per_kwh)
+FROM queries
+GROUP BY model, substr(started_at, 1, 10), gpus, zone, currency, intensity_source, pue,
+         price_per_kwh, usd_per_gpu_hour, market_intensity_g_per_kwh, energy_source
+"""
+RAW_IDLE = """
+SELECT device_uuid, substr(minute, 1, 10), host, sum(idle_energy_j), sum(measured_energy_j)
+FROM idle_energy WHERE device_uuid NOT LIKE 'cpu-%'
+GROUP BY device_uuid, substr(minute, 1, 10), host
+"""
+RAW_PERCENTILES = """
+SELECT * FROM (
+  SELECT model, count(*) OVER (PARTITION BY model) AS n,
+         e, row_number() OVER (PARTITION BY model ORDER BY e) AS re,
+         c, row_number() OVER (PARTITION BY model ORDER BY c) AS rc,
+         k, row_number() OVER (PARTITION BY model ORDER BY k) AS rk
+  FROM (SELECT model, energy_j AS e, co2e_g AS c,
+               coalesce(energy_cost_usd, CASE WHEN currency = 'USD' THEN energy_cost END, 0.0)
+               + coalesce(compute_cost, 0.0) AS k
+        FROM queries
+        WHERE energy_j IS NOT NULL AND (id * 2654435761) % 1000000 < {limit})
+) WHERE re IN ((n * 50 + 99) / 100, (n * 95 + 99) / 100)
+     OR rc IN ((n * 50 + 99) / 100, (n * 95 + 99) / 100)
+     OR rk IN ((n * 50 + 99) / 100, (n * 95 + 99) / 100)
+"""
+
+
+def raw_sql(path: Path) -> dict[str, Any]:
+    """The report's aggregates straight from sqlite3 (same sums, same sampled percentiles)."""
+    from footprint.reporting.data import _HASH_MODULUS, PERCENTILE_SAMPLE
+
+    con = sqlite3.connect(path)
+    try:
+        con.execute("PRAGMA temp_store=MEMORY")
+        con.execute("PRAGMA cache_size=-262144")
+        models = sorted({r[0] for r in con.execute("SELECT DISTINCT model FROM queries")})
+        grouped = con.execute(RAW_GROUPED).fetchall()
+        first_last = con.execute("SELECT min(started_at), max(started_at) FROM queries").fetchone()
+        idle = con.execute(RAW_IDLE).fetchall()
+        counts: dict[str, int] = {}
+        for row in grouped:
+            counts[row[0]] = counts.get(row[0], 0) + row[17]
+        limits = {
+            m: min(_HASH_MODULUS, -(-PERCENTILE_SAMPLE * _HASH_MODULUS // n))
+            for m, n in counts.items()
+            if n
+        }
+        limit = " ".join(f"WHEN '{m}' THEN {t}" for m, t in sorted(limits.items()))
+        percentiles = con.execute(
+            RAW_PERCENTILES.format(limit=f"CASE model {limit} ELSE {_HASH_MODULUS} END")
+        ).fetchall()
+    finally:
+        con.close()
+    return {
+        "models": models,
+        "groups": len(grouped),
+        "queries": sum(r[11] for r in grouped),
+        "energy_j": sum(r[16] for r in grouped),
+        "co2e_g": sum(r[19] for r in grouped),
+        "idle_j": sum(r[3] for r in idle),
+        "first_last": first_last,
+        "percentile_rows": len(percentiles),
+    }
+
+
+def time_report(path: Path) -> tuple[float, dict[str, Any]]:
+    """Wall time of ``footprint report --format json`` as a fresh process, and its JSON."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOOTPRINT_")}
+    command = [sys.executable, "-m", "footprint.cli", "report", "--db", str(path)]
+    command += ["--format", "json"]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"footprint report failed: {done.stderr.strip()}")
+    return elapsed, json.loads(done.stdout)
+
+
+def run(rows: int = 1_000_000, repeats: int = 2, folder: Path | None = None) -> dict[str, Any]:
+    """Build the database once, then time both sides ``repeats`` times, alternating."""
+    with tempfile.TemporaryDirectory(prefix="footprint-bench-report-") as tmp:
+        path = Path(folder or tmp) / f"report-{rows}.db"
+        if path.exists():
+            path.unlink()
+        start = time.perf_counter()
+        build_db(path, rows)
+        build_s = time.perf_counter() - start
+        report_times, raw_times = [], []
+        report: dict[str, Any] = {}
+        raw: dict[str, Any] = {}
+        for _ in range(repeats):
+            elapsed, report = time_report(path)
+            report_times.append(elapsed)
+            start = time.perf_counter()
+            raw = raw_sql(path)
+            raw_times.append(time.perf_counter() - start)
+        size = path.stat().st_size
+    totals = report["totals"]
+    same = (
+        totals["queries"] == raw["queries"] == rows
+        and math.isclose(totals["energy_kwh"] * 3.6e6, raw["energy_j"], rel_tol=1e-9)
+        and math.isclose(totals["co2e_g"], raw["co2e_g"], rel_tol=1e-9)
+        and sorted(m["model"] for m in report["models"]) == raw["models"]
+    )
+    report_s, raw_s = min(report_times), min(raw_times)
+    return {
+        "rows": rows,
+        "db_bytes": size,
+        "build_s": build_s,
+        "repeats": repeats,
+        "report_s": report_s,
+        "raw_sql_s": raw_s,
+        "ratio": report_s / raw_s if raw_s else None,
+        "report_runs_s": report_times,
+        "raw_sql_runs_s": raw_times,
+        "same_figures": same,
+        "models": len(report["models"]),
+        "target_report_s": 3.0,
+        "target_ratio": 2.0,
+        "cpu_count": os.cpu_count(),
+        "note": "report_s includes process start and imports; raw_sql_s is sqlite3 in-process "
+        "running the report's SQL (grouped sums, idle per GPU and day, sampled percentiles)",
+    }

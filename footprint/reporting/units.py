@@ -1,8 +1,8 @@
 """Numbers that read well: an SI prefix picked so the figure has 1 to 3 digits before the point.
 
 ``energy(0.0042)`` (kWh in) -> ``"4.2 Wh"``; ``mass(1520.0)`` (grams in) -> ``"1.52 kg"``;
-``money(0.000131)`` -> ``"$0.000131"``. Three significant digits everywhere, trailing
-zeros kept only where they carry meaning (never for integers).
+``money(0.000131)`` -> ``"$0.000131"``. Three significant digits, trailing zeros dropped
+(``4.2 Wh``, not ``4.20 Wh``); money of a dollar or more shows cents.
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ def sig(value: float, digits: int = 3) -> str:
     # Rounding can carry into a new digit (999.6 -> 1000): recompute the decimals.
     if rounded != 0 and math.floor(math.log10(abs(rounded))) > magnitude:
         decimals = max(0, decimals - 1)
-    return f"{rounded:,.{decimals}f}"
+    text = f"{rounded:,.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
 
 
 def _scaled(value: float, units: tuple[tuple[float, str], ...]) -> str:

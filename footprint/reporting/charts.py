@@ -1,0 +1,242 @@
+"""Charts of a report, drawn with matplotlib (object API, no pyplot state, Agg/SVG only).
+
+Each chart comes out as SVG text (inlined in the HTML: no network, crisp at any zoom) and
+as PNG bytes (beside the Markdown). Output is reproducible: fixed fonts (DejaVu Sans,
+shipped with matplotlib), fixed SVG id salt, no creation date in the metadata.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+PALETTE = ("#0f766e", "#2563eb", "#7c3aed", "#db2777", "#0891b2", "#65a30d", "#9f1239", "#4338ca")
+ELECTRICITY = "#f59e0b"
+IDLE_COLOR = "#cbd5e1"
+INK = "#1e293b"
+MUTED = "#64748b"
+GRID = "#e2e8f0"
+
+_ENERGY_SCALES = ((1e3, "MWh"), (1.0, "kWh"), (1e-3, "Wh"), (1e-6, "mWh"))
+_MASS_SCALES = ((1e6, "t"), (1e3, "kg"), (1.0, "g"), (1e-3, "mg"))
+_MONEY_SCALES = ((1.0, "$"),)
+
+
+@dataclass
+class Chart:
+    """One chart: its file stem, a title and alt text, and the rendered SVG and PNG."""
+
+    name: str
+    title: str
+    alt: str
+    svg: str
+    png: bytes
+
+
+def _scale(max_value: float, scales: tuple[tuple[float, str], ...]) -> tuple[float, str]:
+    for factor, unit in scales:
+        if max_value >= factor:
+            return factor, unit
+    return scales[-1]
+
+
+def _style() -> dict[str, Any]:
+    return {
+        "font.family": "DejaVu Sans",
+        "font.size": 9.5,
+        "axes.edgecolor": GRID,
+        "axes.labelcolor": MUTED,
+        "axes.titlesize": 11,
+        "axes.titleweight": "bold",
+        "axes.titlecolor": INK,
+        "axes.titlelocation": "left",
+        "axes.titlepad": 10,
+        "xtick.color": MUTED,
+        "ytick.color": MUTED,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "axes.grid": True,
+        "axes.axisbelow": True,
+        "grid.color": GRID,
+        "grid.linewidth": 0.8,
+        "legend.frameon": False,
+        "legend.fontsize": 9,
+        "svg.fonttype": "path",
+        "svg.hashsalt": "footprint-report",
+        "path.simplify": True,
+    }
+
+
+def _render(fig: Any, name: str) -> tuple[str, bytes]:
+    svg_buffer = io.StringIO()
+    fig.savefig(svg_buffer, format="svg", metadata={"Date": None}, bbox_inches="tight")
+    png_buffer = io.BytesIO()
+    fig.savefig(png_buffer, format="png", dpi=144, bbox_inches="tight", metadata={})
+    svg = svg_buffer.getvalue()
+    svg = svg[svg.index("<svg") :]  # drop the XML prolog and DOCTYPE for inlining
+    # Unique ids per chart, so several charts can share one HTML page.
+    svg = svg.replace('id="', f'id="{name}-').replace("url(#", f"url(#{name}-")
+    svg = svg.replace('xlink:href="#', f'xlink:href="#{name}-')
+    return svg, png_buffer.getvalue()
+
+
+def build_charts(report: dict[str, Any]) -> list[Chart]:
+    """Every chart of the report (none for an empty report)."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    if not report["models"]:
+        return []
+    charts = []
+    with matplotlib.rc_context(_style()):
+        for builder in (_daily_chart, _models_chart, _what_if_chart):
+            made = builder(report, Figure)
+            if made is not None:
+                fig, name, title, alt = made
+                svg, png = _render(fig, name)
+                charts.append(Chart(name=name, title=title, alt=alt, svg=svg, png=png))
+    return charts
+
+
+def _colors(report: dict[str, Any]) -> dict[str, str]:
+    return {m["model"]: PALETTE[i % len(PALETTE)] for i, m in enumerate(report["models"])}
+
+
+def _daily_chart(report: dict[str, Any], Figure: Any) -> Any:
+    daily = report["daily"]
+    if not daily:
+        return None
+    colors = _colors(report)
+    models = [m["model"] for m in report["models"]]
+    days = [d["day"] for d in daily]
+    labels = [_day_label(d) for d in days]
+    x = list(range(len(days)))
+    fig = Figure(figsize=(10, 3.9))
+    ax_e, ax_c = fig.subplots(1, 2)
+    fig.subplots_adjust(wspace=0.28)
+    top_energy = max(
+        sum(d["models"][m]["energy_kwh"] for m in models) + d["idle_energy_kwh"] for d in daily
+    )
+    factor, unit = _scale(top_energy, _ENERGY_SCALES)
+    bottom = [0.0] * len(days)
+    width = 0.72 if len(days) <= 45 else 0.95
+    for model in models:
+        values = [d["models"][model]["energy_kwh"] / factor for d in daily]
+        ax_e.bar(x, values, width, bottom=bottom, color=colors[model], label=model)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    idle = [d["idle_energy_kwh"] / factor for d in daily]
+    if any(idle):
+        ax_e.bar(x, idle, width, bottom=bottom, color=IDLE_COLOR, label="idle (not attributed)")
+    ax_e.set_title("GPU energy per day")
+    ax_e.set_ylabel(unit)
+    top_mass = max(sum(d["models"][m]["co2e_g"] for m in models) for d in daily)
+    mfactor, munit = _scale(top_mass, _MASS_SCALES)
+    bottom = [0.0] * len(days)
+    for model in models:
+        values = [d["models"][model]["co2e_g"] / mfactor for d in daily]
+        ax_c.bar(x, values, width, bottom=bottom, color=colors[model], label=model)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax_c.set_title("CO2e per day (attributed, location-based)")
+    ax_c.set_ylabel(f"{munit} CO2e")
+    step = max(1, len(days) // 10)
+    for ax in (ax_e, ax_c):
+        ax.set_xticks(x[::step], labels[::step])
+        ax.grid(axis="x", visible=False)
+        ax.margins(x=0.01)
+    handles, names = ax_e.get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 5),
+               bbox_to_anchor=(0.5, -0.1))  # fmt: skip
+    alt = "Stacked bars per day of GPU energy and of CO2e, one colour per model"
+    return fig, "daily", "Energy and CO2e per day", alt
+
+
+def _day_label(day: str) -> str:
+    import datetime as _dt
+
+    d = _dt.date.fromisoformat(day)
+    return f"{d.strftime('%a')}\n{d.day} {d.strftime('%b')}"
+
+
+def _models_chart(report: dict[str, Any], Figure: Any) -> Any:
+    from matplotlib.patches import Patch
+
+    models = report["models"]
+    colors = _colors(report)
+    names = [m["model"] for m in models][::-1]
+    rows = models[::-1]
+    y = list(range(len(rows)))
+    height = max(2.6, 0.55 * len(rows) + 1.4)
+    fig = Figure(figsize=(10, height))
+    ax_c, ax_m = fig.subplots(1, 2)
+    fig.subplots_adjust(wspace=0.45)
+    top = max(m["fully_loaded_co2e_g"] + m["embodied_co2e_g"] for m in rows)
+    factor, unit = _scale(top, _MASS_SCALES)
+    attributed = [m["co2e_g"] / factor for m in rows]
+    idle = [(m["fully_loaded_co2e_g"] - m["co2e_g"]) / factor for m in rows]
+    embodied = [m["embodied_co2e_g"] / factor for m in rows]
+    ax_c.barh(y, attributed, 0.62, color=[colors[n] for n in names])
+    ax_c.barh(y, idle, 0.62, left=attributed, color=IDLE_COLOR)
+    left = [a + i for a, i in zip(attributed, idle)]
+    ax_c.barh(y, embodied, 0.62, left=left, color=INK)
+    ax_c.set_yticks(y, names)
+    ax_c.set_title("CO2e per model")
+    ax_c.set_xlabel(f"{unit} CO2e")
+    ax_c.legend(
+        handles=[
+            Patch(color=MUTED, label="attributed (model colour)"),
+            Patch(color=IDLE_COLOR, label="idle share"),
+            Patch(color=INK, label="embodied"),
+        ],
+        loc="lower right",
+    )
+    top_cost = max(m["fully_loaded_energy_cost_usd"] + m["compute_cost_usd"] for m in rows)
+    energy_cost = [m["fully_loaded_energy_cost_usd"] for m in rows]
+    compute = [m["compute_cost_usd"] for m in rows]
+    ax_m.barh(y, compute, 0.62, color=[colors[n] for n in names])
+    ax_m.barh(y, energy_cost, 0.62, left=compute, color=ELECTRICITY)
+    ax_m.set_yticks(y, names)
+    ax_m.set_title("Cost per model")
+    ax_m.set_xlabel("US$")
+    ax_m.set_xlim(0, top_cost * 1.08 if top_cost else 1)
+    ax_m.legend(
+        handles=[
+            Patch(color=MUTED, label="GPU time (model colour)"),
+            Patch(color=ELECTRICITY, label="electricity (fully loaded)"),
+        ],
+        loc="lower right",
+    )
+    for ax in (ax_c, ax_m):
+        ax.grid(axis="y", visible=False)
+    alt = "Horizontal bars per model: CO2e (attributed, idle share, embodied) and cost"
+    return fig, "models", "CO2e and cost per model", alt
+
+
+def _what_if_chart(report: dict[str, Any], Figure: Any) -> Any:
+    what_if = report["what_if"]
+    zones = what_if["zones"]
+    if not zones or not what_if["energy_kwh"]:
+        return None
+    as_run = what_if["as_run"]
+    label = "as run: " + (", ".join(as_run["zones"]) or "no zone")
+    entries = [(label, as_run["co2e_g"], True)]
+    entries += [(f"{z['zone']} ({z['name']})" if z["name"] else z["zone"], z["co2e_g"], False)
+                for z in zones]  # fmt: skip
+    entries = entries[::-1]
+    top = max(v for _, v, _ in entries)
+    factor, unit = _scale(top, _MASS_SCALES)
+    fig = Figure(figsize=(10, max(2.4, 0.42 * len(entries) + 1.0)))
+    ax = fig.subplots()
+    y = list(range(len(entries)))
+    ax.barh(y, [v / factor for _, v, _ in entries], 0.6,
+            color=[INK if current else PALETTE[0] for _, _, current in entries])  # fmt: skip
+    for yi, (_, v, _) in zip(y, entries):
+        ax.text(v / factor, yi, f"  {v / factor:,.3g} {unit}", va="center", fontsize=8.5,
+                color=MUTED)  # fmt: skip
+    ax.set_yticks(y, [n for n, _, _ in entries])
+    ax.set_xlabel(f"{unit} CO2e for the same fully loaded energy")
+    ax.set_title("What if the same work had run elsewhere")
+    ax.set_xlim(0, top / factor * 1.18)
+    ax.grid(axis="y", visible=False)
+    alt = "Horizontal bars: CO2e of the period's energy in the zone it ran in and in others"
+    return fig, "what-if", "What if elsewhere", alt
