@@ -37,6 +37,9 @@ log = logging.getLogger("footprint")
 # (a thread paused between two bytecodes) is still seen if it began this long before.
 ANNOUNCE_MARGIN_S = 0.5
 
+# The writer thread folds new rows into the hourly rollups every this many flushes.
+ROLLUP_EVERY_FLUSHES = 30
+
 # Field order of the tuple the hot path appends when a call ends.
 EndedSpan = tuple[
     int,  # span id
@@ -80,6 +83,7 @@ class Runtime:
         self.max_pending = settings.max_pending_spans
         self.dropped_spans = 0
         self._dropped_spans_reported = 0
+        self._flushes = 0
         self.warnings_issued: set[str] = set()
         self.host = socket.gethostname()
         self.pid = os.getpid()
@@ -352,6 +356,17 @@ class Runtime:
                 f"footprint: records will not be stored for now ({exc}); keeping up to "
                 f"{self.writer.max_buffered} in memory and counting what overflows",
             )
+            return
+        self._flushes += 1
+        if self._flushes % ROLLUP_EVERY_FLUSHES == 0:
+            self._catch_up_rollups()
+
+    def _catch_up_rollups(self) -> None:
+        try:
+            if self.writer.store is not None:
+                self.writer.store.catch_up_rollups()
+        except Exception as exc:  # reports catch up themselves; never fail the writer
+            self.warn_once("rollups", f"footprint: could not update rollups: {exc}")
 
     # -- public control ------------------------------------------------------------
     def flush(self) -> int:
@@ -373,6 +388,7 @@ class Runtime:
             if self.cpu_sampler:
                 self.cpu_sampler.stop()
             self.cycle(until_s=float("inf"), drain_all=True, final=True)
+            self._catch_up_rollups()
             lost = self.writer.abandon()
             if lost:
                 log.warning("footprint: %d records could not be stored before exit", lost)

@@ -19,10 +19,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import create_engine, select, text
 
 from footprint.bench.ingest import make_records, time_footprint, time_raw
 from footprint.cli import main
+from footprint.storage import rollups
 from footprint.storage.models import IdleEnergy, Loss, QueryRecord
 from footprint.storage.store import MIGRATIONS, Store, StoreError, database_info, open_engine
 from footprint.storage.writer import WriteFailed, Writer
@@ -233,6 +236,12 @@ def test_four_processes_lose_nothing(db_url, tmp_path):
         ).one()
     engine.dispose()
     assert (total, distinct, pids) == (20_000, 20_000, 4)
+    Store(db_url).catch_up_rollups()
+    assert count_rows(db_url, "query_rollups") >= 1
+    engine = open_engine(db_url, create=False)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT SUM(queries) FROM query_rollups")).scalar_one() == 20_000
+    engine.dispose()
 
 
 @pytest.mark.slow
@@ -333,3 +342,103 @@ def test_db_commands_bad_input_exit_2(args, capsys):
         main(args)
     assert exited.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+# -- hourly rollups -----------------------------------------------------------------------
+
+
+def _random_records(seed: int, n: int) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+    records = make_records(n, seed=seed)
+    start = dt.datetime(2026, 5, 1, tzinfo=dt.timezone.utc)
+    for r in records:  # spread over hours and vary what a report groups on
+        r["started_at"] = start + dt.timedelta(seconds=rng.uniform(0, 6 * 3600))
+        r["ended_at"] = r["started_at"] + dt.timedelta(seconds=r["duration_s"])
+        r["zone"] = rng.choice(["FRA", "aws:us-east-1", None])
+        r["pue"] = rng.choice([1.1, 1.58, None])
+        r["energy_j"] = rng.choice([r["energy_j"], None])
+        r["energy_cost_usd"] = rng.choice([r["energy_cost_usd"], None])
+        r["market_co2e_g"] = rng.choice([None, 0.5])
+        r["status"] = rng.choice(["ok", "ok", "error"])
+    return records
+
+
+def _rollup_table(url: str) -> dict:
+    engine = open_engine(url, create=False)
+    with engine.connect() as conn:
+        rows = conn.execute(select(rollups.QueryRollup.__table__)).mappings().all()
+    engine.dispose()
+    out = {}
+    for r in rows:
+        hour = (
+            r["hour"]
+            if isinstance(r["hour"], dt.datetime)
+            else dt.datetime.fromisoformat(r["hour"])
+        )
+        hour = (
+            hour.replace(tzinfo=None)
+            if hour.tzinfo is None
+            else hour.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        )
+        out[(hour, r["group_key"])] = {
+            k: r[k] for k in (*rollups.SUM_COLUMNS, "intensity_min", "intensity_max")
+        }
+    return out
+
+
+def _expected(records: list[dict]) -> dict:
+    out = {}
+    for r in rollups.aggregate(records):
+        key = (r["hour"].replace(tzinfo=None), r["group_key"])
+        out[key] = {k: r[k] for k in (*rollups.SUM_COLUMNS, "intensity_min", "intensity_max")}
+    return out
+
+
+def _assert_same(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    for key, values in expected.items():
+        for name, value in values.items():
+            assert got[key][name] == pytest.approx(value, rel=1e-9, abs=1e-9), (key, name)
+
+
+@given(seed=st.integers(0, 10_000), cuts=st.lists(st.integers(1, 119), max_size=4))
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_rollups_equal_the_sums_of_every_record(db_url, seed, cuts):
+    """No record lost or counted twice: batches, catch-ups at random points, a rebuild."""
+    engine = open_engine(db_url)
+    with engine.begin() as conn:
+        for table in ("queries", "query_rollups", "footprint_meta"):
+            conn.execute(text(f"DELETE FROM {table}"))
+    engine.dispose()
+    records = _random_records(seed, 120)
+    store = Store(db_url)
+    bounds = [0, *sorted(set(cuts)), len(records)]
+    for a, b in zip(bounds, bounds[1:]):
+        store.insert(records[a:b])
+        if b % 2:
+            store.catch_up_rollups()
+    store.catch_up_rollups()
+    expected = _expected(records)
+    _assert_same(_rollup_table(db_url), expected)
+    rollups.rebuild(store.engine)
+    _assert_same(_rollup_table(db_url), expected)
+    assert rollups.pending_rows(store.engine) == 0
+    store.close()
+
+
+def test_idle_rows_of_one_minute_add_up(db_url):
+    minute = dt.datetime(2026, 5, 1, 10, 3, tzinfo=dt.timezone.utc)
+    row = {"device_uuid": "GPU-a", "minute": minute, "idle_energy_j": 2.0,
+           "measured_energy_j": 5.0, "host": "h", "pid": 7}  # fmt: skip
+    store = Store(db_url)
+    store.insert([], [row, dict(row)])
+    store.insert([], [dict(row, idle_energy_j=1.0, measured_energy_j=1.5)])
+    with store.engine.connect() as conn:
+        got = conn.execute(select(IdleEnergy.__table__)).mappings().all()
+    store.close()
+    assert len(got) == 1
+    assert (got[0]["idle_energy_j"], got[0]["measured_energy_j"]) == (5.0, 11.5)

@@ -1,4 +1,5 @@
-"""The tables: one row per query, idle energy per device per minute, schema metadata.
+"""The tables: one row per query, hourly rollups of them, idle energy per device per
+minute, losses, schema metadata.
 
 Pricing and carbon columns are nullable: they are filled by the pricing step when a
 zone is known, and a report can re-apply other factors later from the energy columns.
@@ -8,12 +9,20 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, DateTime, Index
+from sqlalchemy import Column, DateTime, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from footprint.storage.columns import PRICING_COLUMNS
 
-__all__ = ["PRICING_COLUMNS", "IdleEnergy", "Loss", "Meta", "QueryRecord", "SCHEMA_VERSION"]
+__all__ = [
+    "PRICING_COLUMNS",
+    "IdleEnergy",
+    "Loss",
+    "Meta",
+    "QueryRecord",
+    "QueryRollup",
+    "SCHEMA_VERSION",
+]
 
 SCHEMA_VERSION = 1
 
@@ -67,11 +76,12 @@ class QueryRecord(SQLModel, table=True):
 class IdleEnergy(SQLModel, table=True):
     """Per device per minute: idle energy and the whole counter delta it belongs to.
 
-    Several rows may cover the same (device, minute) — one per flush and process — and
-    reports sum them. Σ queries.energy_j + Σ idle_energy_j = Σ measured_energy_j.
+    One row per (device, minute, host, process): each flush adds to it. Reports sum the
+    processes. Σ queries.energy_j + Σ idle_energy_j = Σ measured_energy_j.
     """
 
     __tablename__ = "idle_energy"
+    __table_args__ = (UniqueConstraint("device_uuid", "minute", "host", "pid"),)
 
     id: int | None = Field(default=None, primary_key=True)
     device_uuid: str = Field(index=True)
@@ -80,6 +90,52 @@ class IdleEnergy(SQLModel, table=True):
     measured_energy_j: float
     host: str
     pid: int
+
+
+class QueryRollup(SQLModel, table=True):
+    """Sums of ``queries`` per UTC hour and per everything a report groups by.
+
+    Kept in the same transaction as the rows it sums (``footprint.storage.rollups``), so
+    reports over millions of queries read thousands of rollup rows instead.
+    ``group_key`` joins the key columns into one unique text (NULLs included).
+    """
+
+    __tablename__ = "query_rollups"
+    __table_args__ = (UniqueConstraint("hour", "group_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    hour: datetime = Field(sa_column=_utc_column(index=True))
+    group_key: str
+    model: str = Field(index=True)
+    host: str
+    gpus: str
+    zone: str | None = None
+    currency: str | None = None
+    intensity_source: str | None = None
+    pue: float | None = None
+    price_per_kwh: float | None = None
+    usd_per_gpu_hour: float | None = None
+    market_intensity_g_per_kwh: float | None = None
+    energy_source: str
+    queries: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    gpu_seconds: float = 0.0
+    energy_j: float = 0.0
+    measured_queries: int = 0  # queries with energy (energy_j not NULL)
+    facility_energy_j: float = 0.0  # Σ energy_j × PUE
+    co2e_g: float = 0.0
+    market_co2e_g: float = 0.0
+    market_queries: int = 0
+    embodied_co2e_g: float = 0.0
+    energy_cost_usd: float = 0.0
+    unconverted_energy_cost: float = 0.0  # energy cost in ``currency`` with no USD rate
+    unconverted_queries: int = 0
+    compute_cost_usd: float = 0.0
+    duration_s: float = 0.0
+    intensity_min: float | None = None
+    intensity_max: float | None = None
 
 
 class Loss(SQLModel, table=True):

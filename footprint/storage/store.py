@@ -27,16 +27,32 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlmodel import SQLModel
 
-from footprint.storage.models import SCHEMA_VERSION, IdleEnergy, Loss, Meta, QueryRecord
+from footprint.storage import rollups
+from footprint.storage.models import (
+    SCHEMA_VERSION,
+    IdleEnergy,
+    Loss,
+    Meta,
+    QueryRecord,
+    QueryRollup,
+)
 
 log = logging.getLogger("footprint")
 
 SUPPORTED_SCHEMES = ("sqlite", "postgresql")
-TABLES = [QueryRecord.__table__, IdleEnergy.__table__, Loss.__table__, Meta.__table__]
+TABLES = [
+    QueryRecord.__table__,
+    IdleEnergy.__table__,
+    Loss.__table__,
+    QueryRollup.__table__,
+    Meta.__table__,
+]
+IDLE_KEY = ("device_uuid", "minute", "host", "pid")
 
 # Migrations: MIGRATIONS[v] takes a database at schema version v to v + 1, in the same
 # transaction that records the new version.
@@ -218,6 +234,20 @@ def _row_builder(columns: list[str], datetimes: set[str]) -> Callable[[dict], tu
     return build
 
 
+def _merge_idle(rows: Any) -> list[dict[str, Any]]:
+    """One row per (device, minute, host, pid): an upsert may touch a row only once."""
+    merged: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        key = tuple(row[k] for k in IDLE_KEY)
+        into = merged.get(key)
+        if into is None:
+            merged[key] = dict(row)
+        else:
+            into["idle_energy_j"] += row["idle_energy_j"]
+            into["measured_energy_j"] += row["measured_energy_j"]
+    return list(merged.values())
+
+
 class Store:
     """Batch inserts into one database."""
 
@@ -233,6 +263,12 @@ class Store:
         datetimes = {c.name for c in table.columns if isinstance(c.type, DateTime)}
         placeholders = ", ".join("?" * len(columns))
         sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders})"
+        if table.name == IdleEnergy.__table__.name:
+            sql += (
+                f" ON CONFLICT ({', '.join(IDLE_KEY)}) DO UPDATE SET"
+                " idle_energy_j = idle_energy_j + excluded.idle_energy_j,"
+                " measured_energy_j = measured_energy_j + excluded.measured_energy_j"
+            )
         return sql, _row_builder(columns, datetimes)
 
     def insert(
@@ -241,29 +277,55 @@ class Store:
         idle_rows: list[dict[str, Any]] = (),  # type: ignore[assignment]
         losses: list[dict[str, Any]] = (),  # type: ignore[assignment]
     ) -> None:
-        """Insert the three kinds of rows in one transaction (all or nothing)."""
-        batches = [
-            (QueryRecord.__table__, records),
-            (IdleEnergy.__table__, idle_rows),
-            (Loss.__table__, losses),
-        ]
-        if self.is_sqlite:
-            self._insert_sqlite(batches)
-            return
-        with self.engine.begin() as conn:
-            for table, rows in batches:
-                if rows:
-                    conn.execute(insert(table), list(rows))
+        """Insert the rows in one transaction (all or nothing).
 
-    def _insert_sqlite(self, batches: list[tuple[Any, list[dict[str, Any]]]]) -> None:
+        Idle rows add to an existing (device, minute, host, pid) row. On PostgreSQL the
+        rollups are updated in the same transaction; SQLite catches up later (see
+        ``footprint.storage.rollups``).
+        """
+        idle_rows = _merge_idle(idle_rows)
+        if self.is_sqlite:
+            self._insert_sqlite(records, idle_rows, losses)
+            return
+        queries, idle = QueryRecord.__table__, IdleEnergy.__table__
+        with self.engine.begin() as conn:
+            if records:
+                conn.execute(insert(queries), list(records))
+                conn.execute(rollups.upsert_statement("postgresql"), rollups.aggregate(records))
+            if idle_rows:
+                stmt = postgresql.insert(idle)
+                conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=list(IDLE_KEY),
+                        set_={
+                            "idle_energy_j": idle.c.idle_energy_j + stmt.excluded.idle_energy_j,
+                            "measured_energy_j": idle.c.measured_energy_j
+                            + stmt.excluded.measured_energy_j,
+                        },
+                    ),
+                    idle_rows,
+                )
+            if losses:
+                conn.execute(insert(Loss.__table__), list(losses))
+
+    def _insert_sqlite(
+        self,
+        records: list[dict[str, Any]],
+        idle_rows: list[dict[str, Any]],
+        losses: list[dict[str, Any]],
+    ) -> None:
         connection = self.engine.raw_connection()
         gc_was_enabled = gc.isenabled()
         gc.disable()  # a batch allocates many short-lived lists; collections only slow it
         try:
             cursor = connection.cursor()
-            for table, rows in batches:
+            for table, rows in (
+                ("queries", records),
+                ("idle_energy", idle_rows),
+                ("losses", losses),
+            ):
                 if rows:
-                    sql, build = self._plans[table.name]
+                    sql, build = self._plans[table]
                     cursor.executemany(sql, [build(row) for row in rows])
             connection.commit()
         except BaseException:
@@ -273,6 +335,10 @@ class Store:
             if gc_was_enabled:
                 gc.enable()
             connection.close()
+
+    def catch_up_rollups(self) -> int:
+        """Bring the hourly rollups up to date (SQLite); returns the rows added."""
+        return rollups.catch_up(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
