@@ -269,6 +269,23 @@ def db_info(
         console.print(f"{key:>16}: {value}")
 
 
+@db_app.command("rebuild-rollups")
+def db_rebuild_rollups(db: Annotated[str | None, typer.Option(help=DB_HELP)] = None) -> None:
+    """Recompute the hourly rollups reports read (after editing queries by hand)."""
+    from footprint.storage.rollups import rebuild
+    from footprint.storage.store import StoreError, open_engine
+
+    try:
+        engine = open_engine(_settings_db(db), create=False)
+    except StoreError as exc:
+        raise InputError(str(exc)) from None
+    try:
+        count = rebuild(engine)
+    finally:
+        engine.dispose()
+    console.print(f"{count} rollup rows rebuilt")
+
+
 @db_app.command("export")
 def db_export(
     fmt: Annotated[str, typer.Option("--format", help="csv | jsonl | parquet")] = "csv",

@@ -307,6 +307,11 @@ def test_db_info_and_export_commands(tmp_path, capsys):
     main(["db", "info", "--db", db, "--json"])
     info = json.loads(capsys.readouterr().out)
     assert info["queries_rows"] == 7 and info["size_bytes"] > 0 and info["lost_total"] == 0
+    assert info["rollup_pending_rows"] == 7 and info["query_rollups_rows"] == 0
+    main(["db", "rebuild-rollups", "--db", db])
+    assert "rollup rows rebuilt" in capsys.readouterr().out
+    assert database_info(db)["rollup_pending_rows"] == 0
+    assert database_info(db)["query_rollups_rows"] >= 1
     main(["db", "export", "--db", db, "--format", "jsonl"])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 7 and json.loads(lines[0])["model"] == "llama-3-8b"

@@ -351,7 +351,7 @@ def database_info(db: str) -> dict[str, Any]:
     try:
         with engine.connect() as conn:
             info: dict[str, Any] = {"db": url, "schema_version": schema_version(conn)}
-            for table in TABLES[:3]:
+            for table in TABLES[:4]:
                 count = select(func.count()).select_from(table)
                 info[f"{table.name}_rows"] = conn.execute(count).scalar_one()
             losses = Loss.__table__
@@ -359,6 +359,7 @@ def database_info(db: str) -> dict[str, Any]:
                 select(losses.c.kind, func.sum(losses.c.count)).group_by(losses.c.kind)
             ).all()
             info["losses"] = {kind: int(total) for kind, total in by_kind}
+            info["rollup_pending_rows"] = rollups.pending_rows(engine)
             info["lost_total"] = sum(info["losses"].values())
             queries = QueryRecord.__table__
             first, last = conn.execute(
