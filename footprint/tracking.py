@@ -72,6 +72,19 @@ def _ensure_runtime() -> Runtime | None:
         return _runtime
 
 
+def install_runtime(runtime: Runtime) -> None:
+    """Make ``runtime`` the one ``track``/``query`` use, without starting its threads.
+
+    For simulations on a ``ManualClock`` (the demo): the caller drives sampling
+    (``runtime.gpu_sampler.sample_once()``) and resolution (``runtime.cycle(...)``) at
+    simulated instants. ``shutdown()`` still flushes and closes it.
+    """
+    global _runtime, _failed
+    shutdown()
+    with _lock:
+        _runtime, _failed = runtime, False
+
+
 def get_runtime() -> Runtime | None:
     """The running runtime (started if needed), or None when tracking is disabled."""
     return _runtime or _ensure_runtime()
