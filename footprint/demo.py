@@ -329,10 +329,7 @@ def _install(runtime: Runtime) -> None:
     demo drives them itself (``sample_once`` and ``cycle``) so every sample lands at a
     reproducible simulated instant.
     """
-    tracking.shutdown()
-    with tracking._lock:
-        tracking._runtime = runtime
-        tracking._failed = False
+    tracking.install_runtime(runtime)
 
 
 def summarize(db: str, host: str, pid: int) -> dict[str, Any]:

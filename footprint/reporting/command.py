@@ -70,7 +70,7 @@ def progress_bar(enabled: bool) -> Iterator[Any]:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    steps = 8  # build_report's steps, then drawing and writing
+    steps = 9  # build_report's steps, then drawing and writing
     with Progress(
         SpinnerColumn(),
         TextColumn("[progress.description]{task.description}"),

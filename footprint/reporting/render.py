@@ -18,6 +18,7 @@ from typing import Any
 
 from footprint.reporting import units
 from footprint.reporting.charts import PALETTE, Chart, build_charts
+from footprint.reporting.data import PERCENTILE_SAMPLE
 
 FORMATS = ("html", "md", "csv", "json")
 BASENAME = "footprint-report"
@@ -250,9 +251,16 @@ def methodology(report: dict[str, Any]) -> list[tuple[str, list[str]]]:
             "Per-query figures",
             [
                 "Means divide a model's totals by its queries with measured energy. p50 and "
-                "p95 are nearest-rank percentiles of the per-query figures, failed queries "
-                "included (they used the GPUs). Per 1k output tokens divides the totals, "
-                "failed queries included, by the output tokens of the period.",
+                "p95 are nearest-rank percentiles (the ⌈p × n⌉-th of the n values in "
+                "increasing order) of the per-query figures of the queries with measured "
+                "energy (for CO2e, of those with a CO2e figure), failed queries included "
+                "(they used the GPUs). They are exact, read in order from an index of the "
+                "database or computed from all of a model's queries, except for a model with "
+                f"more than {PERCENTILE_SAMPLE:,} such queries where no index serves that "
+                "figure in order: there they come from a deterministic sample of "
+                f"{PERCENTILE_SAMPLE:,} of its queries (a hash of the record id), as the notes "
+                "then say. Per 1k output tokens divides the totals, failed queries included, "
+                "by the output tokens of the period.",
             ],
         ),
         (
