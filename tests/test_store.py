@@ -145,11 +145,15 @@ def test_locked_database_times_out_then_recovers(tmp_path):
     assert writer.flush() == 5
 
 
-def test_read_only_database_is_refused_clearly(tmp_path):
+def test_read_only_database_keeps_rows_and_says_why(tmp_path):
     db = tmp_path / "ro.db"
     Store(str(db)).close()
-    with pytest.raises(StoreError, match="readonly"):
-        Store(f"sqlite:///file:{db}?mode=ro&uri=true").insert(make_records(1))
+    read_only = Store(f"sqlite:///file:{db}?mode=ro&uri=true")  # opening to read works
+    writer = Writer(lambda: read_only, "h", 1)
+    writer.submit(make_records(3), [])
+    with pytest.raises(WriteFailed, match="readonly"):
+        writer.flush()
+    assert writer.buffered == 3 and writer.dropped == 0
 
 
 @pytest.mark.parametrize("url, message", [

@@ -60,6 +60,7 @@ def codecarbon_data_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
+@functools.cache
 def codecarbon_version() -> str:
     """The installed codecarbon version string, for source citations."""
     try:

@@ -37,6 +37,7 @@ from sqlalchemy import (
     Float,
     and_,
     case,
+    cast,
     func,
     literal,
     literal_column,
@@ -496,7 +497,13 @@ def _rollup_rows(
     ]  # fmt: skip
     if request.by == "host":
         keys.append(r.host)
-    sums = [func.sum(r[_ROLLUP_COLUMN.get(name, name)]).label(name) for name in GROUP_SUMS]
+    sums = []
+    for name in GROUP_SUMS:
+        column = r[_ROLLUP_COLUMN.get(name, name)]
+        total = func.sum(column)
+        if isinstance(column.type, BigInteger):  # PostgreSQL sums BIGINT as NUMERIC
+            total = cast(total, BigInteger)
+        sums.append(total.label(name))
     sums.append(func.min(r.intensity_min).label("intensity_min"))
     sums.append(func.max(r.intensity_max).label("intensity_max"))
     stmt = select(*keys, *sums).where(*_hour_filters(request, hours)).group_by(*keys)

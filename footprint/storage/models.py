@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import BigInteger, Column, DateTime, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from footprint.storage.columns import PRICING_COLUMNS
@@ -38,7 +38,7 @@ class QueryRecord(SQLModel, table=True):
     __table_args__ = (Index("ix_queries_model_started_at", "model", "started_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    model: str = Field(index=True)
+    model: str  # indexed with started_at (ix_queries_model_started_at)
     tags: str = "{}"  # JSON object of the tags given to track()/query()
     started_at: datetime = Field(sa_column=_utc_column(index=True))
     ended_at: datetime = Field(sa_column=_utc_column())
@@ -117,21 +117,21 @@ class QueryRollup(SQLModel, table=True):
     usd_per_gpu_hour: float | None = None
     market_intensity_g_per_kwh: float | None = None
     energy_source: str
-    queries: int = 0
-    errors: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
+    queries: int = Field(default=0, sa_type=BigInteger)
+    errors: int = Field(default=0, sa_type=BigInteger)
+    input_tokens: int = Field(default=0, sa_type=BigInteger)
+    output_tokens: int = Field(default=0, sa_type=BigInteger)
     gpu_seconds: float = 0.0
     energy_j: float = 0.0
-    measured_queries: int = 0  # queries with energy (energy_j not NULL)
+    measured_queries: int = Field(default=0, sa_type=BigInteger)  # with energy_j not NULL
     facility_energy_j: float = 0.0  # Σ energy_j × PUE
     co2e_g: float = 0.0
     market_co2e_g: float = 0.0
-    market_queries: int = 0
+    market_queries: int = Field(default=0, sa_type=BigInteger)
     embodied_co2e_g: float = 0.0
     energy_cost_usd: float = 0.0
     unconverted_energy_cost: float = 0.0  # energy cost in ``currency`` with no USD rate
-    unconverted_queries: int = 0
+    unconverted_queries: int = Field(default=0, sa_type=BigInteger)
     compute_cost_usd: float = 0.0
     duration_s: float = 0.0
     intensity_min: float | None = None

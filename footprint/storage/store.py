@@ -168,6 +168,8 @@ def _migrate(engine: Engine) -> None:
                 f"database schema version {version} is newer than this footprint "
                 f"(which knows up to {SCHEMA_VERSION}); upgrade footprint to use it"
             )
+        if version == SCHEMA_VERSION:
+            return  # nothing to write: read-only databases open too
         while version < SCHEMA_VERSION:
             step = MIGRATIONS.get(version)
             if step is None:
