@@ -35,7 +35,6 @@ from sqlalchemy import (
     Engine,
     Executable,
     Float,
-    and_,
     case,
     cast,
     func,
@@ -361,10 +360,9 @@ GROUP_KEYS = (
 GROUP_SUMS = (
     "queries", "errors", "input_tokens", "output_tokens", "gpu_seconds", "energy_j",
     "measured_queries", "facility_energy_j", "co2e_g", "market_co2e_g", "market_queries",
-    "embodied_co2e_g", "energy_cost_usd", "unconverted", "unconverted_queries",
+    "embodied_co2e_g", "energy_cost_usd", "unconverted_energy_cost", "unconverted_queries",
     "compute_cost_usd", "duration_s",
 )  # fmt: skip
-_ROLLUP_COLUMN = {"unconverted": "unconverted_energy_cost"}  # grouped name -> rollup column
 _HOUR = _dt.timedelta(hours=1)
 
 
@@ -446,28 +444,7 @@ def _grouped_rows(
     ]  # fmt: skip
     if request.by == "host":
         keys.append(q.host)
-    unconverted = and_(q.energy_cost_usd.is_(None), q.energy_cost.is_not(None))
-    sums = [
-        func.count().label("queries"),
-        func.sum(case((q.status != "ok", 1), else_=0)).label("errors"),
-        func.coalesce(func.sum(q.input_tokens), 0).label("input_tokens"),
-        func.coalesce(func.sum(q.output_tokens), 0).label("output_tokens"),
-        func.coalesce(func.sum(q.gpu_seconds), 0.0).label("gpu_seconds"),
-        func.coalesce(func.sum(q.energy_j), 0.0).label("energy_j"),
-        func.count(q.energy_j).label("measured_queries"),
-        func.coalesce(func.sum(q.energy_j * q.pue), 0.0).label("facility_energy_j"),
-        func.coalesce(func.sum(q.co2e_g), 0.0).label("co2e_g"),
-        func.coalesce(func.sum(q.market_co2e_g), 0.0).label("market_co2e_g"),
-        func.count(q.market_co2e_g).label("market_queries"),
-        func.coalesce(func.sum(q.embodied_co2e_g), 0.0).label("embodied_co2e_g"),
-        func.coalesce(func.sum(q.energy_cost_usd), 0.0).label("energy_cost_usd"),
-        func.coalesce(func.sum(case((unconverted, q.energy_cost))), 0.0).label("unconverted"),
-        func.count(case((unconverted, 1))).label("unconverted_queries"),
-        func.coalesce(func.sum(q.compute_cost), 0.0).label("compute_cost_usd"),
-        func.coalesce(func.sum(q.duration_s), 0.0).label("duration_s"),
-        func.min(q.intensity_g_per_kwh).label("intensity_min"),
-        func.max(q.intensity_g_per_kwh).label("intensity_max"),
-    ]
+    sums = rollups.query_sums()
     stmt = select(*keys, *sums).where(*_filters(request, period=period)).group_by(*keys)
     return [dict(row) for row in conn.execute(stmt).mappings()]
 
@@ -499,7 +476,7 @@ def _rollup_rows(
         keys.append(r.host)
     sums = []
     for name in GROUP_SUMS:
-        column = r[_ROLLUP_COLUMN.get(name, name)]
+        column = r[name]
         total = func.sum(column)
         if isinstance(column.type, BigInteger):  # PostgreSQL sums BIGINT as NUMERIC
             total = cast(total, BigInteger)
@@ -900,7 +877,7 @@ def _assemble(
     rate_refs: dict[str, tuple[float, str] | None] = {}
     unpriced = 0
     for row in rows:
-        extra = row.pop("unconverted")
+        extra = row.pop("unconverted_energy_cost")
         currency = row["currency"]
         if row["unconverted_queries"]:
             if currency not in rate_refs:

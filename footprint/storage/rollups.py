@@ -118,16 +118,12 @@ def aggregate(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _sql_sums(where: Any, dialect: str) -> Any:
-    """The same sums as ``aggregate``, computed by the database, per hour and key."""
+def query_sums() -> list[Any]:
+    """SQL sums over ``queries`` rows, labelled as the rollup columns (and min/max
+    intensity): what the rollups hold, and what a report computes when it scans."""
     q = QueryRecord.__table__.c
-    if dialect == "sqlite":  # SQLAlchemy's SQLite text: 'YYYY-MM-DD HH:MM:SS.ffffff'
-        hour = func.substr(q.started_at, 1, 13)
-    else:
-        hour = func.to_char(func.timezone("UTC", q.started_at), "YYYY-MM-DD HH24")
     unconverted = and_(q.energy_cost_usd.is_(None), q.energy_cost.is_not(None))
-    keys = [q[name] for name in KEY_COLUMNS]
-    sums = [
+    return [
         func.count().label("queries"),
         *(func.coalesce(func.sum(q[src]), 0).label(dst) for dst, src in _PLAIN_SUMS.items()),
         func.count(q.energy_j).label("measured_queries"),
@@ -141,7 +137,17 @@ def _sql_sums(where: Any, dialect: str) -> Any:
         func.min(q.intensity_g_per_kwh).label("intensity_min"),
         func.max(q.intensity_g_per_kwh).label("intensity_max"),
     ]
-    return select(hour.label("hour_text"), *keys, *sums).where(where).group_by(hour, *keys)
+
+
+def _sql_sums(where: Any, dialect: str) -> Any:
+    """The same sums as ``aggregate``, computed by the database, per hour and key."""
+    q = QueryRecord.__table__.c
+    if dialect == "sqlite":  # SQLAlchemy's SQLite text: 'YYYY-MM-DD HH:MM:SS.ffffff'
+        hour = func.substr(q.started_at, 1, 13)
+    else:
+        hour = func.to_char(func.timezone("UTC", q.started_at), "YYYY-MM-DD HH24")
+    keys = [q[name] for name in KEY_COLUMNS]
+    return select(hour.label("hour_text"), *keys, *query_sums()).where(where).group_by(hour, *keys)
 
 
 def _from_sql_row(row: Any) -> dict[str, Any]:
