@@ -187,3 +187,17 @@ def test_wheel_ships_regions_and_works_outside_the_tree(tmp_path):
     zones = {z["zone"]: z for z in json.loads(done.stdout)["zones"]}
     assert zones["FRA"]["intensity_g_per_kwh"] > 0
     assert zones["FRA"]["price_per_kwh"] > 0
+
+
+def test_every_demo_record_has_co2e_and_cost(tmp_path):
+    db = tmp_path / "demo.db"
+    main(["demo", "--db", str(db), "--out", str(tmp_path / "out"), "--queries", "40", "--json"])
+    got = rows(db, "SELECT co2e_g, embodied_co2e_g, energy_cost, energy_cost_usd, compute_cost, "
+                   "zone, pue, intensity_source FROM queries")  # fmt: skip
+    assert len(got) == 40
+    for row in got:
+        assert all(
+            row[k] is not None and row[k] >= 0
+            for k in ("co2e_g", "embodied_co2e_g", "energy_cost", "energy_cost_usd", "compute_cost")
+        )
+        assert row["zone"] == "aws:us-east-1" and row["pue"] >= 1
