@@ -353,16 +353,10 @@ def _check_models(conn: Any, models: list[str] | None) -> None:
 # --- grouped sums: hourly rollups for whole hours, a scan of queries for the rest ---------
 
 # What a grouped row is keyed on (plus ``host`` with --by host) and what it sums.
-GROUP_KEYS = (
-    "model", "day", "gpus", "zone", "currency", "intensity_source", "pue", "price_per_kwh",
-    "usd_per_gpu_hour", "market_intensity_g_per_kwh", "energy_source",
-)  # fmt: skip
-GROUP_SUMS = (
-    "queries", "errors", "input_tokens", "output_tokens", "gpu_seconds", "energy_j",
-    "measured_queries", "facility_energy_j", "co2e_g", "market_co2e_g", "market_queries",
-    "embodied_co2e_g", "energy_cost_usd", "unconverted_energy_cost", "unconverted_queries",
-    "compute_cost_usd", "duration_s",
-)  # fmt: skip
+GROUP_KEYS = ("model", "day") + tuple(
+    name for name in rollups.KEY_COLUMNS if name not in ("model", "host")
+)
+GROUP_SUMS = rollups.SUM_COLUMNS
 _HOUR = _dt.timedelta(hours=1)
 
 
@@ -432,18 +426,19 @@ def _sums(
     return rows, device_gs, note
 
 
+def _group_columns(columns: Any, day: Any, request: ReportRequest) -> list[Any]:
+    """The GROUP BY columns (``GROUP_KEYS``, plus host with --by host) of a table."""
+    names = GROUP_KEYS + (("host",) if request.by == "host" else ())
+    return [day if name == "day" else columns[name] for name in names]
+
+
 def _grouped_rows(
     conn: Any, engine: Engine, request: ReportRequest, period: Period | None = None
 ) -> list[dict[str, Any]]:
     """The grouped sums from a scan of ``queries`` over the period (or ``period``)."""
     q = QueryRecord.__table__.c
     day = _day_expr(engine, q.started_at).label("day")
-    keys = [
-        q.model, day, q.gpus, q.zone, q.currency, q.intensity_source, q.pue,
-        q.price_per_kwh, q.usd_per_gpu_hour, q.market_intensity_g_per_kwh, q.energy_source,
-    ]  # fmt: skip
-    if request.by == "host":
-        keys.append(q.host)
+    keys = _group_columns(q, day, request)
     sums = rollups.query_sums()
     stmt = select(*keys, *sums).where(*_filters(request, period=period)).group_by(*keys)
     return [dict(row) for row in conn.execute(stmt).mappings()]
@@ -468,12 +463,7 @@ def _rollup_rows(
     """The same grouped sums as ``_grouped_rows``, from the rollups of whole hours."""
     r = QueryRollup.__table__.c
     day = _day_expr(engine, r.hour).label("day")
-    keys = [
-        r.model, day, r.gpus, r.zone, r.currency, r.intensity_source, r.pue,
-        r.price_per_kwh, r.usd_per_gpu_hour, r.market_intensity_g_per_kwh, r.energy_source,
-    ]  # fmt: skip
-    if request.by == "host":
-        keys.append(r.host)
+    keys = _group_columns(r, day, request)
     sums = []
     for name in GROUP_SUMS:
         column = r[name]
