@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,3 +42,28 @@ def rows(db: Path, sql: str = "SELECT * FROM queries ORDER BY id") -> list[dict]
         return [dict(r) for r in con.execute(sql)]
     finally:
         con.close()
+
+
+PG_URL = os.environ.get("FOOTPRINT_TEST_POSTGRES_URL")
+
+
+@contextlib.contextmanager
+def postgres_schema(prefix: str = "fp") -> Iterator[str]:
+    """A URL of a fresh schema on the test PostgreSQL server, dropped afterwards.
+
+    Skips the test when ``FOOTPRINT_TEST_POSTGRES_URL`` is not set (``.ci/run`` sets it).
+    """
+    if not PG_URL:
+        pytest.skip("FOOTPRINT_TEST_POSTGRES_URL is not set (.ci/run sets it)")
+    from sqlalchemy import create_engine, text
+
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()

@@ -6,15 +6,15 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import sqlite3
 import subprocess
 import sys
-import uuid
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from conftest import postgres_schema
+from conftest import rows as all_rows
 
 from footprint.bench.report import build_db
 from footprint.cli import main
@@ -30,15 +30,6 @@ def bench_db(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("report") / "bench.db"
     build_db(path, 3000, seed=5)
     return path
-
-
-def all_rows(db: Path, sql: str = "SELECT * FROM queries") -> list[dict]:
-    con = sqlite3.connect(db)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(sql)]
-    finally:
-        con.close()
 
 
 def nearest_rank(values: list[float], p: int) -> float:
@@ -320,40 +311,27 @@ def test_report_error_is_a_value_error():
         report_data.parse_when("2026/01/01", option="--since")
 
 
-PG_URL = os.environ.get("FOOTPRINT_TEST_POSTGRES_URL")
-
-
 @pytest.fixture
 def pg_copy(bench_db):
     """The bench rows copied (ids included) into a fresh PostgreSQL schema."""
-    if not PG_URL:
-        pytest.skip("FOOTPRINT_TEST_POSTGRES_URL is not set (.ci/run sets it)")
-    from sqlalchemy import create_engine, insert, select, text
+    from sqlalchemy import insert, select
 
     from footprint.storage.models import IdleEnergy, QueryRecord
 
-    schema = f"fp_report_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    sep = "&" if "?" in PG_URL else "?"
-    url = f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    source = open_engine(str(bench_db))
-    target = open_engine(url)
-    try:
-        for table in (QueryRecord.__table__, IdleEnergy.__table__):
-            with source.connect() as conn:
-                rows = [dict(r) for r in conn.execute(select(table)).mappings()]
-            with target.begin() as conn:
-                conn.execute(insert(table), rows)
-        rollups.rebuild(target)  # rows copied around the store: roll them up as it would
-        yield url
-    finally:
-        source.dispose()
-        target.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with postgres_schema("fp_report") as url:
+        source = open_engine(str(bench_db))
+        target = open_engine(url)
+        try:
+            for table in (QueryRecord.__table__, IdleEnergy.__table__):
+                with source.connect() as conn:
+                    rows = [dict(r) for r in conn.execute(select(table)).mappings()]
+                with target.begin() as conn:
+                    conn.execute(insert(table), rows)
+            rollups.rebuild(target)  # rows copied around the store: roll them up as it would
+            yield url
+        finally:
+            source.dispose()
+            target.dispose()
 
 
 def assert_same(a, b, path="totals"):

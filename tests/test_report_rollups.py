@@ -11,13 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 import random
 import sqlite3
-import uuid
 
 import pytest
-from sqlalchemy import create_engine, insert, text
+from conftest import postgres_schema
+from sqlalchemy import insert, text
 
 from footprint.pricing import usd_per_unit
 from footprint.reporting import ReportRequest, build_report, parse_when
@@ -26,7 +25,6 @@ from footprint.storage import rollups
 from footprint.storage.models import PRICING_COLUMNS, QueryRecord
 from footprint.storage.store import Store, open_engine
 
-PG_URL = os.environ.get("FOOTPRINT_TEST_POSTGRES_URL")
 UTC = dt.timezone.utc
 START = dt.datetime(2026, 4, 6, 21, tzinfo=UTC)  # the data crosses two midnights
 HOURS = 52
@@ -41,17 +39,8 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         yield str(tmp_path / "report.db")
         return
-    if not PG_URL:
-        pytest.skip("FOOTPRINT_TEST_POSTGRES_URL is not set (.ci/run sets it)")
-    schema = f"fp_rep_{uuid.uuid4().hex[:10]}"
-    url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    yield url
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with postgres_schema("fp_rep") as url:
+        yield url
 
 
 def make_records(seed: int, n: int = 600, unconverted: bool = True) -> list[dict]:

@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from pathlib import Path
 
 import pytest
+from conftest import postgres_schema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select, text
 
 from footprint.bench.ingest import make_records, time_footprint, time_raw
 from footprint.cli import main
@@ -30,7 +29,6 @@ from footprint.storage.models import IdleEnergy, Loss, QueryRecord
 from footprint.storage.store import MIGRATIONS, Store, StoreError, database_info, open_engine
 from footprint.storage.writer import WriteFailed, Writer
 
-PG_URL = os.environ.get("FOOTPRINT_TEST_POSTGRES_URL")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -39,17 +37,8 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         yield str(tmp_path / "store.db")
         return
-    if not PG_URL:
-        pytest.skip("FOOTPRINT_TEST_POSTGRES_URL is not set")
-    schema = f"fp_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    sep = "&" if "?" in PG_URL else "?"
-    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with postgres_schema("fp") as url:
+        yield url
 
 
 def count_rows(url: str, table: str = "queries") -> int:

@@ -324,19 +324,25 @@ def _resolve_compare(names: list[str]) -> list[str]:
 Period = tuple[_dt.datetime | None, _dt.datetime | None]  # [since, until), None: open
 
 
+def _time_filters(
+    time_column: Any, model_column: Any, start: Any, end: Any, models: list[str] | None
+) -> list[Any]:
+    out = []
+    if start is not None:
+        out.append(time_column >= start)
+    if end is not None:
+        out.append(time_column < end)
+    if models:
+        out.append(model_column.in_(models))
+    return out
+
+
 def _filters(
     request: ReportRequest, with_models: bool = True, period: Period | None = None
 ) -> list[Any]:
     q = QueryRecord.__table__.c
     since, until = period if period is not None else (request.since, request.until)
-    out = []
-    if since is not None:
-        out.append(q.started_at >= since)
-    if until is not None:
-        out.append(q.started_at < until)
-    if with_models and request.models:
-        out.append(q.model.in_(request.models))
-    return out
+    return _time_filters(q.started_at, q.model, since, until, with_models and request.models)
 
 
 def _check_models(conn: Any, models: list[str] | None) -> None:
@@ -446,15 +452,7 @@ def _grouped_rows(
 
 def _hour_filters(request: ReportRequest, hours: Period, with_models: bool = True) -> list[Any]:
     r = QueryRollup.__table__.c
-    start, end = hours
-    out = []
-    if start is not None:
-        out.append(r.hour >= start)
-    if end is not None:
-        out.append(r.hour < end)
-    if with_models and request.models:
-        out.append(r.model.in_(request.models))
-    return out
+    return _time_filters(r.hour, r.model, *hours, with_models and request.models)
 
 
 def _rollup_rows(
