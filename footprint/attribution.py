@@ -1,39 +1,66 @@
 """Attribution: split each device's measured energy among the spans that ran on it.
 
-The resolver sweeps a device's sampling intervals in time order. An interval's energy
-(the counter delta between two samples) goes to the spans active in it, the part with no
-active span being the device's idle energy. Inside one interval, span boundaries cut it
-into segments; each segment's share is its duration weighted by the power estimated for
-it (the neighbouring intervals' average power for the segments that touch the interval's
-ends, the remainder shared by duration for the ones inside), and a segment's share is
-split equally among its active spans (equal overlap time). Every interval's delta is
-handed out in full, so energy is conserved exactly:
+The resolver sweeps a device's sampling intervals in time order. Inside an interval
+(the counter delta between two samples) the parts with no span get the device's idle
+power, learned online (``IdlePowerEstimator``); the busy parts get the rest, at one
+uniform power, shared equally among the spans running at each instant. Every interval's
+delta is handed out in full, so energy is conserved exactly:
 
     Σ span energy + Σ idle energy = counter(last sample) − counter(first sample)
+
+Cost does not depend on how many spans run at once: per device the resolver keeps
+running integrals of energy, GPU-seconds and error bound *per active span*; a span's
+share is the difference of an integral between its end and its start. Each start and
+end is one event, visited a constant number of times.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from dataclasses import dataclass, field
+import math
+from collections import deque
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
 
 from footprint.sampling import Sample
+
+Point = tuple[float, float, float]  # (busy fraction, average W, duration s) of an interval
+
+_START, _END = 0, 1  # event kinds; a start sorts before an end at the same instant
+
+# What the counter's whole-unit readings can hide, per sample (NVML and the simulator
+# count whole millijoules).
+QUANTUM_J = 0.001
 
 
 @dataclass
 class SpanShare:
-    """What one device gave one span: energy in J and GPU-seconds (its time share)."""
+    """What one device gave one span: energy in J, GPU-seconds, and the energy's bound.
+
+    ``uncertainty_j`` bounds |energy_j − true share| under the attribution rule (busy
+    power shared equally among the spans running at each instant); ``partial`` means
+    part of the span had no measurement (it began before the first sample or was
+    announced late) and the figure is a lower estimate.
+    """
 
     energy_j: float = 0.0
     gpu_s: float = 0.0
-    partial: bool = False  # part of the span had no measurement (before/after samples)
+    uncertainty_j: float = 0.0
+    partial: bool = False
 
 
-@dataclass
-class _OpenSpan:
-    start_s: float
-    end_s: float = float("inf")  # still running until ``end`` is called
-    share: SpanShare = field(default_factory=SpanShare)
+class _Span:
+    __slots__ = ("key", "start_s", "end_s", "energy_at_start_j", "gpu_s_at_start",
+                 "bound_at_start_j", "started", "partial")  # fmt: skip
+
+    def __init__(self, key: Hashable, start_s: float) -> None:
+        self.key = key
+        self.start_s = start_s
+        self.end_s = math.inf
+        self.energy_at_start_j = 0.0
+        self.gpu_s_at_start = 0.0
+        self.bound_at_start_j = 0.0
+        self.started = False
+        self.partial = False
 
 
 @dataclass(frozen=True)
@@ -45,28 +72,145 @@ class EnergyPiece:
     energy_j: float
 
 
+@dataclass(frozen=True)
+class IdleEstimate:
+    """The idle power used for an interval, in W, and how far off it may be, in W."""
+
+    power_w: float
+    spread_w: float
+    method: str  # "idle-intervals" | "regression"
+
+
+class IdlePowerEstimator:
+    """A device's idle power, learned from the intervals the resolver has seen.
+
+    Intervals with no span at all are direct observations: their median (robust to
+    noise) is the estimate, their largest deviation from it the spread. Where traffic
+    leaves no interval idle (calls shorter than the counter period with shorter gaps),
+    the average power of an interval is ``idle + (busy − idle) × busy fraction``, and a
+    least-squares line through recent intervals gives idle power as its intercept.
+    """
+
+    def __init__(self, window: int = 256, idle_window: int = 64, min_idle: int = 3) -> None:
+        self.min_idle = min_idle
+        self._idle_w: deque[float] = deque(maxlen=idle_window)
+        self._points: deque[Point] = deque(maxlen=window)
+        self._cached: IdleEstimate | None = None
+        self._dirty = True
+
+    def observe(self, busy_fraction: float, power_w: float, duration_s: float) -> None:
+        """One resolved interval: its busy fraction (0..1), average power and length."""
+        if not (math.isfinite(power_w) and duration_s > 0):
+            return
+        if busy_fraction <= 0.0:
+            self._idle_w.append(power_w)
+        self._points.append((busy_fraction, power_w, duration_s))
+        self._dirty = True
+
+    def estimate(
+        self, extra: list[tuple[float, float, float]] | None = None
+    ) -> IdleEstimate | None:
+        """The current estimate (``extra``: not-yet-resolved intervals to fit with)."""
+        if len(self._idle_w) >= self.min_idle:
+            if self._dirty:
+                ordered = sorted(self._idle_w)
+                median = ordered[len(ordered) // 2]
+                spread = max(median - ordered[0], ordered[-1] - median)
+                self._cached = IdleEstimate(median, spread, "idle-intervals")
+                self._dirty = False
+            return self._cached
+        if extra:
+            return _fit_intercept(list(self._points) + list(extra))
+        if self._dirty:
+            self._cached = _fit_intercept(self._points)
+            self._dirty = False
+        return self._cached
+
+
+def _fit_intercept(points: Iterable[Point]) -> IdleEstimate | None:
+    """Weighted least squares of power on busy fraction; None when ill-conditioned."""
+    pts = list(points)
+    if len(pts) < 4:
+        return None
+    sw = sum(w for _, _, w in pts)
+    mean_f = sum(f * w for f, _, w in pts) / sw
+    mean_p = sum(p * w for _, p, w in pts) / sw
+    var_f = sum(w * (f - mean_f) ** 2 for f, _, w in pts) / sw
+    if var_f < 0.004 or mean_f > 0.95:
+        return None  # busy fractions too alike (or all busy) to tell idle from busy
+    slope = sum(w * (f - mean_f) * (p - mean_p) for f, p, w in pts) / sw / var_f
+    intercept = mean_p - slope * mean_f
+    floor_w = min(p for _, p, _ in pts)
+    intercept = min(max(intercept, 0.0), floor_w)
+    residual = max(abs(p - (intercept + slope * f)) for f, p, _ in pts)
+    return IdleEstimate(intercept, residual, "regression")
+
+
+@dataclass
+class _Interval:
+    start_s: float
+    end_s: float
+    energy_j: float
+    busy_s: float = 0.0
+    edges: int = 0  # span starts and ends inside it
+
+    @property
+    def power_w(self) -> float:
+        return self.energy_j / (self.end_s - self.start_s)
+
+    @property
+    def busy_fraction(self) -> float:
+        return self.busy_s / (self.end_s - self.start_s)
+
+
 class DeviceResolver:
     """Streaming resolver for one device.
 
-    Feed it samples (``add_samples``) and spans (``add_span``) in any order; ``resolve``
-    hands out every interval whose neighbours are known and returns the spans that are
-    complete (a sample after their end exists). ``idle`` and ``measured`` collect the
-    idle energy and the total counter delta per resolved interval.
+    Feed it samples (``add_samples``) and spans (``begin``/``end``) in any order;
+    ``resolve`` hands out every interval whose neighbours are known and returns the spans
+    that are complete (a sample after their end exists). ``idle`` and ``measured``
+    collect the idle energy and the total counter delta per resolved interval. Odd input
+    (time going backwards, negative deltas, spans ending before they start, spans
+    announced after their start was resolved) never raises: it is counted in
+    ``oddities`` and energy stays conserved.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, estimator: IdlePowerEstimator | None = None) -> None:
         self._samples: list[Sample] = []
-        self._open: dict[Hashable, _OpenSpan] = {}
-        self._prev_power_w: float | None = None
+        self._spans: dict[Hashable, _Span] = {}
+        self._events: list[tuple[float, int, int, _Span]] = []  # sorted, not yet swept
+        self._new_events: list[tuple[float, int, int, _Span]] = []
+        self._seq = 0
+        self._active = 0  # spans running at the sweep position
+        self._energy_per_span_j = 0.0  # running integrals per active span since a rebase
+        self._gpu_s_per_span = 0.0
+        self._bound_per_span_j = 0.0
+        self._prev: _Interval | None = None
+        self.estimator = estimator or IdlePowerEstimator()
+        self.timing_uncertainty_s = 0.0  # how far a sample's time may be off (sampler's)
         self.first_sample_s: float | None = None
         self.resolved_until_s: float | None = None
         self.idle: list[EnergyPiece] = []
         self.measured: list[EnergyPiece] = []
+        self.oddities: dict[str, int] = {
+            "non_increasing_samples": 0,
+            "negative_deltas": 0,
+            "below_idle_intervals": 0,
+            "unknown_idle_intervals": 0,
+            "ends_before_start": 0,
+            "late_starts": 0,
+            "late_ends": 0,
+        }
 
+    # -- input ---------------------------------------------------------------------
     def add_samples(self, samples: list[Sample]) -> None:
-        """Append samples (monotonic time, cumulative J), in time order."""
+        """Append samples (monotonic time, cumulative J); out-of-order ones are counted."""
         for t_s, energy_j in samples:
             if self._samples and t_s <= self._samples[-1][0]:
+                self.oddities["non_increasing_samples"] += 1
+                continue
+            if not (math.isfinite(t_s) and math.isfinite(energy_j)):
+                self.oddities["non_increasing_samples"] += 1
                 continue
             if self.first_sample_s is None:
                 self.first_sample_s = t_s
@@ -75,106 +219,249 @@ class DeviceResolver:
 
     def begin(self, key: Hashable, start_s: float) -> None:
         """A span started at ``start_s``; it takes its share of every interval from then."""
-        span = _OpenSpan(start_s)
-        span.share.partial = self.resolved_until_s is None or start_s < self.resolved_until_s
-        self._open[key] = span
+        if key in self._spans:
+            return
+        span = _Span(key, start_s)
+        self._spans[key] = span
+        self._seq += 1
+        self._new_events.append((start_s, _START, self._seq, span))
 
     def end(self, key: Hashable, end_s: float) -> None:
         """The span ended; it completes once intervals up to ``end_s`` are resolved."""
-        span = self._open.get(key)
-        if span is not None:
-            span.end_s = max(end_s, span.start_s)
+        span = self._spans.get(key)
+        if span is None or span.end_s != math.inf:
+            return
+        if end_s < span.start_s:
+            self.oddities["ends_before_start"] += 1
+            end_s = span.start_s
+        span.end_s = end_s
+        self._seq += 1
+        self._new_events.append((end_s, _END, self._seq, span))
 
     @property
     def open_spans(self) -> int:
-        return len(self._open)
+        return len(self._spans)
 
+    # -- resolving -----------------------------------------------------------------
     def resolve(
-        self, until_s: float = float("inf"), drain_all: bool = False, final: bool = False
+        self, until_s: float = math.inf, drain_all: bool = False, final: bool = False
     ) -> dict[Hashable, SpanShare]:
         """Attribute every interval ending by ``until_s`` that can be; return complete spans.
 
         The caller guarantees that every span begun before ``until_s`` has been announced
-        with ``begin`` (and ``end`` if it ended). An interval needs the next one to
-        estimate power at its end, so the last one waits, unless ``drain_all`` (a flush).
-        ``final`` (exit) also returns the spans that could not complete, as partial.
+        with ``begin`` (and ``end`` if it ended). The last interval waits for the next
+        one (its power helps where idle power is not known yet), unless ``drain_all`` (a
+        flush). ``final`` (exit) also returns the spans that could not complete, as
+        partial, with what they had received so far.
         """
-        last = len(self._samples) - (1 if drain_all or final else 2)
-        done = 0
-        for i in range(max(last, 0)):
-            if self._samples[i + 1][0] > until_s:
-                break
-            next_power_w = None
-            if i + 2 < len(self._samples):
-                (t1, e1), (t2, e2) = self._samples[i + 1], self._samples[i + 2]
-                next_power_w = (e2 - e1) / (t2 - t1)
-            self._resolve_interval(self._samples[i], self._samples[i + 1], next_power_w)
-            done = i + 1
-        if done:
-            del self._samples[:done]
-        return self._pop_complete(final)
-
-    def _pop_complete(self, final: bool) -> dict[Hashable, SpanShare]:
         done: dict[Hashable, SpanShare] = {}
-        until = self.resolved_until_s
-        for key, span in list(self._open.items()):
-            if until is not None and span.end_s <= until:
-                done[key] = self._open.pop(key).share
-            elif final:
-                span.share.partial = True
-                done[key] = self._open.pop(key).share
+        self._merge_new_events()
+        last = len(self._samples) - (1 if drain_all or final else 2)
+        lookahead: list[_Interval] | None = None
+        lookahead_from = 0
+        resolved = 0
+        for i in range(max(last, 0)):
+            (t0, e0), (t1, e1) = self._samples[i], self._samples[i + 1]
+            if t1 > until_s:
+                break
+            interval = _Interval(t0, t1, e1 - e0)
+            start = self._scan(interval)
+            estimate = self.estimator.estimate()
+            if estimate is None and 0 < interval.busy_s < t1 - t0:
+                if lookahead is None:
+                    lookahead, lookahead_from = self._lookahead(i), i
+                ahead = lookahead[i - lookahead_from + 1 :]
+                estimate = self.estimator.estimate(
+                    [(x.busy_fraction, x.power_w, x.end_s - x.start_s) for x in ahead]
+                )
+                if estimate is None:
+                    neighbour = ahead[0] if ahead else None
+                    self._apply(interval, start, None, neighbour, done)
+                    resolved = i + 1
+                    continue
+            self._apply(interval, start, estimate, None, done)
+            resolved = i + 1
+        if resolved:
+            del self._samples[:resolved]
+        if final:
+            self._finish_open(done)
         return done
 
-    def _resolve_interval(self, a: Sample, b: Sample, next_power_w: float | None) -> None:
-        t0, e0 = a
-        t1, e1 = b
-        delta_j = e1 - e0
-        duration_s = t1 - t0
-        self.measured.append(EnergyPiece(t0, t1, delta_j))
-        active = [s for s in self._open.values() if s.start_s < t1 and s.end_s > t0]
-        cuts = sorted({t for s in active for t in (s.start_s, s.end_s) if t0 < t < t1} | {t0, t1})
-        segments = list(zip(cuts, cuts[1:]))
-        energies_j = self._segment_energies(segments, delta_j, duration_s, next_power_w)
-        idle_j = 0.0
-        for (s0, s1), energy_j in zip(segments, energies_j):
-            running = [s for s in active if s.start_s <= s0 and s.end_s >= s1]
-            if not running:
-                idle_j += energy_j
-                continue
-            each_j = energy_j / len(running)
-            each_s = (s1 - s0) / len(running)
-            for span in running:
-                span.share.energy_j += each_j
-                span.share.gpu_s += each_s
+    def _merge_new_events(self) -> None:
+        if not self._new_events:
+            return
+        floor_s = self.resolved_until_s
+        if floor_s is not None:
+            for n, (t, kind, seq, span) in enumerate(self._new_events):
+                if t < floor_s:
+                    # Began (or ended) inside what is already resolved: it only takes
+                    # its share from here on, and says so.
+                    if kind == _START:
+                        self.oddities["late_starts"] += 1
+                        span.partial = True
+                    else:
+                        self.oddities["late_ends"] += 1
+                    self._new_events[n] = (floor_s, kind, seq, span)
+        self._events.extend(self._new_events)
+        self._new_events.clear()
+        self._events.sort()
+
+    def _scan(self, interval: _Interval) -> int:
+        """Busy time and edge count of ``interval`` from the events in it; its end index."""
+        events, t1 = self._events, interval.end_s
+        active, cursor, busy_s, j = self._active, interval.start_s, 0.0, 0
+        n = len(events)
+        while j < n and events[j][0] <= t1:
+            t, kind = events[j][0], events[j][1]
+            if active > 0:
+                busy_s += t - cursor
+            cursor = t
+            active += 1 if kind == _START else -1
+            j += 1
+        if active > 0:
+            busy_s += t1 - cursor
+        interval.busy_s = busy_s
+        interval.edges = j
+        return j
+
+    def _lookahead(self, first: int) -> list[_Interval]:
+        """Busy fractions of the buffered intervals from ``first`` on, without sweeping."""
+        out = []
+        events, j, active = self._events, 0, self._active
+        for i in range(first, len(self._samples) - 1):
+            (t0, e0), (t1, e1) = self._samples[i], self._samples[i + 1]
+            interval = _Interval(t0, t1, e1 - e0)
+            cursor, busy_s = t0, 0.0
+            while j < len(events) and events[j][0] <= t1:
+                if active > 0:
+                    busy_s += events[j][0] - cursor
+                cursor = events[j][0]
+                active += 1 if events[j][1] == _START else -1
+                j += 1
+            if active > 0:
+                busy_s += t1 - cursor
+            interval.busy_s = busy_s
+            out.append(interval)
+        return out
+
+    def _busy_energy(
+        self,
+        interval: _Interval,
+        estimate: IdleEstimate | None,
+        neighbour: _Interval | None,
+    ) -> tuple[float, float]:
+        """(busy J, bound J) for the interval: the energy its spans share, and its error."""
+        delta_j = interval.energy_j
+        duration_s = interval.end_s - interval.start_s
+        busy_s = interval.busy_s
+        idle_s = duration_s - busy_s
+        if delta_j < 0:
+            self.oddities["negative_deltas"] += 1
+            return 0.0, 0.0  # a counter going backwards: all to idle, nothing invented
+        if busy_s <= 0.0:
+            return 0.0, 0.0
+        quantum_j = 2 * QUANTUM_J
+        if idle_s <= 0.0:
+            return delta_j, quantum_j + self._timing_j(interval, estimate, delta_j / busy_s)
+        time_split_j = delta_j * busy_s / duration_s
+        if estimate is None:
+            prev = self._prev
+            full = [x for x in (prev, neighbour) if x is not None and x.busy_fraction >= 1.0]
+            if full:
+                busy_w = full[0].power_w
+                busy_j = min(delta_j, max(busy_w * busy_s, time_split_j))
+                return busy_j, quantum_j + (delta_j - time_split_j)
+            self.oddities["unknown_idle_intervals"] += 1
+            return time_split_j, delta_j
+        busy_j = delta_j - estimate.power_w * idle_s
+        if busy_j < time_split_j:
+            # Less than idle power on average: the spans get no more than their time share.
+            self.oddities["below_idle_intervals"] += 1
+            busy_j = time_split_j
+        bound_j = (
+            quantum_j
+            + estimate.spread_w * idle_s
+            + self._timing_j(interval, estimate, busy_j / busy_s)
+        )
+        return busy_j, min(bound_j, delta_j)
+
+    def _timing_j(self, interval: _Interval, estimate: IdleEstimate | None, busy_w: float) -> float:
+        """Energy a sample time off by the sampler's uncertainty can move across an edge."""
+        if not interval.edges and interval.busy_s >= interval.end_s - interval.start_s:
+            return 0.0
+        idle_w = estimate.power_w if estimate is not None else 0.0
+        return 2 * self.timing_uncertainty_s * max(busy_w - idle_w, 0.0)
+
+    def _apply(
+        self,
+        interval: _Interval,
+        end_index: int,
+        estimate: IdleEstimate | None,
+        neighbour: _Interval | None,
+        done: dict[Hashable, SpanShare],
+    ) -> None:
+        t0, t1 = interval.start_s, interval.end_s
+        busy_j, bound_j = self._busy_energy(interval, estimate, neighbour)
+        busy_s = interval.busy_s
+        energy_per_s = busy_j / busy_s if busy_s > 0 else 0.0
+        bound_per_s = bound_j / busy_s if busy_s > 0 else 0.0
+        energy = self._energy_per_span_j
+        gpu_s = self._gpu_s_per_span
+        bound = self._bound_per_span_j
+        active = self._active
+        cursor = t0
+        events = self._events
+        for j in range(end_index):
+            t, kind, _, span = events[j]
+            if active > 0:
+                share_s = (t - cursor) / active
+                energy += energy_per_s * share_s
+                gpu_s += share_s
+                bound += bound_per_s * share_s
+            cursor = t
+            if kind == _START:
+                span.energy_at_start_j = energy
+                span.gpu_s_at_start = gpu_s
+                span.bound_at_start_j = bound
+                span.started = True
+                active += 1
+            else:
+                active -= 1
+                del self._spans[span.key]
+                done[span.key] = SpanShare(
+                    energy - span.energy_at_start_j,
+                    gpu_s - span.gpu_s_at_start,
+                    bound - span.bound_at_start_j,
+                    span.partial,
+                )
+        if active > 0:
+            share_s = (t1 - cursor) / active
+            energy += energy_per_s * share_s
+            gpu_s += share_s
+            bound += bound_per_s * share_s
+        else:
+            energy = gpu_s = bound = 0.0  # nobody holds a start value: rebase (precision)
+        del events[:end_index]
+        self._energy_per_span_j, self._gpu_s_per_span, self._bound_per_span_j = energy, gpu_s, bound
+        self._active = active
+        self.measured.append(EnergyPiece(t0, t1, interval.energy_j))
+        idle_j = interval.energy_j - busy_j
         if idle_j:
             self.idle.append(EnergyPiece(t0, t1, idle_j))
-        self._prev_power_w = delta_j / duration_s
+        if interval.energy_j >= 0:
+            self.estimator.observe(interval.busy_fraction, interval.power_w, t1 - t0)
+        self._prev = interval
         self.resolved_until_s = t1
 
-    def _segment_energies(
-        self,
-        segments: list[tuple[float, float]],
-        delta_j: float,
-        duration_s: float,
-        next_power_w: float | None,
-    ) -> list[float]:
-        if len(segments) == 1:
-            return [delta_j]
-        lengths_s = [s1 - s0 for s0, s1 in segments]
-        estimates: list[float | None] = [None] * len(segments)
-        if self._prev_power_w is not None:
-            estimates[0] = max(self._prev_power_w, 0.0) * lengths_s[0]
-        if next_power_w is not None:
-            estimates[-1] = max(next_power_w, 0.0) * lengths_s[-1]
-        known_j = sum(e for e in estimates if e is not None)
-        unknown_s = sum(d for d, e in zip(lengths_s, estimates) if e is None)
-        if unknown_s > 0 and known_j <= delta_j:
-            rest_per_s = (delta_j - known_j) / unknown_s
-            return [e if e is not None else d * rest_per_s for d, e in zip(lengths_s, estimates)]
-        # Only estimated segments, or estimates above the measured delta: scale them.
-        average_w = delta_j / duration_s
-        weights = [e if e is not None else d * average_w for d, e in zip(lengths_s, estimates)]
-        total = sum(weights)
-        if total <= 0:
-            return [delta_j * d / duration_s for d in lengths_s]
-        return [delta_j * w / total for w in weights]
+    def _finish_open(self, done: dict[Hashable, SpanShare]) -> None:
+        """At exit: spans not complete get what they have so far, flagged partial."""
+        for key, span in list(self._spans.items()):
+            share = SpanShare(partial=True)
+            if span.started:
+                share.energy_j = self._energy_per_span_j - span.energy_at_start_j
+                share.gpu_s = self._gpu_s_per_span - span.gpu_s_at_start
+                share.uncertainty_j = self._bound_per_span_j - span.bound_at_start_j
+            done[key] = share
+        self._spans.clear()
+        self._events.clear()
+        self._active = 0

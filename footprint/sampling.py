@@ -23,6 +23,8 @@ log = logging.getLogger("footprint")
 
 Sample = tuple[float, float]  # (monotonic time in s, cumulative energy in J)
 
+FIRST_TICK_POLL_S = 0.002  # poll period until each counter's first change is seen
+
 
 class TickEstimator:
     """Estimate when a periodic counter ticked from the polls around each change.
@@ -137,6 +139,11 @@ class _DeviceState:
     last_sample_s: float | None = None
     estimator: TickEstimator | None = None
     learner: PeriodLearner | None = None
+    # The first value of a ticking counter describes a tick somewhere in the period
+    # before the poll; it waits for the first change, which pins that tick.
+    first_poll_s: float | None = None
+    first_energy_j: float | None = None
+    changes: int = 0
 
 
 class Sampler:
@@ -195,10 +202,21 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            # A little jitter keeps polls from aliasing with the counter's own period.
-            self._stop.wait(self.period_s * self._jitter.uniform(0.9, 1.1))
+            self._stop.wait(self.next_wait_s())
             if not self._stop.is_set():
                 self.sample_once()
+
+    def next_wait_s(self) -> float:
+        """How long to wait before the next poll.
+
+        Until every ticking counter has changed once, polls are fast (2 ms), so the first
+        tick, and with it the instant the first value describes, is pinned to a few ms:
+        the first calls of a process are then measured like the others. Afterwards a
+        little jitter keeps polls from aliasing with the counter's own period.
+        """
+        if any(s.estimator is not None and s.changes == 0 for s in self._states):
+            return min(self.period_s, FIRST_TICK_POLL_S)
+        return self.period_s * self._jitter.uniform(0.9, 1.1)
 
     # -- sampling ------------------------------------------------------------------
     def sample_once(self) -> None:
@@ -254,14 +272,45 @@ class Sampler:
                 state.estimator = TickEstimator(learned_s)
             elif learner.gave_up:
                 state.learner = None
-        if state.estimator is None or state.last_poll_s is None:
+        if state.estimator is None:
             t_s = poll_s
-            if state.estimator is not None:  # first value: its tick is in (poll - period, poll]
-                t_s = poll_s - state.estimator.period_s / 2
+        elif state.last_poll_s is None:
+            # First value: its tick is in (poll − period, poll]; placed when it changes.
+            state.first_poll_s, state.first_energy_j = poll_s, energy_j
+            state.last_poll_s, state.last_energy_j = poll_s, energy_j
+            return
         else:
             t_s = state.estimator.tick_time_s(state.last_poll_s, poll_s)
             if learner is not None:
                 state.estimator.period_s = learner.observe_tick(t_s) or state.estimator.period_s
+            if state.first_energy_j is not None:
+                self._place_first_value(index, state, poll_s, t_s)
+        state.changes += 1
+        self._append(index, t_s, energy_j)
+        state.last_poll_s = poll_s
+        state.last_energy_j = energy_j
+        state.last_sample_s = t_s
+
+    def _place_first_value(
+        self, index: int, state: _DeviceState, poll_s: float, tick_s: float
+    ) -> None:
+        """The first value described the tick one period before the first change seen.
+
+        Every tick changes the value, so none happened between the first poll and the
+        last unchanged one; when the window of the change is shorter than a period it
+        holds exactly one tick. Otherwise the middle of the first value's range is used.
+        """
+        period_s = state.estimator.period_s  # type: ignore[union-attr]
+        first_poll_s = state.first_poll_s
+        assert first_poll_s is not None and state.first_energy_j is not None
+        if state.last_poll_s is not None and poll_s - state.last_poll_s <= period_s:
+            t_s = min(tick_s - period_s, first_poll_s)
+        else:
+            t_s = first_poll_s - period_s / 2
+        self._append(index, t_s, state.first_energy_j)
+        state.first_energy_j = None
+
+    def _append(self, index: int, t_s: float, energy_j: float) -> None:
         timeline = self._timelines[index]
         if timeline and t_s <= timeline[-1][0]:
             t_s = timeline[-1][0] + 1e-9
@@ -269,9 +318,19 @@ class Sampler:
             timeline.popleft()
             self.dropped_samples += 1
         timeline.append((t_s, energy_j))
-        state.last_poll_s = poll_s
-        state.last_energy_j = energy_j
-        state.last_sample_s = t_s
+
+    def timing_uncertainty_s(self) -> list[float]:
+        """How far each device's latest sample time may be from the instant it describes.
+
+        The tick estimator's phase half-width where a counter ticks; half a poll period
+        (plus the read latency) where values are stamped at the poll.
+        """
+        polls = max(self.polls, 1)
+        latency_s = self.read_latency_s_total / polls
+        return [
+            s.estimator.uncertainty_s if s.estimator else self.period_s / 2 + latency_s
+            for s in self._states
+        ]
 
     def counter_periods_s(self) -> list[float | None]:
         """The counter update period used per device (given or learned; None: not yet)."""
