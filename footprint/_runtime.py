@@ -108,6 +108,13 @@ class Runtime:
         self.cpu_devices = self.cpu_sensor.devices if self.cpu_sensor else []
         self._uuid_to_index = {d.uuid: slot for slot, d in enumerate(self.gpu_devices)}
         self._cuda_to_slot = {d.index: slot for slot, d in enumerate(self.gpu_devices)}
+        self.unknown_gpu_spans = 0
+        # Simulated GPUs driven by the tracked calls (workload=spans): the hot path tells
+        # the simulator when each call starts and ends on which GPUs.
+        self.drives_simulator = (
+            getattr(getattr(self.gpu_sensor, "spec", None), "workload", None) == "spans"
+        )
+        self._load_slots: dict[tuple | None, tuple[int, ...]] = {}
         n_gpu = len(self.gpu_devices)
         self.resolvers = [DeviceResolver() for _ in range(n_gpu + len(self.cpu_devices))]
         self._all_gpus = tuple(range(n_gpu))
@@ -193,16 +200,44 @@ class Runtime:
             except Exception as exc:  # never let the writer die silently
                 self.warn_once("cycle", f"footprint: internal error while resolving: {exc!r}")
 
+    # -- simulated GPUs driven by the calls ---------------------------------------
+    def begin_simulated_load(self, gpus: tuple | None, t_s: float) -> None:
+        """A call started: load the simulated GPUs it runs on (``workload=spans``)."""
+        slots = self._load_slots.get(gpus)
+        if slots is None:
+            slots = self._load_slots[gpus] = self._lookup_slots(gpus)[0]
+        self.gpu_sensor.begin_load(slots, t_s)  # type: ignore[attr-defined]
+
+    def end_simulated_load(self, gpus: tuple | None, t_s: float) -> None:
+        self.gpu_sensor.end_load(self._load_slots[gpus], t_s)  # type: ignore[attr-defined]
+
     # -- resolving -----------------------------------------------------------------
-    def _gpu_slots(self, gpus: tuple | None) -> tuple[int, ...]:
+    def _lookup_slots(self, gpus: tuple | None) -> tuple[tuple[int, ...], list]:
+        """Device slots for a call's ``gpus`` (indices or UUIDs), and the unknown ids."""
         if gpus is None:
-            return self._all_gpus
-        slots = []
+            return self._all_gpus, []
+        slots, unknown = [], []
         for gpu in gpus:
             slot = (self._uuid_to_index if isinstance(gpu, str) else self._cuda_to_slot).get(gpu)
-            if slot is not None:
+            if slot is None:
+                unknown.append(gpu)
+            else:
                 slots.append(slot)
-        return tuple(dict.fromkeys(slots))
+        return tuple(dict.fromkeys(slots)), unknown
+
+    def _gpu_slots(self, gpus: tuple | None) -> tuple[int, ...]:
+        slots, unknown = self._lookup_slots(gpus)
+        if (unknown or not slots) and gpus is not None and self.gpu_devices:
+            self.unknown_gpu_spans += 1
+            known = ", ".join(f"{d.index} ({d.uuid})" for d in self.gpu_devices)
+            what = f"unknown GPU ids {unknown!r}" if unknown else "an empty gpus= list"
+            self.warn_once(
+                "unknown-gpus",
+                f"footprint: a call named {what}; its energy is attributed to the GPUs "
+                f"found among its ids only (none: no GPU energy). Known GPUs: {known}. "
+                "Counted in stats()['unknown_gpu_spans'].",
+            )
+        return slots
 
     def _announce(self, span_id: int, start_s: float, gpus: tuple | None) -> _Pending:
         pending = self._pending.get(span_id)
@@ -227,8 +262,12 @@ class Runtime:
             samples = self.gpu_sampler.drain() + (
                 self.cpu_sampler.drain() if self.cpu_sampler else []
             )
+            uncertainty_s = self.gpu_sampler.timing_uncertainty_s() + (
+                self.cpu_sampler.timing_uncertainty_s() if self.cpu_sampler else []
+            )
             for slot, resolver in enumerate(self.resolvers):
                 resolver.add_samples(samples[slot])
+                resolver.timing_uncertainty_s = uncertainty_s[slot]
             for span_id, (start_s, gpus) in inflight.items():
                 self._announce(span_id, start_s, gpus)
             for span in ended:
@@ -284,9 +323,12 @@ class Runtime:
         gpu_shares = [pending.shares[s] for s in pending.devices if s < len(self.gpu_devices)]
         cpu_shares = [pending.shares[s] for s in pending.devices if s >= len(self.gpu_devices)]
         gpu_uuids = [self.gpu_devices[s].uuid for s in pending.devices if s < len(self.gpu_devices)]
+        uncertainty_j: float | None = None
         if gpu_shares:
             energy_j: float | None = sum(s.energy_j for s in gpu_shares)
             gpu_seconds: float | None = sum(s.gpu_s for s in gpu_shares)
+            if not any(s.partial for s in gpu_shares):
+                uncertainty_j = sum(s.uncertainty_j for s in gpu_shares)
             methods = {
                 self.gpu_devices[s].energy_method
                 for s in pending.devices
@@ -318,6 +360,7 @@ class Runtime:
             "gpus": json.dumps(gpu_uuids),
             "gpu_seconds": gpu_seconds,
             "energy_j": energy_j,
+            "energy_uncertainty_j": uncertainty_j,
             "energy_source": source,
             "cpu_energy_j": cpu_energy_j,
             "cpu_energy_source": cpu_source,
@@ -409,4 +452,14 @@ class Runtime:
             "pending_spans": len(self.ended) + len(self._pending),
             "sampler_failed_reads": self.gpu_sampler.failed_reads,
             "sampler_dropped_samples": self.gpu_sampler.dropped_samples,
+            "unknown_gpu_spans": self.unknown_gpu_spans,
+            **{f"attribution_{name}": count for name, count in self.attribution_oddities().items()},
         }
+
+    def attribution_oddities(self) -> dict[str, int]:
+        """Odd input the resolvers met and handled (see ``DeviceResolver.oddities``)."""
+        totals: dict[str, int] = {}
+        for resolver in self.resolvers:
+            for name, count in resolver.oddities.items():
+                totals[name] = totals.get(name, 0) + count
+        return totals

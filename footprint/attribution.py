@@ -128,22 +128,30 @@ class IdlePowerEstimator:
 
 
 def _fit_intercept(points: Iterable[Point]) -> IdleEstimate | None:
-    """Weighted least squares of power on busy fraction; None when ill-conditioned."""
+    """Weighted least squares of power on busy fraction; None when ill-conditioned.
+
+    The spread is the largest residual plus twice the intercept's standard error, so a
+    fit from few or alike intervals says how little it knows.
+    """
     pts = list(points)
-    if len(pts) < 4:
+    n = len(pts)
+    if n < 3:
         return None
     sw = sum(w for _, _, w in pts)
     mean_f = sum(f * w for f, _, w in pts) / sw
     mean_p = sum(p * w for _, p, w in pts) / sw
     var_f = sum(w * (f - mean_f) ** 2 for f, _, w in pts) / sw
-    if var_f < 0.004 or mean_f > 0.95:
+    if var_f < 1e-4 or mean_f > 0.95:
         return None  # busy fractions too alike (or all busy) to tell idle from busy
     slope = sum(w * (f - mean_f) * (p - mean_p) for f, p, w in pts) / sw / var_f
     intercept = mean_p - slope * mean_f
+    residuals = [p - (intercept + slope * f) for f, p, _ in pts]
+    sigma_w = math.sqrt(sum(r * r for r in residuals) / max(n - 2, 1))
+    standard_error_w = sigma_w * math.sqrt(1 / n + mean_f**2 / (n * var_f))
     floor_w = min(p for _, p, _ in pts)
     intercept = min(max(intercept, 0.0), floor_w)
-    residual = max(abs(p - (intercept + slope * f)) for f, p, _ in pts)
-    return IdleEstimate(intercept, residual, "regression")
+    spread = max(abs(r) for r in residuals) + 2 * standard_error_w
+    return IdleEstimate(intercept, spread, "regression")
 
 
 @dataclass

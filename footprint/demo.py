@@ -53,7 +53,8 @@ MODELS = (
 )
 
 DEMO_SENSOR = (
-    "simulated:gpus=2,idle_w=70,busy_w=700,noise=0.02,seed={seed},name=NVIDIA H100 80GB HBM3"
+    "simulated:gpus=2,idle_w=70,busy_w=700,noise=0.02,seed={seed},workload=manual,"
+    "name=NVIDIA H100 80GB HBM3"
 )
 DEMO_REGION = "aws:us-east-1"
 # Monday 2 March 2026, 00:00 UTC: the simulated week starts here, whatever today is.

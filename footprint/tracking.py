@@ -20,13 +20,14 @@ from footprint.config import resolve_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 TokensFn = Callable[[Any], "tuple[int | None, int | None]"]
+SyncFn = Callable[[], Any]
 
 _runtime: Runtime | None = None
 _failed = False
 _overrides: dict[str, Any] = {}
 _clock: Clock = SYSTEM_CLOCK
 _lock = threading.Lock()
-_RESERVED = {"model", "tokens", "gpus"}
+_RESERVED = {"model", "tokens", "gpus", "sync"}
 
 
 def configure(*, clock: Clock | None = None, **settings: Any) -> None:
@@ -120,6 +121,11 @@ def _safe_tokens(runtime: Runtime, tokens: TokensFn, value: Any) -> tuple[Any, A
         return None, None
 
 
+def _check_sync(sync: Any, where: str) -> None:
+    if sync is not None and not callable(sync):
+        raise TypeError(f"{where}: sync= must be a callable (e.g. torch.cuda.synchronize)")
+
+
 def _check_names(model: Any, tags: dict[str, Any], where: str) -> None:
     if not isinstance(model, str) or not model:
         raise TypeError(f"{where} needs model='name of the model' (a non-empty string)")
@@ -133,30 +139,34 @@ def track(
     model: str | None = None,
     tokens: TokensFn | None = None,
     gpus: list[int | str] | None = None,
+    sync: SyncFn | None = None,
     **tags: Any,
 ) -> Callable[[F], F]:
     """Decorator recording one query per call of a sync, async or (async) generator function.
 
     ``tokens`` maps the result to ``(input_tokens, output_tokens)``; for generators it
     gets the number of items yielded. ``gpus`` restricts attribution to some GPUs
-    (indices or UUIDs; default: every visible GPU). Other keywords are stored as tags.
+    (indices or UUIDs; default: every visible GPU). ``sync`` is called before the end
+    time is taken, for calls that return before their GPU work is done (e.g.
+    ``torch.cuda.synchronize``). Other keywords are stored as tags.
     """
     if args:
         raise TypeError("track() takes keyword arguments only: @footprint.track(model='...')")
     _check_names(model, tags, "track()")
     if tokens is not None and not callable(tokens):
         raise TypeError("track(): tokens= must be a callable returning (input, output)")
+    _check_sync(sync, "track()")
     gpu_tuple = tuple(gpus) if gpus is not None else None
     frozen_tags = dict(tags)
 
     def decorate(fn: F) -> F:
         if inspect.isasyncgenfunction(fn):
-            return _wrap_async_gen(fn, model, frozen_tags, tokens, gpu_tuple)  # type: ignore
+            return _wrap_async_gen(fn, model, frozen_tags, tokens, gpu_tuple, sync)  # type: ignore
         if inspect.isgeneratorfunction(fn):
-            return _wrap_gen(fn, model, frozen_tags, tokens, gpu_tuple)  # type: ignore
+            return _wrap_gen(fn, model, frozen_tags, tokens, gpu_tuple, sync)  # type: ignore
         if inspect.iscoroutinefunction(fn):
-            return _wrap_async(fn, model, frozen_tags, tokens, gpu_tuple)  # type: ignore
-        return _wrap_sync(fn, model, frozen_tags, tokens, gpu_tuple)  # type: ignore
+            return _wrap_async(fn, model, frozen_tags, tokens, gpu_tuple, sync)  # type: ignore
+        return _wrap_sync(fn, model, frozen_tags, tokens, gpu_tuple, sync)  # type: ignore
 
     return decorate
 
@@ -168,7 +178,19 @@ def _begin(gpus: tuple | None) -> tuple[Runtime | None, int, float]:
     span_id = next(runtime.ids)
     start_s = runtime.now()
     runtime.inflight[span_id] = (start_s, gpus)
+    if runtime.drives_simulator:
+        runtime.begin_simulated_load(gpus, start_s)
     return runtime, span_id, start_s
+
+
+def _run_sync(runtime: Runtime, sync: SyncFn | None) -> None:
+    """Wait for the call's GPU work (``sync=``) before taking the end time."""
+    if sync is None:
+        return
+    try:
+        sync()
+    except Exception as exc:
+        runtime.warn_once("sync", f"footprint: sync= callable failed: {exc!r}")
 
 
 def _end(
@@ -183,8 +205,12 @@ def _end(
     tokens_out: Any,
     ttft_s: float | None,
     gpus: tuple | None,
+    sync: SyncFn | None = None,
 ) -> None:
+    _run_sync(runtime, sync)
     end_s = runtime.now()
+    if runtime.drives_simulator:
+        runtime.end_simulated_load(gpus, end_s)
     if len(runtime.ended) < runtime.max_pending:
         runtime.ended.append(
             (span_id, start_s, end_s, model, tags, status, error_type, tokens_in, tokens_out,
@@ -201,7 +227,7 @@ def _status_of(exc: BaseException) -> str:
     return "cancelled" if name in ("CancelledError", "GeneratorExit") else "error"
 
 
-def _wrap_sync(fn, model, tags, tokens, gpus):
+def _wrap_sync(fn, model, tags, tokens, gpus, sync):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         runtime, span_id, start_s = _begin(gpus)
@@ -211,18 +237,19 @@ def _wrap_sync(fn, model, tags, tokens, gpus):
             result = fn(*args, **kwargs)
         except BaseException as exc:
             _end(runtime, span_id, start_s, model, tags, _status_of(exc), type(exc).__name__,
-                 None, None, None, gpus)  # fmt: skip
+                 None, None, None, gpus, sync)  # fmt: skip
             raise
         tokens_in = tokens_out = None
         if tokens is not None:
             tokens_in, tokens_out = _safe_tokens(runtime, tokens, result)
-        _end(runtime, span_id, start_s, model, tags, "ok", None, tokens_in, tokens_out, None, gpus)
+        _end(runtime, span_id, start_s, model, tags, "ok", None, tokens_in, tokens_out, None, gpus,
+             sync)  # fmt: skip
         return result
 
     return wrapper
 
 
-def _wrap_async(fn, model, tags, tokens, gpus):
+def _wrap_async(fn, model, tags, tokens, gpus, sync):
     @functools.wraps(fn)
     async def wrapper(*args, **kwargs):
         runtime, span_id, start_s = _begin(gpus)
@@ -232,18 +259,20 @@ def _wrap_async(fn, model, tags, tokens, gpus):
             result = await fn(*args, **kwargs)
         except BaseException as exc:
             _end(runtime, span_id, start_s, model, tags, _status_of(exc), type(exc).__name__,
-                 None, None, None, gpus)  # fmt: skip
+                 None, None, None, gpus, sync)  # fmt: skip
             raise
         tokens_in = tokens_out = None
         if tokens is not None:
             tokens_in, tokens_out = _safe_tokens(runtime, tokens, result)
-        _end(runtime, span_id, start_s, model, tags, "ok", None, tokens_in, tokens_out, None, gpus)
+        _end(runtime, span_id, start_s, model, tags, "ok", None, tokens_in, tokens_out, None, gpus,
+             sync)  # fmt: skip
         return result
 
     return wrapper
 
 
-def _finish_stream(runtime, span_id, start_s, model, tags, tokens, gpus, items, ttft_s, exc):
+def _finish_stream(runtime, span_id, start_s, model, tags, tokens, gpus, sync, items, ttft_s,
+                   exc):  # fmt: skip
     tokens_in = tokens_out = None
     if exc is None or isinstance(exc, GeneratorExit):
         status, error_type = "ok", None
@@ -252,10 +281,10 @@ def _finish_stream(runtime, span_id, start_s, model, tags, tokens, gpus, items, 
     else:
         status, error_type = _status_of(exc), type(exc).__name__
     _end(runtime, span_id, start_s, model, tags, status, error_type, tokens_in, tokens_out,
-         ttft_s, gpus)  # fmt: skip
+         ttft_s, gpus, sync)  # fmt: skip
 
 
-def _wrap_gen(fn, model, tags, tokens, gpus):
+def _wrap_gen(fn, model, tags, tokens, gpus, sync):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         runtime, span_id, start_s = _begin(gpus)
@@ -284,13 +313,13 @@ def _wrap_gen(fn, model, tags, tokens, gpus):
             error = exc
             raise
         finally:
-            _finish_stream(runtime, span_id, start_s, model, tags, tokens, gpus, items, ttft_s,
-                           error)  # fmt: skip
+            _finish_stream(runtime, span_id, start_s, model, tags, tokens, gpus, sync, items,
+                           ttft_s, error)  # fmt: skip
 
     return wrapper
 
 
-def _wrap_async_gen(fn, model, tags, tokens, gpus):
+def _wrap_async_gen(fn, model, tags, tokens, gpus, sync):
     @functools.wraps(fn)
     async def wrapper(*args, **kwargs):
         runtime, span_id, start_s = _begin(gpus)
@@ -321,8 +350,8 @@ def _wrap_async_gen(fn, model, tags, tokens, gpus):
             error = exc
             raise
         finally:
-            _finish_stream(runtime, span_id, start_s, model, tags, tokens, gpus, items, ttft_s,
-                           error)  # fmt: skip
+            _finish_stream(runtime, span_id, start_s, model, tags, tokens, gpus, sync, items,
+                           ttft_s, error)  # fmt: skip
 
     return wrapper
 
@@ -330,13 +359,16 @@ def _wrap_async_gen(fn, model, tags, tokens, gpus):
 class Query:
     """A tracked block: ``with footprint.query(model=...) as q: q.set_tokens(...)``."""
 
-    __slots__ = ("model", "tags", "gpus", "input_tokens", "output_tokens", "_ttft_s",
+    __slots__ = ("model", "tags", "gpus", "sync", "input_tokens", "output_tokens", "_ttft_s",
                  "_runtime", "_span_id", "_start_s")  # fmt: skip
 
-    def __init__(self, model: str, tags: dict[str, Any], gpus: tuple | None) -> None:
+    def __init__(
+        self, model: str, tags: dict[str, Any], gpus: tuple | None, sync: SyncFn | None = None
+    ) -> None:
         self.model = model
         self.tags = tags
         self.gpus = gpus
+        self.sync = sync
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
         self._ttft_s: float | None = None
@@ -366,7 +398,8 @@ class Query:
             status = "ok" if exc is None else _status_of(exc)
             error_type = None if exc is None else type(exc).__name__
             _end(runtime, self._span_id, self._start_s, self.model, self.tags, status, error_type,
-                 self.input_tokens, self.output_tokens, self._ttft_s, self.gpus)  # fmt: skip
+                 self.input_tokens, self.output_tokens, self._ttft_s, self.gpus,
+                 self.sync)  # fmt: skip
             self._runtime = None
         return False
 
@@ -377,7 +410,17 @@ class Query:
         return self.__exit__(exc_type, exc, tb)
 
 
-def query(*, model: str, gpus: list[int | str] | None = None, **tags: Any) -> Query:
-    """Context manager (sync and async) recording one query for the block it wraps."""
+def query(
+    *,
+    model: str,
+    gpus: list[int | str] | None = None,
+    sync: SyncFn | None = None,
+    **tags: Any,
+) -> Query:
+    """Context manager (sync and async) recording one query for the block it wraps.
+
+    ``gpus`` and ``sync`` as for ``track``.
+    """
     _check_names(model, tags, "query()")
-    return Query(model, dict(tags), tuple(gpus) if gpus is not None else None)
+    _check_sync(sync, "query()")
+    return Query(model, dict(tags), tuple(gpus) if gpus is not None else None, sync)

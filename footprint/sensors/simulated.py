@@ -1,10 +1,12 @@
 """A simulated GPU: the same interface as the NVML sensor, driven by a workload API.
 
 Power model per device: ``idle_w + (busy_w - idle_w) * min(1, load)`` where ``load`` is
-the sum of the loads registered with ``add_load`` (or ``run``) that are active at that
-time, plus optional per-tick noise. Like real hardware, the energy counter only changes
-every ``update_period_s`` (ticks aligned on multiples of the period in the clock's
-monotonic time) and reports whole millijoules.
+the sum of the loads active at that time, plus optional per-tick noise. Loads come from
+the tracked calls themselves (``workload=spans``, the default: each call loads the GPUs
+it is attributed to with 1.0 for its duration, through ``begin_load``/``end_load``) or
+only from the workload API (``workload=manual``: ``add_load``, ``run``). Like real
+hardware, the energy counter only changes every ``update_period_s`` (ticks aligned on
+multiples of the period in the clock's monotonic time) and reports whole millijoules.
 
 It is deterministic for a given seed, also across processes: ticks are aligned on the
 system-wide monotonic clock and the noise of tick ``k`` is a hash of (seed, device, k), so
@@ -25,6 +27,7 @@ from footprint._clock import SYSTEM_CLOCK, Clock
 from footprint.sensors.base import ENERGY_SIMULATED, DeviceInfo, Sensor
 
 _MASK64 = (1 << 64) - 1
+WORKLOADS = ("spans", "manual")
 
 
 def _unit_hash(seed: int, device: int, tick: int) -> float:
@@ -47,6 +50,7 @@ class SimulatedGpuSpec:
     noise: float = 0.0  # amplitude of per-tick noise as a fraction of idle power
     seed: int = 0
     name: str = "Simulated GPU"
+    workload: str = "spans"  # spans: tracked calls load their GPUs; manual: add_load only
 
     def __post_init__(self) -> None:
         if self.gpus < 1 or self.gpus > 64:
@@ -60,6 +64,11 @@ class SimulatedGpuSpec:
             raise ValueError("simulated sensor: update_period_s must be in [0.001, 10] seconds")
         if not math.isfinite(self.noise) or not 0 <= self.noise <= 1:
             raise ValueError("simulated sensor: noise must be in [0, 1]")
+        if self.workload not in WORKLOADS:
+            raise ValueError(
+                f"simulated sensor: workload must be one of {', '.join(WORKLOADS)}, "
+                f"got {self.workload!r}"
+            )
 
     @classmethod
     def parse(cls, options: str) -> SimulatedGpuSpec:
@@ -76,7 +85,7 @@ class SimulatedGpuSpec:
             try:
                 if key in ("gpus", "seed"):
                     values[key] = int(raw)
-                elif key == "name":
+                elif key in ("name", "workload"):
                     values[key] = raw.strip()
                 else:
                     values[key] = float(raw)
@@ -109,11 +118,27 @@ class SimulatedGpu:
         if not end_s > start_s or not math.isfinite(load) or load < 0:
             raise ValueError("add_load needs end_s > start_s and a finite load >= 0")
         with self._lock:
-            for t, delta in ((start_s, load), (end_s, -load)):
-                i = bisect.bisect_right(self._times_s, t)
-                self._times_s.insert(i, t)
-                self._deltas.insert(i, delta)
-                self._valid = min(self._valid, i)
+            self._step(start_s, load)
+            self._step(end_s, -load)
+
+    def add_step(self, t_s: float, delta: float) -> None:
+        """Change the load by ``delta`` from ``t_s`` on (an open-ended load's start or end)."""
+        if not (math.isfinite(t_s) and math.isfinite(delta)):
+            raise ValueError("add_step needs a finite time and load change")
+        with self._lock:
+            self._step(t_s, delta)
+
+    def _step(self, t_s: float, delta: float) -> None:
+        times = self._times_s
+        if not times or t_s >= times[-1]:  # the usual case: time order, O(1)
+            i = len(times)
+            times.append(t_s)
+            self._deltas.append(delta)
+        else:
+            i = bisect.bisect_right(times, t_s)
+            times.insert(i, t_s)
+            self._deltas.insert(i, delta)
+        self._valid = min(self._valid, i)
 
     def _refresh(self) -> None:
         n = len(self._times_s)
@@ -206,6 +231,16 @@ class SimulatedSensor(Sensor):
     def read_energy_j(self) -> list[float | None]:
         now_s = self.clock.monotonic_s()
         return [gpu.counter_mj(now_s) / 1000.0 for gpu in self.gpus]
+
+    def begin_load(self, devices: tuple[int, ...], t_s: float) -> None:
+        """A tracked call started at ``t_s`` on these devices: load 1.0 each until it ends."""
+        for index in devices:
+            self.gpus[index].add_step(t_s, 1.0)
+
+    def end_load(self, devices: tuple[int, ...], t_s: float) -> None:
+        """The call that ``begin_load`` announced ended at ``t_s``."""
+        for index in devices:
+            self.gpus[index].add_step(t_s, -1.0)
 
     def run(self, seconds: float, load: float = 1.0, devices: list[int] | None = None) -> None:
         """Workload helper: load the devices for ``seconds`` and sleep that long."""
