@@ -18,7 +18,7 @@ import socket
 import threading
 import warnings
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -60,13 +60,25 @@ class FootprintWarning(UserWarning):
     """Something footprint could not do; the tracked code carried on."""
 
 
-@dataclass
+@dataclass(frozen=True)
+class _DeviceSet:
+    """What the records of calls measured on one set of device slots share."""
+
+    gpu_slots: tuple[int, ...]
+    cpu_slots: tuple[int, ...]
+    gpus_json: str  # JSON list of the GPUs' UUIDs
+    gpu_source: str  # energy_source when fully measured
+
+
 class _Pending:
     """A span being resolved: what it is, and what each of its devices gave it."""
 
-    span: EndedSpan | None
-    devices: tuple[int, ...]
-    shares: dict[int, SpanShare] = field(default_factory=dict)
+    __slots__ = ("span", "devices", "shares")
+
+    def __init__(self, devices: tuple[int, ...]) -> None:
+        self.span: EndedSpan | None = None
+        self.devices = devices
+        self.shares: dict[int, SpanShare] = {}
 
 
 class Runtime:
@@ -120,6 +132,10 @@ class Runtime:
         self._all_gpus = tuple(range(n_gpu))
         self._cpu_slots = tuple(range(n_gpu, n_gpu + len(self.cpu_devices)))
         self._pending: dict[int, _Pending] = {}
+        self._device_sets: dict[tuple[int, ...], _DeviceSet] = {}
+        self._devices_of: dict[tuple | None, tuple[int, ...]] = {}
+        self._tags_text: dict[int, tuple[dict, str]] = {}
+        self._unpriced = dict.fromkeys(PRICING_COLUMNS)
         self._idle_rows: dict[tuple[str, datetime], list[float]] = {}
         self._cycle_lock = threading.RLock()  # a signal handler may flush mid-cycle
         self._stop = threading.Event()
@@ -225,7 +241,8 @@ class Runtime:
                 slots.append(slot)
         return tuple(dict.fromkeys(slots)), unknown
 
-    def _gpu_slots(self, gpus: tuple | None) -> tuple[int, ...]:
+    def _gpu_slots(self, gpus: tuple | None) -> tuple[tuple[int, ...], bool]:
+        """The GPU slots of a call, and whether its ids were all known (warned if not)."""
         slots, unknown = self._lookup_slots(gpus)
         if (unknown or not slots) and gpus is not None and self.gpu_devices:
             self.unknown_gpu_spans += 1
@@ -237,14 +254,19 @@ class Runtime:
                 f"found among its ids only (none: no GPU energy). Known GPUs: {known}. "
                 "Counted in stats()['unknown_gpu_spans'].",
             )
-        return slots
+            return slots, False
+        return slots, True
 
     def _announce(self, span_id: int, start_s: float, gpus: tuple | None) -> _Pending:
         pending = self._pending.get(span_id)
         if pending is None:
-            devices = self._gpu_slots(gpus) + self._cpu_slots
-            pending = _Pending(span=None, devices=devices)
-            self._pending[span_id] = pending
+            devices = self._devices_of.get(gpus)
+            if devices is None:
+                slots, valid = self._gpu_slots(gpus)
+                devices = slots + self._cpu_slots
+                if valid:  # invalid ids are warned about and counted for every call
+                    self._devices_of[gpus] = devices
+            pending = self._pending[span_id] = _Pending(devices)
             for slot in devices:
                 self.resolvers[slot].begin(span_id, start_s)
         return pending
@@ -270,25 +292,31 @@ class Runtime:
                 resolver.timing_uncertainty_s = uncertainty_s[slot]
             for span_id, (start_s, gpus) in inflight.items():
                 self._announce(span_id, start_s, gpus)
+            complete: list[tuple[int, _Pending]] = []
             for span in ended:
                 pending = self._announce(span[0], span[1], span[10])
                 pending.span = span
+                if not pending.devices:  # nothing measures it: a record right away
+                    complete.append((span[0], self._pending.pop(span[0])))
                 for slot in pending.devices:
                     self.resolvers[slot].end(span[0], span[2])
-            records = []
             for slot, resolver in enumerate(self.resolvers):
                 done = resolver.resolve(until_s, drain_all=drain_all, final=final)
                 for span_id, share in done.items():
                     pending = self._pending.get(span_id)
-                    if pending is not None:
-                        pending.shares[slot] = share
+                    if pending is None:
+                        continue
+                    pending.shares[slot] = share
+                    if len(pending.shares) == len(pending.devices):
+                        del self._pending[span_id]
+                        if pending.span is not None:
+                            complete.append((span_id, pending))
+                        # else: still running at exit: nothing to store
                 self._collect_idle(slot, resolver)
-            for span_id, pending in list(self._pending.items()):
-                if pending.span is None and final:
-                    del self._pending[span_id]  # still running at exit: nothing to store
-                elif pending.span is not None and len(pending.shares) == len(pending.devices):
-                    records.append(self._record(pending))
-                    del self._pending[span_id]
+            if final:
+                self._pending.clear()
+            complete.sort(key=lambda item: item[0])  # records in the order calls started
+            records = [self._record(pending) for _, pending in complete]
             self._write(records)
             return len(records)
 
@@ -316,39 +344,67 @@ class Runtime:
             cursor = stop
         return out
 
+    def _device_set(self, devices: tuple[int, ...]) -> _DeviceSet:
+        known = self._device_sets.get(devices)
+        if known is None:
+            n_gpu = len(self.gpu_devices)
+            gpu_slots = tuple(s for s in devices if s < n_gpu)
+            methods = {self.gpu_devices[s].energy_method for s in gpu_slots}
+            source = ENERGY_POWER if ENERGY_POWER in methods else next(iter(methods), None)
+            known = _DeviceSet(
+                gpu_slots=gpu_slots,
+                cpu_slots=tuple(s for s in devices if s >= n_gpu),
+                gpus_json=json.dumps([self.gpu_devices[s].uuid for s in gpu_slots]),
+                gpu_source=source or ENERGY_MISSING,
+            )
+            self._device_sets[devices] = known
+        return known
+
+    def _tags_json(self, tags: dict) -> str:
+        """Tags as JSON; the text of a decorator's (shared) tags is computed once."""
+        if not tags:
+            return "{}"
+        cached = self._tags_text.get(id(tags))
+        if cached is not None and cached[0] is tags:
+            return cached[1]
+        text = json.dumps(tags, default=str, sort_keys=True)
+        if len(self._tags_text) >= 4096:
+            self._tags_text.clear()
+        self._tags_text[id(tags)] = (tags, text)
+        return text
+
     def _record(self, pending: _Pending) -> dict[str, Any]:
         (_, start_s, end_s, model, tags, status, error_type, tokens_in, tokens_out, ttft_s, _) = (
             pending.span  # type: ignore[misc]
         )
-        gpu_shares = [pending.shares[s] for s in pending.devices if s < len(self.gpu_devices)]
-        cpu_shares = [pending.shares[s] for s in pending.devices if s >= len(self.gpu_devices)]
-        gpu_uuids = [self.gpu_devices[s].uuid for s in pending.devices if s < len(self.gpu_devices)]
+        device_set = self._device_set(pending.devices)
+        shares = pending.shares
+        energy_j: float | None = None
+        gpu_seconds: float | None = None
         uncertainty_j: float | None = None
-        if gpu_shares:
-            energy_j: float | None = sum(s.energy_j for s in gpu_shares)
-            gpu_seconds: float | None = sum(s.gpu_s for s in gpu_shares)
-            if not any(s.partial for s in gpu_shares):
-                uncertainty_j = sum(s.uncertainty_j for s in gpu_shares)
-            methods = {
-                self.gpu_devices[s].energy_method
-                for s in pending.devices
-                if s < len(self.gpu_devices)
-            }
-            source = ENERGY_POWER if ENERGY_POWER in methods else methods.pop()
-            if any(s.partial for s in gpu_shares):
-                source = "estimated"
-        else:
-            energy_j = gpu_seconds = None
-            source = ENERGY_MISSING
-        cpu_energy_j = sum(s.energy_j for s in cpu_shares) if cpu_shares else None
+        source = ENERGY_MISSING
+        if device_set.gpu_slots:
+            gpu_shares = [shares[s] for s in device_set.gpu_slots]
+            energy_j = gpu_seconds = uncertainty_j = 0.0
+            partial = False
+            for share in gpu_shares:
+                energy_j += share.energy_j
+                gpu_seconds += share.gpu_s
+                uncertainty_j += share.uncertainty_j
+                partial = partial or share.partial
+            source = device_set.gpu_source
+            if partial:
+                source, uncertainty_j = "estimated", None  # part of it was not measured
+        cpu_energy_j: float | None = None
         cpu_source = ENERGY_MISSING
-        if cpu_shares:
+        if device_set.cpu_slots:
+            cpu_shares = [shares[s] for s in device_set.cpu_slots]
+            cpu_energy_j = sum(s.energy_j for s in cpu_shares)
             cpu_source = "estimated" if any(s.partial for s in cpu_shares) else "counter"
         offset = self.wall_offset_s
-        record = dict.fromkeys(PRICING_COLUMNS)
-        record.update({
+        record = {
             "model": model,
-            "tags": json.dumps(tags, default=str, sort_keys=True) if tags else "{}",
+            "tags": self._tags_json(tags),
             "started_at": datetime.fromtimestamp(start_s + offset, timezone.utc),
             "ended_at": datetime.fromtimestamp(end_s + offset, timezone.utc),
             "duration_s": end_s - start_s,
@@ -357,7 +413,7 @@ class Runtime:
             "error_type": error_type,
             "input_tokens": tokens_in,
             "output_tokens": tokens_out,
-            "gpus": json.dumps(gpu_uuids),
+            "gpus": device_set.gpus_json,
             "gpu_seconds": gpu_seconds,
             "energy_j": energy_j,
             "energy_uncertainty_j": uncertainty_j,
@@ -366,7 +422,8 @@ class Runtime:
             "cpu_energy_source": cpu_source,
             "host": self.host,
             "pid": self.pid,
-        })  # fmt: skip
+            **self._unpriced,
+        }
         if self.pricer is not None:
             try:
                 self.pricer.apply(record)

@@ -355,6 +355,69 @@ def bench_overhead(
     )
 
 
+@bench_app.command("attribution")
+def bench_attribution(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    spans: Annotated[int, typer.Option(min=1000, help="Spans per concurrency level.")] = 40_000,
+) -> None:
+    """Resolver cost per span at 100, 1,000 and 4,000 spans running at once on one GPU."""
+    from footprint.bench.attribution import run
+
+    result = run(spans=spans)
+    if as_json:
+        _print_json(result)
+        return
+    for entry in result["runs"]:
+        console.print(
+            f"{entry['concurrent']:>5} at once: {entry['us_per_span']:.2f} µs per span "
+            f"({entry['spans']:,} spans)"
+        )
+    console.print(f"highest / lowest concurrency: {result['ratio_highest_over_lowest']:.2f}×")
+
+
+@bench_app.command("accuracy")
+def bench_accuracy(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    scale: Annotated[
+        float, typer.Option(min=0.05, max=10.0, help="Scale every scenario's duration.")
+    ] = 1.0,
+    scenario: Annotated[
+        list[str] | None,
+        typer.Option("--scenario", help="Run only this scenario (repeatable)."),
+    ] = None,
+    write: Annotated[
+        bool, typer.Option("--write", help="Store the figures that reports quote.")
+    ] = False,
+) -> None:
+    """Attribution error against the simulator's exact energy, in fixed scenarios."""
+    from footprint.bench.accuracy import SCENARIOS, run
+    from footprint.bench.accuracy import write as write_figures
+
+    known = [s.name for s in SCENARIOS]
+    for name in scenario or []:
+        if name not in known:
+            raise InputError(f"unknown scenario {name!r}; known: {', '.join(known)}")
+    if write and (scenario or scale != 1.0):
+        raise InputError("--write records the full benchmark: drop --scenario and --scale")
+    result = run(scale=scale, names=scenario or None)
+    if write:
+        path = write_figures(result)
+        sys.stderr.write(f"figures written to {path}\n")
+    if as_json:
+        _print_json(result)
+        return
+    for entry in result["scenarios"]:
+        per_query = entry["per_query_error_pct"] or {}
+        long = entry["long_query_error_pct"]
+        console.print(
+            f"{entry['name']:<17} {entry['queries']:>4} queries: total "
+            f"{entry['total_error_pct']:.3f}% off; per query p50 {per_query.get('p50', 0):.3f}% "
+            f"p95 {per_query.get('p95', 0):.3f}% max {per_query.get('max', 0):.3f}%"
+            + (f"; ≥1 s max {long['max']:.3f}%" if long else "")
+            + f"; within bound {entry['within_bound_pct']}%"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning bad input into exit 2 with one line."""
     try:
