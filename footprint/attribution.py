@@ -161,6 +161,7 @@ class _Interval:
     energy_j: float
     busy_s: float = 0.0
     edges: int = 0  # span starts and ends inside it
+    busy_changes: int = 0  # of those, the ones between two busy stretches (set changes)
 
     @property
     def power_w(self) -> float:
@@ -194,6 +195,7 @@ class DeviceResolver:
         self._gpu_s_per_span = 0.0
         self._bound_per_span_j = 0.0
         self._prev: _Interval | None = None
+        self._last_busy_w: float | None = None  # busy power of the last busy interval
         self.estimator = estimator or IdlePowerEstimator()
         self.timing_uncertainty_s = 0.0  # how far a sample's time may be off (sampler's)
         self.first_sample_s: float | None = None
@@ -317,15 +319,17 @@ class DeviceResolver:
     def _scan(self, interval: _Interval) -> int:
         """Busy time and edge count of ``interval`` from the events in it; its end index."""
         events, t1 = self._events, interval.end_s
-        active, cursor, busy_s, j = self._active, interval.start_s, 0.0, 0
+        active, cursor, busy_s, j, changes = self._active, interval.start_s, 0.0, 0, 0
         n = len(events)
         while j < n and events[j][0] <= t1:
             t, kind = events[j][0], events[j][1]
             if active > 0:
                 busy_s += t - cursor
+                changes += kind == _START or active > 1
             cursor = t
             active += 1 if kind == _START else -1
             j += 1
+        interval.busy_changes = changes
         if active > 0:
             busy_s += t1 - cursor
         interval.busy_s = busy_s
@@ -370,7 +374,12 @@ class DeviceResolver:
             return 0.0, 0.0
         quantum_j = 2 * QUANTUM_J
         if idle_s <= 0.0:
-            return delta_j, quantum_j + self._timing_j(interval, estimate, delta_j / busy_s)
+            busy_w = delta_j / busy_s
+            return delta_j, (
+                quantum_j
+                + self._timing_j(interval, estimate, busy_w)
+                + self._mix_j(interval, busy_w)
+            )
         time_split_j = delta_j * busy_s / duration_s
         if estimate is None:
             prev = self._prev
@@ -390,8 +399,20 @@ class DeviceResolver:
             quantum_j
             + estimate.spread_w * idle_s
             + self._timing_j(interval, estimate, busy_j / busy_s)
+            + self._mix_j(interval, busy_j / busy_s)
         )
         return busy_j, min(bound_j, delta_j)
+
+    def _mix_j(self, interval: _Interval, busy_w: float) -> float:
+        """What one busy power for the whole interval may misplace between its spans.
+
+        Where the set of running spans changes inside an interval, the stretches may
+        draw different powers; the change in busy power from the last busy interval
+        bounds how different (the power seen around the change).
+        """
+        if not interval.busy_changes or self._last_busy_w is None:
+            return 0.0
+        return abs(busy_w - self._last_busy_w) * interval.busy_s
 
     def _timing_j(self, interval: _Interval, estimate: IdleEstimate | None, busy_w: float) -> float:
         """Energy a sample time off by the sampler's uncertainty can move across an edge."""
@@ -459,6 +480,8 @@ class DeviceResolver:
         if interval.energy_j >= 0:
             self.estimator.observe(interval.busy_fraction, interval.power_w, t1 - t0)
         self._prev = interval
+        if busy_s > 0 and busy_j > 0:
+            self._last_busy_w = busy_j / busy_s
         self.resolved_until_s = t1
 
     def _finish_open(self, done: dict[Hashable, SpanShare]) -> None:

@@ -286,10 +286,11 @@ class _Simulation:
         while clock.monotonic_s() < target:
             now = clock.monotonic_s()
             busy = self.running > 0 or now - self.last_busy_s < 1.0
-            step = POLL_S * self.rng.uniform(0.9, 1.1) if busy else IDLE_POLL_S
-            clock.advance(min(step, target - now))
             assert self.runtime is not None
-            self.runtime.gpu_sampler.sample_once()
+            sampler = self.runtime.gpu_sampler
+            step = sampler.next_wait_s() * self.rng.uniform(1.0, 1.1) if busy else IDLE_POLL_S
+            clock.advance(min(step, target - now))
+            sampler.sample_once()
             if clock.monotonic_s() >= self.next_cycle_s:
                 self.runtime.cycle(until_s=clock.monotonic_s() - ANNOUNCE_MARGIN_S)
                 self.next_cycle_s = clock.monotonic_s() + CYCLE_S

@@ -11,6 +11,7 @@ and are not stored.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 from collections import deque
@@ -47,8 +48,19 @@ class TickEstimator:
         return (self._high_s - self._low_s) / 2
 
     def tick_time_s(self, lo_s: float, hi_s: float) -> float:
-        """Best estimate in ``(lo_s, hi_s]`` of the tick that happened in that window."""
+        """Best estimate in ``(lo_s, hi_s]`` of the tick that happened in that window.
+
+        A window longer than a period may hold several ticks; the value read at ``hi_s``
+        is that of the last one, so the estimate is the last tick of the current phase
+        at or before ``hi_s`` (such a window says nothing new about the phase).
+        """
         period = self.period_s
+        if hi_s - lo_s >= period:
+            if self._low_s is None or self._high_s is None:
+                return max(lo_s, hi_s - period / 2)
+            phase_s = (self._low_s + self._high_s) / 2
+            last_tick_s = phase_s + math.floor((hi_s - phase_s) / period) * period
+            return min(max(last_tick_s, lo_s), hi_s)
         if self._low_s is None or self._high_s is None:
             self._low_s, self._high_s = lo_s, hi_s
         else:
