@@ -155,3 +155,44 @@ def test_sampler_learns_the_period_of_a_counter_sensor():
     late = [t for t, _ in samples[-20:]]
     # (Poll-time stamps would be up to a poll period, 50 ms, after the tick.)
     assert max(abs(t * 10 - round(t * 10)) / 10 for t in late) < 0.01
+
+
+def test_a_long_poll_gap_stamps_the_last_tick_before_the_poll():
+    """A poll after a pause (a busy GIL, a stalled thread) reads the value of the last tick.
+
+    On main the estimate was the tick nearest the window's middle: 5 s off after a 10 s gap.
+    """
+    from footprint.sampling import Sampler
+
+    clock = ManualClock(monotonic_s=100.0)
+    sensor = SimulatedSensor(SimulatedGpuSpec(update_period_s=0.1), clock=clock)
+    sampler = Sampler(sensor, period_s=0.05, clock=clock)
+    for _ in range(60):  # lock onto the phase (ticks at multiples of 0.1 s)
+        sampler.sample_once()
+        clock.advance(sampler.next_wait_s())
+    sampler.drain()
+    clock.advance(10.0137)
+    sampler.sample_once()
+    ((t_s, energy_j),) = sampler.drain()[0]
+    last_tick_s = (clock.monotonic_s() // 0.1) * 0.1
+    assert t_s == pytest.approx(last_tick_s, abs=0.003)
+    assert energy_j == sensor.gpus[0].counter_mj(clock.monotonic_s()) / 1000.0
+
+
+def test_first_value_is_placed_at_its_tick_once_the_counter_changes():
+    from footprint.sampling import Sampler
+
+    clock = ManualClock(monotonic_s=100.077)  # 77 ms after the tick the first value shows
+    sensor = SimulatedSensor(SimulatedGpuSpec(update_period_s=0.1), clock=clock)
+    sampler = Sampler(sensor, period_s=0.05, clock=clock)
+    sampler.sample_once()
+    assert sampler.drain()[0] == []  # not placed until a change pins the phase
+    while True:
+        clock.advance(sampler.next_wait_s())
+        sampler.sample_once()
+        samples = sampler.drain()[0]
+        if samples:
+            break
+    (first_s, _), (second_s, _) = samples
+    assert first_s == pytest.approx(100.0, abs=0.0021)
+    assert second_s == pytest.approx(100.1, abs=0.0021)
