@@ -375,6 +375,27 @@ def bench_attribution(
     console.print(f"highest / lowest concurrency: {result['ratio_highest_over_lowest']:.2f}×")
 
 
+@bench_app.command("pipeline")
+def bench_pipeline(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    rate: Annotated[int, typer.Option(min=1, max=1_000_000, help="Calls per second.")] = 20_000,
+    seconds: Annotated[float, typer.Option(min=0.5, max=600, help="How long.")] = 10.0,
+) -> None:
+    """Sustained calls/s through track, resolve, price and write in one process."""
+    from footprint.bench.pipeline import run
+
+    result = run(rate_per_s=rate, seconds=seconds)
+    if as_json:
+        _print_json(result)
+        return
+    console.print(
+        f"{result['calls']:,} calls at {result['achieved_rate_per_s']:,.0f}/s: "
+        f"{result['written_when_calls_stopped']:,} written when they stopped, "
+        f"{result['written_one_flush_later']:,} one flush later; exit wrote the rest in "
+        f"{result['exit_s']:.2f} s; {result['lost']} lost"
+    )
+
+
 @bench_app.command("accuracy")
 def bench_accuracy(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
