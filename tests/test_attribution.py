@@ -245,3 +245,77 @@ def test_first_call_after_start_is_measured_from_its_start():
         gpu, shares, _ = _run_workload(spans, spec, start_s=5000.0 + offset)
         (true_j,) = _truth(gpu, spans)
         assert shares[0].energy_j == pytest.approx(true_j, rel=0.005), offset
+
+
+# -- bad input: never raises, conserves, counts ---------------------------------------
+
+
+@st.composite
+def messy_traces(draw):
+    """Samples whose time may go backwards, counters that reset or stall, odd spans."""
+    n = draw(st.integers(2, 50))
+    t, e = 100.0, draw(st.floats(0, 1e6))
+    samples = [(t, e)]
+    for _ in range(n - 1):
+        t += draw(st.sampled_from([-0.05, 0.0, 0.001, 0.05, 0.1, 0.7]))
+        kind = draw(st.sampled_from(["normal", "zero", "reset", "normal"]))
+        if kind == "normal":
+            e += draw(st.floats(0, 500))
+        elif kind == "reset":
+            e = draw(st.floats(0, 10))  # the counter went back to near zero
+        samples.append((t, e))
+    spans = []
+    for _ in range(draw(st.integers(0, 20))):
+        a = draw(st.floats(99.0, t + 1))
+        b = a + draw(st.floats(-1.0, 3.0))  # some end before they start
+        late = draw(st.booleans())  # announced only after part was resolved
+        spans.append((a, b, late))
+    return samples, spans
+
+
+@given(messy_traces())
+@settings(max_examples=300, deadline=None)
+def test_bad_input_never_raises_and_energy_is_still_conserved(case):
+    samples, spans = case
+    resolver = DeviceResolver()
+    half = len(samples) // 2
+    for key, (a, b, late) in enumerate(spans):
+        if not late:
+            resolver.begin(key, a)
+            resolver.end(key, b)
+    resolver.add_samples(samples[:half])
+    shares = dict(resolver.resolve())
+    for key, (a, b, late) in enumerate(spans):
+        if late:
+            resolver.begin(key, a)
+            resolver.end(key, b)
+    resolver.add_samples(samples[half:])
+    shares.update(resolver.resolve(final=True))
+    assert set(shares) == set(range(len(spans)))
+    accepted = [samples[0]]
+    for t, e in samples[1:]:
+        if t > accepted[-1][0]:
+            accepted.append((t, e))
+    expected = accepted[-1][1] - accepted[0][1]
+    measured = sum(p.energy_j for p in resolver.measured)
+    idle = sum(p.energy_j for p in resolver.idle)
+    attributed = sum(s.energy_j for s in shares.values())
+    scale = max(1.0, max(abs(e) for _, e in samples))
+    assert math.isclose(measured, expected, abs_tol=1e-9 * scale)
+    assert math.isclose(attributed + idle, expected, abs_tol=1e-9 * scale)
+    assert all(s.energy_j >= -1e-9 * scale and s.uncertainty_j >= 0 for s in shares.values())
+    odd = resolver.oddities
+    assert odd["non_increasing_samples"] == len(samples) - len(accepted)
+    assert odd["negative_deltas"] == sum(b[1] < a[1] for a, b in zip(accepted, accepted[1:]))
+    assert odd["ends_before_start"] == sum(b < a for a, b, _ in spans)
+
+
+def test_late_announced_span_is_partial_and_counted():
+    resolver = DeviceResolver()
+    resolver.add_samples([(0.0, 0.0), (1.0, 100.0), (2.0, 200.0), (3.0, 300.0)])
+    resolver.resolve()
+    resolver.begin("late", 0.5)  # began before the resolved part it missed
+    resolver.end("late", 2.5)
+    done = resolver.resolve(final=True)
+    assert done["late"].partial
+    assert resolver.oddities["late_starts"] == 1
