@@ -7,16 +7,21 @@ import csv
 import json
 import re
 import shutil
+import sqlite3
 import struct
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from test_report_accuracy import write_accuracy_file
 
 from footprint.bench.report import build_db
 from footprint.cli import main
+from footprint.reporting import accuracy
 from footprint.reporting.render import fmt, lookup
+from footprint.storage import rollups
+from footprint.storage.store import open_engine
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "reports"
@@ -83,6 +88,8 @@ def parse_shown(text: str, kind: str) -> float | None:
         return None
     if kind == "money":
         return float(text.replace("$", "").replace(",", ""))
+    if kind == "pct":  # a value already in percent
+        return float(text.removesuffix("%").replace(",", ""))
     if kind in ("count", "number"):
         return float(text.replace(",", ""))
     if kind == "gpu_hours":
@@ -120,9 +127,21 @@ def fresh_report(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("html")
     db = folder / "bench.db"
     build_db(db, 2000, seed=9)
+    con = sqlite3.connect(db)  # every record with an uncertainty bound, whatever the bench
+    con.execute("UPDATE queries SET energy_uncertainty_j = energy_j * 0.004 + 0.05 "
+                "WHERE energy_uncertainty_j IS NULL AND energy_j IS NOT NULL")  # fmt: skip
+    con.commit()
+    con.close()
+    engine = open_engine(str(db), create=False)
+    rollups.rebuild(engine)
+    engine.dispose()
+    accuracy_file = folder / "accuracy.json"
+    write_accuracy_file(accuracy_file)
     out = folder / "out"
-    main(["report", "--db", str(db), "--out", str(out), "--by", "region",
-          "--compare", "FRA"])  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(accuracy, "ACCURACY_FILE", accuracy_file)
+        main(["report", "--db", str(db), "--out", str(out), "--by", "region",
+              "--compare", "FRA"])  # fmt: skip
     return out
 
 
@@ -140,6 +159,17 @@ def test_every_figure_in_the_html_equals_the_json(fresh_report):
         assert key in keys
     assert {f"models.{i}.co2e_g" for i in range(len(report["models"]))} <= keys
     assert "groups.0.queries" in keys  # --by region table
+    # The ± bounds: summary card, every model, the totals row and the groups.
+    assert report["totals"]["energy_uncertainty_kwh"] > 0
+    assert {f"models.{i}.energy_uncertainty_kwh" for i in range(len(report["models"]))} <= keys
+    assert {"totals.energy_uncertainty_kwh", "groups.0.energy_uncertainty_kwh"} <= keys
+    # The measured accuracy quoted in the methodology, figure by figure.
+    scenarios = report["measurement"]["accuracy"]["scenarios"]
+    for i in range(len(scenarios)):
+        for name in ("total_error_pct", "per_query_error_pct.p50", "per_query_error_pct.p95",
+                     "per_query_error_pct.max", "within_bound_pct"):  # fmt: skip
+            assert f"measurement.accuracy.scenarios.{i}.{name}" in keys
+    assert "measurement.accuracy.scenarios.1.long_query_error_pct.max" in keys
     assert report["what_if"]["zones"][-1]["zone"] == "FRA"
     assert "<svg" in (fresh_report / "footprint-report.html").read_text()
 
@@ -154,6 +184,11 @@ def test_markdown_and_csv_carry_the_same_rows(fresh_report):
     for model in report["models"]:
         line = next(li for li in md.splitlines() if li.startswith(f"| {model['model']} |"))
         assert fmt(model["co2e_g"], "mass") in line
+        energy = fmt(model["energy_kwh"], "energy")
+        assert f"| {energy} | ± {fmt(model['energy_uncertainty_kwh'], 'energy')} |" in line
+    t = report["totals"]
+    card = f"| {fmt(t['energy_kwh'], 'energy')} ± {fmt(t['energy_uncertainty_kwh'], 'energy')} |"
+    assert card in md
     for target in re.findall(r"\]\((charts/[^)]+\.png)\)", md):
         png = (fresh_report / target).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -163,6 +198,10 @@ def test_markdown_and_csv_carry_the_same_rows(fresh_report):
         rows = list(csv.DictReader(handle))
     assert [r["zone"] for r in rows] == [g["zone"] for g in report["groups"]]
     assert float(rows[0]["co2e_g"]) == report["groups"][0]["co2e_g"]
+    names = list(rows[0])
+    assert names[names.index("energy_kwh") + 1] == "energy_uncertainty_kwh"
+    for row, group in zip(rows, report["groups"]):
+        assert float(row["energy_uncertainty_kwh"]) == group["energy_uncertainty_kwh"]
 
 
 def _browser() -> str | None:

@@ -70,6 +70,9 @@ def make_records(seed: int, n: int = 600, unconverted: bool = True) -> list[dict
             "output_tokens": None if error else rng.randint(1, 900),
             "gpus": gpus, "gpu_seconds": gpu_s, "energy_j": energy,
             "energy_source": "counter" if measured else "missing", "cpu_energy_j": None,
+            # a bound with the energy, except on some records (as written before it existed)
+            "energy_uncertainty_j": None if energy is None or rng.random() < 0.1
+            else energy * rng.uniform(0.001, 0.03),
             "cpu_energy_source": "missing", "host": rng.choice(["h1", "h2"]), "pid": 7,
             **dict.fromkeys(PRICING_COLUMNS),
         }  # fmt: skip

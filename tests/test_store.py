@@ -25,7 +25,7 @@ from sqlalchemy import select, text
 from footprint.bench.ingest import make_records, time_footprint, time_raw
 from footprint.cli import main
 from footprint.storage import rollups
-from footprint.storage.models import IdleEnergy, Loss, QueryRecord
+from footprint.storage.models import SCHEMA_VERSION, IdleEnergy, Loss, QueryRecord
 from footprint.storage.store import MIGRATIONS, Store, StoreError, database_info, open_engine
 from footprint.storage.writer import WriteFailed, Writer
 
@@ -52,6 +52,9 @@ def count_rows(url: str, table: str = "queries") -> int:
 
 def test_round_trip_keeps_every_column(db_url):
     records = make_records(50, seed=4)
+    for i, r in enumerate(records):  # a bound, or none (NULL) like a missing energy
+        r["energy_uncertainty_j"] = None if i % 7 == 0 else r["energy_j"] * 0.003 + 0.02
+    assert {c.name for c in QueryRecord.__table__.columns} == {"id", *records[0]}
     now = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
     idle = [{"device_uuid": "GPU-x", "minute": now, "idle_energy_j": 1.5,
              "measured_energy_j": 9.0, "host": "h", "pid": 1}]  # fmt: skip
@@ -76,8 +79,29 @@ def test_round_trip_keeps_every_column(db_url):
                 assert row[key] == value, key
     assert idle_back.idle_energy_j == 1.5 and loss_back.count == 3
     info = database_info(db_url)
-    assert info["queries_rows"] == 50 and info["schema_version"] == 1
+    assert info["queries_rows"] == 50 and info["schema_version"] == SCHEMA_VERSION == 2
     assert info["losses"] == {"span_queue_full": 3}
+
+
+def test_records_without_the_bound_key_are_stored_with_null(db_url):
+    """A producer older than energy_uncertainty_j: alone in a batch, or mixed with newer."""
+    old = make_records(6, seed=5)
+    for r in old:
+        r.pop("energy_uncertainty_j", None)
+    new = [dict(r, energy_uncertainty_j=1.25) for r in make_records(3, seed=6)]
+    store = Store(db_url)
+    store.insert(old[:3])
+    store.insert([new[0], old[3], new[1], old[4], old[5], new[2]])
+    store.catch_up_rollups()
+    q = QueryRecord.__table__
+    with store.engine.connect() as conn:
+        got = conn.execute(select(q.c.energy_uncertainty_j).order_by(q.c.id)).scalars().all()
+        sums = conn.execute(
+            text("SELECT SUM(energy_uncertainty_j), SUM(uncertainty_queries) FROM query_rollups")
+        ).one()
+    store.close()
+    assert got == [None, None, None, 1.25, None, 1.25, None, None, 1.25]
+    assert (float(sums[0]), int(sums[1])) == (3.75, 3)
 
 
 def test_batch_is_all_or_nothing(tmp_path):
@@ -172,14 +196,14 @@ def test_older_schema_is_migrated_in_place(db_url, monkeypatch):
     def add_column(conn):
         conn.execute(text("ALTER TABLE queries ADD COLUMN migrated_flag INTEGER DEFAULT 7"))
 
-    monkeypatch.setattr("footprint.storage.store.SCHEMA_VERSION", 2)
-    monkeypatch.setitem(MIGRATIONS, 1, add_column)
+    monkeypatch.setattr("footprint.storage.store.SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setitem(MIGRATIONS, SCHEMA_VERSION, add_column)
     engine = open_engine(db_url)
     with engine.connect() as conn:
         version = conn.execute(text("SELECT value FROM footprint_meta")).scalar_one()
         flags = conn.execute(text("SELECT migrated_flag FROM queries")).scalars().all()
     engine.dispose()
-    assert version == "2" and flags == [7, 7, 7]
+    assert version == str(SCHEMA_VERSION + 1) and flags == [7, 7, 7]
 
 
 WORKER = textwrap.dedent(
@@ -357,6 +381,12 @@ def _random_records(seed: int, n: int) -> list[dict]:
         r["zone"] = rng.choice(["FRA", "aws:us-east-1", None])
         r["pue"] = rng.choice([1.1, 1.58, None])
         r["energy_j"] = rng.choice([r["energy_j"], None])
+        # A bound with the energy, except from producers older than the column (no key).
+        r["energy_uncertainty_j"] = rng.choice([None, rng.uniform(0, 2), 0.0])
+        if r["energy_j"] is None:
+            r["energy_uncertainty_j"] = None
+        elif rng.random() < 0.2:
+            del r["energy_uncertainty_j"]
         r["energy_cost_usd"] = rng.choice([r["energy_cost_usd"], None])
         r["market_co2e_g"] = rng.choice([None, 0.5])
         r["status"] = rng.choice(["ok", "ok", "error"])

@@ -52,6 +52,7 @@ def make_records(rows: int, seed: int = 0) -> list[dict[str, Any]]:
                 "gpu_seconds": duration_s,
                 "energy_j": energy_j,
                 "energy_source": "counter",
+                "energy_uncertainty_j": energy_j * 0.004 + 0.05,
                 "cpu_energy_j": energy_j * 0.1,
                 "cpu_energy_source": "counter",
                 "host": "bench-host",

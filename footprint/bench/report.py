@@ -100,9 +100,10 @@ def build_db(path: Path, rows: int, seed: int = 0) -> float:
                 name, tags, started, _text(began_s + duration), duration, duration * 0.1,
                 "error" if error else "ok", "TimeoutError" if error else None,
                 rng.randint(10, 3000), out_tokens, gpu_lists[gpus], gpu_seconds, energy_j,
-                "counter", None, "missing", f"gpu-node-{gpus[0] // 4}", 4242, zone, intensity,
-                "static", None, pue, price, currency, gpu_hour, kwh * intensity, None,
-                gpu_seconds * 7.9e-4, cost, cost * usd, gpu_seconds * gpu_hour / 3600.0,
+                "counter", energy_j * 0.004 + 0.05, None, "missing", f"gpu-node-{gpus[0] // 4}",
+                4242, zone, intensity, "static", None, pue, price, currency, gpu_hour,
+                kwh * intensity, None, gpu_seconds * 7.9e-4, cost, cost * usd,
+                gpu_seconds * gpu_hour / 3600.0,
             )
         )  # fmt: skip
         if len(chunk) >= 100_000:
@@ -150,6 +151,7 @@ SELECT model, substr(started_at, 1, 10) AS day, gpus, zone, currency, intensity_
        count(*), sum(CASE WHEN status != 'ok' THEN 1 ELSE 0 END),
        coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),
        coalesce(sum(gpu_seconds), 0.0), coalesce(sum(energy_j), 0.0), count(energy_j),
+       coalesce(sum(energy_uncertainty_j), 0.0), count(energy_uncertainty_j),
        coalesce(sum(energy_j * pue), 0.0), coalesce(sum(co2e_g), 0.0),
        coalesce(sum(market_co2e_g), 0.0), count(market_co2e_g),
        coalesce(sum(embodied_co2e_g), 0.0), coalesce(sum(energy_cost_usd), 0.0),

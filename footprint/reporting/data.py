@@ -48,6 +48,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.types import NullType
 
+from footprint.reporting.accuracy import published_accuracy
 from footprint.storage import rollups
 from footprint.storage.models import IdleEnergy, QueryRecord, QueryRollup
 from footprint.storage.store import StoreError, normalize_db_url, open_engine, sqlite_path
@@ -241,7 +242,8 @@ SUM_KEYS = (
     "queries", "errors", "input_tokens", "output_tokens", "gpu_seconds", "energy_j",
     "measured_queries", "facility_energy_j", "co2e_g", "market_co2e_g", "market_queries",
     "embodied_co2e_g", "energy_cost_usd", "unconverted_queries", "compute_cost_usd",
-    "duration_s", "idle_j", "idle_co2e_g", "idle_cost_usd",
+    "duration_s", "energy_uncertainty_j", "uncertainty_queries", "idle_j", "idle_co2e_g",
+    "idle_cost_usd",
 )  # fmt: skip
 
 
@@ -984,6 +986,18 @@ def _assemble(
             f"{missing:,} queries have no GPU energy (energy_source=missing): they count as "
             "queries but add no energy, CO2e or energy cost."
         )
+    bounded, measured_n = int(total["uncertainty_queries"]), int(total["measured_queries"])
+    if bounded < measured_n:
+        notes.append(
+            f"{measured_n - bounded:,} of the {measured_n:,} queries with GPU energy carry "
+            "no energy uncertainty bound (energy estimated, or recorded before footprint "
+            "stored one): "
+            + (
+                f"the ± figures cover the other {bounded:,} only."
+                if bounded
+                else "no ± figure is shown."
+            )
+        )
     if by_source.get("simulated"):
         notes.append(
             f"{by_source['simulated']:,} queries were measured on simulated GPUs: their "
@@ -1007,6 +1021,9 @@ def _assemble(
             "energy_sources": dict(sorted(by_source.items())),
             "gpus": len(set(idle_by_device) | {d for d, s in device_gs.items() if s > 0}),
             "measured_energy_kwh": _kwh(sum(measured_by_device.values())),
+            "measured_queries": measured_n,  # with GPU energy (energy_j not NULL)
+            "uncertainty_queries": bounded,  # of them, with an energy uncertainty bound
+            "accuracy": published_accuracy(),
         },
         "factors": _factors(rows),
         "what_if": _what_if(totals, rows, compare_zones),
@@ -1051,6 +1068,10 @@ def _figures(
         "output_tokens": out_tokens,
         "gpu_seconds": acc["gpu_seconds"],
         "energy_kwh": energy_kwh,
+        # Σ of the per-record bounds on |error of energy_j|; None when no record has one.
+        "energy_uncertainty_kwh": _kwh(acc["energy_uncertainty_j"])
+        if acc["uncertainty_queries"]
+        else None,
         "facility_energy_kwh": _kwh(acc["facility_energy_j"]),
         "idle_energy_kwh": idle_kwh,
         "fully_loaded_energy_kwh": energy_kwh + idle_kwh,

@@ -13,6 +13,7 @@ import datetime as _dt
 import html
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ def summary_cards(report: dict[str, Any]) -> list[dict[str, Any]]:
         {
             "label": "GPU energy (attributed)",
             "main": ("totals.energy_kwh", "energy"),
+            "bound": ("totals.energy_uncertainty_kwh", "energy"),
             "subs": [("totals.fully_loaded_energy_kwh", "energy", "fully loaded with idle")],
         },
         {
@@ -127,6 +129,7 @@ MODEL_COLUMNS = (
     ("output_tokens", "Output tokens", "count"),
     ("gpu_seconds", "GPU-hours", "gpu_hours"),
     ("energy_kwh", "Energy (attributed)", "energy"),
+    ("energy_uncertainty_kwh", "± bound", "energy"),
     ("fully_loaded_energy_kwh", "Energy (fully loaded)", "energy"),
     ("co2e_g", "CO2e", "mass"),
     ("fully_loaded_co2e_g", "CO2e (fully loaded)", "mass"),
@@ -156,6 +159,7 @@ GROUP_COLUMNS = (
     ("queries", "Queries", "count"),
     ("output_tokens", "Output tokens", "count"),
     ("energy_kwh", "Energy (attributed)", "energy"),
+    ("energy_uncertainty_kwh", "± bound", "energy"),
     ("idle_energy_kwh", "Idle", "energy"),
     ("co2e_g", "CO2e", "mass"),
     ("fully_loaded_co2e_g", "CO2e (fully loaded)", "mass"),
@@ -163,10 +167,16 @@ GROUP_COLUMNS = (
 )
 
 
+# Figures shown as "± x": the summed per-record bounds on attributed energy.
+BOUND_KEYS = frozenset({"energy_uncertainty_kwh"})
+
+
 def fmt(value: Any, kind: str) -> str:
-    """A figure as shown in the report."""
+    """A figure as shown in the report (``pct``: a value already in percent)."""
     if value is None:
         return "–"
+    if kind == "pct":
+        return f"{units.sig(value)}%"
     if kind == "wh":
         return units.energy(value / 1000.0)
     if kind == "gpu_hours":
@@ -174,10 +184,95 @@ def fmt(value: Any, kind: str) -> str:
     return FORMATTERS[kind](value)
 
 
-def methodology(report: dict[str, Any]) -> list[tuple[str, list[str]]]:
-    """The method, as (heading, paragraphs); the same text in HTML and Markdown."""
+def pm(key: str, value: Any) -> str:
+    """``"± "`` before a bound that is shown (``key``: its JSON path or name), else ``""``."""
+    return "± " if value is not None and key.rsplit(".", 1)[-1] in BOUND_KEYS else ""
+
+
+def cell(report: dict[str, Any], key: str, kind: str) -> str:
+    """A figure as text, with its ``±`` when it is a bound (Markdown)."""
+    value = lookup(report, key)
+    return pm(key, value) + fmt(value, kind)
+
+
+@dataclass
+class Table:
+    """A small table inside the methodology: cells are text or (JSON path, kind) figures."""
+
+    headers: list[str]
+    rows: list[list[str | tuple[str, str]]]
+
+
+ACCURACY_HEADERS = [
+    "Scenario", "Queries", "Total error", "Per query p50", "p95", "max", "Queries ≥ 1 s",
+    "≥ 1 s max", "Within bound",
+]  # fmt: skip
+
+
+def _scenario_cell(scenario: dict[str, Any], path: str, key: str, kind: str) -> Any:
+    """A scenario's figure as (JSON path, kind), or "–" where the scenario has none."""
+    value: Any = scenario
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "–" if value is None else (f"{path}.{key}", kind)
+
+
+def _accuracy_section(report: dict[str, Any]) -> list[str | Table]:
+    """What ``footprint bench accuracy`` measured, from ``measurement.accuracy``."""
+    from footprint import __version__
+
+    acc = report["measurement"].get("accuracy")
+    if acc is None:
+        return [
+            f"No accuracy benchmark has been recorded for this version of footprint "
+            f"({__version__}), so this report quotes no measured accuracy figure "
+            "(`footprint bench accuracy --write` records one)."
+        ]
+    sim = acc["simulator"]
+    described = {
+        "idle_w": lambda v: f"{units.number(v)} W idle",
+        "busy_w": lambda v: f"{units.number(v)} W busy",
+        "update_period_s": lambda v: f"energy counter updated every {units.number(v * 1000)} ms",
+        "sampling_period_s": lambda v: f"sampled every {units.number(v * 1000)} ms",
+    }
+    settings = [described[k](v) if k in described else f"{k} = {v}" for k, v in sim.items()]
+    scale = acc.get("scale")
+    if isinstance(scale, (int, float)) and scale != 1:
+        settings.append(f"scenarios run at {units.number(scale)}× their full length")
+    base = "measurement.accuracy.scenarios"
+    rows: list[list[str | tuple[str, str]]] = []
+    for i, sc in enumerate(acc["scenarios"]):
+        rows.append(
+            [sc["name"]] + [_scenario_cell(sc, f"{base}.{i}", key, kind) for key, kind in (
+                ("queries", "count"), ("total_error_pct", "pct"),
+                ("per_query_error_pct.p50", "pct"), ("per_query_error_pct.p95", "pct"),
+                ("per_query_error_pct.max", "pct"), ("long_queries", "count"),
+                ("long_query_error_pct.max", "pct"), ("within_bound_pct", "pct"),
+            )]
+        )  # fmt: skip
+    scenarios = "; ".join(
+        f"{sc['name']}: {sc['description']}" if sc.get("description") else sc["name"]
+        for sc in acc["scenarios"]
+    )
+    return [
+        f"Accuracy, as measured by `footprint bench accuracy` for footprint {acc['version']} "
+        f"(attribution code sha256 {acc['source_digest'][:12]}…) against the exact energy of "
+        f"the simulated GPU ({', '.join(settings)}). Errors are absolute, in percent of the "
+        "true energy: of each scenario's total, and per query (median, 95th percentile, "
+        "maximum; for queries of 1 s or more, their maximum). Within bound: the share of "
+        "queries whose error was within their recorded uncertainty bound.",
+        Table(ACCURACY_HEADERS, rows),
+        f"Scenarios: {scenarios}.",
+        f"Not covered by the simulator: {acc['not_covered']}",
+    ]
+
+
+def methodology(report: dict[str, Any]) -> list[tuple[str, list[str | Table]]]:
+    """The method, as (heading, paragraphs and tables); the same in HTML and Markdown."""
     sources = report["measurement"]["energy_sources"]
     measured = ", ".join(f"{n:,} {name}" for name, n in sources.items()) or "none"
+    bounded = report["measurement"].get("uncertainty_queries", 0)
+    with_energy = report["measurement"].get("measured_queries", 0)
     return [
         (
             "What is measured",
@@ -270,12 +365,19 @@ def methodology(report: dict[str, Any]) -> list[tuple[str, list[str]]]:
                 "draw; the cumulative energy counter used here integrates the board's power "
                 "and is updated about every 100 ms, so short queries are resolved to "
                 "fractions of a counter update. footprint estimates each update's instant and "
-                "interpolates power within intervals: on simulated GPUs with realistic "
-                "counter behaviour the error per query is under 1% for queries of a second "
-                "or more. Shorter queries are individually less certain, but totals are "
-                "exact to the counter, since energy is conserved. Grid intensity factors, "
-                "PUE and prices are averages with their own uncertainty, typically larger "
-                "than the measurement's: their sources are listed below.",
+                "interpolates power within intervals. Shorter queries are individually less "
+                "certain, but totals are exact to the counter, since energy is conserved.",
+                "Each record carries energy_uncertainty_j, an upper bound on the error of its "
+                "attributed energy, built from the counter's timing uncertainty, the spread of "
+                "the idle-power estimate and the counter's quantisation, over the parts of the "
+                "call that shared a counter interval with idle time. The ± figures of this "
+                "report are sums of these bounds: conservative, as if every query's error had "
+                f"the same sign. {bounded:,} of the {with_energy:,} queries with GPU energy in "
+                "this report carry a bound.",
+                *_accuracy_section(report),
+                "Grid intensity factors, PUE and prices are averages with their own "
+                "uncertainty, typically larger than the measurement's: their sources are "
+                "listed below.",
             ],
         ),
     ]
@@ -313,6 +415,7 @@ box-shadow:0 1px 2px rgba(15,23,42,.04)}
 .card .label{font-size:12px;text-transform:uppercase;letter-spacing:.06em;color:var(--muted)}
 .card .value{font-size:28px;font-weight:700;margin:4px 0 6px;color:var(--accent);
 white-space:nowrap}
+.card .value .bound{display:block;font-size:14px;font-weight:600;color:var(--muted)}
 .card .sub{font-size:13px;color:var(--muted);line-height:1.5}
 .card .sub b{color:var(--ink);font-weight:600}
 .note{background:var(--warn-soft);color:var(--warn);border-radius:10px;padding:10px 14px;
@@ -358,6 +461,24 @@ def _figure_html(report: dict[str, Any], key: str, kind: str, tag: str = "span")
     )
 
 
+def _figure_cell(report: dict[str, Any], key: str, kind: str) -> str:
+    """A figure in a table cell, ``±`` before it (outside its data-key span) for a bound."""
+    return _e(pm(key, lookup(report, key))) + _figure_html(report, key, kind)
+
+
+def _method_html(report: dict[str, Any], item: str | Table) -> str:
+    if isinstance(item, str):
+        return f"<p>{_e(item)}</p>"
+    out = ['<div class="panel"><table><thead><tr>']
+    out.append("".join(f"<th>{_e(h)}</th>" for h in item.headers))
+    out.append("</tr></thead><tbody>")
+    for row in item.rows:
+        cells = (_e(c) if isinstance(c, str) else _figure_html(report, *c) for c in row)
+        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
 def render_html(report: dict[str, Any], charts: list[Chart], version: str) -> str:
     """The report as one self-contained HTML page (inline CSS, inline SVG charts)."""
     parts: list[str] = []
@@ -386,7 +507,10 @@ def render_html(report: dict[str, Any], charts: list[Chart], version: str) -> st
         key, kind = card["main"]
         add('<div class="card">')
         add(f'<div class="label">{_e(card["label"])}</div>')
-        add(f'<div class="value">{_figure_html(report, key, kind)}</div>')
+        bound = ""
+        if card.get("bound") and lookup(report, card["bound"][0]) is not None:
+            bound = f'<span class="bound"> ± {_figure_html(report, *card["bound"])}</span>'
+        add(f'<div class="value">{_figure_html(report, key, kind)}{bound}</div>')
         if card["subs"]:
             subs = " · ".join(
                 f"<b>{_figure_html(report, k, kd)}</b> {_e(label)}" for k, kd, label in card["subs"]
@@ -402,7 +526,9 @@ def render_html(report: dict[str, Any], charts: list[Chart], version: str) -> st
     add('<section id="models"><h2>Per model</h2>')
     add(
         '<p class="lead">Totals over the period, sorted by CO2e. Energy is GPU energy; '
-        "CO2e and electricity include the data centre's PUE.</p>"
+        "CO2e and electricity include the data centre's PUE. ± bound: the sum of the "
+        "queries' uncertainty bounds on their attributed energy (see Measurement "
+        "uncertainty).</p>"
     )
     add('<div class="panel"><table><thead><tr><th>Model</th>')
     add("".join(f"<th>{_e(label)}</th>" for _, label, _ in MODEL_COLUMNS))
@@ -412,7 +538,7 @@ def render_html(report: dict[str, Any], charts: list[Chart], version: str) -> st
         add(f"<tr><td>{swatch}{_e(model['model'])}</td>")
         add(
             "".join(
-                f"<td>{_figure_html(report, f'models.{i}.{key}', kind)}</td>"
+                f"<td>{_figure_cell(report, f'models.{i}.{key}', kind)}</td>"
                 for key, _, kind in MODEL_COLUMNS
             )
         )
@@ -420,7 +546,7 @@ def render_html(report: dict[str, Any], charts: list[Chart], version: str) -> st
     add("</tbody><tfoot><tr><td>All models</td>")
     add(
         "".join(
-            f"<td>{_figure_html(report, f'totals.{key}', kind)}</td>"
+            f"<td>{_figure_cell(report, f'totals.{key}', kind)}</td>"
             for key, _, kind in MODEL_COLUMNS
         )
     )
@@ -458,7 +584,7 @@ def render_html(report: dict[str, Any], charts: list[Chart], version: str) -> st
     add('<section id="method" class="method"><h2>Methodology</h2>')
     for heading, paragraphs in methodology(report):
         add(f"<h3>{_e(heading)}</h3>")
-        add("".join(f"<p>{_e(p)}</p>" for p in paragraphs))
+        add("".join(_method_html(report, p) for p in paragraphs))
     add("</section>")
 
     add(_factors_html(report))
@@ -483,7 +609,7 @@ def _group_table_html(report: dict[str, Any]) -> str:
         rows.append(f"<tr><td>{_e(group[key])}</td>")
         rows.append(
             "".join(
-                f"<td>{_figure_html(report, f'groups.{i}.{col}', kind)}</td>"
+                f"<td>{_figure_cell(report, f'groups.{i}.{col}', kind)}</td>"
                 for col, _, kind in GROUP_COLUMNS
             )
         )
@@ -654,19 +780,20 @@ def render_markdown(report: dict[str, Any], charts: list[Chart], version: str) -
     for card in summary_cards(report):
         key, kind = card["main"]
         subs = "; ".join(f"{fmt(lookup(report, k), kd)} {label}" for k, kd, label in card["subs"])
-        rows.append([card["label"], fmt(lookup(report, key), kind), subs])
+        value = fmt(lookup(report, key), kind)
+        if card.get("bound") and lookup(report, card["bound"][0]) is not None:
+            value += " " + cell(report, *card["bound"])
+        rows.append([card["label"], value, subs])
     out.append(_md_table(["Figure", "Value", "Details"], rows))
     for note in report["notes"]:
         out += ["", f"> {note}"]
     out += ["", "## Per model", ""]
     headers = ["Model"] + [label for _, label, _ in MODEL_COLUMNS]
     rows = [
-        [m["model"]] + [fmt(lookup(m, key), kind) for key, _, kind in MODEL_COLUMNS]
+        [m["model"]] + [cell(m, key, kind) for key, _, kind in MODEL_COLUMNS]
         for m in report["models"]
     ]
-    rows.append(
-        ["**All models**"] + [fmt(lookup(totals, key), kind) for key, _, kind in MODEL_COLUMNS]
-    )
+    rows.append(["**All models**"] + [cell(totals, key, kind) for key, _, kind in MODEL_COLUMNS])
     out.append(_md_table(headers, rows))
     out += ["", "### Per query and per 1,000 output tokens", ""]
     headers = ["Model"] + [label for _, label, _ in INTENSITY_COLUMNS]
@@ -682,7 +809,7 @@ def render_markdown(report: dict[str, Any], charts: list[Chart], version: str) -
         key = {"day": "day", "region": "zone", "host": "host"}[report["by"]]
         out += ["", f"## By {report['by']}", ""]
         rows = [
-            [str(g[key])] + [fmt(g[col], kind) for col, _, kind in GROUP_COLUMNS]
+            [str(g[key])] + [cell(g, col, kind) for col, _, kind in GROUP_COLUMNS]
             for g in report["groups"]
         ]
         out.append(_md_table([key] + [label for _, label, _ in GROUP_COLUMNS], rows))
@@ -726,7 +853,14 @@ def render_markdown(report: dict[str, Any], charts: list[Chart], version: str) -
     for heading, paragraphs in methodology(report):
         out += ["", f"### {heading}"]
         for p in paragraphs:
-            out += ["", p]
+            if isinstance(p, str):
+                out += ["", p]
+                continue
+            rows = [
+                [c if isinstance(c, str) else fmt(lookup(report, c[0]), c[1]) for c in row]
+                for row in p.rows
+            ]
+            out += ["", _md_table(p.headers, rows)]
     out += ["", "## Factors used", ""]
     out.append(_md_table(FACTOR_HEADERS, factor_rows(report)))
     for zone, refs in _sources(report):

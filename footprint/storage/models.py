@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import BigInteger, Column, DateTime, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from footprint.storage.columns import PRICING_COLUMNS
@@ -24,7 +24,7 @@ __all__ = [
     "SCHEMA_VERSION",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: energy_uncertainty_j (queries, query_rollups)
 
 
 def _utc_column(index: bool = False) -> Column:
@@ -52,6 +52,9 @@ class QueryRecord(SQLModel, table=True):
     gpu_seconds: float | None = None  # Σ over its GPUs of its time share of each interval
     energy_j: float | None = None  # attributed GPU energy; None when energy_source=missing
     energy_source: str = "missing"  # counter | power | simulated | estimated | missing
+    # Upper bound on |error| of energy_j, in joules: None when energy_j is None or not
+    # fully measured (estimated), and on records written before schema version 2.
+    energy_uncertainty_j: float | None = None
     cpu_energy_j: float | None = None
     cpu_energy_source: str = "missing"
     host: str
@@ -124,6 +127,12 @@ class QueryRollup(SQLModel, table=True):
     gpu_seconds: float = 0.0
     energy_j: float = 0.0
     measured_queries: int = Field(default=0, sa_type=BigInteger)  # with energy_j not NULL
+    # Σ energy_uncertainty_j and the count of records carrying one (schema version 2;
+    # rollup rows older than that hold 0 and 0, exactly the sums of their records).
+    energy_uncertainty_j: float = Field(default=0.0, sa_column_kwargs={"server_default": text("0")})
+    uncertainty_queries: int = Field(
+        default=0, sa_type=BigInteger, sa_column_kwargs={"server_default": text("0")}
+    )
     facility_energy_j: float = 0.0  # Σ energy_j × PUE
     co2e_g: float = 0.0
     market_co2e_g: float = 0.0

@@ -34,7 +34,7 @@ SUM_COLUMNS = (
     "queries", "errors", "input_tokens", "output_tokens", "gpu_seconds", "energy_j",
     "measured_queries", "facility_energy_j", "co2e_g", "market_co2e_g", "market_queries",
     "embodied_co2e_g", "energy_cost_usd", "unconverted_energy_cost", "unconverted_queries",
-    "compute_cost_usd", "duration_s",
+    "compute_cost_usd", "duration_s", "energy_uncertainty_j", "uncertainty_queries",
 )  # fmt: skip
 _PLAIN_SUMS = {  # rollup column <- queries column, NULLs skipped
     "input_tokens": "input_tokens",
@@ -47,8 +47,11 @@ _PLAIN_SUMS = {  # rollup column <- queries column, NULLs skipped
     "energy_cost_usd": "energy_cost_usd",
     "compute_cost_usd": "compute_cost",
     "duration_s": "duration_s",
+    "energy_uncertainty_j": "energy_uncertainty_j",
 }
 _key_of = itemgetter(*KEY_COLUMNS)
+# Keys a record may lack (producers older than the column): read as None.
+OPTIONAL_KEYS = frozenset({"energy_uncertainty_j"})
 
 
 def _hour(value: Any) -> _dt.datetime:
@@ -65,7 +68,12 @@ def group_key(key: tuple) -> str:
 
 
 def _column(rows: list[dict[str, Any]], name: str) -> list[Any]:
-    return list(map(itemgetter(name), rows))
+    try:
+        return list(map(itemgetter(name), rows))
+    except KeyError:
+        if name not in OPTIONAL_KEYS:
+            raise
+        return [row.get(name) for row in rows]
 
 
 def aggregate(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -91,9 +99,13 @@ def aggregate(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         row["group_key"] = group_key(tuple(key))
         row["queries"] = n
         for target, source in _PLAIN_SUMS.items():
-            row[target] = sum(filter(None, map(itemgetter(source), rows)))
+            values = (
+                _column(rows, source) if source in OPTIONAL_KEYS else map(itemgetter(source), rows)
+            )
+            row[target] = sum(filter(None, values))
         energies, pues = _column(rows, "energy_j"), _column(rows, "pue")
         row["measured_queries"] = n - energies.count(None)
+        row["uncertainty_queries"] = n - _column(rows, "energy_uncertainty_j").count(None)
         try:
             row["facility_energy_j"] = sum(map(mul, energies, pues))
         except TypeError:  # some energy or PUE is NULL
@@ -127,6 +139,7 @@ def query_sums() -> list[Any]:
         func.count().label("queries"),
         *(func.coalesce(func.sum(q[src]), 0).label(dst) for dst, src in _PLAIN_SUMS.items()),
         func.count(q.energy_j).label("measured_queries"),
+        func.count(q.energy_uncertainty_j).label("uncertainty_queries"),
         func.coalesce(func.sum(q.energy_j * q.pue), 0.0).label("facility_energy_j"),
         func.sum(case((q.status != "ok", 1), else_=0)).label("errors"),
         func.count(q.market_co2e_g).label("market_queries"),

@@ -55,8 +55,44 @@ TABLES = [
 IDLE_KEY = ("device_uuid", "minute", "host", "pid")
 
 # Migrations: MIGRATIONS[v] takes a database at schema version v to v + 1, in the same
-# transaction that records the new version.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+# transaction that records the new version. Each is written out in SQL, frozen: it must
+# not follow later changes of the models. Each is idempotent (it adds only what is
+# missing), so that several processes opening an old database at once all succeed, and
+# because SQLite's driver commits DDL statements by themselves.
+
+
+def _add_columns(conn: Connection, table: str, columns: list[tuple[str, str, str]]) -> None:
+    """``ALTER TABLE table ADD COLUMN`` each (name, SQLite DDL, PostgreSQL DDL) missing."""
+    if conn.dialect.name == "postgresql":
+        for name, _, ddl in columns:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {ddl}")
+        return
+    present = {row[1] for row in conn.exec_driver_sql(f"PRAGMA table_info({table})")}
+    for name, ddl, _ in columns:
+        if name not in present:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
+
+
+def _v1_to_v2(conn: Connection) -> None:
+    """Version 2: each record's energy uncertainty bound, and its sums in the rollups.
+
+    Records written before have no bound (NULL). Their rollup rows get a sum of 0 over 0
+    records that carry one: exactly the sums of those records, so no rollup is rebuilt,
+    and rows not yet rolled up (SQLite) are summed the same way when they are.
+    """
+    _add_columns(conn, "queries", [("energy_uncertainty_j", "FLOAT", "DOUBLE PRECISION")])
+    _add_columns(
+        conn,
+        "query_rollups",
+        [
+            ("energy_uncertainty_j", "FLOAT NOT NULL DEFAULT 0",
+             "DOUBLE PRECISION NOT NULL DEFAULT 0"),
+            ("uncertainty_queries", "BIGINT NOT NULL DEFAULT 0", "BIGINT NOT NULL DEFAULT 0"),
+        ],
+    )  # fmt: skip
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}
 
 
 class StoreError(RuntimeError):
@@ -250,6 +286,20 @@ def _merge_idle(rows: Any) -> list[dict[str, Any]]:
     return list(merged.values())
 
 
+def _same_keys(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows, each with the same keys: an executemany takes its columns from the first.
+
+    A key missing from some rows (a column added later, such as ``energy_uncertainty_j``,
+    absent from an older producer's records) is given as None in every row that lacks it.
+    """
+    rows = list(rows)
+    keys = rows[0].keys()
+    if all(row.keys() == keys for row in rows):
+        return rows
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    return [{name: row.get(name) for name in names} for row in rows]
+
+
 class Store:
     """Batch inserts into one database."""
 
@@ -292,7 +342,7 @@ class Store:
         queries, idle = QueryRecord.__table__, IdleEnergy.__table__
         with self.engine.begin() as conn:
             if records:
-                conn.execute(insert(queries), list(records))
+                conn.execute(insert(queries), _same_keys(records))
                 conn.execute(rollups.upsert_statement("postgresql"), rollups.aggregate(records))
             if idle_rows:
                 stmt = postgresql.insert(idle)

@@ -1,0 +1,211 @@
+"""Schema version 1 -> 2: a database written by footprint before the per-record energy
+uncertainty bound is migrated in place, rows and rollups intact, on SQLite and PostgreSQL.
+
+The version-1 schema is created from the SQL in ``tests/schema_v1/`` (what SQLAlchemy
+emitted for the version-1 models), filled with version-1 rows and rollups, then opened by
+the current store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import postgres_schema
+from sqlalchemy import MetaData, create_engine, insert, inspect, text
+from test_store import _assert_same, _expected, _random_records, _rollup_table
+
+from footprint.bench.ingest import make_records
+from footprint.reporting import ReportRequest, build_report
+from footprint.storage import rollups
+from footprint.storage.models import SCHEMA_VERSION, QueryRecord, QueryRollup
+from footprint.storage.store import Store, database_info, open_engine
+
+V1_SQL = Path(__file__).resolve().parent / "schema_v1"
+NEW_QUERY_COLUMNS = {"energy_uncertainty_j"}
+NEW_ROLLUP_COLUMNS = {"energy_uncertainty_j", "uncertainty_queries"}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield str(tmp_path / "v1.db")
+        return
+    with postgres_schema("fp_v1") as url:
+        yield url
+
+
+def _statements(dialect: str) -> list[str]:
+    lines = [li for li in (V1_SQL / f"{dialect}.sql").read_text().splitlines()]
+    body = "\n".join(li for li in lines if not li.startswith("--"))
+    return [s.strip() for s in body.split(";") if s.strip()]
+
+
+def _raw_engine(url: str):
+    """An engine that neither creates nor migrates anything (not footprint's)."""
+    return create_engine(url if "://" in url else f"sqlite:///{url}")
+
+
+def make_v1_database(url: str, records: list[dict], rolled_up: int) -> list[dict]:
+    """The version-1 schema with ``records`` (their version-1 columns) and rollups of the
+    first ``rolled_up`` of them, as footprint 0.1.0 left a database; returns the rows."""
+    is_sqlite = "://" not in url
+    engine = _raw_engine(url)
+    with engine.begin() as conn:
+        for statement in _statements("sqlite" if is_sqlite else "postgresql"):
+            conn.exec_driver_sql(statement)
+    meta = MetaData()
+    meta.reflect(engine, only=["queries", "query_rollups", "footprint_meta"])
+    queries, rollup_table = meta.tables["queries"], meta.tables["query_rollups"]
+    assert not NEW_QUERY_COLUMNS & set(queries.c.keys())
+    assert not NEW_ROLLUP_COLUMNS & set(rollup_table.c.keys())
+    v1_names = [c.name for c in queries.c if c.name != "id"]
+    rows = [{name: r.get(name) for name in v1_names} for r in records]
+    with engine.begin() as conn:
+        conn.execute(insert(queries), rows)
+        if rolled_up:
+            sums = rollups.aggregate(rows[:rolled_up])
+            keep = set(rollup_table.c.keys())
+            conn.execute(insert(rollup_table), [{k: v for k, v in r.items() if k in keep}
+                                                for r in sums])  # fmt: skip
+            conn.execute(
+                insert(meta.tables["footprint_meta"]),
+                [{"key": rollups.WATERMARK_KEY, "value": str(rolled_up)}],
+            )
+    engine.dispose()
+    return rows
+
+
+def _snapshot(url: str) -> tuple[list[dict], list[dict]]:
+    engine = _raw_engine(url)
+    with engine.connect() as conn:
+        q = [dict(r) for r in conn.execute(text("SELECT * FROM queries ORDER BY id")).mappings()]
+        r = [
+            dict(row)
+            for row in conn.execute(text("SELECT * FROM query_rollups ORDER BY id")).mappings()
+        ]
+    engine.dispose()
+    return q, r
+
+
+def _columns(url: str, table: str) -> dict[str, tuple[bool, bool]]:
+    """Column name -> (nullable, has a server default)."""
+    engine = _raw_engine(url)
+    try:
+        return {
+            c["name"]: (c["nullable"], c.get("default") is not None)
+            for c in inspect(engine).get_columns(table)
+        }
+    finally:
+        engine.dispose()
+
+
+def _with_bounds(records: list[dict], seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    for r in records:
+        r["energy_uncertainty_j"] = (
+            None if r["energy_j"] is None else r["energy_j"] * rng.uniform(0.001, 0.02)
+        )
+    return records
+
+
+def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp_path):
+    is_sqlite = db_url.endswith(".db")
+    old = _random_records(31, 200)
+    for r in old:
+        r.pop("energy_uncertainty_j", None)  # version 1 had no such key
+    # SQLite rolled up lazily: 150 rows summed, 50 still above the watermark. PostgreSQL
+    # rolled up every write in its transaction.
+    rows = make_v1_database(db_url, old, rolled_up=150 if is_sqlite else 200)
+    queries_before, rollups_before = _snapshot(db_url)
+    assert len(queries_before) == 200
+
+    store = Store(db_url)  # opening migrates
+    info = database_info(db_url)
+    assert info["schema_version"] == SCHEMA_VERSION == 2
+    assert info["rollup_pending_rows"] == (50 if is_sqlite else 0)
+
+    # The migrated tables have the columns of a fresh database, with the same nullability.
+    fresh = str(tmp_path / "fresh.db") if is_sqlite else None
+    if fresh:
+        Store(fresh).close()
+    for table in ("queries", "query_rollups"):
+        migrated = _columns(db_url, table)
+        assert set(migrated) == {c.name for c in QueryRecord.metadata.tables[table].columns}
+        if fresh:
+            expected = _columns(fresh, table)
+            assert {k: v[0] for k, v in migrated.items()} == {k: v[0] for k, v in expected.items()}
+    assert _columns(db_url, "queries")["energy_uncertainty_j"][0] is True  # nullable
+    for name in NEW_ROLLUP_COLUMNS:
+        assert _columns(db_url, "query_rollups")[name] == (False, True)
+
+    # Every row and rollup as it was, the new columns NULL (records) and 0 (rollups).
+    queries_after, rollups_after = _snapshot(db_url)
+    assert [{k: r[k] for k in before} for r, before in zip(queries_after, queries_before)] == (
+        queries_before
+    )
+    assert all(r["energy_uncertainty_j"] is None for r in queries_after)
+    assert [{k: r[k] for k in before} for r, before in zip(rollups_after, rollups_before)] == (
+        rollups_before
+    )
+    assert all(r["energy_uncertainty_j"] == 0 and r["uncertainty_queries"] == 0
+               for r in rollups_after)  # fmt: skip
+
+    # New records carry bounds; the rollups are the sums of every record, old ones included.
+    new = _with_bounds(make_records(120, seed=8), seed=8)
+    start = dt.datetime(2026, 5, 1, 2, tzinfo=dt.timezone.utc)
+    for i, r in enumerate(new):
+        r["started_at"] = start + dt.timedelta(seconds=97 * i)
+        r["ended_at"] = r["started_at"] + dt.timedelta(seconds=r["duration_s"])
+    store.insert(new[:60])
+    store.insert(new[60:])
+    store.catch_up_rollups()
+    every = [dict(r, energy_uncertainty_j=None) for r in rows] + new
+    _assert_same(_rollup_table(db_url), _expected(every))
+    rollups.rebuild(store.engine)
+    _assert_same(_rollup_table(db_url), _expected(every))
+    store.close()
+
+    report = build_report(ReportRequest(db=db_url))
+    slow = build_report(ReportRequest(db=db_url), use_rollups=False)
+    bounds = sum(r["energy_uncertainty_j"] for r in new)
+    assert report["totals"]["energy_uncertainty_kwh"] == pytest.approx(bounds / 3.6e6, rel=1e-9)
+    assert slow["totals"]["energy_uncertainty_kwh"] == pytest.approx(bounds / 3.6e6, rel=1e-9)
+    measured_old = sum(r["energy_j"] is not None for r in rows)
+    assert report["measurement"]["uncertainty_queries"] == len(new)
+    assert any(
+        f"{measured_old:,} of the {measured_old + len(new):,} queries with GPU energy" in n
+        for n in report["notes"]
+    ), report["notes"]
+
+
+def test_migration_is_idempotent_for_processes_opening_at_once(db_url):
+    """A second process that read version 1 before the first migrated still succeeds."""
+    make_v1_database(db_url, _random_records(5, 20), rolled_up=0)
+    Store(db_url).close()
+    engine = open_engine(db_url, create=False)
+    with engine.begin() as conn:  # as if this process had read version 1 a moment ago
+        conn.execute(text("UPDATE footprint_meta SET value = '1' WHERE key = 'schema_version'"))
+    engine.dispose()
+    store = Store(db_url)
+    store.insert(_with_bounds(make_records(4, seed=2), seed=2))
+    store.close()
+    assert database_info(db_url)["schema_version"] == 2
+    assert database_info(db_url)["queries_rows"] == 24
+
+
+def test_version_1_sql_is_the_version_1_models_less_the_new_columns():
+    """The fixture SQL describes this schema minus what version 2 added, and nothing else."""
+    con = sqlite3.connect(":memory:")
+    for statement in _statements("sqlite"):
+        con.execute(statement)
+    for table, added in (("queries", NEW_QUERY_COLUMNS), ("query_rollups", NEW_ROLLUP_COLUMNS)):
+        v1 = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+        model = QueryRecord if table == "queries" else QueryRollup
+        assert v1 == {c.name for c in model.__table__.columns} - added
+    con.close()
+    pg = " ".join(_statements("postgresql"))
+    assert "energy_uncertainty_j" not in pg and "CREATE TABLE query_rollups" in pg
