@@ -9,7 +9,6 @@ through SQLAlchemy Core. One transaction per batch.
 from __future__ import annotations
 
 import datetime as _dt
-import gc
 import logging
 import time
 from collections.abc import Callable
@@ -367,8 +366,6 @@ class Store:
         losses: list[dict[str, Any]],
     ) -> None:
         connection = self.engine.raw_connection()
-        gc_was_enabled = gc.isenabled()
-        gc.disable()  # a batch allocates many short-lived lists; collections only slow it
         try:
             cursor = connection.cursor()
             for table, rows in (
@@ -384,8 +381,6 @@ class Store:
             connection.rollback()
             raise
         finally:
-            if gc_was_enabled:
-                gc.enable()
             connection.close()
 
     def catch_up_rollups(self) -> int:
