@@ -494,7 +494,6 @@ class Runtime:
             if self.cpu_sampler:
                 self.cpu_sampler.stop()
             self.cycle(until_s=float("inf"), drain_all=True, final=True)
-            self._catch_up_rollups()
             lost = self.writer.abandon()
             if lost:
                 log.warning("footprint: %d records could not be stored before exit", lost)

@@ -390,8 +390,8 @@ def bench_pipeline(
         return
     console.print(
         f"{result['calls']:,} calls at {result['achieved_rate_per_s']:,.0f}/s: "
-        f"{result['written_when_calls_stopped']:,} written when they stopped, "
-        f"{result['written_one_flush_later']:,} one flush later; exit wrote the rest in "
+        f"{result['written_when_calls_stopped']:,} written when they stopped; exit wrote the "
+        f"rest in "
         f"{result['exit_s']:.2f} s; {result['lost']} lost"
     )
 
