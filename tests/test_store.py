@@ -208,8 +208,10 @@ def test_older_schema_is_migrated_in_place(db_url, monkeypatch):
 
 WORKER = textwrap.dedent(
     """
-    import os, sys, time
+    import atexit, os, sys, time
     import footprint
+    # Runs after footprint's own exit flush (atexit is last in, first out): what it did.
+    atexit.register(lambda: sys.stderr.write(f"stats {footprint.stats()}\\n"))
     footprint.configure(db=sys.argv[1], sensor="none", cpu=False, region="FRA",
                         flush_interval_s=float(sys.argv[3]))
 
@@ -232,7 +234,8 @@ WORKER = textwrap.dedent(
 
 def _spawn(tmp_path, url, n, flush_s=0.5, pause_s=0.0):
     script = tmp_path / "worker.py"
-    script.write_text(WORKER)
+    if not script.exists():  # rewriting it would truncate it under a starting worker
+        script.write_text(WORKER)
     return subprocess.Popen(
         [sys.executable, str(script), url, str(n), str(flush_s), str(pause_s)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
@@ -243,16 +246,18 @@ def _spawn(tmp_path, url, n, flush_s=0.5, pause_s=0.0):
 def test_four_processes_lose_nothing(db_url, tmp_path):
     Store(db_url).close()  # create the schema once, as a deployment would
     procs = [_spawn(tmp_path, db_url, 5000) for _ in range(4)]
+    errors = []
     for proc in procs:
-        _, err = proc.communicate(timeout=240)
-        assert proc.returncode == 0, err
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0 and out.endswith("done\n"), (out[-200:], err)
+        errors.append(err.strip())
     engine = open_engine(db_url, create=False)
     with engine.connect() as conn:
         total, distinct, pids = conn.execute(
             text("SELECT COUNT(*), COUNT(DISTINCT id), COUNT(DISTINCT pid) FROM queries")
         ).one()
     engine.dispose()
-    assert (total, distinct, pids) == (20_000, 20_000, 4)
+    assert (total, distinct, pids) == (20_000, 20_000, 4), errors
     Store(db_url).catch_up_rollups()
     assert count_rows(db_url, "query_rollups") >= 1
     engine = open_engine(db_url, create=False)

@@ -198,10 +198,12 @@ class FakeGpu:
     def power_at_w(self, t_s: float) -> float:
         return self.power_w(t_s) if callable(self.power_w) else float(self.power_w)
 
-    def set_power_w(self, power_w: float) -> None:
-        """From now on the GPU draws ``power_w`` W."""
-        self._advance()
-        self.power_w = power_w
+    def set_power_w(self, power_w: float) -> float:
+        """From now on the GPU draws ``power_w`` W; returns that instant on its clock (s)."""
+        with _ADVANCE_LOCK:
+            self._advance_locked()
+            self.power_w = power_w
+            return self._t_s
 
     def true_energy_j(self) -> float:
         """Energy in J drawn since the GPU was attached, up to the clock's now."""

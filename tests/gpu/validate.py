@@ -26,9 +26,10 @@ How the direct ("ground truth") figure of a query is taken: the counter only cha
 update period (tens of ms), so the script waits for a change right before starting the
 load (the value then describes "now") and for the first change after it ends; the idle
 energy of the short stretches between those changes and the load's start and end is
-subtracted using the measured idle power. GPUs stay above idle for a moment after a load,
-so on real hardware the direct figure is slightly high, by at most one counter period of
-(tail power − idle power).
+subtracted using the measured idle power (``idle_subtracted_s`` of it; the changes are
+timed to ``tick_timing_ms`` in all, so that idle energy is good to idle power × that).
+GPUs stay above idle for a moment after a load, so on real hardware the direct figure is
+slightly high, by at most one counter period of (tail power − idle power).
 """
 
 from __future__ import annotations
@@ -236,6 +237,7 @@ class EnergyCounter:
         self.now = now
         self.max_bracket_s = max_bracket_s
         self.wide_brackets = 0
+        self.last_bracket_s = 0.0  # width of the bracket that timed the last change returned
 
     def read_mj(self) -> int:
         return int(self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle))
@@ -253,6 +255,7 @@ class EnergyCounter:
             seen_s = now()
             if value != last:
                 if seen_s - low_s <= self.max_bracket_s or retries == self.RETRIES:
+                    self.last_bracket_s = seen_s - low_s
                     return value, (low_s + seen_s) / 2
                 self.wide_brackets += 1
                 retries += 1
@@ -492,6 +495,7 @@ def run_serial(ctx: Context) -> dict[str, Any]:
         ctx.sleep(opts.gap_seconds)
         for _ in range(opts.serial_queries):
             e0, t0 = counter.wait_for_change(ctx.tick_timeout_s)
+            bracket0_s = counter.last_bracket_s
             t_call = now()
             tracked(opts.seconds_per_load)
             t_end = now()
@@ -501,6 +505,9 @@ def run_serial(ctx: Context) -> dict[str, Any]:
                 {
                     "duration_s": t_end - t_call,
                     "direct_j": (e1 - e0) / 1000.0 - ctx.idle_w * outside_s,
+                    "idle_subtracted_s": outside_s,
+                    # each change is timed to within half its bracket, so outside_s to this
+                    "tick_timing_s": (bracket0_s + counter.last_bracket_s) / 2,
                 }
             )
             ctx.sleep(opts.gap_seconds)
@@ -524,6 +531,8 @@ def run_serial(ctx: Context) -> dict[str, Any]:
                 "i": i,
                 "duration_s": _round(truth["duration_s"], 4),
                 "direct_j": _round(truth["direct_j"], 4),
+                "idle_subtracted_s": _round(truth["idle_subtracted_s"], 6),
+                "tick_timing_ms": _round(truth["tick_timing_s"] * 1000, 3),
                 "attributed_j": _round(attributed, 4),
                 "rel_error": _round(rel, 6),
                 "energy_source": row["energy_source"],
@@ -569,6 +578,7 @@ def run_concurrent(ctx: Context) -> dict[str, Any]:
     try:
         ctx.sleep(opts.gap_seconds)
         e0, t0 = counter.wait_for_change(ctx.tick_timeout_s)
+        bracket0_s = counter.last_bracket_s
         threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(n)]
         for thread in threads:
             thread.start()
@@ -594,6 +604,8 @@ def run_concurrent(ctx: Context) -> dict[str, Any]:
         "energy_sources": sorted({r["energy_source"] for r in rows}),
         # Σ of the queries against the counter delta over the window they ran in together
         "queries_window_direct_j": _round(window_j, 4),
+        "window_idle_subtracted_s": _round(outside_s, 6),
+        "window_tick_timing_ms": _round((bracket0_s + counter.last_bracket_s) / 2 * 1000, 3),
         "queries_error_j": _round(queries_error_j, 4),
         "queries_rel_error": _round(abs(queries_error_j) / window_j, 6) if window_j > 0 else None,
         "start_aligned": phase.start_aligned,
