@@ -121,6 +121,17 @@ def _safe_tokens(runtime: Runtime, tokens: TokensFn, value: Any) -> tuple[Any, A
         return None, None
 
 
+def _gpu_tuple(gpus: Any, where: str) -> tuple | None:
+    """``gpus=`` as a tuple of CUDA indices (int) or UUIDs (str); TypeError otherwise."""
+    if gpus is None:
+        return None
+    if isinstance(gpus, (str, int)) or not all(
+        isinstance(g, (int, str)) and not isinstance(g, bool) for g in gpus
+    ):
+        raise TypeError(f"{where}: gpus= must be a list of GPU indices or UUIDs, got {gpus!r}")
+    return tuple(gpus)
+
+
 def _check_sync(sync: Any, where: str) -> None:
     if sync is not None and not callable(sync):
         raise TypeError(f"{where}: sync= must be a callable (e.g. torch.cuda.synchronize)")
@@ -156,7 +167,7 @@ def track(
     if tokens is not None and not callable(tokens):
         raise TypeError("track(): tokens= must be a callable returning (input, output)")
     _check_sync(sync, "track()")
-    gpu_tuple = tuple(gpus) if gpus is not None else None
+    gpu_tuple = _gpu_tuple(gpus, "track()")
     frozen_tags = dict(tags)
 
     def decorate(fn: F) -> F:
@@ -423,4 +434,4 @@ def query(
     """
     _check_names(model, tags, "query()")
     _check_sync(sync, "query()")
-    return Query(model, dict(tags), tuple(gpus) if gpus is not None else None, sync)
+    return Query(model, dict(tags), _gpu_tuple(gpus, "query()"), sync)

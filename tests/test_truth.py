@@ -163,3 +163,11 @@ def test_unknown_gpu_ids_warn_once_and_are_counted(tmp_path):
     got = {r["model"]: r for r in rows(db)}
     assert got["bad"]["energy_source"] == "missing"
     assert len(json.loads(got["mixed"]["gpus"])) == 1
+
+
+def test_gpus_must_be_indices_or_uuids():
+    for bad in (0, "GPU-1", [[0]], [0.5], [True]):
+        with pytest.raises(TypeError, match="gpus= must be a list of GPU indices or UUIDs"):
+            footprint.track(model="m", gpus=bad)
+        with pytest.raises(TypeError, match="gpus="):
+            footprint.query(model="m", gpus=bad)
