@@ -67,3 +67,13 @@ def postgres_schema(prefix: str = "fp") -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path) -> Iterator[str]:
+    """A fresh database: a SQLite file, then a PostgreSQL schema (skipped without a server)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "footprint.db")
+        return
+    with postgres_schema("fp") as url:
+        yield url

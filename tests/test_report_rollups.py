@@ -15,7 +15,6 @@ import random
 import sqlite3
 
 import pytest
-from conftest import postgres_schema
 from sqlalchemy import insert, text
 
 from footprint.pricing import usd_per_unit
@@ -32,15 +31,6 @@ MODELS = ("alpha", "beta", "gamma")
 GPUS = ('["G0"]', '["G1"]', '["G0", "G1"]', '["G2"]')
 # Instants some queries start at exactly: the edges of the unaligned periods below.
 EDGES = ("2026-04-06T22:17:03.25", "2026-04-08T13:42:10", "2026-04-07T05:10")
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield str(tmp_path / "report.db")
-        return
-    with postgres_schema("fp_rep") as url:
-        yield url
 
 
 def make_records(seed: int, n: int = 600, unconverted: bool = True) -> list[dict]:

@@ -8,7 +8,6 @@ import csv
 import json
 
 import pytest
-from conftest import postgres_schema
 from test_report_rollups import assert_same
 
 from footprint.bench.ingest import MODELS, make_records
@@ -18,15 +17,6 @@ from footprint.reporting.render import fmt
 from footprint.storage.store import Store
 
 FULL, NONE, HALF, SOME_MISSING = MODELS  # how many of each model's records carry a bound
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield str(tmp_path / "bounds.db")
-        return
-    with postgres_schema("fp_bound") as url:
-        yield url
 
 
 def bounded_records() -> list[dict]:

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import postgres_schema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text
@@ -30,15 +29,6 @@ from footprint.storage.store import MIGRATIONS, Store, StoreError, database_info
 from footprint.storage.writer import WriteFailed, Writer
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield str(tmp_path / "store.db")
-        return
-    with postgres_schema("fp") as url:
-        yield url
 
 
 def count_rows(url: str, table: str = "queries") -> int:

@@ -14,7 +14,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import postgres_schema
 from sqlalchemy import MetaData, create_engine, insert, inspect, text
 from test_store import _assert_same, _expected, _random_records, _rollup_table
 
@@ -27,15 +26,6 @@ from footprint.storage.store import Store, database_info, open_engine
 V1_SQL = Path(__file__).resolve().parent / "schema_v1"
 NEW_QUERY_COLUMNS = {"energy_uncertainty_j"}
 NEW_ROLLUP_COLUMNS = {"energy_uncertainty_j", "uncertainty_queries"}
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield str(tmp_path / "v1.db")
-        return
-    with postgres_schema("fp_v1") as url:
-        yield url
 
 
 def _statements(dialect: str) -> list[str]:
