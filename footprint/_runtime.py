@@ -8,12 +8,10 @@ ended spans and the samples, resolves what it can, and writes the records.
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import json
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -21,9 +19,10 @@ import warnings
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from footprint._clock import SYSTEM_CLOCK, Clock
+from footprint._forksafe import no_fork
 from footprint.attribution import DeviceResolver, EnergyPiece, SpanShare
 from footprint.config import Settings
 from footprint.sampling import Sampler
@@ -41,20 +40,21 @@ ANNOUNCE_MARGIN_S = 0.5
 # The writer thread folds new rows into the hourly rollups every this many flushes.
 ROLLUP_EVERY_FLUSHES = 30
 
-# Field order of the tuple the hot path appends when a call ends.
-EndedSpan = tuple[
-    int,  # span id
-    float,  # start, monotonic s
-    float,  # end, monotonic s
-    str,  # model
-    dict,  # tags
-    str,  # status
-    "str | None",  # error type
-    "int | None",  # input tokens
-    "int | None",  # output tokens
-    "float | None",  # time to first item, s
-    "tuple | None",  # gpus (indices or UUIDs), None = all
-]
+
+class EndedSpan(NamedTuple):
+    """What the hot path queues when a call ends (times in monotonic s)."""
+
+    span_id: int
+    start_s: float
+    end_s: float
+    model: str
+    tags: dict
+    status: str
+    error_type: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    ttft_s: float | None  # time to the first item of a stream
+    gpus: tuple | None  # indices or UUIDs as given; None: every GPU
 
 
 class FootprintWarning(UserWarning):
@@ -138,8 +138,12 @@ class Runtime:
         self._tags_text: dict[int, tuple[dict, str]] = {}
         self._unpriced = dict.fromkeys(PRICING_COLUMNS)
         self._idle_rows: dict[tuple[str, datetime], list[float]] = {}
-        self._cycle_lock = threading.RLock()  # a signal handler may flush mid-cycle
+        self._cycle_lock = threading.RLock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._flush_requested = threading.Event()
+        self._flushed = threading.Event()
+        self._exit_flush_started = False
         self._worker: threading.Thread | None = None
         self.pricer: Any = None
         self._open_pricer()
@@ -162,9 +166,10 @@ class Runtime:
             self.warn_once("pricing", f"footprint: records will carry no CO2e or cost: {exc}")
 
     def _open_store(self) -> Any:
-        from footprint.storage.store import Store
+        with no_fork():  # imports SQLAlchemy and a driver on the writer thread
+            from footprint.storage.store import Store
 
-        return Store(self.settings.db)
+            return Store(self.settings.db)
 
     @property
     def store(self) -> Any:
@@ -180,47 +185,61 @@ class Runtime:
             warnings.warn(message, FootprintWarning, stacklevel=3)
 
     def start(self) -> None:
-        """First samples now (so the first span is measured from its start), then threads."""
+        """First samples now (so the first span is measured from its start), then threads.
+
+        Exit, signals and fork are the business of ``footprint._lifecycle``, once per
+        process: a runtime never installs process-wide hooks itself.
+        """
         self.gpu_sampler.start()
         if self.cpu_sampler:
             self.cpu_sampler.start()
         self._worker = threading.Thread(target=self._run, name="footprint-writer", daemon=True)
         self._worker.start()
-        atexit.register(self.shutdown)
-        self._install_signal_handlers()
-
-    def _install_signal_handlers(self) -> None:
-        """SIGTERM (and SIGINT when left at its default) flush before the process ends."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous = signal.getsignal(signum)
-            if previous == signal.SIG_IGN or (
-                signum == signal.SIGINT and previous is not signal.SIG_DFL
-            ):
-                continue  # ignored on purpose, or Python's KeyboardInterrupt (atexit flushes)
-
-            def handler(sig: int, frame: Any, previous: Any = previous) -> None:
-                self.shutdown()
-                if callable(previous):
-                    previous(sig, frame)
-                else:
-                    signal.signal(sig, signal.SIG_DFL)
-                    os.kill(os.getpid(), sig)
-
-            signal.signal(signum, handler)
 
     def _run(self) -> None:
         """A cycle every ``flush_interval_s``, measured start to start (a long cycle does
-        not push the next one back: under heavy traffic records stay one interval late)."""
+        not push the next one back: under heavy traffic records stay one interval late),
+        or at once when a flush is requested."""
         interval_s = self.settings.flush_interval_s
         next_s = time.monotonic() + interval_s
-        while not self._stop.wait(max(0.0, next_s - time.monotonic())):
-            next_s = max(next_s + interval_s, time.monotonic())
+        while not self._stop.is_set():
+            self._wake.wait(max(0.0, next_s - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            requested = self._flush_requested.is_set()
+            self._flush_requested.clear()
+            next_s = max(next_s + interval_s, time.monotonic()) if not requested else next_s
             try:
-                self.cycle(until_s=self.now() - ANNOUNCE_MARGIN_S)
+                if requested:
+                    self.cycle(until_s=float("inf"), drain_all=True)
+                else:
+                    self.cycle(until_s=self.now() - ANNOUNCE_MARGIN_S)
             except Exception as exc:  # never let the writer die silently
                 self.warn_once("cycle", f"footprint: internal error while resolving: {exc!r}")
+            finally:
+                if requested:
+                    self._flushed.set()
+
+    def request_flush(self) -> None:
+        """Ask the writer thread to write everything that has ended, now (no waiting)."""
+        self._flushed.clear()
+        self._flush_requested.set()
+        self._wake.set()
+
+    def flush_before_exit(self, deadline_s: float) -> bool:
+        """Request a flush and wait for it up to ``deadline_s``; True if it completed.
+
+        For a signal whose default action ends the process. A second call while the
+        first waits (a second signal) returns at once.
+        """
+        if self._exit_flush_started:
+            return False
+        self._exit_flush_started = True
+        if self._worker is None or not self._worker.is_alive():
+            return False
+        self.request_flush()
+        return self._flushed.wait(deadline_s)
 
     # -- simulated GPUs driven by the calls ---------------------------------------
     def begin_simulated_load(self, gpus: tuple | None, t_s: float) -> None:
@@ -300,12 +319,12 @@ class Runtime:
                 self._announce(span_id, start_s, gpus)
             complete: list[tuple[int, _Pending]] = []
             for span in ended:
-                pending = self._announce(span[0], span[1], span[10])
+                pending = self._announce(span.span_id, span.start_s, span.gpus)
                 pending.span = span
                 if not pending.devices:  # nothing measures it: a record right away
-                    complete.append((span[0], self._pending.pop(span[0])))
+                    complete.append((span.span_id, self._pending.pop(span.span_id)))
                 for slot in pending.devices:
-                    self.resolvers[slot].end(span[0], span[2])
+                    self.resolvers[slot].end(span.span_id, span.end_s)
             for slot, resolver in enumerate(self.resolvers):
                 done = resolver.resolve(until_s, drain_all=drain_all, final=final)
                 for span_id, share in done.items():
@@ -380,9 +399,8 @@ class Runtime:
         return text
 
     def _record(self, pending: _Pending) -> dict[str, Any]:
-        (_, start_s, end_s, model, tags, status, error_type, tokens_in, tokens_out, ttft_s, _) = (
-            pending.span  # type: ignore[misc]
-        )
+        span = pending.span
+        assert span is not None
         device_set = self._device_set(pending.devices)
         shares = pending.shares
         energy_j: float | None = None
@@ -409,16 +427,16 @@ class Runtime:
             cpu_source = "estimated" if any(s.partial for s in cpu_shares) else "counter"
         offset = self.wall_offset_s
         record = {
-            "model": model,
-            "tags": self._tags_json(tags),
-            "started_at": datetime.fromtimestamp(start_s + offset, timezone.utc),
-            "ended_at": datetime.fromtimestamp(end_s + offset, timezone.utc),
-            "duration_s": end_s - start_s,
-            "time_to_first_token_s": ttft_s,
-            "status": status,
-            "error_type": error_type,
-            "input_tokens": tokens_in,
-            "output_tokens": tokens_out,
+            "model": span.model,
+            "tags": self._tags_json(span.tags),
+            "started_at": datetime.fromtimestamp(span.start_s + offset, timezone.utc),
+            "ended_at": datetime.fromtimestamp(span.end_s + offset, timezone.utc),
+            "duration_s": span.end_s - span.start_s,
+            "time_to_first_token_s": span.ttft_s,
+            "status": span.status,
+            "error_type": span.error_type,
+            "input_tokens": span.input_tokens,
+            "output_tokens": span.output_tokens,
             "gpus": device_set.gpus_json,
             "gpu_seconds": gpu_seconds,
             "energy_j": energy_j,
@@ -470,7 +488,8 @@ class Runtime:
     def _catch_up_rollups(self) -> None:
         try:
             if self.writer.store is not None:
-                self.writer.store.catch_up_rollups()
+                with no_fork():
+                    self.writer.store.catch_up_rollups()
         except Exception as exc:  # reports catch up themselves; never fail the writer
             self.warn_once("rollups", f"footprint: could not update rollups: {exc}")
 
@@ -487,6 +506,7 @@ class Runtime:
         if self._stop.is_set():
             return
         self._stop.set()
+        self._wake.set()
         if self._worker is not None:
             self._worker.join(timeout=10)
         try:
@@ -502,7 +522,6 @@ class Runtime:
                 if sensor is not None:
                     sensor.close()
             self.writer.close()
-        atexit.unregister(self.shutdown)
 
     def stats(self) -> dict[str, int]:
         """Counters a user can check: nothing is dropped silently."""

@@ -1,22 +1,20 @@
 """The ``footprint`` command: a thin layer over the library.
 
-Bad input exits with code 2 and one line on stderr saying why.
+Bad input exits with code 2 and one line on stderr saying why. Ctrl-C exits 130 with one
+line on stderr. A reader that closes the pipe early (``footprint regions | head -1``)
+ends the command quietly with exit 0.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
-
-try:  # typer >= 0.20 vendors click
-    from typer._click import exceptions as click_exceptions
-except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import exceptions as click_exceptions
 
 app = typer.Typer(
     help="What each inference query costs in energy, CO2e and money.",
@@ -32,15 +30,59 @@ app.add_typer(db_app, name="db")
 
 DB_HELP = "Database URL or file path (default: settings, FOOTPRINT_DB)."
 
-console = Console()
-
 
 class InputError(Exception):
     """Bad input from the command line: exit 2 with this one-line message."""
 
 
+class StdoutClosed(Exception):
+    """The reader of stdout went away (``| head``): end quietly with exit 0.
+
+    Not an ``OSError`` on purpose: click (and typer's copy of it) turns a broken pipe
+    into exit 1 before :func:`main` could see it.
+    """
+
+
+class _Console(Console):
+    """rich's console, with a closed stdout reported to :func:`main` (rich exits 1)."""
+
+    def on_broken_pipe(self) -> None:
+        raise StdoutClosed()
+
+
+console = _Console()
+
+
+def _write(text: str) -> None:
+    """Write to stdout; a closed pipe ends the command (see :class:`StdoutClosed`)."""
+    try:
+        sys.stdout.write(text)
+    except BrokenPipeError:
+        raise StdoutClosed() from None
+
+
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    _write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from footprint import __version__
+
+        _write(f"footprint {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    pass
 
 
 @app.command()
@@ -211,7 +253,7 @@ def report(
     except (ReportError, OSError) as exc:
         raise InputError(str(exc)) from None
     if text is not None:
-        sys.stdout.write(text)
+        _write(text)
         return
     for path in written:
         console.print(f"wrote {path}")
@@ -305,7 +347,10 @@ def db_export(
         if fmt == "parquet":
             count = export_parquet(source, out)  # type: ignore[arg-type]
         elif out is None:
-            count = export_text(source, fmt, sys.stdout)
+            try:
+                count = export_text(source, fmt, sys.stdout)
+            except BrokenPipeError:
+                raise StdoutClosed() from None
         else:
             with open(out, "w", newline="", encoding="utf-8") as handle:
                 count = export_text(source, fmt, handle)
@@ -439,24 +484,78 @@ def bench_accuracy(
         )
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning bad input into exit 2 with one line."""
+def _complain(code: int, message: str) -> int:
+    sys.stderr.write(f"footprint: {message}\n")
+    return code
+
+
+def _stdout_closed() -> NoReturn:
+    """The reader went away: exit 0, with stdout pointed at devnull first.
+
+    As the Python docs recommend (signal module, "Note on SIGPIPE"): the interpreter
+    flushes stdout once more on the way out, and that flush must not fail again.
+    """
     try:
-        app(args=argv, standalone_mode=False)
-    except click_exceptions.NoArgsIsHelpError as exc:
-        sys.stdout.write(exc.format_message() + "\n")
-        sys.exit(0)
-    except click_exceptions.UsageError as exc:
-        sys.stderr.write(f"footprint: error: {exc.format_message()}\n")
-        sys.exit(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - stdout with no fd
+        pass
+    sys.exit(0)
+
+
+def _is_click_error(exc: BaseException) -> bool:
+    """click's ``ClickException`` (usage errors included), or typer's copy of it.
+
+    typer up to 0.25 raises click's own exceptions; from 0.26 on it carries a copy of click
+    whose classes have no public name. Both are recognised by class name, so that nothing
+    private is imported.
+    """
+    return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__)
+
+
+def _run(argv: list[str] | None) -> int:
+    """Run the app; its exit status (the message, if any, already on stderr)."""
+    try:
+        status = app(args=argv, standalone_mode=False)
     except InputError as exc:
-        sys.stderr.write(f"footprint: error: {exc}\n")
-        sys.exit(2)
-    except click_exceptions.Abort:
-        sys.stderr.write("footprint: aborted\n")
-        sys.exit(130)
-    except click_exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        return _complain(2, f"error: {exc}")
+    except typer.Abort:
+        return _complain(130, "aborted")
+    except typer.Exit as exc:  # pragma: no cover - typer returns the code when not standalone
+        return exc.exit_code
+    except SystemExit as exc:
+        # click turns a broken pipe it sees first into exit 1: still a closed pipe to us.
+        if isinstance(exc.__context__, BrokenPipeError):
+            raise StdoutClosed() from None
+        raise
+    except Exception as exc:
+        if not _is_click_error(exc):
+            raise
+        message = exc.format_message()  # type: ignore[attr-defined]
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `footprint`: help, exit 0
+            _write(message + "\n")
+            return 0
+        return _complain(getattr(exc, "exit_code", 2), f"error: {message}")
+    if status == 130:  # typer turns KeyboardInterrupt into exit code 130, silently
+        return _complain(130, "interrupted")
+    return status if isinstance(status, int) else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: bad input exits 2, Ctrl-C 130 (one line on stderr each); a closed
+    stdout ends quietly with 0."""
+    try:
+        status = _run(argv)
+        try:
+            sys.stdout.flush()  # now, not in the interpreter's exit, where it can't be caught
+        except BrokenPipeError:
+            raise StdoutClosed() from None
+    except KeyboardInterrupt:
+        status = _complain(130, "interrupted")
+    except (StdoutClosed, BrokenPipeError):
+        _stdout_closed()
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":  # pragma: no cover

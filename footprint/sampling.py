@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from footprint._clock import SYSTEM_CLOCK, Clock
+from footprint._forksafe import no_fork
 from footprint.sensors.base import ENERGY_COUNTER, ENERGY_SIMULATED, Sensor, SensorError
 
 log = logging.getLogger("footprint")
@@ -194,6 +195,7 @@ class Sampler:
         self.polls = 0
         self.read_latency_s_total = 0.0
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._jitter = random.Random(0x5EED)
@@ -232,10 +234,20 @@ class Sampler:
 
     # -- sampling ------------------------------------------------------------------
     def sample_once(self) -> None:
-        """Read every device once and append the changed values."""
+        """Read every device once and append the changed values.
+
+        One read at a time: ``flush()`` on a user's thread and the sampler thread would
+        otherwise interleave reads, and a sensor that tracks wrap-arounds (RAPL) would
+        take the older of two values for a wrap.
+        """
+        with self._read_lock:
+            self._sample_once()
+
+    def _sample_once(self) -> None:
         before_s = self.clock.monotonic_s()
         try:
-            energies_j = self.sensor.read_energy_j()
+            with no_fork():  # NVML's own locks must not be copied mid-read into a child
+                energies_j = self.sensor.read_energy_j()
         except SensorError as exc:
             self.failed_reads += 1
             if self.failed_reads == 1:

@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import functools
 import inspect
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from footprint._clock import SYSTEM_CLOCK, Clock
-from footprint._runtime import FootprintWarning, Runtime
+from footprint import _lifecycle
+from footprint._clock import Clock
+from footprint._runtime import EndedSpan, Runtime
 from footprint.config import resolve_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 TokensFn = Callable[[Any], "tuple[int | None, int | None]"]
 SyncFn = Callable[[], Any]
 
-_runtime: Runtime | None = None
-_failed = False
-_overrides: dict[str, Any] = {}
-_clock: Clock = SYSTEM_CLOCK
-_lock = threading.Lock()
 _RESERVED = {"model", "tokens", "gpus", "sync"}
 
 
@@ -34,43 +29,16 @@ def configure(*, clock: Clock | None = None, **settings: Any) -> None:
     """Set db, sensor, region, sampling_period_s, flush_interval_s, daemon, cpu, ...
 
     Values are validated now (ValueError names the allowed values). A running tracker
-    is flushed and restarted with the new settings on its next use.
+    is flushed and stopped; the next tracked call starts one with the new settings.
     """
-    global _overrides, _clock, _failed
-    merged = {**_overrides, **settings}
+    merged = {**_lifecycle.overrides(), **settings}
     resolve_settings(merged)  # validate before changing anything
-    with _lock:
-        _overrides = merged
-        if clock is not None:
-            _clock = clock
-        _failed = False
-    shutdown()
+    _lifecycle.set_overrides(merged, clock)
 
 
 def reset_configuration() -> None:
     """Forget ``configure()`` overrides (files and environment still apply)."""
-    global _overrides, _clock, _failed
-    shutdown()
-    with _lock:
-        _overrides, _clock, _failed = {}, SYSTEM_CLOCK, False
-
-
-def _ensure_runtime() -> Runtime | None:
-    global _runtime, _failed
-    with _lock:
-        if _runtime is None and not _failed:
-            try:
-                runtime = Runtime(resolve_settings(_overrides), _clock)
-                runtime.start()
-                _runtime = runtime
-            except Exception as exc:
-                _failed = True
-                import warnings
-
-                warnings.warn(
-                    f"footprint: tracking disabled: {exc}", FootprintWarning, stacklevel=3
-                )
-        return _runtime
+    _lifecycle.reset()
 
 
 def install_runtime(runtime: Runtime) -> None:
@@ -80,35 +48,28 @@ def install_runtime(runtime: Runtime) -> None:
     (``runtime.gpu_sampler.sample_once()``) and resolution (``runtime.cycle(...)``) at
     simulated instants. ``shutdown()`` still flushes and closes it.
     """
-    global _runtime, _failed
-    shutdown()
-    with _lock:
-        _runtime, _failed = runtime, False
+    _lifecycle.install(runtime)
 
 
 def get_runtime() -> Runtime | None:
     """The running runtime (started if needed), or None when tracking is disabled."""
-    return _runtime or _ensure_runtime()
+    return _lifecycle.runtime or _lifecycle.ensure()
 
 
 def flush() -> int:
     """Write every span that has ended; returns the number of records written."""
-    runtime = _runtime
+    runtime = _lifecycle.runtime
     return runtime.flush() if runtime is not None else 0
 
 
 def shutdown() -> None:
-    """Flush and stop the tracker (it restarts on next use)."""
-    global _runtime
-    with _lock:
-        runtime, _runtime = _runtime, None
-    if runtime is not None:
-        runtime.shutdown()
+    """Flush and stop the tracker (the next tracked call starts it again)."""
+    _lifecycle.shutdown()
 
 
 def stats() -> dict[str, int]:
     """Counters: records written, spans dropped, records that could not be stored."""
-    runtime = _runtime
+    runtime = _lifecycle.runtime
     return runtime.stats() if runtime is not None else {}
 
 
@@ -183,7 +144,7 @@ def track(
 
 
 def _begin(gpus: tuple | None) -> tuple[Runtime | None, int, float]:
-    runtime = _runtime or _ensure_runtime()
+    runtime = _lifecycle.runtime or _lifecycle.ensure()
     if runtime is None:
         return None, 0, 0.0
     span_id = next(runtime.ids)
@@ -224,8 +185,8 @@ def _end(
         runtime.end_simulated_load(gpus, end_s)
     if len(runtime.ended) < runtime.max_pending:
         runtime.ended.append(
-            (span_id, start_s, end_s, model, tags, status, error_type, tokens_in, tokens_out,
-             ttft_s, gpus)
+            EndedSpan(span_id, start_s, end_s, model, tags, status, error_type, tokens_in,
+                      tokens_out, ttft_s, gpus)
         )  # fmt: skip
     else:
         runtime.dropped_spans += 1
@@ -400,6 +361,11 @@ class Query:
             self._ttft_s = self._runtime.now() - self._start_s
 
     def __enter__(self) -> Query:
+        if self._runtime is not None:
+            raise RuntimeError(
+                "this footprint.query() block is already running; "
+                "make one footprint.query(...) per block"
+            )
         self._runtime, self._span_id, self._start_s = _begin(self.gpus)
         return self
 

@@ -16,9 +16,11 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from footprint._forksafe import no_fork
+
 log = logging.getLogger("footprint")
 
-BATCH_ROWS = 50_000
+BATCH_ROWS = 5_000  # per transaction; also how long a fork may wait (~50 ms)
 
 
 class Writer:
@@ -102,7 +104,10 @@ class Writer:
                     for kind, count in self._losses.items()
                 ]  # fmt: skip
                 try:
-                    self.open_store().insert(records, idle, losses)
+                    # A fork waits for this batch: a child must not inherit SQLite's or a
+                    # driver's locks held mid-write by this thread.
+                    with no_fork():
+                        self.open_store().insert(records, idle, losses)
                 except Exception as exc:
                     self.failed_flushes += 1
                     first = self.last_error is None

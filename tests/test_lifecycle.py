@@ -1,0 +1,238 @@
+"""The runtime inside real server processes: fork, signals, restarts, re-entry.
+
+Each test runs a real Python process, as a model server would, and counts the rows.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import footprint
+
+PRELUDE = """
+import os, signal, sys, time
+import footprint
+footprint.configure(db=sys.argv[1], sensor="none", cpu=False, region="FRA",
+                    flush_interval_s=0.2)
+
+@footprint.track(model="m", role="parent")
+def parent_call(i):
+    return i
+"""
+
+
+def _run(tmp_path: Path, body: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    script = tmp_path / "server.py"
+    script.write_text(PRELUDE + textwrap.dedent(body))
+    return subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "fp.db"), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=tmp_path,
+    )  # fmt: skip
+
+
+def _rows(tmp_path: Path, sql: str) -> list[tuple]:
+    con = sqlite3.connect(tmp_path / "fp.db")
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_multiprocessing_children_record_their_calls_with_their_pid(tmp_path, method):
+    """On main: 110 of 690 calls landed; children's spans were never written."""
+    done = _run(
+        tmp_path,
+        f"""
+        import multiprocessing as mp
+
+        def child(n):
+            @footprint.track(model="m", role="child")
+            def call(i):
+                return i
+            for i in range(n):
+                call(i)
+
+        if __name__ == "__main__":
+            for i in range(40):
+                parent_call(i)
+            ctx = mp.get_context("{method}")
+            procs = [ctx.Process(target=child, args=(200,)) for _ in range(3)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join(30)
+            pid = os.fork()
+            if pid == 0:
+                for i in range(50):
+                    parent_call(i)
+                sys.exit(0)
+            os.waitpid(pid, 0)
+            print("ok", [p.exitcode for p in procs])
+        """,
+    )
+    assert done.returncode == 0 and "ok [0, 0, 0]" in done.stdout, done.stderr
+    by_pid = dict(_rows(tmp_path, "SELECT pid, COUNT(*) FROM queries GROUP BY pid"))
+    assert sum(by_pid.values()) == 40 + 3 * 200 + 50, by_pid
+    assert len(by_pid) == 5  # the parent, three children, the os.fork child: each its own pid
+
+
+def test_os_fork_then_sys_exit_never_hangs(tmp_path):
+    """On main the child hung 9 of 10 runs on a lock the parent's writer held at fork."""
+    done = _run(
+        tmp_path,
+        """
+        import threading
+        stop = threading.Event()
+        def busy():  # a server under load: the parent's writer busy while it forks
+            i = 0
+            while not stop.is_set():
+                parent_call(i); i += 1
+                if i % 20 == 0:
+                    time.sleep(0.001)
+        threading.Thread(target=busy, daemon=True).start()
+        for _ in range(20):
+            time.sleep(0.03)
+            pid = os.fork()
+            if pid == 0:
+                parent_call(-1)
+                sys.exit(0)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+        stop.set()
+        print("ok", os.getpid())
+        """,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr
+    parent_pid = int(done.stdout.split()[-1])
+    by_pid = dict(_rows(tmp_path, "SELECT pid, COUNT(*) FROM queries GROUP BY pid"))
+    children = {pid: n for pid, n in by_pid.items() if pid != parent_pid}
+    assert len(children) == 20 and set(children.values()) == {1}, by_pid
+
+
+def test_a_servers_own_sigterm_handler_drains_and_every_call_lands(tmp_path):
+    """On main footprint's handler shut the runtime down: calls in the drain were lost."""
+    done = _run(
+        tmp_path,
+        """
+        draining = []
+        signal.signal(signal.SIGTERM, lambda s, f: draining.append(time.monotonic()))
+        for i in range(100):
+            parent_call(i)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert draining, "the server's handler ran"
+        deadline = time.monotonic() + 0.5
+        n = 0
+        while time.monotonic() < deadline:  # the drain: requests keep coming
+            parent_call(n); n += 1
+            time.sleep(0.0002)
+        print("calls", 100 + n)
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    calls = int(done.stdout.split()[-1])
+    assert _rows(tmp_path, "SELECT COUNT(*) FROM queries") == [(calls,)]
+
+
+def test_two_sigterms_in_a_row_write_everything_before_the_process_ends(tmp_path):
+    """Default disposition: a bounded flush, then the signal's own action (exit -15)."""
+    script_started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PRELUDE + textwrap.dedent("""
+            n = 0
+            while True:
+                parent_call(n); n += 1
+                if n % 1000 == 0:
+                    print(n, flush=True)
+        """), str(tmp_path / "fp.db")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for _ in range(20):  # 20,000 calls in
+        assert proc.stdout.readline(), proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGTERM, err
+    printed = int(([line for line in out.split()] or ["20000"])[-1])
+    (stored,) = _rows(tmp_path, "SELECT COUNT(*) FROM queries")[0]
+    assert stored >= printed  # everything the process had done when it printed
+    assert time.monotonic() - script_started < 30
+
+
+def test_configure_five_times_keeps_one_handler_and_one_runtime(tmp_path):
+    """On main: 5 signal handlers chained, 5 runtimes kept alive."""
+    done = _run(
+        tmp_path,
+        """
+        import threading
+        from footprint import _lifecycle
+        for i in range(5):
+            footprint.configure(db=sys.argv[1], sensor="none", cpu=False, region="FRA")
+            parent_call(i)
+        writers = [t for t in threading.enumerate() if t.name == "footprint-writer"]
+        print(len(writers), signal.getsignal(signal.SIGTERM) is _lifecycle._on_signal,
+              _lifecycle._previous_handlers[signal.SIGTERM] is signal.SIG_DFL)
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "True", "True"]
+    assert _rows(tmp_path, "SELECT COUNT(*) FROM queries") == [(5,)]
+
+
+def test_a_query_entered_twice_raises(tmp_path):
+    footprint.configure(db=str(tmp_path / "q.db"), sensor="none", cpu=False, region="FRA")
+    q = footprint.query(model="m")
+    with q, pytest.raises(RuntimeError, match="already running"), q:
+        pass
+    with q:  # once it has ended, the same object can time another block
+        pass
+    footprint.flush()
+    con = sqlite3.connect(tmp_path / "q.db")
+    assert con.execute("SELECT COUNT(*) FROM queries").fetchone() == (2,)
+    con.close()
+
+
+def test_flush_and_the_sampler_thread_never_read_the_sensor_at_once():
+    """On main, interleaved RAPL reads were taken for counter wraps (131 J -> 550 MJ)."""
+    from footprint.sampling import Sampler
+    from footprint.sensors.base import DeviceInfo, Sensor
+
+    class OneAtATime(Sensor):
+        def __init__(self) -> None:
+            self.inside = 0
+            self.overlaps = 0
+            self.energy_j = 0.0
+
+        @property
+        def devices(self):
+            return [DeviceInfo(0, "cpu-package-0", "cpu", "cpu", "counter")]
+
+        def read_energy_j(self):
+            self.inside += 1
+            if self.inside > 1:
+                self.overlaps += 1
+            time.sleep(0.0005)
+            self.energy_j += 1.0
+            self.inside -= 1
+            return [self.energy_j]
+
+    sensor = OneAtATime()
+    sampler = Sampler(sensor, period_s=0.001)
+    sampler.start()
+    try:
+        for _ in range(50):
+            sampler.sample_fresh(max_wait_s=0.01)  # what flush() does on the user's thread
+    finally:
+        sampler.stop()
+    assert sensor.overlaps == 0
