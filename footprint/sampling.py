@@ -246,7 +246,7 @@ class Sampler:
     def _sample_once(self) -> None:
         before_s = self.clock.monotonic_s()
         try:
-            with no_fork():  # NVML's own locks must not be copied mid-read into a child
+            with no_fork("sensor"):  # NVML's locks must not be copied mid-read into a child
                 energies_j = self.sensor.read_energy_j()
         except SensorError as exc:
             self.failed_reads += 1
