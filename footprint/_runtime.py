@@ -144,6 +144,7 @@ class Runtime:
         self._flush_requested = threading.Event()
         self._flushed = threading.Event()
         self._exit_flush_started = False
+        self.unsaved_at_exit = 0
         self._worker: threading.Thread | None = None
         self.pricer: Any = None
         self._open_pricer()
@@ -502,13 +503,37 @@ class Runtime:
         return self.cycle(until_s=float("inf"), drain_all=True)
 
     def shutdown(self) -> None:
-        """Stop the threads and write everything (spans still running are dropped)."""
+        """Stop the threads and write everything, within ``exit_deadline_s``.
+
+        The final write runs on its own thread: a database that stops answering cannot
+        hold the process past the deadline. What is not stored by then is counted
+        (``stats()["unsaved_at_exit"]``) and logged. Spans still running are dropped.
+        """
         if self._stop.is_set():
             return
         self._stop.set()
         self._wake.set()
+        finisher = threading.Thread(target=self._finish, name="footprint-exit", daemon=True)
+        try:
+            finisher.start()
+        except RuntimeError:  # no new threads this late in interpreter shutdown
+            self._finish()
+            return
+        finisher.join(self.settings.exit_deadline_s)
+        if finisher.is_alive():
+            self.unsaved_at_exit = (
+                len(self.ended) + sum(p.span is not None for p in self._pending.values())
+                + self.writer.buffered
+            )  # fmt: skip
+            log.warning(
+                "footprint: exit deadline of %g s passed; about %d records were not stored",
+                self.settings.exit_deadline_s,
+                self.unsaved_at_exit,
+            )
+
+    def _finish(self) -> None:
         if self._worker is not None:
-            self._worker.join(timeout=10)
+            self._worker.join()
         try:
             self.gpu_sampler.stop()
             if self.cpu_sampler:
@@ -516,6 +541,7 @@ class Runtime:
             self.cycle(until_s=float("inf"), drain_all=True, final=True)
             lost = self.writer.abandon()
             if lost:
+                self.unsaved_at_exit = lost
                 log.warning("footprint: %d records could not be stored before exit", lost)
         finally:
             for sensor in (self.gpu_sensor, self.cpu_sensor):
@@ -530,6 +556,7 @@ class Runtime:
             "buffered_records": self.writer.buffered,
             "dropped_spans": self.dropped_spans,
             "unsaved_records": self.writer.dropped,
+            "unsaved_at_exit": self.unsaved_at_exit,
             "pending_spans": len(self.ended) + len(self._pending),
             "sampler_failed_reads": self.gpu_sampler.failed_reads,
             "sampler_dropped_samples": self.gpu_sampler.dropped_samples,

@@ -35,6 +35,7 @@ class Settings:
     daemon: str | None = None
     cpu: bool = True
     max_pending_spans: int = 100_000
+    exit_deadline_s: float = 5.0  # the most exit (or shutdown()) waits for the last write
     # Pricing: where it runs and the user's overrides of the shipped factors.
     detect_cloud: bool = False
     provider: str | None = None  # aws | azure | gcp | on_premise (PUE); default: the zone's
@@ -52,6 +53,7 @@ class Settings:
         validate_sensor(self.sensor)
         _positive("sampling_period_s", self.sampling_period_s, maximum=10.0)
         _positive("flush_interval_s", self.flush_interval_s, maximum=60.0)
+        _positive("exit_deadline_s", self.exit_deadline_s, maximum=600.0)
         if not isinstance(self.max_pending_spans, int) or self.max_pending_spans < 1:
             raise ValueError("max_pending_spans must be a positive integer")
         if not isinstance(self.db, str) or not self.db.strip():
@@ -102,6 +104,7 @@ def validate_sensor(spec: str) -> None:
 _FLOAT_FIELDS = {
     "sampling_period_s",
     "flush_interval_s",
+    "exit_deadline_s",
     "price_per_kwh",
     "usd_per_gpu_hour",
     "pue",

@@ -236,3 +236,34 @@ def test_flush_and_the_sampler_thread_never_read_the_sensor_at_once():
     finally:
         sampler.stop()
     assert sensor.overlaps == 0
+
+
+def test_exit_with_a_database_that_stops_answering_keeps_its_deadline(tmp_path):
+    """On main exit waited for the database without bound (990 s in one run)."""
+    db = tmp_path / "fp.db"
+    from footprint.storage.store import Store
+
+    Store(str(db)).close()
+    blocker = sqlite3.connect(db, timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")  # nobody else can write until it ends
+    try:
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-c", PRELUDE + textwrap.dedent("""
+                footprint.configure(exit_deadline_s=1.0)
+                for i in range(500):
+                    parent_call(i)
+                runtime = footprint.tracking.get_runtime()
+                footprint.shutdown()  # what exit does, explicitly, to read the counter after
+                print("unsaved", runtime.stats()["unsaved_at_exit"])
+            """), str(db)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        elapsed_s = time.monotonic() - started
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert done.returncode == 0, done.stderr
+    assert elapsed_s < 5.0  # the busy timeout alone is 10 s
+    assert "exit deadline of 1 s passed; about 500 records were not stored" in done.stderr
+    assert done.stdout.split() == ["unsaved", "500"]
