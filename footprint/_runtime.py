@@ -37,6 +37,11 @@ log = logging.getLogger("footprint")
 # (a thread paused between two bytecodes) is still seen if it began this long before.
 ANNOUNCE_MARGIN_S = 0.5
 
+# A GPU with no new sample for this long (and at least this many sampling periods) has
+# stopped answering: its spans are released as partial instead of waiting for it.
+STALE_MIN_S = 2.0
+STALE_AFTER_PERIODS = 20
+
 # The writer thread folds new rows into the hourly rollups every this many flushes.
 ROLLUP_EVERY_FLUSHES = 30
 
@@ -326,8 +331,11 @@ class Runtime:
                     complete.append((span.span_id, self._pending.pop(span.span_id)))
                 for slot in pending.devices:
                     self.resolvers[slot].end(span.span_id, span.end_s)
+            stale = self._stale_slots(until_s)
             for slot, resolver in enumerate(self.resolvers):
                 done = resolver.resolve(until_s, drain_all=drain_all, final=final)
+                if slot in stale:
+                    done.update(resolver.expire(until_s))
                 for span_id, share in done.items():
                     pending = self._pending.get(span_id)
                     if pending is None:
@@ -345,6 +353,18 @@ class Runtime:
             records = [self._record(pending) for _, pending in complete]
             self._write(records)
             return len(records)
+
+    def _stale_slots(self, until_s: float) -> set[int]:
+        """GPU slots with no sample for ``STALE_AFTER_PERIODS`` periods (a lost GPU).
+
+        Their spans are released as partial so other GPUs' records keep flowing.
+        """
+        stale_s = max(STALE_MIN_S, STALE_AFTER_PERIODS * self.settings.sampling_period_s)
+        now_s = min(until_s, self.now())
+        latest = self.gpu_sampler.latest_sample_times_s()
+        return {
+            slot for slot, t_s in enumerate(latest) if t_s is not None and now_s - t_s > stale_s
+        }
 
     def _collect_idle(self, slot: int, resolver: DeviceResolver) -> None:
         devices = self.gpu_devices + self.cpu_devices

@@ -210,6 +210,7 @@ class DeviceResolver:
             "ends_before_start": 0,
             "late_starts": 0,
             "late_ends": 0,
+            "expired_spans": 0,  # released because the device stopped reporting
         }
 
     # -- input ---------------------------------------------------------------------
@@ -483,6 +484,30 @@ class DeviceResolver:
         if busy_s > 0 and busy_j > 0:
             self._last_busy_w = busy_j / busy_s
         self.resolved_until_s = t1
+
+    def expire(self, ended_by_s: float) -> dict[Hashable, SpanShare]:
+        """The device stopped reporting: release the spans that ended by ``ended_by_s``.
+
+        They get what they had received (flagged partial) and leave the sweep, so the
+        records of a call that also ran on other devices are not held back by this one.
+        """
+        done: dict[Hashable, SpanShare] = {}
+        self._merge_new_events()
+        for key, span in list(self._spans.items()):
+            if span.end_s > ended_by_s:
+                continue
+            share = SpanShare(partial=True)
+            if span.started:
+                share.energy_j = self._energy_per_span_j - span.energy_at_start_j
+                share.gpu_s = self._gpu_s_per_span - span.gpu_s_at_start
+                share.uncertainty_j = self._bound_per_span_j - span.bound_at_start_j
+                self._active -= 1
+            done[key] = share
+            del self._spans[key]
+        if done:
+            self._events = [e for e in self._events if e[3].key not in done]
+            self.oddities["expired_spans"] += len(done)
+        return done
 
     def _finish_open(self, done: dict[Hashable, SpanShare]) -> None:
         """At exit: spans not complete get what they have so far, flagged partial."""

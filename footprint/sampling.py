@@ -343,6 +343,11 @@ class Sampler:
             self.dropped_samples += 1
         timeline.append((t_s, energy_j))
 
+    def latest_sample_times_s(self) -> list[float | None]:
+        """Per device, the time of its latest sample (None: none yet)."""
+        with self._lock:
+            return [state.last_sample_s for state in self._states]
+
     def timing_uncertainty_s(self) -> list[float]:
         """How far each device's latest sample time may be from the instant it describes.
 
