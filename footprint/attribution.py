@@ -276,7 +276,7 @@ class DeviceResolver:
             if t1 > until_s:
                 break
             interval = _Interval(t0, t1, e1 - e0)
-            start = self._scan(interval)
+            start, _ = self._scan(interval)
             estimate = self.estimator.estimate()
             if estimate is None and 0 < interval.busy_s < t1 - t0:
                 if lookahead is None:
@@ -317,10 +317,13 @@ class DeviceResolver:
         self._new_events.clear()
         self._events.sort()
 
-    def _scan(self, interval: _Interval) -> int:
-        """Busy time and edge count of ``interval`` from the events in it; its end index."""
+    def _scan(self, interval: _Interval, j: int = 0, active: int | None = None) -> tuple[int, int]:
+        """Fill ``interval``'s busy time and edge counts from the events from index ``j``
+        on, with ``active`` spans running at its start (default: the sweep's); returns the
+        index after its events and the spans running at its end. Nothing is swept."""
         events, t1 = self._events, interval.end_s
-        active, cursor, busy_s, j, changes = self._active, interval.start_s, 0.0, 0, 0
+        active = self._active if active is None else active
+        cursor, busy_s, changes, first = interval.start_s, 0.0, 0, j
         n = len(events)
         while j < n and events[j][0] <= t1:
             t, kind = events[j][0], events[j][1]
@@ -330,30 +333,21 @@ class DeviceResolver:
             cursor = t
             active += 1 if kind == _START else -1
             j += 1
-        interval.busy_changes = changes
         if active > 0:
             busy_s += t1 - cursor
         interval.busy_s = busy_s
-        interval.edges = j
-        return j
+        interval.edges = j - first
+        interval.busy_changes = changes
+        return j, active
 
     def _lookahead(self, first: int) -> list[_Interval]:
         """Busy fractions of the buffered intervals from ``first`` on, without sweeping."""
         out = []
-        events, j, active = self._events, 0, self._active
+        j, active = 0, self._active
         for i in range(first, len(self._samples) - 1):
             (t0, e0), (t1, e1) = self._samples[i], self._samples[i + 1]
             interval = _Interval(t0, t1, e1 - e0)
-            cursor, busy_s = t0, 0.0
-            while j < len(events) and events[j][0] <= t1:
-                if active > 0:
-                    busy_s += events[j][0] - cursor
-                cursor = events[j][0]
-                active += 1 if events[j][1] == _START else -1
-                j += 1
-            if active > 0:
-                busy_s += t1 - cursor
-            interval.busy_s = busy_s
+            j, active = self._scan(interval, j, active)
             out.append(interval)
         return out
 
@@ -491,33 +485,34 @@ class DeviceResolver:
         They get what they had received (flagged partial) and leave the sweep, so the
         records of a call that also ran on other devices are not held back by this one.
         """
-        done: dict[Hashable, SpanShare] = {}
         self._merge_new_events()
-        for key, span in list(self._spans.items()):
-            if span.end_s > ended_by_s:
-                continue
-            share = SpanShare(partial=True)
-            if span.started:
-                share.energy_j = self._energy_per_span_j - span.energy_at_start_j
-                share.gpu_s = self._gpu_s_per_span - span.gpu_s_at_start
-                share.uncertainty_j = self._bound_per_span_j - span.bound_at_start_j
-                self._active -= 1
-            done[key] = share
-            del self._spans[key]
+        done = {
+            key: self._share_so_far(span)
+            for key, span in self._spans.items()
+            if span.end_s <= ended_by_s
+        }
         if done:
+            for key in done:
+                self._active -= self._spans.pop(key).started
             self._events = [e for e in self._events if e[3].key not in done]
             self.oddities["expired_spans"] += len(done)
         return done
 
     def _finish_open(self, done: dict[Hashable, SpanShare]) -> None:
         """At exit: spans not complete get what they have so far, flagged partial."""
-        for key, span in list(self._spans.items()):
-            share = SpanShare(partial=True)
-            if span.started:
-                share.energy_j = self._energy_per_span_j - span.energy_at_start_j
-                share.gpu_s = self._gpu_s_per_span - span.gpu_s_at_start
-                share.uncertainty_j = self._bound_per_span_j - span.bound_at_start_j
-            done[key] = share
+        for key, span in self._spans.items():
+            done[key] = self._share_so_far(span)
         self._spans.clear()
         self._events.clear()
         self._active = 0
+
+    def _share_so_far(self, span: _Span) -> SpanShare:
+        """What a span not yet complete has received, flagged partial."""
+        if not span.started:
+            return SpanShare(partial=True)
+        return SpanShare(
+            self._energy_per_span_j - span.energy_at_start_j,
+            self._gpu_s_per_span - span.gpu_s_at_start,
+            self._bound_per_span_j - span.bound_at_start_j,
+            partial=True,
+        )

@@ -155,10 +155,8 @@ def _begin(gpus: tuple | None) -> tuple[Runtime | None, int, float]:
     return runtime, span_id, start_s
 
 
-def _run_sync(runtime: Runtime, sync: SyncFn | None) -> None:
+def _run_sync(runtime: Runtime, sync: SyncFn) -> None:
     """Wait for the call's GPU work (``sync=``) before taking the end time."""
-    if sync is None:
-        return
     try:
         sync()
     except Exception as exc:
@@ -179,7 +177,8 @@ def _end(
     gpus: tuple | None,
     sync: SyncFn | None = None,
 ) -> None:
-    _run_sync(runtime, sync)
+    if sync is not None:  # no call at all on the hot path without it
+        _run_sync(runtime, sync)
     end_s = runtime.now()
     if runtime.drives_simulator:
         runtime.end_simulated_load(gpus, end_s)
