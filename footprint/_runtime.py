@@ -77,14 +77,20 @@ class _DeviceSet:
 
 
 class _Pending:
-    """A span being resolved: what it is, and what each of its devices gave it."""
+    """A span being resolved: what it is, and what each of its devices gave it.
 
-    __slots__ = ("span", "devices", "shares")
+    ``span`` is None while the call runs; ``abandoned`` once it ran past
+    ``max_span_age_s`` (its energy then goes to the lost bucket, never to a record).
+    """
 
-    def __init__(self, devices: tuple[int, ...]) -> None:
+    __slots__ = ("span", "start_s", "devices", "shares", "abandoned")
+
+    def __init__(self, start_s: float, devices: tuple[int, ...]) -> None:
         self.span: EndedSpan | None = None
+        self.start_s = start_s
         self.devices = devices
         self.shares: dict[int, SpanShare] = {}
+        self.abandoned = False
 
 
 class Runtime:
@@ -142,7 +148,12 @@ class Runtime:
         self._devices_of: dict[tuple | None, tuple[int, ...]] = {}
         self._tags_text: dict[int, tuple[dict, str]] = {}
         self._unpriced = dict.fromkeys(PRICING_COLUMNS)
+        # Per (device UUID, minute): [idle J, measured J, lost J].
         self._idle_rows: dict[tuple[str, datetime], list[float]] = {}
+        self._abandoned: dict[int, None] = {}  # ids closed as abandoned, still running
+        self.abandoned_spans = 0
+        self.running_at_exit = 0
+        self.pending_overflows = 0
         self._cycle_lock = threading.RLock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -151,6 +162,7 @@ class Runtime:
         self._exit_flush_started = False
         self.unsaved_at_exit = 0
         self._worker: threading.Thread | None = None
+        self._started_s = self.now()
         self.pricer: Any = None
         self._open_pricer()
         self.writer = Writer(self._open_store, self.host, self.pid)
@@ -297,7 +309,7 @@ class Runtime:
                 devices = slots + self._cpu_slots
                 if valid:  # invalid ids are warned about and counted for every call
                     self._devices_of[gpus] = devices
-            pending = self._pending[span_id] = _Pending(devices)
+            pending = self._pending[span_id] = _Pending(start_s, devices)
             for slot in devices:
                 self.resolvers[slot].begin(span_id, start_s)
         return pending
@@ -321,10 +333,17 @@ class Runtime:
             for slot, resolver in enumerate(self.resolvers):
                 resolver.add_samples(samples[slot])
                 resolver.timing_uncertainty_s = uncertainty_s[slot]
-            for span_id, (start_s, gpus) in inflight.items():
-                self._announce(span_id, start_s, gpus)
+            now_s = self.now()
+            abandon_before_s = now_s - self.settings.max_span_age_s
             complete: list[tuple[int, _Pending]] = []
+            for span_id, (start_s, gpus) in inflight.items():
+                pending = self._announce(span_id, start_s, gpus)
+                if start_s < abandon_before_s and not pending.abandoned:
+                    self._abandon(span_id, pending, now_s)
             for span in ended:
+                if self._abandoned and span.span_id in self._abandoned:
+                    del self._abandoned[span.span_id]  # ended at last: already counted
+                    continue
                 pending = self._announce(span.span_id, span.start_s, span.gpus)
                 pending.span = span
                 if not pending.devices:  # nothing measures it: a record right away
@@ -343,27 +362,77 @@ class Runtime:
                     pending.shares[slot] = share
                     if len(pending.shares) == len(pending.devices):
                         del self._pending[span_id]
-                        if pending.span is not None:
+                        if pending.span is not None and not pending.abandoned:
                             complete.append((span_id, pending))
-                        # else: still running at exit: nothing to store
+                        else:  # running at exit, or abandoned: never a record
+                            self._lose(pending)
                 self._collect_idle(slot, resolver)
             if final:
+                for pending in self._pending.values():  # devices that never answered
+                    self._lose(pending)
                 self._pending.clear()
             complete.sort(key=lambda item: item[0])  # records in the order calls started
             records = [self._record(pending) for _, pending in complete]
             self._write(records)
             return len(records)
 
-    def _stale_slots(self, until_s: float) -> set[int]:
-        """GPU slots with no sample for ``STALE_AFTER_PERIODS`` periods (a lost GPU).
+    def _abandon(self, span_id: int, pending: _Pending, end_s: float) -> None:
+        """Close a call that ran past ``max_span_age_s`` (a generator never closed, a
+        leaked ``Query``): its energy so far goes to the lost bucket, counted."""
+        pending.abandoned = True
+        self.inflight.pop(span_id, None)
+        self._abandoned[span_id] = None
+        if len(self._abandoned) > self.max_pending:  # bounded: forget the oldest ids
+            del self._abandoned[next(iter(self._abandoned))]
+        self.abandoned_spans += 1
+        self.writer.count_loss("abandoned_spans", 1)
+        self.warn_once(
+            "abandoned",
+            f"footprint: a call ran longer than max_span_age_s={self.settings.max_span_age_s:g} "
+            "s (a generator never closed?); it is closed as abandoned, its energy counted as "
+            "lost (stats()['abandoned_spans'])",
+        )
+        if not pending.devices:
+            del self._pending[span_id]
+        for slot in pending.devices:
+            self.resolvers[slot].end(span_id, end_s)
 
-        Their spans are released as partial so other GPUs' records keep flowing.
+    def _lose(self, pending: _Pending) -> None:
+        """Energy given to a call that is never stored goes to the lost bucket per device
+        and minute (stored queries + idle + lost = measured), and the call is counted."""
+        if not pending.abandoned:
+            self.running_at_exit += 1
+            self.writer.count_loss("running_at_exit", 1)
+        devices = self.gpu_devices + self.cpu_devices
+        for slot, share in pending.shares.items():
+            if not share.energy_j:
+                continue
+            resolver = self.resolvers[slot]
+            end_s = resolver.resolved_until_s or pending.start_s
+            if pending.span is not None:
+                end_s = min(end_s, pending.span.end_s)
+            piece = EnergyPiece(pending.start_s, max(end_s, pending.start_s + 1e-9), share.energy_j)
+            for minute, energy_j in self._split_by_minute(piece):
+                row = self._idle_rows.setdefault((devices[slot].uuid, minute), [0.0, 0.0, 0.0])
+                row[2] += energy_j
+
+    def _stale_slots(self, until_s: float) -> set[int]:
+        """GPU slots with no sample for ``STALE_AFTER_PERIODS`` periods (a lost GPU), or
+        none since start-up for that long; every slot when too many spans wait.
+
+        Their spans are released as partial so other GPUs' records keep flowing, and the
+        spans waiting for resolution stay bounded.
         """
         stale_s = max(STALE_MIN_S, STALE_AFTER_PERIODS * self.settings.sampling_period_s)
         now_s = min(until_s, self.now())
+        if len(self._pending) > self.max_pending:
+            self.pending_overflows += 1
+            return set(range(len(self.gpu_devices)))
         latest = self.gpu_sampler.latest_sample_times_s()
         return {
-            slot for slot, t_s in enumerate(latest) if t_s is not None and now_s - t_s > stale_s
+            slot
+            for slot, t_s in enumerate(latest)
+            if now_s - (self._started_s if t_s is None else t_s) > stale_s
         }
 
     def _collect_idle(self, slot: int, resolver: DeviceResolver) -> None:
@@ -372,7 +441,7 @@ class Runtime:
         for pieces, column in ((resolver.idle, 0), (resolver.measured, 1)):
             for piece in pieces:
                 for minute, energy_j in self._split_by_minute(piece):
-                    self._idle_rows.setdefault((uuid, minute), [0.0, 0.0])[column] += energy_j
+                    self._idle_rows.setdefault((uuid, minute), [0.0, 0.0, 0.0])[column] += energy_j
             pieces.clear()
 
     def _split_by_minute(self, piece: EnergyPiece) -> list[tuple[datetime, float]]:
@@ -483,10 +552,11 @@ class Runtime:
                 "minute": minute,
                 "idle_energy_j": idle_j,
                 "measured_energy_j": measured_j,
+                "lost_energy_j": lost_j,
                 "host": self.host,
                 "pid": self.pid,
             }
-            for (uuid, minute), (idle_j, measured_j) in self._idle_rows.items()
+            for (uuid, minute), (idle_j, measured_j, lost_j) in self._idle_rows.items()
         ]
         self._idle_rows.clear()
         dropped = self.dropped_spans
@@ -581,6 +651,9 @@ class Runtime:
             "sampler_failed_reads": self.gpu_sampler.failed_reads,
             "sampler_dropped_samples": self.gpu_sampler.dropped_samples,
             "unknown_gpu_spans": self.unknown_gpu_spans,
+            "abandoned_spans": self.abandoned_spans,
+            "running_at_exit": self.running_at_exit,
+            "pending_overflows": self.pending_overflows,
             **{f"attribution_{name}": count for name, count in self.attribution_oddities().items()},
         }
 

@@ -36,6 +36,8 @@ class Settings:
     cpu: bool = True
     max_pending_spans: int = 100_000
     exit_deadline_s: float = 5.0  # the most exit (or shutdown()) waits for the last write
+    db_timeout_s: float = 10.0  # connect, lock and statement timeout of every database call
+    max_span_age_s: float = 3600.0  # a call running longer is closed as abandoned
     # Pricing: where it runs and the user's overrides of the shipped factors.
     detect_cloud: bool = False
     provider: str | None = None  # aws | azure | gcp | on_premise (PUE); default: the zone's
@@ -54,6 +56,8 @@ class Settings:
         _positive("sampling_period_s", self.sampling_period_s, maximum=10.0)
         _positive("flush_interval_s", self.flush_interval_s, maximum=60.0)
         _positive("exit_deadline_s", self.exit_deadline_s, maximum=600.0)
+        _positive("db_timeout_s", self.db_timeout_s, maximum=600.0)
+        _positive("max_span_age_s", self.max_span_age_s, maximum=7 * 86400.0)
         if not isinstance(self.max_pending_spans, int) or self.max_pending_spans < 1:
             raise ValueError("max_pending_spans must be a positive integer")
         if not isinstance(self.db, str) or not self.db.strip():
@@ -105,6 +109,8 @@ _FLOAT_FIELDS = {
     "sampling_period_s",
     "flush_interval_s",
     "exit_deadline_s",
+    "db_timeout_s",
+    "max_span_age_s",
     "price_per_kwh",
     "usd_per_gpu_hour",
     "pue",

@@ -339,9 +339,9 @@ def summarize(db: str, host: str, pid: int) -> dict[str, Any]:
     path = normalize_db_url(db).removeprefix("sqlite:///")
     con = sqlite3.connect(Path(path))
     try:
-        measured_j, idle_j = con.execute(
-            "SELECT COALESCE(SUM(measured_energy_j), 0), COALESCE(SUM(idle_energy_j), 0) "
-            "FROM idle_energy WHERE host = ? AND pid = ?",
+        measured_j, idle_j, lost_j = con.execute(
+            "SELECT COALESCE(SUM(measured_energy_j), 0), COALESCE(SUM(idle_energy_j), 0), "
+            "COALESCE(SUM(lost_energy_j), 0) FROM idle_energy WHERE host = ? AND pid = ?",
             (host, pid),
         ).fetchone()
         models = {}
@@ -370,7 +370,8 @@ def summarize(db: str, host: str, pid: int) -> dict[str, Any]:
         "measured_energy_j": measured_j,
         "attributed_energy_j": attributed_j,
         "idle_energy_j": idle_j,
-        "conservation_error_j": measured_j - attributed_j - idle_j,
+        "lost_energy_j": lost_j,
+        "conservation_error_j": measured_j - attributed_j - idle_j - lost_j,
         "energy_source": "simulated",
         "models": models,
     }

@@ -69,7 +69,7 @@ def test_round_trip_keeps_every_column(db_url):
                 assert row[key] == value, key
     assert idle_back.idle_energy_j == 1.5 and loss_back.count == 3
     info = database_info(db_url)
-    assert info["queries_rows"] == 50 and info["schema_version"] == SCHEMA_VERSION == 2
+    assert info["queries_rows"] == 50 and info["schema_version"] == SCHEMA_VERSION == 3
     assert info["losses"] == {"span_queue_full": 3}
 
 

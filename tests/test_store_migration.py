@@ -1,5 +1,6 @@
-"""Schema version 1 -> 2: a database written by footprint before the per-record energy
-uncertainty bound is migrated in place, rows and rollups intact, on SQLite and PostgreSQL.
+"""Schema version 1 -> 3: a database written by footprint before the per-record energy
+uncertainty bound (2) and the lost-energy column (3) is migrated in place, rows and
+rollups intact, on SQLite and PostgreSQL.
 
 The version-1 schema is created from the SQL in ``tests/schema_v1/`` (what SQLAlchemy
 emitted for the version-1 models), filled with version-1 rows and rollups, then opened by
@@ -20,12 +21,13 @@ from test_store import _assert_same, _expected, _random_records, _rollup_table
 from footprint.bench.ingest import make_records
 from footprint.reporting import ReportRequest, build_report
 from footprint.storage import rollups
-from footprint.storage.models import SCHEMA_VERSION, QueryRecord, QueryRollup
+from footprint.storage.models import SCHEMA_VERSION, IdleEnergy, QueryRecord, QueryRollup
 from footprint.storage.store import Store, database_info, open_engine
 
 V1_SQL = Path(__file__).resolve().parent / "schema_v1"
 NEW_QUERY_COLUMNS = {"energy_uncertainty_j"}
 NEW_ROLLUP_COLUMNS = {"energy_uncertainty_j", "uncertainty_queries"}
+NEW_IDLE_COLUMNS = {"lost_energy_j"}
 
 
 def _statements(dialect: str) -> list[str]:
@@ -115,14 +117,14 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
 
     store = Store(db_url)  # opening migrates
     info = database_info(db_url)
-    assert info["schema_version"] == SCHEMA_VERSION == 2
+    assert info["schema_version"] == SCHEMA_VERSION == 3
     assert info["rollup_pending_rows"] == (50 if is_sqlite else 0)
 
     # The migrated tables have the columns of a fresh database, with the same nullability.
     fresh = str(tmp_path / "fresh.db") if is_sqlite else None
     if fresh:
         Store(fresh).close()
-    for table in ("queries", "query_rollups"):
+    for table in ("queries", "query_rollups", "idle_energy"):
         migrated = _columns(db_url, table)
         assert set(migrated) == {c.name for c in QueryRecord.metadata.tables[table].columns}
         if fresh:
@@ -131,6 +133,7 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
     assert _columns(db_url, "queries")["energy_uncertainty_j"][0] is True  # nullable
     for name in NEW_ROLLUP_COLUMNS:
         assert _columns(db_url, "query_rollups")[name] == (False, True)
+    assert _columns(db_url, "idle_energy")["lost_energy_j"] == (False, True)
 
     # Every row and rollup as it was, the new columns NULL (records) and 0 (rollups).
     queries_after, rollups_after = _snapshot(db_url)
@@ -183,7 +186,7 @@ def test_migration_is_idempotent_for_processes_opening_at_once(db_url):
     store = Store(db_url)
     store.insert(_with_bounds(make_records(4, seed=2), seed=2))
     store.close()
-    assert database_info(db_url)["schema_version"] == 2
+    assert database_info(db_url)["schema_version"] == 3
     assert database_info(db_url)["queries_rows"] == 24
 
 
@@ -192,9 +195,13 @@ def test_version_1_sql_is_the_version_1_models_less_the_new_columns():
     con = sqlite3.connect(":memory:")
     for statement in _statements("sqlite"):
         con.execute(statement)
-    for table, added in (("queries", NEW_QUERY_COLUMNS), ("query_rollups", NEW_ROLLUP_COLUMNS)):
+    for model, added in (
+        (QueryRecord, NEW_QUERY_COLUMNS),
+        (QueryRollup, NEW_ROLLUP_COLUMNS),
+        (IdleEnergy, NEW_IDLE_COLUMNS),
+    ):
+        table = model.__tablename__
         v1 = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
-        model = QueryRecord if table == "queries" else QueryRollup
         assert v1 == {c.name for c in model.__table__.columns} - added
     con.close()
     pg = " ".join(_statements("postgresql"))

@@ -119,7 +119,7 @@ def build_db(path: Path, rows: int, seed: int = 0) -> float:
     minutes = DAYS * 1440
     idle_rows = (
         (uuid, _text(epoch_s + m * 60.0), 60.0 * 70.0 * 0.4, 60.0 * 70.0 * 0.4 + 9000.0,
-         f"gpu-node-{g // 4}", 4242)
+         0.0, f"gpu-node-{g // 4}", 4242)
         for g, uuid in enumerate(GPU_UUIDS)
         for m in range(0, minutes, max(1, minutes * 8 // max(rows, 1) or 1))
     )  # fmt: skip
@@ -165,7 +165,8 @@ GROUP BY model, substr(started_at, 1, 10), gpus, zone, currency, intensity_sourc
          price_per_kwh, usd_per_gpu_hour, market_intensity_g_per_kwh, energy_source
 """
 RAW_IDLE = """
-SELECT device_uuid, substr(minute, 1, 10), host, sum(idle_energy_j), sum(measured_energy_j)
+SELECT device_uuid, substr(minute, 1, 10), host, sum(idle_energy_j + lost_energy_j),
+       sum(measured_energy_j)
 FROM idle_energy WHERE device_uuid NOT LIKE 'cpu-%'
 GROUP BY device_uuid, substr(minute, 1, 10), host
 """

@@ -537,7 +537,10 @@ def _idle_rows(conn: Any, engine: Engine, request: ReportRequest) -> list[dict[s
     stmt = (
         select(
             *keys,
-            func.sum(i.idle_energy_j).label("idle_j"),
+            # Energy of calls never stored (running at exit, abandoned) has no query to
+            # carry it: it is spread with the idle energy in the fully loaded figures.
+            func.sum(i.idle_energy_j + i.lost_energy_j).label("idle_j"),
+            func.sum(i.lost_energy_j).label("lost_j"),
             func.sum(i.measured_energy_j).label("measured_j"),
         )
         .where(*filters)
@@ -897,6 +900,7 @@ def _assemble(
     idle_by_day: dict[str, float] = defaultdict(float)
     idle_by_host: dict[str, float] = defaultdict(float)
     measured_by_device: dict[str, float] = defaultdict(float)
+    lost_j = sum(r["lost_j"] or 0.0 for r in idle)
     for r in idle:
         idle_by_device[r["device_uuid"]] += r["idle_j"] or 0.0
         measured_by_device[r["device_uuid"]] += r["measured_j"] or 0.0
@@ -980,6 +984,12 @@ def _assemble(
         )
     if not rows:
         notes.append("No queries were recorded in this period.")
+    if lost_j > 0:
+        notes.append(
+            f"{_kwh(lost_j):.3g} kWh went to calls that were never stored (still running "
+            "when their process ended, or closed as abandoned; counted in `footprint db "
+            "info` losses): it is spread with the idle energy in the fully loaded figures."
+        )
     missing = by_source.get("missing", 0)
     if missing:
         notes.append(

@@ -24,7 +24,7 @@ __all__ = [
     "SCHEMA_VERSION",
 ]
 
-SCHEMA_VERSION = 2  # 2: energy_uncertainty_j (queries, query_rollups)
+SCHEMA_VERSION = 3  # 2: energy_uncertainty_j (queries, query_rollups); 3: lost_energy_j
 
 
 def _utc_column(index: bool = False) -> Column:
@@ -77,10 +77,12 @@ class QueryRecord(SQLModel, table=True):
 
 
 class IdleEnergy(SQLModel, table=True):
-    """Per device per minute: idle energy and the whole counter delta it belongs to.
+    """Per device per minute: idle energy, lost energy and the whole counter delta.
 
     One row per (device, minute, host, process): each flush adds to it. Reports sum the
-    processes. Σ queries.energy_j + Σ idle_energy_j = Σ measured_energy_j.
+    processes. Σ queries.energy_j + Σ idle_energy_j + Σ lost_energy_j = Σ measured_energy_j.
+    ``lost_energy_j`` is what calls that are never stored received: still running at
+    exit, or closed as abandoned after ``max_span_age_s`` (schema version 3; 0 before).
     """
 
     __tablename__ = "idle_energy"
@@ -91,6 +93,7 @@ class IdleEnergy(SQLModel, table=True):
     minute: datetime = Field(sa_column=_utc_column(index=True))
     idle_energy_j: float
     measured_energy_j: float
+    lost_energy_j: float = Field(default=0.0, sa_column_kwargs={"server_default": text("0")})
     host: str
     pid: int
 
@@ -151,7 +154,9 @@ class Loss(SQLModel, table=True):
     """What could not be measured or stored, counted when it happened (never silent).
 
     ``kind``: ``span_queue_full`` (spans dropped at the hot path), ``write_failed``
-    (records dropped after the writer's buffer overflowed), ``samples_overflow``.
+    (records dropped after the writer's buffer overflowed), ``idle_rows_overflow``,
+    ``samples_overflow``, ``running_at_exit`` and ``abandoned_spans`` (calls never stored;
+    their energy is in ``idle_energy.lost_energy_j``).
     """
 
     __tablename__ = "losses"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -91,7 +93,18 @@ def _v1_to_v2(conn: Connection) -> None:
     )  # fmt: skip
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}
+def _v2_to_v3(conn: Connection) -> None:
+    """Version 3: energy of calls never stored (running at exit, abandoned) per device and
+    minute, so that stored queries + idle + lost = measured. Older rows lost none they knew
+    of: 0."""
+    _add_columns(
+        conn,
+        "idle_energy",
+        [("lost_energy_j", "FLOAT NOT NULL DEFAULT 0", "DOUBLE PRECISION NOT NULL DEFAULT 0")],
+    )
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 class StoreError(RuntimeError):
@@ -136,11 +149,41 @@ def _sqlite_pragmas(busy_timeout_s: float) -> Callable[[Any, Any], None]:
     return on_connect
 
 
+def _postgres_connect_args(url: str, timeout_s: float) -> dict[str, Any]:
+    """libpq's connect timeout and the server's statement and lock timeouts, ``timeout_s``.
+
+    A server that accepts the connection but never answers, or a table another session
+    holds locked, would otherwise hang a write (and the exit waiting for it) for minutes.
+    What the user set is kept: ``connect_timeout`` or ``PGCONNECT_TIMEOUT``, and a
+    ``statement_timeout`` or ``lock_timeout`` in the URL's ``options`` (or, without one,
+    in ``PGOPTIONS``, whose other settings are kept too: an ``options`` argument replaces
+    ``PGOPTIONS``). libpq rounds a connect timeout under 2 s up to 2 s.
+    """
+    query = make_url(url).query
+    args: dict[str, Any] = {}
+    if "connect_timeout" not in query and not os.environ.get("PGCONNECT_TIMEOUT"):
+        args["connect_timeout"] = max(1, math.ceil(timeout_s))
+    given = query.get("options", os.environ.get("PGOPTIONS", ""))
+    options = " ".join(given) if isinstance(given, tuple) else given
+    milliseconds = max(1, round(timeout_s * 1000))  # 0 would mean no timeout
+    added = [
+        f"-c {name}={milliseconds}"
+        for name in ("statement_timeout", "lock_timeout")
+        if name not in options
+    ]
+    if added:
+        args["options"] = " ".join([options, *added]).strip()
+    return args
+
+
 def open_engine(db: str, *, create: bool = True, busy_timeout_s: float = 10.0) -> Engine:
     """Create the engine, the tables (``create``) and bring the schema up to date.
 
+    ``busy_timeout_s`` bounds every wait on the database: SQLite's busy timeout;
+    PostgreSQL's connect, statement and lock timeouts; a connection from the pool.
     Raises ``StoreError`` with a clear reason: unsupported scheme, missing folder,
-    unreadable file, missing driver, or a schema newer than this footprint.
+    unreadable file, missing driver, unreachable server, or a schema newer than this
+    footprint.
     """
     url = normalize_db_url(db)
     path = sqlite_path(url)
@@ -150,16 +193,29 @@ def open_engine(db: str, *, create: bool = True, busy_timeout_s: float = 10.0) -
             raise StoreError(f"cannot create database {path}: folder {folder} does not exist")
         if not create and not Path(path).exists():
             raise StoreError(f"no database at {path}")
+    is_sqlite = url.startswith("sqlite")
+    if is_sqlite:
+        connect_args: dict[str, Any] = {"timeout": busy_timeout_s} if path else {}
+    else:
+        connect_args = _postgres_connect_args(url, busy_timeout_s)
+    pooled = {"pool_timeout": busy_timeout_s} if path or not is_sqlite else {}  # a QueuePool
     try:
-        engine = create_engine(url, connect_args={"timeout": busy_timeout_s} if path else {})
+        engine = create_engine(url, connect_args=connect_args, **pooled)
     except ModuleNotFoundError as exc:
         raise StoreError(
             f"the driver for {make_url(url).drivername} is not installed ({exc.name}); "
             "for PostgreSQL: pip install 'footprint[postgres]'"
         ) from None
-    if url.startswith("sqlite"):
+    if is_sqlite:
         event.listen(engine, "connect", _sqlite_pragmas(busy_timeout_s))
+    else:  # a server that cannot be reached is not retried: it waited out its timeout
+        try:
+            engine.connect().close()
+        except DBAPIError as exc:
+            engine.dispose()
+            raise StoreError(f"cannot open database {url}: {_reason(exc)}") from None
     last_error: Exception | None = None
+    deadline = time.monotonic() + busy_timeout_s  # a timed-out attempt is not retried
     for attempt in range(5):  # several processes may create the same fresh file at once
         try:
             if create:
@@ -171,7 +227,10 @@ def open_engine(db: str, *, create: bool = True, busy_timeout_s: float = 10.0) -
             raise
         except (OperationalError, IntegrityError) as exc:
             last_error = exc
-            time.sleep(0.05 * (attempt + 1))
+            pause = 0.05 * (attempt + 1)
+            if time.monotonic() + pause > deadline:
+                break
+            time.sleep(pause)
         except Exception as exc:
             last_error = exc
             break
@@ -272,16 +331,19 @@ def _row_builder(columns: list[str], datetimes: set[str]) -> Callable[[dict], tu
 
 
 def _merge_idle(rows: Any) -> list[dict[str, Any]]:
-    """One row per (device, minute, host, pid): an upsert may touch a row only once."""
+    """One row per (device, minute, host, pid): an upsert may touch a row only once.
+
+    ``lost_energy_j`` is optional in the input (0 when absent)."""
     merged: dict[tuple, dict[str, Any]] = {}
     for row in rows:
         key = tuple(row[k] for k in IDLE_KEY)
         into = merged.get(key)
         if into is None:
-            merged[key] = dict(row)
+            merged[key] = {"lost_energy_j": 0.0, **row}
         else:
             into["idle_energy_j"] += row["idle_energy_j"]
             into["measured_energy_j"] += row["measured_energy_j"]
+            into["lost_energy_j"] += row.get("lost_energy_j", 0.0)
     return list(merged.values())
 
 
@@ -318,7 +380,8 @@ class Store:
             sql += (
                 f" ON CONFLICT ({', '.join(IDLE_KEY)}) DO UPDATE SET"
                 " idle_energy_j = idle_energy_j + excluded.idle_energy_j,"
-                " measured_energy_j = measured_energy_j + excluded.measured_energy_j"
+                " measured_energy_j = measured_energy_j + excluded.measured_energy_j,"
+                " lost_energy_j = lost_energy_j + excluded.lost_energy_j"
             )
         return sql, _row_builder(columns, datetimes)
 
@@ -352,6 +415,7 @@ class Store:
                             "idle_energy_j": idle.c.idle_energy_j + stmt.excluded.idle_energy_j,
                             "measured_energy_j": idle.c.measured_energy_j
                             + stmt.excluded.measured_energy_j,
+                            "lost_energy_j": idle.c.lost_energy_j + stmt.excluded.lost_energy_j,
                         },
                     ),
                     idle_rows,

@@ -77,8 +77,10 @@ class Writer:
                 del self.records[:overflow]
                 self.dropped += overflow
                 self._losses["write_failed"] += overflow
-            if len(self.idle_rows) > self.max_buffered:
-                del self.idle_rows[: len(self.idle_rows) - self.max_buffered]
+            idle_overflow = len(self.idle_rows) - self.max_buffered
+            if idle_overflow > 0:
+                del self.idle_rows[:idle_overflow]
+                self._losses["idle_rows_overflow"] += idle_overflow
 
     def count_loss(self, kind: str, count: int) -> None:
         """Record ``count`` things lost for ``kind``; written with the next batch."""
