@@ -29,7 +29,6 @@ import warnings
 from typing import Any
 
 from footprint._clock import SYSTEM_CLOCK, Clock
-from footprint._forksafe import no_fork
 from footprint._runtime import FootprintWarning, Runtime
 from footprint.config import resolve_settings
 
@@ -53,8 +52,9 @@ def ensure() -> Runtime | None:
     with _lock:
         if runtime is None and not _failed:
             try:
-                with no_fork():  # imports sensors and pricing on first use
-                    started = Runtime(resolve_settings(_overrides), _clock)
+                # Queues only: the writer thread opens the sensors and pricing, so the
+                # first call costs what the others cost.
+                started = Runtime(resolve_settings(_overrides), _clock, open_now=False)
                 started.start()
             except Exception as exc:
                 _failed = True

@@ -17,7 +17,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
@@ -62,6 +62,16 @@ class EndedSpan(NamedTuple):
     gpus: tuple | None  # indices or UUIDs as given; None: every GPU
 
 
+def _drives_simulator(sensor_spec: str) -> bool:
+    """Whether the GPUs are simulated and loaded by the tracked calls (workload=spans)."""
+    name, _, options = sensor_spec.partition(":")
+    if name != "simulated":
+        return False
+    from footprint.sensors.simulated import SimulatedGpuSpec
+
+    return SimulatedGpuSpec.parse(options).workload == "spans"
+
+
 class FootprintWarning(UserWarning):
     """Something footprint could not do; the tracked code carried on."""
 
@@ -96,7 +106,12 @@ class _Pending:
 class Runtime:
     """Owns the sensors, samplers, resolvers and store of this process."""
 
-    def __init__(self, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self, settings: Settings, clock: Clock = SYSTEM_CLOCK, *, open_now: bool = True
+    ) -> None:
+        """Queues and counters now; sensors, samplers and pricing now too, unless
+        ``open_now`` is False: then the writer thread opens them (``start``), so the first
+        tracked call does not wait for NVML or zone detection."""
         self.settings = settings
         self.clock = clock
         self.now = clock.monotonic_s
@@ -118,31 +133,14 @@ class Runtime:
                 "footprint: daemon mode is not available in this version; "
                 f"measuring in this process instead of via {settings.daemon}",
             )
-        self.gpu_sensor, reason = self._open_gpu(settings.sensor)
-        if reason and settings.sensor.partition(":")[0] != "none":
-            self.warn_once("no-gpu", f"footprint: no GPU energy will be recorded: {reason}")
-        self.cpu_sensor: Sensor | None = None
-        if settings.cpu:
-            self.cpu_sensor, _ = open_cpu_sensor()
-        self.gpu_sampler = Sampler(self.gpu_sensor, settings.sampling_period_s, clock)
-        self.cpu_sampler = (
-            Sampler(self.cpu_sensor, settings.sampling_period_s, clock) if self.cpu_sensor else None
-        )
-        self.gpu_devices = self.gpu_sensor.devices
-        self.cpu_devices = self.cpu_sensor.devices if self.cpu_sensor else []
-        self._uuid_to_index = {d.uuid: slot for slot, d in enumerate(self.gpu_devices)}
-        self._cuda_to_slot = {d.index: slot for slot, d in enumerate(self.gpu_devices)}
-        self.unknown_gpu_spans = 0
         # Simulated GPUs driven by the tracked calls (workload=spans): the hot path tells
-        # the simulator when each call starts and ends on which GPUs.
-        self.drives_simulator = (
-            getattr(getattr(self.gpu_sensor, "spec", None), "workload", None) == "spans"
-        )
+        # the simulator when each call starts and ends on which GPUs. Calls made before
+        # the sensor is open are replayed to it once it is.
+        self.drives_simulator = _drives_simulator(settings.sensor)
+        self._early_loads: list[tuple[bool, tuple | None, float]] | None = []
+        self._load_lock = threading.Lock()
         self._load_slots: dict[tuple | None, tuple[int, ...]] = {}
-        n_gpu = len(self.gpu_devices)
-        self.resolvers = [DeviceResolver() for _ in range(n_gpu + len(self.cpu_devices))]
-        self._all_gpus = tuple(range(n_gpu))
-        self._cpu_slots = tuple(range(n_gpu, n_gpu + len(self.cpu_devices)))
+        self.unknown_gpu_spans = 0
         self._pending: dict[int, _Pending] = {}
         self._device_sets: dict[tuple[int, ...], _DeviceSet] = {}
         self._devices_of: dict[tuple | None, tuple[int, ...]] = {}
@@ -155,6 +153,7 @@ class Runtime:
         self.running_at_exit = 0
         self.pending_overflows = 0
         self._cycle_lock = threading.RLock()
+        self._ready = threading.Event()  # sensors, samplers and pricing are open
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._flush_requested = threading.Event()
@@ -162,12 +161,45 @@ class Runtime:
         self._exit_flush_started = False
         self.unsaved_at_exit = 0
         self._worker: threading.Thread | None = None
-        self._started_s = self.now()
         self.pricer: Any = None
-        self._open_pricer()
         self.writer = Writer(self._open_store, self.host, self.pid)
+        if open_now:
+            self._open()
 
     # -- setup ---------------------------------------------------------------------
+    def _open(self) -> None:
+        """Open the sensors (first samples at once), samplers, resolvers and pricing."""
+        settings, clock = self.settings, self.clock
+        with no_fork():  # imports sensors and pricing on first use
+            self.gpu_sensor, reason = self._open_gpu(settings.sensor)
+            if reason and settings.sensor.partition(":")[0] != "none":
+                self.warn_once("no-gpu", f"footprint: no GPU energy will be recorded: {reason}")
+            self.cpu_sensor: Sensor | None = None
+            if settings.cpu:
+                self.cpu_sensor, _ = open_cpu_sensor()
+        self.gpu_sampler = Sampler(self.gpu_sensor, settings.sampling_period_s, clock)
+        self.cpu_sampler = (
+            Sampler(self.cpu_sensor, settings.sampling_period_s, clock) if self.cpu_sensor else None
+        )
+        self.gpu_devices = self.gpu_sensor.devices
+        self.cpu_devices = self.cpu_sensor.devices if self.cpu_sensor else []
+        self._uuid_to_index = {d.uuid: slot for slot, d in enumerate(self.gpu_devices)}
+        self._cuda_to_slot = {d.index: slot for slot, d in enumerate(self.gpu_devices)}
+        n_gpu = len(self.gpu_devices)
+        self.resolvers = [
+            DeviceResolver(extrapolate_start=True) for _ in range(n_gpu + len(self.cpu_devices))
+        ]
+        self._all_gpus = tuple(range(n_gpu))
+        self._cpu_slots = tuple(range(n_gpu, n_gpu + len(self.cpu_devices)))
+        self._started_s = self.now()
+        with self._load_lock:
+            early, self._early_loads = self._early_loads or [], None
+            for begins, gpus, t_s in early:  # load steps are absolute: order is free
+                (self.begin_simulated_load if begins else self.end_simulated_load)(gpus, t_s)
+        with no_fork():
+            self._open_pricer()
+        self._ready.set()
+
     def _open_gpu(self, spec: str) -> tuple[Sensor, str]:
         try:
             return open_gpu_sensor(spec, self.clock)
@@ -208,13 +240,23 @@ class Runtime:
         Exit, signals and fork are the business of ``footprint._lifecycle``, once per
         process: a runtime never installs process-wide hooks itself.
         """
-        self.gpu_sampler.start()
-        if self.cpu_sampler:
-            self.cpu_sampler.start()
         self._worker = threading.Thread(target=self._run, name="footprint-writer", daemon=True)
         self._worker.start()
 
     def _run(self) -> None:
+        if not self._ready.is_set():
+            try:
+                self._open()
+            except Exception as exc:  # calls are still recorded, with no energy
+                self.warn_once("open", f"footprint: no energy will be recorded: {exc!r}")
+                self.settings = replace(self.settings, sensor="none", cpu=False)
+                self._open()
+        self.gpu_sampler.start()
+        if self.cpu_sampler:
+            self.cpu_sampler.start()
+        self._loop()
+
+    def _loop(self) -> None:
         """A cycle every ``flush_interval_s``, measured start to start (a long cycle does
         not push the next one back: under heavy traffic records stay one interval late),
         or at once when a flush is requested."""
@@ -239,6 +281,18 @@ class Runtime:
                 if requested:
                     self._flushed.set()
 
+    def wait_until_measuring(self, timeout_s: float) -> bool:
+        """Wait (bounded) until the sensors are open and every GPU has its first sample;
+        True if so. Calls need not wait for this: it is for scripts that check the books."""
+        deadline_s = time.monotonic() + timeout_s
+        if not self._ready.wait(timeout_s):
+            return False
+        while any(t is None for t in self.gpu_sampler.latest_sample_times_s()):
+            if time.monotonic() >= deadline_s:
+                return False
+            time.sleep(0.002)
+        return True
+
     def request_flush(self) -> None:
         """Ask the writer thread to write everything that has ended, now (no waiting)."""
         self._flushed.clear()
@@ -262,12 +316,22 @@ class Runtime:
     # -- simulated GPUs driven by the calls ---------------------------------------
     def begin_simulated_load(self, gpus: tuple | None, t_s: float) -> None:
         """A call started: load the simulated GPUs it runs on (``workload=spans``)."""
+        if self._early_loads is not None:
+            with self._load_lock:
+                if self._early_loads is not None:  # the sensor is not open yet
+                    self._early_loads.append((True, gpus, t_s))
+                    return
         slots = self._load_slots.get(gpus)
         if slots is None:
             slots = self._load_slots[gpus] = self._lookup_slots(gpus)[0]
         self.gpu_sensor.begin_load(slots, t_s)  # type: ignore[attr-defined]
 
     def end_simulated_load(self, gpus: tuple | None, t_s: float) -> None:
+        if self._early_loads is not None:
+            with self._load_lock:
+                if self._early_loads is not None:
+                    self._early_loads.append((False, gpus, t_s))
+                    return
         self.gpu_sensor.end_load(self._load_slots[gpus], t_s)  # type: ignore[attr-defined]
 
     # -- resolving -----------------------------------------------------------------
@@ -587,6 +651,8 @@ class Runtime:
     # -- public control ------------------------------------------------------------
     def flush(self) -> int:
         """Measure up to now and write every span that has ended; returns records written."""
+        if not self._ready.wait(self.settings.exit_deadline_s):
+            return 0  # still opening the sensors: the writer thread writes them later
         self.gpu_sampler.sample_fresh()
         if self.cpu_sampler:
             self.cpu_sampler.sample_fresh()
@@ -624,10 +690,15 @@ class Runtime:
     def _finish(self) -> None:
         if self._worker is not None:
             self._worker.join()
+        if not self._ready.is_set():  # never started: calls made so far still count
+            self._open()
         try:
-            self.gpu_sampler.stop()
+            # Spans that just ended need a sample after their end; with none open or
+            # waiting, exit does not wait for the counters' next tick.
+            spans_open = bool(self.inflight or self.ended or self._pending)
+            self.gpu_sampler.stop(final_sample=spans_open)
             if self.cpu_sampler:
-                self.cpu_sampler.stop()
+                self.cpu_sampler.stop(final_sample=spans_open)
             self.cycle(until_s=float("inf"), drain_all=True, final=True)
             lost = self.writer.abandon()
             if lost:
@@ -641,6 +712,7 @@ class Runtime:
 
     def stats(self) -> dict[str, int]:
         """Counters a user can check: nothing is dropped silently."""
+        ready = self._ready.is_set()
         return {
             "records_written": self.writer.written,
             "buffered_records": self.writer.buffered,
@@ -648,8 +720,8 @@ class Runtime:
             "unsaved_records": self.writer.dropped,
             "unsaved_at_exit": self.unsaved_at_exit,
             "pending_spans": len(self.ended) + len(self._pending),
-            "sampler_failed_reads": self.gpu_sampler.failed_reads,
-            "sampler_dropped_samples": self.gpu_sampler.dropped_samples,
+            "sampler_failed_reads": self.gpu_sampler.failed_reads if ready else 0,
+            "sampler_dropped_samples": self.gpu_sampler.dropped_samples if ready else 0,
             "unknown_gpu_spans": self.unknown_gpu_spans,
             "abandoned_spans": self.abandoned_spans,
             "running_at_exit": self.running_at_exit,
@@ -660,7 +732,7 @@ class Runtime:
     def attribution_oddities(self) -> dict[str, int]:
         """Odd input the resolvers met and handled (see ``DeviceResolver.oddities``)."""
         totals: dict[str, int] = {}
-        for resolver in self.resolvers:
+        for resolver in self.resolvers if self._ready.is_set() else ():
             for name, count in resolver.oddities.items():
                 totals[name] = totals.get(name, 0) + count
         return totals

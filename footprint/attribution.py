@@ -31,6 +31,11 @@ _START, _END = 0, 1  # event kinds; a start sorts before an end at the same inst
 # count whole millijoules).
 QUANTUM_J = 0.001
 
+# Spans that began before the device's first sample (the runtime starts its sensors off
+# the caller's thread) are measured from their start when they began at most this long
+# before it: the counter is extended back at the power of the first interval.
+MAX_EXTRAPOLATION_S = 10.0
+
 
 @dataclass
 class SpanShare:
@@ -184,8 +189,11 @@ class DeviceResolver:
     ``oddities`` and energy stays conserved.
     """
 
-    def __init__(self, estimator: IdlePowerEstimator | None = None) -> None:
+    def __init__(
+        self, estimator: IdlePowerEstimator | None = None, extrapolate_start: bool = False
+    ) -> None:
         self._samples: list[Sample] = []
+        self.extrapolate_start = extrapolate_start
         self._spans: dict[Hashable, _Span] = {}
         self._events: list[tuple[float, int, int, _Span]] = []  # sorted, not yet swept
         self._new_events: list[tuple[float, int, int, _Span]] = []
@@ -200,6 +208,7 @@ class DeviceResolver:
         self.timing_uncertainty_s = 0.0  # how far a sample's time may be off (sampler's)
         self.first_sample_s: float | None = None
         self.resolved_until_s: float | None = None
+        self._extrapolated_until_s = -math.inf  # intervals up to here were extrapolated
         self.idle: list[EnergyPiece] = []
         self.measured: list[EnergyPiece] = []
         self.oddities: dict[str, int] = {
@@ -209,6 +218,7 @@ class DeviceResolver:
             "unknown_idle_intervals": 0,
             "ends_before_start": 0,
             "late_starts": 0,
+            "extrapolated_starts": 0,  # began before the first sample, measured back to it
             "late_ends": 0,
             "expired_spans": 0,  # released because the device stopped reporting
         }
@@ -266,6 +276,7 @@ class DeviceResolver:
         partial, with what they had received so far.
         """
         done: dict[Hashable, SpanShare] = {}
+        self._extend_back()
         self._merge_new_events()
         last = len(self._samples) - (1 if drain_all or final else 2)
         lookahead: list[_Interval] | None = None
@@ -297,6 +308,30 @@ class DeviceResolver:
         if final:
             self._finish_open(done)
         return done
+
+    def _extend_back(self) -> None:
+        """With ``extrapolate_start``, before anything is resolved: spans that began
+        shortly before the first sample get a sample at the earliest of their starts,
+        extrapolated at the first interval's power. That interval's energy (in
+        ``measured`` too, so that conservation holds) is an estimate: its bound is all of it.
+        """
+        samples = self._samples
+        if (
+            not self.extrapolate_start
+            or len(samples) < 2
+            or self.resolved_until_s != self.first_sample_s
+        ):
+            return
+        (t0, e0), (t1, e1) = samples[0], samples[1]
+        starts = [t for t, kind, _, _ in self._new_events if kind == _START and t < t0]
+        if not starts:
+            return
+        earliest_s = max(min(starts), t0 - MAX_EXTRAPOLATION_S)
+        power_w = max(e1 - e0, 0.0) / (t1 - t0)
+        samples.insert(0, (earliest_s, e0 - power_w * (t0 - earliest_s)))
+        self.first_sample_s = self.resolved_until_s = earliest_s
+        self._extrapolated_until_s = t0
+        self.oddities["extrapolated_starts"] += sum(t >= earliest_s for t in starts)
 
     def _merge_new_events(self) -> None:
         if not self._new_events:
@@ -367,6 +402,9 @@ class DeviceResolver:
             return 0.0, 0.0  # a counter going backwards: all to idle, nothing invented
         if busy_s <= 0.0:
             return 0.0, 0.0
+        if interval.end_s <= self._extrapolated_until_s:  # not measured: all of it
+            busy_j = delta_j * busy_s / duration_s
+            return busy_j, busy_j
         quantum_j = 2 * QUANTUM_J
         if idle_s <= 0.0:
             busy_w = delta_j / busy_s

@@ -197,6 +197,9 @@ class Sampler:
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._stop = threading.Event()
+        self._poke = threading.Event()  # wakes the thread: stop, or a fresh sample wanted
+        self._fresh = threading.Condition()  # guards _fresh_target_s; notified per poll
+        self._fresh_target_s: float | None = None
         self._thread: threading.Thread | None = None
         self._jitter = random.Random(0x5EED)
 
@@ -207,18 +210,33 @@ class Sampler:
         self._thread = threading.Thread(target=self._run, name="footprint-sampler", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the thread and take a final sample that describes the present."""
+    def stop(self, final_sample: bool = True) -> None:
+        """Stop the thread and (``final_sample``) take a sample that describes the present:
+        it waits for the counter's next tick, which nothing needs when no span is open."""
         self._stop.set()
+        self._poke.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self.sample_fresh()
+        if final_sample:
+            self.sample_fresh()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._stop.wait(self.next_wait_s())
-            if not self._stop.is_set():
-                self.sample_once()
+            fresh_wanted = self._fresh_target_s is not None
+            self._poke.wait(min(self.period_s, 0.02) if fresh_wanted else self.next_wait_s())
+            self._poke.clear()
+            if self._stop.is_set():
+                break
+            self.sample_once()
+            if self._fresh_target_s is not None:
+                with self._fresh:
+                    target_s = self._fresh_target_s
+                    if target_s is not None and self.latest_time_s() >= target_s:
+                        self._fresh_target_s = None
+                    self._fresh.notify_all()
+        with self._fresh:  # nobody waits for a thread that has stopped
+            self._fresh_target_s = None
+            self._fresh.notify_all()
 
     def next_wait_s(self) -> float:
         """How long to wait before the next poll.
@@ -271,9 +289,24 @@ class Sampler:
         """Sample until every counter has ticked once more (bounded wait).
 
         Used at flush and exit so spans that just ended get a sample after their end.
+        While the sampler thread runs, it takes the samples (it polls fast until then)
+        and this waits for them: one reader per sensor.
         """
         target_s = self.clock.monotonic_s()
         wait_s = max_wait_s if max_wait_s is not None else 3 * self._max_tick_s()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            with self._fresh:
+                if self._fresh_target_s is None or self._fresh_target_s < target_s:
+                    self._fresh_target_s = target_s
+                self._poke.set()
+                self._fresh.wait_for(
+                    lambda: self.latest_time_s() >= target_s or self._fresh_target_s is None,
+                    timeout=wait_s,
+                )
+                if self._fresh_target_s == target_s:  # timed out: stop polling fast
+                    self._fresh_target_s = None
+            return
         deadline_s = target_s + wait_s
         while True:
             self.sample_once()
@@ -297,6 +330,12 @@ class Sampler:
             elif learner.gave_up:
                 state.learner = None
         if state.estimator is None:
+            if state.learner is not None and state.last_poll_s is None:
+                # The first value of a counter whose tick period is not known yet
+                # describes an instant anywhere in that unknown period before the poll:
+                # not a sample. Its first change, stamped at the poll, is the first one.
+                state.last_poll_s, state.last_energy_j = poll_s, energy_j
+                return
             t_s = poll_s
         elif state.last_poll_s is None:
             # First value: its tick is in (poll − period, poll]; placed when it changes.
@@ -342,6 +381,12 @@ class Sampler:
             timeline.popleft()
             self.dropped_samples += 1
         timeline.append((t_s, energy_j))
+
+    def changes_seen(self) -> list[int]:
+        """Per device, the counter changes sampled so far (footprint's books of a device
+        start at its first sample)."""
+        with self._lock:
+            return [state.changes for state in self._states]
 
     def latest_sample_times_s(self) -> list[float | None]:
         """Per device, the time of its latest sample (None: none yet)."""

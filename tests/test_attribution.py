@@ -312,3 +312,32 @@ def test_late_announced_span_is_partial_and_counted():
     done = resolver.resolve(final=True)
     assert done["late"].partial
     assert resolver.oddities["late_starts"] == 1
+
+
+def test_a_span_begun_just_before_the_first_sample_is_measured_from_its_start():
+    """The runtime opens its sensors off the caller's thread: a call may begin a few ms
+    before the first sample. Its energy is extended back at the first interval's power,
+    with all of that estimate in its bound, and conservation still holds."""
+    resolver = DeviceResolver(extrapolate_start=True)
+    resolver.add_samples([(1.0, 0.0), (2.0, 100.0), (3.0, 200.0)])
+    resolver.begin("early", 0.8)
+    resolver.end("early", 2.0)
+    done = resolver.resolve(final=True)
+    assert not done["early"].partial
+    assert done["early"].energy_j == pytest.approx(120.0)  # 1.2 s at 100 W
+    assert done["early"].uncertainty_j >= 20.0  # the extrapolated 0.2 s is not measured
+    assert resolver.oddities["extrapolated_starts"] == 1
+    measured = sum(p.energy_j for p in resolver.measured)
+    idle = sum(p.energy_j for p in resolver.idle)
+    assert measured == pytest.approx(220.0)
+    assert done["early"].energy_j + idle == pytest.approx(measured)
+
+
+def test_extrapolation_is_bounded_in_time():
+    resolver = DeviceResolver(extrapolate_start=True)
+    resolver.add_samples([(100.0, 0.0), (101.0, 100.0)])
+    resolver.begin("ancient", 0.0)
+    resolver.end("ancient", 101.0)
+    done = resolver.resolve(final=True)
+    assert done["ancient"].partial  # 100 s before the first sample: not invented
+    assert done["ancient"].energy_j == pytest.approx(100.0 + 10 * 100.0)

@@ -55,7 +55,7 @@ def _simulate(db: str, calls: list, max_span_age_s: float, cycle_s: float = 1.0)
     )  # fmt: skip
     footprint.tracking.install_runtime(runtime)
     events = []
-    for n, (offset_s, duration_s, gpus, fate) in enumerate(calls):
+    for n, (offset_s, duration_s, _gpus, fate) in enumerate(calls):
         start_s = 1001.0 + offset_s
         events.append((start_s, 0, n))
         if fate == "ends":
@@ -82,7 +82,9 @@ def _simulate(db: str, calls: list, max_span_age_s: float, cycle_s: float = 1.0)
     return runtime
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(calls=st.lists(CALL, min_size=1, max_size=25), max_age_s=st.sampled_from([3.0, 1e4]))
 def test_queries_plus_idle_plus_lost_is_what_was_measured(tmp_path_factory, calls, max_age_s):
     db = str(tmp_path_factory.mktemp("conservation") / "fp.db")

@@ -315,3 +315,100 @@ def test_a_lost_gpu_does_not_hold_back_the_other_gpus_records(tmp_path, monkeypa
     by = {(m, s): n for m, s, n in rows}
     assert by.get(("both", "estimated"), 0) > 0  # calls on the lost GPU say so
     assert by.get(("first", "counter"), 0) > 100  # the other GPU's records are exact
+
+
+def test_flush_asks_the_sampler_thread_for_a_fresh_sample_instead_of_reading():
+    """One reader per sensor: with the sampler thread running, ``sample_fresh`` (what
+    ``flush()`` does) waits for the thread's samples instead of reading on its own."""
+    import threading
+
+    from footprint.sampling import Sampler
+    from footprint.sensors.base import DeviceInfo, Sensor
+
+    class Counting(Sensor):
+        counter_update_period_s = None
+
+        def __init__(self) -> None:
+            self.readers: set[str] = set()
+            self.energy_j = 0.0
+
+        @property
+        def devices(self):
+            return [DeviceInfo(0, "cpu-package-0", "cpu", "cpu", "counter")]
+
+        def read_energy_j(self):
+            self.readers.add(threading.current_thread().name)
+            self.energy_j += 1.0
+            return [self.energy_j]
+
+    sensor = Counting()
+    sampler = Sampler(sensor, period_s=0.5)  # slow polls: a fresh sample must be asked for
+    sampler.start()
+    sensor.readers.clear()  # the first sample is taken by start() on this thread
+    try:
+        for _ in range(5):
+            before_s = time.monotonic()
+            sampler.sample_fresh(max_wait_s=5.0)
+            assert sampler.latest_time_s() >= before_s
+        readers = set(sensor.readers)
+    finally:
+        sampler.stop()  # the thread has stopped: this one reads the last sample itself
+    assert readers == {"footprint-sampler"}, readers
+
+
+def test_the_first_call_does_not_wait_for_the_sensor_and_is_measured_from_its_start(
+    tmp_path, monkeypatch
+):
+    """On main the first call built the runtime on the caller's thread (43-58 ms, up to
+    2 s with cloud detection). Here NVML's init blocks until the test releases it: the
+    first call must return while it still blocks, and still be measured from its start."""
+    import threading
+
+    from tests.fakes.fake_pynvml import FakeClock, FakeGpu, make_fake_pynvml
+
+    class RealTime(FakeClock):
+        def now_s(self) -> float:
+            return time.monotonic()
+
+    gpu = FakeGpu("GPU-10000000-0000-0000-0000-000000000000", power_w=200.0)
+    fake = make_fake_pynvml([gpu], clock=RealTime())
+    release = threading.Event()
+    init_started = threading.Event()
+    real_init = fake.nvmlInit
+
+    def slow_init() -> None:
+        init_started.set()
+        assert release.wait(20), "the test never released NVML's init"
+        real_init()
+
+    monkeypatch.setattr(fake, "nvmlInit", slow_init)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    db = tmp_path / "first.db"
+    footprint.configure(db=str(db), sensor="nvml", cpu=False, region="FRA",
+                        sampling_period_s=0.02)  # fmt: skip
+
+    @footprint.track(model="first")
+    def first_call() -> bool:
+        return release.is_set()
+
+    assert first_call() is False  # returned while NVML's init still blocked
+    assert init_started.wait(5)
+    with footprint.query(model="second"):  # begins before the first sample, too
+        release.set()
+        time.sleep(0.5)
+    footprint.flush()
+    footprint.shutdown()
+    con = sqlite3.connect(db)
+    rows = dict(
+        (model, (energy_j, duration_s, source))
+        for model, energy_j, duration_s, source in con.execute(
+            "SELECT model, energy_j, duration_s, energy_source FROM queries"
+        )
+    )
+    con.close()
+    energy_j, duration_s, source = rows["second"]
+    assert source == "counter"  # measured from its start, not a partial estimate
+    # 200 W all along (the fake draws constant power): its whole duration is counted,
+    # the few ms before the first sample at the first interval's power.
+    assert energy_j == pytest.approx(200.0 * duration_s, rel=0.05)
+    assert rows["first"][2] == "counter"

@@ -379,18 +379,19 @@ def torch_matmul_load(size: int = 4096) -> tuple[Load | None, str]:
 class PhaseRun:
     db: Path
     start_mj: int
-    start_aligned: bool  # no counter change between the reads around the runtime's start
+    start_aligned: bool  # the direct read at the start is where footprint's books start
     attempts: int
 
 
 def start_phase(
     name: str, db_dir: Path, opts: Options, counter: EnergyCounter, tick_timeout_s: float
 ) -> PhaseRun:
-    """Start footprint on a fresh SQLite file, right after a counter change.
+    """Start footprint on a fresh SQLite file and read the counter where its books start.
 
-    The runtime's first sample is taken inside ``get_runtime()``; the direct reads just
-    before and after it agree unless the counter changed in between, in which case the
-    start is retried on a new file (the direct delta would be off by one counter step).
+    The runtime opens NVML on its own thread; its books start at its first sample (with
+    NVML, the first counter change it sees). The direct read just after that is that
+    value when the sampler's next poll still sees no other change; otherwise the start
+    is retried on a new file (the direct delta would be off by one counter step).
     """
     for attempt in range(1, PHASE_START_ATTEMPTS + 1):
         db = db_dir / f"{name}-{attempt}.db"
@@ -405,13 +406,19 @@ def start_phase(
             daemon=None,  # measured in this process even if FOOTPRINT_DAEMON is set
             detect_cloud=False,  # no cloud metadata lookup: pricing is not what is checked
         )
-        before_mj, _ = counter.wait_for_change(tick_timeout_s)
+        counter.wait_for_change(tick_timeout_s)
         runtime = get_runtime()
+        measuring = runtime is not None and runtime.wait_until_measuring(10 * tick_timeout_s)
         after_mj = counter.read_mj()
-        if runtime is None or not runtime.gpu_devices:
+        if runtime is None or not measuring or not runtime.gpu_devices:
             footprint.shutdown()
             raise ValidationError("footprint could not start its NVML sensor (see warnings)")
-        aligned = before_mj == after_mj
+        sampler = runtime.gpu_sampler
+        polls = sampler.polls
+        deadline_s = time.monotonic() + 10 * tick_timeout_s
+        while sampler.polls <= polls + 1 and time.monotonic() < deadline_s:
+            time.sleep(0.001)  # a whole poll after the direct read
+        aligned = sampler.changes_seen()[0] == 1
         if aligned or attempt == PHASE_START_ATTEMPTS:
             return PhaseRun(db, after_mj, aligned, attempt)
         footprint.shutdown()
