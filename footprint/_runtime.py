@@ -219,7 +219,7 @@ class Runtime:
         with no_fork():  # imports SQLAlchemy and a driver on the writer thread
             from footprint.storage.store import Store
 
-            return Store(self.settings.db)
+            return Store(self.settings.db, busy_timeout_s=self.settings.db_timeout_s)
 
     @property
     def store(self) -> Any:
