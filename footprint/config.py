@@ -36,7 +36,7 @@ class Settings:
     cpu: bool = True
     max_pending_spans: int = 100_000
     exit_deadline_s: float = 5.0  # the most exit (or shutdown()) waits for the last write
-    db_timeout_s: float = 10.0  # connect, lock and statement timeout of every database call
+    db_timeout_s: float = 10.0  # connect and lock timeouts; statement timeout of writes
     max_span_age_s: float = 3600.0  # a call running longer is closed as abandoned
     # Pricing: where it runs and the user's overrides of the shipped factors.
     detect_cloud: bool = False

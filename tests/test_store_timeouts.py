@@ -117,12 +117,19 @@ def test_postgres_connect_args_keep_what_the_user_set(url, environ, expected, mo
         monkeypatch.delenv(name, raising=False)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
-    assert _postgres_connect_args(url, 2.5) == expected
+    assert _postgres_connect_args(url, 2.5, 2.5) == expected
+
+
+def test_long_reads_get_no_statement_timeout():
+    """Reports, exports and rollup rebuilds open engines without a statement timeout."""
+    assert _postgres_connect_args("postgresql://u@h/db?connect_timeout=4", 10) == {
+        "options": "-c lock_timeout=10000"
+    }
 
 
 def test_tiny_timeouts_stay_timeouts():
     """0 means "no timeout" to libpq and the server: a tiny timeout is at least 1."""
-    assert _postgres_connect_args("postgresql://u@h/db", 0.0001) == {
+    assert _postgres_connect_args("postgresql://u@h/db", 0.0001, 0.0001) == {
         "connect_timeout": 1,
         "options": "-c statement_timeout=1 -c lock_timeout=1",
     }
@@ -137,17 +144,21 @@ def test_pool_wait_is_bounded_too(tmp_path):
 
 
 def test_postgres_sessions_carry_the_timeouts():
+    names = ("statement_timeout", "lock_timeout", "search_path")
     with postgres_schema("fp_to") as url:
         store = Store(url, busy_timeout_s=1.5)
+        reader = open_engine(url, create=False, busy_timeout_s=2)
         try:
             with store.engine.connect() as conn:
-                got = [
-                    conn.execute(text(f"SHOW {name}")).scalar_one()
-                    for name in ("statement_timeout", "lock_timeout", "search_path")
-                ]
+                writes = [conn.execute(text(f"SHOW {name}")).scalar_one() for name in names]
+            with reader.connect() as conn:
+                reads = [conn.execute(text(f"SHOW {name}")).scalar_one() for name in names]
         finally:
             store.close()
-    assert got == ["1500ms", "1500ms", url.rsplit("%3D", 1)[1]]
+            reader.dispose()
+    schema = url.rsplit("%3D", 1)[1]  # the URL's own options are kept
+    assert writes == ["1500ms", "1500ms", schema]
+    assert reads == ["0", "2s", schema]
 
 
 def test_locked_postgres_table_times_out_then_recovers():

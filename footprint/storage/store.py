@@ -149,8 +149,10 @@ def _sqlite_pragmas(busy_timeout_s: float) -> Callable[[Any, Any], None]:
     return on_connect
 
 
-def _postgres_connect_args(url: str, timeout_s: float) -> dict[str, Any]:
-    """libpq's connect timeout and the server's statement and lock timeouts, ``timeout_s``.
+def _postgres_connect_args(
+    url: str, timeout_s: float, statement_timeout_s: float | None = None
+) -> dict[str, Any]:
+    """libpq's connect timeout and the server's lock (and statement) timeouts.
 
     A server that accepts the connection but never answers, or a table another session
     holds locked, would otherwise hang a write (and the exit waiting for it) for minutes.
@@ -165,22 +167,30 @@ def _postgres_connect_args(url: str, timeout_s: float) -> dict[str, Any]:
         args["connect_timeout"] = max(1, math.ceil(timeout_s))
     given = query.get("options", os.environ.get("PGOPTIONS", ""))
     options = " ".join(given) if isinstance(given, tuple) else given
-    milliseconds = max(1, round(timeout_s * 1000))  # 0 would mean no timeout
+    timeouts = {"statement_timeout": statement_timeout_s, "lock_timeout": timeout_s}
     added = [
-        f"-c {name}={milliseconds}"
-        for name in ("statement_timeout", "lock_timeout")
-        if name not in options
+        f"-c {name}={max(1, round(seconds * 1000))}"  # in ms; 0 would mean no timeout
+        for name, seconds in timeouts.items()
+        if seconds is not None and name not in options
     ]
     if added:
         args["options"] = " ".join([options, *added]).strip()
     return args
 
 
-def open_engine(db: str, *, create: bool = True, busy_timeout_s: float = 10.0) -> Engine:
+def open_engine(
+    db: str,
+    *,
+    create: bool = True,
+    busy_timeout_s: float = 10.0,
+    statement_timeout_s: float | None = None,
+) -> Engine:
     """Create the engine, the tables (``create``) and bring the schema up to date.
 
     ``busy_timeout_s`` bounds every wait on the database: SQLite's busy timeout;
-    PostgreSQL's connect, statement and lock timeouts; a connection from the pool.
+    PostgreSQL's connect and lock timeouts; a connection from the pool.
+    ``statement_timeout_s`` bounds each PostgreSQL statement: the store's writes set it,
+    long reads (reports, exports, rebuilding the rollups) do not.
     Raises ``StoreError`` with a clear reason: unsupported scheme, missing folder,
     unreadable file, missing driver, unreachable server, or a schema newer than this
     footprint.
@@ -197,7 +207,7 @@ def open_engine(db: str, *, create: bool = True, busy_timeout_s: float = 10.0) -
     if is_sqlite:
         connect_args: dict[str, Any] = {"timeout": busy_timeout_s} if path else {}
     else:
-        connect_args = _postgres_connect_args(url, busy_timeout_s)
+        connect_args = _postgres_connect_args(url, busy_timeout_s, statement_timeout_s)
     pooled = {"pool_timeout": busy_timeout_s} if path or not is_sqlite else {}  # a QueuePool
     try:
         engine = create_engine(url, connect_args=connect_args, **pooled)
@@ -362,11 +372,13 @@ def _same_keys(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class Store:
-    """Batch inserts into one database."""
+    """Batch inserts into one database; no wait on it lasts longer than ``busy_timeout_s``."""
 
     def __init__(self, db: str, busy_timeout_s: float = 10.0) -> None:
         self.url = normalize_db_url(db)
-        self.engine = open_engine(db, busy_timeout_s=busy_timeout_s)
+        self.engine = open_engine(
+            db, busy_timeout_s=busy_timeout_s, statement_timeout_s=busy_timeout_s
+        )
         self.is_sqlite = self.url.startswith("sqlite")
         self._plans = {table.name: self._plan(table) for table in TABLES[:3]}
 
