@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 from footprint._clock import SYSTEM_CLOCK, Clock
 from footprint._forksafe import no_fork
+from footprint._sanitize import MAX_TOKENS, clean_model, clean_tokens, tags_json
 from footprint.attribution import DeviceResolver, EnergyPiece, SpanShare
 from footprint.config import Settings
 from footprint.sampling import Sampler
@@ -41,6 +42,15 @@ ANNOUNCE_MARGIN_S = 0.5
 # stopped answering: its spans are released as partial instead of waiting for it.
 STALE_MIN_S = 2.0
 STALE_AFTER_PERIODS = 20
+
+# Values replaced so that their record can be stored (``footprint._sanitize``).
+BAD_VALUES = {
+    "invalid_tokens": "a token count was not an integer in [0, 2^63); it is stored as NULL",
+    "sanitized_models": "a model name was not storable text (over 256 characters, NUL, "
+    "lone surrogate); it is stored cleaned",
+    "unserializable_tags": "a tag key or value could not be stored as JSON; it is stored "
+    "as its type name",
+}
 
 # The writer thread folds new rows into the hourly rollups every this many flushes.
 ROLLUP_EVERY_FLUSHES = 30
@@ -145,6 +155,8 @@ class Runtime:
         self._device_sets: dict[tuple[int, ...], _DeviceSet] = {}
         self._devices_of: dict[tuple | None, tuple[int, ...]] = {}
         self._tags_text: dict[int, tuple[dict, str]] = {}
+        self._models: dict[str, str] = {}  # model name -> its storable text
+        self.bad_values: dict[str, int] = {}  # values replaced to be storable, by kind
         self._unpriced = dict.fromkeys(PRICING_COLUMNS)
         # Per (device UUID, minute): [idle J, measured J, lost J].
         self._idle_rows: dict[tuple[str, datetime], list[float]] = {}
@@ -540,17 +552,45 @@ class Runtime:
         return known
 
     def _tags_json(self, tags: dict) -> str:
-        """Tags as JSON; the text of a decorator's (shared) tags is computed once."""
+        """Tags as JSON; the text of a decorator's (shared) tags is computed once. What
+        cannot be JSON is replaced by its type name and counted (``unserializable_tags``)."""
         if not tags:
             return "{}"
         cached = self._tags_text.get(id(tags))
         if cached is not None and cached[0] is tags:
             return cached[1]
-        text = json.dumps(tags, default=str, sort_keys=True)
+        text, replaced = tags_json(tags)
+        if replaced:
+            self._count_bad("unserializable_tags", replaced)
         if len(self._tags_text) >= 4096:
             self._tags_text.clear()
         self._tags_text[id(tags)] = (tags, text)
         return text
+
+    def _model_text(self, model: str) -> str:
+        text = self._models.get(model)
+        if text is None:
+            text = clean_model(model)
+            if text != model:
+                self._count_bad("sanitized_models", 1)
+            if len(self._models) >= 4096:
+                self._models.clear()
+            self._models[model] = text
+        return text
+
+    def _tokens(self, value: Any) -> int | None:
+        if value is None or value.__class__ is int and 0 <= value <= MAX_TOKENS:
+            return value
+        count = clean_tokens(value)
+        if count is None:
+            self._count_bad("invalid_tokens", 1)
+        return count
+
+    def _count_bad(self, kind: str, count: int) -> None:
+        """A value replaced so that its record can be stored: counted, warned about once."""
+        self.bad_values[kind] = self.bad_values.get(kind, 0) + count
+        self.writer.count_loss(kind, count)
+        self.warn_once(kind, f"footprint: {BAD_VALUES[kind]} (counted in stats()['{kind}'])")
 
     def _record(self, pending: _Pending) -> dict[str, Any]:
         span = pending.span
@@ -581,7 +621,7 @@ class Runtime:
             cpu_source = "estimated" if any(s.partial for s in cpu_shares) else "counter"
         offset = self.wall_offset_s
         record = {
-            "model": span.model,
+            "model": self._model_text(span.model),
             "tags": self._tags_json(span.tags),
             "started_at": datetime.fromtimestamp(span.start_s + offset, timezone.utc),
             "ended_at": datetime.fromtimestamp(span.end_s + offset, timezone.utc),
@@ -589,8 +629,8 @@ class Runtime:
             "time_to_first_token_s": span.ttft_s,
             "status": span.status,
             "error_type": span.error_type,
-            "input_tokens": span.input_tokens,
-            "output_tokens": span.output_tokens,
+            "input_tokens": self._tokens(span.input_tokens),
+            "output_tokens": self._tokens(span.output_tokens),
             "gpus": device_set.gpus_json,
             "gpu_seconds": gpu_seconds,
             "energy_j": energy_j,
@@ -726,6 +766,7 @@ class Runtime:
             "abandoned_spans": self.abandoned_spans,
             "running_at_exit": self.running_at_exit,
             "pending_overflows": self.pending_overflows,
+            **{kind: self.bad_values.get(kind, 0) for kind in BAD_VALUES},
             **{f"attribution_{name}": count for name, count in self.attribution_oddities().items()},
         }
 

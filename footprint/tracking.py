@@ -348,11 +348,14 @@ class Query:
         self._start_s = 0.0
 
     def set_tokens(self, input: int | None = None, output: int | None = None) -> None:  # noqa: A002
-        """Record token counts (only counts are stored, never text)."""
+        """Record token counts (only counts are stored, never text).
+
+        Never raises: a value that is not a count in [0, 2^63) is stored as NULL and
+        counted in ``stats()["invalid_tokens"]``."""
         if input is not None:
-            self.input_tokens = int(input)
+            self.input_tokens = input
         if output is not None:
-            self.output_tokens = int(output)
+            self.output_tokens = output
 
     def first_token(self) -> None:
         """Mark now as the time the first token (or item) was produced."""

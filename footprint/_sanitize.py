@@ -1,0 +1,107 @@
+"""What a record may hold: model names, tags and token counts made storable.
+
+Run on the writer thread, never on the hot path. Nothing here raises: a value that cannot
+be stored as given is replaced (model text), described (a tag's type name) or dropped
+(a token count), and the caller counts it, so a bad value from user code never stops the
+records around it and never reaches the database to be refused there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+from typing import Any
+
+MAX_MODEL_CHARS = 256
+MAX_TOKENS = 2**63 - 1  # 64-bit signed columns on every backend
+MAX_TAG_DEPTH = 8
+
+
+def clean_model(model: str) -> str:
+    """``model`` as storable text: valid UTF-8, no NUL, at most ``MAX_MODEL_CHARS``.
+
+    Returns ``model`` itself when it is fine (the common case: one length check and one
+    encode); lone surrogates become ``\\udxxx`` escapes and NULs are removed.
+    """
+    if len(model) <= MAX_MODEL_CHARS and "\x00" not in model:
+        try:
+            model.encode("utf-8")
+            return model
+        except UnicodeEncodeError:
+            pass
+    text = model.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "")
+    return text[:MAX_MODEL_CHARS] or "(invalid model name)"
+
+
+def clean_tokens(value: Any) -> int | None:
+    """A token count as an int in [0, 2^63), or None when it is not one.
+
+    Integers (Python's and numpy's) and integral floats are counts; anything else
+    (negative, NaN, inf, text, bool) is not.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        count = operator.index(value)
+    except TypeError:
+        if not isinstance(value, float) or not math.isfinite(value) or not value.is_integer():
+            return None
+        count = int(value)
+    return count if 0 <= count <= MAX_TOKENS else None
+
+
+def tags_json(tags: dict) -> tuple[str, int]:
+    """``tags`` as a JSON object, and how many keys or values had to be replaced.
+
+    Plain JSON values are kept; a value of another type becomes its ``str()``; one whose
+    ``str()`` raises, a cycle, nesting deeper than ``MAX_TAG_DEPTH`` or a non-finite
+    float becomes ``"<TypeName>"``; keys become text. The output is always ASCII.
+    """
+    try:
+        return json.dumps(tags, default=str, sort_keys=True, allow_nan=False), 0
+    except Exception:  # mixed key types, a cycle, NaN, a __str__ that raises, ...
+        pass
+    replaced = [0]
+    clean = _clean_value(tags, replaced, set(), 0)
+    return json.dumps(clean, sort_keys=True, allow_nan=False), replaced[0]
+
+
+def _clean_value(value: Any, replaced: list[int], seen: set[int], depth: int) -> Any:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        replaced[0] += 1
+        return f"<{value}>"
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in seen or depth >= MAX_TAG_DEPTH:
+            replaced[0] += 1
+            return f"<{type(value).__name__}>"
+        seen.add(id(value))
+        try:
+            if isinstance(value, dict):
+                out: dict[str, Any] = {}
+                for key, item in list(value.items()):
+                    name = key if isinstance(key, str) else _key_text(key, replaced)
+                    out[name] = _clean_value(item, replaced, seen, depth + 1)
+                return out
+            return [_clean_value(item, replaced, seen, depth + 1) for item in value]
+        finally:
+            seen.discard(id(value))
+    try:
+        return str(value)
+    except Exception:
+        replaced[0] += 1
+        return f"<{type(value).__name__}>"
+
+
+def _key_text(key: Any, replaced: list[int]) -> str:
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(key) if not isinstance(key, float) or math.isfinite(key) else str(key)
+    try:
+        return str(key)
+    except Exception:
+        replaced[0] += 1
+        return f"<{type(key).__name__}>"
