@@ -210,6 +210,9 @@ class Runtime:
                 (self.begin_simulated_load if begins else self.end_simulated_load)(gpus, t_s)
         with no_fork():
             self._open_pricer()
+            # The store's modules (SQLAlchemy) now, off the caller's thread: a process
+            # forked later inherits them instead of importing them at its exit.
+            import footprint.storage.store  # noqa: F401
         self._ready.set()
 
     def _open_gpu(self, spec: str) -> tuple[Sensor, str]:
