@@ -8,6 +8,7 @@ ended spans and the samples, resolves what it can, and writes the records.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -451,7 +452,13 @@ class Runtime:
                     self._lose(pending)
                 self._pending.clear()
             complete.sort(key=lambda item: item[0])  # records in the order calls started
-            records = [self._record(pending) for _, pending in complete]
+            records = []
+            for _, pending in complete:
+                try:
+                    records.append(self._record(pending))
+                except Exception as exc:  # one bad span never takes the others with it
+                    self.writer.count_loss("record_failed", 1)
+                    self.warn_once("record", f"footprint: could not build a record: {exc!r}")
             self._write(records)
             return len(records)
 
@@ -696,10 +703,14 @@ class Runtime:
         """Measure up to now and write every span that has ended; returns records written."""
         if not self._ready.wait(self.settings.exit_deadline_s):
             return 0  # still opening the sensors: the writer thread writes them later
-        self.gpu_sampler.sample_fresh()
-        if self.cpu_sampler:
-            self.cpu_sampler.sample_fresh()
-        return self.cycle(until_s=float("inf"), drain_all=True)
+        try:
+            self.gpu_sampler.sample_fresh()
+            if self.cpu_sampler:
+                self.cpu_sampler.sample_fresh()
+            return self.cycle(until_s=float("inf"), drain_all=True)
+        except Exception as exc:  # footprint's failure never reaches the caller
+            self.warn_once("cycle", f"footprint: internal error while resolving: {exc!r}")
+            return 0
 
     def shutdown(self) -> None:
         """Stop the threads and write everything, within ``exit_deadline_s``.
@@ -742,16 +753,19 @@ class Runtime:
             self.gpu_sampler.stop(final_sample=spans_open)
             if self.cpu_sampler:
                 self.cpu_sampler.stop(final_sample=spans_open)
-            self.cycle(until_s=float("inf"), drain_all=True, final=True)
+            try:
+                self.cycle(until_s=float("inf"), drain_all=True, final=True)
+            except Exception as exc:  # at exit: say so, never raise into atexit
+                log.warning("footprint: could not resolve the last spans at exit: %r", exc)
             lost = self.writer.abandon()
             if lost:
                 self.unsaved_at_exit = lost
                 log.warning("footprint: %d records could not be stored before exit", lost)
         finally:
-            for sensor in (self.gpu_sensor, self.cpu_sensor):
-                if sensor is not None:
-                    sensor.close()
-            self.writer.close()
+            for closing in (self.gpu_sensor, self.cpu_sensor, self.writer):
+                if closing is not None:
+                    with contextlib.suppress(Exception):
+                        closing.close()
 
     def stats(self) -> dict[str, int]:
         """Counters a user can check: nothing is dropped silently."""

@@ -210,6 +210,7 @@ def test_no_gpu_auto_records_missing_and_warns_once(tmp_path, monkeypatch):
 
     with pytest.warns(footprint.FootprintWarning, match="no GPU energy"):
         f()
+        footprint.flush()  # the sensors open off the caller's thread; flush waits for them
     f()
     footprint.flush()
     got = rows(tmp_path / "x.db")
