@@ -175,7 +175,7 @@ class Runtime:
         self.unsaved_at_exit = 0
         self._worker: threading.Thread | None = None
         self.pricer: Any = None
-        self.writer = Writer(self._open_store, self.host, self.pid)
+        self.writer = Writer(self._open_store, self.host, self.pid, db=settings.db)
         if open_now:
             self._open()
 
@@ -740,6 +740,8 @@ class Runtime:
                 self.settings.exit_deadline_s,
                 self.unsaved_at_exit,
             )
+            with contextlib.suppress(Exception):  # counted where losses are kept
+                self.writer.save_loss_counts({"unsaved_at_exit": self.unsaved_at_exit})
 
     def _finish(self) -> None:
         if self._worker is not None:
@@ -757,10 +759,9 @@ class Runtime:
                 self.cycle(until_s=float("inf"), drain_all=True, final=True)
             except Exception as exc:  # at exit: say so, never raise into atexit
                 log.warning("footprint: could not resolve the last spans at exit: %r", exc)
-            lost = self.writer.abandon()
+            lost = self.writer.abandon()  # logs and saves the count where losses are kept
             if lost:
                 self.unsaved_at_exit = lost
-                log.warning("footprint: %d records could not be stored before exit", lost)
         finally:
             for closing in (self.gpu_sensor, self.cpu_sensor, self.writer):
                 if closing is not None:
@@ -776,6 +777,7 @@ class Runtime:
             "dropped_spans": self.dropped_spans,
             "unsaved_records": self.writer.dropped,
             "unsaved_at_exit": self.unsaved_at_exit,
+            "rejected_records": self.writer.rejected,
             "pending_spans": len(self.ended) + len(self._pending),
             "sampler_failed_reads": self.gpu_sampler.failed_reads if ready else 0,
             "sampler_dropped_samples": self.gpu_sampler.dropped_samples if ready else 0,

@@ -134,6 +134,12 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
     for name in NEW_ROLLUP_COLUMNS:
         assert _columns(db_url, "query_rollups")[name] == (False, True)
     assert _columns(db_url, "idle_energy")["lost_energy_j"] == (False, True)
+    # Token counts are 64-bit: SQLite's INTEGER is; PostgreSQL's integer became bigint (3).
+    engine = _raw_engine(db_url)
+    types = {c["name"]: str(c["type"]) for c in inspect(engine).get_columns("queries")}
+    engine.dispose()
+    expected_type = "INTEGER" if is_sqlite else "BIGINT"
+    assert types["input_tokens"] == types["output_tokens"] == expected_type
 
     # Every row and rollup as it was, the new columns NULL (records) and 0 (rollups).
     queries_after, rollups_after = _snapshot(db_url)
@@ -149,6 +155,7 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
 
     # New records carry bounds; the rollups are the sums of every record, old ones included.
     new = _with_bounds(make_records(120, seed=8), seed=8)
+    new[0]["input_tokens"], new[1]["output_tokens"] = 2**40, 2**62  # over 32 bits
     start = dt.datetime(2026, 5, 1, 2, tzinfo=dt.timezone.utc)
     for i, r in enumerate(new):
         r["started_at"] = start + dt.timedelta(seconds=97 * i)

@@ -46,8 +46,8 @@ class QueryRecord(SQLModel, table=True):
     time_to_first_token_s: float | None = None
     status: str = "ok"  # ok | error
     error_type: str | None = None  # exception class name, never its message
-    input_tokens: int | None = None
-    output_tokens: int | None = None
+    input_tokens: int | None = Field(default=None, sa_type=BigInteger)  # 64-bit everywhere
+    output_tokens: int | None = Field(default=None, sa_type=BigInteger)
     gpus: str = "[]"  # JSON list of GPU UUIDs the query was attributed on
     gpu_seconds: float | None = None  # Σ over its GPUs of its time share of each interval
     energy_j: float | None = None  # attributed GPU energy; None when energy_source=missing
@@ -156,7 +156,12 @@ class Loss(SQLModel, table=True):
     ``kind``: ``span_queue_full`` (spans dropped at the hot path), ``write_failed``
     (records dropped after the writer's buffer overflowed), ``idle_rows_overflow``,
     ``samples_overflow``, ``running_at_exit`` and ``abandoned_spans`` (calls never stored;
-    their energy is in ``idle_energy.lost_energy_j``).
+    their energy is in ``idle_energy.lost_energy_j``), ``rejected:<error>`` and
+    ``rejected_idle:<error>`` (rows the database refused; the rest of their batch was
+    written), ``database_replaced`` (the SQLite file was removed or replaced while open),
+    ``unsaved_at_exit`` and ``unsaved_idle_rows`` (not stored before exit; moved here from
+    ``<db>.losses`` by the next process that could write), ``record_failed``, and values
+    stored replaced: ``invalid_tokens``, ``sanitized_models``, ``unserializable_tags``.
     """
 
     __tablename__ = "losses"

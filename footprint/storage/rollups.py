@@ -77,7 +77,9 @@ def _column(rows: list[dict[str, Any]], name: str) -> list[Any]:
 
 
 def aggregate(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rollup rows (one per hour and key) summing ``records`` (dicts of queries rows).
+    """Rollup rows (one per hour and key) summing ``records`` (dicts of queries rows), in
+    (hour, group_key) order: every writer upserts (so locks) rollup rows in that one order,
+    and two PostgreSQL transactions never wait on each other's rows in a cycle (deadlock).
 
     Sums run in C (``sum(filter(None, …))`` skips NULLs, and zeros change no sum):
     this is on the writer's path, at about a microsecond per record.
@@ -127,7 +129,11 @@ def aggregate(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         row["intensity_min"] = min(intensities) if intensities else None
         row["intensity_max"] = max(intensities) if intensities else None
         out.append(row)
+    out.sort(key=_row_order)
     return out
+
+
+_row_order = itemgetter("hour", "group_key")
 
 
 def query_sums() -> list[Any]:

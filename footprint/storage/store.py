@@ -8,12 +8,17 @@ through SQLAlchemy Core. One transaction per batch.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import math
 import os
+import random
+import sqlite3
+import threading
 import time
 from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +35,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    OperationalError,
+    StatementError,
+)
 from sqlmodel import SQLModel
 
-from footprint.storage import rollups
+from footprint.storage import rollups, sidefile
 from footprint.storage.models import (
     SCHEMA_VERSION,
     IdleEnergy,
@@ -96,12 +108,24 @@ def _v1_to_v2(conn: Connection) -> None:
 def _v2_to_v3(conn: Connection) -> None:
     """Version 3: energy of calls never stored (running at exit, abandoned) per device and
     minute, so that stored queries + idle + lost = measured. Older rows lost none they knew
-    of: 0."""
+    of: 0. And 64-bit token counts on PostgreSQL (``integer`` before: a count over 2^31
+    refused its whole batch); SQLite's INTEGER is 64-bit already."""
     _add_columns(
         conn,
         "idle_energy",
         [("lost_energy_j", "FLOAT NOT NULL DEFAULT 0", "DOUBLE PRECISION NOT NULL DEFAULT 0")],
     )
+    if conn.dialect.name == "postgresql":
+        columns = conn.exec_driver_sql(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = 'queries'"
+            " AND column_name IN ('input_tokens', 'output_tokens') AND data_type = 'integer'"
+            " ORDER BY column_name"
+        )
+        narrow = columns.scalars().all()
+        if narrow:  # one rewrite of the table for both
+            alters = ", ".join(f"ALTER COLUMN {name} TYPE BIGINT" for name in narrow)
+            conn.exec_driver_sql(f"ALTER TABLE queries {alters}")
 
 
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
@@ -109,6 +133,122 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v
 
 class StoreError(RuntimeError):
     """The database cannot be opened or used; the message says why."""
+
+
+def file_identity(path: str, contents: bool = False) -> tuple[int, ...] | None:
+    """Which file is at ``path`` (device, inode; with ``contents``, also size and mtime),
+    or None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if contents:
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_dev, st.st_ino)
+
+
+class MalformedDatabase(StoreError):
+    """SQLite says the file is corrupt ("database disk image is malformed", "file is not
+    a database"): nothing is written into it, since what was written could not be read
+    back. ``unchanged()`` tells whether that file is still the one at the path (until it is
+    repaired, restored or moved away, trying again only finds the same damage)."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(
+            f"database {path} is malformed ({detail}); footprint does not write into it. "
+            f"Repair it (sqlite3 {path} .recover) or move it away: a new one is then created"
+        )
+        self.path = path
+        self.detail = detail
+        self.identity = file_identity(path, contents=True)
+
+    def unchanged(self) -> bool:
+        return file_identity(self.path, contents=True) == self.identity
+
+
+def _is_malformed(exc: BaseException) -> bool:
+    """SQLITE_CORRUPT (11) or SQLITE_NOTADB (26), from the driver or wrapped by SQLAlchemy."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if type(orig) is not sqlite3.DatabaseError:  # not its subclasses (locked, constraint…)
+        return False
+    code = getattr(orig, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return code & 0xFF in (11, 26)
+    return "malformed" in str(orig) or "not a database" in str(orig)
+
+
+def sqlite_integrity(path: str, busy_timeout_s: float = 10.0) -> str:
+    """``PRAGMA quick_check`` of a SQLite file: ``ok``, ``malformed: <SQLite's words>``,
+    or ``not checked: <why>`` (locked past the timeout, unreadable). Reads only; about
+    0.6 s per million records (a full ``integrity_check`` takes 6× longer)."""
+    try:
+        con = sqlite3.connect(path, timeout=busy_timeout_s)
+    except sqlite3.Error as exc:
+        return f"not checked: {exc}"
+    try:
+        found = [row[0] for row in con.execute("PRAGMA quick_check(5)")]
+    except sqlite3.DatabaseError as exc:
+        if _is_malformed(exc):
+            return f"malformed: {exc}"
+        return f"not checked: {exc}"
+    finally:
+        con.close()
+    if found == ["ok"]:
+        return "ok"
+    return "malformed: " + "; ".join(" ".join(str(line).split()) for line in found)
+
+
+# SQLSTATEs after which PostgreSQL asks the client to run the transaction again.
+RETRY_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
+RETRY_ATTEMPTS = 5
+RETRY_PAUSE_S = 0.01  # doubled at each attempt, jittered ±50%
+
+# Raised for a value before or by the driver: Python int over 64 bits, lone surrogate,
+# NUL byte (psycopg's ValueError), a type with no SQL form, a key missing from a record.
+_VALUE_ERRORS = (ValueError, OverflowError, TypeError, KeyError)
+
+
+class _QuietAbortedPipeline(logging.Filter):
+    """Drops psycopg's "error ignored terminating <Pipeline>" logged while this thread
+    writes a batch: the error that aborted the pipeline is raised to the writer, which
+    reports it once, and isolating a refused row would otherwise log it dozens of times."""
+
+    writing = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            getattr(self.writing, "on", False)
+            and str(record.msg).startswith("error ignored terminating")
+        )
+
+
+_QUIET_PIPELINE = _QuietAbortedPipeline()
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Whether ``exc`` refuses the rows for what they hold rather than for the state of
+    the database.
+
+    Rows refused for their values (out of range, not encodable, NUL in text, NOT NULL,
+    a type the driver cannot bind) are refused again at every retry, so the writer
+    isolates them; a database that is locked, read-only, full, unreachable or corrupt
+    (OperationalError, ``MalformedDatabase``) is worth retrying with the rows kept.
+    """
+    if isinstance(exc, StoreError):
+        return False
+    if isinstance(exc, (IntegrityError, DataError)):  # SQLAlchemy's: SQLSTATE classes 23, 22
+        return True
+    if isinstance(exc, StatementError):  # DBAPIError and a bind processor's error alike
+        if exc.orig is None:
+            return False
+        exc = exc.orig
+    if isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError)):
+        return True
+    if isinstance(exc, Exception) and type(exc).__name__ == "ProgrammingError":
+        text = str(exc)  # sqlite3 and psycopg: a value of a type with no SQL form
+        return "binding parameter" in text or "cannot adapt" in text
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return sqlstate[:2] in ("22", "23") or isinstance(exc, _VALUE_ERRORS)
 
 
 def normalize_db_url(db: str) -> str:
@@ -357,6 +497,17 @@ def _merge_idle(rows: Any) -> list[dict[str, Any]]:
     return list(merged.values())
 
 
+_idle_key = itemgetter(*IDLE_KEY)
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    return getattr(exc.orig, "sqlstate", None)
+
+
+def _is_malformed_text(message: str) -> bool:
+    return "database disk image is malformed" in message or "file is not a database" in message
+
+
 def _same_keys(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows, each with the same keys: an executemany takes its columns from the first.
 
@@ -372,15 +523,76 @@ def _same_keys(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class Store:
-    """Batch inserts into one database; no wait on it lasts longer than ``busy_timeout_s``."""
+    """Batch inserts into one database; no wait on it lasts longer than ``busy_timeout_s``.
+
+    A SQLite file is checked (``PRAGMA quick_check``) before it is opened: a malformed one
+    raises ``MalformedDatabase`` instead of taking writes nobody could read back. The
+    file's identity is kept, so that ``replaced()`` can tell when the path no longer
+    leads to it. Loss counts an earlier process left beside the file are moved into
+    ``losses`` when the database can be written (``footprint.storage.sidefile``).
+    """
 
     def __init__(self, db: str, busy_timeout_s: float = 10.0) -> None:
         self.url = normalize_db_url(db)
-        self.engine = open_engine(
-            db, busy_timeout_s=busy_timeout_s, statement_timeout_s=busy_timeout_s
-        )
+        self.path = sqlite_path(self.url)
+        if self.path is not None and os.path.exists(self.path):
+            integrity = sqlite_integrity(self.path, busy_timeout_s)
+            if integrity.startswith("malformed"):
+                raise MalformedDatabase(self.path, integrity.removeprefix("malformed: "))
+        try:
+            self.engine = open_engine(
+                db, busy_timeout_s=busy_timeout_s, statement_timeout_s=busy_timeout_s
+            )
+        except StoreError as exc:
+            if self.path is not None and _is_malformed_text(str(exc)):
+                raise MalformedDatabase(self.path, str(exc).rsplit(": ", 1)[-1]) from None
+            raise
+        self.identity = file_identity(self.path) if self.path is not None else None
+        self._wal_identity = file_identity(f"{self.path}-wal") if self.path is not None else None
         self.is_sqlite = self.url.startswith("sqlite")
         self._plans = {table.name: self._plan(table) for table in TABLES[:3]}
+        self.retried_transactions = 0  # PostgreSQL deadlocks and serialization failures
+        self.side_file = sidefile.side_path(self.path) if self.path is not None else None
+        self.move_side_losses()
+        if not self.is_sqlite:
+            logging.getLogger("psycopg").addFilter(_QUIET_PIPELINE)  # once: a set
+
+    def replaced(self) -> str | None:
+        """Why the SQLite file at the path is no longer the one open (``removed``,
+        ``replaced by another file``), or None while it is (and for PostgreSQL).
+
+        SQLite keeps writing into a file that was deleted or renamed while open: without
+        this check those records would go where nobody can read them."""
+        if self.identity is None:
+            return None
+        now = file_identity(self.path)
+        if now == self.identity:
+            self._wal_identity = file_identity(f"{self.path}-wal")  # still this file's
+            return None
+        return "was removed" if now is None else "was replaced by another file"
+
+    def discard_old_log(self) -> None:
+        """After ``replaced()`` (this store closed): delete the ``-wal`` and ``-shm`` left
+        at the path if they are the old file's, as last seen while it was open.
+
+        SQLite leaves them when the file under them goes; the next database opened at
+        the path would otherwise replay the old file's log over its own pages. A log
+        that another process created since, for the new file, is left alone.
+        """
+        if self.path is None or self._wal_identity is None:
+            return
+        if file_identity(f"{self.path}-wal") == self._wal_identity:
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(OSError):
+                    os.remove(f"{self.path}{suffix}")
+
+    def move_side_losses(self) -> int:
+        """Move the loss counts kept in the side file into ``losses``; the count of rows
+        moved (0 when there is no side file, or the database cannot be written now: the
+        file is then kept for a later try)."""
+        if self.side_file is None or not self.side_file.exists():
+            return 0
+        return sidefile.move_into(self.side_file, lambda rows: self.insert([], [], rows))
 
     @staticmethod
     def _plan(table: Any) -> tuple[str, Callable[[dict], tuple]]:
@@ -413,11 +625,37 @@ class Store:
         if self.is_sqlite:
             self._insert_sqlite(records, idle_rows, losses)
             return
+        # Rows are locked in one order by every writer (rollups sorted by aggregate()):
+        # two transactions upserting the same rows in opposite orders deadlock.
+        idle_rows.sort(key=_idle_key)
+        sums = rollups.aggregate(records) if records else []
+        _QUIET_PIPELINE.writing.on = True
+        try:
+            for attempt in range(1, RETRY_ATTEMPTS + 1):
+                try:
+                    self._insert_postgres(records, sums, idle_rows, losses)
+                    return
+                except DBAPIError as exc:  # a deadlock despite the order: another client's
+                    if attempt == RETRY_ATTEMPTS or _sqlstate(exc) not in RETRY_SQLSTATES:
+                        raise
+                    self.retried_transactions += 1
+                    time.sleep(RETRY_PAUSE_S * 2**attempt * random.uniform(0.5, 1.5))
+        finally:
+            _QUIET_PIPELINE.writing.on = False
+
+    def _insert_postgres(
+        self,
+        records: list[dict[str, Any]],
+        sums: list[dict[str, Any]],
+        idle_rows: list[dict[str, Any]],
+        losses: list[dict[str, Any]],
+    ) -> None:
+        """One transaction: the records, their rollup sums, idle rows, loss rows."""
         queries, idle = QueryRecord.__table__, IdleEnergy.__table__
         with self.engine.begin() as conn:
             if records:
                 conn.execute(insert(queries), _same_keys(records))
-                conn.execute(rollups.upsert_statement("postgresql"), rollups.aggregate(records))
+                conn.execute(rollups.upsert_statement("postgresql"), sums)
             if idle_rows:
                 stmt = postgresql.insert(idle)
                 conn.execute(
@@ -453,8 +691,11 @@ class Store:
                     sql, build = self._plans[table]
                     cursor.executemany(sql, [build(row) for row in rows])
             connection.commit()
-        except BaseException:
-            connection.rollback()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):  # a corrupt file may refuse this too
+                connection.rollback()
+            if _is_malformed(exc) and self.path is not None:
+                raise MalformedDatabase(self.path, str(exc)) from exc
             raise
         finally:
             connection.close()
@@ -468,8 +709,36 @@ class Store:
 
 
 def database_info(db: str) -> dict[str, Any]:
-    """Schema version, row counts, size on disk and losses recorded, for ``db info``."""
+    """Schema version, row counts, size on disk, losses recorded and, for SQLite, the
+    file's integrity (``PRAGMA quick_check``: ``ok`` or ``malformed: <SQLite's words>``;
+    always ``ok`` for PostgreSQL), for ``db info``.
+
+    A malformed file is reported, not raised: what cannot be read of it is left out and
+    ``error`` says why.
+    """
     url = normalize_db_url(db)
+    path = sqlite_path(url)
+    integrity = "ok"
+    if path is not None and os.path.exists(path):
+        integrity = sqlite_integrity(path)
+    try:
+        info = _database_info(db, url)
+    except (StoreError, DBAPIError) as exc:
+        if not integrity.startswith("malformed"):
+            raise
+        info = {"db": url, "error": _reason(exc).removeprefix(f"cannot open database {url}: ")}
+        info["size_bytes"] = _sqlite_size_bytes(path) if path is not None else None
+    info["integrity"] = integrity
+    return info
+
+
+def _sqlite_size_bytes(path: str) -> int:
+    return sum(
+        Path(p).stat().st_size for p in (path, path + "-wal", path + "-shm") if Path(p).exists()
+    )
+
+
+def _database_info(db: str, url: str) -> dict[str, Any]:
     engine = open_engine(db, create=False)
     try:
         with engine.connect() as conn:
@@ -492,11 +761,7 @@ def database_info(db: str) -> dict[str, Any]:
             info["last_query_at"] = last
             path = sqlite_path(url)
             if path is not None:
-                info["size_bytes"] = sum(
-                    Path(p).stat().st_size
-                    for p in (path, path + "-wal", path + "-shm")
-                    if Path(p).exists()
-                )
+                info["size_bytes"] = _sqlite_size_bytes(path)
             else:
                 size = text(
                     "SELECT pg_total_relation_size('queries')"

@@ -5,6 +5,14 @@ The runtime's background thread hands it rows and calls ``flush`` at least every
 read-only file, disk full) keeps the rows for the next try; only when the buffer is full
 are the oldest records dropped, counted, and the count written as a ``losses`` row as
 soon as the database accepts writes again.
+
+A batch refused for what it holds (a value out of range, text that cannot be encoded: see
+``store.is_data_error``) is written in halves instead: the good rows at once, each row
+refused alone dropped and counted (``losses`` kind ``rejected:<error>``, ``rejected``).
+A SQLite file deleted or replaced while open is left for the one at the path; a
+malformed one is not written into until it changes. What is still buffered at exit is
+counted beside the database (``footprint.storage.sidefile``) when the database cannot
+take the count.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from footprint._forksafe import no_fork
 
@@ -24,39 +32,100 @@ BATCH_ROWS = 5_000  # per transaction; also how long a fork may wait (~50 ms)
 
 
 class Writer:
-    """Buffers records, idle rows and loss counts; ``flush`` writes them in batches."""
+    """Buffers records, idle rows and loss counts; ``flush`` writes them in batches.
+
+    ``db`` (the database URL or path) names the side file that ``abandon`` writes when
+    the store was never opened; without it, the open store's URL is used.
+    """
 
     def __init__(
-        self, open_store: Callable[[], Any], host: str, pid: int, max_buffered: int = 200_000
+        self,
+        open_store: Callable[[], Any],
+        host: str,
+        pid: int,
+        max_buffered: int = 200_000,
+        db: str | None = None,
     ) -> None:
         self._open_store = open_store
         self.store: Any = None
         self.host = host
         self.pid = pid
         self.max_buffered = max_buffered
+        self.db = db
         self.records: list[dict[str, Any]] = []
         self.idle_rows: list[dict[str, Any]] = []
         self._losses: Counter[str] = Counter()
         self.written = 0
         self.dropped = 0
+        self.rejected = 0  # records the database refused for their values, dropped
         self.failed_flushes = 0
         self.last_error: str | None = None
+        self.losses_saved_to: str | None = None  # the side file abandon() wrote, if any
+        self._malformed: Any = None  # the MalformedDatabase that stopped the writes
+        self._written_since_open = 0
+        self._warned: set[str] = set()
         self._lock = threading.RLock()
 
     def open_store(self) -> Any:
         """The store, opened on first use (not on the caller's hot path)."""
         if self.store is None:
             self.store = self._open_store()
+            self._written_since_open = 0
         return self.store
 
     def abandon(self) -> int:
-        """Give up on what is still buffered (at exit): count it as dropped."""
+        """Give up on what is still buffered (at exit): count it as dropped, and keep the
+        counts (with those not yet written) in the side file beside a SQLite database,
+        moved into ``losses`` by the next process that can write it. Where there is no
+        side file (PostgreSQL, unwritable folder), the counts are logged. Returns the
+        records given up."""
         with self._lock:
             lost = len(self.records)
+            kinds = Counter(self._losses)
+            kinds["unsaved_at_exit"] += lost
+            kinds["unsaved_idle_rows"] += len(self.idle_rows)
             self.records.clear()
             self.idle_rows.clear()
+            self._losses.clear()
             self.dropped += lost
+            kinds = +kinds  # positive counts only
+            if kinds:
+                self.save_loss_counts(kinds)
             return lost
+
+    def save_loss_counts(self, kinds: dict[str, int]) -> str | None:
+        """Keep loss counts the database cannot take now in the side file beside it (for
+        the next process that can write it) and log them; returns the side file, or None
+        when there is none (PostgreSQL, unwritable folder): then they are only logged.
+        Takes no lock: the runtime may call it while a write still hangs at exit."""
+        from footprint.storage import sidefile
+
+        path = self._database_path()
+        side = sidefile.side_path(path) if path is not None else None
+        if side is not None and sidefile.append(side, kinds, self.host, self.pid):
+            self.losses_saved_to = str(side)
+            log.warning(
+                "footprint: could not store before exit: %s; counted in %s, moved into the "
+                "losses table when the database can be written",
+                _counts_text(kinds),
+                side,
+            )
+            return str(side)
+        log.warning(
+            "footprint: could not store before exit, nor count it in the database: %s",
+            _counts_text(kinds),
+        )
+        return None
+
+    def _database_path(self) -> str | None:
+        """The SQLite file of this writer's database (None for PostgreSQL or unknown)."""
+        from footprint.storage.store import normalize_db_url, sqlite_path
+
+        try:
+            url = getattr(self.store, "url", None) or (self.db and normalize_db_url(self.db))
+            return sqlite_path(url) if url else None
+        except Exception:  # a URL that never opened
+            return None
 
     def close(self) -> None:
         if self.store is not None:
@@ -92,37 +161,212 @@ class Writer:
         """Write everything buffered; returns the number of records written.
 
         On failure the rows stay buffered, ``last_error`` says why and ``WriteFailed``
-        is raised; the next flush tries again (reopening the database if needed).
+        is raised; the next flush tries again (reopening the database if needed). Rows
+        the database refuses for their values are dropped and counted, the others
+        written (``_isolate``).
         """
         written = 0
         with self._lock:
+            if self.records or self.idle_rows or self._losses:
+                self._check_file()
             while self.records or self.idle_rows or self._losses:
                 records = self.records[:BATCH_ROWS]
                 idle = self.idle_rows[:BATCH_ROWS]
-                now = _dt.datetime.now(_dt.timezone.utc)
-                losses = [
-                    {"recorded_at": now, "kind": kind, "count": count, "host": self.host,
-                     "pid": self.pid}
-                    for kind, count in self._losses.items()
-                ]  # fmt: skip
+                counts = +self._losses
+                losses = self._loss_rows(counts)
                 try:
-                    # A fork waits for this batch: a child must not inherit SQLite's or a
-                    # driver's locks held mid-write by this thread.
                     with no_fork():
-                        self.open_store().insert(records, idle, losses)
+                        self.open_store()  # failing to open is never about the rows
                 except Exception as exc:
-                    self.failed_flushes += 1
-                    first = self.last_error is None
-                    self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                    if first:
-                        log.warning("footprint: could not write records: %s", self.last_error)
-                    raise WriteFailed(self.last_error) from exc
+                    self._failed(exc)
+                try:
+                    self._insert(records, idle, losses)
+                except Exception as exc:
+                    if not _is_data_error(exc):
+                        self._failed(exc)
+                    try:
+                        written += self._isolate(records, idle, losses, exc)
+                    except Exception as again:
+                        self._failed(again)
+                    continue
                 del self.records[: len(records)]
                 del self.idle_rows[: len(idle)]
-                self._losses.clear()
+                self._losses -= counts
+                self._count_written(len(records))
                 written += len(records)
-                self.written += len(records)
+            side = getattr(self.store, "side_file", None)
+            if written and side is not None and side.exists():
+                with no_fork():  # another process's counts, left at its exit
+                    self.store.move_side_losses()
         return written
+
+    def _insert(self, records: list[dict], idle: list[dict], losses: list[dict]) -> None:
+        # A fork waits for this batch: a child must not inherit SQLite's or a driver's
+        # locks held mid-write by this thread.
+        with no_fork():
+            self.open_store().insert(records, idle, losses)
+
+    def _loss_rows(self, counts: Counter[str]) -> list[dict[str, Any]]:
+        now = _dt.datetime.now(_dt.timezone.utc)
+        return [
+            {"recorded_at": now, "kind": kind, "count": count, "host": self.host, "pid": self.pid}
+            for kind, count in counts.items()
+        ]
+
+    def _count_written(self, n: int) -> None:
+        self.written += n
+        self._written_since_open += n
+
+    def _failed(self, exc: Exception) -> NoReturn:
+        """The rows stay buffered: say why (once) and raise ``WriteFailed``."""
+        from footprint.storage.store import MalformedDatabase
+
+        self.failed_flushes += 1
+        self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if isinstance(exc, MalformedDatabase):
+            self._malformed = exc  # not written into (nor reopened) until the file changes
+            self.close()
+            first = f"malformed:{exc.path}" not in self._warned
+            self._warned.add(f"malformed:{exc.path}")
+            log.log(logging.WARNING if first else logging.DEBUG, "footprint: %s", exc)
+        elif "write" not in self._warned:
+            self._warned.add("write")
+            log.warning("footprint: could not write records: %s", self.last_error)
+        raise WriteFailed(self.last_error) from exc
+
+    def _check_file(self) -> None:
+        """Before a flush: is the SQLite file open still the one at its path?
+
+        A malformed file still there: ``WriteFailed`` at once, nothing tried (trying
+        would only find the same damage, at the cost of a check of the whole file).
+        A file removed or replaced while open: closed, counted (``database_replaced``),
+        and the buffer written to the database at the path (a new one if none).
+        """
+        if self._malformed is not None:
+            if self._malformed.unchanged():
+                self.failed_flushes += 1
+                raise WriteFailed(self.last_error or str(self._malformed))
+            log.warning("footprint: %s changed; writing to it again", self._malformed.path)
+            self._malformed = None
+        replaced = getattr(self.store, "replaced", None)
+        why = replaced() if replaced is not None else None
+        if why is None:
+            return
+        log.warning(
+            "footprint: the database file %s %s while footprint was writing to it: the %d "
+            "records written since it was opened are not in the file now at that path "
+            "(gone with the old file, or wherever it was moved); writing on into %s",
+            self.store.path,
+            why,
+            self._written_since_open,
+            "a new database there" if why == "was removed" else "the file now there",
+        )
+        old = self.store
+        self.close()
+        getattr(old, "discard_old_log", lambda: None)()
+        self._losses["database_replaced"] += 1
+
+    def _isolate(
+        self, records: list[dict], idle: list[dict], losses: list[dict], error: Exception
+    ) -> int:
+        """Write a batch refused for its data (``error``) in parts; returns records written.
+
+        Records are written in halves, each half that fails again split again, in order:
+        the rows done leave the buffer as they are done, so a database that becomes
+        unavailable midway (the error is raised) leaves nothing written twice or lost.
+        A record refused alone is dropped and counted; then idle rows the same way
+        (``rejected_idle:<error>``), then the loss rows, which are dropped (and logged)
+        if the database refuses them too.
+        """
+
+        def write_records(rows: list[dict]) -> None:
+            self._insert(rows, [], [])
+
+        def write_idle(rows: list[dict]) -> None:
+            self._insert([], rows, [])
+
+        known = None if idle or losses else error  # else the records may be fine
+        written = self._bisect(records, known, write_records, self.records, "rejected")
+        try:
+            self._insert([], idle, losses)
+        except Exception as exc:
+            if not _is_data_error(exc):
+                raise
+            known = None if losses else exc
+            self._bisect(idle, known, write_idle, self.idle_rows, "rejected_idle")
+            try:
+                self._insert([], [], losses)
+            except Exception as refused:
+                if not _is_data_error(refused):
+                    raise
+                counts = _counts_text({row["kind"]: row["count"] for row in losses})
+                log.warning("footprint: loss counts refused, not stored: %s (%s)", counts, refused)
+        else:
+            del self.idle_rows[: len(idle)]
+        self._losses -= Counter({row["kind"]: row["count"] for row in losses})
+        return written
+
+    def _bisect(
+        self,
+        rows: list[dict],
+        error: Exception | None,
+        write: Callable[[list[dict]], None],
+        buffer: list[dict],
+        kind: str,
+    ) -> int:
+        """Write ``rows`` (the head of ``buffer``; known to fail with ``error`` unless it
+        is None), splitting what fails; a row refused alone is counted as
+        ``kind:<error class>``. Each part done leaves ``buffer``. Returns rows written."""
+        written = 0
+        parts: list[tuple[list[dict], Exception | None]] = [(rows, error)] if rows else []
+        while parts:
+            part, failed = parts.pop()
+            if failed is None:
+                try:
+                    write(part)
+                    written += len(part)
+                    del buffer[: len(part)]
+                    if kind == "rejected":
+                        self._count_written(len(part))
+                    continue
+                except Exception as exc:
+                    if not _is_data_error(exc):
+                        raise
+                    failed = exc
+            if len(part) > 1:
+                half = len(part) // 2
+                parts += [(part[half:], None), (part[:half], None)]  # the first half first
+                continue
+            self._reject(kind, failed)
+            del buffer[:1]
+        return written
+
+    def _reject(self, kind: str, error: Exception) -> None:
+        orig = getattr(error, "orig", None) or error
+        name = f"{kind}:{type(orig).__name__}"
+        self._losses[name] += 1
+        if kind == "rejected":
+            self.rejected += 1
+        if name not in self._warned:
+            self._warned.add(name)
+            reason = f"{type(orig).__name__}: {orig}".splitlines()[0]
+            log.warning(
+                "footprint: the database refused a %s (%s); it is dropped and counted "
+                "(losses kind %r), the rows around it are written",
+                "record" if kind == "rejected" else "row of idle energy",
+                reason,
+                name,
+            )
+
+
+def _is_data_error(exc: Exception) -> bool:
+    from footprint.storage.store import is_data_error
+
+    return is_data_error(exc)
+
+
+def _counts_text(kinds: dict[str, int]) -> str:
+    return ", ".join(f"{count} {kind}" for kind, count in kinds.items())
 
 
 class WriteFailed(RuntimeError):
