@@ -71,6 +71,8 @@ class EndedSpan(NamedTuple):
     output_tokens: int | None
     ttft_s: float | None  # time to the first item of a stream
     gpus: tuple | None  # indices or UUIDs as given; None: every GPU
+    pid: int | None = None  # the process that made the call (the daemon's clients); None: this one
+    host: str | None = None
 
 
 def _drives_simulator(sensor_spec: str) -> bool:
@@ -162,6 +164,7 @@ class Runtime:
         # Per (device UUID, minute): [idle J, measured J, lost J].
         self._idle_rows: dict[tuple[str, datetime], list[float]] = {}
         self._abandoned: dict[int, None] = {}  # ids closed as abandoned, still running
+        self._to_abandon: deque[int] = deque()  # asked from outside (``abandon``)
         self.abandoned_spans = 0
         self.running_at_exit = 0
         self.pending_overflows = 0
@@ -416,9 +419,12 @@ class Runtime:
             now_s = self.now()
             abandon_before_s = now_s - self.settings.max_span_age_s
             complete: list[tuple[int, _Pending]] = []
+            to_abandon = set()
+            while self._to_abandon:
+                to_abandon.add(self._to_abandon.popleft())
             for span_id, (start_s, gpus) in inflight.items():
                 pending = self._announce(span_id, start_s, gpus)
-                if start_s < abandon_before_s and not pending.abandoned:
+                if (start_s < abandon_before_s or span_id in to_abandon) and not pending.abandoned:
                     self._abandon(span_id, pending, now_s)
             for span in ended:
                 if self._abandoned and span.span_id in self._abandoned:
@@ -462,6 +468,11 @@ class Runtime:
             self._write(records)
             return len(records)
 
+    def abandon(self, span_id: int) -> None:
+        """Close a running span as abandoned at the next cycle (its caller is gone: the
+        daemon's client process died). Its energy goes to the lost bucket, counted."""
+        self._to_abandon.append(span_id)
+
     def _abandon(self, span_id: int, pending: _Pending, end_s: float) -> None:
         """Close a call that ran past ``max_span_age_s`` (a generator never closed, a
         leaked ``Query``): its energy so far goes to the lost bucket, counted."""
@@ -474,9 +485,10 @@ class Runtime:
         self.writer.count_loss("abandoned_spans", 1)
         self.warn_once(
             "abandoned",
-            f"footprint: a call ran longer than max_span_age_s={self.settings.max_span_age_s:g} "
-            "s (a generator never closed?); it is closed as abandoned, its energy counted as "
-            "lost (stats()['abandoned_spans'])",
+            "footprint: a call ran longer than max_span_age_s="
+            f"{self.settings.max_span_age_s:g} s (a generator never closed?) or its process "
+            "went away; it is closed as abandoned, its energy counted as lost "
+            "(stats()['abandoned_spans'])",
         )
         if not pending.devices:
             del self._pending[span_id]
@@ -648,8 +660,8 @@ class Runtime:
             "energy_source": source,
             "cpu_energy_j": cpu_energy_j,
             "cpu_energy_source": cpu_source,
-            "host": self.host,
-            "pid": self.pid,
+            "host": span.host or self.host,
+            "pid": span.pid or self.pid,
             **self._unpriced,
         }
         if self.pricer is not None:

@@ -1,0 +1,1 @@
+"""The sidecar daemon: one sampler per host, spans from every process on it."""
