@@ -7,9 +7,11 @@ ends the command quietly with exit 0.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -248,8 +250,10 @@ def report(
 
     try:
         formats = parse_formats(fmt)
-        request = make_request(_settings_db(db), since, until, model, by, compare, allow_empty)
-        _, written, text = run_report(request, formats, out, __version__)
+        source = _settings_db(db)
+        request = make_request(source, since, until, model, by, compare, allow_empty)
+        with _reading(source):
+            _, written, text = run_report(request, formats, out, __version__)
     except (ReportError, OSError) as exc:
         raise InputError(str(exc)) from None
     if text is not None:
@@ -262,15 +266,47 @@ def report(
 @bench_app.command("report")
 def bench_report(
     rows: Annotated[
-        int, typer.Option(min=100, max=20_000_000, help="Synthetic query records.")
-    ] = 1_000_000,
-    repeats: Annotated[int, typer.Option(min=1, max=10, help="Timed runs per side.")] = 2,
+        int | None,
+        typer.Option(
+            min=100,
+            max=20_000_000,
+            help="Synthetic query records (default 1,000,000; with --models, 10 per model, "
+            "at least 100,000).",
+        ),
+    ] = None,
+    repeats: Annotated[
+        int | None,
+        typer.Option(min=1, max=10, help="Timed runs per side (default 2; 1 with --models)."),
+    ] = None,
+    models: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=1_000_000,
+            help="Distinct models: time `footprint report` writing every format, and its "
+            "peak memory.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
-    """`footprint report --format json` as a whole command vs hand-written SQL, same file."""
-    from footprint.bench.report import run
+    """`footprint report --format json` as a whole command vs hand-written SQL, same file;
+    with --models, the whole report in every format over that many models."""
+    from footprint.bench.report import run, run_models
 
-    result = run(rows=rows, repeats=repeats)
+    if models is not None:
+        result = run_models(models, rows=rows, repeats=repeats or 1)
+        if as_json:
+            _print_json(result)
+            return
+        rss = result["peak_rss_mb"]
+        console.print(
+            f"{result['models']:,} models, {result['rows']:,} records: footprint report, "
+            f"every format, {result['report_s']:.2f} s, peak memory "
+            f"{'unknown' if rss is None else f'{rss:.0f} MB'} (targets: ≤ "
+            f"{result['target_report_s']:.0f} s, ≤ {result['target_peak_rss_mb']:.0f} MB)"
+        )
+        return
+    result = run(rows=rows or 1_000_000, repeats=repeats or 2)
     if as_json:
         _print_json(result)
         return
@@ -298,17 +334,41 @@ def db_info(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     """Schema version, rows, size on disk and what was lost (dropped or unsaved)."""
-    from footprint.storage.store import StoreError, database_info
+    from footprint.reporting.data import database_name, reading_db
+    from footprint.storage.store import database_info, normalize_db_url
 
-    try:
-        info = database_info(_settings_db(db))
-    except StoreError as exc:
-        raise InputError(str(exc)) from None
+    source = _settings_db(db)
+    with _reading(source):
+        target = reading_db(source)  # read-only where the file or its folder is
+        info = database_info(target)
+        if target != source and "db" in info:
+            info["db"] = normalize_db_url(source)
     if as_json:
         _print_json(info)
-        return
-    for key, value in info.items():
-        console.print(f"{key:>16}: {value}")
+    else:
+        for key, value in info.items():
+            console.print(f"{key:>16}: {value}")
+    integrity = str(info.get("integrity", "ok"))
+    if integrity.startswith("malformed"):
+        raise InputError(f"database {database_name(source)} is {integrity}")
+
+
+@contextlib.contextmanager
+def _reading(db: str) -> Iterator[None]:
+    """Whatever stops a database from being read becomes one line (exit 2) naming it."""
+    import sqlite3
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from footprint.reporting.data import ReportError, read_error
+    from footprint.storage.store import StoreError
+
+    try:
+        yield
+    except ReportError as exc:
+        raise InputError(str(exc)) from None
+    except (StoreError, SQLAlchemyError, sqlite3.Error) as exc:
+        raise InputError(read_error(db, exc)) from None
 
 
 @db_app.command("rebuild-rollups")
@@ -342,19 +402,23 @@ def db_export(
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "parquet" and out is None:
         raise InputError("parquet export needs --out FILE")
+    from footprint.reporting.data import reading_db
+
     source = _settings_db(db)
     try:
-        if fmt == "parquet":
-            count = export_parquet(source, out)  # type: ignore[arg-type]
-        elif out is None:
-            try:
-                count = export_text(source, fmt, sys.stdout)
-            except BrokenPipeError:
-                raise StdoutClosed() from None
-        else:
-            with open(out, "w", newline="", encoding="utf-8") as handle:
-                count = export_text(source, fmt, handle)
-    except (StoreError, OSError) as exc:
+        with _reading(source):
+            target = reading_db(source)  # read-only where the file or its folder is
+            if fmt == "parquet":
+                count = export_parquet(target, out)  # type: ignore[arg-type]
+            elif out is None:
+                try:
+                    count = export_text(target, fmt, sys.stdout)
+                except BrokenPipeError:
+                    raise StdoutClosed() from None
+            else:
+                with open(out, "w", newline="", encoding="utf-8") as handle:
+                    count = export_text(target, fmt, handle)
+    except (StoreError, OSError) as exc:  # StoreError: parquet export without pyarrow
         raise InputError(str(exc)) from None
     if out is not None:
         sys.stderr.write(f"{count} records written to {out}\n")

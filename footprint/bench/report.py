@@ -16,11 +16,18 @@ its time is ``rollup_build_s``). Then, side by side in the same run:
   rollups buy.
 
 Each side runs ``repeats`` times, alternating; the best run of each counts.
+
+With ``models`` (``footprint bench report --models N``) the file holds N distinct models
+(``synthetic_models``: a few busy ones, a long tail of rare ones) and what is measured is
+the whole ``footprint report`` writing every format (HTML, Markdown with its PNG charts,
+CSV, JSON) into a folder, as a subprocess: its wall time and its peak resident memory
+(``ru_maxrss`` of the child, from ``os.wait4``).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import json
 import math
 import os
@@ -60,31 +67,52 @@ def _columns(table: Any) -> list[str]:
     return [c.name for c in table.columns if c.name != "id"]
 
 
-def build_db(path: Path, rows: int, seed: int = 0) -> float:
+def synthetic_models(count: int) -> tuple[tuple[str, tuple[int, ...], float, float, float], ...]:
+    """``count`` distinct models shaped like ``BENCH_MODELS``, with a long tail of traffic.
+
+    Model ``i`` borrows the GPUs, duration and power of ``BENCH_MODELS[i % 6]``; its share
+    of the traffic falls as ``1 / (i + 1)`` (a few busy models, thousands of rare ones).
+    """
+    out = []
+    for i in range(count):
+        _, gpus, mean_s, watts, _ = BENCH_MODELS[i % len(BENCH_MODELS)]
+        out.append((f"model-{i:05d}", gpus, mean_s, watts, 1.0 / (i + 1)))
+    return tuple(out)
+
+
+def build_db(path: Path, rows: int, seed: int = 0, models: int | None = None) -> float:
     """Create the schema with ``open_engine``, fill it with raw ``executemany``, then roll
-    the rows up as footprint does; returns the seconds the rollups took."""
+    the rows up as footprint does; returns the seconds the rollups took.
+
+    ``models``: that many distinct models (``synthetic_models``), each with at least one
+    query when ``rows`` allows, instead of the six of ``BENCH_MODELS``.
+    """
     engine = open_engine(str(path))
     engine.dispose()
     rng = random.Random(seed)
     span_s = DAYS * 86400.0
     step = span_s / max(rows, 1)
-    models = [m for m in BENCH_MODELS]
-    model_weights = [m[4] for m in models]
-    zone_weights = [z[7] for z in BENCH_ZONES]
+    models_used = BENCH_MODELS if models is None else synthetic_models(models)
+    cum_models = list(itertools.accumulate(m[4] for m in models_used))
+    cum_zones = list(itertools.accumulate(z[7] for z in BENCH_ZONES))
+    every_model = models is not None
     columns = _columns(QueryRecord.__table__)
     placeholders = ", ".join("?" * len(columns))
     insert = f"INSERT INTO queries ({', '.join(columns)}) VALUES ({placeholders})"
     con = sqlite3.connect(path)
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=OFF")
-    gpu_lists = {m[1]: json.dumps([GPU_UUIDS[g] for g in m[1]]) for m in models}
+    gpu_lists = {m[1]: json.dumps([GPU_UUIDS[g] for g in m[1]]) for m in BENCH_MODELS}
     tags = json.dumps({"team": "search"})
     chunk: list[tuple] = []
     epoch_s = EPOCH.timestamp()
     for i in range(rows):
-        name, gpus, mean_s, watts, _ = rng.choices(models, model_weights)[0]
+        # cum_weights: the same draws as weights=, without summing them at every call
+        name, gpus, mean_s, watts, _ = rng.choices(models_used, cum_weights=cum_models)[0]
+        if every_model and i < len(models_used):  # every model gets a query first
+            name, gpus, mean_s, watts, _ = models_used[i]
         zone, intensity, pue, price, currency, usd, gpu_hour, _ = rng.choices(
-            BENCH_ZONES, zone_weights
+            BENCH_ZONES, cum_weights=cum_zones
         )[0]
         began_s = epoch_s + i * step
         duration = rng.expovariate(1.0 / mean_s) + 0.01
@@ -218,7 +246,7 @@ def raw_sql(path: Path) -> dict[str, Any]:
         "groups": len(grouped),
         "queries": sum(r[11] for r in grouped),
         "energy_j": sum(r[16] for r in grouped),
-        "co2e_g": sum(r[19] for r in grouped),
+        "co2e_g": sum(r[21] for r in grouped),  # after the two uncertainty columns
         "idle_j": sum(r[3] for r in idle),
         "first_last": first_last,
         "percentile_rows": len(percentiles),
@@ -285,4 +313,120 @@ def run(rows: int = 1_000_000, repeats: int = 2, folder: Path | None = None) -> 
         "(built in rollup_build_s, part of build_s); raw_sql_s is sqlite3 in-process running "
         "the same aggregates over queries (grouped sums, idle per GPU and day, sampled "
         "percentiles)",
+    }
+
+
+# ``--models``: the whole command, every format, against these (this machine, 2 cores).
+TARGET_MODELS_REPORT_S = 10.0
+TARGET_MODELS_RSS_MB = 500.0
+
+
+# Runs the command as its child and reports the child's peak memory on its last stderr
+# line. A process forked from this (large) benchmark process would count the pages it
+# shared with it before ``exec`` in its ``ru_maxrss``; a child of this small launcher
+# starts from the launcher's few MB.
+_RSS_MARK = "footprint-bench-maxrss"
+_LAUNCHER = f"""
+import os, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execv(sys.argv[1], sys.argv[1:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+sys.stderr.write("\\n{_RSS_MARK} %d\\n" % usage.ru_maxrss)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def measure_command(command: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run ``command``; its wall time, peak resident memory (MB; None where the system
+    does not say), exit status, stdout and stderr."""
+    launch = hasattr(os, "fork") and hasattr(os, "wait4")
+    if launch:
+        command = [sys.executable, "-c", _LAUNCHER, *command]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        done = subprocess.run(command, stdout=out, stderr=err, env=env, check=False)
+        elapsed = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        stderr = err.read().decode("utf-8", "replace")
+        stdout = out.read().decode("utf-8", "replace")
+    rss_mb = None
+    head, _, last = stderr.rstrip("\n").rpartition("\n")
+    if launch and last.startswith(_RSS_MARK + " "):
+        size = int(last.split()[1])  # kilobytes on Linux, bytes on macOS
+        rss_mb = size / (1 << 20 if sys.platform == "darwin" else 1 << 10)
+        stderr = head
+    return {
+        "seconds": elapsed,
+        "peak_rss_mb": rss_mb,
+        "returncode": done.returncode,
+        "stdout": stdout,
+        "stderr": stderr,
+    }
+
+
+def run_models(
+    models: int, rows: int | None = None, repeats: int = 1, folder: Path | None = None
+) -> dict[str, Any]:
+    """``footprint report`` in every format over ``models`` distinct models: wall time and
+    peak memory of the whole command (best of ``repeats``), and what it wrote."""
+    from footprint.reporting.data import TOP_MODELS
+    from footprint.reporting.render import BASENAME, FORMATS
+
+    rows = rows or max(100_000, 10 * models)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOOTPRINT_")}
+    with tempfile.TemporaryDirectory(prefix="footprint-bench-models-") as tmp:
+        where = Path(folder or tmp)
+        path = where / f"models-{models}-{rows}.db"
+        if path.exists():
+            path.unlink()
+        start = time.perf_counter()
+        build_db(path, rows, models=models)
+        build_s = time.perf_counter() - start
+        runs = []
+        for i in range(repeats):
+            out = where / f"report-{i}"
+            command = [sys.executable, "-m", "footprint.cli", "report", "--db", str(path)]
+            command += ["--format", "all", "--out", str(out)]
+            run = measure_command(command, env)
+            if run["returncode"] != 0:
+                raise RuntimeError(f"footprint report failed: {run['stderr'].strip()}")
+            runs.append(run)
+        files = {
+            str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()
+        }
+        report = json.loads((out / f"{BASENAME}.json").read_text(encoding="utf-8"))
+        with open(out / f"{BASENAME}.csv", encoding="utf-8") as handle:
+            csv_rows = sum(1 for _ in handle) - 1
+    best = min(runs, key=lambda r: r["seconds"])
+    rss = [r["peak_rss_mb"] for r in runs]
+    shown = min(len(report["models"]), TOP_MODELS) + (1 if report.get("others") else 0)
+    return {
+        "models": models,
+        "rows": rows,
+        "formats": list(FORMATS),
+        "build_s": build_s,
+        "repeats": repeats,
+        "report_s": best["seconds"],
+        "peak_rss_mb": None if None in rss else max(rss),
+        "report_runs_s": [r["seconds"] for r in runs],
+        "peak_rss_runs_mb": rss,
+        "json_models": len(report["models"]),
+        "csv_rows": csv_rows,
+        "table_rows": shown,
+        "same_figures": len(report["models"]) == models
+        and report["totals"]["queries"] == rows
+        and csv_rows == models,
+        "files_bytes": files,
+        "target_report_s": TARGET_MODELS_REPORT_S,
+        "target_peak_rss_mb": TARGET_MODELS_RSS_MB,
+        "cpu_count": os.cpu_count(),
+        "note": "report_s and peak_rss_mb: the whole `footprint report --format all` as a "
+        "fresh process (start, imports, SQL, charts, every file written); tables and charts "
+        f"show the first {TOP_MODELS} models by CO2e and the others added up, the JSON and "
+        "CSV every model",
     }

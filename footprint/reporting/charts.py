@@ -11,7 +11,11 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
-PALETTE = ("#0f766e", "#2563eb", "#7c3aed", "#db2777", "#0891b2", "#65a30d", "#9f1239", "#4338ca")
+from footprint.reporting.data import shown_models
+
+PALETTE = ("#0f766e", "#2563eb", "#7c3aed", "#db2777", "#0891b2", "#65a30d", "#9f1239", "#4338ca",
+           "#c2410c", "#1e3a8a", "#86198f", "#854d0e")  # fmt: skip
+OTHERS_COLOR = "#78716c"  # the "all others (K models)" row and series
 ELECTRICITY = "#f59e0b"
 IDLE_COLOR = "#cbd5e1"
 INK = "#1e293b"
@@ -99,54 +103,82 @@ def build_charts(report: dict[str, Any]) -> list[Chart]:
     return charts
 
 
-def _colors(report: dict[str, Any]) -> dict[str, str]:
-    return {m["model"]: PALETTE[i % len(PALETTE)] for i, m in enumerate(report["models"])}
+def model_colors(report: dict[str, Any]) -> dict[str, str]:
+    """The colour of each row of ``shown_models`` (by JSON path): the palette in order, the
+    "all others" row grey."""
+    return {
+        path: OTHERS_COLOR if path == "others" else PALETTE[i % len(PALETTE)]
+        for i, (path, _, _) in enumerate(shown_models(report))
+    }
+
+
+def _daily_series(report: dict[str, Any], figure: str) -> list[tuple[str, str, list[float]]]:
+    """(name, colour, value per day) of each row of ``shown_models``: the models shown, and
+    the others added up per day."""
+    colors = model_colors(report)
+    daily = report["daily"]
+    series = []
+    named: set[str] = set()
+    for path, _, name in shown_models(report):
+        if path == "others":
+            values = [
+                sum(f[figure] for m, f in d["models"].items() if m not in named) for d in daily
+            ]
+        else:
+            named.add(name)
+            values = [d["models"][name][figure] if name in d["models"] else 0.0 for d in daily]
+        series.append((name, colors[path], values))
+    return series
 
 
 def _daily_chart(report: dict[str, Any], Figure: Any) -> Any:
     daily = report["daily"]
     if not daily:
         return None
-    colors = _colors(report)
-    models = [m["model"] for m in report["models"]]
     days = [d["day"] for d in daily]
     labels = [_day_label(d) for d in days]
     x = list(range(len(days)))
     fig = Figure(figsize=(10, 3.9))
     ax_e, ax_c = fig.subplots(1, 2)
     fig.subplots_adjust(wspace=0.28)
+    energy = _daily_series(report, "energy_kwh")
     top_energy = max(
-        sum(d["models"][m]["energy_kwh"] for m in models) + d["idle_energy_kwh"] for d in daily
+        sum(values[i] for _, _, values in energy) + d["idle_energy_kwh"]
+        for i, d in enumerate(daily)
     )
     factor, unit = _scale(top_energy, _ENERGY_SCALES)
     bottom = [0.0] * len(days)
     width = 0.72 if len(days) <= 45 else 0.95
-    for model in models:
-        values = [d["models"][model]["energy_kwh"] / factor for d in daily]
-        ax_e.bar(x, values, width, bottom=bottom, color=colors[model], label=model)
+    for name, color, kwh in energy:
+        values = [v / factor for v in kwh]
+        ax_e.bar(x, values, width, bottom=bottom, color=color, label=name)
         bottom = [b + v for b, v in zip(bottom, values)]
     idle = [d["idle_energy_kwh"] / factor for d in daily]
     if any(idle):
         ax_e.bar(x, idle, width, bottom=bottom, color=IDLE_COLOR, label="idle (not attributed)")
     ax_e.set_title("GPU energy per day")
     ax_e.set_ylabel(unit)
-    top_mass = max(sum(d["models"][m]["co2e_g"] for m in models) for d in daily)
+    mass = _daily_series(report, "co2e_g")
+    top_mass = max(sum(values[i] for _, _, values in mass) for i in range(len(daily)))
     mfactor, munit = _scale(top_mass, _MASS_SCALES)
     bottom = [0.0] * len(days)
-    for model in models:
-        values = [d["models"][model]["co2e_g"] / mfactor for d in daily]
-        ax_c.bar(x, values, width, bottom=bottom, color=colors[model], label=model)
+    for name, color, grams in mass:
+        values = [v / mfactor for v in grams]
+        ax_c.bar(x, values, width, bottom=bottom, color=color, label=name)
         bottom = [b + v for b, v in zip(bottom, values)]
     ax_c.set_title("CO2e per day (attributed, location-based)")
     ax_c.set_ylabel(f"{munit} CO2e")
-    step = max(1, len(days) // 10)
+    step = max(1, -(-len(days) // 8))  # at most 8 day labels: they are two lines wide
     for ax in (ax_e, ax_c):
         ax.set_xticks(x[::step], labels[::step])
         ax.grid(axis="x", visible=False)
         ax.margins(x=0.01)
     handles, names = ax_e.get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 5),
-               bbox_to_anchor=(0.5, -0.1))  # fmt: skip
+    if len(names) <= 5:
+        fig.legend(handles, names, loc="lower center", ncol=len(names),
+                   bbox_to_anchor=(0.5, -0.1))  # fmt: skip
+    else:  # several rows: below the day labels
+        fig.legend(handles, names, loc="upper center", ncol=4, bbox_to_anchor=(0.5, 0.0))
     alt = "Stacked bars per day of GPU energy and of CO2e, one colour per model"
     return fig, "daily", "Energy and CO2e per day", alt
 
@@ -161,10 +193,11 @@ def _day_label(day: str) -> str:
 def _models_chart(report: dict[str, Any], Figure: Any) -> Any:
     from matplotlib.patches import Patch
 
-    models = report["models"]
-    colors = _colors(report)
-    names = [m["model"] for m in models][::-1]
-    rows = models[::-1]
+    colors = model_colors(report)
+    shown = shown_models(report)[::-1]
+    names = [name for _, _, name in shown]
+    rows = [entry for _, entry, _ in shown]
+    bar_colors = [colors[path] for path, _, _ in shown]
     y = list(range(len(rows)))
     height = max(2.6, 0.55 * len(rows) + 1.4)
     fig = Figure(figsize=(10, height))
@@ -175,27 +208,31 @@ def _models_chart(report: dict[str, Any], Figure: Any) -> Any:
     attributed = [m["co2e_g"] / factor for m in rows]
     idle = [(m["fully_loaded_co2e_g"] - m["co2e_g"]) / factor for m in rows]
     embodied = [m["embodied_co2e_g"] / factor for m in rows]
-    ax_c.barh(y, attributed, 0.62, color=[colors[n] for n in names])
+    ax_c.barh(y, attributed, 0.62, color=bar_colors)
     ax_c.barh(y, idle, 0.62, left=attributed, color=IDLE_COLOR)
     left = [a + i for a, i in zip(attributed, idle)]
     ax_c.barh(y, embodied, 0.62, left=left, color=INK)
     ax_c.set_yticks(y, names)
     ax_c.set_title("CO2e per model")
     ax_c.set_xlabel(f"{unit} CO2e")
+    # With an "all others" row (often the longest bar, at the bottom) the legends go
+    # below the axes, and the cost panel, in the same row order, names no rows.
+    under = -0.55 / (height * fig.subplotpars.top - height * fig.subplotpars.bottom)  # 0.55 in
+    below = {"loc": "upper center", "bbox_to_anchor": (0.5, under)} if report.get("others") else {}
     ax_c.legend(
         handles=[
             Patch(color=MUTED, label="attributed (model colour)"),
             Patch(color=IDLE_COLOR, label="idle share"),
             Patch(color=INK, label="embodied"),
         ],
-        loc="lower right",
+        **(below or {"loc": "lower right"}),
     )
     top_cost = max(m["fully_loaded_energy_cost_usd"] + m["compute_cost_usd"] for m in rows)
     energy_cost = [m["fully_loaded_energy_cost_usd"] for m in rows]
     compute = [m["compute_cost_usd"] for m in rows]
-    ax_m.barh(y, compute, 0.62, color=[colors[n] for n in names])
+    ax_m.barh(y, compute, 0.62, color=bar_colors)
     ax_m.barh(y, energy_cost, 0.62, left=compute, color=ELECTRICITY)
-    ax_m.set_yticks(y, names)
+    ax_m.set_yticks(y, [""] * len(names) if below else names)
     ax_m.set_title("Cost per model")
     ax_m.set_xlabel("US$")
     ax_m.set_xlim(0, top_cost * 1.08 if top_cost else 1)
@@ -204,7 +241,7 @@ def _models_chart(report: dict[str, Any], Figure: Any) -> Any:
             Patch(color=MUTED, label="GPU time (model colour)"),
             Patch(color=ELECTRICITY, label="electricity (fully loaded)"),
         ],
-        loc="lower right",
+        **(below or {"loc": "lower right"}),
     )
     for ax in (ax_c, ax_m):
         ax.grid(axis="y", visible=False)

@@ -6,16 +6,21 @@ brought up to date (SQLite), then read for the whole hours of the period, with t
 grouped scan of ``queries`` for the part hours at either edge of an unaligned
 ``--since``/``--until``. A count of the period's queries checks the rollups; where they
 cannot be brought up to date (a read-only file) or disagree with ``queries``, the report
-scans ``queries`` instead and says so in a note. The few hundred or thousand grouped rows
-are rolled up here into models, totals, days, regions and factors. ``idle_energy`` is
-summed per GPU and day in a second query.
+scans ``queries`` instead and says so in a note. The grouped rows are folded, as they come
+from the database, into models, totals, days, regions and factors (``_Fold``): memory
+follows the models and days of the report, not the rows. ``idle_energy`` is summed per
+GPU and day in a second query.
 
-Per-query percentiles are nearest-rank. For each model and figure they are read exactly
-with ``ORDER BY … LIMIT 1 OFFSET k`` where an index ordered by that figure serves the
-ordering (checked with the query plan; see ``PERCENTILE_INDEXES``); otherwise from the
-model's queries fetched through the (model, started_at) index: all of them up to
-``PERCENTILE_SAMPLE``, above it a deterministic hash sample of the record ids, stated in
-the report. Works on SQLite and PostgreSQL through SQLAlchemy Core.
+Per-query percentiles are nearest-rank. A model with at most ``PERCENTILE_SAMPLE``
+measured queries gets them exactly from all of its queries, read together with other such
+models' (a few statements for thousands of models). Above that, each figure is read
+exactly with ``ORDER BY … LIMIT 1 OFFSET k`` where an index ordered by that figure serves
+the ordering (checked with the query plan; see ``PERCENTILE_INDEXES``); otherwise from a
+deterministic hash sample of the model's record ids, stated in the report. Works on
+SQLite and PostgreSQL through SQLAlchemy Core.
+
+A SQLite file the report may not write (file or folder) is read read-only, never written
+(``probe_sqlite``); what cannot be read is one line, ``cannot read <file>: <why>``.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ import json
 import os
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import (
     BigInteger,
@@ -44,7 +51,8 @@ from sqlalchemy import (
     select,
     type_coerce,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.types import NullType
 
@@ -71,6 +79,10 @@ _HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash: coprime to 10**6
 _HASH_MODULUS = 1_000_000
 JOULES_PER_KWH = 3_600_000.0
 CLEANEST_COUNT = 5
+# Models shown by name in the tables and charts of the HTML and Markdown reports (the
+# first by CO2e); the others are one "all others (K models)" row. The JSON and CSV
+# reports list every model.
+TOP_MODELS = 12
 
 ProgressFn = Callable[[str], None]
 
@@ -133,33 +145,179 @@ def split_names(values: Iterable[str] | None) -> list[str]:
 # --- database --------------------------------------------------------------------------
 
 
+@dataclass
+class SqliteAccess:
+    """How a SQLite file can be read, found by ``probe_sqlite``."""
+
+    path: str
+    uri: str  # a ``file:`` URI that opens it read-only (``mode=ro``, or ``immutable=1``)
+    immutable: bool  # read with ``immutable=1``: no lock, no -shm (the folder is read-only)
+    writable: bool  # the file and its folder may be written (rollups, migrations)
+    schema_version: int | None
+
+
+# SQLite's primary result codes that mean "cannot write or create here", not "cannot read".
+_SQLITE_READONLY, _SQLITE_CANTOPEN = 8, 14
+
+
+def _file_uri(path: str, **params: str) -> str:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"file:{quote(path)}?{query}"
+
+
+def probe_sqlite(path: str, timeout_s: float = 10.0) -> SqliteAccess:
+    """Open an existing SQLite file read-only and read its schema version, or say in one
+    line (``ReportError``: ``cannot read <file>: <why>``) why it cannot be read.
+
+    ``mode=ro`` first: it reads a WAL database as of its last commit, alongside a live
+    writer. Where that fails for want of write access (a WAL database needs its -shm file,
+    which SQLite creates in the file's folder), ``immutable=1``: no lock, no -shm; only
+    when no write-ahead log holds changes it could not see. Nothing is written.
+    """
+    import sqlite3
+
+    if not os.access(path, os.R_OK):
+        raise ReportError(f"cannot read {path}: permission denied")
+    folder = os.path.dirname(path) or "."
+    writable = os.access(path, os.W_OK) and os.access(folder, os.W_OK)
+    immutable = False
+    uri = _file_uri(path, mode="ro")
+    try:
+        version = _probe_version(path, uri, timeout_s)
+    except sqlite3.Error as exc:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is None or code & 0xFF not in (_SQLITE_READONLY, _SQLITE_CANTOPEN):
+            raise ReportError(f"cannot read {path}: {_reason(exc)}") from None
+        wal = path + "-wal"
+        if os.path.exists(wal) and os.path.getsize(wal) > 0:
+            raise ReportError(
+                f"cannot read {path}: its write-ahead log {os.path.basename(wal)} holds "
+                f"changes, and reading them needs write access to {folder} (for "
+                f"{os.path.basename(path)}-shm; SQLite said: {_reason(exc)}); run this "
+                "as a user who may write there, or once the writer has stopped"
+            ) from None
+        immutable = True
+        uri = _file_uri(path, mode="ro", immutable="1")
+        try:
+            version = _probe_version(path, uri, timeout_s)
+        except sqlite3.Error as again:
+            raise ReportError(f"cannot read {path}: {_reason(again)}") from None
+    from footprint.storage.models import SCHEMA_VERSION
+
+    if version is not None and version > SCHEMA_VERSION:
+        raise ReportError(
+            f"cannot read {path}: database schema version {version} is newer than this "
+            f"footprint (which knows up to {SCHEMA_VERSION}); upgrade footprint to use it"
+        )
+    return SqliteAccess(path, uri, immutable, writable and not immutable, version)
+
+
+def _probe_version(path: str, uri: str, timeout_s: float) -> int | None:
+    """The schema version stored in the file (None: footprint wrote no version yet)."""
+    import sqlite3
+
+    con = sqlite3.connect(uri, uri=True, timeout=timeout_s)
+    try:
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master")}
+        if "footprint_meta" not in tables:
+            if tables:
+                raise ReportError(f"cannot read {path}: not a footprint database")
+            raise ReportError(f"cannot read {path}: an empty database (no footprint tables)")
+        row = con.execute(
+            "SELECT value FROM footprint_meta WHERE key = 'schema_version'"
+        ).fetchone()
+    finally:
+        con.close()
+    try:
+        return None if row is None else int(row[0])
+    except ValueError:
+        raise ReportError(
+            f"cannot read {path}: schema version {row[0]!r} is not a number"
+        ) from None
+
+
+def _asks_read_only(url: str) -> bool:
+    query = make_url(url).query
+    return str(query.get("mode", "")) == "ro" or str(query.get("immutable", "")) == "1"
+
+
+def _check_read_only_schema(access: SqliteAccess) -> None:
+    from footprint.storage.models import SCHEMA_VERSION
+
+    version = access.schema_version
+    if version != SCHEMA_VERSION:
+        what = "has no schema version" if version is None else f"has schema version {version}"
+        raise ReportError(
+            f"cannot read {access.path} without writing it: it {what} and this footprint "
+            f"reads version {SCHEMA_VERSION}; one run of footprint with write access to the "
+            "file and its folder (footprint db info) brings it up to date"
+        )
+
+
+def read_only_engine(access: SqliteAccess, timeout_s: float = 10.0) -> Engine:
+    """An engine on ``access.uri``: every connection read-only (any file name)."""
+    import sqlite3
+
+    from sqlalchemy import create_engine
+
+    def connect() -> Any:
+        return sqlite3.connect(access.uri, uri=True, timeout=timeout_s, check_same_thread=False)
+
+    return create_engine("sqlite://", creator=connect)
+
+
+def reading_db(db: str) -> str:
+    """``db`` for the store's readers (``db info``, ``db export``): a SQLite file that
+    cannot be written (file or folder), or given with ``mode=ro``, becomes a read-only URL
+    (``mode=ro``, else ``immutable=1``, see ``probe_sqlite``); anything else is unchanged
+    (a writable file opens as before: its schema may be brought up to date). A missing
+    file is left to the store to report. ``ReportError``: one line, why it cannot be read.
+    """
+    try:
+        url = normalize_db_url(db)
+        path = sqlite_path(url)
+    except (StoreError, ArgumentError):
+        return db
+    if path is None or not os.path.isfile(path):
+        return db
+    access = probe_sqlite(path)
+    if access.writable and not _asks_read_only(url):
+        return db
+    _check_read_only_schema(access)
+    if any(c in path for c in "?#%"):  # a URL cannot carry such a name through SQLAlchemy
+        return db
+    flags = "immutable=1&" if access.immutable else ""
+    return f"sqlite:///file:{path}?{flags}mode=ro&uri=true"
+
+
 def open_report_engine(db: str) -> Engine:
     """Open an existing database; a missing SQLite file is an error.
 
-    The report writes nothing but the hourly rollups it brings up to date (SQLite).
+    The report writes nothing but the hourly rollups it brings up to date (SQLite), and
+    only to a file it may write (file and folder); any other file it reads read-only
+    (``probe_sqlite``). What cannot be read is one line: ``ReportError``.
     """
     try:
         url = normalize_db_url(db)
     except StoreError as exc:
         raise ReportError(str(exc)) from None
     path = sqlite_path(url)  # also the file of a sqlite:///file:…?mode=ro&uri=true URL
-    if path is not None:
-        from pathlib import Path
-
-        if not Path(path).is_file():
-            raise ReportError(f"no database at {path} (give --db or set FOOTPRINT_DB)")
-    if path is not None and ("mode=ro" in url or not os.access(path, os.W_OK)):
-        return _with_read_pragmas(_open_read_only(url))
-    try:
+    if path is None:
         try:
-            engine = open_engine(url, create=False)
-        except TypeError:  # a store without the read-only option
-            engine = open_engine(url)
-    except StoreError as exc:
-        if path is None or "readonly" not in str(exc):
+            return open_engine(url, create=False)
+        except StoreError as exc:
             raise ReportError(str(exc)) from None
-        engine = _open_read_only(url)  # open_engine writes the schema version back
-    return _with_read_pragmas(engine)
+    if not os.path.isfile(path):
+        raise ReportError(f"no database at {path} (give --db or set FOOTPRINT_DB)")
+    access = probe_sqlite(path)
+    if access.writable and not _asks_read_only(url):
+        try:
+            return _with_read_pragmas(open_engine(url, create=False))
+        except StoreError as exc:
+            if "readonly" not in str(exc):
+                raise ReportError(read_error(db, exc)) from None
+    _check_read_only_schema(access)
+    return _with_read_pragmas(read_only_engine(access))
 
 
 def _with_read_pragmas(engine: Engine) -> Engine:
@@ -170,39 +328,37 @@ def _with_read_pragmas(engine: Engine) -> Engine:
         def _read_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA temp_store=MEMORY")  # sorts of GROUP BY stay in memory
-            cursor.execute("PRAGMA cache_size=-262144")  # 256 MiB
+            # 16 MiB: the OS caches the file; a larger page cache only costs memory (1M
+            # records: 1.0 s at 16 MiB, 1.2 s and 220 MB more at 256 MiB, here).
+            cursor.execute("PRAGMA cache_size=-16384")
             cursor.close()
 
         engine.dispose()  # the pragmas apply to connections opened from now on
     return engine
 
 
-def _open_read_only(url: str) -> Engine:
-    """A read-only SQLite file (``mode=ro`` or no write permission), schema checked."""
-    from sqlalchemy import create_engine
-
-    from footprint.storage.models import SCHEMA_VERSION
-    from footprint.storage.store import schema_version
-
-    engine = create_engine(url, connect_args={"timeout": 10.0})
+def database_name(db: str) -> str:
+    """The database as a message names it: a SQLite file's path, else its URL (no password)."""
     try:
-        with engine.connect() as conn:
-            version = schema_version(conn)
-    except SQLAlchemyError as exc:
-        engine.dispose()
-        raise ReportError(f"cannot open database {url}: {_reason(exc)}") from None
-    if version != SCHEMA_VERSION:
-        engine.dispose()
-        if version is not None and version > SCHEMA_VERSION:
-            raise ReportError(
-                f"database schema version {version} is newer than this footprint "
-                f"(which knows up to {SCHEMA_VERSION}); upgrade footprint to use it"
-            )
-        raise ReportError(
-            f"cannot open database {url}: it is read-only and its schema (version "
-            f"{version}) must first be brought up to date by a writable open"
-        )
-    return engine
+        url = normalize_db_url(db)
+        path = sqlite_path(url)
+        if path is not None:
+            return path
+        return make_url(url).render_as_string(hide_password=True)
+    except (StoreError, ArgumentError, ValueError):
+        return db
+
+
+def read_error(db: str, exc: BaseException) -> str:
+    """One line for a database that could not be read: ``cannot read <file>: <SQLite's
+    message>`` (a store's own message, such as ``no database at <file>``, as it is)."""
+    reason = _reason(exc)
+    if isinstance(exc, StoreError):
+        head, sep, rest = reason.partition(": ")
+        if not (sep and head.startswith("cannot open database ")):
+            return reason
+        reason = rest  # "cannot open database <url>: <SQLite's message>"
+    return f"cannot read {database_name(db)}: {reason}"
 
 
 def _day_expr(engine: Engine, column: Any) -> Any:
@@ -251,9 +407,162 @@ def _zero() -> dict[str, float]:
     return dict.fromkeys(SUM_KEYS, 0)
 
 
-def _add(into: dict[str, float], row: dict[str, float], scale: float = 1.0) -> None:
+def _add(into: dict[str, float], row: dict[str, float]) -> None:
     for key in SUM_KEYS:
-        into[key] += row[key] * scale if scale != 1.0 else row[key]
+        into[key] += row[key]
+
+
+class _Fold:
+    """The grouped rows, folded one at a time into the sums the report shows.
+
+    Per model, per group (--by), per model and day (four figures), in total; the factor
+    sets, zones, days and energy sources seen; what the percentiles need (measured queries
+    per model, costs to convert). The idle energy of each GPU is spread over the queries
+    that ran on it in proportion to their GPU-seconds: a row's share is its GPU-seconds ×
+    a factor of its GPUs known only once every row is in (``settle``), so each sum keeps
+    its GPU-seconds (and their CO2e and cost ratios) per set of GPUs until then.
+    """
+
+    def __init__(
+        self,
+        request: ReportRequest,
+        idle: list[dict[str, Any]],
+        device_gs: dict[str, float] | None,
+    ) -> None:
+        self.request = request
+        self.idle = idle
+        self.given_device_gs = device_gs  # with --model: GPU-seconds of every model
+        self.device_gs: dict[str, float] = defaultdict(float)
+        self.rows = 0
+        self.queries = 0
+        self.by_model: dict[str, dict[str, Any]] = {}
+        self.by_group: dict[str, dict[str, Any]] = {}
+        self.by_day: dict[str, dict[str, list[float]]] = {}
+        self.total = _zero()
+        self.total["_idle"] = {}
+        self.by_source: dict[str, int] = defaultdict(int)
+        self.factor_sets: dict[tuple, dict[str, Any]] = {}
+        self.zones: set[str] = set()
+        self.measured: dict[str, int] = defaultdict(int)
+        self.unconverted_models: set[str] = set()
+        self.rate_refs: dict[str | None, tuple[float, str] | None] = {}
+        self.converted: dict[str, int] = defaultdict(int)
+        self.unpriced = 0
+        self._gpus: dict[str | None, list[str]] = {}
+
+    @property
+    def rates(self) -> dict[str, float]:
+        """USD per unit of each currency whose energy cost has no USD figure in the records."""
+        return {c: r[0] for c, r in self.rate_refs.items() if c and r is not None}
+
+    def add(self, row: dict[str, Any]) -> None:
+        from footprint.pricing import usd_per_unit
+
+        self.rows += 1
+        model = row["model"]
+        self.queries += row["queries"]
+        self.measured[model] += row["measured_queries"]
+        extra = row.pop("unconverted_energy_cost")
+        currency = row["currency"]
+        if row["unconverted_queries"]:
+            self.unconverted_models.add(model)
+            if currency not in self.rate_refs:
+                self.rate_refs[currency] = usd_per_unit(currency) if currency else None
+            rate = self.rate_refs[currency]
+            if rate is None:
+                self.unpriced += row["unconverted_queries"]
+                row["unconverted_queries"] = 0
+            else:
+                row["energy_cost_usd"] += extra * rate[0]
+                self.converted[currency] += row["unconverted_queries"]
+        row["idle_j"] = row["idle_co2e_g"] = row["idle_cost_usd"] = 0.0
+
+        # Idle shares: GPU-seconds per GPU, and the CO2e and cost per joule to price them.
+        gpus = row["gpus"]
+        uuids = self._gpus.get(gpus)
+        if uuids is None:
+            uuids = self._gpus[gpus] = [u for u, _ in _split_gpus(gpus, 0.0)]
+        seconds = row["gpu_seconds"]
+        spread = None
+        if uuids and seconds:
+            for uuid in uuids:
+                self.device_gs[uuid] += seconds / len(uuids)
+            energy = row["energy_j"]
+            co2e_per_j = cost_per_j = 0.0
+            if energy > 0:
+                co2e_per_j = row["co2e_g"] / energy
+                cost_per_j = row["energy_cost_usd"] / energy
+            elif row["pue"] and row["intensity_min"] is not None:
+                mid = (row["intensity_min"] + row["intensity_max"]) / 2
+                co2e_per_j = row["pue"] * mid / JOULES_PER_KWH
+            spread = (seconds, seconds * co2e_per_j, seconds * cost_per_j)
+
+        targets = [self._acc(self.by_model, model), self.total]
+        by = self.request.by
+        if by == "day":
+            targets.append(self._acc(self.by_group, row["day"]))
+        elif by == "region":
+            targets.append(self._acc(self.by_group, row["zone"] or "(no zone)"))
+        elif by == "host":
+            targets.append(self._acc(self.by_group, row["host"]))
+        for acc in targets:
+            _add(acc, row)
+            if spread is not None:
+                parts = acc["_idle"].get(gpus)
+                if parts is None:
+                    acc["_idle"][gpus] = list(spread)
+                else:
+                    parts[0] += spread[0]
+                    parts[1] += spread[1]
+                    parts[2] += spread[2]
+
+        day = self.by_day.get(row["day"])
+        if day is None:
+            day = self.by_day[row["day"]] = {}
+        figures = day.get(model)
+        cost = row["energy_cost_usd"] + row["compute_cost_usd"]
+        if figures is None:
+            day[model] = [row["queries"], row["energy_j"], row["co2e_g"], cost]
+        else:
+            figures[0] += row["queries"]
+            figures[1] += row["energy_j"]
+            figures[2] += row["co2e_g"]
+            figures[3] += cost
+        self.by_source[row["energy_source"] or "missing"] += row["queries"]
+        if row["zone"]:
+            self.zones.add(row["zone"])
+        _add_factors(self.factor_sets, row)
+
+    @staticmethod
+    def _acc(into: dict[str, dict[str, Any]], name: Any) -> dict[str, Any]:
+        acc = into.get(name)
+        if acc is None:
+            acc = into[name] = _zero()
+            acc["_idle"] = {}
+        return acc
+
+    def settle(self, idle_by_device: dict[str, float]) -> float:
+        """Put each GPU's idle energy into the sums; returns the idle energy of GPUs no
+        query of the period ran on (unallocated, without --model)."""
+        device_gs = self.given_device_gs if self.given_device_gs is not None else self.device_gs
+        per_second: dict[str | None, float] = {}
+        for gpus, uuids in self._gpus.items():
+            factor = 0.0
+            for uuid in uuids:
+                total = device_gs.get(uuid, 0.0)
+                if total > 0:
+                    factor += idle_by_device.get(uuid, 0.0) / len(uuids) / total
+            per_second[gpus] = factor
+        for acc in (*self.by_model.values(), *self.by_group.values(), self.total):
+            for gpus, (seconds, co2e, cost) in acc.pop("_idle", {}).items():
+                factor = per_second.get(gpus, 0.0)
+                if factor:
+                    acc["idle_j"] += seconds * factor
+                    acc["idle_co2e_g"] += co2e * factor
+                    acc["idle_cost_usd"] += cost * factor
+        if self.request.models:
+            return 0.0
+        return sum(j for d, j in idle_by_device.items() if device_gs.get(d, 0.0) <= 0)
 
 
 # --- the report ------------------------------------------------------------------------
@@ -284,25 +593,29 @@ def build_report(
         with engine.connect() as conn:
             step("checking models")
             _check_models(conn, request.models)
+            step("aggregating idle energy")
+            idle = _idle_rows(conn, engine, request)
             step("aggregating queries")
-            rows, device_gs, note = _sums(conn, engine, request, problem)
+            fold, note = _sums(conn, engine, request, problem, idle)
             if note and use_rollups:
                 notes.append(note)
             first_last = _first_last(conn, request)
-            step("aggregating idle energy")
-            idle = _idle_rows(conn, engine, request)
             step("computing percentiles")
-            percentiles = _percentiles(conn, request, rows, _rates(rows))
+            percentiles = _percentiles(
+                conn, request, fold.measured, fold.unconverted_models, fold.rates
+            )
+    except SQLAlchemyError as exc:
+        raise ReportError(read_error(request.db, exc)) from None
     finally:
         engine.dispose()
-    if not rows and not request.allow_empty:
+    if not fold.rows and not request.allow_empty:
         raise ReportError(
             f"no queries in {_period_words(request)}"
             + (f" for {', '.join(request.models)}" if request.models else "")
             + " (use --allow-empty for an explicit empty report)"
         )
     step("rolling up")
-    return _assemble(request, rows, idle, device_gs, percentiles, compare_zones, first_last, notes)
+    return _assemble(request, fold, percentiles, compare_zones, first_last, notes)
 
 
 def _period_words(request: ReportRequest) -> str:
@@ -393,45 +706,57 @@ def _floor_hour(when: _dt.datetime) -> _dt.datetime:
 
 
 def _sums(
-    conn: Any, engine: Engine, request: ReportRequest, problem: str | None
-) -> tuple[list[dict[str, Any]], dict[str, float] | None, str | None]:
-    """Grouped rows, GPU-seconds per GPU of every model (with --model), and a note.
+    conn: Any,
+    engine: Engine,
+    request: ReportRequest,
+    problem: str | None,
+    idle: list[dict[str, Any]],
+) -> tuple[_Fold, str | None]:
+    """The grouped rows folded into the report's sums (``_Fold``), and a note.
 
     From the rollups unless ``problem`` says why not or they disagree with ``queries``;
-    then from a scan of ``queries``, and the note says so.
+    then from a scan of ``queries``, and the note says so. Rows are folded as they come
+    from the database: memory follows the models and days shown, not the grouped rows.
     """
+    with_host = request.by == "host"
     if problem is None:
         hours, edges = _split_period(request)
-        parts = [_grouped_rows(conn, engine, request, edge) for edge in edges]
+        edge_rows = _merge_rows(
+            [_grouped_rows(conn, engine, request, edge) for edge in edges], with_host
+        )
+        device_gs = None
+        if request.models:
+            pairs = [p for edge in edges for p in _raw_gpu_seconds(conn, request, edge)]
+            if hours is not None:
+                pairs += _rollup_gpu_seconds(conn, request, hours)
+            device_gs = _per_device(pairs)
+        fold = _Fold(request, idle, device_gs)
+        rows: Iterable[dict[str, Any]] = edge_rows
         if hours is not None:
-            parts.append(_rollup_rows(conn, engine, request, hours))
-        rows = _merge_rows(parts, with_host=request.by == "host")
-        counted = sum(r["queries"] for r in rows)
+            rows = _merged_stream(_rollup_rows(conn, engine, request, hours), edge_rows, with_host)
+        for row in rows:
+            fold.add(row)
         total = _count_queries(conn, request)
-        if counted == total:
-            device_gs = None
-            if request.models:
-                pairs = [p for edge in edges for p in _raw_gpu_seconds(conn, request, edge)]
-                if hours is not None:
-                    pairs += _rollup_gpu_seconds(conn, request, hours)
-                device_gs = _per_device(pairs)
-            return rows, device_gs, None
+        if fold.queries == total:
+            return fold, None
         note = (
-            f"The hourly rollups count {counted:,} queries in this period but the queries "
-            f"table holds {total:,} (rows written or deleted by other means); every figure "
-            "was computed from the queries table instead. `footprint db rebuild-rollups` "
-            "restores the fast path."
+            f"The hourly rollups count {fold.queries:,} queries in this period but the "
+            f"queries table holds {total:,} (rows written or deleted by other means); every "
+            "figure was computed from the queries table instead. `footprint db "
+            "rebuild-rollups` restores the fast path."
         )
     else:
         note = (
             f"The hourly rollups could not be brought up to date ({problem}); every figure "
             "was computed from the queries table instead, which is slower on large databases."
         )
-    rows = _grouped_rows(conn, engine, request)
     device_gs = None
     if request.models:
         device_gs = _per_device(_raw_gpu_seconds(conn, request))
-    return rows, device_gs, note
+    fold = _Fold(request, idle, device_gs)
+    for row in _grouped_rows(conn, engine, request):
+        fold.add(row)
+    return fold, note
 
 
 def _group_columns(columns: Any, day: Any, request: ReportRequest) -> list[Any]:
@@ -452,6 +777,16 @@ def _grouped_rows(
     return [dict(row) for row in conn.execute(stmt).mappings()]
 
 
+def _iter_rows(conn: Any, stmt: Any, chunk: int = 2000) -> Iterator[dict[str, Any]]:
+    """The rows of ``stmt`` as dicts, as they come (``chunk`` rows held at a time; a
+    server-side cursor on PostgreSQL)."""
+    result = conn.execute(stmt, execution_options={"yield_per": chunk})  # this one only
+    keys = list(result.keys())
+    for part in result.partitions(chunk):
+        for row in part:
+            yield dict(zip(keys, row))
+
+
 def _hour_filters(request: ReportRequest, hours: Period, with_models: bool = True) -> list[Any]:
     r = QueryRollup.__table__.c
     return _time_filters(r.hour, r.model, *hours, with_models and request.models)
@@ -459,8 +794,9 @@ def _hour_filters(request: ReportRequest, hours: Period, with_models: bool = Tru
 
 def _rollup_rows(
     conn: Any, engine: Engine, request: ReportRequest, hours: Period
-) -> list[dict[str, Any]]:
-    """The same grouped sums as ``_grouped_rows``, from the rollups of whole hours."""
+) -> Iterator[dict[str, Any]]:
+    """The same grouped sums as ``_grouped_rows``, from the rollups of whole hours (as
+    they come)."""
     r = QueryRollup.__table__.c
     day = _day_expr(engine, r.hour).label("day")
     keys = _group_columns(r, day, request)
@@ -474,28 +810,55 @@ def _rollup_rows(
     sums.append(func.min(r.intensity_min).label("intensity_min"))
     sums.append(func.max(r.intensity_max).label("intensity_max"))
     stmt = select(*keys, *sums).where(*_hour_filters(request, hours)).group_by(*keys)
-    return [dict(row) for row in conn.execute(stmt).mappings()]
+    return _iter_rows(conn, stmt)
+
+
+def _group_key(with_host: bool) -> Callable[[dict[str, Any]], tuple]:
+    return itemgetter(*GROUP_KEYS, *(("host",) if with_host else ()))
+
+
+def _merge_into(into: dict[str, Any], row: dict[str, Any]) -> None:
+    """Add the sums of ``row`` to ``into`` (same group key)."""
+    for name in GROUP_SUMS:
+        into[name] += row[name]
+    for name, pick in (("intensity_min", min), ("intensity_max", max)):
+        values = [v for v in (into[name], row[name]) if v is not None]
+        into[name] = pick(values) if values else None
 
 
 def _merge_rows(parts: list[list[dict[str, Any]]], with_host: bool) -> list[dict[str, Any]]:
     """Grouped rows of several sources added up per key."""
     if len(parts) == 1:
         return parts[0]
-    names = GROUP_KEYS + (("host",) if with_host else ())
+    key_of = _group_key(with_host)
     merged: dict[tuple, dict[str, Any]] = {}
     for rows in parts:
         for row in rows:
-            key = tuple(row[name] for name in names)
+            key = key_of(row)
             into = merged.get(key)
             if into is None:
                 merged[key] = dict(row)
-                continue
-            for name in GROUP_SUMS:
-                into[name] += row[name]
-            for name, pick in (("intensity_min", min), ("intensity_max", max)):
-                values = [v for v in (into[name], row[name]) if v is not None]
-                into[name] = pick(values) if values else None
+            else:
+                _merge_into(into, row)
     return list(merged.values())
+
+
+def _merged_stream(
+    rows: Iterable[dict[str, Any]], extra: list[dict[str, Any]], with_host: bool
+) -> Iterator[dict[str, Any]]:
+    """``rows`` (distinct keys, streamed) with the few ``extra`` rows added per key."""
+    if not extra:
+        yield from rows
+        return
+    key_of = _group_key(with_host)
+    pending = {key_of(row): row for row in extra}
+    for row in rows:
+        other = pending.pop(key_of(row), None)
+        if other is not None:
+            _merge_into(other, row)
+            row = other
+        yield row
+    yield from pending.values()
 
 
 def _count_queries(conn: Any, request: ReportRequest) -> int:
@@ -593,20 +956,6 @@ def _split_gpus(gpus: str | None, seconds: float) -> list[tuple[str, float]]:
     if not uuids:
         return []
     return [(str(u), seconds / len(uuids)) for u in uuids]
-
-
-def _rates(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """USD per unit of each currency whose energy cost has no USD figure in the records."""
-    from footprint.pricing import usd_per_unit
-
-    rates: dict[str, float] = {}
-    for row in rows:
-        currency = row["currency"]
-        if row["unconverted_queries"] and currency and currency not in rates:
-            found = usd_per_unit(currency)
-            if found is not None:
-                rates[currency] = found[0]
-    return rates
 
 
 # --- percentiles ----------------------------------------------------------------------
@@ -711,26 +1060,31 @@ def _metric(name: str, rates: dict[str, float] | None) -> tuple[Any, list[Any]]:
 
 
 def _percentiles(
-    conn: Any, request: ReportRequest, rows: list[dict[str, Any]], rates: dict[str, float]
+    conn: Any,
+    request: ReportRequest,
+    measured: dict[str, int],
+    unconverted: set[str],
+    rates: dict[str, float],
 ) -> dict[str, dict[str, Any]]:
     """Nearest-rank p50 and p95 of energy, CO2e and cost per query, per model.
 
-    Exact from an index ordered by the figure where there is one; else from the model's
-    queries, all of them or, above ``PERCENTILE_SAMPLE``, a deterministic sample.
+    A model with at most ``PERCENTILE_SAMPLE`` measured queries: exact, from all of them,
+    read with those of other such models (a few statements for thousands of models).
+    Above: exact from an index ordered by the figure where there is one; else from a
+    deterministic sample of its queries.
     """
-    measured: dict[str, int] = defaultdict(int)
-    unconverted: set[str] = set()
-    for row in rows:
-        measured[row["model"]] += row["measured_queries"]
-        if row["unconverted_queries"]:
-            unconverted.add(row["model"])
     out: dict[str, dict[str, Any]] = {}
     rest: dict[str, list[str]] = {}
+    plans: dict[tuple, bool] = {}  # whether an index serves each shape of ordered statement
     for model in sorted(m for m, n in measured.items() if n):
         entry = out[model] = {"sample": measured[model], "sampled": []}
+        if measured[model] <= PERCENTILE_SAMPLE:
+            rest[model] = list(METRICS)
+            continue
         for name in METRICS:
+            model_rates = rates if model in unconverted else None
             found = _ordered_percentiles(
-                conn, request, model, name, measured[model], rates if model in unconverted else None
+                conn, request, model, name, measured[model], model_rates, plans
             )
             if found is None:
                 rest.setdefault(model, []).append(name)
@@ -748,25 +1102,34 @@ def _ordered_percentiles(
     name: str,
     measured: int,
     rates: dict[str, float] | None,
+    plans: dict[tuple, bool] | None = None,
 ) -> dict[str, Any] | None:
     """Exact percentiles by ``ORDER BY … LIMIT 1 OFFSET k`` on an index; None without one.
 
     From the low end up to the median, from the high end above it (p95 walks 5% of the
-    index, not 95%).
+    index, not 95%). ``plans`` keeps whether an index serves each shape of statement (the
+    model and offset are parameters: the plan is the same for every model).
     """
     expr, conditions = _metric(name, rates)
     q = QueryRecord.__table__.c
     where = [q.model == model, *conditions, *_period_terms(conn, request)]
     # Untyped: EXPLAIN returns the plan in this column (no float processing of it).
     base = select(type_coerce(expr, NullType())).where(*where).limit(1)
+    plans = {} if plans is None else plans
+
+    def served(direction: str, stmt: Any) -> bool:
+        key = (name, rates is None, direction)
+        if key not in plans:
+            plans[key] = _index_ordered(conn, stmt)
+        return plans[key]
+
     n = measured
     if name == "co2e":
         n = -1  # counted below, once the index is known to serve it
     found: dict[str, Any] = {}
     for p in PERCENTILES:
         if n < 0:
-            probe = base.order_by(expr).offset(0)
-            if not _index_ordered(conn, probe):
+            if not served("asc", base.order_by(expr).offset(0)):
                 return None
             count = select(func.count()).select_from(QueryRecord.__table__).where(*where)
             n = int(conn.execute(count).scalar_one())
@@ -775,13 +1138,17 @@ def _ordered_percentiles(
             continue
         k = _rank(n, p)
         if k - 1 <= n - k:
-            stmt = base.order_by(expr).offset(k - 1)
+            stmt, direction = base.order_by(expr).offset(k - 1), "asc"
         else:
-            stmt = base.order_by(expr.desc()).offset(n - k)
-        if not _index_ordered(conn, stmt):
+            stmt, direction = base.order_by(expr.desc()).offset(n - k), "desc"
+        if not served(direction, stmt):
             return None
         found[f"{name}_p{p}"] = conn.execute(stmt).scalar()
     return found
+
+
+SQLITE_MODEL_CHUNK = 500  # models per statement (bound parameters: SQLite allows 999+)
+OTHER_MODEL_CHUNK = 10_000  # PostgreSQL: one scan per chunk; 65,535 parameters at most
 
 
 def _sampled_percentiles(
@@ -794,9 +1161,11 @@ def _sampled_percentiles(
 ) -> None:
     """The figures no index serves, from every query of the model or a hash sample.
 
-    SQLite: one statement per model through the (model, started_at) index, the sample
-    test on the record id evaluated on the index entries, so that only sampled rows are
-    read. Other databases: one statement for every model (one scan).
+    SQLite: a sampled model has its own statement through the (model, started_at) index,
+    the sample test on the record id evaluated on the index entries, so that only sampled
+    rows are read; the other models go through the same index ``SQLITE_MODEL_CHUNK`` at a
+    time. Other databases: one statement (one scan) per ``OTHER_MODEL_CHUNK`` models.
+    Values are held for one statement's models at a time.
     """
     q = QueryRecord.__table__.c
     models = sorted(rest)
@@ -810,21 +1179,27 @@ def _sampled_percentiles(
         or_(q.energy_j.is_not(None), q.co2e_g.is_not(None)),
     ]
     columns = (q.model, q.energy_j, q.co2e_g, _cost_expr(rates))
-    statements = []
     if conn.dialect.name == "sqlite":
-        for m in models:
-            sample = [bucket < thresholds[m]] if m in sampled else []
-            statements.append(select(*columns).where(q.model == m, *filters, *sample))
+        batches = [[m] for m in models if m in sampled]
+        whole = [m for m in models if m not in sampled]
+        size = SQLITE_MODEL_CHUNK
     else:
+        batches, whole, size = [], models, OTHER_MODEL_CHUNK
+    batches += [whole[i : i + size] for i in range(0, len(whole), size)]
+    for batch in batches:
         sample = []
-        if sampled:
-            limit = case(
-                *[(q.model == m, thresholds[m]) for m in sorted(sampled)], else_=_HASH_MODULUS
-            )
-            sample.append(bucket < limit)
-        statements.append(select(*columns).where(q.model.in_(models), *filters, *sample))
-    values: dict[str, dict[str, list[float]]] = {m: {k: [] for k in METRICS} for m in models}
-    for stmt in statements:
+        picked = [m for m in batch if m in sampled]
+        if len(batch) == 1:
+            where_model = q.model == batch[0]
+            if picked:
+                sample.append(bucket < thresholds[batch[0]])
+        else:
+            where_model = q.model.in_(batch)
+            if picked:
+                limit = case(*[(q.model == m, thresholds[m]) for m in picked], else_=_HASH_MODULUS)
+                sample.append(bucket < limit)
+        stmt = select(*columns).where(where_model, *filters, *sample)
+        values: dict[str, dict[str, list[float]]] = {m: {k: [] for k in METRICS} for m in batch}
         for model, energy, co2e, cost in conn.execute(stmt).all():
             lists = values[model]
             if energy is not None:
@@ -832,15 +1207,15 @@ def _sampled_percentiles(
                 lists["cost"].append(cost)
             if co2e is not None:
                 lists["co2e"].append(co2e)
-    for model in models:
-        entry = out[model]
-        if model in sampled:
-            entry["sampled"] = rest[model]
-            entry["sample"] = len(values[model]["energy"])
-        for name in rest[model]:
-            ordered = sorted(values[model][name])
-            for p in PERCENTILES:
-                entry[f"{name}_p{p}"] = ordered[_rank(len(ordered), p) - 1] if ordered else None
+        for model in batch:
+            entry = out[model]
+            if model in sampled:
+                entry["sampled"] = rest[model]
+                entry["sample"] = len(values[model]["energy"])
+            for name in rest[model]:
+                ordered = sorted(values[model][name])
+                for p in PERCENTILES:
+                    entry[f"{name}_p{p}"] = ordered[_rank(len(ordered), p) - 1] if ordered else None
 
 
 # --- rollups ---------------------------------------------------------------------------
@@ -856,46 +1231,27 @@ def _div(a: float | None, b: float | None) -> float | None:
 
 def _assemble(
     request: ReportRequest,
-    rows: list[dict[str, Any]],
-    idle: list[dict[str, Any]],
-    device_gs: dict[str, float] | None,
+    fold: _Fold,
     percentiles: dict[str, dict[str, Any]],
     compare_zones: list[str],
     first_last: tuple[Any, Any] = (None, None),
     notes: list[str] | None = None,
 ) -> dict[str, Any]:
-    from footprint.pricing import usd_per_unit
-
     notes = list(notes or [])
-    rate_refs: dict[str, tuple[float, str] | None] = {}
-    unpriced = 0
-    for row in rows:
-        extra = row.pop("unconverted_energy_cost")
-        currency = row["currency"]
-        if row["unconverted_queries"]:
-            if currency not in rate_refs:
-                rate_refs[currency] = usd_per_unit(currency) if currency else None
-            rate = rate_refs[currency]
-            if rate is None:
-                unpriced += row["unconverted_queries"]
-                row["unconverted_queries"] = 0
-            else:
-                row["energy_cost_usd"] += extra * rate[0]
-        row["idle_j"] = row["idle_co2e_g"] = row["idle_cost_usd"] = 0.0
-    for currency, rate in sorted(rate_refs.items(), key=lambda kv: kv[0] or ""):
+    for currency, rate in sorted(fold.rate_refs.items(), key=lambda kv: kv[0] or ""):
         if rate is not None and currency != "USD":
-            converted = sum(r["unconverted_queries"] for r in rows if r["currency"] == currency)
             notes.append(
-                f"{converted:,} queries priced in {currency} had no USD figure stored; their "
-                f"energy cost was converted here at {rate[1]}."
+                f"{fold.converted[currency]:,} queries priced in {currency} had no USD figure "
+                f"stored; their energy cost was converted here at {rate[1]}."
             )
-    if unpriced:
+    if fold.unpriced:
         notes.append(
-            f"{unpriced:,} queries have an energy cost in a currency with no known exchange "
-            "rate; it is left out of the USD totals."
+            f"{fold.unpriced:,} queries have an energy cost in a currency with no known "
+            "exchange rate; it is left out of the USD totals."
         )
 
     # Idle energy per GPU over the period, spread over that GPU's queries by GPU-seconds.
+    idle = fold.idle
     idle_by_device: dict[str, float] = defaultdict(float)
     idle_by_day: dict[str, float] = defaultdict(float)
     idle_by_host: dict[str, float] = defaultdict(float)
@@ -906,51 +1262,22 @@ def _assemble(
         measured_by_device[r["device_uuid"]] += r["measured_j"] or 0.0
         idle_by_day[r["day"]] += r["idle_j"] or 0.0
         idle_by_host[r["host"]] += r["idle_j"] or 0.0
-    if device_gs is None:
-        device_gs = defaultdict(float)
-        for row in rows:
-            for uuid, share in _split_gpus(row["gpus"], row["gpu_seconds"]):
-                device_gs[uuid] += share
-    for row in rows:
-        idle_j = 0.0
-        for uuid, share in _split_gpus(row["gpus"], row["gpu_seconds"]):
-            total = device_gs.get(uuid, 0.0)
-            if total > 0:
-                idle_j += idle_by_device.get(uuid, 0.0) * share / total
-        row["idle_j"] = idle_j
-        if idle_j:
-            if row["energy_j"] > 0:
-                row["idle_co2e_g"] = idle_j * row["co2e_g"] / row["energy_j"]
-                row["idle_cost_usd"] = idle_j * row["energy_cost_usd"] / row["energy_j"]
-            elif row["pue"] and row["intensity_min"] is not None:
-                mid = (row["intensity_min"] + row["intensity_max"]) / 2
-                row["idle_co2e_g"] = _kwh(idle_j) * row["pue"] * mid
-    unallocated_j = 0.0
-    if not request.models:
-        unallocated_j = sum(j for d, j in idle_by_device.items() if device_gs.get(d, 0.0) <= 0)
-
-    by_model: dict[str, dict[str, float]] = defaultdict(_zero)
-    by_day_model: dict[tuple[str, str], dict[str, float]] = defaultdict(_zero)
-    by_group: dict[str, dict[str, float]] = defaultdict(_zero)
-    by_source: dict[str, int] = defaultdict(int)
-    total = _zero()
-    for row in rows:
-        _add(by_model[row["model"]], row)
-        _add(by_day_model[(row["day"], row["model"])], row)
-        _add(total, row)
-        by_source[row["energy_source"] or "missing"] += row["queries"]
-        if request.by == "day":
-            _add(by_group[row["day"]], row)
-        elif request.by == "region":
-            _add(by_group[row["zone"] or "(no zone)"], row)
-        elif request.by == "host":
-            _add(by_group[row["host"]], row)
+    unallocated_j = fold.settle(idle_by_device)
+    device_gs = fold.given_device_gs if fold.given_device_gs is not None else fold.device_gs
+    total, by_source = fold.total, fold.by_source
     total["idle_j"] += unallocated_j
 
-    models = [
-        _figures({"model": name}, acc, percentiles.get(name))
-        for name, acc in sorted(by_model.items(), key=lambda kv: (-kv[1]["co2e_g"], kv[0]))
-    ]
+    ranked = sorted(fold.by_model.items(), key=lambda kv: (-kv[1]["co2e_g"], kv[0]))
+    models = [_figures({"model": name}, acc, percentiles.get(name)) for name, acc in ranked]
+    others = None
+    if len(ranked) > TOP_MODELS + 1:
+        rest = _zero()
+        for _, acc in ranked[TOP_MODELS:]:
+            _add(rest, acc)
+        count = len(ranked) - TOP_MODELS
+        head = {"model": None, "label": f"all others ({count:,} models)", "models": count}
+        others = _figures(head, rest, {})
+        del others["per_query"]["percentile_sample"]
     totals = _figures({}, total, None)
     totals["unallocated_idle_energy_kwh"] = _kwh(unallocated_j)
     totals["models"] = len(models)
@@ -959,7 +1286,7 @@ def _assemble(
     if request.by != "model":
         key = {"day": "day", "region": "zone", "host": "host"}[request.by]
         groups = []
-        for name, acc in sorted(by_group.items()):
+        for name, acc in sorted(fold.by_group.items()):
             entry = _figures({key: name}, acc, None)
             if request.by == "day" and not request.models:
                 _replace_idle(entry, acc, idle_by_day.get(name, 0.0))
@@ -968,8 +1295,8 @@ def _assemble(
             groups.append(entry)
 
     first, last = first_last
-    days = sorted({r["day"] for r in rows} | set(idle_by_day))
-    daily = _daily(days, by_day_model, idle_by_day, [m["model"] for m in models])
+    days = sorted(set(fold.by_day) | set(idle_by_day))
+    daily = _daily(days, fold.by_day, idle_by_day, [name for name, _ in ranked])
 
     sampled = [
         name if len(p["sampled"]) == len(METRICS) else f"{name} ({', '.join(p['sampled'])})"
@@ -982,7 +1309,7 @@ def _assemble(
             f"sample of {PERCENTILE_SAMPLE:,} queries per model (hash of the record id); "
             "totals and means use every query."
         )
-    if not rows:
+    if not fold.rows:
         notes.append("No queries were recorded in this period.")
     if lost_j > 0:
         notes.append(
@@ -1021,11 +1348,13 @@ def _assemble(
             "until": request.until.isoformat() if request.until else None,
             "first_query": first.isoformat() if first else None,
             "last_query": last.isoformat() if last else None,
-            "days": len({r["day"] for r in rows}),
+            "days": len(fold.by_day),
         },
         "filters": {"models": request.models or None, "by": request.by},
         "totals": totals,
         "models": models,
+        # the models after the first TOP_MODELS by CO2e, added up (None when all are shown)
+        "others": others,
         "daily": daily,
         "measurement": {
             "energy_sources": dict(sorted(by_source.items())),
@@ -1035,14 +1364,29 @@ def _assemble(
             "uncertainty_queries": bounded,  # of them, with an energy uncertainty bound
             "accuracy": published_accuracy(),
         },
-        "factors": _factors(rows),
-        "what_if": _what_if(totals, rows, compare_zones),
+        "factors": _factors(fold.factor_sets),
+        "what_if": _what_if(totals, fold.zones, compare_zones),
         "notes": notes,
     }
     if groups is not None:
         report["by"] = request.by
         report["groups"] = groups
     return report
+
+
+def shown_models(report: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
+    """The rows of the per-model tables and charts: (JSON path, figures, name).
+
+    Every model when there are at most ``TOP_MODELS + 1``; else the first ``TOP_MODELS``
+    by CO2e and one row adding up all the others (``others`` in the report).
+    """
+    models = report["models"]
+    others = report.get("others")
+    shown = models[:TOP_MODELS] if others else models
+    rows = [(f"models.{i}", m, m["model"]) for i, m in enumerate(shown)]
+    if others:
+        rows.append(("others", others, others["label"]))
+    return rows
 
 
 def _replace_idle(entry: dict[str, Any], acc: dict[str, float], idle_j: float) -> None:
@@ -1134,27 +1478,30 @@ def _wh(joules: float | None) -> float | None:
 
 def _daily(
     days: list[str],
-    by_day_model: dict[tuple[str, str], dict[str, float]],
+    by_day: dict[str, dict[str, list[float]]],
     idle_by_day: dict[str, float],
     models: list[str],
 ) -> list[dict[str, Any]]:
-    """Every day from the first to the last (days with nothing included), per model."""
+    """Every day from the first to the last (days with nothing included), with the
+    models that had queries that day, in the order of ``models``."""
     if not days:
         return []
+    rank = {name: i for i, name in enumerate(models)}
     start = _dt.date.fromisoformat(days[0])
     end = _dt.date.fromisoformat(days[-1])
     out = []
     day = start
     while day <= end:
         key = day.isoformat()
+        found = by_day.get(key, {})
         per_model = {}
-        for model in models:
-            acc = by_day_model.get((key, model))
+        for model in sorted(found, key=rank.__getitem__):
+            queries, energy_j, co2e_g, cost_usd = found[model]
             per_model[model] = {
-                "queries": int(acc["queries"]) if acc else 0,
-                "energy_kwh": _kwh(acc["energy_j"]) if acc else 0.0,
-                "co2e_g": acc["co2e_g"] if acc else 0.0,
-                "cost_usd": (acc["energy_cost_usd"] + acc["compute_cost_usd"]) if acc else 0.0,
+                "queries": int(queries),
+                "energy_kwh": _kwh(energy_j),
+                "co2e_g": co2e_g,
+                "cost_usd": cost_usd,
             }
         out.append(
             {"day": key, "idle_energy_kwh": _kwh(idle_by_day.get(key, 0.0)), "models": per_model}
@@ -1163,39 +1510,45 @@ def _daily(
     return out
 
 
-def _factors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+FACTOR_NAMES = ("zone", "intensity_source", "pue", "price_per_kwh", "currency",
+                "usd_per_gpu_hour", "market_intensity_g_per_kwh")  # fmt: skip
+
+
+_FACTOR_KEY = itemgetter(*FACTOR_NAMES)
+
+
+def _add_factors(sets: dict[tuple, dict[str, Any]], row: dict[str, Any]) -> None:
+    """Count a grouped row's queries under the factor set it was priced with."""
+    key = _FACTOR_KEY(row)
+    entry = sets.get(key)
+    if entry is None:
+        entry = sets[key] = {
+            "zone": row["zone"],
+            "intensity_source": row["intensity_source"],
+            "intensity_g_per_kwh_min": row["intensity_min"],
+            "intensity_g_per_kwh_max": row["intensity_max"],
+            "market_intensity_g_per_kwh": row["market_intensity_g_per_kwh"],
+            "pue": row["pue"],
+            "price_per_kwh": row["price_per_kwh"],
+            "currency": row["currency"],
+            "usd_per_gpu_hour": row["usd_per_gpu_hour"],
+            "queries": 0,
+        }
+    entry["queries"] += row["queries"]
+    for bound, pick in (("intensity_g_per_kwh_min", min), ("intensity_g_per_kwh_max", max)):
+        value = row["intensity_min" if pick is min else "intensity_max"]
+        if value is not None:
+            current = entry[bound]
+            entry[bound] = value if current is None else pick(current, value)
+
+
+def _factors(sets: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
     """The distinct factor sets the records were priced with, with their sources."""
     from footprint.pricing import build_factors, embodied_for
 
-    names = ("zone", "intensity_source", "pue", "price_per_kwh", "currency",
-             "usd_per_gpu_hour", "market_intensity_g_per_kwh")  # fmt: skip
-
     def key_of(entry: dict[str, Any]) -> tuple:
-        return tuple(entry[name] for name in names)
+        return tuple(entry[name] for name in FACTOR_NAMES)
 
-    sets: dict[tuple, dict[str, Any]] = {}
-    for row in rows:
-        key = key_of(row)
-        entry = sets.get(key)
-        if entry is None:
-            entry = sets[key] = {
-                "zone": row["zone"],
-                "intensity_source": row["intensity_source"],
-                "intensity_g_per_kwh_min": row["intensity_min"],
-                "intensity_g_per_kwh_max": row["intensity_max"],
-                "market_intensity_g_per_kwh": row["market_intensity_g_per_kwh"],
-                "pue": row["pue"],
-                "price_per_kwh": row["price_per_kwh"],
-                "currency": row["currency"],
-                "usd_per_gpu_hour": row["usd_per_gpu_hour"],
-                "queries": 0,
-            }
-        entry["queries"] += row["queries"]
-        for bound, pick in (("intensity_g_per_kwh_min", min), ("intensity_g_per_kwh_max", max)):
-            value = row["intensity_min" if pick is min else "intensity_max"]
-            if value is not None:
-                current = entry[bound]
-                entry[bound] = value if current is None else pick(current, value)
     out = sorted(sets.values(), key=lambda e: (-e["queries"], *map(_none_first, key_of(e))))
     refs: dict[str, dict[str, str]] = {}
     for entry in out:
@@ -1246,16 +1599,14 @@ def cleanest_zones(count: int = CLEANEST_COUNT) -> list[str]:
     return picked
 
 
-def _what_if(
-    totals: dict[str, Any], rows: list[dict[str, Any]], compare: list[str]
-) -> dict[str, Any]:
+def _what_if(totals: dict[str, Any], zones: set[str], compare: list[str]) -> dict[str, Any]:
     """The same fully loaded GPU energy priced with other zones' static factors."""
     from footprint.pricing import build_factors, lookup_zone
 
     basis_kwh = totals["fully_loaded_energy_kwh"]
     as_run_co2e = totals["fully_loaded_co2e_g"]
     as_run_cost = totals["fully_loaded_energy_cost_usd"]
-    zones_run = sorted({r["zone"] for r in rows if r["zone"]})
+    zones_run = sorted(zones)
     candidates = [("cleanest", z) for z in cleanest_zones()]
     candidates += [("compare", z) for z in compare]
     out_rows = []

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from footprint.reporting import units
-from footprint.reporting.charts import PALETTE, Chart, build_charts
-from footprint.reporting.data import PERCENTILE_SAMPLE
+from footprint.reporting.charts import Chart, build_charts, model_colors
+from footprint.reporting.data import PERCENTILE_SAMPLE, TOP_MODELS, shown_models
 
 FORMATS = ("html", "md", "csv", "json")
 BASENAME = "footprint-report"
@@ -484,6 +484,17 @@ def _method_html(report: dict[str, Any], item: str | Table) -> str:
     return "".join(out)
 
 
+def _others_words(report: dict[str, Any]) -> str:
+    """How the per-model tables are cut, when they are (empty when every model is shown)."""
+    others = report.get("others")
+    if not others:
+        return ""
+    return (
+        f"; the {TOP_MODELS} models with the most CO2e, then the other "
+        f"{others['models']:,} added up (the JSON and CSV reports list every model)"
+    )
+
+
 def render_html(report: dict[str, Any], charts: list[Chart], version: str) -> str:
     """The report as one self-contained HTML page (inline CSS, inline SVG charts)."""
     parts: list[str] = []
@@ -527,23 +538,24 @@ def render_html(report: dict[str, Any], charts: list[Chart], version: str) -> st
         add(f'<div class="note">{_e(note)}</div>')
     add("</section>")
 
-    colors = {m["model"]: PALETTE[i % len(PALETTE)] for i, m in enumerate(report["models"])}
+    colors = model_colors(report)
+    rows = shown_models(report)
     add('<section id="models"><h2>Per model</h2>')
     add(
-        '<p class="lead">Totals over the period, sorted by CO2e. Energy is GPU energy; '
-        "CO2e and electricity include the data centre's PUE. ± bound: the sum of the "
-        "queries' uncertainty bounds on their attributed energy (see Measurement "
-        "uncertainty).</p>"
+        f'<p class="lead">Totals over the period, sorted by CO2e{_others_words(report)}. '
+        "Energy is GPU energy; CO2e and electricity include the data centre's PUE. ± bound: "
+        "the sum of the queries' uncertainty bounds on their attributed energy (see "
+        "Measurement uncertainty).</p>"
     )
     add('<div class="panel"><table><thead><tr><th>Model</th>')
     add("".join(f"<th>{_e(label)}</th>" for _, label, _ in MODEL_COLUMNS))
     add("</tr></thead><tbody>")
-    for i, model in enumerate(report["models"]):
-        swatch = f'<span class="swatch" style="background:{colors[model["model"]]}"></span>'
-        add(f"<tr><td>{swatch}{_e(model['model'])}</td>")
+    for path, _, name in rows:
+        swatch = f'<span class="swatch" style="background:{colors[path]}"></span>'
+        add(f"<tr><td>{swatch}{_e(name)}</td>")
         add(
             "".join(
-                f"<td>{_figure_cell(report, f'models.{i}.{key}', kind)}</td>"
+                f"<td>{_figure_cell(report, f'{path}.{key}', kind)}</td>"
                 for key, _, kind in MODEL_COLUMNS
             )
         )
@@ -560,11 +572,11 @@ def render_html(report: dict[str, Any], charts: list[Chart], version: str) -> st
     add('<div class="panel"><table><thead><tr><th>Model</th>')
     add("".join(f"<th>{_e(label)}</th>" for _, label, _ in INTENSITY_COLUMNS))
     add("</tr></thead><tbody>")
-    for i, model in enumerate(report["models"]):
-        add(f"<tr><td>{_e(model['model'])}</td>")
+    for path, _, name in rows:
+        add(f"<tr><td>{_e(name)}</td>")
         add(
             "".join(
-                f"<td>{_figure_html(report, f'models.{i}.{key}', kind)}</td>"
+                f"<td>{_figure_html(report, f'{path}.{key}', kind)}</td>"
                 for key, _, kind in INTENSITY_COLUMNS
             )
         )
@@ -793,18 +805,18 @@ def render_markdown(report: dict[str, Any], charts: list[Chart], version: str) -
     for note in report["notes"]:
         out += ["", f"> {note}"]
     out += ["", "## Per model", ""]
+    shown = shown_models(report)
+    if report.get("others"):
+        out += [f"Sorted by CO2e{_others_words(report)}.", ""]
     headers = ["Model"] + [label for _, label, _ in MODEL_COLUMNS]
-    rows = [
-        [m["model"]] + [cell(m, key, kind) for key, _, kind in MODEL_COLUMNS]
-        for m in report["models"]
-    ]
+    rows = [[name] + [cell(m, key, kind) for key, _, kind in MODEL_COLUMNS] for _, m, name in shown]
     rows.append(["**All models**"] + [cell(totals, key, kind) for key, _, kind in MODEL_COLUMNS])
     out.append(_md_table(headers, rows))
     out += ["", "### Per query and per 1,000 output tokens", ""]
     headers = ["Model"] + [label for _, label, _ in INTENSITY_COLUMNS]
     rows = [
-        [m["model"]] + [fmt(lookup(m, key), kind) for key, _, kind in INTENSITY_COLUMNS]
-        for m in report["models"]
+        [name] + [fmt(lookup(m, key), kind) for key, _, kind in INTENSITY_COLUMNS]
+        for _, m, name in shown
     ]
     out.append(_md_table(headers, rows))
     for chart in charts:
@@ -904,23 +916,34 @@ def _flatten(entry: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def render_csv(report: dict[str, Any]) -> str:
     """One row per group (per model unless --by says otherwise), every figure a column."""
-    entries = report["groups"] if report.get("groups") is not None else report["models"]
-    rows = [_flatten(e) for e in entries]
-    columns: list[str] = []
-    for row in rows:
-        for key in row:
-            if key not in columns:
-                columns.append(key)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    write_csv(report, buffer)
     return buffer.getvalue()
 
 
+def write_csv(report: dict[str, Any], handle: Any) -> None:
+    """``render_csv`` written row by row: every model, however many (a data export)."""
+    entries = report["groups"] if report.get("groups") is not None else report["models"]
+    columns: dict[str, None] = {}
+    for entry in entries:
+        columns.update(dict.fromkeys(_flatten(entry)))
+    writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for entry in entries:
+        writer.writerow({k: "" if v is None else v for k, v in _flatten(entry).items()})
+
+
 def render_json(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    """The report as indented JSON text (``json.dumps`` would hold every piece at once)."""
+    buffer = io.StringIO()
+    write_json(report, buffer)
+    return buffer.getvalue()
+
+
+def write_json(report: dict[str, Any], handle: Any) -> None:
+    """``render_json`` written piece by piece: no copy of the whole text in memory."""
+    json.dump(report, handle, indent=2, ensure_ascii=False)
+    handle.write("\n")
 
 
 # --- files -------------------------------------------------------------------------------
@@ -959,10 +982,12 @@ def write_report(
         written.append(path)
     if "csv" in formats:
         path = out_dir / f"{BASENAME}.csv"
-        path.write_text(render_csv(report), encoding="utf-8")
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            write_csv(report, handle)
         written.append(path)
     if "json" in formats:
         path = out_dir / f"{BASENAME}.json"
-        path.write_text(render_json(report), encoding="utf-8")
+        with open(path, "w", encoding="utf-8") as handle:
+            write_json(report, handle)
         written.append(path)
     return written
