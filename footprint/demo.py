@@ -161,6 +161,7 @@ def prepare_db(db: str) -> str:
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(path + suffix):
                 os.remove(path + suffix)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     return path
 
 
