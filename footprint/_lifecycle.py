@@ -30,31 +30,32 @@ from typing import Any
 
 from footprint._clock import SYSTEM_CLOCK, Clock
 from footprint._runtime import FootprintWarning, Runtime
-from footprint.config import resolve_settings
+from footprint.config import Settings, resolve_settings
+from footprint.daemon.client import DaemonClient, choose
 
 SIGNAL_FLUSH_DEADLINE_S = 2.0  # a dying process waits this long for its records
 
-runtime: Runtime | None = None  # read by the hot path: ``runtime or ensure()``
+# Read by the hot path: ``runtime or ensure()``. A ``DaemonClient`` when a daemon measures
+# this host (the ``daemon`` setting): the same surface, spans sent instead of measured.
+runtime: Runtime | DaemonClient | None = None
 _failed = False
 _overrides: dict[str, Any] = {}
 _clock: Clock = SYSTEM_CLOCK
 _lock = threading.Lock()
 _pid = os.getpid()
-_orphans: list[Runtime] = []  # runtimes inherited through fork: kept, never touched
+_orphans: list[Runtime | DaemonClient] = []  # runtimes inherited through fork: kept, never touched
 _previous_handlers: dict[int, Any] = {}
 _finalizer_pid = 0  # the process that registered a multiprocessing exit finalizer
 _ending = False  # a signal's default action is about to end the process
 
 
-def ensure() -> Runtime | None:
+def ensure() -> Runtime | DaemonClient | None:
     """The current runtime, started now if there is none (None: tracking disabled)."""
     global runtime, _failed
     with _lock:
         if runtime is None and not _failed:
             try:
-                # Queues only: the writer thread opens the sensors and pricing, so the
-                # first call costs what the others cost.
-                started = Runtime(resolve_settings(_overrides), _clock, open_now=False)
+                started = _build(resolve_settings(_overrides))
                 started.start()
             except Exception as exc:
                 _failed = True
@@ -65,6 +66,21 @@ def ensure() -> Runtime | None:
             runtime = started
             _watch_process()
         return runtime
+
+
+def _build(settings: Settings) -> Runtime | DaemonClient:
+    """A client of the daemon when the ``daemon`` setting picks one (``auto``: one
+    accepts connections at the default socket; tried without blocking, tens of µs),
+    else a runtime measuring in this process. Either only queues here: its thread
+    connects, or opens the sensors and pricing, so the first call costs what the
+    others cost."""
+    choice = choose(settings)
+    if choice.target is not None:
+        return DaemonClient(settings, _clock, choice.target, sock=choice.sock)
+    started = Runtime(settings, _clock, open_now=False)
+    if choice.note:
+        started.warn_once("daemon-auto", choice.note)
+    return started
 
 
 def set_overrides(overrides: dict[str, Any], clock: Clock | None) -> None:
@@ -90,7 +106,7 @@ def reset() -> None:
         _overrides, _clock, _failed = {}, SYSTEM_CLOCK, False
 
 
-def install(new: Runtime) -> None:
+def install(new: Runtime | DaemonClient) -> None:
     """Make ``new`` the current runtime without starting its threads (simulations)."""
     global runtime, _failed
     shutdown()

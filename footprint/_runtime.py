@@ -27,6 +27,7 @@ from footprint._forksafe import no_fork
 from footprint._sanitize import MAX_TOKENS, clean_model, clean_tokens, tags_json
 from footprint.attribution import DeviceResolver, EnergyPiece, SpanShare
 from footprint.config import Settings
+from footprint.daemon.presence import claim_gpus
 from footprint.sampling import Sampler
 from footprint.sensors import ENERGY_MISSING, ENERGY_POWER, Sensor, open_cpu_sensor, open_gpu_sensor
 from footprint.sensors.base import NullSensor
@@ -120,12 +121,19 @@ class Runtime:
     """Owns the sensors, samplers, resolvers and store of this process."""
 
     def __init__(
-        self, settings: Settings, clock: Clock = SYSTEM_CLOCK, *, open_now: bool = True
+        self,
+        settings: Settings,
+        clock: Clock = SYSTEM_CLOCK,
+        *,
+        open_now: bool = True,
+        presence_role: str = "process",
     ) -> None:
         """Queues and counters now; sensors, samplers and pricing now too, unless
         ``open_now`` is False: then the writer thread opens them (``start``), so the first
         tracked call does not wait for NVML or zone detection."""
         self.settings = settings
+        self.presence_role = presence_role  # "daemon" for the host's daemon
+        self.gpu_claims: Any = None  # this process's claim on measuring its GPUs
         self.clock = clock
         self.now = clock.monotonic_s
         self.wall_offset_s = clock.wall_s() - clock.monotonic_s()
@@ -140,12 +148,6 @@ class Runtime:
         self.host = socket.gethostname()
         self.pid = os.getpid()
 
-        if settings.daemon:
-            self.warn_once(
-                "daemon",
-                "footprint: daemon mode is not available in this version; "
-                f"measuring in this process instead of via {settings.daemon}",
-            )
         # Simulated GPUs driven by the tracked calls (workload=spans): the hot path tells
         # the simulator when each call starts and ends on which GPUs. Calls made before
         # the sensor is open are replayed to it once it is.
@@ -199,6 +201,11 @@ class Runtime:
         )
         self.gpu_devices = self.gpu_sensor.devices
         self.cpu_devices = self.cpu_sensor.devices if self.cpu_sensor else []
+        if self.gpu_claims is not None:  # _open runs twice after a failed first try
+            self.gpu_claims.release()
+        self.gpu_claims = claim_gpus(
+            [d.uuid for d in self.gpu_devices], self.warn_once, role=self.presence_role
+        )
         self._uuid_to_index = {d.uuid: slot for slot, d in enumerate(self.gpu_devices)}
         self._cuda_to_slot = {d.index: slot for slot, d in enumerate(self.gpu_devices)}
         n_gpu = len(self.gpu_devices)
@@ -775,6 +782,9 @@ class Runtime:
             if lost:
                 self.unsaved_at_exit = lost
         finally:
+            if self.gpu_claims is not None:
+                with contextlib.suppress(Exception):
+                    self.gpu_claims.release()
             for closing in (self.gpu_sensor, self.cpu_sensor, self.writer):
                 if closing is not None:
                     with contextlib.suppress(Exception):

@@ -67,6 +67,23 @@ def tags_json(tags: dict) -> tuple[str, int]:
     return json.dumps(clean, sort_keys=True, allow_nan=False), replaced[0]
 
 
+_PLAIN = (str, int, bool, type(None))
+
+
+def tags_object(tags: dict) -> tuple[dict, int]:
+    """``tags`` as a dict that ``json.dumps(..., allow_nan=False)`` accepts, and how many
+    keys or values had to be replaced: the same cleaning as ``tags_json`` (what it
+    would write is what this dict encodes to). Flat tags of plain JSON values (the
+    common case) are returned as they are, without a copy."""
+    if all(
+        k.__class__ is str and (v.__class__ in _PLAIN or v.__class__ is float and math.isfinite(v))
+        for k, v in tags.items()
+    ):
+        return tags, 0
+    text, replaced = tags_json(tags)
+    return json.loads(text), replaced
+
+
 def _clean_value(value: Any, replaced: list[int], seen: set[int], depth: int) -> Any:
     if value is None or isinstance(value, (bool, int, str)):
         return value

@@ -19,6 +19,12 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 SENSOR_CHOICES = ("auto", "nvml", "simulated", "none")
+DAEMON_FORMS = (
+    "auto (a daemon at the default socket if one listens, else in-process), off "
+    "(in-process), a Unix socket path (e.g. /run/footprint/daemon.sock) or an "
+    "http://host:port URL"
+)
+MAX_SOCKET_PATH_BYTES = 107  # sun_path is 108 bytes with its NUL
 PROVIDERS = ("aws", "azure", "gcp", "on_premise")
 ENV_PREFIX = "FOOTPRINT_"
 
@@ -32,7 +38,7 @@ class Settings:
     region: str | None = None
     sampling_period_s: float = 0.05
     flush_interval_s: float = 1.0
-    daemon: str | None = None
+    daemon: str = "auto"  # auto | off | a Unix socket path | http://host:port (None: auto)
     cpu: bool = True
     max_pending_spans: int = 100_000
     exit_deadline_s: float = 5.0  # the most exit (or shutdown()) waits for the last write
@@ -53,6 +59,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         validate_sensor(self.sensor)
+        object.__setattr__(self, "daemon", validate_daemon(self.daemon))
         _positive("sampling_period_s", self.sampling_period_s, maximum=10.0)
         _positive("flush_interval_s", self.flush_interval_s, maximum=60.0)
         _positive("exit_deadline_s", self.exit_deadline_s, maximum=600.0)
@@ -103,6 +110,52 @@ def validate_sensor(spec: str) -> None:
         SimulatedGpuSpec.parse(options)
     elif options:
         raise ValueError(f"sensor {name!r} takes no options")
+
+
+def validate_daemon(value: object) -> str:
+    """The ``daemon`` setting in its normal form: ``auto``, ``off``, a socket path or
+    ``http://host:port``. ``None`` (older configurations) and ``""`` mean ``auto``."""
+    if value is None:
+        return "auto"
+    if not isinstance(value, str):
+        raise ValueError(f"daemon must be {DAEMON_FORMS}; got {value!r}")
+    text = value.strip()
+    if text.lower() in ("", "auto"):
+        return "auto"
+    if text.lower() == "off":
+        return "off"
+    if "://" in text:
+        return _daemon_url(text)
+    if "\x00" in text:
+        raise ValueError(f"daemon: a socket path cannot contain NUL; allowed: {DAEMON_FORMS}")
+    if len(os.fsencode(text)) > MAX_SOCKET_PATH_BYTES:
+        raise ValueError(
+            f"daemon: socket path {text!r} is longer than {MAX_SOCKET_PATH_BYTES} bytes, "
+            "the limit of a Unix socket address"
+        )
+    return text
+
+
+def _daemon_url(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    if parts.scheme.lower() != "http":
+        raise ValueError(f"daemon: unsupported address {text!r}; allowed: {DAEMON_FORMS}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"daemon: bad port in {text!r}; allowed: {DAEMON_FORMS}") from None
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(
+            f"daemon: {text!r} must be http://host:port (no path, query or user); "
+            f"allowed: {DAEMON_FORMS}"
+        )
+    if parts.username or parts.password:
+        raise ValueError(f"daemon: {text!r} must not carry a user or password")
+    host = parts.hostname
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port or 80}"
 
 
 _FLOAT_FIELDS = {

@@ -21,6 +21,10 @@ def _clean_environment(monkeypatch, tmp_path):
         if key.startswith("FOOTPRINT_"):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
+    # No daemon of the developer's machine under daemon=auto; presence locks per test.
+    runtime_dir = tmp_path / "xdg-runtime"
+    runtime_dir.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_dir))
     yield
     footprint.reset_configuration()
 

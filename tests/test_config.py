@@ -68,12 +68,29 @@ def test_bad_env_sensor_disables_tracking_without_breaking_calls(monkeypatch, tm
 
 
 def test_daemon_setting_is_not_silently_ignored(tmp_path):
+    """A daemon address sends the spans there; one that is down is said, never raised."""
+    from footprint.daemon.client import DaemonClient
+    from footprint.tracking import get_runtime
+
     footprint.configure(db=str(tmp_path / "d.db"), sensor="none", cpu=False, region="FRA",
-                        daemon="/run/footprint.sock")  # fmt: skip
+                        daemon="/nonexistent-footprint/d.sock", exit_deadline_s=0.5)  # fmt: skip
 
     @footprint.track(model="m")
     def f():
         return 1
 
-    with pytest.warns(footprint.FootprintWarning, match="daemon mode is not available"):
+    with pytest.warns(footprint.FootprintWarning, match="cannot reach the footprint daemon"):
         assert f() == 1
+        assert isinstance(get_runtime(), DaemonClient)
+        footprint.flush()  # tries the daemon now
+    assert footprint.stats()["pending_spans"] == 1
+
+
+def test_daemon_setting_defaults_to_auto_and_checks_its_form(tmp_path):
+    assert resolve_settings({}, environ={}, directory=tmp_path).daemon == "auto"
+    assert resolve_settings({"daemon": None}, environ={}, directory=tmp_path).daemon == "auto"
+    assert resolve_settings({}, environ={"FOOTPRINT_DAEMON": "off"}, directory=tmp_path).daemon == (
+        "off"
+    )
+    with pytest.raises(ValueError, match="auto .*, off .*, a Unix socket path .* http://host:port"):
+        footprint.configure(daemon="ftp://x")

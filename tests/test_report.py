@@ -360,3 +360,28 @@ def test_postgresql_gives_the_same_report(bench_db, pg_copy):
     assert [g["day"] for g in pg["groups"]] == [g["day"] for g in lite["groups"]]
     assert [d["day"] for d in pg["daily"]] == [d["day"] for d in lite["daily"]]
     assert pg["totals"]["idle_energy_kwh"] == pytest.approx(lite["totals"]["idle_energy_kwh"])
+
+
+def test_a_gpu_measured_by_two_processes_in_the_same_minute_is_called_out(tmp_path):
+    """Two processes measuring one GPU in-process both count its whole energy: the report
+    says so instead of adding them up silently."""
+    import datetime as dt
+
+    from footprint.bench.ingest import make_records
+    from footprint.reporting import ReportRequest, build_report
+    from footprint.storage.store import Store
+
+    db = str(tmp_path / "twice.db")
+    store = Store(db)
+    records = make_records(4, seed=3)
+    minute = records[0]["started_at"].replace(second=0, microsecond=0)
+    uuid = json.loads(records[0]["gpus"])[0]
+    idle = [
+        {"device_uuid": uuid, "minute": minute + dt.timedelta(minutes=m), "idle_energy_j": 5.0,
+         "measured_energy_j": 50.0, "host": "node-1", "pid": pid}
+        for pid in (101, 202) for m in range(3)
+    ]  # fmt: skip
+    store.insert(records, idle)
+    store.close()
+    notes = build_report(ReportRequest(db=db))["notes"]
+    assert any("3 GPU-minute(s) on 1 GPU(s)" in n and "up to 2 processes" in n for n in notes)

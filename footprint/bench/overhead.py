@@ -2,14 +2,20 @@
 
 Each figure is the median (and p99) over batches of the time per call, so the cost of
 reading the clock is spread over a batch; "added" is tracked minus bare, measured in the
-same run with the sampler thread running.
+same run with the sampler thread running. ``track_daemon_*`` is the same call with the
+daemon's client in place (``daemon=<socket>``), against a fake daemon made here that
+reads and discards the batches: the client thread encodes and sends them meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -59,6 +65,88 @@ def _codecarbon_task_us(calls: int) -> list[float]:
         tracker.stop()
 
 
+class _SinkDaemon:
+    """A Unix socket that accepts clients and discards what they send (counting lines)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lines = 0
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(path)
+        self._server.listen(64)
+        threading.Thread(target=self._accept, name="bench-sink", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
+
+    def _drain(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            while chunk := conn.recv(1 << 20):
+                self.lines += chunk.count(b"\n")
+
+    def close(self) -> None:
+        self._server.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+def _daemon_client_us(
+    bare_median: float, batches: int, batch_size: int, folder: str
+) -> dict[str, Any]:
+    """Tracked no-op calls with the client of a (fake) daemon in place; and what the
+    ``auto`` check at start-up costs (a non-blocking connect to the default socket)."""
+    from footprint.config import resolve_settings
+    from footprint.daemon.client import DaemonClient, choose
+    from footprint.tracking import get_runtime
+
+    path = os.path.join(folder, "daemon.sock")
+    sink = _SinkDaemon(path)
+    try:
+        footprint.configure(daemon=path, sensor="none")
+        tracked = footprint.track(model="bench-noop")(_noop)
+        tracked()
+        client = get_runtime()
+        assert isinstance(client, DaemonClient)
+        daemon_us = _per_call_us(tracked, batches, batch_size)
+        footprint.shutdown()
+        stats = client.stats()
+        environ = {"XDG_RUNTIME_DIR": folder}
+        os.makedirs(os.path.join(folder, "footprint"), exist_ok=True)
+        os.replace(path, os.path.join(folder, "footprint", "daemon.sock"))
+        auto = resolve_settings({"daemon": "auto", "sensor": "none"}, environ={})
+        probe_us = []
+        for _ in range(200):
+            start = time.perf_counter_ns()
+            choice = choose(auto, environ)
+            probe_us.append((time.perf_counter_ns() - start) / 1000.0)
+            if choice.sock is not None:
+                choice.sock.close()
+        found = choice.target is not None
+        sink.path = os.path.join(folder, "footprint", "daemon.sock")
+    finally:
+        sink.close()
+        footprint.reset_configuration()
+    none_us = []
+    for _ in range(200):  # nothing listens there now: measured in-process
+        start = time.perf_counter_ns()
+        choose(auto, environ)
+        none_us.append((time.perf_counter_ns() - start) / 1000.0)
+    return {
+        "track_daemon_us_median": round(statistics.median(daemon_us) - bare_median, 4),
+        "track_daemon_us_p99": round(_percentile(daemon_us, 0.99) - bare_median, 4),
+        "daemon_spans_sent": stats["spans_sent"],
+        "daemon_dropped_spans": stats["dropped_spans"] + stats["daemon_lost_spans"],
+        "auto_probe_us_median": round(statistics.median(probe_us), 2) if found else None,
+        "auto_probe_no_daemon_us_median": round(statistics.median(none_us), 2),
+        "target_track_daemon_us_median": 5.0,
+    }
+
+
 def run(batches: int = 300, batch_size: int = 200, codecarbon_calls: int = 40) -> dict[str, Any]:
     """Measure bare, tracked and codecarbon per-call times; return the figures."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,9 +162,14 @@ def run(batches: int = 300, batch_size: int = 200, codecarbon_calls: int = 40) -
         tracked_us = _per_call_us(tracked, batches, batch_size)
         stats = footprint.stats()
         footprint.shutdown()
+        bare_median = statistics.median(bare_us)
+        # A short directory: a Unix socket address holds at most 107 bytes.
+        with tempfile.TemporaryDirectory(
+            prefix="fp", dir="/tmp" if os.path.isdir("/tmp") else None
+        ) as short:
+            daemon = _daemon_client_us(bare_median, batches, batch_size, short)
         footprint.reset_configuration()
     codecarbon_us = _codecarbon_task_us(codecarbon_calls)
-    bare_median = statistics.median(bare_us)
     track_median = statistics.median(tracked_us) - bare_median
     track_p99 = _percentile(tracked_us, 0.99) - bare_median
     cc_median = statistics.median(codecarbon_us) - bare_median
@@ -92,4 +185,5 @@ def run(batches: int = 300, batch_size: int = 200, codecarbon_calls: int = 40) -
         "dropped_spans": stats.get("dropped_spans", 0),
         "target_track_us_median": 10.0,
         "target_ratio": 100.0,
+        **daemon,
     }

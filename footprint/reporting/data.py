@@ -56,6 +56,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.types import NullType
 
+from footprint.daemon.presence import overlap_note
 from footprint.reporting.accuracy import published_accuracy
 from footprint.storage import rollups
 from footprint.storage.models import IdleEnergy, QueryRecord, QueryRollup
@@ -604,6 +605,10 @@ def build_report(
             percentiles = _percentiles(
                 conn, request, fold.measured, fold.unconverted_models, fold.rates
             )
+            step("checking for GPUs measured by several processes")
+            twice = overlap_note(conn, request.since, request.until)
+            if twice:
+                notes.append(twice)
     except SQLAlchemyError as exc:
         raise ReportError(read_error(request.db, exc)) from None
     finally:

@@ -403,7 +403,7 @@ def start_phase(
             sensor="nvml",
             cpu=False,
             sampling_period_s=opts.sampling_period_s,
-            daemon=None,  # measured in this process even if FOOTPRINT_DAEMON is set
+            daemon="off",  # measured in this process even if FOOTPRINT_DAEMON is set
             detect_cloud=False,  # no cloud metadata lookup: pricing is not what is checked
         )
         counter.wait_for_change(tick_timeout_s)

@@ -1,0 +1,333 @@
+"""Who else measures this GPU: in-process runtimes that would double count it.
+
+Without the daemon, every process that tracks calls samples the whole GPU and splits
+its energy among its own calls, so N processes sharing a GPU count its energy N times.
+Two checks say so:
+
+- **while measuring** (``claim_gpus``): each measuring process holds an advisory lock
+  (``fcntl.flock``, non-blocking) on ``gpu-<uuid>.lock`` per GPU it samples, under
+  ``$XDG_RUNTIME_DIR/footprint/`` (else ``<tempdir>/footprint-<uid>/``). A process that
+  cannot take the lock warns once, naming the holder's pid (written in the file). The
+  kernel drops a lock when its process dies, so a crash never leaves a stale claim;
+- **in the reports** (``overlapping_measurements``): ``idle_energy`` rows of one device
+  and minute written by more than one process of one host are the same energy measured
+  twice.
+
+Locks are per process: runtimes of one process (``configure()`` restarts) share them,
+and a forked child closes the copies it inherited, so it neither keeps its parent's
+claims alive nor mistakes them for its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no presence check
+    fcntl = None  # type: ignore[assignment]
+
+ROLES = ("process", "daemon")
+
+_lock = threading.Lock()
+_held: dict[str, list[int]] = {}  # uuid -> [fd, number of claims in this process]
+_owner_pid = os.getpid()
+
+
+def runtime_dir(environ: dict[str, str] | None = None) -> Path:
+    """``$XDG_RUNTIME_DIR/footprint``, else ``<tempdir>/footprint-<uid>``.
+
+    The temporary directory is read from the environment as ``tempfile`` does, without
+    calling ``tempfile.gettempdir()``: its first call holds a module lock that a process
+    forked meanwhile would inherit held."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_RUNTIME_DIR")
+    if base:
+        return Path(base) / "footprint"
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    temp = tempfile.tempdir or next(
+        (env[k] for k in ("TMPDIR", "TEMP", "TMP") if env.get(k)), "/tmp"
+    )
+    return Path(temp) / f"footprint-{uid}"
+
+
+def lock_path(uuid: str, directory: Path | None = None) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", uuid)[:200] or "unnamed"
+    return (directory or runtime_dir()) / f"gpu-{safe}.lock"
+
+
+class Holder(NamedTuple):
+    """A GPU this process could not claim: who measures it (pid None: unknown)."""
+
+    uuid: str
+    pid: int | None
+    role: str
+
+
+class GpuClaims:
+    """The GPUs one runtime claimed; ``release()`` when it stops measuring them."""
+
+    def __init__(self, claimed: list[str], others: list[Holder]) -> None:
+        self.claimed = claimed
+        self.others = others
+        self._released = False
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        _release(self.claimed)
+
+
+def claim_gpus(
+    uuids: Iterable[str],
+    warn: Callable[[str, str], None] | None = None,
+    *,
+    role: str = "process",
+    directory: Path | None = None,
+) -> GpuClaims:
+    """Claim each GPU this runtime measures in-process; warn once about those that
+    another process measures too (``warn(key, message)``: a runtime's ``warn_once``).
+
+    Never raises: a runtime directory that cannot be written only skips the check.
+    """
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    claimed: list[str] = []
+    others: list[Holder] = []
+    uuids = list(dict.fromkeys(uuids))
+    if fcntl is None or not uuids:
+        return GpuClaims(claimed, others)
+    try:
+        folder = directory or runtime_dir()
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        return GpuClaims(claimed, others)
+    with _lock:
+        _forget_inherited()
+        for uuid in uuids:
+            held = _held.get(uuid)
+            if held is not None:  # another runtime of this process: same measurement
+                held[1] += 1
+                claimed.append(uuid)
+                if role == "daemon":  # the daemon's own claim names it, whoever came first
+                    _write_owner(held[0], role)
+                continue
+            try:
+                holder = _try_lock(uuid, lock_path(uuid, folder), role)
+            except OSError:
+                continue  # cannot tell: say nothing rather than something wrong
+            if holder is None:
+                claimed.append(uuid)
+            else:
+                others.append(holder)
+    if others and warn is not None:
+        warn("double-count", double_count_message(others, role))
+    return GpuClaims(claimed, others)
+
+
+def double_count_message(others: list[Holder], role: str = "process") -> str:
+    first = others[0]
+    who = "the footprint daemon" if first.role == "daemon" else "another process"
+    pid = f"pid {first.pid}" if first.pid is not None else "pid unknown"
+    gpus = first.uuid if len(others) == 1 else ", ".join(h.uuid for h in others)
+    what = "GPU" if len(others) == 1 else "GPUs"
+    if role == "daemon":
+        return (
+            f"footprint: {who} ({pid}) is measuring {what} {gpus} in-process, beside this "
+            "daemon: both count its whole energy, so the totals double count. Let that "
+            "process report to this daemon (its daemon setting: auto or this socket)."
+        )
+    advice = (
+        "Let this process report to it (daemon=auto, or its socket path)."
+        if first.role == "daemon"
+        else "Run `footprint daemon` beside them and every process will report to it."
+    )
+    return (
+        f"footprint: {who} ({pid}) is measuring {what} {gpus} in-process: both count its "
+        f"whole energy, so the totals double count. {advice}"
+    )
+
+
+def _try_lock(uuid: str, path: Path, role: str) -> Holder | None:
+    """Take ``path``'s lock (None) or say who holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # not inherited across exec
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            text = os.pread(fd, 64, 0).decode("ascii", "replace").split()
+        except OSError:
+            text = []
+        os.close(fd)
+        pid = int(text[0]) if text and text[0].isdigit() else None
+        return Holder(uuid, pid, text[1] if len(text) > 1 and text[1] in ROLES else "process")
+    _write_owner(fd, role)
+    _held[uuid] = [fd, 1]
+    return None
+
+
+def _write_owner(fd: int, role: str) -> None:
+    data = f"{os.getpid()} {role}\n".encode()
+    try:  # written, then cut to size: a reader never finds the file empty
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    except OSError:
+        pass  # the lock is what counts; the pid is for the message
+
+
+def _release(uuids: list[str]) -> None:
+    with _lock:
+        if os.getpid() != _owner_pid:
+            return  # a forked child: its copies are closed already
+        for uuid in uuids:
+            held = _held.get(uuid)
+            if held is None:
+                continue
+            held[1] -= 1
+            if held[1] <= 0:
+                del _held[uuid]
+                with contextlib.suppress(OSError):
+                    os.close(held[0])  # unlocks (the next holder writes its own pid)
+
+
+def _forget_inherited() -> None:
+    """In a forked child: close the parent's lock descriptors (the parent keeps its
+    locks: they belong to its open files, which the parent still holds)."""
+    global _owner_pid
+    if os.getpid() == _owner_pid:
+        return
+    for fd, _ in _held.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+    _owner_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+    _forget_inherited()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# -- the report side --------------------------------------------------------------
+
+
+class Overlap(NamedTuple):
+    """One device and minute measured by several processes of one host."""
+
+    device_uuid: str
+    minute: _dt.datetime
+    processes: tuple[tuple[str, int], ...]  # (host, pid), sorted
+
+
+def overlapping_measurements(
+    conn: Any, since: _dt.datetime | None = None, until: _dt.datetime | None = None
+) -> list[Overlap]:
+    """Device-minutes whose energy several processes of one host measured, each whole.
+
+    ``conn``: a SQLAlchemy ``Connection`` (SQLite or PostgreSQL) or a ``sqlite3``
+    connection; ``since``/``until`` (aware datetimes) bound the minutes, ``until``
+    excluded. Each result is ``(device_uuid, minute, processes)``, ``processes`` the
+    ``(host, pid)`` pairs that wrote a row for it: their measured (and idle) energy for
+    that minute counts the same joules more than once. A process that exited and another
+    that started within the same minute also show here, so a note should say "up to".
+    With the daemon there is one measuring process per host, and nothing shows.
+    """
+    if hasattr(conn, "exec_driver_sql"):
+        rows = _overlap_rows_sqlalchemy(conn, since, until)
+    else:
+        rows = _overlap_rows_dbapi(conn, since, until)
+    grouped: dict[tuple[str, Any], set[tuple[str, int]]] = {}
+    for device_uuid, minute, host, pid in rows:
+        grouped.setdefault((device_uuid, minute), set()).add((host, int(pid)))
+    return [
+        Overlap(uuid, _as_datetime(minute), tuple(sorted(procs)))
+        for (uuid, minute), procs in grouped.items()
+    ]
+
+
+def _overlap_rows_sqlalchemy(conn: Any, since: Any, until: Any) -> list[Any]:
+    from sqlalchemy import and_, func, select
+
+    from footprint.storage.models import IdleEnergy
+
+    table = IdleEnergy.__table__  # type: ignore[attr-defined]
+    c = table.c
+    period = [c.minute >= since] if since is not None else []
+    period += [c.minute < until] if until is not None else []
+    shared = (
+        select(c.device_uuid, c.minute, c.host)
+        .where(*period)
+        .group_by(c.device_uuid, c.minute, c.host)
+        .having(func.count(c.pid.distinct()) > 1)
+        .subquery()
+    )
+    stmt = (
+        select(c.device_uuid, c.minute, c.host, c.pid)
+        .join(
+            shared,
+            and_(
+                c.device_uuid == shared.c.device_uuid,
+                c.minute == shared.c.minute,
+                c.host == shared.c.host,
+            ),
+        )
+        .order_by(c.device_uuid, c.minute, c.host, c.pid)
+    )
+    return list(conn.execute(stmt))
+
+
+def _overlap_rows_dbapi(conn: Any, since: Any, until: Any) -> list[Any]:
+    where, params = [], []
+    for bound, op in ((since, ">="), (until, "<")):
+        if bound is not None:  # stored as SQLAlchemy writes SQLite datetimes (UTC)
+            utc = bound.astimezone(_dt.timezone.utc) if bound.tzinfo else bound
+            where.append(f"minute {op} ?")
+            params.append(utc.strftime("%Y-%m-%d %H:%M:%S.%f"))
+    condition = f"WHERE {' AND '.join(where)} " if where else ""
+    sql = (
+        "SELECT e.device_uuid, e.minute, e.host, e.pid FROM idle_energy AS e JOIN "
+        f"(SELECT device_uuid, minute, host FROM idle_energy {condition}"
+        "GROUP BY device_uuid, minute, host HAVING COUNT(DISTINCT pid) > 1) AS d "
+        "ON e.device_uuid = d.device_uuid AND e.minute = d.minute AND e.host = d.host "
+        "ORDER BY e.device_uuid, e.minute, e.host, e.pid"
+    )
+    return conn.execute(sql, params).fetchall()
+
+
+def overlap_note(
+    conn: Any, since: _dt.datetime | None = None, until: _dt.datetime | None = None
+) -> str | None:
+    """A sentence for a report when some device-minutes were measured twice, else None."""
+    overlaps = overlapping_measurements(conn, since, until)
+    if not overlaps:
+        return None
+    devices = sorted({o.device_uuid for o in overlaps})
+    most = max(len(o.processes) for o in overlaps)
+    return (
+        f"{len(overlaps)} GPU-minute(s) on {len(devices)} GPU(s) were measured in-process "
+        f"by up to {most} processes of one host at once: each counted the GPU's whole "
+        "energy, so these totals count it up to that many times. Run `footprint daemon` "
+        "on those hosts so that one process measures each GPU."
+    )
+
+
+def _as_datetime(value: Any) -> _dt.datetime:
+    if isinstance(value, _dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)
+    text = str(value).replace(" ", "T")
+    parsed = _dt.datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=_dt.timezone.utc)
