@@ -47,6 +47,7 @@ _orphans: list[Runtime | DaemonClient] = []  # runtimes inherited through fork: 
 _previous_handlers: dict[int, Any] = {}
 _finalizer_pid = 0  # the process that registered a multiprocessing exit finalizer
 _ending = False  # a signal's default action is about to end the process
+_in_handler = False  # footprint's signal handler is asking for a flush
 
 
 def ensure() -> Runtime | DaemonClient | None:
@@ -159,11 +160,18 @@ def _install_handler(signum: int) -> None:
 
 
 def _on_signal(signum: int, frame: Any) -> None:
+    global _in_handler
     current = runtime
     previous = _previous_handlers.get(signum, signal.SIG_DFL)
     if callable(previous):
-        if current is not None:
-            current.request_flush()  # the server drains; tracking carries on
+        # A signal arriving while this handler runs (interrupting it inside an Event's
+        # lock) must not take that lock again: only the outer call asks for the flush.
+        if current is not None and not _in_handler:
+            _in_handler = True
+            try:
+                current.request_flush()  # the server drains; tracking carries on
+            finally:
+                _in_handler = False
         previous(signum, frame)
         return
     # The default action ends the process: write what can be written first (bounded),

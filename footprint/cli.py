@@ -548,6 +548,191 @@ def bench_accuracy(
         )
 
 
+@bench_app.command("daemon")
+def bench_daemon(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    rate: Annotated[
+        int, typer.Option(min=100, max=1_000_000, help="Spans per second, all senders.")
+    ] = 10_000,
+    seconds: Annotated[float, typer.Option(min=1, max=600, help="How long they send.")] = 10.0,
+    senders: Annotated[int, typer.Option(min=1, max=64, help="Sender processes.")] = 8,
+    idle_seconds: Annotated[
+        float, typer.Option(min=1, max=600, help="How long the idle CPU is measured.")
+    ] = 5.0,
+    saturate: Annotated[
+        bool, typer.Option(help="Also offer 4x the rate, to see what the daemon takes.")
+    ] = True,
+) -> None:
+    """Spans/s from sender processes over the Unix socket (and how many were lost), and
+    the daemon's CPU use sampling 8 simulated GPUs at 20 Hz with no traffic."""
+    from footprint.bench.daemon import run
+
+    result = run(rate_per_s=rate, seconds=seconds, senders=senders, idle_seconds=idle_seconds,
+                 saturate=saturate)  # fmt: skip
+    if as_json:
+        _print_json(result)
+        return
+    idle = result["idle"]
+    for name in ("traffic", "saturation"):
+        traffic = result[name]
+        if traffic is None:
+            continue
+        console.print(
+            f"{name}: {traffic['senders']} senders, {traffic['spans_sent']:,} spans at "
+            f"{traffic['achieved_spans_per_s']:,.0f}/s (offered "
+            f"{traffic['target_spans_per_s']:,}/s), {traffic['end_to_end_spans_per_s']:,.0f}/s "
+            f"until written; {traffic['stored']:,} stored, {traffic['lost']} lost; daemon CPU "
+            f"{traffic['daemon_cpu_pct']:.1f}% of a core"
+        )
+    console.print(
+        f"idle, {idle['gpus']} simulated GPUs sampled at {idle['sampling_hz']:g} Hz: daemon CPU "
+        f"{idle['daemon_cpu_pct']:.2f}% of a core (target ≤ {idle['target_cpu_pct']:g}%)"
+    )
+
+
+@bench_app.command("proxy")
+def bench_proxy(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    requests: Annotated[
+        int, typer.Option(min=50, max=100_000, help="Sequential requests per side (latency).")
+    ] = 1000,
+    seconds: Annotated[
+        float, typer.Option(min=0.5, max=120, help="Seconds per side at 32 concurrent clients.")
+    ] = 5.0,
+    concurrency: Annotated[int, typer.Option(min=1, max=512, help="Concurrent clients.")] = 32,
+    upstream_latency_ms: Annotated[
+        float,
+        typer.Option(min=0, max=10_000, help="Time the fake upstream takes per request (ms)."),
+    ] = 20.0,
+) -> None:
+    """A small chat completion against the fake upstream directly and through
+    `footprint proxy`, side by side: added latency (median, p99) and requests/s."""
+    from footprint.bench.proxy import run
+
+    result = run(requests=requests, seconds=seconds, concurrency=concurrency,
+                 upstream_latency_ms=upstream_latency_ms)  # fmt: skip
+    if as_json:
+        _print_json(result)
+        return
+    console.print(
+        f"latency: direct {result['direct_ms_median']:.3f} ms median "
+        f"(p99 {result['direct_ms_p99']:.3f}), through the proxy "
+        f"{result['proxy_ms_median']:.3f} ms (p99 {result['proxy_ms_p99']:.3f}): "
+        f"{result['added_ms_median']:.3f} ms added (target ≤ 1 ms)"
+    )
+    console.print(
+        f"{result['concurrency']} concurrent clients, upstream taking "
+        f"{result['upstream_latency_ms']:g} ms: direct {result['rps_direct']:,.0f} req/s, "
+        f"through the proxy {result['rps_proxy']:,.0f} req/s: ratio {result['rps_ratio']:.2f} "
+        f"(target ≥ 0.8)"
+    )
+    console.print(
+        f"upstream taking no time: direct {result['rps_direct_zero_latency']:,.0f} req/s, "
+        f"through the proxy {result['rps_proxy_zero_latency']:,.0f} req/s: ratio "
+        f"{result['rps_ratio_zero_latency']:.2f}; {result['records']:,} records stored for "
+        f"{result['requests_through_proxy']:,} requests through the proxy"
+    )
+
+
+@app.command("daemon")
+def daemon_command(
+    socket_path: Annotated[
+        str | None,
+        typer.Option(
+            "--socket",
+            help="Unix socket for the clients (default: $XDG_RUNTIME_DIR/footprint/daemon.sock"
+            ", else /run/footprint/daemon.sock).",
+        ),
+    ] = None,
+    http: Annotated[
+        str,
+        typer.Option(
+            help="HOST:PORT for GET /metrics, GET /healthz and POST /v1/spans; port 0 takes a "
+            "free one; 'off' for none. Not loopback: needs --token.",
+        ),
+    ] = "127.0.0.1:9464",
+    db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+    sampling_period: Annotated[
+        float | None,
+        typer.Option("--sampling-period", help="Seconds between GPU samples (default 0.05)."),
+    ] = None,
+    sensor: Annotated[
+        str | None, typer.Option(help="auto | nvml | simulated[:opts] (default: settings).")
+    ] = None,
+    region: Annotated[
+        str | None, typer.Option(help="Grid zone or cloud region (default: settings).")
+    ] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(help="Group that may use the socket (made 0660, its folder 0750)."),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FOOTPRINT_DAEMON_TOKEN",
+            help="Bearer token HTTP clients must send (env FOOTPRINT_DAEMON_TOKEN keeps it "
+            "out of ps).",
+        ),
+    ] = None,
+) -> None:
+    """The host's sidecar daemon: one sampler for every GPU, spans from every process,
+    Prometheus metrics. Runs until SIGTERM or Ctrl-C (SIGHUP re-reads the settings)."""
+    from footprint.daemon.server import DaemonConfig, run_daemon
+
+    config = DaemonConfig(
+        socket_path=socket_path, http=http, db=db, sampling_period_s=sampling_period,
+        sensor=sensor, region=region, group=group, token=token,
+    )  # fmt: skip
+    code = run_daemon(config)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("proxy")
+def proxy_command(
+    upstream: Annotated[
+        str, typer.Option(help="The model server's base URL, e.g. http://127.0.0.1:8000.")
+    ],
+    listen: Annotated[
+        str, typer.Option(help="HOST:PORT the clients call; port 0 takes a free one.")
+    ] = "127.0.0.1:8001",
+    db: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            help="GPUs the model server runs on: CUDA indices or UUIDs, a,b (default: all)."
+        ),
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", help="KEY=VALUE stored with every record.")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds to wait for the upstream's next byte.")
+    ] = 600.0,
+    grace: Annotated[
+        float, typer.Option(min=0, help="Seconds requests in flight get to finish on SIGTERM.")
+    ] = 15.0,
+) -> None:
+    """Measure an OpenAI-compatible model server (vLLM, TGI, SGLang, llama.cpp, Ollama) with
+    no code change: forward every request to --upstream, record each inference request."""
+    import footprint
+    from footprint.proxy import ProxyConfigError, make_config, serve
+
+    def ready(line: str) -> None:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    try:
+        config = make_config(upstream, listen, gpus, tag, read_timeout_s=timeout, grace_s=grace)
+        if db is not None:
+            footprint.configure(db=db)
+        stopped_by = serve(config, on_ready=ready)
+    except (ProxyConfigError, ValueError) as exc:
+        raise InputError(str(exc)) from None
+    if stopped_by == 2:  # SIGINT: Ctrl-C's exit status and line
+        raise typer.Exit(130)
+
+
 def _complain(code: int, message: str) -> int:
     sys.stderr.write(f"footprint: {message}\n")
     return code

@@ -43,7 +43,29 @@ _END_REQUIRED = {"id", "start_s", "end_s", "model"}
 
 
 class ProtocolError(ValueError):
-    """A batch the daemon refuses; the message says what is wrong with it."""
+    """A batch the daemon refuses; the message says what is wrong with it.
+
+    ``reason`` is a short code for counting (the daemon's
+    ``footprint_protocol_errors_total{reason}``): one of ``REPLY_REASONS``.
+    """
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# Why the daemon refused a batch (the ``reason`` of its error reply):
+REPLY_REASONS = (
+    "json",  # the line or body is not JSON
+    "invalid",  # JSON, but not a valid batch (types, ranges, unknown fields, end < start)
+    "too_large",  # over MAX_BATCH_BYTES: on the socket the connection is then closed
+    "truncated",  # the connection ended in the middle of a line
+    "clock",  # the sender's monotonic clock is not the daemon's (another time namespace)
+    "unauthorized",  # HTTP without the daemon's token
+    "overloaded",  # the daemon has as many connections as it takes: this one is closed
+    "not_found",  # HTTP: no such endpoint
+    "internal",  # HTTP 500: the daemon's own failure (logged), not the batch's
+)
 
 
 @dataclass(frozen=True)
@@ -89,14 +111,27 @@ def encode_batch(batch: dict[str, Any]) -> bytes:
     return json.dumps(batch, separators=(",", ":"), allow_nan=False).encode() + b"\n"
 
 
+def encode_reply(error: str, reason: str) -> bytes:
+    """The daemon's answer to a refused batch: one line of JSON, ``{"error", "reason"}``.
+
+    On the socket the daemon answers refused batches only (a batch taken gets no reply,
+    so a client never has to read); over HTTP it is the body of a 4xx response.
+    """
+    return json.dumps({"error": error, "reason": reason}).encode() + b"\n"
+
+
 def decode_batch(data: bytes | str) -> Batch:
     """Parse and validate one batch; ``ProtocolError`` when anything is wrong."""
     if len(data) > MAX_BATCH_BYTES:
-        raise ProtocolError(f"batch of {len(data):,} bytes; at most {MAX_BATCH_BYTES:,}")
+        raise ProtocolError(
+            f"batch of {len(data):,} bytes; at most {MAX_BATCH_BYTES:,}", "too_large"
+        )
     try:
         raw = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"not JSON: {exc}") from None
+        raise ProtocolError(f"not JSON: {exc}", "json") from None
+    except RecursionError:
+        raise ProtocolError("not JSON the daemon takes: nested too deeply", "json") from None
     if not isinstance(raw, dict):
         raise ProtocolError("a batch is a JSON object")
     _no_unknown(raw, _BATCH_KEYS, "batch")

@@ -1,0 +1,5 @@
+"""``python -m footprint``: the command line (``footprint.cli``)."""
+
+from footprint.cli import main
+
+main()

@@ -1,0 +1,279 @@
+"""The daemon's Prometheus metrics (``GET /metrics``), in base units.
+
+Counters of queries, energy, CO2e and cost are fed by the records the runtime hands to
+its writer (``RecordTotals.observe``, hooked on ``Writer.submit``); gauges are read from
+the runtime, its sampler and the intake when Prometheus scrapes.
+
+Labels: ``gpu`` is the GPU's index (``nvidia-smi``'s); a query that ran on several GPUs
+counts under the comma-separated indices of all of them (``gpu="0,1"``), so summing over
+``gpu`` gives a model's energy exactly. ``footprint_gpu_info{gpu,uuid,name}`` maps the
+indices to the devices. Past ``MAX_MODELS`` distinct models, the others are summed
+under ``model="_other"`` (the database keeps every one).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.process_collector import ProcessCollector
+
+if TYPE_CHECKING:
+    from footprint._runtime import Runtime
+    from footprint.daemon.spans import SpanIntake
+
+# Metrics keep at most this many models apart (Prometheus series stay bounded whatever
+# clients send); the others are summed under ``model="_other"``.
+MAX_MODELS = 1000
+OTHER_MODELS = "_other"
+
+__all__ = ["CONTENT_TYPE_LATEST", "DaemonCollector", "PowerTracker", "RecordTotals", "registry"]
+
+
+class RecordTotals:
+    """Running totals of the records and idle rows the runtime writes."""
+
+    def __init__(self, gpu_labels: dict[str, str]) -> None:
+        self._gpu_labels = gpu_labels  # device UUID -> index label
+        self._sets: dict[str, str] = {}  # a record's ``gpus`` JSON -> its label
+        self._models: set[str] = set()
+        self._lock = threading.Lock()
+        self.energy_j: defaultdict[tuple[str, str], float] = defaultdict(float)
+        self.queries: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.co2e_g: defaultdict[str, float] = defaultdict(float)
+        self.cost_usd: defaultdict[str, float] = defaultdict(float)
+        self.idle_j: defaultdict[str, float] = defaultdict(float)
+        self.records = 0
+
+    def _gpu_label(self, gpus_json: str | None) -> str:
+        label = self._sets.get(gpus_json or "")
+        if label is None:
+            try:
+                uuids = json.loads(gpus_json) if gpus_json else []
+            except ValueError:
+                uuids = []
+            label = ",".join(self._gpu_labels.get(u, str(u)) for u in uuids)
+            if len(self._sets) < 4096:
+                self._sets[gpus_json or ""] = label
+        return label
+
+    def observe(self, records: list[dict[str, Any]], idle_rows: list[dict[str, Any]]) -> None:
+        with self._lock:
+            for record in records:
+                model = record["model"]
+                if model not in self._models:
+                    if len(self._models) >= MAX_MODELS:
+                        model = OTHER_MODELS  # bounded series: the database has them all
+                    else:
+                        self._models.add(model)
+                self.queries[model, record["status"]] += 1
+                energy_j = record.get("energy_j")
+                if energy_j is not None:
+                    self.energy_j[model, self._gpu_label(record.get("gpus"))] += energy_j
+                co2e_g = record.get("co2e_g")
+                if co2e_g is not None:
+                    self.co2e_g[model] += co2e_g
+                cost = (record.get("energy_cost_usd") or 0.0) + (record.get("compute_cost") or 0.0)
+                if cost or model not in self.cost_usd:
+                    self.cost_usd[model] += cost
+            self.records += len(records)
+            for row in idle_rows:
+                label = self._gpu_labels.get(row["device_uuid"])
+                if label is not None:  # GPUs only (CPU packages are not GPUs)
+                    self.idle_j[label] += row["idle_energy_j"]
+
+    def snapshot(self) -> dict[str, dict]:
+        with self._lock:
+            return {
+                "energy_j": dict(self.energy_j),
+                "queries": dict(self.queries),
+                "co2e_g": dict(self.co2e_g),
+                "cost_usd": dict(self.cost_usd),
+                "idle_j": dict(self.idle_j),
+            }
+
+
+class PowerTracker:
+    """Each GPU's average power over the samples the runtime drained last (about one
+    flush interval), from the cumulative energy at both ends."""
+
+    def __init__(self, devices: int) -> None:
+        self._last: list[tuple[float, float] | None] = [None] * devices
+        self.power_w: list[float | None] = [None] * devices
+
+    def observe(self, drained: list[list[tuple[float, float]]]) -> None:
+        for index, samples in enumerate(drained[: len(self._last)]):
+            if not samples:
+                continue
+            ref = self._last[index] or samples[0]
+            t1_s, e1_j = samples[-1]
+            if t1_s > ref[0]:
+                self.power_w[index] = max(0.0, (e1_j - ref[1]) / (t1_s - ref[0]))
+            self._last[index] = samples[-1]
+
+
+class DaemonCollector:
+    """Builds every footprint_* metric family when Prometheus scrapes."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        intake: SpanIntake,
+        totals: RecordTotals,
+        power: PowerTracker,
+        started_s: float,
+    ) -> None:
+        self.runtime = runtime
+        self.intake = intake
+        self.totals = totals
+        self.power = power
+        self.started_s = started_s
+
+    def collect(self) -> Iterator[Metric]:
+        runtime, intake = self.runtime, self.intake
+        snap = self.totals.snapshot()
+        devices = runtime.gpu_devices
+        labels = [str(d.index) for d in devices]
+
+        family = CounterMetricFamily(
+            "footprint_energy_joules",
+            "GPU energy attributed to queries (written records), by model and GPU(s).",
+            labels=["model", "gpu"],
+        )
+        for (model, gpu), value in snap["energy_j"].items():
+            family.add_metric([model, gpu], value)
+        yield family
+        family = CounterMetricFamily(
+            "footprint_idle_energy_joules",
+            "GPU energy spent while no query ran on the GPU.",
+            labels=["gpu"],
+        )
+        for gpu in labels:
+            family.add_metric([gpu], snap["idle_j"].get(gpu, 0.0))
+        yield family
+        family = CounterMetricFamily(
+            "footprint_queries", "Queries recorded, by model and status.",
+            labels=["model", "status"],
+        )  # fmt: skip
+        for (model, status), value in snap["queries"].items():
+            family.add_metric([model, status], value)
+        yield family
+        family = CounterMetricFamily(
+            "footprint_co2e_grams", "Location-based CO2e of the queries' energy, in grams.",
+            labels=["model"],
+        )  # fmt: skip
+        for model, value in snap["co2e_g"].items():
+            family.add_metric([model], value)
+        yield family
+        family = CounterMetricFamily(
+            "footprint_cost_usd",
+            "Cost of the queries in USD (energy cost plus GPU-hours, where known).",
+            labels=["model"],
+        )
+        for model, value in snap["cost_usd"].items():
+            family.add_metric([model], value)
+        yield family
+
+        now_s = time.monotonic()
+        latest = runtime.gpu_sampler.latest_sample_times_s()
+        power = GaugeMetricFamily(
+            "footprint_gpu_power_watts",
+            "Average GPU power over the last flush interval, from its energy counter.",
+            labels=["gpu"],
+        )
+        age = GaugeMetricFamily(
+            "footprint_last_sample_age_seconds",
+            "Seconds since the GPU's latest energy sample (since start-up if none yet).",
+            labels=["gpu"],
+        )
+        info = GaugeMetricFamily(
+            "footprint_gpu_info", "The GPUs the daemon measures (value 1).",
+            labels=["gpu", "uuid", "name"],
+        )  # fmt: skip
+        for index, device in enumerate(devices):
+            watts = self.power.power_w[index] if index < len(self.power.power_w) else None
+            if watts is not None:
+                power.add_metric([labels[index]], watts)
+            t_s = latest[index] if index < len(latest) else None
+            age.add_metric([labels[index]], now_s - (self.started_s if t_s is None else t_s))
+            info.add_metric([labels[index], device.uuid, device.name], 1.0)
+        yield power
+        yield age
+        yield info
+
+        yield GaugeMetricFamily(
+            "footprint_spans_in_flight", "Spans started and not ended yet.",
+            value=len(runtime.inflight),
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "footprint_queue_depth",
+            "Spans ended and waiting to be resolved, plus records waiting to be written.",
+            value=len(runtime.ended) + runtime.writer.buffered,
+        )
+        yield GaugeMetricFamily(
+            "footprint_client_connections", "Open client connections on the Unix socket.",
+            value=len(intake.connections),
+        )  # fmt: skip
+
+        from footprint.daemon.server import runtime_stats
+
+        stats = runtime_stats(runtime)
+        lost = CounterMetricFamily(
+            "footprint_lost_spans",
+            "Queries that did not become a record, by reason (their energy is in the lost "
+            "bucket where it was measured).",
+            labels=["reason"],
+        )
+        for reason, value in (
+            ("queue_full", stats["dropped_spans"]),
+            ("abandoned", stats["abandoned_spans"]),
+            ("running_at_exit", stats["running_at_exit"]),
+            ("write_failed", stats["unsaved_records"]),
+            ("rejected", stats["rejected_records"]),
+            ("clock_mismatch", intake.lost.get("clock_mismatch", 0)),
+        ):
+            lost.add_metric([reason], value)
+        yield lost
+        errors = CounterMetricFamily(
+            "footprint_protocol_errors",
+            "Batches refused (bad JSON, invalid, too large, truncated, other clock, no token).",
+            labels=["reason"],
+        )
+        for reason in ("json", "invalid", "too_large", "truncated", "clock", "unauthorized"):
+            errors.add_metric([reason], intake.protocol_errors.get(reason, 0))
+        yield errors
+        received = CounterMetricFamily(
+            "footprint_spans_received", "Span starts and ends received from clients.",
+            labels=["kind"],
+        )  # fmt: skip
+        received.add_metric(["start"], intake.received.get("starts", 0))
+        received.add_metric(["end"], intake.received.get("ends", 0))
+        yield received
+        yield CounterMetricFamily(
+            "footprint_records_written", "Query records written to the database.",
+            value=stats["records_written"],
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "footprint_clients_gone",
+            "Client processes that went away with spans running (spans closed as abandoned).",
+            value=intake.abandoned_clients,
+        )
+
+
+def registry(collector: DaemonCollector) -> CollectorRegistry:
+    """A registry of the daemon's metrics and its process's (CPU, memory, fds)."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(collector)  # type: ignore[arg-type]
+    ProcessCollector(registry=reg)
+    return reg
+
+
+def render(reg: CollectorRegistry) -> bytes:
+    return generate_latest(reg)

@@ -1,0 +1,313 @@
+"""The daemon's intake: batches of span starts and ends from its clients, into its runtime.
+
+Each client process is known by ``(host, pid)``; its span ids are its own, mapped here to
+the runtime's ids, so a client that reconnects (a new connection, the same process) goes
+on where it left off. A span's start puts it in the runtime's in-flight dict, its end in
+the ended queue, exactly what ``footprint.tracking`` does in a process that measures
+itself; an end whose start was never seen is announced and ended at once.
+
+When the last connection of a client closes with spans still running, the client is
+checked: a process that no longer exists has its spans closed as abandoned (their energy
+goes to the lost bucket, counted). Whether it exists is asked of the pid the kernel gives
+for the peer of the Unix socket (``SO_PEERCRED``, in the daemon's pid namespace); where
+the kernel cannot name it (a client in a pid namespace the daemon cannot see), the
+spans wait ``RECONNECT_GRACE_S`` for the client to come back, then are abandoned.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from footprint._runtime import EndedSpan, Runtime
+from footprint.daemon.protocol import CLOCK_TOLERANCE_S, Batch, ProtocolError
+
+# A client whose liveness cannot be checked gets this long to reconnect before its
+# running spans are abandoned.
+RECONNECT_GRACE_S = 60.0
+# A client with nothing running and no connection is forgotten after this long (its
+# memory of abandoned span ids, which keeps a late end from making a second record).
+FORGET_CLIENT_AFTER_S = 600.0
+MAX_ABANDONED_IDS = 10_000  # per client
+# How long one batch may wait for room in a full ended queue before its ends are dropped
+# (counted): the reading thread waits, so the client's socket fills and the client slows.
+BACKPRESSURE_WAIT_S = 2.0
+
+
+class ClockMismatch(ProtocolError):
+    """The sender's monotonic clock is not the daemon's: its times mean nothing here."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "clock")
+
+
+@dataclass(eq=False)
+class Connection:
+    """One client connection (a Unix socket): who is on the other end."""
+
+    id: int
+    peer_pid: int | None  # the peer's pid in the daemon's pid namespace (None: unknown)
+    keys: set[tuple[str, int]] = field(default_factory=set)
+    clock_checked: bool = False
+    clock_refused: str | None = None
+
+
+class _Client:
+    """A client process (``host``, ``pid``) and its spans still running."""
+
+    __slots__ = ("key", "spans", "connections", "liveness_pid", "idle_since_s", "abandoned",
+                 "last_seen_s", "spans_checked_s")  # fmt: skip
+
+    def __init__(self, key: tuple[str, int], now_s: float) -> None:
+        self.key = key
+        # client span id -> (daemon span id, start_s, gpus)
+        self.spans: dict[int, tuple[int, float, tuple | None]] = {}
+        self.connections: set[int] = set()
+        self.liveness_pid: int | None = None  # a pid to check in our namespace
+        self.idle_since_s: float | None = None  # since when it has had no connection
+        self.abandoned: dict[int, None] = {}  # client span ids closed as abandoned
+        self.last_seen_s = now_s  # its latest batch
+        self.spans_checked_s = now_s  # its spans were last looked at for their age
+
+
+class SpanIntake:
+    """Applies decoded batches to ``runtime``; counts what it refuses or cannot keep."""
+
+    def __init__(self, runtime: Runtime, host: str | None = None) -> None:
+        self.runtime = runtime
+        self.host = host or runtime.host
+        self._lock = threading.Lock()
+        self._clients: dict[tuple[str, int], _Client] = {}
+        self._conn_ids = itertools.count(1)
+        self.connections: dict[int, Connection] = {}
+        self.protocol_errors: Counter[str] = Counter()
+        self.lost: Counter[str] = Counter()  # spans refused or closed, by reason
+        self.oddities: Counter[str] = Counter()  # handled, not lost
+        self.received: Counter[str] = Counter()  # "starts", "ends", "batches"
+        self.abandoned_clients = 0
+
+    # -- connections -----------------------------------------------------------------
+    def connect(self, peer_pid: int | None) -> Connection:
+        conn = Connection(next(self._conn_ids), peer_pid or None)
+        with self._lock:
+            self.connections[conn.id] = conn
+        return conn
+
+    def disconnect(self, conn: Connection, now_s: float | None = None) -> None:
+        """The connection closed: its clients with no other connection are checked now."""
+        now_s = time.monotonic() if now_s is None else now_s
+        with self._lock:
+            self.connections.pop(conn.id, None)
+            for key in conn.keys:
+                client = self._clients.get(key)
+                if client is None:
+                    continue
+                client.connections.discard(conn.id)
+                if not client.connections:
+                    client.idle_since_s = now_s
+        self.sweep(now_s)
+
+    def sweep(self, now_s: float | None = None) -> None:
+        """Abandon the running spans of clients that went away; forget old idle clients.
+
+        Called when a connection closes and about once a second by the daemon. Spans of
+        a client that only sends over HTTP (no connection to lose) wait for their ends,
+        or ``max_span_age_s``, after which the runtime closes them."""
+        now_s = time.monotonic() if now_s is None else now_s
+        too_old_s = now_s - self.runtime.settings.max_span_age_s - 60.0
+        with self._lock:
+            for key, client in list(self._clients.items()):
+                if client.spans and not client.connections and client.idle_since_s is not None:
+                    gone = _process_gone(client.liveness_pid)
+                    if gone or (gone is None and now_s - client.idle_since_s > RECONNECT_GRACE_S):
+                        self._abandon_client(client, now_s, "client_gone")
+                if client.spans and now_s - client.spans_checked_s > 60.0:
+                    # Running past max_span_age: the runtime closed them; forget them.
+                    client.spans_checked_s = now_s
+                    for cid in [cid for cid, (_, start_s, _) in client.spans.items()
+                                if start_s < too_old_s]:  # fmt: skip
+                        _, _, gpus = client.spans.pop(cid)
+                        if self.runtime.drives_simulator:
+                            self.runtime.end_simulated_load(gpus, now_s)
+                        self._remember_abandoned(client, cid)
+                if (
+                    not client.spans
+                    and not client.connections
+                    and now_s - client.last_seen_s > FORGET_CLIENT_AFTER_S
+                ):
+                    del self._clients[key]
+
+    def _abandon_client(self, client: _Client, now_s: float, reason: str) -> None:
+        runtime = self.runtime
+        for cid, (sid, _start_s, gpus) in client.spans.items():
+            runtime.abandon(sid)
+            if runtime.drives_simulator:
+                runtime.end_simulated_load(gpus, now_s)
+            self._remember_abandoned(client, cid)
+        self.lost[reason] += len(client.spans)
+        client.spans.clear()
+        self.abandoned_clients += 1
+
+    @staticmethod
+    def _remember_abandoned(client: _Client, cid: int) -> None:
+        """A late start or end of this span is ignored: it is counted as lost already."""
+        client.abandoned[cid] = None
+        if len(client.abandoned) > MAX_ABANDONED_IDS:
+            del client.abandoned[next(iter(client.abandoned))]
+
+    # -- batches ---------------------------------------------------------------------
+    def check_clock(self, batch: Batch, conn: Connection | None, now_s: float,
+                    transit_s: float = 0.0) -> None:  # fmt: skip
+        """Refuse a batch whose times are not the daemon's monotonic clock.
+
+        ``monotonic_s`` (the sender's clock when it sent the batch) may not be ahead of
+        the daemon's clock, nor behind it by more than ``CLOCK_TOLERANCE_S`` plus
+        ``transit_s``; on a connection, the lag is only checked on its first batch (later
+        ones may wait in a busy daemon's socket). Span times may not be in the future.
+        """
+        if conn is not None and conn.clock_refused is not None:
+            raise ClockMismatch(conn.clock_refused)
+        sent_s = batch.monotonic_s
+        latest_s = max(
+            itertools.chain((s.start_s for s in batch.starts), (e.end_s for e in batch.ends)),
+            default=None,
+        )
+        newest_s = max(t for t in (sent_s, latest_s, -math.inf) if t is not None)
+        ahead_s = newest_s - now_s
+        behind_s = now_s - sent_s if sent_s is not None else 0.0
+        check_lag = conn is None or not conn.clock_checked
+        if ahead_s > CLOCK_TOLERANCE_S or (check_lag and behind_s > CLOCK_TOLERANCE_S + transit_s):
+            off_s = ahead_s if ahead_s > CLOCK_TOLERANCE_S else -behind_s
+            message = (
+                f"the sender's monotonic clock is {off_s:+.3f} s from the daemon's: it runs "
+                "in another time namespace (or on another host), so its span times mean "
+                "nothing here; its spans are refused. Measure in that process instead "
+                "(FOOTPRINT_DAEMON=off) or run the daemon in the same time namespace"
+            )
+            if conn is not None and sent_s is not None:
+                conn.clock_refused = message
+            raise ClockMismatch(message)
+        if conn is not None and sent_s is not None:
+            conn.clock_checked = True
+
+    def refused(self, reason: str, batch: Batch | None = None) -> None:
+        """Count a refused batch (and, when it was decoded, its spans as lost)."""
+        with self._lock:
+            self.protocol_errors[reason] += 1
+            if batch is not None and reason == "clock":
+                self.lost["clock_mismatch"] += len(batch.starts) + len(batch.ends)
+
+    def apply(self, batch: Batch, conn: Connection | None = None,
+              transit_s: float = 0.0) -> None:  # fmt: skip
+        """Check the clock, then start and end the batch's spans in the runtime.
+
+        ``ClockMismatch`` (counted) when the sender's clock is not the daemon's."""
+        runtime = self.runtime
+        try:
+            self.check_clock(batch, conn, time.monotonic(), transit_s)
+        except ClockMismatch:
+            self.refused("clock", batch)
+            raise
+        if batch.ends:
+            self._wait_for_room(len(batch.ends))
+        key = (batch.host, batch.pid)
+        pid, host = batch.pid, batch.host
+        inflight, ended = runtime.inflight, runtime.ended
+        drives = runtime.drives_simulator
+        max_pending = runtime.max_pending
+        now_s = time.monotonic()
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = self._clients[key] = _Client(key, now_s)
+            client.last_seen_s = now_s
+            if conn is not None and key not in conn.keys:
+                conn.keys.add(key)
+                client.connections.add(conn.id)
+                client.idle_since_s = None
+                # The peer as our pid namespace sees it (None where the kernel cannot
+                # name it): the process whose exit closes the connection.
+                client.liveness_pid = conn.peer_pid
+            spans = client.spans
+            self.received["batches"] += 1
+            self.received["starts"] += len(batch.starts)
+            self.received["ends"] += len(batch.ends)
+            for start in batch.starts:
+                if start.id in spans:  # sent again after a reconnection: already known
+                    self.oddities["duplicate_start"] += 1
+                    continue
+                if client.abandoned and start.id in client.abandoned:
+                    self.oddities["started_after_abandoned"] += 1  # counted as lost already
+                    continue
+                if len(inflight) >= max_pending:  # its end will still make a record
+                    self.oddities["start_not_tracked"] += 1
+                    continue
+                sid = next(runtime.ids)
+                spans[start.id] = (sid, start.start_s, start.gpus)
+                inflight[sid] = (start.start_s, start.gpus)
+                if drives:
+                    runtime.begin_simulated_load(start.gpus, start.start_s)
+            for end in batch.ends:
+                entry = spans.pop(end.id, None)
+                if entry is None:
+                    if client.abandoned and end.id in client.abandoned:
+                        del client.abandoned[end.id]  # closed as abandoned: counted there
+                        self.oddities["ended_after_abandoned"] += 1
+                        continue
+                    sid = next(runtime.ids)
+                    if drives:
+                        runtime.begin_simulated_load(end.gpus, end.start_s)
+                        runtime.end_simulated_load(end.gpus, end.end_s)
+                else:
+                    sid = entry[0]
+                    if drives:
+                        runtime.end_simulated_load(entry[2], end.end_s)
+                if len(ended) < max_pending:
+                    ended.append(
+                        EndedSpan(sid, end.start_s, end.end_s, end.model, end.tags, end.status,
+                                  end.error_type, end.input_tokens, end.output_tokens,
+                                  end.ttft_s, end.gpus, pid, host)
+                    )  # fmt: skip
+                else:
+                    runtime.dropped_spans += 1
+                inflight.pop(sid, None)
+
+    def _wait_for_room(self, count: int) -> None:
+        runtime = self.runtime
+        if len(runtime.ended) + count <= runtime.max_pending:
+            return
+        deadline_s = time.monotonic() + BACKPRESSURE_WAIT_S
+        self.oddities["backpressure_waits"] += 1
+        while len(runtime.ended) + count > runtime.max_pending:
+            if time.monotonic() >= deadline_s:
+                return  # what does not fit is dropped and counted (dropped_spans)
+            runtime.request_flush()
+            time.sleep(0.01)
+
+    # -- what the metrics and /healthz show -----------------------------------------
+    def spans_in_flight(self) -> int:
+        return len(self.runtime.inflight)
+
+    def client_count(self) -> int:
+        return len(self._clients)
+
+
+def _process_gone(pid: int | None) -> bool | None:
+    """True if no process has ``pid`` (in our namespace), False if one does, None if
+    there is no pid to ask about."""
+    if not pid:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # exists, another user's
+        return False
+    except OSError:
+        return None
+    return False

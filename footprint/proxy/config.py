@@ -1,0 +1,106 @@
+"""The proxy's settings, parsed from the command line: every mistake is one clear line."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_LISTEN = "127.0.0.1:8001"
+MAX_PARSED_BODY = 10 * 1024 * 1024  # request bodies beyond this are forwarded, not parsed
+RESERVED_TAGS = frozenset({"model", "tokens", "gpus", "sync"})
+
+
+class ProxyConfigError(ValueError):
+    """A setting that cannot work: the command exits 2 with this message."""
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    upstream: str  # http(s)://host[:port][/prefix], no trailing slash
+    host: str = "127.0.0.1"
+    port: int = 8001
+    gpus: tuple[int | str, ...] | None = None  # None: every GPU footprint sees
+    tags: dict[str, Any] = field(default_factory=dict)
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 600.0  # the longest wait for the next byte from the upstream
+    grace_s: float = 15.0  # on SIGTERM/SIGINT, how long requests in flight may finish
+    max_parsed_body: int = MAX_PARSED_BODY
+
+    @property
+    def listen_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def parse_upstream(text: str) -> str:
+    """``http://127.0.0.1:8000`` (or https, with an optional path prefix), normalised."""
+    example = "e.g. http://127.0.0.1:8000"
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port  # raises ValueError on a bad port
+    except ValueError as exc:
+        raise ProxyConfigError(f"--upstream {text!r} is not a URL ({exc}); {example}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ProxyConfigError(f"--upstream {text!r} is not an http(s) URL with a host; {example}")
+    if parts.query or parts.fragment:
+        raise ProxyConfigError(f"--upstream {text!r} must not have a query or fragment; {example}")
+    if parts.username or parts.password:
+        raise ProxyConfigError(
+            f"--upstream {text!r} must not carry credentials (clients send their own "
+            "Authorization header, which the proxy forwards)"
+        )
+    if port == 0:
+        raise ProxyConfigError(f"--upstream {text!r} has port 0; {example}")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8001`` for IPv6); port 0 picks a free one."""
+    text = text.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ProxyConfigError(f"--listen {text!r} must be HOST:PORT, e.g. {DEFAULT_LISTEN}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ProxyConfigError(f"--listen {text!r}: {host!r} is not an IPv6 address") from None
+    elif ":" in host:
+        raise ProxyConfigError(f"--listen {text!r}: write an IPv6 address in brackets, [::1]:8001")
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ProxyConfigError(f"--listen {text!r}: the port must be a number from 0 to 65535")
+    return host, port
+
+
+def parse_gpus(text: str | None) -> tuple[int | str, ...] | None:
+    """``0,1`` (CUDA indices) or GPU UUIDs, comma-separated; None or ``all``: every GPU."""
+    if text is None or text.strip().lower() in ("", "all"):
+        return None
+    out: list[int | str] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            raise ProxyConfigError(f"--gpus {text!r} has an empty item; e.g. --gpus 0,1")
+        out.append(int(item) if item.isdigit() else item)
+    return tuple(out)
+
+
+def parse_tags(items: list[str] | None) -> dict[str, str]:
+    """``--tag team=search --tag env=prod`` as a dict."""
+    tags: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ProxyConfigError(f"--tag {item!r} must be KEY=VALUE, e.g. --tag team=search")
+        if key in RESERVED_TAGS:
+            raise ProxyConfigError(f"--tag {key!r} is reserved; choose another name")
+        tags[key] = value
+    return tags
