@@ -47,7 +47,7 @@ STALE_AFTER_PERIODS = 20
 
 # Values replaced so that their record can be stored (``footprint._sanitize``).
 BAD_VALUES = {
-    "invalid_tokens": "a token count was not an integer in [0, 2^63); it is stored as NULL",
+    "invalid_tokens": "a token count was not an integer in [0, 2^40); it is stored as NULL",
     "sanitized_models": "a model name was not storable text (over 256 characters, NUL, "
     "lone surrogate); it is stored cleaned",
     "unserializable_tags": "a tag key or value could not be stored as JSON; it is stored "

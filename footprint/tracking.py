@@ -350,7 +350,7 @@ class Query:
     def set_tokens(self, input: int | None = None, output: int | None = None) -> None:  # noqa: A002
         """Record token counts (only counts are stored, never text).
 
-        Never raises: a value that is not a count in [0, 2^63) is stored as NULL and
+        Never raises: a value that is not a count in [0, 2^40) is stored as NULL and
         counted in ``stats()["invalid_tokens"]``."""
         if input is not None:
             self.input_tokens = input

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from footprint._sanitize import MAX_TOKENS
+
 MAX_BATCH_BYTES = 1 << 20  # 1 MiB per line or request body
 MAX_SPANS_PER_BATCH = 20_000
 MAX_MODEL_CHARS = 256
@@ -227,8 +229,8 @@ def _time(value: Any, where: str) -> float:
 def _tokens(value: Any, where: str) -> int | None:
     if value is None:
         return None
-    if not _is_int(value) or not 0 <= value < 2**63:
-        raise ProtocolError(f"{where} must be a non-negative integer or null")
+    if not _is_int(value) or not 0 <= value <= MAX_TOKENS:
+        raise ProtocolError(f"{where} must be an integer in [0, 2^40) or null")
     return value
 
 
