@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from footprint._clock import SYSTEM_CLOCK, Clock
 from footprint._forksafe import no_fork
-from footprint._sanitize import MAX_TOKENS, clean_model, clean_tokens, tags_json
+from footprint._sanitize import Cleaner
 from footprint.attribution import DeviceResolver, EnergyPiece, SpanShare
 from footprint.config import Settings
 from footprint.daemon.presence import claim_gpus
@@ -159,9 +159,8 @@ class Runtime:
         self._pending: dict[int, _Pending] = {}
         self._device_sets: dict[tuple[int, ...], _DeviceSet] = {}
         self._devices_of: dict[tuple | None, tuple[int, ...]] = {}
-        self._tags_text: dict[int, tuple[dict, str]] = {}
-        self._models: dict[str, str] = {}  # model name -> its storable text
         self.bad_values: dict[str, int] = {}  # values replaced to be storable, by kind
+        self._clean = Cleaner(self._count_bad)
         self._unpriced = dict.fromkeys(PRICING_COLUMNS)
         # Per (device UUID, minute): [idle J, measured J, lost J].
         self._idle_rows: dict[tuple[str, datetime], list[float]] = {}
@@ -580,41 +579,6 @@ class Runtime:
             self._device_sets[devices] = known
         return known
 
-    def _tags_json(self, tags: dict) -> str:
-        """Tags as JSON; the text of a decorator's (shared) tags is computed once. What
-        cannot be JSON is replaced by its type name and counted (``unserializable_tags``)."""
-        if not tags:
-            return "{}"
-        cached = self._tags_text.get(id(tags))
-        if cached is not None and cached[0] is tags:
-            return cached[1]
-        text, replaced = tags_json(tags)
-        if replaced:
-            self._count_bad("unserializable_tags", replaced)
-        if len(self._tags_text) >= 4096:
-            self._tags_text.clear()
-        self._tags_text[id(tags)] = (tags, text)
-        return text
-
-    def _model_text(self, model: str) -> str:
-        text = self._models.get(model)
-        if text is None:
-            text = clean_model(model)
-            if text != model:
-                self._count_bad("sanitized_models", 1)
-            if len(self._models) >= 4096:
-                self._models.clear()
-            self._models[model] = text
-        return text
-
-    def _tokens(self, value: Any) -> int | None:
-        if value is None or value.__class__ is int and 0 <= value <= MAX_TOKENS:
-            return value
-        count = clean_tokens(value)
-        if count is None:
-            self._count_bad("invalid_tokens", 1)
-        return count
-
     def _count_bad(self, kind: str, count: int) -> None:
         """A value replaced so that its record can be stored: counted, warned about once."""
         self.bad_values[kind] = self.bad_values.get(kind, 0) + count
@@ -650,16 +614,16 @@ class Runtime:
             cpu_source = "estimated" if any(s.partial for s in cpu_shares) else "counter"
         offset = self.wall_offset_s
         record = {
-            "model": self._model_text(span.model),
-            "tags": self._tags_json(span.tags),
+            "model": self._clean.model(span.model),
+            "tags": self._clean.tags_json(span.tags),
             "started_at": datetime.fromtimestamp(span.start_s + offset, timezone.utc),
             "ended_at": datetime.fromtimestamp(span.end_s + offset, timezone.utc),
             "duration_s": span.end_s - span.start_s,
             "time_to_first_token_s": span.ttft_s,
             "status": span.status,
             "error_type": span.error_type,
-            "input_tokens": self._tokens(span.input_tokens),
-            "output_tokens": self._tokens(span.output_tokens),
+            "input_tokens": self._clean.tokens(span.input_tokens),
+            "output_tokens": self._clean.tokens(span.output_tokens),
             "gpus": device_set.gpus_json,
             "gpu_seconds": gpu_seconds,
             "energy_j": energy_j,

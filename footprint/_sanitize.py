@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+from collections.abc import Callable
 from typing import Any
 
 MAX_MODEL_CHARS = 256
@@ -125,3 +126,59 @@ def _key_text(key: Any, replaced: list[int]) -> str:
     except Exception:
         replaced[0] += 1
         return f"<{type(key).__name__}>"
+
+
+class Cleaner:
+    """The values of records made storable, with caches for what repeats (a decorator's
+    tags, a model name) and a callback ``on_replaced(kind, count)`` for each value that
+    had to be replaced (kinds: ``invalid_tokens``, ``sanitized_models``,
+    ``unserializable_tags``). One per runtime; used on its writer or sender thread."""
+
+    CACHE_SIZE = 4096
+
+    def __init__(self, on_replaced: Callable[[str, int], None]) -> None:
+        self._on_replaced = on_replaced
+        self._models: dict[str, str] = {}
+        self._tags: dict[int, tuple[dict, Any]] = {}
+
+    def model(self, model: Any) -> str:
+        text = self._models.get(model) if model.__class__ is str else None
+        if text is None:
+            text = clean_model(model if isinstance(model, str) else str(model))
+            if text != model:
+                self._on_replaced("sanitized_models", 1)
+            if len(self._models) >= self.CACHE_SIZE:
+                self._models.clear()
+            if model.__class__ is str:
+                self._models[model] = text
+        return text
+
+    def tokens(self, value: Any) -> int | None:
+        if value is None or value.__class__ is int and 0 <= value <= MAX_TOKENS:
+            return value
+        count = clean_tokens(value)
+        if count is None:
+            self._on_replaced("invalid_tokens", 1)
+        return count
+
+    def tags_json(self, tags: dict) -> str:
+        """Tags as JSON text (what the store keeps)."""
+        return self._cached_tags(tags, tags_json, "{}")
+
+    def tags_object(self, tags: dict) -> dict:
+        """Tags as a JSON-safe dict (what the daemon is sent)."""
+        return self._cached_tags(tags, tags_object, {})
+
+    def _cached_tags(self, tags: dict, clean: Callable[[dict], tuple[Any, int]], empty: Any):
+        if not tags:
+            return empty
+        cached = self._tags.get(id(tags))
+        if cached is not None and cached[0] is tags:
+            return cached[1]
+        value, replaced = clean(tags)
+        if replaced:
+            self._on_replaced("unserializable_tags", replaced)
+        if len(self._tags) >= self.CACHE_SIZE:
+            self._tags.clear()
+        self._tags[id(tags)] = (tags, value)
+        return value

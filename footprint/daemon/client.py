@@ -48,7 +48,7 @@ from urllib.parse import urlsplit
 
 from footprint._clock import SYSTEM_CLOCK, Clock
 from footprint._runtime import BAD_VALUES, EndedSpan, FootprintWarning
-from footprint._sanitize import MAX_TOKENS, clean_model, clean_tokens, tags_object
+from footprint._sanitize import Cleaner
 from footprint.config import Settings
 from footprint.daemon.protocol import (
     MAX_BATCH_BYTES,
@@ -206,8 +206,6 @@ class DaemonClient:
         self._final_end_s: float | None = None  # set by shutdown: every I/O ends by then
         if sock is not None:
             self._watch(sock)
-        self._tags_cache: dict[int, tuple[dict, dict]] = {}
-        self._models: dict[str, str] = {}
         self._gpus_cache: dict[tuple, list] = {}
         # Counters.
         self.sent_spans = 0
@@ -218,6 +216,7 @@ class DaemonClient:
         self.reconnects = 0
         self.running_at_exit = 0
         self.bad_values: dict[str, int] = {}
+        self._clean = Cleaner(self._count_bad)
         # Control, lock-free for signal handlers: see ``request_flush``.
         self._urgent_until_s = 0.0
         self._rounds_begun = 0
@@ -453,49 +452,15 @@ class DaemonClient:
             "id": span.span_id,
             "start_s": start_s,
             "end_s": end_s if end_s >= start_s else start_s,
-            "model": self._model(span.model),
-            "tags": self._tags(span.tags),
+            "model": self._clean.model(span.model),
+            "tags": self._clean.tags_object(span.tags),
             "status": status,
             "error_type": error_type,
-            "input_tokens": self._tokens(span.input_tokens),
-            "output_tokens": self._tokens(span.output_tokens),
+            "input_tokens": self._clean.tokens(span.input_tokens),
+            "output_tokens": self._clean.tokens(span.output_tokens),
             "ttft_s": ttft_s,
             "gpus": self._gpus(span.gpus),
         }
-
-    def _model(self, model: str) -> str:
-        text = self._models.get(model)
-        if text is None:
-            text = clean_model(model) if isinstance(model, str) else clean_model(str(model))
-            if text != model:
-                self._count_bad("sanitized_models", 1)
-            if len(self._models) >= 4096:
-                self._models.clear()
-            self._models[model] = text
-        return text
-
-    def _tags(self, tags: dict) -> dict:
-        """Tags the daemon can take as JSON; a decorator's (shared) tags cleaned once."""
-        if not tags:
-            return {}
-        cached = self._tags_cache.get(id(tags))
-        if cached is not None and cached[0] is tags:
-            return cached[1]
-        clean, replaced = tags_object(tags)
-        if replaced:
-            self._count_bad("unserializable_tags", replaced)
-        if len(self._tags_cache) >= 4096:
-            self._tags_cache.clear()
-        self._tags_cache[id(tags)] = (tags, clean)
-        return clean
-
-    def _tokens(self, value: Any) -> int | None:
-        if value is None or value.__class__ is int and 0 <= value <= MAX_TOKENS:
-            return value
-        count = clean_tokens(value)
-        if count is None:
-            self._count_bad("invalid_tokens", 1)
-        return count
 
     def _gpus(self, gpus: tuple | None) -> list | None:
         if gpus is None:
