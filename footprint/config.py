@@ -26,6 +26,7 @@ DAEMON_FORMS = (
 )
 MAX_SOCKET_PATH_BYTES = 107  # sun_path is 108 bytes with its NUL
 PROVIDERS = ("aws", "azure", "gcp", "on_premise")
+OWNERSHIP_CHOICES = ("rented", "owned")
 ENV_PREFIX = "FOOTPRINT_"
 
 
@@ -47,6 +48,9 @@ class Settings:
     # Pricing: where it runs and the user's overrides of the shipped factors.
     detect_cloud: bool = False
     provider: str | None = None  # aws | azure | gcp | on_premise (PUE); default: the zone's
+    # rented | owned: who owns the GPUs (what $/GPU-hour means); None: rented in a cloud
+    # region (aws:, gcp:, azure:), owned elsewhere.
+    ownership: str | None = None
     hourly_intensity_csv: str | None = None
     electricitymaps_token: str | None = None
     price_per_kwh: float | None = None
@@ -60,6 +64,7 @@ class Settings:
     def __post_init__(self) -> None:
         validate_sensor(self.sensor)
         object.__setattr__(self, "daemon", validate_daemon(self.daemon))
+        object.__setattr__(self, "ownership", validate_ownership(self.ownership))
         _positive("sampling_period_s", self.sampling_period_s, maximum=10.0)
         _positive("flush_interval_s", self.flush_interval_s, maximum=60.0)
         _positive("exit_deadline_s", self.exit_deadline_s, maximum=600.0)
@@ -110,6 +115,23 @@ def validate_sensor(spec: str) -> None:
         SimulatedGpuSpec.parse(options)
     elif options:
         raise ValueError(f"sensor {name!r} takes no options")
+
+
+def validate_ownership(value: object) -> str | None:
+    """The ``ownership`` setting: ``rented``, ``owned``, or None (``""``, ``auto``: by zone)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"ownership must be one of {', '.join(OWNERSHIP_CHOICES)}; got {value!r}")
+    text = value.strip().lower()
+    if text in ("", "auto"):
+        return None
+    if text not in OWNERSHIP_CHOICES:
+        raise ValueError(
+            f"ownership must be one of {', '.join(OWNERSHIP_CHOICES)} (default: rented in a "
+            f"cloud region, owned elsewhere); got {value!r}"
+        )
+    return text
 
 
 def validate_daemon(value: object) -> str:

@@ -93,3 +93,44 @@ def test_read_table_errors_name_file_line_and_column(tmp_path, body, line, colum
     err = info.value
     assert (err.path, err.line, err.column) == (str(path), line, column)
     assert str(path) in str(err) and f"line {line}" in str(err) and repr(column) in str(err)
+
+
+def test_gpu_capex_ships_with_a_source_for_price_and_lifetime():
+    """Purchase prices of owned GPUs: each row says what the price is (``basis``), where it
+    and its lifetime come from, and which year; the sourced-and-dated test above covers it
+    as a regions/*.csv table too."""
+    assert "gpu_capex.csv" in _data.TABLES and REGIONS / "gpu_capex.csv" in TABLES
+    rows = _data.table("gpu_capex.csv")
+    assert rows
+    for row in rows:
+        assert row["purchase_usd"] > 0 and 0 < row["lifetime_years"] <= 10, row["_line"]
+        for column in ("basis", "source", "lifetime_source"):
+            assert row[column].strip(), (row["_line"], column)
+        assert "http" in row["source"] and "http" in row["lifetime_source"], row["_line"]
+
+
+@pytest.mark.parametrize("name", ["gpu_prices.csv", "gpu_capex.csv"])
+def test_gpu_rows_are_unambiguous(name):
+    """No two rows (of one provider) with the same whole-token match: the most specific
+    match wins, and two equally specific identical rows would leave it to file order."""
+    seen: dict[tuple, int] = {}
+    for row in _data.table(name):
+        spec = row["match"]
+        key = (row.get("provider"), spec.required, spec.excluded)
+        assert key not in seen, f"{name}:{row['_line']} repeats line {seen.get(key)}"
+        seen[key] = row["_line"]
+
+
+def test_gpu_price_sources_stay_short_enough_for_a_rollup_key():
+    """``gpu_price_source`` is stored on each record and is a rollup key column, so the
+    text built from a row stays bounded."""
+    from footprint.pricing import gpu_capex_for, gpu_price_for
+
+    for row in _data.table("gpu_prices.csv"):
+        found = gpu_price_for(row["gpu_model"], row["provider"])
+        assert found is not None and found[0] == row["usd_per_gpu_hour"], row["_line"]
+        assert len(found[1]) <= 800, (row["_line"], len(found[1]))
+    for row in _data.table("gpu_capex.csv"):
+        found = gpu_capex_for(row["gpu_model"])
+        assert found is not None, row["_line"]
+        assert len(found[1]) <= 800, (row["_line"], len(found[1]))

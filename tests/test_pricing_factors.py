@@ -49,7 +49,7 @@ def test_provider_pue_can_be_chosen_for_a_grid_zone():
 
 
 def test_missing_price_is_none_not_invented():
-    f = build_factors("JPN")
+    f = build_factors("AFG")
     assert f.price_per_kwh is None and f.currency is None and "no electricity price" in f.price_ref
 
 
@@ -63,30 +63,31 @@ def test_zone_from_env_and_default_flag():
 
 
 @pytest.mark.parametrize(
-    ("gpu", "price"),
+    ("gpu", "provider", "price"),
     [
-        ("NVIDIA H100 80GB HBM3", 6.88),
-        ("NVIDIA H100 NVL", 6.98),
-        ("NVIDIA H200", 7.912),
-        ("NVIDIA A100-SXM4-80GB", 3.4309),
-        ("NVIDIA A100-SXM4-40GB", 2.7447),
-        ("NVIDIA A100 80GB PCIe", 3.673),
-        ("NVIDIA A10G", 1.006),
-        ("NVIDIA L4", 0.8048),
-        ("NVIDIA L40S", 1.861),
-        ("Tesla T4", 0.526),
+        ("NVIDIA H100 80GB HBM3", "aws", 6.88),
+        ("NVIDIA H100 NVL", "azure", 6.98),
+        ("NVIDIA H200", "aws", 7.912),
+        ("NVIDIA A100-SXM4-80GB", "aws", 3.4309),
+        ("NVIDIA A100-SXM4-40GB", "aws", 2.7447),
+        ("NVIDIA A100 80GB PCIe", "azure", 3.673),
+        ("NVIDIA A10G", "aws", 1.006),
+        ("NVIDIA L4", "aws", 0.8048),
+        ("NVIDIA L40S", "aws", 1.861),
+        ("Tesla T4", "aws", 0.526),
     ],
 )
-def test_gpu_prices_match_nvml_names(gpu, price):
-    assert gpu_price_for(gpu)[0] == pytest.approx(price)
+def test_gpu_prices_match_nvml_names(gpu, provider, price):
+    assert gpu_price_for(gpu, provider)[0] == pytest.approx(price)
 
 
-def test_gpu_price_prefers_the_providers_own_offer():
+def test_gpu_price_is_the_providers_own_offer_only():
     assert gpu_price_for("NVIDIA H200", "gcp")[0] == pytest.approx(10.4365)
-    assert gpu_price_for("NVIDIA GeForce RTX 4090") is None
+    assert gpu_price_for("NVIDIA H200", "aws")[0] == pytest.approx(7.912)
+    assert gpu_price_for("NVIDIA GeForce RTX 4090", "aws") is None
     # "L4" must not catch the L40 / L40S, nor "A10G" a plain A10
-    assert gpu_price_for("NVIDIA L40") is None
-    assert gpu_price_for("NVIDIA A10") is None
+    assert gpu_price_for("NVIDIA L40", "aws") is None
+    assert gpu_price_for("NVIDIA A10", "aws") is None
 
 
 def test_overrides_win_and_are_recorded():

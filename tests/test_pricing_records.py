@@ -47,9 +47,31 @@ def test_record_has_co2e_from_the_zone_intensity_and_pue(tmp_path):
     assert row["currency"] == "EUR" and row["energy_cost"] == pytest.approx(
         kwh * 1.58 * row["price_per_kwh"]
     )
-    # H100 $/GPU-hour from regions/gpu_prices.csv, times the query's GPU-seconds.
+    # On premise the GPU is owned by default: the H100's purchase price amortised per hour
+    # (regions/gpu_capex.csv), never a cloud price, times the query's GPU-seconds.
+    assert row["ownership"] == "owned" and "owned" in row["gpu_price_source"]
+    assert row["usd_per_gpu_hour"] == pytest.approx(33_600 / (5 * 8760))
     assert row["compute_cost"] == pytest.approx(row["gpu_seconds"] * row["usd_per_gpu_hour"] / 3600)
     assert row["embodied_co2e_g"] > 0
+
+
+def test_record_in_a_cloud_region_is_rented_at_that_providers_price(tmp_path):
+    row = _one_record(tmp_path, region="aws:us-east-1")
+    assert row["ownership"] == "rented" and row["usd_per_gpu_hour"] == pytest.approx(6.88)
+    assert "p5.48xlarge" in row["gpu_price_source"]
+    assert row["compute_cost"] == pytest.approx(row["gpu_seconds"] * 6.88 / 3600)
+    assert row["energy_cost"] is not None  # shown beside compute_cost, not part of it
+
+
+def test_record_ownership_setting_and_unknown_prices_stay_null(tmp_path):
+    row = _one_record(tmp_path, region="gcp:us-central1")  # no GCP H100 price shipped
+    assert row["ownership"] == "rented"
+    assert row["usd_per_gpu_hour"] is None and row["compute_cost"] is None
+    assert "no gcp price" in row["gpu_price_source"]
+    (tmp_path / "b").mkdir()
+    row = _one_record(tmp_path / "b", region="AFG", ownership="owned")  # no electricity price
+    assert row["ownership"] == "owned" and row["usd_per_gpu_hour"] > 0
+    assert row["energy_cost"] is None and row["energy_cost_usd"] is None
 
 
 def test_user_overrides_win_and_are_applied(tmp_path):

@@ -44,6 +44,9 @@ def test_round_trip_keeps_every_column(db_url):
     records = make_records(50, seed=4)
     for i, r in enumerate(records):  # a bound, or none (NULL) like a missing energy
         r["energy_uncertainty_j"] = None if i % 7 == 0 else r["energy_j"] * 0.003 + 0.02
+        # Who owns the GPU and where its $/GPU-hour came from (schema version 3).
+        r["ownership"] = None if i % 5 == 0 else ("owned" if i % 2 else "rented")
+        r["gpu_price_source"] = None if r["ownership"] is None else f"source {i % 3}"
     assert {c.name for c in QueryRecord.__table__.columns} == {"id", *records[0]}
     now = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
     idle = [{"device_uuid": "GPU-x", "minute": now, "idle_energy_j": 1.5,

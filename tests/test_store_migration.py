@@ -1,6 +1,6 @@
 """Schema version 1 -> 3: a database written by footprint before the per-record energy
-uncertainty bound (2) and the lost-energy column (3) is migrated in place, rows and
-rollups intact, on SQLite and PostgreSQL.
+uncertainty bound (2) and the lost-energy, ownership and GPU-price-source columns (3) is
+migrated in place, rows and rollups intact, on SQLite and PostgreSQL.
 
 The version-1 schema is created from the SQL in ``tests/schema_v1/`` (what SQLAlchemy
 emitted for the version-1 models), filled with version-1 rows and rollups, then opened by
@@ -25,8 +25,9 @@ from footprint.storage.models import SCHEMA_VERSION, IdleEnergy, QueryRecord, Qu
 from footprint.storage.store import Store, database_info, open_engine
 
 V1_SQL = Path(__file__).resolve().parent / "schema_v1"
-NEW_QUERY_COLUMNS = {"energy_uncertainty_j"}
-NEW_ROLLUP_COLUMNS = {"energy_uncertainty_j", "uncertainty_queries"}
+PRICE_KEYS = {"ownership", "gpu_price_source"}  # version 3: nullable, on records and rollups
+NEW_QUERY_COLUMNS = {"energy_uncertainty_j", *PRICE_KEYS}
+NEW_ROLLUP_COLUMNS = {"energy_uncertainty_j", "uncertainty_queries", *PRICE_KEYS}
 NEW_IDLE_COLUMNS = {"lost_energy_j"}
 
 
@@ -131,8 +132,10 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
             expected = _columns(fresh, table)
             assert {k: v[0] for k, v in migrated.items()} == {k: v[0] for k, v in expected.items()}
     assert _columns(db_url, "queries")["energy_uncertainty_j"][0] is True  # nullable
-    for name in NEW_ROLLUP_COLUMNS:
+    for name in NEW_ROLLUP_COLUMNS - PRICE_KEYS:
         assert _columns(db_url, "query_rollups")[name] == (False, True)
+    for table in ("queries", "query_rollups"):  # not known for older rows: NULL
+        assert all(_columns(db_url, table)[name][0] is True for name in PRICE_KEYS)
     assert _columns(db_url, "idle_energy")["lost_energy_j"] == (False, True)
     # Token counts are 64-bit: SQLite's INTEGER is; PostgreSQL's integer became bigint (3).
     engine = _raw_engine(db_url)
@@ -147,6 +150,7 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
         queries_before
     )
     assert all(r["energy_uncertainty_j"] is None for r in queries_after)
+    assert all(r[k] is None for r in queries_after + rollups_after for k in PRICE_KEYS)
     assert [{k: r[k] for k in before} for r, before in zip(rollups_after, rollups_before)] == (
         rollups_before
     )
@@ -160,6 +164,8 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
     for i, r in enumerate(new):
         r["started_at"] = start + dt.timedelta(seconds=97 * i)
         r["ended_at"] = r["started_at"] + dt.timedelta(seconds=r["duration_s"])
+        r["ownership"] = "owned" if i % 3 else "rented"
+        r["gpu_price_source"] = f"{r['ownership']} price source"
     store.insert(new[:60])
     store.insert(new[60:])
     store.catch_up_rollups()
@@ -168,6 +174,24 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
     rollups.rebuild(store.engine)
     _assert_same(_rollup_table(db_url), _expected(every))
     store.close()
+    # The rollups keep owned and rented compute cost apart (a report adds energy cost to
+    # owned records only), with the source of each $/GPU-hour.
+    engine = _raw_engine(db_url)
+    with engine.connect() as conn:
+        by_ownership = dict(
+            conn.execute(
+                text("SELECT ownership, sum(compute_cost_usd) FROM query_rollups"
+                     " WHERE ownership IS NOT NULL GROUP BY ownership")
+            ).all()
+        )  # fmt: skip
+        distinct = "SELECT DISTINCT ownership, gpu_price_source FROM query_rollups"
+        sources = set(conn.execute(text(distinct)).all())
+    engine.dispose()
+    for kind in ("owned", "rented"):
+        expected = sum(r["compute_cost"] for r in new if r["ownership"] == kind)
+        assert by_ownership[kind] == pytest.approx(expected, rel=1e-9)
+    assert sources == {(None, None), ("owned", "owned price source"),
+                       ("rented", "rented price source")}  # fmt: skip
 
     report = build_report(ReportRequest(db=db_url))
     slow = build_report(ReportRequest(db=db_url), use_rollups=False)
@@ -213,3 +237,4 @@ def test_version_1_sql_is_the_version_1_models_less_the_new_columns():
     con.close()
     pg = " ".join(_statements("postgresql"))
     assert "energy_uncertainty_j" not in pg and "CREATE TABLE query_rollups" in pg
+    assert not any(name in pg for name in PRICE_KEYS)

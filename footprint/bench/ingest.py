@@ -71,6 +71,8 @@ def make_records(rows: int, seed: int = 0) -> list[dict[str, Any]]:
                 "energy_cost": energy_j / 3.6e6 * 1.14 * 0.0895,
                 "energy_cost_usd": energy_j / 3.6e6 * 1.14 * 0.0895,
                 "compute_cost": duration_s * 6.88 / 3600,
+                "ownership": "rented",
+                "gpu_price_source": "NVIDIA H100 80GB HBM3, aws p5.48xlarge on-demand in us-east-1",
             }
         )
     return out

@@ -65,7 +65,7 @@ RESTART_FIELDS = ("sensor", "sampling_period_s", "cpu", "flush_interval_s", "max
 PRICING_FIELDS = (
     "region", "detect_cloud", "provider", "hourly_intensity_csv", "electricitymaps_token",
     "price_per_kwh", "currency", "usd_per_gpu_hour", "pue", "market_intensity_g_per_kwh",
-    "embodied_kgco2e", "lifetime_years",
+    "embodied_kgco2e", "lifetime_years", "ownership",
 )  # fmt: skip
 
 

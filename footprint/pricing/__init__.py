@@ -2,15 +2,22 @@
 
 Zones (countries, sub-national grids, AWS/Azure/GCP regions), grid intensity from
 codecarbon's data (static), a user's hourly CSV or Electricity Maps (live), PUE,
-electricity and GPU-hour prices and embodied carbon from ``regions/*.csv``.
+electricity prices, GPU-hour prices (rented) and purchase prices (owned) and embodied
+carbon from ``regions/*.csv``.
 """
 
 from ._data import DataFileError
 from .catalog import list_zones
 from .factors import (
+    OWNED,
+    OWNERSHIPS,
+    RENTED,
     Factors,
     build_factors,
+    default_ownership,
     embodied_for,
+    gpu_capex_for,
+    gpu_hour_price,
     gpu_price_for,
     price_for,
     price_query,
@@ -58,13 +65,19 @@ __all__ = [
     "HourlyIntensity",
     "Intensity",
     "IntensitySource",
+    "OWNED",
+    "OWNERSHIPS",
+    "RENTED",
     "UnknownZoneError",
     "Zone",
     "all_zones",
     "build_factors",
     "clear_caches",
+    "default_ownership",
     "detect_cloud_zone",
     "embodied_for",
+    "gpu_capex_for",
+    "gpu_hour_price",
     "gpu_price_for",
     "grid_factors",
     "list_zones",

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,80 @@ def optional_positive_int(value: str) -> int | None:
     return positive_int(value) if value.strip() else None
 
 
+GPU_TOKEN_SPLIT = re.compile(r"[^0-9a-z]+")
+
+
+def gpu_tokens(name: str) -> frozenset[str]:
+    """The whole tokens of a GPU name, case-folded: ``"NVIDIA A100-SXM4-80GB"`` gives
+    ``{"nvidia", "a100", "sxm4", "80gb"}``. Tokens are split at anything that is not a
+    letter or digit, so ``"GH200"`` is one token and never contains ``"H200"``."""
+    return frozenset(t for t in GPU_TOKEN_SPLIT.split(name.casefold()) if t)
+
+
+class GpuMatch(tuple):
+    """A parsed ``match`` cell: (required tokens, excluded tokens, the cell's text).
+
+    The cell is whole tokens separated by spaces, each one required in the GPU name, or
+    prefixed with ``!`` to be absent from it: ``"A100 SXM4 40GB"`` matches
+    ``"NVIDIA A100-SXM4-40GB"`` only; ``"H200 !NVL"`` matches ``"NVIDIA H200"`` but not
+    ``"NVIDIA H200 NVL"`` (a different card) nor ``"NVIDIA GH200 480GB"``.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, required: frozenset[str], excluded: frozenset[str], text: str) -> GpuMatch:
+        return super().__new__(cls, (required, excluded, text))
+
+    @property
+    def required(self) -> frozenset[str]:
+        return self[0]
+
+    @property
+    def excluded(self) -> frozenset[str]:
+        return self[1]
+
+    @property
+    def text(self) -> str:
+        return self[2]
+
+    def matches(self, tokens: frozenset[str]) -> bool:
+        """Whether a GPU name's ``gpu_tokens`` satisfy this spec."""
+        return self.required <= tokens and not (self.excluded & tokens)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def gpu_match(value: str) -> GpuMatch:
+    """A ``match`` cell: whole tokens (letters and digits) to require, ``!token`` to exclude."""
+    text_value = value.strip()
+    required: set[str] = set()
+    excluded: set[str] = set()
+    for word in text_value.split():
+        negate = word.startswith("!")
+        token = word[1:] if negate else word
+        if not token or GPU_TOKEN_SPLIT.search(token.casefold()):
+            raise ValueError(
+                f"{word!r} is not a whole token (letters and digits only, optionally "
+                "prefixed with '!')"
+            )
+        (excluded if negate else required).add(token.casefold())
+    if not required:
+        raise ValueError("needs at least one required token, e.g. 'H100 80GB HBM3'")
+    return GpuMatch(frozenset(required), frozenset(excluded), text_value)
+
+
+CLOUD_PROVIDERS = ("aws", "azure", "gcp")
+
+
+def cloud_provider(value: str) -> str:
+    """A cloud provider a GPU can be rented from: ``aws``, ``azure`` or ``gcp``."""
+    value = value.strip().casefold()
+    if value not in CLOUD_PROVIDERS:
+        raise ValueError(f"{value!r} is not one of {', '.join(CLOUD_PROVIDERS)}")
+    return value
+
+
 def year(value: str) -> int:
     """A plausible publication / data year."""
     try:
@@ -226,15 +301,26 @@ PUE_COLUMNS: dict[str, Parser] = {
 }
 GPU_PRICE_COLUMNS: dict[str, Parser] = {
     "gpu_model": text,
-    "match": text,
+    "match": gpu_match,
     "usd_per_gpu_hour": non_negative_float,
-    "provider": text,
+    "provider": cloud_provider,
     "offer": text,
     "region": text,
     "gpus_per_instance": optional_positive_int,
     "instance_usd_per_hour": optional_non_negative_float,
     "year": year,
     "source": text,
+}
+# What an owned GPU costs to buy, amortised per GPU-hour by ``factors.gpu_capex_for``.
+GPU_CAPEX_COLUMNS: dict[str, Parser] = {
+    "gpu_model": text,
+    "match": gpu_match,
+    "purchase_usd": positive_float,
+    "lifetime_years": positive_float,
+    "basis": text,  # what the purchase price is (GPU alone, or a system's per-GPU share)
+    "year": year,
+    "source": text,  # where purchase_usd comes from
+    "lifetime_source": text,  # where lifetime_years comes from
 }
 EMBODIED_COLUMNS: dict[str, Parser] = {
     "item": text,
@@ -257,6 +343,7 @@ TABLES: dict[str, dict[str, Parser]] = {
     "electricity_prices.csv": PRICE_COLUMNS,
     "pue.csv": PUE_COLUMNS,
     "gpu_prices.csv": GPU_PRICE_COLUMNS,
+    "gpu_capex.csv": GPU_CAPEX_COLUMNS,
     "embodied.csv": EMBODIED_COLUMNS,
     "exchange_rates.csv": EXCHANGE_RATE_COLUMNS,
 }

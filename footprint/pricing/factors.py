@@ -3,9 +3,18 @@
 ``build_factors`` gathers, for one zone and time: grid intensity (gCO2e/kWh), PUE,
 electricity price per kWh (in its own currency and, through ``regions/exchange_rates.csv``,
 in USD), $/GPU-hour and embodied carbon, each with the text of its source; user overrides
-win and are listed in ``Factors.overrides``. ``price_query`` turns a query's joules and
-GPU-seconds into grams and money. Bad settings (negative or NaN
-prices, PUE < 1) are rejected when the factors are built, not when a query is priced.
+win and are listed in ``Factors.overrides``.
+
+Money depends on who owns the GPU (``ownership``, default by zone: ``rented`` in a cloud
+region, ``owned`` elsewhere). ``rented``: $/GPU-hour is the cloud price of that provider
+and exact GPU model (``regions/gpu_prices.csv``), which already includes electricity.
+``owned``: $/GPU-hour is the GPU's purchase price amortised over its lifetime
+(``regions/gpu_capex.csv``), and electricity is a cost of its own. Either way the user's
+``usd_per_gpu_hour`` wins, and what is not known is None, never a guess.
+
+``price_query`` turns a query's joules and GPU-seconds into grams and money. Bad settings
+(negative or NaN prices, PUE < 1) are rejected when the factors are built, not when a
+query is priced.
 """
 
 from __future__ import annotations
@@ -26,7 +35,12 @@ from .zones import Zone, resolve_zone
 JOULES_PER_KWH = 3_600_000.0
 SECONDS_PER_HOUR = 3600.0
 SECONDS_PER_YEAR = 365.25 * 86400.0
+HOURS_PER_YEAR = 8760.0  # amortisation: purchase / (lifetime_years x 8760 h)
 ON_PREMISE = "on_premise"
+RENTED = "rented"
+OWNED = "owned"
+OWNERSHIPS = (RENTED, OWNED)
+CLOUD_PROVIDERS = _data.CLOUD_PROVIDERS
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
@@ -51,8 +65,11 @@ def validate_overrides(
     market_intensity_g_per_kwh: float | None = None,
     embodied_kgco2e: float | None = None,
     lifetime_years: float | None = None,
+    ownership: str | None = None,
 ) -> None:
     """Reject bad user settings at configuration time with a ``ValueError`` saying which."""
+    if ownership is not None and ownership not in OWNERSHIPS:
+        raise ValueError(f"ownership must be one of {', '.join(OWNERSHIPS)}, got {ownership!r}")
     _check_number("price_per_kwh", price_per_kwh)
     _check_number("usd_per_gpu_hour", usd_per_gpu_hour)
     _check_number("pue", pue, minimum=1.0)
@@ -79,7 +96,8 @@ class Factors:
     currency: str | None = None
     price_ref: str = ""
     usd_per_gpu_hour: float | None = None
-    gpu_price_ref: str = ""
+    gpu_price_ref: str = ""  # where usd_per_gpu_hour came from, or why it is None
+    ownership: str | None = None  # "rented" | "owned" (see the module's docstring)
     embodied_kgco2e: float | None = None  # per GPU
     lifetime_years: float | None = None
     embodied_ref: str = ""
@@ -101,6 +119,7 @@ class Factors:
             market_intensity_g_per_kwh=self.market_intensity_g_per_kwh,
             embodied_kgco2e=self.embodied_kgco2e,
             lifetime_years=self.lifetime_years,
+            ownership=self.ownership,
         )
         if self.price_per_kwh is not None and self.currency is None:
             raise ValueError("price_per_kwh needs a currency")
@@ -188,23 +207,87 @@ def usd_per_unit(currency: str, year: int | None = None) -> tuple[float, str] | 
     return row["usd_per_unit"], ref
 
 
+def _best_match(rows: Any, gpu_model: str) -> dict[str, Any] | None:
+    """The row whose ``match`` the GPU name satisfies with the most required tokens (the
+    most specific), the first in file order on a tie; None when no row matches."""
+    tokens = _data.gpu_tokens(gpu_model)
+    best: dict[str, Any] | None = None
+    for row in rows:
+        spec = row["match"]
+        if not spec.matches(tokens):
+            continue
+        if best is None or len(spec.required) > len(best["match"].required):
+            best = row
+    return best
+
+
 def gpu_price_for(gpu_model: str, provider: str | None = None) -> tuple[float, str] | None:
-    """($/GPU-hour, source) for an NVML GPU name; rows are tried in file order, the
-    provider's own row first when there is one."""
-    matches = [
-        row
-        for row in _data.table("gpu_prices.csv")
-        if re.search(row["match"], gpu_model, flags=re.IGNORECASE)
-    ]
-    if not matches:
+    """(on-demand $/GPU-hour, source) to rent this exact GPU model from ``provider``.
+
+    Only that provider's rows apply (an AWS price is never used on GCP, Azure or
+    on-premise); ``provider`` None or ``on_premise`` has none. Names match on whole
+    tokens (``regions/gpu_prices.csv``'s ``match``): "GH200" is not an "H200", and an
+    "A100 80GB PCIe" does not take an "A100 SXM4 40GB" row. The hourly price includes
+    the electricity, cooling and hardware of the rented GPU.
+    """
+    wanted = (provider or "").casefold()
+    if wanted not in CLOUD_PROVIDERS:
         return None
-    own = [row for row in matches if provider and row["provider"].casefold() == provider.casefold()]
-    row = (own or matches)[0]
+    rows = [row for row in _data.table("gpu_prices.csv") if row["provider"] == wanted]
+    row = _best_match(rows, gpu_model)
+    if row is None:
+        return None
     ref = (
         f"{row['gpu_model']}, {row['provider']} {row['offer']} in {row['region']} "
         f"({row['year']}): {row['source']}"
     )
     return row["usd_per_gpu_hour"], ref
+
+
+def gpu_capex_for(gpu_model: str) -> tuple[float, str] | None:
+    """(purchase price amortised per GPU-hour in USD, source) for an owned GPU.
+
+    ``purchase_usd / (lifetime_years x 8760 h)`` from the best whole-token match in
+    ``regions/gpu_capex.csv``: straight-line over the lifetime, every hour of the year
+    counted. What the price covers is the row's ``basis`` (the GPU alone, or an 8-GPU
+    system's price per GPU), which the source text repeats; never network, building or
+    staff.
+    """
+    row = _best_match(_data.table("gpu_capex.csv"), gpu_model)
+    if row is None:
+        return None
+    per_hour = row["purchase_usd"] / (row["lifetime_years"] * HOURS_PER_YEAR)
+    ref = (
+        f"{row['gpu_model']} owned: ${row['purchase_usd']:,.2f} ({row['basis']}) / "
+        f"({row['lifetime_years']:g} years x 8760 h) ({row['year']}): {row['source']}; "
+        f"lifetime: {row['lifetime_source']}"
+    )
+    return per_hour, ref
+
+
+def default_ownership(zone: Zone) -> str:
+    """``rented`` for a cloud region (aws:, gcp:, azure:), ``owned`` for any other zone."""
+    return RENTED if zone.provider in CLOUD_PROVIDERS else OWNED
+
+
+def gpu_hour_price(
+    gpu_model: str | None, provider: str | None, ownership: str
+) -> tuple[float | None, str]:
+    """($/GPU-hour or None, its source or why it is unknown) for shipped data only."""
+    if not gpu_model:
+        return None, "no GPU model given"
+    if ownership == OWNED:
+        found = gpu_capex_for(gpu_model)
+        if found is None:
+            return None, f"owned: no purchase price for {gpu_model!r} (set usd_per_gpu_hour)"
+        return found
+    where = (provider or ON_PREMISE).casefold()
+    if where not in CLOUD_PROVIDERS:
+        return None, f"rented on {where}: no shipped rental price (set usd_per_gpu_hour)"
+    found = gpu_price_for(gpu_model, where)
+    if found is None:
+        return None, f"rented: no {where} price for {gpu_model!r} (set usd_per_gpu_hour)"
+    return found
 
 
 def embodied_for(item: str = "gpu") -> tuple[float, float, str] | None:
@@ -229,14 +312,17 @@ def build_factors(
     market_intensity_g_per_kwh: float | None = None,
     embodied_kgco2e: float | None = None,
     lifetime_years: float | None = None,
+    ownership: str | None = None,
     env: Mapping[str, str] = os.environ,
 ) -> Factors:
     """The factors for ``zone`` (a ``Zone``, a spec, or None to resolve from ``env``).
 
-    ``provider`` selects the PUE (default: the zone's cloud provider, else on-premise);
-    ``gpu_model`` (an NVML name) selects $/GPU-hour. Keyword overrides win over the shipped
-    data and are named in ``Factors.overrides``. Raises ``ValueError`` on bad overrides
-    and ``UnknownZoneError`` on an unknown zone.
+    ``provider`` selects the PUE and whose rental prices apply (default: the zone's cloud
+    provider, else on-premise); ``gpu_model`` (an NVML name) and ``ownership`` (default
+    ``default_ownership(zone)``) select $/GPU-hour: the provider's price for that exact
+    model when rented, the purchase price amortised per hour when owned. Keyword
+    overrides win over the shipped data and are named in ``Factors.overrides``. Raises
+    ``ValueError`` on bad overrides and ``UnknownZoneError`` on an unknown zone.
     """
     validate_overrides(
         price_per_kwh=price_per_kwh,
@@ -246,6 +332,7 @@ def build_factors(
         market_intensity_g_per_kwh=market_intensity_g_per_kwh,
         embodied_kgco2e=embodied_kgco2e,
         lifetime_years=lifetime_years,
+        ownership=ownership,
     )
     if not isinstance(zone, Zone):
         zone = resolve_zone(zone, env=env)
@@ -287,14 +374,15 @@ def build_factors(
         else:
             usd_kwh, fx_ref = price * rate[0], rate[1]
 
-    if usd_per_gpu_hour is not None:
-        gpu_price, gpu_ref = float(usd_per_gpu_hour), "user override"
-        overrides.append("usd_per_gpu_hour")
-    elif gpu_model:
-        shipped_gpu = gpu_price_for(gpu_model, provider)
-        gpu_price, gpu_ref = shipped_gpu if shipped_gpu else (None, f"no price for {gpu_model!r}")
+    if ownership is None:
+        ownership = default_ownership(zone)
     else:
-        gpu_price, gpu_ref = None, "no GPU model given"
+        overrides.append("ownership")
+    if usd_per_gpu_hour is not None:
+        gpu_price, gpu_ref = float(usd_per_gpu_hour), f"user override ({ownership})"
+        overrides.append("usd_per_gpu_hour")
+    else:
+        gpu_price, gpu_ref = gpu_hour_price(gpu_model, provider, ownership)
 
     shipped_embodied = embodied_for("gpu")
     emb_kg, emb_years, emb_ref = shipped_embodied if shipped_embodied else (None, None, "")
@@ -322,6 +410,7 @@ def build_factors(
         price_ref=price_ref,
         usd_per_gpu_hour=gpu_price,
         gpu_price_ref=gpu_ref,
+        ownership=ownership,
         embodied_kgco2e=emb_kg,
         lifetime_years=emb_years,
         embodied_ref=emb_ref,
@@ -344,7 +433,9 @@ def price_query(energy_j: float, gpu_seconds: float, factors: Factors) -> dict[s
     - ``energy_cost`` = facility kWh x price per kWh, in ``factors.currency``
     - ``energy_cost_usd`` = facility kWh x ``usd_per_kwh`` (the price in USD; a USD price
       needs no rate), None when no exchange rate is known
-    - ``compute_cost_usd`` = gpu_seconds x $/GPU-hour / 3600
+    - ``compute_cost_usd`` = gpu_seconds x $/GPU-hour / 3600 (rented: includes the
+      electricity, so ``energy_cost`` is not added to it; owned: hardware only, and
+      ``energy_cost`` is a cost of its own; see ``Factors.ownership``)
 
     Unknown factors give None for their figure. Negative or non-finite inputs raise.
     """

@@ -25,6 +25,7 @@ OVERRIDE_FIELDS = (
     "market_intensity_g_per_kwh",
     "embodied_kgco2e",
     "lifetime_years",
+    "ownership",
 )
 
 
@@ -75,7 +76,8 @@ class Pricer:
         return factors
 
     def apply(self, record: dict[str, Any]) -> None:
-        """Fill the pricing columns of a record in place."""
+        """Fill the pricing columns of a record in place (the contract of each is in
+        ``footprint.storage.models.QueryRecord``)."""
         factors = self.factors_at(record["started_at"])
         record.update(
             zone=factors.zone,
@@ -86,6 +88,8 @@ class Pricer:
             price_per_kwh=factors.price_per_kwh,
             currency=factors.currency,
             usd_per_gpu_hour=factors.usd_per_gpu_hour,
+            gpu_price_source=factors.gpu_price_ref,
+            ownership=factors.ownership,
         )
         energy_j = record.get("energy_j")
         if energy_j is None:

@@ -24,7 +24,9 @@ __all__ = [
     "SCHEMA_VERSION",
 ]
 
-SCHEMA_VERSION = 3  # 2: energy_uncertainty_j (queries, query_rollups); 3: lost_energy_j
+# 2: energy_uncertainty_j (queries, query_rollups); 3: lost_energy_j, and ownership and
+# gpu_price_source (queries, query_rollups)
+SCHEMA_VERSION = 3
 
 
 def _utc_column(index: bool = False) -> Column:
@@ -32,7 +34,34 @@ def _utc_column(index: bool = False) -> Column:
 
 
 class QueryRecord(SQLModel, table=True):
-    """One tracked inference call. Never holds prompts or responses: counts only."""
+    """One tracked inference call. Never holds prompts or responses: counts only.
+
+    Money (all nullable; NULL means not known, never 0):
+
+    - ``energy_cost`` = energy_j / 3.6e6 x ``pue`` x ``price_per_kwh``, in ``currency``;
+      ``energy_cost_usd`` the same in USD (NULL without a price or an exchange rate).
+    - ``compute_cost`` (USD) = ``gpu_seconds`` x ``usd_per_gpu_hour`` / 3600; NULL when
+      ``usd_per_gpu_hour`` is.
+    - ``usd_per_gpu_hour`` depends on ``ownership``, and ``gpu_price_source`` says where
+      it came from (or, when it is NULL, why it is not known):
+
+      - ``rented`` (default in a cloud region): the on-demand price of that provider for
+        that exact GPU model (``regions/gpu_prices.csv``). It already pays for the
+        electricity, so the query's cost is ``compute_cost`` alone: ``energy_cost`` is
+        shown beside it, never added to it. A rented GPU outside aws/gcp/azure has no
+        shipped price (NULL unless the user sets ``usd_per_gpu_hour``).
+      - ``owned`` (default elsewhere): the GPU's purchase price amortised per hour
+        (``regions/gpu_capex.csv``: purchase_usd / (lifetime_years x 8760 h); the source
+        says whether that price is the GPU alone or a system's share per GPU). The
+        query's cost is ``compute_cost`` + ``energy_cost_usd`` (``energy_cost`` in
+        ``currency`` when no exchange rate is known).
+      - the user's ``usd_per_gpu_hour`` wins in both cases (source ``user override``).
+
+    A total adds ``compute_cost`` for every record and ``energy_cost_usd`` only for
+    ``ownership = 'owned'``; a record whose term is NULL is counted as unknown, not 0.
+    ``ownership`` is NULL on records that were not priced and on those written before
+    schema version 3.
+    """
 
     __tablename__ = "queries"
     __table_args__ = (Index("ix_queries_model_started_at", "model", "started_at"),)
@@ -74,6 +103,9 @@ class QueryRecord(SQLModel, table=True):
     energy_cost: float | None = None  # in ``currency``
     energy_cost_usd: float | None = None
     compute_cost: float | None = None  # USD: GPU-seconds x $/GPU-hour
+    # Schema version 3, last so that fresh and migrated tables keep one column order.
+    ownership: str | None = None  # rented | owned (see above); NULL: not priced
+    gpu_price_source: str | None = None  # where usd_per_gpu_hour came from, or why NULL
 
 
 class IdleEnergy(SQLModel, table=True):
@@ -148,6 +180,9 @@ class QueryRollup(SQLModel, table=True):
     duration_s: float = 0.0
     intensity_min: float | None = None
     intensity_max: float | None = None
+    # Key columns of schema version 3 (NULL on older rollup rows), last like in queries.
+    ownership: str | None = None
+    gpu_price_source: str | None = None
 
 
 class Loss(SQLModel, table=True):

@@ -26,9 +26,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from footprint.storage.models import Meta, QueryRecord, QueryRollup
 
+# ``ownership`` decides whether a group's energy cost is part of its cost (owned) or
+# already inside its GPU-hour price (rented); ``gpu_price_source`` is where that price
+# came from, for the report's factors table. Both last: keys of schema version 3.
 KEY_COLUMNS = (
     "model", "host", "gpus", "zone", "currency", "intensity_source", "pue", "price_per_kwh",
-    "usd_per_gpu_hour", "market_intensity_g_per_kwh", "energy_source",
+    "usd_per_gpu_hour", "market_intensity_g_per_kwh", "energy_source", "ownership",
+    "gpu_price_source",
 )  # fmt: skip
 SUM_COLUMNS = (
     "queries", "errors", "input_tokens", "output_tokens", "gpu_seconds", "energy_j",
@@ -49,9 +53,19 @@ _PLAIN_SUMS = {  # rollup column <- queries column, NULLs skipped
     "duration_s": "duration_s",
     "energy_uncertainty_j": "energy_uncertainty_j",
 }
-_key_of = itemgetter(*KEY_COLUMNS)
+_strict_key_of = itemgetter(*KEY_COLUMNS)
 # Keys a record may lack (producers older than the column): read as None.
-OPTIONAL_KEYS = frozenset({"energy_uncertainty_j"})
+OPTIONAL_KEYS = frozenset({"energy_uncertainty_j", "ownership", "gpu_price_source"})
+
+
+def _key_of(record: dict[str, Any]) -> tuple:
+    """A record's key columns; an optional one it lacks is None."""
+    try:
+        return _strict_key_of(record)
+    except KeyError:
+        return tuple(
+            record.get(name) if name in OPTIONAL_KEYS else record[name] for name in KEY_COLUMNS
+        )
 
 
 def _hour(value: Any) -> _dt.datetime:

@@ -109,12 +109,24 @@ def _v2_to_v3(conn: Connection) -> None:
     """Version 3: energy of calls never stored (running at exit, abandoned) per device and
     minute, so that stored queries + idle + lost = measured. Older rows lost none they knew
     of: 0. And 64-bit token counts on PostgreSQL (``integer`` before: a count over 2^31
-    refused its whole batch); SQLite's INTEGER is 64-bit already."""
+    refused its whole batch); SQLite's INTEGER is 64-bit already.
+
+    And who owns the GPU (``ownership``: rented | owned) with where its $/GPU-hour came
+    from (``gpu_price_source``), on records and as rollup key columns. Older records and
+    rollup rows get NULL (not known); their rollup rows keep their ``group_key`` (reports
+    group by the key columns, so a later row of the same key under the longer group_key
+    adds up with them)."""
     _add_columns(
         conn,
         "idle_energy",
         [("lost_energy_j", "FLOAT NOT NULL DEFAULT 0", "DOUBLE PRECISION NOT NULL DEFAULT 0")],
     )
+    for table in ("queries", "query_rollups"):
+        _add_columns(
+            conn,
+            table,
+            [("ownership", "VARCHAR", "VARCHAR"), ("gpu_price_source", "VARCHAR", "VARCHAR")],
+        )
     if conn.dialect.name == "postgresql":
         columns = conn.exec_driver_sql(
             "SELECT column_name FROM information_schema.columns"
