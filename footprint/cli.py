@@ -16,7 +16,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 app = typer.Typer(
     help="What each inference query costs in energy, CO2e and money.",
@@ -139,16 +139,16 @@ def devices(
 @app.command()
 def demo(
     db: Annotated[str, typer.Option(help="Database URL or file path.")] = "footprint-demo.db",
-    queries: Annotated[int, typer.Option(min=1, max=100_000, help="How many queries.")] = 1200,
+    queries: Annotated[int, typer.Option(min=1, max=100_000, help="How many requests.")] = 20_000,
     seed: Annotated[int, typer.Option(help="Seed of the workload and the simulated GPUs.")] = 1,
     concurrency: Annotated[
-        int, typer.Option(min=1, max=64, help="Requests served at once (more wait).")
+        int, typer.Option(min=4, max=64, help="Simulated H100s the scheduler may hold (>= 4).")
     ] = 8,
     days: Annotated[int, typer.Option(min=1, max=31, help="Simulated days of traffic.")] = 7,
     out: Annotated[str, typer.Option(help="Folder for the report (all formats).")] = "reports",
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
-    """A simulated week of multi-model inference on two GPUs, then its report in --out."""
+    """A simulated week of batched LLM serving on simulated H100s, then its report in --out."""
     from footprint import __version__
     from footprint.demo import run_demo
     from footprint.reporting import ReportError, ReportRequest
@@ -157,8 +157,8 @@ def demo(
 
     if not as_json:
         console.print(
-            f"Simulating {days} days: {queries} queries of 3 models on 2 simulated GPUs "
-            f"(up to {concurrency} at a time)…"
+            f"Simulating {days} days: {queries} requests to Llama 3.1 8B and 70B, continuously "
+            f"batched on up to {concurrency} simulated H100s held and released by a scheduler…"
         )
     try:
         summary = run_demo(db, queries=queries, seed=seed, concurrency=concurrency, days=days)
@@ -172,7 +172,10 @@ def demo(
     if as_json:
         _print_json(summary)
         return
-    table = Table("model", "queries", "errors", "energy (J)", "GPU-s", "out tokens", "J/token",
+    names = [str(name) for name in summary["models"]] or [""]  # never cut: the others wrap
+    table = Table(Column("model", no_wrap=True, min_width=max(map(len, names))),
+                  *(Column(h, overflow="fold") for h in ("queries", "errors", "energy (J)",
+                    "GPU-s", "out tokens", "J/token")),
                   title="footprint demo (simulated GPUs)")  # fmt: skip
     for name, m in summary["models"].items():
         per_token = m["j_per_output_token"]
@@ -185,6 +188,12 @@ def demo(
         f"{summary['attributed_energy_j']:.1f} J + idle {summary['idle_energy_j']:.1f} J "
         f"(difference {summary['conservation_error_j']:.2e} J); records in {db}"
     )
+    gpus = summary.get("gpus")
+    if gpus and gpus.get("utilization") is not None:
+        console.print(
+            f"GPU-hours held {gpus['held_gpu_hours']:.2f}, busy {gpus['busy_gpu_hours']:.2f} "
+            f"(utilisation {gpus['utilization']:.0%})"
+        )
     html_files = [str(p) for p in written if p.suffix == ".html"]
     console.print(f"Report: {html_files[0] if html_files else out} (and .md, .csv, .json)")
 
@@ -207,7 +216,12 @@ def regions(
     if as_json:
         _print_json({"query": query, "count": len(zones), "zones": zones})
         return
-    table = Table("zone", "name", "grid zone", "gCO2e/kWh", "price/kWh", "intensity source")
+    # Zone ids are never cut: the other columns wrap.
+    table = Table(
+        Column("zone", no_wrap=True, min_width=max(len(z["zone"]) for z in zones)),
+        *(Column(h, overflow="fold") for h in ("name", "grid zone", "gCO2e/kWh", "price/kWh")),
+        Column("intensity source", overflow="fold"),
+    )
     for z in zones:
         price = f"{z['price_per_kwh']:.4f} {z['currency']}" if z["price_per_kwh"] else "-"
         intensity = f"{z['intensity_g_per_kwh']:.0f}"
@@ -230,7 +244,11 @@ def report(
         list[str] | None, typer.Option("--model", help="Only these models (repeat or a,b).")
     ] = None,
     by: Annotated[
-        str, typer.Option(help="Rows of the CSV and group table: model|day|region|host.")
+        str,
+        typer.Option(
+            help="Rows of the CSV and group table: model|day|region|host|tag:NAME "
+            "(tag:team: chargeback by the team tag)."
+        ),
     ] = "model",
     fmt: Annotated[
         list[str] | None, typer.Option("--format", help="html|md|csv|json|all (repeat or a,b).")
@@ -312,8 +330,8 @@ def bench_report(
         return
     console.print(
         f"{result['rows']:,} records: footprint report {result['report_s']:.2f} s, "
-        f"hand-written SQL {result['raw_sql_s']:.2f} s: ratio {result['ratio']:.2f} "
-        f"(targets: ≤ 3 s, ≤ 2)"
+        f"hand-written SQL {result['raw_sql_s']:.2f} s: ratio {result['ratio']:.2f}; "
+        f"--by tag:team {result['tag_report_s']:.2f} s (targets: ≤ 3 s, ≤ 2, ≤ 3 s)"
     )
 
 

@@ -57,11 +57,12 @@ def test_demo_json_conserves_energy_and_covers_models(tmp_path):
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["queries"] == 24
-    assert set(out["models"]) == {"llama-3-8b", "mixtral-8x7b", "whisper-large-v3"}
+    assert set(out["models"]) == {"llama-3.1-8b", "llama-3.1-70b"}
     assert sum(m["queries"] for m in out["models"].values()) == 24
     assert out["attributed_energy_j"] > 0 and out["idle_energy_j"] >= 0
     total = out["attributed_energy_j"] + out["idle_energy_j"]
     assert out["measured_energy_j"] == pytest.approx(total, rel=1e-9)
-    # mixtral runs on two GPUs at high load: it must cost more per token than llama.
+    # 70B runs on four GPUs with more work per token: it must cost more per token than 8B.
     per_token = {k: m["j_per_output_token"] for k, m in out["models"].items()}
-    assert per_token["mixtral-8x7b"] > per_token["llama-3-8b"]
+    assert per_token["llama-3.1-70b"] > per_token["llama-3.1-8b"]
+    assert out["gpus"]["held_gpu_hours"] > out["gpus"]["busy_gpu_hours"] > 0

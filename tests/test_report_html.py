@@ -90,6 +90,8 @@ def parse_shown(text: str, kind: str) -> float | None:
         return float(text.replace("$", "").replace(",", ""))
     if kind == "pct":  # a value already in percent
         return float(text.removesuffix("%").replace(",", ""))
+    if kind == "percent":  # a fraction shown in percent
+        return float(text.removesuffix("%").replace(",", "")) / 100
     if kind in ("count", "number"):
         return float(text.replace(",", ""))
     if kind == "gpu_hours":

@@ -29,7 +29,7 @@ import pytest
 from footprint.bench.report import build_db
 from footprint.cli import main
 from footprint.reporting import ReportError
-from footprint.reporting import data as report_data
+from footprint.reporting import database as report_data
 
 ROWS = 1500
 

@@ -1,6 +1,6 @@
 """footprint report from the hourly rollups: the same figures as a scan of every query
 (aligned and unaligned --since/--until, every --by, --model), the fallbacks when the
-rollups cannot be used, and exact percentiles once an index ordered by the figure exists.
+rollups cannot be used, and percentiles exact up to the sample size and sampled above.
 
 Tests taking ``db_url`` run on SQLite always and on PostgreSQL when
 ``FOOTPRINT_TEST_POSTGRES_URL`` is set (``.ci/run`` sets it).
@@ -18,8 +18,7 @@ import pytest
 from sqlalchemy import insert, text
 
 from footprint.pricing import usd_per_unit
-from footprint.reporting import ReportRequest, build_report, parse_when
-from footprint.reporting import data as report_data
+from footprint.reporting import ReportRequest, build_report, grouped, parse_when, percentiles
 from footprint.storage import rollups
 from footprint.storage.models import PRICING_COLUMNS, QueryRecord
 from footprint.storage.store import Store, open_engine
@@ -161,13 +160,13 @@ def request_for(db: str, case: dict) -> ReportRequest:
 def test_rollups_give_the_figures_of_a_scan_of_every_query(db_url, seed, monkeypatch):
     write(db_url, make_records(seed))
     scanned: list[tuple] = []
-    raw_scan = report_data._grouped_rows
+    raw_scan = grouped.grouped_rows
 
     def spy(conn, engine, request, period=None):
         scanned.append(period)
         return raw_scan(conn, engine, request, period)
 
-    monkeypatch.setattr(report_data, "_grouped_rows", spy)
+    monkeypatch.setattr(grouped, "grouped_rows", spy)
     for case in CASES:
         request = request_for(db_url, case)
         scanned.clear()
@@ -179,7 +178,7 @@ def test_rollups_give_the_figures_of_a_scan_of_every_query(db_url, seed, monkeyp
         assert_same(fast, slow, f"case {case}")
         assert fast["totals"]["queries"] > 0, case
         # Raw scans only where whole hours cannot be used: the part hours at the edges.
-        hours, expected = report_data._split_period(request)
+        hours, expected = grouped.split_period(request)
         assert edges == expected, case
         for since, until in edges:
             assert hours is None or until - since < dt.timedelta(hours=1), case
@@ -192,16 +191,16 @@ def test_rollups_give_the_figures_of_a_scan_of_every_query(db_url, seed, monkeyp
 def test_split_period_whole_hours_and_edges():
     at = lambda text: parse_when(text, option="t")  # noqa: E731
     req = ReportRequest(db="x", since=at("2026-04-07T05:10"), until=at("2026-04-07T09:30"))
-    assert report_data._split_period(req) == (
+    assert grouped.split_period(req) == (
         (at("2026-04-07T06:00"), at("2026-04-07T09:00")),
         [(at("2026-04-07T05:10"), at("2026-04-07T06:00")),
          (at("2026-04-07T09:00"), at("2026-04-07T09:30"))],
     )  # fmt: skip
     aligned = ReportRequest(db="x", since=at("2026-04-07T05:00"), until=at("2026-04-08"))
-    assert report_data._split_period(aligned) == ((aligned.since, aligned.until), [])
-    assert report_data._split_period(ReportRequest(db="x")) == ((None, None), [])
+    assert grouped.split_period(aligned) == ((aligned.since, aligned.until), [])
+    assert grouped.split_period(ReportRequest(db="x")) == ((None, None), [])
     inside = ReportRequest(db="x", since=at("2026-04-07T05:10"), until=at("2026-04-07T06:50"))
-    assert report_data._split_period(inside) == (None, [(inside.since, inside.until)])
+    assert grouped.split_period(inside) == (None, [(inside.since, inside.until)])
 
 
 def _period_request(db: str) -> ReportRequest:
@@ -270,8 +269,10 @@ def _expected_percentiles(records: list[dict], request: ReportRequest) -> dict[s
         figures = {
             "energy": [r["energy_j"] / 3600 for r in measured],
             "co2e": [r["co2e_g"] for r in mine if r["co2e_g"] is not None],
+            # a cost none of whose terms is known is not a cost of 0
             "cost": [(r["energy_cost_usd"] or 0.0) + (r["compute_cost"] or 0.0)
-                     for r in measured],
+                     for r in measured
+                     if r["energy_cost_usd"] is not None or r["compute_cost"] is not None],
         }  # fmt: skip
         out[model] = {name: {p: _nearest(v, p) for p in (50, 95)} for name, v in figures.items()}
     return out
@@ -287,62 +288,37 @@ def _check_percentiles(report: dict, expected: dict) -> None:
                     entry["model"], name, p)  # fmt: skip
 
 
-def test_percentiles_are_exact_and_read_from_an_index_once_there_is_one(
-    db_url, tmp_path, monkeypatch
-):
-    """Without the indexes a model above the sample size is sampled; with them, exact."""
-    if not db_url.endswith(".db"):  # tables this small: make the planner use the indexes
-        db_url += "%20-cenable_seqscan%3Doff%20-cenable_sort%3Doff"
+def test_percentiles_above_the_sample_size_come_from_the_sample(db_url, monkeypatch):
+    """A model with more measured queries than the sample size gets its percentiles from a
+    deterministic sample of about that many, and the notes say so; below it, exact."""
     records = make_records(21, n=900, unconverted=False)
     write(db_url, records)
-    monkeypatch.setattr(report_data, "PERCENTILE_SAMPLE", 60)
+    monkeypatch.setattr(percentiles, "PERCENTILE_SAMPLE", 60)
     request = _period_request(db_url)
-    expected = _expected_percentiles(records, request)
-
     sampled = build_report(request)
     assert any("deterministic sample of 60" in note for note in sampled["notes"])
-    assert all(m["per_query"]["percentile_sample"] < m["queries"] for m in sampled["models"])
-
-    engine = open_engine(db_url)
-    with engine.begin() as conn:
-        for statement in report_data.PERCENTILE_INDEXES:
-            conn.execute(text(statement))
-    engine.dispose()
+    for entry in sampled["models"]:
+        assert 20 < entry["per_query"]["percentile_sample"] < min(150, entry["queries"])
+    again = build_report(request)  # deterministic: the same sample
+    assert [m["per_query"] for m in again["models"]] == [m["per_query"] for m in sampled["models"]]
+    monkeypatch.setattr(percentiles, "PERCENTILE_SAMPLE", 10_000)
     exact = build_report(request)
     assert not any("sample" in note for note in exact["notes"]), exact["notes"]
-    _check_percentiles(exact, expected)
-    for entry in exact["models"]:
-        measured = sum(
-            1 for r in records
-            if r["model"] == entry["model"] and r["energy_j"] is not None
-            and request.since <= r["started_at"] < request.until
-        )  # fmt: skip
-        assert entry["per_query"]["percentile_sample"] == measured
+    _check_percentiles(exact, _expected_percentiles(records, request))
     # Everything else is the scan's figures.
     assert_same(exact["totals"], build_report(request, use_rollups=False)["totals"])
 
 
-def test_unconverted_costs_keep_exact_energy_percentiles(tmp_path, monkeypatch):
-    """Costs with no USD figure cannot use the cost index: only they are sampled."""
-    db = tmp_path / "eur.db"
-    records = make_records(22, n=900, unconverted=True)
-    write(str(db), records)
-    engine = open_engine(str(db))
-    with engine.begin() as conn:
-        for statement in report_data.PERCENTILE_INDEXES:
-            conn.execute(text(statement))
-    engine.dispose()
-    monkeypatch.setattr(report_data, "PERCENTILE_SAMPLE", 60)
-    request = _period_request(str(db))
-    report = build_report(request)
-    expected = _expected_percentiles(records, request)
-    for entry in report["models"]:
-        pq = entry["per_query"]
-        for p in (50, 95):
-            assert pq["energy_wh"][f"p{p}"] == pytest.approx(expected[entry["model"]]["energy"][p])
-            assert pq["co2e_g"][f"p{p}"] == pytest.approx(expected[entry["model"]]["co2e"][p])
-    note = next(n for n in report["notes"] if "deterministic sample" in n)
-    assert "(cost)" in note
+def test_storage_creates_no_percentile_index(tmp_path):
+    """The report has no index-ordered percentile path: storage never creates an index
+    ordered by a figure, so that path was never taken in production."""
+    db = tmp_path / "idx.db"
+    write(str(db), make_records(24, n=50))
+    con = sqlite3.connect(db)
+    names = [r[0] for r in con.execute("SELECT sql FROM sqlite_master WHERE type = 'index'")]
+    con.close()
+    assert not any(n and ("energy_j" in n or "co2e_g" in n) for n in names)
+    assert not hasattr(percentiles, "PERCENTILE_INDEXES")
 
 
 def test_small_models_get_exact_percentiles_without_any_index(db_url):

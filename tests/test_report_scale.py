@@ -20,8 +20,8 @@ from test_report_html import check_html
 from footprint.bench.report import build_db, synthetic_models
 from footprint.cli import main
 from footprint.reporting import ReportRequest, build_report, charts
-from footprint.reporting import data as report_data
-from footprint.reporting.data import TOP_MODELS, shown_models
+from footprint.reporting import build as report_build
+from footprint.reporting.figures import TOP_MODELS, shown_models
 
 SUMMED = ("queries", "errors", "output_tokens", "gpu_seconds", "energy_kwh", "co2e_g",
           "fully_loaded_co2e_g", "embodied_co2e_g", "cost_usd", "idle_energy_kwh")  # fmt: skip
@@ -84,7 +84,7 @@ def test_html_markdown_show_twelve_and_the_others_csv_every_model(thirty_out):
     check_html(thirty_out / "footprint-report.html", report)  # every figure is the JSON's
     models = re.search(r'<section id="models">(.*?)</section>', html, re.S).group(1)
     tables = re.findall(r"<tbody>(.*?)</tbody>", models, re.S)
-    assert len(tables) == 2  # totals per model, per query and per 1k tokens
+    assert len(tables) == 3  # energy and CO2e, cost and capacity, per query and per 1k tokens
     for body in tables:
         names = re.findall(r"<tr><td>(?:<span[^>]*></span>)?([^<]*)</td>", body)
         assert names == [m["model"] for m in report["models"][:12]] + ["all others (18 models)"]
@@ -92,7 +92,7 @@ def test_html_markdown_show_twelve_and_the_others_csv_every_model(thirty_out):
     assert "the other 18 added up" in html
 
     md = (thirty_out / "footprint-report.md").read_text(encoding="utf-8")
-    section = md.split("## Per model", 1)[1].split("### Per query", 1)[0]
+    section = md.split("## Per model", 1)[1].split("### Cost and capacity", 1)[0]
     lines = [li for li in section.splitlines() if li.startswith("| ") and "---" not in li]
     rows = [li.split(" | ")[0].removeprefix("| ") for li in lines[1:]]  # after the header
     assert rows == [m["model"] for m in report["models"][:12]] + [
@@ -140,7 +140,7 @@ def test_statements_do_not_grow_with_the_models(tmp_path, monkeypatch):
     """Percentiles of thousands of small models come from a few statements, not a few per
     model; and no per-model query plan is asked for."""
     counted: list[str] = []
-    opened = report_data.open_report_engine
+    opened = report_build.open_report_engine
 
     def counting(db):
         from sqlalchemy import event
@@ -149,7 +149,7 @@ def test_statements_do_not_grow_with_the_models(tmp_path, monkeypatch):
         event.listen(engine, "before_cursor_execute", lambda *a: counted.append(a[2]))
         return engine
 
-    monkeypatch.setattr(report_data, "open_report_engine", counting)
+    monkeypatch.setattr(report_build, "open_report_engine", counting)
     statements = {}
     for models in (20, 400):
         counted.clear()
@@ -196,3 +196,6 @@ def test_bench_report_compares_the_same_figures(tmp_path):
 
     result = run(rows=2000, repeats=1, folder=tmp_path)
     assert result["same_figures"], result
+    # the chargeback run: --by tag:team over the same file, its groups checked
+    assert result["tag_same_figures"] and result["tag_groups"] == 4, result
+    assert result["tag_report_s"] > 0 and result["target_report_s"] == 3.0

@@ -59,6 +59,27 @@ BENCH_ZONES = (
     ("aws:us-east-1", 244.76, 1.14, 0.0895, "USD", 1.0, 6.88, 0.7),
     ("aws:eu-west-1", 282.0, 1.14, 0.1868, "EUR", 1.082, 7.2, 0.3),
 )
+# The teams of the chargeback (``--by tag:team``), one after another; every fifth query
+# has no team (it is the "(no team)" group).
+BENCH_TAGS = (
+    {"team": "search", "env": "prod"},
+    {"team": "ads", "env": "prod"},
+    {"team": "assistant", "env": "prod"},
+    {"team": "search", "env": "staging"},
+    {"env": "prod"},
+)
+BENCH_TAG = "team"
+BENCH_GPU_PRICE_SOURCE = "bench: AWS on-demand price of the bench GPUs (synthetic)"
+# The columns the bench writes (those the schema has: an older one lacks the newest).
+QUERY_COLUMNS = (
+    "model", "tags", "started_at", "ended_at", "duration_s", "time_to_first_token_s",
+    "status", "error_type", "input_tokens", "output_tokens", "gpus", "gpu_seconds",
+    "energy_j", "energy_source", "energy_uncertainty_j", "cpu_energy_j", "cpu_energy_source",
+    "host", "pid", "zone", "intensity_g_per_kwh", "intensity_source",
+    "market_intensity_g_per_kwh", "pue", "price_per_kwh", "currency", "usd_per_gpu_hour",
+    "gpu_price_source", "ownership", "co2e_g", "market_co2e_g", "embodied_co2e_g",
+    "energy_cost", "energy_cost_usd", "compute_cost",
+)  # fmt: skip
 EPOCH = _dt.datetime(2026, 1, 1, tzinfo=_dt.timezone.utc)
 DAYS = 30
 
@@ -96,14 +117,15 @@ def build_db(path: Path, rows: int, seed: int = 0, models: int | None = None) ->
     cum_models = list(itertools.accumulate(m[4] for m in models_used))
     cum_zones = list(itertools.accumulate(z[7] for z in BENCH_ZONES))
     every_model = models is not None
-    columns = _columns(QueryRecord.__table__)
+    present = set(_columns(QueryRecord.__table__))
+    columns = [c for c in QUERY_COLUMNS if c in present]
     placeholders = ", ".join("?" * len(columns))
     insert = f"INSERT INTO queries ({', '.join(columns)}) VALUES ({placeholders})"
     con = sqlite3.connect(path)
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=OFF")
     gpu_lists = {m[1]: json.dumps([GPU_UUIDS[g] for g in m[1]]) for m in BENCH_MODELS}
-    tags = json.dumps({"team": "search"})
+    tag_texts = [json.dumps(t) for t in BENCH_TAGS]
     chunk: list[tuple] = []
     epoch_s = EPOCH.timestamp()
     for i in range(rows):
@@ -122,18 +144,25 @@ def build_db(path: Path, rows: int, seed: int = 0, models: int | None = None) ->
         error = rng.random() < 0.01
         out_tokens = None if error else rng.randint(5, 900)
         cost = kwh * price
-        started = _text(began_s)
-        chunk.append(
-            (
-                name, tags, started, _text(began_s + duration), duration, duration * 0.1,
-                "error" if error else "ok", "TimeoutError" if error else None,
-                rng.randint(10, 3000), out_tokens, gpu_lists[gpus], gpu_seconds, energy_j,
-                "counter", energy_j * 0.004 + 0.05, None, "missing", f"gpu-node-{gpus[0] // 4}",
-                4242, zone, intensity, "static", None, pue, price, currency, gpu_hour,
-                kwh * intensity, None, gpu_seconds * 7.9e-4, cost, cost * usd,
-                gpu_seconds * gpu_hour / 3600.0,
-            )
-        )  # fmt: skip
+        values = {
+            "model": name, "tags": tag_texts[i % len(tag_texts)], "started_at": _text(began_s),
+            "ended_at": _text(began_s + duration), "duration_s": duration,
+            "time_to_first_token_s": duration * 0.1, "status": "error" if error else "ok",
+            "error_type": "TimeoutError" if error else None,
+            "input_tokens": rng.randint(10, 3000), "output_tokens": out_tokens,
+            "gpus": gpu_lists[gpus], "gpu_seconds": gpu_seconds, "energy_j": energy_j,
+            "energy_source": "counter", "energy_uncertainty_j": energy_j * 0.004 + 0.05,
+            "cpu_energy_j": None, "cpu_energy_source": "missing",
+            "host": f"gpu-node-{gpus[0] // 4}", "pid": 4242, "zone": zone,
+            "intensity_g_per_kwh": intensity, "intensity_source": "static",
+            "market_intensity_g_per_kwh": None, "pue": pue, "price_per_kwh": price,
+            "currency": currency, "usd_per_gpu_hour": gpu_hour,
+            "gpu_price_source": BENCH_GPU_PRICE_SOURCE, "ownership": "rented",
+            "co2e_g": kwh * intensity, "market_co2e_g": None,
+            "embodied_co2e_g": gpu_seconds * 7.9e-4, "energy_cost": cost,
+            "energy_cost_usd": cost * usd, "compute_cost": gpu_seconds * gpu_hour / 3600.0,
+        }  # fmt: skip
+        chunk.append(tuple(values[c] for c in columns))
         if len(chunk) >= 100_000:
             con.executemany(insert, chunk)
             chunk.clear()
@@ -187,10 +216,11 @@ SELECT model, substr(started_at, 1, 10) AS day, gpus, zone, currency, intensity_
                          THEN energy_cost END), 0.0),
        count(CASE WHEN energy_cost_usd IS NULL AND energy_cost IS NOT NULL THEN 1 END),
        coalesce(sum(compute_cost), 0.0), coalesce(sum(duration_s), 0.0),
-       min(intensity_g_per_kwh), max(intensity_g_per_kwh)
+       min(intensity_g_per_kwh), max(intensity_g_per_kwh), ownership, gpu_price_source
 FROM queries
 GROUP BY model, substr(started_at, 1, 10), gpus, zone, currency, intensity_source, pue,
-         price_per_kwh, usd_per_gpu_hour, market_intensity_g_per_kwh, energy_source
+         price_per_kwh, usd_per_gpu_hour, market_intensity_g_per_kwh, energy_source, ownership,
+         gpu_price_source
 """
 RAW_IDLE = """
 SELECT device_uuid, substr(minute, 1, 10), host, sum(idle_energy_j + lost_energy_j),
@@ -205,7 +235,8 @@ SELECT * FROM (
          c, row_number() OVER (PARTITION BY model ORDER BY c) AS rc,
          k, row_number() OVER (PARTITION BY model ORDER BY k) AS rk
   FROM (SELECT model, energy_j AS e, co2e_g AS c,
-               coalesce(energy_cost_usd, CASE WHEN currency = 'USD' THEN energy_cost END, 0.0)
+               CASE WHEN ownership = 'rented' THEN 0.0 ELSE coalesce(energy_cost_usd,
+                 CASE WHEN currency = 'USD' THEN energy_cost END, 0.0) END
                + coalesce(compute_cost, 0.0) AS k
         FROM queries
         WHERE energy_j IS NOT NULL AND (id * 2654435761) % 1000000 < {limit})
@@ -217,7 +248,7 @@ SELECT * FROM (
 
 def raw_sql(path: Path) -> dict[str, Any]:
     """The report's aggregates straight from sqlite3 (same sums, same sampled percentiles)."""
-    from footprint.reporting.data import _HASH_MODULUS, PERCENTILE_SAMPLE
+    from footprint.reporting.percentiles import _HASH_MODULUS, PERCENTILE_SAMPLE
 
     con = sqlite3.connect(path)
     try:
@@ -253,11 +284,24 @@ def raw_sql(path: Path) -> dict[str, Any]:
     }
 
 
-def time_report(path: Path) -> tuple[float, dict[str, Any]]:
-    """Wall time of ``footprint report --format json`` as a fresh process, and its JSON."""
+def raw_tag_counts(path: Path) -> dict[str | None, int]:
+    """Queries per value of the bench's tag, straight from sqlite3."""
+    con = sqlite3.connect(path)
+    try:
+        rows = con.execute(
+            f"SELECT json_extract(tags, '$.{BENCH_TAG}') AS t, count(*) FROM queries GROUP BY t"
+        ).fetchall()
+    finally:
+        con.close()
+    return {team: n for team, n in rows}
+
+
+def time_report(path: Path, by: str | None = None) -> tuple[float, dict[str, Any]]:
+    """Wall time of ``footprint report --format json [--by BY]`` as a fresh process, and
+    its JSON."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOOTPRINT_")}
     command = [sys.executable, "-m", "footprint.cli", "report", "--db", str(path)]
-    command += ["--format", "json"]
+    command += ["--format", "json"] + (["--by", by] if by else [])
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     elapsed = time.perf_counter() - start
@@ -275,15 +319,19 @@ def run(rows: int = 1_000_000, repeats: int = 2, folder: Path | None = None) -> 
         start = time.perf_counter()
         rollup_s = build_db(path, rows)
         build_s = time.perf_counter() - start
-        report_times, raw_times = [], []
+        report_times, raw_times, tag_times = [], [], []
         report: dict[str, Any] = {}
         raw: dict[str, Any] = {}
+        tagged: dict[str, Any] = {}
         for _ in range(repeats):
             elapsed, report = time_report(path)
             report_times.append(elapsed)
             start = time.perf_counter()
             raw = raw_sql(path)
             raw_times.append(time.perf_counter() - start)
+            elapsed, tagged = time_report(path, by=f"tag:{BENCH_TAG}")
+            tag_times.append(elapsed)
+        teams = raw_tag_counts(path)
         size = path.stat().st_size
     totals = report["totals"]
     same = (
@@ -293,6 +341,17 @@ def run(rows: int = 1_000_000, repeats: int = 2, folder: Path | None = None) -> 
         and sorted(m["model"] for m in report["models"]) == raw["models"]
     )
     report_s, raw_s = min(report_times), min(raw_times)
+    key = f"tag:{BENCH_TAG}"
+    groups = tagged.get("groups") or []
+    tag_same = (
+        {g[key]: g["queries"] for g in groups} == teams
+        and sum(g["queries"] for g in groups) == rows
+        and math.isclose(
+            sum(g["fully_loaded_cost_usd"] or 0.0 for g in groups),
+            tagged["totals"]["fully_loaded_cost_usd"] or 0.0,
+            rel_tol=1e-9,
+        )
+    )
     return {
         "rows": rows,
         "db_bytes": size,
@@ -306,13 +365,20 @@ def run(rows: int = 1_000_000, repeats: int = 2, folder: Path | None = None) -> 
         "raw_sql_runs_s": raw_times,
         "same_figures": same,
         "models": len(report["models"]),
+        # ``footprint report --by tag:team``: the chargeback, a scan of every query
+        "tag_report_s": min(tag_times),
+        "tag_report_runs_s": tag_times,
+        "tag_groups": len(groups),
+        "tag_same_figures": tag_same,
         "target_report_s": 3.0,
         "target_ratio": 2.0,
         "cpu_count": os.cpu_count(),
         "note": "report_s includes process start and imports and reads the hourly rollups "
         "(built in rollup_build_s, part of build_s); raw_sql_s is sqlite3 in-process running "
         "the same aggregates over queries (grouped sums, idle per GPU and day, sampled "
-        "percentiles)",
+        "percentiles); tag_report_s is the same command with --by tag:team (the hourly "
+        "rollups do not carry tags: every query of the period is read), its groups checked "
+        "against a count per team in sqlite3 and against the totals",
     }
 
 
@@ -374,7 +440,7 @@ def run_models(
 ) -> dict[str, Any]:
     """``footprint report`` in every format over ``models`` distinct models: wall time and
     peak memory of the whole command (best of ``repeats``), and what it wrote."""
-    from footprint.reporting.data import TOP_MODELS
+    from footprint.reporting.figures import TOP_MODELS
     from footprint.reporting.render import BASENAME, FORMATS
 
     rows = rows or max(100_000, 10 * models)

@@ -1,22 +1,24 @@
 """Charts of a report, drawn with matplotlib (object API, no pyplot state, Agg/SVG only).
 
 Each chart comes out as SVG text (inlined in the HTML: no network, crisp at any zoom) and
-as PNG bytes (beside the Markdown). Output is reproducible: fixed fonts (DejaVu Sans,
-shipped with matplotlib), fixed SVG id salt, no creation date in the metadata.
+as PNG bytes (beside the Markdown). Output is reproducible: one font (DejaVu Sans, shipped
+with matplotlib, drawn as paths), fixed SVG id salt, no creation date in the metadata.
+Each SVG names itself for screen readers (``role="img"``, a ``<title>``). A figure that is
+not known (None) is not drawn; a chart with nothing known to draw is left out.
 """
 
 from __future__ import annotations
 
+import html
 import io
 from dataclasses import dataclass
 from typing import Any
 
-from footprint.reporting.data import shown_models
+from footprint.reporting.figures import shown_models
 
 PALETTE = ("#0f766e", "#2563eb", "#7c3aed", "#db2777", "#0891b2", "#65a30d", "#9f1239", "#4338ca",
            "#c2410c", "#1e3a8a", "#86198f", "#854d0e")  # fmt: skip
 OTHERS_COLOR = "#78716c"  # the "all others (K models)" row and series
-ELECTRICITY = "#f59e0b"
 IDLE_COLOR = "#cbd5e1"
 INK = "#1e293b"
 MUTED = "#64748b"
@@ -72,7 +74,7 @@ def _style() -> dict[str, Any]:
     }
 
 
-def _render(fig: Any, name: str) -> tuple[str, bytes]:
+def _render(fig: Any, name: str, alt: str) -> tuple[str, bytes]:
     svg_buffer = io.StringIO()
     fig.savefig(svg_buffer, format="svg", metadata={"Date": None}, bbox_inches="tight")
     png_buffer = io.BytesIO()
@@ -82,6 +84,13 @@ def _render(fig: Any, name: str) -> tuple[str, bytes]:
     # Unique ids per chart, so several charts can share one HTML page.
     svg = svg.replace('id="', f'id="{name}-').replace("url(#", f"url(#{name}-")
     svg = svg.replace('xlink:href="#', f'xlink:href="#{name}-')
+    # Named for screen readers: the first child of an SVG's <title> is its accessible name.
+    head, sep, rest = svg.partition(">")
+    title = html.escape(alt, quote=True)
+    svg = (
+        f'{head} role="img" aria-labelledby="{name}-title"{sep}\n'
+        f' <title id="{name}-title">{title}</title>{rest}'
+    )
     return svg, png_buffer.getvalue()
 
 
@@ -98,7 +107,7 @@ def build_charts(report: dict[str, Any]) -> list[Chart]:
             made = builder(report, Figure)
             if made is not None:
                 fig, name, title, alt = made
-                svg, png = _render(fig, name)
+                svg, png = _render(fig, name, alt)
                 charts.append(Chart(name=name, title=title, alt=alt, svg=svg, png=png))
     return charts
 
@@ -122,18 +131,24 @@ def _daily_series(report: dict[str, Any], figure: str) -> list[tuple[str, str, l
     for path, _, name in shown_models(report):
         if path == "others":
             values = [
-                sum(f[figure] for m, f in d["models"].items() if m not in named) for d in daily
+                sum(f[figure] or 0.0 for m, f in d["models"].items() if m not in named)
+                for d in daily
             ]
         else:
             named.add(name)
-            values = [d["models"][name][figure] if name in d["models"] else 0.0 for d in daily]
+            values = [(d["models"].get(name) or {}).get(figure) or 0.0 for d in daily]
         series.append((name, colors[path], values))
     return series
 
 
+def _known(entries: Any, figure: str) -> bool:
+    """Whether any entry has ``figure`` known (a chart of nothing known is left out)."""
+    return any(e.get(figure) is not None for e in entries)
+
+
 def _daily_chart(report: dict[str, Any], Figure: Any) -> Any:
     daily = report["daily"]
-    if not daily:
+    if not any(_known(d["models"].values(), "energy_kwh") for d in daily):
         return None
     days = [d["day"] for d in daily]
     labels = [_day_label(d) for d in days]
@@ -143,7 +158,7 @@ def _daily_chart(report: dict[str, Any], Figure: Any) -> Any:
     fig.subplots_adjust(wspace=0.28)
     energy = _daily_series(report, "energy_kwh")
     top_energy = max(
-        sum(values[i] for _, _, values in energy) + d["idle_energy_kwh"]
+        sum(values[i] for _, _, values in energy) + (d["idle_energy_kwh"] or 0.0)
         for i, d in enumerate(daily)
     )
     factor, unit = _scale(top_energy, _ENERGY_SCALES)
@@ -153,7 +168,7 @@ def _daily_chart(report: dict[str, Any], Figure: Any) -> Any:
         values = [v / factor for v in kwh]
         ax_e.bar(x, values, width, bottom=bottom, color=color, label=name)
         bottom = [b + v for b, v in zip(bottom, values)]
-    idle = [d["idle_energy_kwh"] / factor for d in daily]
+    idle = [(d["idle_energy_kwh"] or 0.0) / factor for d in daily]
     if any(idle):
         ax_e.bar(x, idle, width, bottom=bottom, color=IDLE_COLOR, label="idle (not attributed)")
     ax_e.set_title("GPU energy per day")
@@ -168,6 +183,9 @@ def _daily_chart(report: dict[str, Any], Figure: Any) -> Any:
         bottom = [b + v for b, v in zip(bottom, values)]
     ax_c.set_title("CO2e per day (attributed, location-based)")
     ax_c.set_ylabel(f"{munit} CO2e")
+    if not any(_known(d["models"].values(), "co2e_g") for d in daily):
+        ax_c.text(0.5, 0.5, "not known (no grid intensity)", transform=ax_c.transAxes,
+                  ha="center", va="center", color=MUTED)  # fmt: skip
     step = max(1, -(-len(days) // 8))  # at most 8 day labels: they are two lines wide
     for ax in (ax_e, ax_c):
         ax.set_xticks(x[::step], labels[::step])
@@ -195,19 +213,22 @@ def _models_chart(report: dict[str, Any], Figure: Any) -> Any:
 
     colors = model_colors(report)
     shown = shown_models(report)[::-1]
+    if not _known([entry for _, entry, _ in shown], "fully_loaded_co2e_g"):
+        return None
     names = [name for _, _, name in shown]
-    rows = [entry for _, entry, _ in shown]
+    rows = [{k: v or 0.0 for k, v in entry.items() if not isinstance(v, (str, dict))}
+            for _, entry, _ in shown]  # fmt: skip
     bar_colors = [colors[path] for path, _, _ in shown]
     y = list(range(len(rows)))
     height = max(2.6, 0.55 * len(rows) + 1.4)
     fig = Figure(figsize=(10, height))
     ax_c, ax_m = fig.subplots(1, 2)
     fig.subplots_adjust(wspace=0.45)
-    top = max(m["fully_loaded_co2e_g"] + m["embodied_co2e_g"] for m in rows)
+    top = max(m["fully_loaded_co2e_g"] + m["fully_loaded_embodied_co2e_g"] for m in rows)
     factor, unit = _scale(top, _MASS_SCALES)
     attributed = [m["co2e_g"] / factor for m in rows]
     idle = [(m["fully_loaded_co2e_g"] - m["co2e_g"]) / factor for m in rows]
-    embodied = [m["embodied_co2e_g"] / factor for m in rows]
+    embodied = [m["fully_loaded_embodied_co2e_g"] / factor for m in rows]
     ax_c.barh(y, attributed, 0.62, color=bar_colors)
     ax_c.barh(y, idle, 0.62, left=attributed, color=IDLE_COLOR)
     left = [a + i for a, i in zip(attributed, idle)]
@@ -223,29 +244,32 @@ def _models_chart(report: dict[str, Any], Figure: Any) -> Any:
         handles=[
             Patch(color=MUTED, label="attributed (model colour)"),
             Patch(color=IDLE_COLOR, label="idle share"),
-            Patch(color=INK, label="embodied"),
+            Patch(color=INK, label="embodied (time held)"),
         ],
         **(below or {"loc": "lower right"}),
     )
-    top_cost = max(m["fully_loaded_energy_cost_usd"] + m["compute_cost_usd"] for m in rows)
-    energy_cost = [m["fully_loaded_energy_cost_usd"] for m in rows]
-    compute = [m["compute_cost_usd"] for m in rows]
-    ax_m.barh(y, compute, 0.62, color=bar_colors)
-    ax_m.barh(y, energy_cost, 0.62, left=compute, color=ELECTRICITY)
+    top_cost = max(max(m["fully_loaded_cost_usd"], m["cost_usd"]) for m in rows)
+    cost = [m["cost_usd"] for m in rows]
+    idle_cost = [max(0.0, m["fully_loaded_cost_usd"] - m["cost_usd"]) for m in rows]
+    ax_m.barh(y, cost, 0.62, color=bar_colors)
+    ax_m.barh(y, idle_cost, 0.62, left=cost, color=IDLE_COLOR)
     ax_m.set_yticks(y, [""] * len(names) if below else names)
     ax_m.set_title("Cost per model")
     ax_m.set_xlabel("US$")
     ax_m.set_xlim(0, top_cost * 1.08 if top_cost else 1)
     ax_m.legend(
         handles=[
-            Patch(color=MUTED, label="GPU time (model colour)"),
-            Patch(color=ELECTRICITY, label="electricity (fully loaded)"),
+            Patch(color=MUTED, label="attributed (model colour)"),
+            Patch(color=IDLE_COLOR, label="idle GPU time held"),
         ],
         **(below or {"loc": "lower right"}),
     )
     for ax in (ax_c, ax_m):
         ax.grid(axis="y", visible=False)
-    alt = "Horizontal bars per model: CO2e (attributed, idle share, embodied) and cost"
+    alt = (
+        "Horizontal bars per model: CO2e (attributed, idle share, embodied over the time "
+        "held) and cost (attributed, idle GPU time held)"
+    )
     return fig, "models", "CO2e and cost per model", alt
 
 
@@ -259,7 +283,9 @@ def _what_if_chart(report: dict[str, Any], Figure: Any) -> Any:
     entries = [(label, as_run["co2e_g"], True)]
     entries += [(f"{z['zone']} ({z['name']})" if z["name"] else z["zone"], z["co2e_g"], False)
                 for z in zones]  # fmt: skip
-    entries = entries[::-1]
+    entries = [e for e in entries[::-1] if e[1] is not None]
+    if not entries or not max(v for _, v, _ in entries):
+        return None
     top = max(v for _, v, _ in entries)
     factor, unit = _scale(top, _MASS_SCALES)
     fig = Figure(figsize=(10, max(2.4, 0.42 * len(entries) + 1.0)))

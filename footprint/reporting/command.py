@@ -8,15 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from footprint.reporting.data import (
-    BY_CHOICES,
+from footprint.reporting.build import build_report
+from footprint.reporting.render import FORMATS, render_json, write_report
+from footprint.reporting.request import (
     ReportError,
     ReportRequest,
-    build_report,
+    check_by,
     parse_when,
     split_names,
 )
-from footprint.reporting.render import FORMATS, render_json, write_report
 
 DEFAULT_OUT = "reports"
 
@@ -44,8 +44,7 @@ def make_request(
     allow_empty: bool,
 ) -> ReportRequest:
     """Validate the command line into a request (ReportError: one line, exit 2)."""
-    if by not in BY_CHOICES:
-        raise ReportError(f"--by must be one of {', '.join(BY_CHOICES)}, got {by!r}")
+    check_by(by)
     start = parse_when(since, option="--since") if since else None
     end = parse_when(until, option="--until", end=True) if until else None
     if start and end and start >= end:

@@ -1,0 +1,67 @@
+"""The report as data: CSV (one row per model or group, every figure a column) and JSON.
+
+In the CSV a figure that is not known is ``unknown`` (never 0, never an empty cell that a
+spreadsheet would sum as 0); a group's value that is null (the queries without the tag of
+``--by tag:NAME``) is an empty cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from footprint.reporting.request import group_key
+
+UNKNOWN = "unknown"
+
+
+def _flatten(entry: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in entry.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def render_csv(report: dict[str, Any]) -> str:
+    """One row per group (per model unless --by says otherwise), every figure a column."""
+    buffer = io.StringIO()
+    write_csv(report, buffer)
+    return buffer.getvalue()
+
+
+def write_csv(report: dict[str, Any], handle: Any) -> None:
+    """``render_csv`` written row by row: every model, however many (a data export)."""
+    grouped = report.get("groups") is not None
+    entries = report["groups"] if grouped else report["models"]
+    labels = {group_key(report["by"])} if grouped else {"model"}
+    columns: dict[str, None] = {}
+    for entry in entries:
+        columns.update(dict.fromkeys(_flatten(entry)))
+    writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for entry in entries:
+        writer.writerow(
+            {
+                k: ("" if k in labels else UNKNOWN) if v is None else v
+                for k, v in _flatten(entry).items()
+            }
+        )
+
+
+def render_json(report: dict[str, Any]) -> str:
+    """The report as indented JSON text (``json.dumps`` would hold every piece at once)."""
+    buffer = io.StringIO()
+    write_json(report, buffer)
+    return buffer.getvalue()
+
+
+def write_json(report: dict[str, Any], handle: Any) -> None:
+    """``render_json`` written piece by piece: no copy of the whole text in memory."""
+    json.dump(report, handle, indent=2, ensure_ascii=False)
+    handle.write("\n")

@@ -1,0 +1,271 @@
+"""The methodology section: how every figure of the report is made, with its formulas.
+
+Built from the report's data alone (an old JSON report renders too); the same paragraphs
+and tables in HTML and Markdown. The measured accuracy is quoted only from
+``measurement.accuracy`` (``footprint bench accuracy``), never typed here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from footprint.reporting import units
+from footprint.reporting.content import Table
+from footprint.reporting.percentiles import PERCENTILE_SAMPLE
+
+ACCURACY_HEADERS = [
+    "Scenario", "Queries", "Total error", "Per query p50", "p95", "max", "Queries ≥ 1 s",
+    "≥ 1 s max", "Within bound",
+]  # fmt: skip
+
+
+def _scenario_cell(scenario: dict[str, Any], path: str, key: str, kind: str) -> Any:
+    """A scenario's figure as (JSON path, kind), or "–" where the scenario has none."""
+    value: Any = scenario
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "–" if value is None else (f"{path}.{key}", kind)
+
+
+def _accuracy_section(report: dict[str, Any]) -> list[str | Table]:
+    """What ``footprint bench accuracy`` measured, from ``measurement.accuracy``."""
+    from footprint import __version__
+
+    acc = report["measurement"].get("accuracy")
+    if acc is None:
+        return [
+            f"No accuracy benchmark has been recorded for this version of footprint "
+            f"({__version__}), so this report quotes no measured accuracy figure "
+            "(`footprint bench accuracy --write` records one)."
+        ]
+    sim = acc["simulator"]
+    described = {
+        "idle_w": lambda v: f"{units.number(v)} W idle",
+        "busy_w": lambda v: f"{units.number(v)} W busy",
+        "update_period_s": lambda v: f"energy counter updated every {units.number(v * 1000)} ms",
+        "sampling_period_s": lambda v: f"sampled every {units.number(v * 1000)} ms",
+    }
+    settings = [described[k](v) if k in described else f"{k} = {v}" for k, v in sim.items()]
+    scale = acc.get("scale")
+    if isinstance(scale, (int, float)) and scale != 1:
+        settings.append(f"scenarios run at {units.number(scale)}× their full length")
+    base = "measurement.accuracy.scenarios"
+    rows: list[list[str | tuple[str, str]]] = []
+    for i, sc in enumerate(acc["scenarios"]):
+        rows.append(
+            [sc["name"]] + [_scenario_cell(sc, f"{base}.{i}", key, kind) for key, kind in (
+                ("queries", "count"), ("total_error_pct", "pct"),
+                ("per_query_error_pct.p50", "pct"), ("per_query_error_pct.p95", "pct"),
+                ("per_query_error_pct.max", "pct"), ("long_queries", "count"),
+                ("long_query_error_pct.max", "pct"), ("within_bound_pct", "pct"),
+            )]
+        )  # fmt: skip
+    scenarios = "; ".join(
+        f"{sc['name']}: {sc['description']}" if sc.get("description") else sc["name"]
+        for sc in acc["scenarios"]
+    )
+    return [
+        f"Accuracy, as measured by `footprint bench accuracy` for footprint {acc['version']} "
+        f"(attribution code sha256 {acc['source_digest'][:12]}…) against the exact energy of "
+        f"the simulated GPU ({', '.join(settings)}). Errors are absolute, in percent of the "
+        "true energy: of each scenario's total, and per query (median, 95th percentile, "
+        "maximum; for queries of 1 s or more, their maximum). Within bound: the share of "
+        "queries whose error was within their recorded uncertainty bound.",
+        Table(ACCURACY_HEADERS, rows),
+        f"Scenarios: {scenarios}.",
+        f"Not covered by the simulator: {acc['not_covered']}",
+    ]
+
+
+def methodology(report: dict[str, Any]) -> list[tuple[str, list[str | Table]]]:
+    """The method, as (heading, paragraphs and tables); the same in HTML and Markdown."""
+    sources = report["measurement"]["energy_sources"]
+    measured = ", ".join(f"{n:,} {name}" for name, n in sources.items()) or "none"
+    bounded = report["measurement"].get("uncertainty_queries", 0)
+    with_energy = report["measurement"].get("measured_queries", 0)
+    return [
+        (
+            "What is measured",
+            [
+                "Each query's GPU energy is measured on the GPUs that served it. A sampler "
+                "reads every GPU's cumulative energy counter (NVML "
+                "nvmlDeviceGetTotalEnergyConsumption, in millijoules; integrated power "
+                "readings on GPUs without the counter) every 50 ms. The energy of each "
+                "interval between two readings is split among the queries running on that "
+                "GPU during it, in proportion to their overlap with the interval, weighted by "
+                "the power estimated for each part of it. The time of an interval when no "
+                "query ran is the GPU's idle energy, stored per GPU per minute.",
+                "Nothing is lost or counted twice: for every GPU, attributed energy plus idle "
+                "energy equals the counter's increase over the period (energy conservation, "
+                "checked by property-based tests). Prompts and responses are never stored, "
+                "only token counts.",
+                f"Queries in this report by how their energy was obtained: {measured}.",
+            ],
+        ),
+        (
+            "Attributed and fully loaded energy",
+            [
+                "Attributed energy is what the GPUs spent while a query ran: its share of "
+                "each interval when several queries ran at once (continuous batching). It is "
+                "the figure to compare models, prompts and optimisations.",
+                "Fully loaded energy adds the idle energy of the same GPUs over the same "
+                "period, spread over the queries each GPU served in proportion to their "
+                "GPU-seconds (a query that ran on n GPUs counts its GPU-seconds / n on each). "
+                "It is what holding the GPUs for this workload cost, the figure for an "
+                "inventory. Idle energy of GPUs that served no query in the period is shown "
+                "as unallocated in the totals. Idle CO2e and cost are priced with the factors "
+                "of the queries they are spread over.",
+            ],
+        ),
+        (
+            "Capacity: GPU-hours held and busy",
+            [
+                "A GPU is held for every minute it was measured (idle_energy keeps a row per "
+                "GPU and minute, whatever ran). Per GPU: held = distinct minutes / 60; busy = "
+                "Σ GPU-seconds of its queries / 3600 (n GPUs: 1/n each); idle = held − busy "
+                "(at least 0); utilisation = busy / held. Totals add the GPUs; a model's or "
+                "group's held GPU-hours are its busy ones plus its share of its GPUs' idle "
+                "GPU-hours, spread like idle energy (by GPU-seconds). With --by day or host, "
+                "each group takes the time held in that day or on that host.",
+            ],
+        ),
+        (
+            "From energy to CO2e",
+            [
+                "Facility energy = GPU energy × PUE (power usage effectiveness) of the data "
+                "centre: cloud providers' published fleet PUE, or a configured value. "
+                "Location-based CO2e = facility energy × the carbon intensity of the grid "
+                "zone where the query ran (gCO2e/kWh): a static annual average from "
+                "codecarbon's data (or, for a GCP region, Google's own figure for it), an "
+                "hourly series given by the user or a live value from Electricity Maps. The "
+                "factor and its source are stored with every query.",
+                "Market-based CO2e uses a contractual factor (power purchase agreement, "
+                "green tariff, residual mix) where one is configured; it is shown only then.",
+                "Embodied CO2e is the GPU's manufacturing footprint amortised over its "
+                "service life: embodied kgCO2e × 1000 × seconds / lifetime seconds. "
+                "Attributed: over the queries' GPU-seconds; with the time held: over the "
+                "GPU-hours held (busy + idle share), as SCI charges it.",
+            ],
+        ),
+        (
+            "Cost",
+            [
+                "Electricity cost = facility energy × the electricity price of the zone, in "
+                "its own currency, converted to US dollars at the annual average exchange "
+                "rate. GPU time (compute cost) = GPU-seconds / 3600 × $/GPU-hour. What a "
+                "GPU-hour costs depends on who owns the GPU (stored with each query):",
+                "Rented (a cloud region, by default): $/GPU-hour is the provider's on-demand "
+                "price for that GPU model, which already pays for electricity, cooling and "
+                "hardware. Cost = GPU time; the electricity cost is shown beside it (the part "
+                "of the price that scales with energy) and never added.",
+                "Owned (elsewhere, by default): $/GPU-hour is the GPU's purchase price "
+                "amortised over its lifetime (purchase / (lifetime years × 8760 h)). Cost = "
+                "GPU time + electricity (× PUE, already in the electricity cost).",
+                "Queries recorded before ownership was stored are costed as owned ones "
+                "were: GPU time + electricity.",
+                "Attributed cost is the GPU time the queries used (busy). Fully loaded cost "
+                "adds the idle time of the GPUs held: per GPU, idle GPU-hours × the $/GPU-hour "
+                "of its queries (their compute cost per GPU-second), spread over them by "
+                "GPU-seconds like idle energy; for owned GPUs also the idle energy's "
+                "electricity. GPUs that served no query have no price here: their held "
+                "GPU-hours are counted, not costed.",
+            ],
+        ),
+        (
+            "Unknown is not zero",
+            [
+                "A figure whose inputs are all missing (no GPU energy measured, no "
+                "electricity price, no GPU-hour price) is unknown: null in the JSON, – in the "
+                "tables, unknown in the CSV; never 0. A total over some known and some unknown "
+                "inputs adds the known ones, and the notes say how many queries lack what "
+                "and how to supply it. Means divide by the queries that have the figure; per "
+                "1k output tokens divides by every query's output tokens.",
+            ],
+        ),
+        (
+            "Software Carbon Intensity (ISO/IEC 21031:2024)",
+            [
+                "SCI = ((E × I) + M) per R. E × I is the fully loaded location-based CO2e "
+                "(facility energy × grid intensity, idle energy included), M the embodied "
+                "CO2e of the GPUs over the time reserved for the work: the GPU-hours held, "
+                "not only the busy ones, and R the functional unit: one query (of those with "
+                "a CO2e figure), and 1,000 output tokens. The boundary is the inference GPUs: "
+                "CPU, host memory, network and storage are not included.",
+            ],
+        ),
+        (
+            "Per-query figures",
+            [
+                "Means divide a model's totals by its queries that have the figure. p50 and "
+                "p95 are nearest-rank percentiles (the ⌈p × n⌉-th of the n values in "
+                "increasing order) of the per-query figures of the queries with measured "
+                "energy (for CO2e, of those with a CO2e figure; for cost, of those with a "
+                "known cost, by their ownership), failed queries included (they used the "
+                "GPUs). They are exact, computed from all of a model's queries, except for a "
+                f"model with more than {PERCENTILE_SAMPLE:,} such queries: there they come "
+                f"from a deterministic sample of {PERCENTILE_SAMPLE:,} of its queries (a hash "
+                "of the record id), as the notes then say. Per 1k output tokens divides the "
+                "totals, failed queries included, by the output tokens of the period.",
+            ],
+        ),
+        *_group_method(report),
+        (
+            "What if elsewhere",
+            [
+                "The what-if table prices the period's fully loaded GPU energy with other "
+                "zones' PUE, electricity price and grid intensity. One grid has one figure: a "
+                "zone on a grid the work ran on keeps the intensity the work was priced with "
+                "there, so only PUE and price differ; a zone elsewhere takes its static "
+                "figure, and the table marks where that is a different kind of figure "
+                "(a provider's own against codecarbon's) from the as-run row.",
+            ],
+        ),
+        (
+            "Measurement uncertainty",
+            [
+                "NVML documents its power readings as accurate to within ±5% of the current "
+                "draw; the cumulative energy counter used here integrates the board's power "
+                "and is updated about every 100 ms, so short queries are resolved to "
+                "fractions of a counter update. footprint estimates each update's instant; "
+                "inside each interval between two readings, the stretches where no query ran "
+                "get the GPU's idle power (learned from the intervals themselves) and the "
+                "busy stretches the rest, shared equally among the queries running at each "
+                "instant. Shorter queries are individually less certain, but totals are exact "
+                "to the counter, since energy is conserved.",
+                "Each record carries energy_uncertainty_j, a bound on the error of its "
+                "attributed energy under that rule, built from the counter's timing "
+                "uncertainty, the spread of the idle-power estimate, the change in busy power "
+                "where the set of running queries changed, and the counter's quantisation, "
+                "over the parts of the call that shared a counter interval with idle time or "
+                "with other queries starting or ending. The ± figures of this "
+                "report are sums of these bounds: conservative, as if every query's error had "
+                f"the same sign. {bounded:,} of the {with_energy:,} queries with GPU energy in "
+                "this report carry a bound.",
+                *_accuracy_section(report),
+                "Grid intensity factors, PUE and prices are averages with their own "
+                "uncertainty, typically larger than the measurement's: their sources are "
+                "listed below.",
+            ],
+        ),
+    ]
+
+
+def _group_method(report: dict[str, Any]) -> list[tuple[str, list[str | Table]]]:
+    """How --by tag:NAME groups (chargeback), when the report is grouped by a tag."""
+    by = report.get("by") or report.get("filters", {}).get("by") or ""
+    if not by.startswith("tag:"):
+        return []
+    name = by[len("tag:") :]
+    return [
+        (
+            "Chargeback by tag",
+            [
+                f"The groups are the values of the tag {name!r} given to track() or query() "
+                f"(JSON text of each query's tags); queries without it are one group, "
+                f"(no {name}). Each group's figures are those of its queries, read from "
+                "every query of the period, with their share of the idle energy and idle "
+                "GPU-hours of the GPUs they ran on: the groups add up to the totals, GPUs "
+                "that served no query apart.",
+            ],
+        )
+    ]
