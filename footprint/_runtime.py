@@ -162,7 +162,7 @@ class Runtime:
         self.bad_values: dict[str, int] = {}  # values replaced to be storable, by kind
         self._clean = Cleaner(self._count_bad)
         self._unpriced = dict.fromkeys(PRICING_COLUMNS)
-        # Per (device UUID, minute): [idle J, measured J, lost J].
+        # Per (device UUID, minute): [idle J, measured J, lost J, seconds measured].
         self._idle_rows: dict[tuple[str, datetime], list[float]] = {}
         self._abandoned: dict[int, None] = {}  # ids closed as abandoned, still running
         self._to_abandon: deque[int] = deque()  # asked from outside (``abandon``)
@@ -516,8 +516,8 @@ class Runtime:
             if pending.span is not None:
                 end_s = min(end_s, pending.span.end_s)
             piece = EnergyPiece(pending.start_s, max(end_s, pending.start_s + 1e-9), share.energy_j)
-            for minute, energy_j in self._split_by_minute(piece):
-                row = self._idle_rows.setdefault((devices[slot].uuid, minute), [0.0, 0.0, 0.0])
+            for minute, energy_j, _ in self._split_by_minute(piece):
+                row = self._idle_rows.setdefault((devices[slot].uuid, minute), [0.0] * 4)
                 row[2] += energy_j
 
     def _stale_slots(self, until_s: float) -> set[int]:
@@ -544,11 +544,15 @@ class Runtime:
         uuid = devices[slot].uuid
         for pieces, column in ((resolver.idle, 0), (resolver.measured, 1)):
             for piece in pieces:
-                for minute, energy_j in self._split_by_minute(piece):
-                    self._idle_rows.setdefault((uuid, minute), [0.0, 0.0, 0.0])[column] += energy_j
+                for minute, energy_j, seconds in self._split_by_minute(piece):
+                    row = self._idle_rows.setdefault((uuid, minute), [0.0] * 4)
+                    row[column] += energy_j
+                    if column == 1:
+                        row[3] += seconds  # the time this process measured the device
             pieces.clear()
 
-    def _split_by_minute(self, piece: EnergyPiece) -> list[tuple[datetime, float]]:
+    def _split_by_minute(self, piece: EnergyPiece) -> list[tuple[datetime, float, float]]:
+        """(UTC minute, energy J, seconds) of each minute the piece overlaps."""
         start = piece.start_s + self.wall_offset_s
         end = piece.end_s + self.wall_offset_s
         out = []
@@ -558,7 +562,11 @@ class Runtime:
             stop = min(end, minute_start + 60.0)
             fraction = (stop - cursor) / (end - start)
             out.append(
-                (datetime.fromtimestamp(minute_start, timezone.utc), piece.energy_j * fraction)
+                (
+                    datetime.fromtimestamp(minute_start, timezone.utc),
+                    piece.energy_j * fraction,
+                    stop - cursor,
+                )
             )
             cursor = stop
         return out
@@ -650,10 +658,11 @@ class Runtime:
                 "idle_energy_j": idle_j,
                 "measured_energy_j": measured_j,
                 "lost_energy_j": lost_j,
+                "measured_s": measured_s,
                 "host": self.host,
                 "pid": self.pid,
             }
-            for (uuid, minute), (idle_j, measured_j, lost_j) in self._idle_rows.items()
+            for (uuid, minute), (idle_j, measured_j, lost_j, measured_s) in self._idle_rows.items()
         ]
         self._idle_rows.clear()
         dropped = self.dropped_spans

@@ -419,3 +419,21 @@ def test_reporting_is_split_by_job():
             "percentiles.py", "whatif.py", "notes.py", "html_report.py", "markdown_report.py",
             "csv_report.py"} <= set(sizes)  # fmt: skip
     assert max(sizes.values()) < 600, sizes
+
+
+def test_gpu_hours_held_are_the_seconds_measured_not_whole_minutes(tmp_path, capsys):
+    """A GPU held for 20 s of a minute holds 20 s, not 60; two processes measuring it in
+    the same minute held it once (the longer of the two)."""
+    db = tiny_db(tmp_path / "seconds.db", [{"gpu_seconds": 10.0}])
+    con = sqlite3.connect(db)
+    rows = [("G0", MINUTE.format(0), 20.0, 1), ("G0", MINUTE.format(1), 45.0, 1),
+            ("G0", MINUTE.format(1), 30.0, 2)]  # fmt: skip
+    con.executemany(
+        "INSERT INTO idle_energy (device_uuid, minute, idle_energy_j, measured_energy_j, "
+        "measured_s, host, pid) VALUES (?, ?, 1.0, 1.0, ?, 'h1', ?)",
+        rows,
+    )
+    con.commit()
+    con.close()
+    held_h = report_json("--db", str(db), capsys=capsys)["totals"]["gpu_hours_held"]
+    assert held_h == pytest.approx((20.0 + 45.0) / 3600)

@@ -28,7 +28,7 @@ V1_SQL = Path(__file__).resolve().parent / "schema_v1"
 PRICE_KEYS = {"ownership", "gpu_price_source"}  # version 3: nullable, on records and rollups
 NEW_QUERY_COLUMNS = {"energy_uncertainty_j", *PRICE_KEYS}
 NEW_ROLLUP_COLUMNS = {"energy_uncertainty_j", "uncertainty_queries", *PRICE_KEYS}
-NEW_IDLE_COLUMNS = {"lost_energy_j"}
+NEW_IDLE_COLUMNS = {"lost_energy_j", "measured_s"}
 
 
 def _statements(dialect: str) -> list[str]:
@@ -136,7 +136,8 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
         assert _columns(db_url, "query_rollups")[name] == (False, True)
     for table in ("queries", "query_rollups"):  # not known for older rows: NULL
         assert all(_columns(db_url, table)[name][0] is True for name in PRICE_KEYS)
-    assert _columns(db_url, "idle_energy")["lost_energy_j"] == (False, True)
+    for name in NEW_IDLE_COLUMNS:
+        assert _columns(db_url, "idle_energy")[name] == (False, True)
     # Token counts are 64-bit: SQLite's INTEGER is; PostgreSQL's integer became bigint (3).
     engine = _raw_engine(db_url)
     types = {c["name"]: str(c["type"]) for c in inspect(engine).get_columns("queries")}

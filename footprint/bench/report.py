@@ -176,7 +176,7 @@ def build_db(path: Path, rows: int, seed: int = 0, models: int | None = None) ->
     minutes = DAYS * 1440
     idle_rows = (
         (uuid, _text(epoch_s + m * 60.0), 60.0 * 70.0 * 0.4, 60.0 * 70.0 * 0.4 + 9000.0,
-         0.0, f"gpu-node-{g // 4}", 4242)
+         0.0, 60.0, f"gpu-node-{g // 4}", 4242)
         for g, uuid in enumerate(GPU_UUIDS)
         for m in range(0, minutes, max(1, minutes * 8 // max(rows, 1) or 1))
     )  # fmt: skip

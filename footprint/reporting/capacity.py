@@ -3,8 +3,9 @@
 ``idle_energy`` has a row per GPU, minute, host and process for every minute a GPU was
 measured (held), with the energy it spent while no query ran. From it, per GPU:
 
-- GPU-hours held = the distinct minutes present / 60 (several processes measuring the
-  same GPU and minute count once);
+- GPU-hours held = Σ over its minutes of the seconds it was measured (``measured_s``; the
+  longest of the processes measuring it in that minute: they held it once) / 3600; rows
+  written before schema version 3 count as whole minutes;
 - idle energy = Σ idle + lost energy (lost: calls never stored);
 - idle GPU-hours = held − busy, where busy = Σ GPU-seconds / 3600 of the queries on it
   (a query on n GPUs counts 1/n on each), at least 0.
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, case, func, select
 
 from footprint.reporting.database import day_expr
 from footprint.reporting.request import ReportRequest
@@ -30,7 +31,7 @@ from footprint.storage.models import IdleEnergy
 
 
 def idle_rows(conn: Any, engine: Engine, request: ReportRequest) -> list[dict[str, Any]]:
-    """Idle and lost energy, measured energy and minutes held, per day, GPU and host."""
+    """Idle and lost energy, measured energy and seconds held, per day, GPU and host."""
     i = IdleEnergy.__table__.c
     day = day_expr(engine, i.minute).label("day")
     filters = [~i.device_uuid.like("cpu-%")]
@@ -49,12 +50,35 @@ def idle_rows(conn: Any, engine: Engine, request: ReportRequest) -> list[dict[st
             func.sum(i.idle_energy_j + i.lost_energy_j).label("idle_j"),
             func.sum(i.lost_energy_j).label("lost_j"),
             func.sum(i.measured_energy_j).label("measured_j"),
-            func.count(i.minute.distinct()).label("minutes"),
         )
         .where(*filters)
         .group_by(*keys)
     )
-    return [dict(r) for r in conn.execute(stmt).mappings()]
+    rows = {(r["day"], r["device_uuid"], r["host"]): dict(r) for r in conn.execute(stmt).mappings()}
+    # Seconds held: per device and minute the longest any process of the host measured
+    # it (processes measuring it at once held it once); rows from before schema 3 carry
+    # no seconds and count as whole minutes.
+    per_minute = (
+        select(
+            i.minute,
+            i.device_uuid,
+            i.host,
+            func.max(case((i.measured_s > 0, i.measured_s), else_=60.0)).label("held_s"),
+        )
+        .where(*filters)
+        .group_by(i.minute, i.device_uuid, i.host)
+        .subquery()
+    )
+    m = per_minute.c
+    minute_day = day_expr(engine, m.minute).label("day")
+    held = select(minute_day, m.device_uuid, m.host, func.sum(m.held_s)).group_by(
+        minute_day, m.device_uuid, m.host
+    )
+    for day, uuid, host, held_s in conn.execute(held):
+        row = rows.get((day, uuid, host))
+        if row is not None:
+            row["held_s"] = min(held_s or 0.0, 86_400.0)
+    return list(rows.values())
 
 
 class Capacity:
@@ -77,7 +101,7 @@ class Capacity:
             "host": defaultdict(float),
         }
         for r in rows:
-            uuid, idle, held = r["device_uuid"], r["idle_j"] or 0.0, (r["minutes"] or 0) * 60.0
+            uuid, idle, held = r["device_uuid"], r["idle_j"] or 0.0, r.get("held_s") or 0.0
             self.idle_j[uuid] += idle
             self.measured_j[uuid] += r["measured_j"] or 0.0
             self.held_s[uuid] += held

@@ -126,6 +126,10 @@ class IdleEnergy(SQLModel, table=True):
     idle_energy_j: float
     measured_energy_j: float
     lost_energy_j: float = Field(default=0.0, sa_column_kwargs={"server_default": text("0")})
+    # Seconds of this minute the process measured the device (it held it): GPU-hours held
+    # in reports. 0 on rows written before schema version 3 (reports count those minutes
+    # as whole).
+    measured_s: float = Field(default=0.0, sa_column_kwargs={"server_default": text("0")})
     host: str
     pid: int
 

@@ -119,8 +119,9 @@ def _v2_to_v3(conn: Connection) -> None:
     _add_columns(
         conn,
         "idle_energy",
-        [("lost_energy_j", "FLOAT NOT NULL DEFAULT 0", "DOUBLE PRECISION NOT NULL DEFAULT 0")],
-    )
+        [("lost_energy_j", "FLOAT NOT NULL DEFAULT 0", "DOUBLE PRECISION NOT NULL DEFAULT 0"),
+         ("measured_s", "FLOAT NOT NULL DEFAULT 0", "DOUBLE PRECISION NOT NULL DEFAULT 0")],
+    )  # fmt: skip
     for table in ("queries", "query_rollups"):
         _add_columns(
             conn,
@@ -495,17 +496,18 @@ def _row_builder(columns: list[str], datetimes: set[str]) -> Callable[[dict], tu
 def _merge_idle(rows: Any) -> list[dict[str, Any]]:
     """One row per (device, minute, host, pid): an upsert may touch a row only once.
 
-    ``lost_energy_j`` is optional in the input (0 when absent)."""
+    ``lost_energy_j`` and ``measured_s`` are optional in the input (0 when absent)."""
     merged: dict[tuple, dict[str, Any]] = {}
     for row in rows:
         key = tuple(row[k] for k in IDLE_KEY)
         into = merged.get(key)
         if into is None:
-            merged[key] = {"lost_energy_j": 0.0, **row}
+            merged[key] = {"lost_energy_j": 0.0, "measured_s": 0.0, **row}
         else:
             into["idle_energy_j"] += row["idle_energy_j"]
             into["measured_energy_j"] += row["measured_energy_j"]
             into["lost_energy_j"] += row.get("lost_energy_j", 0.0)
+            into["measured_s"] += row.get("measured_s", 0.0)
     return list(merged.values())
 
 
@@ -617,7 +619,8 @@ class Store:
                 f" ON CONFLICT ({', '.join(IDLE_KEY)}) DO UPDATE SET"
                 " idle_energy_j = idle_energy_j + excluded.idle_energy_j,"
                 " measured_energy_j = measured_energy_j + excluded.measured_energy_j,"
-                " lost_energy_j = lost_energy_j + excluded.lost_energy_j"
+                " lost_energy_j = lost_energy_j + excluded.lost_energy_j,"
+                " measured_s = measured_s + excluded.measured_s"
             )
         return sql, _row_builder(columns, datetimes)
 
@@ -678,6 +681,7 @@ class Store:
                             "measured_energy_j": idle.c.measured_energy_j
                             + stmt.excluded.measured_energy_j,
                             "lost_energy_j": idle.c.lost_energy_j + stmt.excluded.lost_energy_j,
+                            "measured_s": idle.c.measured_s + stmt.excluded.measured_s,
                         },
                     ),
                     idle_rows,
