@@ -784,3 +784,16 @@ def test_intake_refuses_every_batch_of_a_connection_on_another_clock():
     late = time.monotonic() - 3.0
     intake.apply(_decoded(4005, ends=[end(2, late - 1, late, "m")], sent_s=late), ok)
     assert len(runtime.ended) == 2
+
+
+def test_cost_metric_follows_the_cost_model():
+    """A rented GPU's hourly price pays for its power: energy cost is not added (as in
+    reports); an owned GPU costs its hardware time plus its energy."""
+    from footprint.daemon.metrics import RecordTotals
+
+    totals = RecordTotals({})
+    base = {"status": "ok", "gpus": "[]", "energy_j": 1.0, "co2e_g": 0.1,
+            "energy_cost_usd": 1.0, "compute_cost": 2.0}  # fmt: skip
+    totals.observe([{**base, "model": "rented", "ownership": "rented"},
+                    {**base, "model": "owned", "ownership": "owned"}], [])  # fmt: skip
+    assert totals.cost_usd == {"rented": 2.0, "owned": 3.0}

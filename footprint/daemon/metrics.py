@@ -25,6 +25,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.process_collector import ProcessCollector
 
+from footprint.pricing.factors import bills_energy
+
 if TYPE_CHECKING:
     from footprint._runtime import Runtime
     from footprint.daemon.spans import SpanIntake
@@ -80,7 +82,9 @@ class RecordTotals:
                 co2e_g = record.get("co2e_g")
                 if co2e_g is not None:
                     self.co2e_g[model] += co2e_g
-                cost = (record.get("energy_cost_usd") or 0.0) + (record.get("compute_cost") or 0.0)
+                cost = record.get("compute_cost") or 0.0
+                if bills_energy(record.get("ownership")):  # a rented GPU's price has power
+                    cost += record.get("energy_cost_usd") or 0.0
                 if cost or model not in self.cost_usd:
                     self.cost_usd[model] += cost
             self.records += len(records)
@@ -174,7 +178,7 @@ class DaemonCollector:
         yield family
         family = CounterMetricFamily(
             "footprint_cost_usd",
-            "Cost of the queries in USD (energy cost plus GPU-hours, where known).",
+            "Cost of the queries in USD, where known: GPU time, plus energy on owned GPUs.",
             labels=["model"],
         )
         for model, value in snap["cost_usd"].items():

@@ -265,6 +265,13 @@ def gpu_capex_for(gpu_model: str) -> tuple[float, str] | None:
     return per_hour, ref
 
 
+def bills_energy(ownership: str | None) -> bool:
+    """Whether a query's energy cost is part of what it costs: not on a rented GPU, whose
+    hourly price already pays for its power (``None``, records from before ownership was
+    stored: as they were costed then, energy included)."""
+    return ownership != RENTED
+
+
 def default_ownership(zone: Zone) -> str:
     """``rented`` for a cloud region (aws:, gcp:, azure:), ``owned`` for any other zone."""
     return RENTED if zone.provider in CLOUD_PROVIDERS else OWNED

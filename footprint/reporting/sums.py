@@ -31,6 +31,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
+from footprint.pricing.factors import bills_energy
 from footprint.reporting.request import ReportRequest
 
 JOULES_PER_KWH = 3_600_000.0
@@ -155,7 +156,7 @@ class Fold:
         if row["compute_cost_usd"] and not compute_n:
             compute_n = n
         ownership = row.get("ownership")
-        rented = ownership == "rented"
+        billed = bills_energy(ownership)
         return {
             "queries": n,
             "errors": row["errors"],
@@ -176,14 +177,14 @@ class Fold:
             "embodied_n": embodied_n,
             "energy_cost_usd": energy_cost,
             "energy_cost_n": energy_cost_n,
-            "billed_energy_cost_usd": 0.0 if rented else energy_cost,
-            "billed_energy_cost_n": 0 if rented else energy_cost_n,
+            "billed_energy_cost_usd": energy_cost if billed else 0.0,
+            "billed_energy_cost_n": energy_cost_n if billed else 0,
             "compute_cost_usd": row["compute_cost_usd"],
             "compute_n": compute_n,
             "no_energy": n - measured,
             "no_electricity_price": n if row["price_per_kwh"] is None else 0,
             "no_gpu_price": n if row["usd_per_gpu_hour"] is None else 0,
-            "rented_queries": n if rented else 0,
+            "rented_queries": n if ownership == "rented" else 0,
             "owned_queries": n if ownership == "owned" else 0,
             "idle_j": 0.0,
             "idle_co2e_g": 0.0,
