@@ -15,8 +15,10 @@ GPU-seconds per GPU-second, per set of GPUs), so the groups add up to the totals
 CO2e and energy cost are priced at each query's own CO2e per joule (PUE × grid
 intensity) and energy cost per joule. Counts the whole period shows to be none or all of
 its queries (``_uniform``: no market factor, every GPU rented, …) are not counted again.
-PostgreSQL reads ``tags`` as JSON: a row written around the store with tags that are not
-JSON stops the report there (SQLite counts it as without the tag).
+Tags that are not JSON (a row written around footprint's store) count as without the tag
+on both databases: SQLite tests ``json_valid``; PostgreSQL 15 has no such test, so when
+its cast fails the scan runs again with those rows' ids, found by reading the period's
+tags in Python (``_unreadable_ids``), left out of the cast.
 
 Speed (a million queries): each row is read once, in a subquery the database evaluates
 once per row (``OFFSET 0`` keeps SQLite from flattening it into the grouped query, which
@@ -27,12 +29,14 @@ its own connection (SQLite works outside Python's lock), and the slices' sums ad
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sqlalchemy import Engine, Float, Text, case, cast, func, literal, select
-from sqlalchemy.dialects.postgresql import JSON
+from sqlalchemy import BigInteger, Engine, Float, Text, any_, case, cast, func, literal, select
+from sqlalchemy.dialects.postgresql import ARRAY, JSON
+from sqlalchemy.exc import DataError
 
 from footprint.reporting.percentiles import energy_cost_usd_expr, is_rented
 from footprint.reporting.request import ReportRequest, query_filters, tag_name
@@ -50,8 +54,9 @@ _COUNTS = frozenset(
 )  # fmt: skip
 
 
-def tag_expr(dialect: str, name: str) -> Any:
-    """The text value of tag ``name`` of a query (NULL without it)."""
+def tag_expr(dialect: str, name: str, unreadable: tuple[int, ...] = ()) -> Any:
+    """The text value of tag ``name`` of a query (NULL without it, or with tags that are
+    not JSON: on PostgreSQL those queries' ids are given as ``unreadable``)."""
     q = QueryRecord.__table__.c
     if dialect == "sqlite":
         path = literal(f'$."{name}"')  # a member name in double quotes: any identifier
@@ -63,7 +68,28 @@ def tag_expr(dialect: str, name: str) -> Any:
             else_=cast(func.json_extract(q.tags, path), Text),
         )
         return case((func.json_valid(q.tags) != 0, value), else_=None)
-    return func.json_extract_path_text(cast(q.tags, JSON), literal(name))
+    value = func.json_extract_path_text(cast(q.tags, JSON), literal(name))
+    if not unreadable:
+        return value
+    # CASE does not evaluate the branch it does not take: those rows are never cast.
+    skipped = q.id == any_(literal(list(unreadable), ARRAY(BigInteger)))
+    return case((skipped, None), else_=value)
+
+
+def _unreadable_ids(engine: Engine, request: ReportRequest) -> tuple[int, ...]:
+    """Ids of the period's queries whose tags are not a JSON text (read in Python)."""
+    q = QueryRecord.__table__.c
+    bad = []
+    with engine.connect() as conn:
+        rows = conn.execution_options(yield_per=10_000).execute(
+            select(q.id, q.tags).where(*query_filters(request))
+        )
+        for query_id, tags_text in rows:
+            try:
+                json.loads(tags_text)
+            except (TypeError, ValueError):
+                bad.append(query_id)
+    return tuple(bad)
 
 
 def _factor_case(factors: dict[str | None, float]) -> Any:
@@ -102,7 +128,13 @@ def _uniform(fold: Fold) -> dict[str, str]:
     return out
 
 
-def _statement(dialect: str, request: ReportRequest, fold: Fold, ids: tuple | None) -> Any:
+def _statement(
+    dialect: str,
+    request: ReportRequest,
+    fold: Fold,
+    ids: tuple | None,
+    unreadable: tuple[int, ...] = (),
+) -> Any:
     """The grouped sums of one slice of the period's queries (``ids``: [a, b), or all)."""
     name = tag_name(request.by)
     assert name is not None
@@ -123,7 +155,7 @@ def _statement(dialect: str, request: ReportRequest, fold: Fold, ids: tuple | No
     for bit, _ in counted:
         flags = flags + case((tests[bit], bit), else_=0)
     columns = [
-        tag_expr(dialect, name).label("t"),
+        tag_expr(dialect, name, unreadable).label("t"),
         flags.label("flags"),
         q.input_tokens.label("input_tokens"),
         q.output_tokens.label("output_tokens"),
@@ -232,17 +264,36 @@ class TagScan:
         if workers is None:
             workers = min(MAX_WORKERS, os.cpu_count() or 1)
         with engine.connect() as conn:
-            dialect = conn.dialect.name
-            slices = _slices(conn, request, workers)
-        statements = [_statement(dialect, request, fold, ids) for ids in slices]
+            self._dialect = conn.dialect.name
+            self._slices = _slices(conn, request, workers)
+        self._engine, self._request, self._fold = engine, request, fold
         self._uniform = _uniform(fold)
-        self._pool = ThreadPoolExecutor(len(statements), thread_name_prefix="footprint-tags")
-        self._parts = [self._pool.submit(_read, engine, s) for s in statements]
+        self._pool = ThreadPoolExecutor(len(self._slices), thread_name_prefix="footprint-tags")
+        self._parts = self._submit(())
+
+    def _submit(self, unreadable: tuple[int, ...]) -> list[Any]:
+        return [
+            self._pool.submit(
+                _read,
+                self._engine,
+                _statement(self._dialect, self._request, self._fold, ids, unreadable),
+            )
+            for ids in self._slices
+        ]
 
     def result(self) -> list[tuple[Any, dict[str, Any]]]:
         """(tag value, accumulator sums) per value of the tag, value order (null first)."""
         try:
-            return _merge([part.result() for part in self._parts], self._uniform)
+            try:
+                parts = [part.result() for part in self._parts]
+            except DataError:  # PostgreSQL: tags that are not JSON
+                if self._dialect == "sqlite":
+                    raise
+                for part in self._parts:
+                    part.cancel()
+                self._parts = self._submit(_unreadable_ids(self._engine, self._request))
+                parts = [part.result() for part in self._parts]
+            return _merge(parts, self._uniform)
         finally:
             self.close()
 
