@@ -18,6 +18,7 @@ import threading
 import time
 import warnings
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
@@ -180,6 +181,10 @@ class Runtime:
         self._worker: threading.Thread | None = None
         self.pricer: Any = None
         self.writer = Writer(self._open_store, self.host, self.pid, db=settings.db)
+        # Told the ids of ended spans once their fate is durable (a record written, or a
+        # loss counted): the daemon acknowledges its clients' ends with it. Writer thread.
+        self.on_settled: Callable[[list[int]], None] | None = None
+        self._settled: list[int] = []
         if open_now:
             self._open()
 
@@ -432,9 +437,12 @@ class Runtime:
                 pending = self._announce(span_id, start_s, gpus)
                 if (start_s < abandon_before_s or span_id in to_abandon) and not pending.abandoned:
                     self._abandon(span_id, pending, now_s)
+            settling = self.on_settled is not None
             for span in ended:
                 if self._abandoned and span.span_id in self._abandoned:
                     del self._abandoned[span.span_id]  # ended at last: already counted
+                    if settling:
+                        self._settled.append(span.span_id)
                     continue
                 pending = self._announce(span.span_id, span.start_s, span.gpus)
                 pending.span = span
@@ -464,6 +472,8 @@ class Runtime:
                     self._lose(pending)
                 self._pending.clear()
             complete.sort(key=lambda item: item[0])  # records in the order calls started
+            if settling:
+                self._settled.extend(span_id for span_id, _ in complete)
             records = []
             for _, pending in complete:
                 try:
@@ -507,6 +517,8 @@ class Runtime:
         if not pending.abandoned:
             self.running_at_exit += 1
             self.writer.count_loss("running_at_exit", 1)
+        if pending.span is not None and self.on_settled is not None:
+            self._settled.append(pending.span.span_id)
         devices = self.gpu_devices + self.cpu_devices
         for slot, share in pending.shares.items():
             if not share.energy_j:
@@ -677,10 +689,27 @@ class Runtime:
                 f"footprint: records will not be stored for now ({exc}); keeping up to "
                 f"{self.writer.max_buffered} in memory and counting what overflows",
             )
+            # The writer keeps its newest records: older ones were dropped and counted.
+            excess = len(self._settled) - self.writer.max_buffered
+            if excess > 0:
+                self._settle(excess)
             return
+        self._settle(len(self._settled))
         self._flushes += 1
         if self._flushes % ROLLUP_EVERY_FLUSHES == 0:
             self._catch_up_rollups()
+
+    def _settle(self, count: int) -> None:
+        """Tell ``on_settled`` the oldest ``count`` settled span ids."""
+        callback = self.on_settled
+        if callback is None or count <= 0:
+            return
+        ids = self._settled[:count]
+        del self._settled[:count]
+        try:
+            callback(ids)
+        except Exception as exc:  # the acknowledgements never stop the records
+            self.warn_once("settled", f"footprint: internal error after a write: {exc!r}")
 
     def _catch_up_rollups(self) -> None:
         try:

@@ -30,7 +30,12 @@ from footprint._runtime import Runtime
 from footprint.config import resolve_settings
 from footprint.daemon import presence
 from footprint.daemon.client import DaemonClient, Target, choose
-from footprint.daemon.protocol import decode_batch, default_socket_path, encode_reply
+from footprint.daemon.protocol import (
+    decode_batch,
+    default_socket_path,
+    encode_acks,
+    encode_reply,
+)
 from footprint.tracking import get_runtime
 
 WAIT_S = 10.0  # generous: a loaded CI machine; nothing here asserts a duration
@@ -233,6 +238,59 @@ def test_a_daemon_restart_gets_the_running_calls_again(tmp_path, daemon):
         assert wait_for(lambda: len(daemon.starts()) == 2)
     assert wait_for(lambda: len(daemon.ends()) == 1)
     assert footprint.stats()["daemon_reconnects"] >= 1
+
+
+def test_ends_the_daemon_did_not_acknowledge_are_sent_again_on_the_next_connection(
+    tmp_path, daemon
+):
+    """A daemon killed before it wrote some ends: the client still has them (kept until
+    acknowledged) and sends them first on its next connection."""
+    daemon.reply = lambda raw: encode_acks(
+        [e["id"] for e in raw.get("ends", []) if e["model"] == "written"]
+    )
+    _configure(tmp_path, daemon.path)
+    for model in ("written", "unwritten", "written", "unwritten"):
+        with footprint.query(model=model):
+            pass
+    assert wait_for(lambda: footprint.stats()["spans_confirmed"] == 2)
+    assert footprint.stats()["spans_unconfirmed"] == 2
+    assert all(b.get("ack") is True for b in daemon.batches if b.get("ends"))
+    daemon.stop()
+    daemon.batches.clear()
+    daemon.start()
+    assert wait_for(lambda: len(daemon.ends()) == 2)
+    assert [e["model"] for e in daemon.ends()] == ["unwritten", "unwritten"]
+    stats = footprint.stats()
+    assert stats["daemon_resent_spans"] == 2 and stats["spans_confirmed"] == 2
+
+
+def test_unacknowledged_ends_count_against_max_pending_spans_and_drops_reach_the_daemon(
+    tmp_path, daemon
+):
+    """A daemon that never acknowledges: the client keeps at most max_pending_spans ends;
+    the calls past that are dropped, counted, and the count goes to the daemon (``lost``)."""
+    _configure(tmp_path, daemon.path, max_pending_spans=50)
+
+    @footprint.track(model="m")
+    def call(i):
+        return i
+
+    for i in range(200):
+        assert call(i) == i
+        if i % 20 == 0:
+            time.sleep(0.05)  # let the sender send (and keep) what has ended
+    assert wait_for(lambda: footprint.stats()["pending_spans"] == 0)
+    stats = footprint.stats()
+    assert stats["spans_unconfirmed"] <= 52  # bounded (give or take a race)
+    assert stats["spans_unconfirmed"] + stats["dropped_spans"] == 200
+    with footprint.query(model="after"):
+        pass  # one more batch: it carries the latest count
+
+    def reported() -> int:
+        with daemon._lock:
+            return sum(b.get("lost", {}).get("span_queue_full", 0) for b in daemon.batches)
+
+    assert wait_for(lambda: reported() == stats["dropped_spans"] + 1)  # "after" dropped too
 
 
 def test_overflow_while_the_daemon_is_down_is_counted_never_raised(tmp_path, sock_path, caplog):

@@ -108,8 +108,9 @@ def test_four_workers_share_one_gpu_and_it_is_counted_once(folder):
 
 def test_a_daemon_killed_and_restarted_mid_run(folder):
     """Killed (-9) and started again while 2 workers call: nothing hangs or raises, the
-    clients reconnect, and the only calls missing are the ones the killed daemon held
-    unwritten (one stretch per worker around the kill): every call after it is stored."""
+    clients reconnect and send again every end the killed daemon had not acknowledged,
+    so every call is stored, once. (On main, about 1.5 s of calls per worker were lost:
+    217 of 600 in one run.)"""
     import json
     import time
 
@@ -136,8 +137,7 @@ def test_a_daemon_killed_and_restarted_mid_run(folder):
         calls.setdefault(model, []).append(json.loads(tags)["call"])
     assert sorted(calls) == ["w0", "w1"]
     for model, stored in calls.items():
-        assert len(stored) == len(set(stored)), model  # none twice
-        missing = sorted(set(range(300)) - set(stored))
-        if missing:  # one stretch, ending before the worker's last calls
-            assert missing == list(range(missing[0], missing[-1] + 1)), (model, missing)
-            assert missing[-1] < 299, (model, missing)
+        assert sorted(set(stored)) == list(range(300)), model  # every call
+        # Twice only if the daemon was killed between writing a record and sending its
+        # acknowledgement (well under a millisecond per write).
+        assert len(stored) - 300 <= 5, (model, len(stored))

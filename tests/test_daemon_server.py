@@ -333,6 +333,15 @@ BAD_LINES = {
         b'"model": "m", "prompt": "secret"}]}\n',
         "invalid",
     ),
+    "ack not a boolean": (b'{"pid": 12, "host": "h", "ack": 1}\n', "invalid"),
+    "a loss kind the daemon does not know": (
+        b'{"pid": 12, "host": "h", "lost": {"prompts": 1}}\n',
+        "invalid",
+    ),
+    "a negative loss count": (
+        b'{"pid": 12, "host": "h", "lost": {"record_failed": -1}}\n',
+        "invalid",
+    ),
     "bad status": (
         b'{"pid": 12, "host": "h", "ends": [{"id": 1, "start_s": 4.0, "end_s": 5.0, '
         b'"model": "m", "status": "great"}]}\n',
@@ -365,6 +374,43 @@ def test_malformed_lines_get_an_error_reply_and_the_connection_stays_up(daemon):
         assert metric(after, "footprint_protocol_errors_total", reason=reason) == old + count
     client.close()
     assert daemon.proc.poll() is None
+
+
+def test_ends_are_acknowledged_once_written_and_an_end_sent_again_is_not_stored_twice(daemon):
+    """The acknowledgement comes once the record is in the database; a client that lost
+    its connection before it came sends the end again, and the daemon ignores it (and
+    acknowledges it at once). The client's own loss counts reach the losses table."""
+    client = Client(daemon.sock)
+    t = time.monotonic()
+    ends = [end(i, t - 0.05, t - 0.01, "acked-model") for i in (1, 2, 3)]
+    client.send(batch(95501, ends=ends, ack=True, lost={"span_queue_full": 4}))
+    acked: list[int] = []
+    while len(acked) < 3:
+        reply = client.reply(timeout=20.0)
+        assert reply is not None and set(reply) == {"acked"}, (reply, daemon.stderr)
+        acked += reply["acked"]
+        # acknowledged: already in the database
+        assert len(records_of(daemon.db, "acked-model")) >= len(acked)
+    assert sorted(acked) == [1, 2, 3]
+    client.close()
+    again = Client(daemon.sock)  # a new connection, the same process
+    again.send(batch(95501, ends=[*ends, end(4, t - 0.01, t, "acked-model")], ack=True))
+    acked = []
+    while len(acked) < 4:
+        reply = again.reply(timeout=20.0)
+        assert reply is not None, daemon.stderr
+        acked += reply["acked"]
+    assert acked[:3] == [1, 2, 3]  # settled already: answered at once
+    assert len(records_of(daemon.db, "acked-model")) == 4  # 1-3 once each, and 4
+    again.close()
+    lost = wait_for(
+        lambda: query_rows(
+            daemon.db, "SELECT SUM(count) FROM losses WHERE kind = 'span_queue_full'"
+        )[0][0]
+    )
+    assert lost == 4
+    text = metrics_text(daemon)
+    assert metric(text, "footprint_spans_ignored_total", kind="duplicate_end") == 3
 
 
 def test_a_line_over_the_limit_closes_that_connection_only(daemon):

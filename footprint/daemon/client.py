@@ -20,6 +20,14 @@ them. A batch the daemon refuses (it answers ``{"error": "..."}``) is counted an
 about once. ``shutdown()`` sends what is left within ``exit_deadline_s``; the rest is
 counted in ``stats()["daemon_lost_spans"]`` and logged.
 
+On the Unix socket a sent end is kept until the daemon acknowledges it (``{"acked":
+[ids]}``: its record is written or its loss counted), so a daemon killed before it wrote
+it gets it again from the next connection (one that had it ignores it). Kept ends count
+against ``max_pending_spans``. Ends sent but not yet
+acknowledged when the process exits are most likely written (the daemon writes every
+``flush_interval_s``): ``stats()["daemon_unconfirmed_at_exit"]``. What this process had
+to drop or clean is reported in the batches (``lost``) for the daemon's ``losses``.
+
 Locks: the hot path takes none; ``request_flush`` and ``flush_before_exit`` (called from
 signal handlers) take none either. A forked child never uses its parent's client
 (``footprint._lifecycle`` drops it); it closes the copy of its socket at once, so the
@@ -56,6 +64,9 @@ from footprint.daemon.protocol import (
     default_socket_path,
     encode_batch,
 )
+
+# stats() counters reported to the daemon's ``losses`` (``lost`` of a batch), by kind.
+_LOSS_COUNTERS = ("record_failed", "invalid_tokens", "sanitized_models", "unserializable_tags")
 
 log = logging.getLogger("footprint")
 
@@ -184,6 +195,8 @@ class DaemonClient:
         self.host = (socket.gethostname() or "localhost")[:255]
         # Sender state (its thread only).
         self._unsent: deque[dict[str, Any]] = deque()  # cleaned ends, oldest first
+        self._unacked: dict[int, dict[str, Any]] = {}  # sent, not acknowledged (sent order)
+        self._losses_sent: dict[str, int] = {}  # loss counts the daemon was sent
         self._started_sent: set[int] = set()  # running calls whose start was sent
         self._recently_ended: dict[int, float] = {}  # id -> when drained (in order)
         self._sock: socket.socket | None = sock
@@ -212,6 +225,9 @@ class DaemonClient:
         self.sent_batches = 0
         self.refused_batches = 0
         self.lost_spans = 0
+        self.confirmed_spans = 0
+        self.resent_spans = 0
+        self.unconfirmed_at_exit = 0
         self.connect_failures = 0
         self.reconnects = 0
         self.running_at_exit = 0
@@ -324,6 +340,10 @@ class DaemonClient:
             "daemon_reconnects": self.reconnects,
             "daemon_connected": int(self._connected),
             "pending_spans": len(self.ended) + len(self._unsent),
+            "spans_confirmed": self.confirmed_spans,
+            "spans_unconfirmed": len(self._unacked),
+            "daemon_resent_spans": self.resent_spans,
+            "daemon_unconfirmed_at_exit": self.unconfirmed_at_exit,
             "running_spans": len(self.inflight),
             "running_at_exit": self.running_at_exit,
             **{kind: self.bad_values.get(kind, 0) for kind in BAD_VALUES},
@@ -355,7 +375,7 @@ class DaemonClient:
             if not self._connect(connect_now):
                 return
         starts = [] if final else self._new_starts()
-        if starts or self._unsent:
+        if starts or self._unsent or (self._connected and self._loss_delta()):
             self._send(starts)
         if self._connected and self.target.kind == "unix":
             self._read_replies()
@@ -390,6 +410,7 @@ class DaemonClient:
     def _account_exit(self, gave_up: bool) -> None:
         running = len(self.inflight)
         self.running_at_exit += running
+        self.unconfirmed_at_exit = len(self._unacked)
         unsent = len(self._unsent) + len(self.ended)
         self.lost_spans += unsent
         if unsent or self.dropped_spans:
@@ -414,7 +435,7 @@ class DaemonClient:
             if now_s - recent[first] < RECENTLY_ENDED_S:
                 break
             del recent[first]
-        room = self._limit - len(unsent)
+        room = self._limit - len(unsent) - len(self._unacked)
         while ended and room > 0:
             span = ended.popleft()
             recent[span.span_id] = now_s
@@ -426,7 +447,10 @@ class DaemonClient:
                 self.lost_spans += 1
                 self._count_bad("record_failed", 1)
                 self.warn_once("record", f"footprint: could not encode a span: {exc!r}")
-        self.max_pending = max(0, self._limit - len(unsent))
+        self._set_max_pending()
+
+    def _set_max_pending(self) -> None:
+        self.max_pending = max(0, self._limit - len(self._unsent) - len(self._unacked))
 
     def _new_starts(self) -> list[dict[str, Any]]:
         """Running calls the daemon has not been told about (in start order)."""
@@ -491,14 +515,25 @@ class DaemonClient:
             self.warn_once(kind, f"footprint: {BAD_VALUES[kind]} (counted in stats()['{kind}'])")
 
     # -- sending ----------------------------------------------------------------------
+    def _loss_delta(self) -> dict[str, int]:
+        """Loss counts not yet sent to the daemon."""
+        counts = {"span_queue_full": self.dropped_spans}
+        for kind in _LOSS_COUNTERS:
+            counts[kind] = self.bad_values.get(kind, 0)
+        sent = self._losses_sent
+        return {k: n - sent.get(k, 0) for k, n in counts.items() if n > sent.get(k, 0)}
+
     def _send(self, starts: list[dict[str, Any]]) -> None:
         """Every start given and every unsent end, in batches under the size limits."""
         unsent = self._unsent
-        while starts or unsent:
+        acked = self.target.kind == "unix"  # HTTP: a 2xx answer is the acknowledgement
+        lost = self._loss_delta()
+        while starts or unsent or lost:
             n_starts = min(len(starts), MAX_STARTS_PER_BATCH)
             n_ends = min(len(unsent), MAX_ENDS_PER_BATCH)
             while True:
-                data = self._encode(starts[:n_starts], list(itertools.islice(unsent, n_ends)))
+                ends = list(itertools.islice(unsent, n_ends))
+                data = self._encode(starts[:n_starts], ends, acked, lost)
                 if data is not None or n_starts + n_ends <= 1:
                     break
                 if n_ends > 1:  # too big (or not JSON): halve, until one span alone
@@ -525,14 +560,26 @@ class DaemonClient:
             self.sent_batches += 1
             for _ in range(n_ends):
                 unsent.popleft()
+            for kind, count in lost.items():
+                self._losses_sent[kind] = self._losses_sent.get(kind, 0) + count
+            if acked:
+                for end in ends:
+                    self._unacked[end["id"]] = end
             self.sent_spans += n_ends
             self._started_sent.update(start["id"] for start in starts[:n_starts])
             starts = starts[n_starts:]
-        self.max_pending = max(0, self._limit - len(unsent))
+            lost = {}
+        self._set_max_pending()
 
-    def _encode(self, starts: list, ends: list) -> bytes | None:
+    def _encode(
+        self, starts: list, ends: list, ack: bool = False, lost: dict | None = None
+    ) -> bytes | None:
         batch = {"pid": self.pid, "host": self.host, "monotonic_s": self.now(),
                  "starts": starts, "ends": ends}  # fmt: skip
+        if ack and ends:
+            batch["ack"] = True
+        if lost:
+            batch["lost"] = lost
         try:
             data = encode_batch(batch)
         except (TypeError, ValueError, RecursionError):
@@ -590,8 +637,46 @@ class DaemonClient:
             if len(self._replies) > 65536:
                 self._replies = b""
             for line in lines:
-                if line.strip():
+                if line.startswith(b'{"acked":'):
+                    self._acknowledged(line)
+                elif line.strip():
                     self._refused(line)
+
+    def _acknowledged(self, line: bytes) -> None:
+        """``{"acked": [ids]}``: the daemon wrote these ends (or counted them lost)."""
+        try:
+            ids = json.loads(line)["acked"]
+        except (ValueError, KeyError, TypeError):
+            return
+        unacked = self._unacked
+        for span_id in ids if isinstance(ids, list) else ():
+            if unacked.pop(span_id, None) is not None:
+                self.confirmed_spans += 1
+        self._set_max_pending()
+
+    def _requeue_unacked(self) -> None:
+        """The connection is gone: what it did not acknowledge goes again, first."""
+        if self._unacked:
+            self._unsent.extendleft(reversed(self._unacked.values()))
+            self.resent_spans += len(self._unacked)
+            self._unacked.clear()
+
+    def _read_last_replies(self) -> None:
+        """Acknowledgements a daemon sent before it went away (still in our buffer)."""
+        sock = self._sock
+        if sock is None:
+            return
+        with contextlib.suppress(OSError):
+            sock.setblocking(False)
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                self._replies += chunk
+        *lines, self._replies = self._replies.split(b"\n")
+        for line in lines:
+            if line.startswith(b'{"acked":'):
+                self._acknowledged(line)
 
     def _refused(self, body: bytes) -> None:
         self.refused_batches += 1
@@ -667,7 +752,10 @@ class DaemonClient:
         return max(0.01, min(IO_TIMEOUT_S, end_s - time.monotonic()))
 
     def _lost_connection(self, exc: BaseException) -> None:
+        if self._unacked:
+            self._read_last_replies()
         self._close()
+        self._requeue_unacked()
         self._connected = False
         self._started_sent.clear()
         if self._down_since_s is None:

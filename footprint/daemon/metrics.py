@@ -260,6 +260,17 @@ class DaemonCollector:
         received.add_metric(["start"], intake.received.get("starts", 0))
         received.add_metric(["end"], intake.received.get("ends", 0))
         yield received
+        ignored = CounterMetricFamily(
+            "footprint_spans_ignored",
+            "Span starts and ends received and not applied, handled: sent again after a "
+            "reconnection (duplicate_start, duplicate_end), after their span was closed "
+            "as abandoned, or a start past max_pending_spans (its end still makes a record).",
+            labels=["kind"],
+        )
+        for kind in ("duplicate_start", "duplicate_end", "started_after_abandoned",
+                     "ended_after_abandoned", "start_not_tracked"):  # fmt: skip
+            ignored.add_metric([kind], intake.oddities.get(kind, 0))
+        yield ignored
         yield CounterMetricFamily(
             "footprint_records_written", "Query records written to the database.",
             value=stats["records_written"],

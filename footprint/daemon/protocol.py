@@ -16,6 +16,14 @@ compares with its own to detect that). ``id`` is unique within one sender (``pid
 A span whose start was sent is ended by an entry in ``ends`` with the same ``id``; a span
 that started and ended between two batches is only sent in ``ends``.
 
+Optional fields: ``"ack": true`` asks for acknowledgements on the socket: the daemon
+answers ``{"acked": [6, 9]}`` (``encode_acks``) once those ends are settled, that is,
+written to the database or counted in its ``losses``. A client keeps its ends until
+then and sends them again on a new connection; the daemon ignores an end it already
+has. ``lost`` carries counts of what the client itself could not send or had to clean
+(``{"span_queue_full": 3}``: kinds in ``CLIENT_LOSS_KINDS``), new since its previous
+batch, for the daemon's ``losses`` table.
+
 Everything is validated here, before it reaches the resolver: a batch is taken whole or
 refused whole with a ``ProtocolError`` that says what is wrong.
 """
@@ -37,7 +45,14 @@ MAX_MODEL_CHARS = 256
 STATUSES = ("ok", "error", "cancelled")
 CLOCK_TOLERANCE_S = 1.0  # sender and daemon monotonic clocks may differ by this much
 
-_BATCH_KEYS = {"pid", "host", "monotonic_s", "starts", "ends"}
+_BATCH_KEYS = {"pid", "host", "monotonic_s", "starts", "ends", "ack", "lost"}
+# What a client counts on its side and reports in ``lost``: the same kinds an in-process
+# runtime writes to ``losses``.
+CLIENT_LOSS_KINDS = frozenset(
+    {"span_queue_full", "record_failed", "invalid_tokens", "sanitized_models",
+     "unserializable_tags"}
+)  # fmt: skip
+MAX_LOSS_COUNT = 2**31
 _START_KEYS = {"id", "start_s", "gpus"}
 _END_KEYS = {"id", "start_s", "end_s", "model", "tags", "status", "error_type",
              "input_tokens", "output_tokens", "ttft_s", "gpus"}  # fmt: skip
@@ -99,6 +114,8 @@ class Batch:
     monotonic_s: float | None
     starts: list[SpanStart]
     ends: list[SpanEnd]
+    ack: bool = False  # acknowledge its ends (on the socket)
+    lost: dict[str, int] | None = None  # the client's own loss counts since its last batch
 
 
 def default_socket_path(environ: dict[str, str] | None = None) -> Path:
@@ -116,10 +133,22 @@ def encode_batch(batch: dict[str, Any]) -> bytes:
 def encode_reply(error: str, reason: str) -> bytes:
     """The daemon's answer to a refused batch: one line of JSON, ``{"error", "reason"}``.
 
-    On the socket the daemon answers refused batches only (a batch taken gets no reply,
-    so a client never has to read); over HTTP it is the body of a 4xx response.
+    On the socket the daemon answers refused batches and acknowledges numbered ones
+    (``encode_ack``); a client that numbers none never has to read. Over HTTP it is the
+    body of a 4xx response.
     """
     return json.dumps({"error": error, "reason": reason}).encode() + b"\n"
+
+
+MAX_ACKS_PER_LINE = 2_000  # ids per acknowledgement line (about 40 KB at most)
+
+
+def encode_acks(ids: list[int]) -> bytes:
+    """``{"acked": [ids]}`` lines: these ends are settled (written, or counted as lost)."""
+    return b"".join(
+        b'{"acked":[%s]}\n' % ",".join(map(str, ids[i : i + MAX_ACKS_PER_LINE])).encode()
+        for i in range(0, len(ids), MAX_ACKS_PER_LINE)
+    )
 
 
 def decode_batch(data: bytes | str) -> Batch:
@@ -153,7 +182,25 @@ def decode_batch(data: bytes | str) -> Batch:
         raise ProtocolError(f"more than {MAX_SPANS_PER_BATCH:,} spans in one batch")
     starts = [_start(item, n) for n, item in enumerate(starts_raw)]
     ends = [_end(item, n) for n, item in enumerate(ends_raw)]
-    return Batch(pid, host, monotonic_s, starts, ends)
+    ack = raw.get("ack", False)
+    if not isinstance(ack, bool):
+        raise ProtocolError("batch.ack must be true or false")
+    return Batch(pid, host, monotonic_s, starts, ends, ack, _lost(raw.get("lost")))
+
+
+def _lost(value: Any) -> dict[str, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ProtocolError("batch.lost must be an object of counts")
+    for kind, count in value.items():
+        if kind not in CLIENT_LOSS_KINDS:
+            raise ProtocolError(
+                f"batch.lost: unknown kind {kind!r}; one of {', '.join(sorted(CLIENT_LOSS_KINDS))}"
+            )
+        if not _is_int(count) or not 0 <= count < MAX_LOSS_COUNT:
+            raise ProtocolError(f"batch.lost.{kind} must be a non-negative integer")
+    return value
 
 
 def _start(item: Any, n: int) -> SpanStart:

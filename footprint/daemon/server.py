@@ -48,6 +48,7 @@ from footprint.daemon.protocol import (
     ProtocolError,
     decode_batch,
     default_socket_path,
+    encode_acks,
     encode_reply,
 )
 
@@ -356,7 +357,8 @@ class Daemon:
         self.intake: Any = None
         self._claim = _SocketClaim(self.socket_path, config.group)
         self._selector: selectors.BaseSelector | None = None
-        self._peers: dict[int, _Peer] = {}
+        self._peers: dict[int, _Peer] = {}  # by socket file number
+        self._peer_of_conn: dict[int, _Peer] = {}  # by intake connection id
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = -1, -1
         self._loop_thread: threading.Thread | None = None
@@ -422,6 +424,7 @@ class Daemon:
             raise StartError(f"cannot open the database {self.settings.db}: {reason}") from None
         self.runtime = runtime
         self.intake = SpanIntake(runtime)
+        self.intake.on_ack_due = self._wake_loop
         gpu_labels = {d.uuid: str(d.index) for d in runtime.gpu_devices}
         self.totals = RecordTotals(gpu_labels)
         self.power = PowerTracker(len(runtime.gpu_devices))
@@ -475,11 +478,24 @@ class Daemon:
                     elif key.data == "wake":
                         with contextlib.suppress(OSError):
                             os.read(self._wake_r, 4096)
+                        self._send_acks()
                     else:
                         self._read(key.data)
                 except Exception as exc:  # a bug with one client never stops the others
                     self._internal_error(exc, key.data)
         self._drain_peers()
+
+    def _wake_loop(self) -> None:
+        """Have the socket thread look at its queues (acknowledgements to send)."""
+        if self._wake_w >= 0:
+            with contextlib.suppress(OSError):  # full pipe: a wake is pending anyway
+                os.write(self._wake_w, b"a")
+
+    def _send_acks(self) -> None:
+        for conn, ids in self.intake.take_acks():
+            peer = self._peer_of_conn.get(conn.id)
+            if peer is not None:
+                self._reply(peer, encode_acks(ids))
 
     def _internal_error(self, exc: Exception, peer: Any) -> None:
         self.internal_errors += 1
@@ -512,6 +528,7 @@ class Daemon:
             sock.setblocking(False)
             peer = _Peer(sock, self.intake.connect(_peer_pid(sock)))
             self._peers[sock.fileno()] = peer
+            self._peer_of_conn[peer.conn.id] = peer
             assert self._selector is not None
             self._selector.register(sock, selectors.EVENT_READ, peer)
 
@@ -593,16 +610,22 @@ class Daemon:
         self._reply(peer, encode_reply(message, reason))
 
     def _reply(self, peer: _Peer, data: bytes) -> None:
-        """Answer a refused batch; never waits (a client that does not read loses it)."""
+        """Answer a batch (refused, or acknowledged); never waits (a client that does
+        not read loses it: an acknowledgement lost is repeated by the next one)."""
         try:
-            peer.sock.send(data)
+            sent = peer.sock.send(data)
         except OSError:
             self.replies_dropped += 1
+            return
+        if sent < len(data):  # half a line would garble the next: start afresh
+            self.replies_dropped += 1
+            self._close(peer)
 
     def _close(self, peer: _Peer) -> None:
         fileno = peer.sock.fileno()
         if self._peers.pop(fileno, None) is None:
             return
+        self._peer_of_conn.pop(peer.conn.id, None)
         with contextlib.suppress(KeyError, ValueError):
             assert self._selector is not None
             self._selector.unregister(peer.sock)

@@ -6,6 +6,14 @@ on where it left off. A span's start puts it in the runtime's in-flight dict, it
 the ended queue, exactly what ``footprint.tracking`` does in a process that measures
 itself; an end whose start was never seen is announced and ended at once.
 
+Ends of batches that ask for it (``ack``) are acknowledged: each end taken is remembered
+with its connection and client span id until the runtime says it is settled
+(``Runtime.on_settled``: its record written, or counted as lost); the ids are then
+queued for the socket thread to send (``take_acks``). An end not taken (one this daemon
+already has, one dropped and counted) is settled at once. A client sends unacknowledged
+ends again on a new connection; an end this daemon already has (a client's span id seen
+in the last ``REMEMBER_ENDED_S``) is ignored, so a reconnection makes no second record.
+
 When the last connection of a client closes with spans still running, the client is
 checked: a process that no longer exists has its spans closed as abandoned (their energy
 goes to the lost bucket, counted). Whether it exists is asked of the pid the kernel gives
@@ -22,6 +30,7 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from footprint._runtime import EndedSpan, Runtime
@@ -34,6 +43,9 @@ RECONNECT_GRACE_S = 60.0
 # memory of abandoned span ids, which keeps a late end from making a second record).
 FORGET_CLIENT_AFTER_S = 600.0
 MAX_ABANDONED_IDS = 10_000  # per client
+# A client's ended span ids are remembered this long (and at most max_pending_spans of
+# them) to recognise ends sent again after a reconnection.
+REMEMBER_ENDED_S = 60.0
 # How long one batch may wait for room in a full ended queue before its ends are dropped
 # (counted): the reading thread waits, so the client's socket fills and the client slows.
 BACKPRESSURE_WAIT_S = 2.0
@@ -55,13 +67,14 @@ class Connection:
     keys: set[tuple[str, int]] = field(default_factory=set)
     clock_checked: bool = False
     clock_refused: str | None = None
+    awaiting: int = 0  # its ends taken and not settled yet
 
 
 class _Client:
     """A client process (``host``, ``pid``) and its spans still running."""
 
     __slots__ = ("key", "spans", "connections", "liveness_pid", "idle_since_s", "abandoned",
-                 "last_seen_s", "spans_checked_s")  # fmt: skip
+                 "last_seen_s", "spans_checked_s", "ended")  # fmt: skip
 
     def __init__(self, key: tuple[str, int], now_s: float) -> None:
         self.key = key
@@ -73,6 +86,20 @@ class _Client:
         self.abandoned: dict[int, None] = {}  # client span ids closed as abandoned
         self.last_seen_s = now_s  # its latest batch
         self.spans_checked_s = now_s  # its spans were last looked at for their age
+        self.ended: dict[int, float] = {}  # client span id -> when its end came (oldest first)
+
+    def seen_end(self, cid: int, now_s: float, limit: int) -> bool:
+        """Whether this end came before (sent again after a reconnection); remembers it."""
+        ended = self.ended
+        if cid in ended:
+            return True
+        ended[cid] = now_s
+        while ended:
+            first = next(iter(ended))
+            if len(ended) <= limit and now_s - ended[first] < REMEMBER_ENDED_S:
+                break
+            del ended[first]
+        return False
 
 
 class SpanIntake:
@@ -90,6 +117,10 @@ class SpanIntake:
         self.oddities: Counter[str] = Counter()  # handled, not lost
         self.received: Counter[str] = Counter()  # "starts", "ends", "batches"
         self.abandoned_clients = 0
+        self._ack_of: dict[int, tuple[Connection, int]] = {}  # runtime id -> (conn, its id)
+        self._acks_due: dict[int, tuple[Connection, list[int]]] = {}  # conn id -> client ids
+        self.on_ack_due: Callable[[], None] | None = None  # wakes the socket thread
+        runtime.on_settled = self.settled
 
     # -- connections -----------------------------------------------------------------
     def connect(self, peer_pid: int | None) -> Connection:
@@ -103,6 +134,11 @@ class SpanIntake:
         now_s = time.monotonic() if now_s is None else now_s
         with self._lock:
             self.connections.pop(conn.id, None)
+            self._acks_due.pop(conn.id, None)
+            if conn.awaiting:
+                for sid in [sid for sid, (c, _) in self._ack_of.items() if c is conn]:
+                    del self._ack_of[sid]
+                conn.awaiting = 0
             for key in conn.keys:
                 client = self._clients.get(key)
                 if client is None:
@@ -215,6 +251,11 @@ class SpanIntake:
             raise
         if batch.ends:
             self._wait_for_room(len(batch.ends))
+        if batch.lost:
+            for kind, count in batch.lost.items():
+                runtime.writer.count_loss(kind, count)
+        acking = batch.ack and conn is not None
+        settled_now: list[int] = []  # ends of this batch not taken: settled already
         key = (batch.host, batch.pid)
         pid, host = batch.pid, batch.host
         inflight, ended = runtime.inflight, runtime.ended
@@ -253,11 +294,18 @@ class SpanIntake:
                 if drives:
                     runtime.begin_simulated_load(start.gpus, start.start_s)
             for end in batch.ends:
+                if client.seen_end(end.id, now_s, max_pending):
+                    self.oddities["duplicate_end"] += 1  # sent again: it has its record
+                    if acking:
+                        settled_now.append(end.id)
+                    continue
                 entry = spans.pop(end.id, None)
                 if entry is None:
                     if client.abandoned and end.id in client.abandoned:
                         del client.abandoned[end.id]  # closed as abandoned: counted there
                         self.oddities["ended_after_abandoned"] += 1
+                        if acking:
+                            settled_now.append(end.id)
                         continue
                     sid = next(runtime.ids)
                     if drives:
@@ -268,14 +316,58 @@ class SpanIntake:
                     if drives:
                         runtime.end_simulated_load(entry[2], end.end_s)
                 if len(ended) < max_pending:
+                    if acking:
+                        self._ack_of[sid] = (conn, end.id)
+                        conn.awaiting += 1
                     ended.append(
                         EndedSpan(sid, end.start_s, end.end_s, end.model, end.tags, end.status,
                                   end.error_type, end.input_tokens, end.output_tokens,
                                   end.ttft_s, end.gpus, pid, host)
                     )  # fmt: skip
                 else:
-                    runtime.dropped_spans += 1
+                    runtime.dropped_spans += 1  # counted: settled
+                    if acking:
+                        settled_now.append(end.id)
                 inflight.pop(sid, None)
+            if settled_now:
+                assert conn is not None
+                self._queue_acks(conn, settled_now)
+        if settled_now and self.on_ack_due is not None:
+            self.on_ack_due()
+
+    def settled(self, span_ids: list[int]) -> None:
+        """The runtime's ``on_settled`` (its writer thread): these spans' records are
+        written or their loss counted; queue the acknowledgements this makes possible."""
+        due = False
+        with self._lock:
+            ack_of = self._ack_of
+            for sid in span_ids:
+                entry = ack_of.pop(sid, None)
+                if entry is None:
+                    continue
+                conn, cid = entry
+                conn.awaiting -= 1
+                self._queue_acks(conn, (cid,))
+                due = True
+        if due and self.on_ack_due is not None:
+            self.on_ack_due()
+
+    def _queue_acks(self, conn: Connection, ids: list[int] | tuple[int, ...]) -> None:
+        """(Under ``_lock``.) Client span ids to acknowledge on ``conn``."""
+        if conn.id not in self.connections:
+            return
+        due = self._acks_due.get(conn.id)
+        if due is None:
+            self._acks_due[conn.id] = (conn, list(ids))
+        else:
+            due[1].extend(ids)
+
+    def take_acks(self) -> list[tuple[Connection, list[int]]]:
+        """The acknowledgements to send now: (connection, its client span ids)."""
+        with self._lock:
+            due = list(self._acks_due.values())
+            self._acks_due.clear()
+        return due
 
     def _wait_for_room(self, count: int) -> None:
         runtime = self.runtime
