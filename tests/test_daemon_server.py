@@ -28,8 +28,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from footprint.daemon.protocol import MAX_BATCH_BYTES, encode_batch
+from footprint.daemon.protocol import MAX_BATCH_BYTES, decode_batch, encode_batch
 
 HOST = socket.gethostname()
 SENSOR = "simulated:gpus=1,idle_w=60,busy_w=400,workload=spans"
@@ -730,6 +732,13 @@ class FakeRuntime:
         self.host = HOST
         self.abandoned: list[int] = []
 
+        self.on_settled = None
+        self.losses: dict[str, int] = {}
+        self.writer = SimpleNamespace(count_loss=self._count_loss)
+
+    def _count_loss(self, kind: str, count: int) -> None:
+        self.losses[kind] = self.losses.get(kind, 0) + count
+
     def abandon(self, span_id: int) -> None:
         self.abandoned.append(span_id)
 
@@ -791,6 +800,60 @@ def test_intake_spans_of_a_dead_client_are_abandoned_once():
     assert not runtime.ended and len(runtime.inflight) == 2  # the runtime pops abandoned ones
     assert intake.oddities["started_after_abandoned"] == 1
     assert intake.oddities["ended_after_abandoned"] == 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["call", "write", "reconnect", "lose acks"]),
+                          st.integers(1, 4)), max_size=40))  # fmt: skip
+def test_intake_every_end_makes_one_record_whatever_the_reconnections(steps):
+    """A client that keeps its ends until acknowledged and sends the rest again on each
+    new connection; a runtime that writes some of them at a time; connections that drop
+    (their acknowledgements lost): every call is a record once, and once all is written
+    the client holds nothing back."""
+    from footprint.daemon.spans import SpanIntake
+
+    runtime = FakeRuntime()
+    intake = SpanIntake(runtime)
+    t = time.monotonic()
+    conn = intake.connect(peer_pid=os.getpid())
+    next_id, unacked, records = 0, {}, []  # client span id -> end sent; what is written
+
+    def send(ends):
+        raw = {"pid": 4100, "host": HOST, "monotonic_s": time.monotonic(), "ends": ends,
+               "ack": True}  # fmt: skip
+        intake.apply(decode_batch(json.dumps(raw)), conn)
+
+    def deliver_acks():
+        for acked_conn, ids in intake.take_acks():
+            if acked_conn is conn:
+                for cid in ids:
+                    unacked.pop(cid, None)
+
+    def write(count):
+        spans = [runtime.ended.popleft() for _ in range(min(count, len(runtime.ended)))]
+        records.extend(span.model for span in spans)
+        intake.settled([span.span_id for span in spans])
+
+    for action, n in steps:
+        if action == "call":
+            ends = [end(i, t, t + 0.01, f"call-{i}") for i in range(next_id, next_id + n)]
+            next_id += n
+            unacked.update((e["id"], e) for e in ends)
+            send(ends)
+        elif action == "write":
+            write(n)
+        else:
+            if action == "lose acks":
+                write(n)  # written, and the acknowledgements die with the connection
+            intake.disconnect(conn)
+            conn = intake.connect(peer_pid=os.getpid())
+            if unacked:
+                send(list(unacked.values()))
+        deliver_acks()
+    write(len(runtime.ended))
+    deliver_acks()
+    assert sorted(records) == sorted(f"call-{i}" for i in range(next_id))  # each once
+    assert unacked == {}
 
 
 def test_intake_a_client_it_cannot_see_gets_time_to_reconnect():
