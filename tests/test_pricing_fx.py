@@ -41,9 +41,11 @@ def test_pinned_rates(currency, year, rate):
 
 
 def test_year_selection():
-    assert usd_per_unit("EUR")[0] == pytest.approx(1.0824)  # latest year
+    assert usd_per_unit("EUR")[0] == pytest.approx(1.1306)  # latest year (2025)
     rate, ref = usd_per_unit("EUR", 2031)
-    assert rate == pytest.approx(1.0824) and "nearest year to 2031" in ref and "ECB" in ref
+    assert rate == pytest.approx(1.1306) and "nearest year to 2031" in ref and "AEXUSEU" in ref
+    rate, ref = usd_per_unit("EUR", 2024)
+    assert rate == pytest.approx(1.0824) and "nearest" not in ref and "ECB" in ref
     assert usd_per_unit("XXX") is None
 
 

@@ -169,14 +169,19 @@ def test_a100_80gb_pcie_on_aws_does_not_take_the_sxm4_40gb_row():
 
 
 @pytest.mark.parametrize(
-    ("zone", "provider"),
-    [("gcp:us-central1", None), ("azure:eastus", None), ("FRA", "on_premise"), ("FRA", None)],
-)
-def test_an_aws_price_never_applies_elsewhere(zone, provider):
+    ("zone", "provider", "own_price", "offer"),
+    [("gcp:us-central1", None, 11.0612, "a3-highgpu-8g"),
+     ("azure:eastus", None, 12.29, "ND96isr_H100_v5"),
+     ("FRA", "on_premise", None, None), ("FRA", None, None, None)],
+)  # fmt: skip
+def test_an_aws_price_never_applies_elsewhere(zone, provider, own_price, offer):
     f = build_factors(zone, provider=provider, gpu_model=H100, ownership=RENTED)
-    assert f.usd_per_gpu_hour is None
     assert "p5.48xlarge" not in f.gpu_price_ref
-    assert gpu_price_for(H100, provider or lookup_zone(zone).provider) is None
+    if own_price is None:  # rented from no provider we know: unknown
+        assert f.usd_per_gpu_hour is None
+        assert gpu_price_for(H100, provider or lookup_zone(zone).provider) is None
+    else:  # that provider's own price for the same GPU
+        assert f.usd_per_gpu_hour == pytest.approx(own_price) and offer in f.gpu_price_ref
 
 
 def test_on_premise_h100_is_owned_by_default_and_never_gets_the_p5_price():
@@ -284,7 +289,7 @@ def test_records_carry_ownership_and_where_the_gpu_price_came_from():
 
 
 def test_no_gpu_price_gives_null_price_and_null_compute_cost():
-    record = _priced("gcp:us-central1", H100)  # no GCP H100 price is shipped
+    record = _priced("gcp:us-central1", "NVIDIA L40S")  # no GCP L40S price is shipped
     assert record["usd_per_gpu_hour"] is None and record["compute_cost"] is None
     assert "no gcp price" in record["gpu_price_source"]
     assert record["ownership"] == RENTED
