@@ -440,3 +440,27 @@ def test_gpu_hours_held_are_the_seconds_measured_not_whole_minutes(tmp_path, cap
     con.close()
     held_h = report_json("--db", str(db), capsys=capsys)["totals"]["gpu_hours_held"]
     assert held_h == pytest.approx((20.0 + 45.0) / 3600)
+
+
+def test_chargeback_adds_up_when_the_intensity_changes_within_an_hour(tmp_path, capsys):
+    """Hourly intensities: two queries of one model in one hour at 100 and 500 g/kWh, of
+    different teams and energies, and idle time spread over them. The teams' fully loaded
+    CO2e adds up to the total's."""
+    queries = [
+        {"tags": '{"team": "a"}', "intensity_g_per_kwh": 100.0, "intensity_source": "hourly",
+         "energy_j": 900.0, "gpu_seconds": 1.0},
+        {"tags": '{"team": "b"}', "intensity_g_per_kwh": 500.0, "intensity_source": "hourly",
+         "energy_j": 100.0, "gpu_seconds": 3.0, "started_at": "2026-03-02 10:30:00.000000"},
+    ]  # fmt: skip
+    idle = [("G0", MINUTE.format(m), 5_000.0) for m in range(10)]
+    db = tiny_db(tmp_path / "hourly.db", queries, idle)
+    out = report_json("--db", str(db), "--by", "tag:team", capsys=capsys)
+    t, groups = out["totals"], out["groups"]
+    assert [g["tag:team"] for g in groups] == ["a", "b"]
+    for key in ("co2e_g", "fully_loaded_co2e_g", "fully_loaded_energy_kwh", "cost_usd",
+                "fully_loaded_cost_usd"):  # fmt: skip
+        assert sum(g[key] for g in groups) == pytest.approx(t[key], rel=1e-9), key
+    # b ran 3 of the 4 busy GPU-seconds at 5x the intensity: most of the idle CO2e is b's
+    idle_b = groups[1]["fully_loaded_co2e_g"] - groups[1]["co2e_g"]
+    idle_a = groups[0]["fully_loaded_co2e_g"] - groups[0]["co2e_g"]
+    assert idle_b == pytest.approx(15 * idle_a, rel=1e-9)

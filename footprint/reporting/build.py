@@ -46,7 +46,7 @@ from footprint.reporting.request import (
     tag_name,
 )
 from footprint.reporting.sums import Fold, add, zero
-from footprint.reporting.tags import TagScan
+from footprint.reporting.tags import TagScan, reconcile
 from footprint.reporting.whatif import resolve_compare, what_if
 from footprint.storage.models import QueryRecord
 
@@ -175,6 +175,7 @@ def assemble(
     groups = None
     if tagged is not None:
         key = group_key(request.by)
+        tagged = reconcile(tagged, fold.total)
         groups = [figures({key: value}, sums, None, held_known) for value, sums in tagged]
     elif request.by != "model":
         key = group_key(request.by)

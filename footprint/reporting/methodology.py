@@ -265,7 +265,10 @@ def _group_method(report: dict[str, Any]) -> list[tuple[str, list[str | Table]]]
                 f"(no {name}). Each group's figures are those of its queries, read from "
                 "every query of the period, with their share of the idle energy and idle "
                 "GPU-hours of the GPUs they ran on: the groups add up to the totals, GPUs "
-                "that served no query apart.",
+                "that served no query apart. The idle energy's CO2e and cost are split "
+                "among the groups by each query's idle share times its own CO2e and cost "
+                "per joule, and scaled to the totals' (which price an hour's idle share at "
+                "that hour's average per joule).",
             ],
         )
     ]

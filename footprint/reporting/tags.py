@@ -12,9 +12,12 @@ from its queries directly: counts of the queries that carry each figure, the ene
 converted at the rates the rest of the report uses, the part of it that is billed (not
 rented). Its idle shares use the factors of ``Fold.settle`` (idle joules and idle
 GPU-seconds per GPU-second, per set of GPUs), so the groups add up to the totals; idle
-CO2e and energy cost are priced at each query's own CO2e per joule (PUE × grid
-intensity) and energy cost per joule. Counts the whole period shows to be none or all of
-its queries (``_uniform``: no market factor, every GPU rented, …) are not counted again.
+CO2e and energy cost are shared in proportion to each query's idle share times its own
+CO2e per joule (PUE × grid intensity) and energy cost per joule, then scaled to the
+totals' idle CO2e and cost (``reconcile``): the totals price a rollup row's idle share
+at the row's average per joule, which differs where a factor changed within the hour.
+Counts the whole period shows to be none or all of its queries (``_uniform``: no market
+factor, every GPU rented, …) are not counted again.
 Tags that are not JSON (a row written around footprint's store) count as without the tag
 on both databases: SQLite tests ``json_valid``; PostgreSQL 15 has no such test, so when
 its cast fails the scan runs again with those rows' ids, found by reading the period's
@@ -312,6 +315,23 @@ def tag_groups(
     ``MAX_WORKERS``), each on a connection of its own.
     """
     return TagScan(engine, request, fold, workers).result()
+
+
+_PRICED_IDLE = ("idle_co2e_g", "idle_energy_cost_usd", "idle_billed_energy_cost_usd")
+
+
+def reconcile(
+    tagged: list[tuple[Any, dict[str, Any]]], total: dict[str, Any]
+) -> list[tuple[Any, dict[str, Any]]]:
+    """Scale the groups' idle CO2e and energy costs to add up to ``total``'s (see the
+    module doc); their split among the groups is kept."""
+    for key in _PRICED_IDLE:
+        summed = sum(sums[key] for _, sums in tagged)
+        if summed > 0:
+            factor = total[key] / summed
+            for _, sums in tagged:
+                sums[key] *= factor
+    return tagged
 
 
 def _merge(
