@@ -580,13 +580,16 @@ def bench_daemon(
     saturate: Annotated[
         bool, typer.Option(help="Also offer 4x the rate, to see what the daemon takes.")
     ] = True,
+    ack: Annotated[
+        bool, typer.Option(help="Senders ask for acknowledgements, as the client does.")
+    ] = True,
 ) -> None:
     """Spans/s from sender processes over the Unix socket (and how many were lost), and
     the daemon's CPU use sampling 8 simulated GPUs at 20 Hz with no traffic."""
     from footprint.bench.daemon import run
 
     result = run(rate_per_s=rate, seconds=seconds, senders=senders, idle_seconds=idle_seconds,
-                 saturate=saturate)  # fmt: skip
+                 saturate=saturate, ack=ack)  # fmt: skip
     if as_json:
         _print_json(result)
         return
@@ -599,8 +602,13 @@ def bench_daemon(
             f"{name}: {traffic['senders']} senders, {traffic['spans_sent']:,} spans at "
             f"{traffic['achieved_spans_per_s']:,.0f}/s (offered "
             f"{traffic['target_spans_per_s']:,}/s), {traffic['end_to_end_spans_per_s']:,.0f}/s "
-            f"until written; {traffic['stored']:,} stored, {traffic['lost']} lost; daemon CPU "
-            f"{traffic['daemon_cpu_pct']:.1f}% of a core"
+            f"until written; {traffic['stored']:,} stored, {traffic['lost']} lost"
+            + (
+                ""
+                if traffic["acknowledged"] is None
+                else f", {traffic['acknowledged']:,} acknowledged"
+            )
+            + f"; daemon CPU {traffic['daemon_cpu_pct']:.1f}% of a core"
         )
     console.print(
         f"idle, {idle['gpus']} simulated GPUs sampled at {idle['sampling_hz']:g} Hz: daemon CPU "

@@ -6,11 +6,13 @@ SQLite file, CPU energy off):
 - **traffic**: ``senders`` processes send spans over the Unix socket at ``rate_per_s``
   together for ``seconds``, each the way a client does: a batch every 5 ms with the starts
   of the calls begun since the last one and the ends of those begun before (every call
-  lasts one batch period and is sent twice, start and end). A daemon that falls behind
-  slows the senders (their sends block), so the rate achieved is what it sustains. Then
-  the daemon is stopped (SIGTERM) and the records in the database counted: ``lost`` is
-  spans sent minus records stored. The daemon's CPU use while the spans arrive is read
-  from ``/proc/PID/stat``.
+  lasts one batch period and is sent twice, start and end). With ``ack`` (the default,
+  as the client does) every batch asks for acknowledgements and each sender reads them
+  as they come, then waits for the last ones (up to ``ACK_WAIT_S``): ``acknowledged``.
+  A daemon that falls behind slows the senders (their sends block), so the rate
+  achieved is what it sustains. Then the daemon is stopped (SIGTERM) and the records in
+  the database counted: ``lost`` is spans sent minus records stored. The daemon's CPU
+  use while the spans arrive is read from ``/proc/PID/stat``.
 - **saturation**: the same at ``SATURATION_FACTOR`` times the rate (more than this
   machine's daemon takes, so the senders are held back): what it sustains, senders and
   daemon sharing the machine's cores.
@@ -42,6 +44,7 @@ TARGET_IDLE_CPU_PCT = 2.0
 MODEL = "bench-daemon"
 MAX_PER_BATCH = 2_000  # starts, and ends, per batch
 SATURATION_FACTOR = 4  # the saturation run offers this many times the rate asked
+ACK_WAIT_S = 30.0  # a sender waits this long at most for its last acknowledgements
 
 
 def _environment(folder: Path) -> dict[str, str]:
@@ -123,11 +126,36 @@ def _idle(folder: Path, gpus: int, period_s: float, seconds: float) -> dict[str,
 SENDER = (
     "import sys; from footprint.bench.daemon import _sender; "
     "_sender(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), "
-    "int(sys.argv[5]))"
+    "int(sys.argv[5]), sys.argv[6] == '1')"
 )
 
 
-def _sender(path: str, rate_per_s: float, seconds: float, index: int, gpus: int) -> None:
+class _Acks:
+    """The acknowledgements a sender reads back (``{"acked": [ids]}`` lines)."""
+
+    def __init__(self, sock: Any) -> None:
+        import select
+
+        self.sock = sock
+        self.count = 0
+        self._partial = b""
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
+
+    def read(self, timeout_s: float = 0.0) -> None:
+        while self._poll.poll(int(timeout_s * 1000)):
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                return
+            *lines, self._partial = (self._partial + chunk).split(b"\n")
+            for line in lines:
+                if line.startswith(b'{"acked":'):
+                    self.count += len(json.loads(line)["acked"])
+            timeout_s = 0.0
+
+
+def _sender(path: str, rate_per_s: float, seconds: float, index: int, gpus: int,
+            ack: bool = True) -> None:  # fmt: skip
     """One client process: connect, say ready, wait for "go", send, print a JSON result."""
     import socket
 
@@ -135,6 +163,7 @@ def _sender(path: str, rate_per_s: float, seconds: float, index: int, gpus: int)
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
+    acks = _Acks(sock)
     pid, host = os.getpid(), socket.gethostname()
     gpu = [index % gpus]
     sys.stdout.write("ready\n")
@@ -161,7 +190,7 @@ def _sender(path: str, rate_per_s: float, seconds: float, index: int, gpus: int)
             sock.sendall(encode_batch({
                 "pid": pid, "host": host, "monotonic_s": now,
                 "starts": starts[first : first + MAX_PER_BATCH],
-                "ends": ends[first : first + MAX_PER_BATCH],
+                "ends": ends[first : first + MAX_PER_BATCH], "ack": ack,
             }))  # fmt: skip
             batches += 1
             if starts:
@@ -171,23 +200,28 @@ def _sender(path: str, rate_per_s: float, seconds: float, index: int, gpus: int)
         if elapsed >= seconds and not running:
             break
         next_s += BATCH_PERIOD_S
+        if ack:
+            acks.read()
         time.sleep(max(0.0, next_s - time.monotonic()))
     sent_s = time.monotonic() - started
+    wait_until_s = time.monotonic() + ACK_WAIT_S
+    while ack and acks.count < made and time.monotonic() < wait_until_s:
+        acks.read(timeout_s=0.1)
     sock.close()
-    result = {"spans": made, "seconds": sent_s, "batches": batches,
+    result = {"spans": made, "seconds": sent_s, "batches": batches, "acknowledged": acks.count,
               "last_start_sent_s": last_start_sent_s}  # fmt: skip
     sys.stdout.write(json.dumps(result) + "\n")
 
 
 def _traffic(folder: Path, name: str, rate_per_s: int, seconds: float, senders: int,
-             gpus: int, period_s: float) -> dict[str, Any]:  # fmt: skip
+             gpus: int, period_s: float, ack: bool = True) -> dict[str, Any]:  # fmt: skip
     daemon = _Daemon(folder, name, f"simulated:gpus={gpus},workload=spans", period_s)
     procs = []
     try:
         for index in range(senders):
             procs.append(subprocess.Popen(
                 [sys.executable, "-c", SENDER, str(daemon.sock), str(rate_per_s / senders),
-                 str(seconds), str(index), str(gpus)],
+                 str(seconds), str(index), str(gpus), "1" if ack else "0"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_environment(folder),
             ))  # fmt: skip
         for proc in procs:
@@ -199,7 +233,7 @@ def _traffic(folder: Path, name: str, rate_per_s: int, seconds: float, senders: 
             proc.stdin.flush()
         results = []
         for proc in procs:
-            out, _ = proc.communicate(timeout=seconds * 20 + 60)
+            out, _ = proc.communicate(timeout=seconds * 20 + 60 + ACK_WAIT_S)
             results.append(json.loads(out.decode().strip().splitlines()[-1]))
         cpu1, t1 = daemon.cpu_s(), time.monotonic()
         sent = sum(r["spans"] for r in results)
@@ -248,6 +282,7 @@ def _traffic(folder: Path, name: str, rate_per_s: int, seconds: float, senders: 
         ),
         "stored": stored,
         "lost": sent - stored,
+        "acknowledged": sum(r["acknowledged"] for r in results) if ack else None,
         "distinct_pids": pids,
         "daemon_cpu_pct": None if cpu is None else round(cpu, 1),
         "daemon_dropped_spans": stats["dropped_spans"],
@@ -259,14 +294,15 @@ def _traffic(folder: Path, name: str, rate_per_s: int, seconds: float, senders: 
 
 def run(rate_per_s: int = TARGET_SPANS_PER_S, seconds: float = 10.0, senders: int = 8,
         idle_seconds: float = 5.0, gpus: int = 8, period_s: float = 0.05,
-        saturate: bool = True) -> dict[str, Any]:  # fmt: skip
+        saturate: bool = True, ack: bool = True) -> dict[str, Any]:  # fmt: skip
     """The measurements, as one JSON-able dict: ``traffic`` at ``rate_per_s``,
     ``saturation`` (``saturate``) at ``SATURATION_FACTOR`` times it, to see how much the
-    daemon takes on this machine, and ``idle``."""
+    daemon takes on this machine, and ``idle``; senders ask for acknowledgements
+    (``ack``) as the client does."""
     short = "/tmp" if os.path.isdir("/tmp") else None  # a socket path has at most 107 bytes
     with tempfile.TemporaryDirectory(prefix="fpbd-", dir=short) as tmp:
         folder = Path(tmp)
-        traffic = _traffic(folder, "traffic", rate_per_s, seconds, senders, gpus, period_s)
+        traffic = _traffic(folder, "traffic", rate_per_s, seconds, senders, gpus, period_s, ack)
         saturation = (
             _traffic(
                 folder,
@@ -276,6 +312,7 @@ def run(rate_per_s: int = TARGET_SPANS_PER_S, seconds: float = 10.0, senders: in
                 senders,
                 gpus,
                 period_s,
+                ack,
             )
             if saturate
             else None
