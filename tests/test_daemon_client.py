@@ -264,6 +264,22 @@ def test_ends_the_daemon_did_not_acknowledge_are_sent_again_on_the_next_connecti
     assert stats["daemon_resent_spans"] == 2 and stats["spans_confirmed"] == 2
 
 
+def test_ends_of_a_refused_batch_are_not_kept(tmp_path, daemon):
+    """A daemon that refuses a batch names its ends: the client stops keeping them and
+    counts them as lost (the daemon counted them too)."""
+    daemon.reply = lambda raw: encode_reply(
+        "another clock", "clock", [e["id"] for e in raw.get("ends", [])]
+    )
+    _configure(tmp_path, daemon.path)
+    with pytest.warns(footprint.FootprintWarning, match="refused a batch"):
+        for _ in range(3):
+            with footprint.query(model="refused"):
+                pass
+        assert wait_for(lambda: footprint.stats()["daemon_lost_spans"] == 3)
+    stats = footprint.stats()
+    assert stats["spans_unconfirmed"] == 0 and stats["spans_confirmed"] == 0
+
+
 def test_unacknowledged_ends_count_against_max_pending_spans_and_drops_reach_the_daemon(
     tmp_path, daemon
 ):

@@ -444,9 +444,11 @@ def test_a_sender_with_another_monotonic_clock_is_refused(daemon):
     # a clock an hour behind, on a new connection
     behind = Client(daemon.sock)
     t = time.monotonic() - 3600.0
-    behind.send({"pid": 96002, "host": HOST, "monotonic_s": t,
-                 "ends": [end(1, t - 1, t, "other-clock")]})  # fmt: skip
-    assert behind.reply()["reason"] == "clock"
+    ends = [end(1, t - 1, t, "other-clock"), end(2, t - 1, t, "other-clock")]
+    behind.send({"pid": 96002, "host": HOST, "monotonic_s": t, "ack": True, "ends": ends})
+    reply = behind.reply()
+    assert reply["reason"] == "clock"
+    assert reply["refused"] == [1, 2]  # it asked for acknowledgements: these never will be
     text = metrics_text(daemon)
     assert metric(text, "footprint_protocol_errors_total", reason="clock") >= 2
     assert metric(text, "footprint_lost_spans_total", reason="clock_mismatch") >= 2

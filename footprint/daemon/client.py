@@ -22,11 +22,12 @@ counted in ``stats()["daemon_lost_spans"]`` and logged.
 
 On the Unix socket a sent end is kept until the daemon acknowledges it (``{"acked":
 [ids]}``: its record is written or its loss counted), so a daemon killed before it wrote
-it gets it again from the next connection (one that had it ignores it). Kept ends count
-against ``max_pending_spans``. Ends sent but not yet
-acknowledged when the process exits are most likely written (the daemon writes every
-``flush_interval_s``): ``stats()["daemon_unconfirmed_at_exit"]``. What this process had
-to drop or clean is reported in the batches (``lost``) for the daemon's ``losses``.
+it gets it again from the next connection (one that had it ignores it); ends of a batch
+it refuses (``"refused": [ids]``) are dropped and counted in ``daemon_lost_spans``. Kept
+ends count against ``max_pending_spans``. Ends sent but not yet acknowledged when the
+process exits are most likely written (the daemon writes every ``flush_interval_s``):
+``stats()["daemon_unconfirmed_at_exit"]``. What this process had to drop or clean is
+reported in the batches (``lost``) for the daemon's ``losses``.
 
 Locks: the hot path takes none; ``request_flush`` and ``flush_before_exit`` (called from
 signal handlers) take none either. A forked child never uses its parent's client
@@ -685,6 +686,11 @@ class DaemonClient:
             message = str(reply.get("error"))[:500]
             if reply.get("reason"):
                 message += f" [{reply['reason']}]"
+            refused = reply.get("refused")
+            for span_id in refused if isinstance(refused, list) else ():
+                if self._unacked.pop(span_id, None) is not None:
+                    self.lost_spans += 1  # the daemon counted them too
+            self._set_max_pending()
         except Exception:
             message = body[:200].decode("utf-8", "replace")
         self.warn_once(

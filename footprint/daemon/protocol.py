@@ -130,14 +130,18 @@ def encode_batch(batch: dict[str, Any]) -> bytes:
     return json.dumps(batch, separators=(",", ":"), allow_nan=False).encode() + b"\n"
 
 
-def encode_reply(error: str, reason: str) -> bytes:
-    """The daemon's answer to a refused batch: one line of JSON, ``{"error", "reason"}``.
+def encode_reply(error: str, reason: str, refused_ids: list[int] | None = None) -> bytes:
+    """The daemon's answer to a refused batch: one line of JSON, ``{"error", "reason"}``,
+    and ``refused`` (the ids of its ends) for a batch that asked for acknowledgements.
 
-    On the socket the daemon answers refused batches and acknowledges numbered ones
-    (``encode_ack``); a client that numbers none never has to read. Over HTTP it is the
-    body of a 4xx response.
+    On the socket the daemon answers refused batches and acknowledges the ends of those
+    that ask for it (``encode_acks``); a client that asks for none never has to read.
+    Over HTTP it is the body of a 4xx response.
     """
-    return json.dumps({"error": error, "reason": reason}).encode() + b"\n"
+    reply: dict[str, Any] = {"error": error, "reason": reason}
+    if refused_ids:
+        reply["refused"] = refused_ids
+    return json.dumps(reply).encode() + b"\n"
 
 
 MAX_ACKS_PER_LINE = 2_000  # ids per acknowledgement line (about 40 KB at most)

@@ -603,7 +603,8 @@ class Daemon:
         try:
             self.intake.apply(batch, peer.conn)
         except ProtocolError as exc:  # counted by the intake
-            self._reply(peer, encode_reply(str(exc), exc.reason))
+            refused = [e.id for e in batch.ends] if batch.ack else None
+            self._reply(peer, encode_reply(str(exc), exc.reason, refused))
 
     def _refuse(self, peer: _Peer, reason: str, message: str) -> None:
         self.intake.refused(reason)
