@@ -131,7 +131,9 @@ def test_a_daemon_killed_and_restarted_mid_run(folder):
     assert second.stop(timeout=15) == 0, second.stderr
     con = sqlite3.connect(second.db)
     rows = con.execute("SELECT model, tags FROM queries").fetchall()
+    (no_energy,) = con.execute("SELECT COUNT(*) FROM queries WHERE energy_j IS NULL").fetchone()
     con.close()
+    assert no_energy == 0  # the calls sent again are measured by the second daemon
     calls: dict[str, list[int]] = {}
     for model, tags in rows:
         calls.setdefault(model, []).append(json.loads(tags)["call"])
