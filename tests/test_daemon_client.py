@@ -306,7 +306,7 @@ def test_unacknowledged_ends_count_against_max_pending_spans_and_drops_reach_the
         with daemon._lock:
             return sum(b.get("lost", {}).get("span_queue_full", 0) for b in daemon.batches)
 
-    assert wait_for(lambda: reported() == stats["dropped_spans"] + 1)  # "after" dropped too
+    assert wait_for(lambda: reported() == footprint.stats()["dropped_spans"] >= 150)
 
 
 def test_overflow_while_the_daemon_is_down_is_counted_never_raised(tmp_path, sock_path, caplog):
