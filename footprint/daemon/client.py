@@ -616,7 +616,7 @@ class DaemonClient:
         return True
 
     def _read_replies(self) -> None:
-        """Error lines the daemon wrote back (non-blocking); EOF: it went away."""
+        """Lines the daemon wrote back (non-blocking); EOF: it went away."""
         sock, poller = self._sock, self._poller
         if sock is None or poller is None:
             return
@@ -633,15 +633,19 @@ class DaemonClient:
             if not chunk:
                 self._lost_connection(ConnectionResetError("the daemon closed the connection"))
                 return
-            self._replies += chunk
-            *lines, self._replies = self._replies.split(b"\n")
-            if len(self._replies) > 65536:
-                self._replies = b""
-            for line in lines:
-                if line.startswith(b'{"acked":'):
-                    self._acknowledged(line)
-                elif line.strip():
-                    self._refused(line)
+            self._take_replies(chunk)
+
+    def _take_replies(self, chunk: bytes) -> None:
+        """Apply the complete reply lines: acknowledgements and refusals."""
+        self._replies += chunk
+        *lines, self._replies = self._replies.split(b"\n")
+        if len(self._replies) > 65536:
+            self._replies = b""
+        for line in lines:
+            if line.startswith(b'{"acked":'):
+                self._acknowledged(line)
+            elif line.strip():
+                self._refused(line)
 
     def _acknowledged(self, line: bytes) -> None:
         """``{"acked": [ids]}``: the daemon wrote these ends (or counted them lost)."""
@@ -669,15 +673,8 @@ class DaemonClient:
             return
         with contextlib.suppress(OSError):
             sock.setblocking(False)
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                self._replies += chunk
-        *lines, self._replies = self._replies.split(b"\n")
-        for line in lines:
-            if line.startswith(b'{"acked":'):
-                self._acknowledged(line)
+            while chunk := sock.recv(65536):
+                self._take_replies(chunk)
 
     def _refused(self, body: bytes) -> None:
         self.refused_batches += 1
