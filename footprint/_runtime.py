@@ -190,12 +190,20 @@ class Runtime:
 
     # -- setup ---------------------------------------------------------------------
     def _open(self) -> None:
-        """Open the sensors (first samples at once), samplers, resolvers and pricing."""
+        """Open the sensors, samplers and resolvers, then pricing and the store's modules."""
+        self._open_sensors()
+        self._open_services()
+
+    def _open_sensors(self) -> None:
+        """Sensors (first samples at once), samplers and resolvers: measuring first.
+
+        Nothing slower (pricing, SQLAlchemy, GPU claims) runs before the samplers do, so
+        the first calls of a process are measured from a sample taken as they run.
+        """
         settings, clock = self.settings, self.clock
-        with no_fork():  # imports sensors and pricing on first use
+        with no_fork():  # imports a sensor's module on first use
             self.gpu_sensor, reason = self._open_gpu(settings.sensor)
-            if reason and settings.sensor.partition(":")[0] != "none":
-                self.warn_once("no-gpu", f"footprint: no GPU energy will be recorded: {reason}")
+            self._no_gpu_reason = reason
             self.cpu_sensor: Sensor | None = None
             if settings.cpu:
                 self.cpu_sensor, _ = open_cpu_sensor()
@@ -205,16 +213,18 @@ class Runtime:
         )
         self.gpu_devices = self.gpu_sensor.devices
         self.cpu_devices = self.cpu_sensor.devices if self.cpu_sensor else []
-        if self.gpu_claims is not None:  # _open runs twice after a failed first try
-            self.gpu_claims.release()
-        self.gpu_claims = claim_gpus(
-            [d.uuid for d in self.gpu_devices], self.warn_once, role=self.presence_role
-        )
         self._uuid_to_index = {d.uuid: slot for slot, d in enumerate(self.gpu_devices)}
         self._cuda_to_slot = {d.index: slot for slot, d in enumerate(self.gpu_devices)}
         n_gpu = len(self.gpu_devices)
+        window_s = self._counter_window_s()
         self.resolvers = [
-            DeviceResolver(extrapolate_start=True) for _ in range(n_gpu + len(self.cpu_devices))
+            DeviceResolver(
+                extrapolate_start=True,
+                max_power_w=device.max_power_w,
+                counter_period_s=self.gpu_sensor.counter_update_period_s if slot < n_gpu else None,
+                counter_window_s=window_s if slot < n_gpu else None,
+            )
+            for slot, device in enumerate(self.gpu_devices + self.cpu_devices)
         ]
         self._all_gpus = tuple(range(n_gpu))
         self._cpu_slots = tuple(range(n_gpu, n_gpu + len(self.cpu_devices)))
@@ -223,6 +233,25 @@ class Runtime:
             early, self._early_loads = self._early_loads or [], None
             for begins, gpus, t_s in early:  # load steps are absolute: order is free
                 (self.begin_simulated_load if begins else self.end_simulated_load)(gpus, t_s)
+
+    def _counter_window_s(self) -> float | None:
+        """How much of each counter period the GPUs' counter observes (None: all of it):
+        the ``counter_window_s`` setting, else what the sensor says."""
+        if self.settings.counter_window_s is not None:
+            return self.settings.counter_window_s
+        return getattr(self.gpu_sensor, "counter_window_s", None)
+
+    def _open_services(self) -> None:
+        """GPU claims, pricing and the store's modules: after the samplers started."""
+        if self._no_gpu_reason and self.settings.sensor.partition(":")[0] != "none":
+            self.warn_once(
+                "no-gpu", f"footprint: no GPU energy will be recorded: {self._no_gpu_reason}"
+            )
+        if self.gpu_claims is not None:  # _open runs twice after a failed first try
+            self.gpu_claims.release()
+        self.gpu_claims = claim_gpus(
+            [d.uuid for d in self.gpu_devices], self.warn_once, role=self.presence_role
+        )
         with no_fork():
             self._open_pricer()
             # The store's modules (SQLAlchemy) now, off the caller's thread: a process
@@ -276,15 +305,29 @@ class Runtime:
     def _run(self) -> None:
         if not self._ready.is_set():
             try:
-                self._open()
+                self._open_sensors()
+                self._start_samplers()
+                self._open_services()
             except Exception as exc:  # calls are still recorded, with no energy
                 self.warn_once("open", f"footprint: no energy will be recorded: {exc!r}")
+                self._stop_samplers()
                 self.settings = replace(self.settings, sensor="none", cpu=False)
                 self._open()
+                self._start_samplers()
+        else:
+            self._start_samplers()
+        self._loop()
+
+    def _start_samplers(self) -> None:
         self.gpu_sampler.start()
         if self.cpu_sampler:
             self.cpu_sampler.start()
-        self._loop()
+
+    def _stop_samplers(self) -> None:
+        for sampler in (getattr(self, "gpu_sampler", None), getattr(self, "cpu_sampler", None)):
+            if sampler is not None:
+                with contextlib.suppress(Exception):
+                    sampler.stop(final_sample=False)
 
     def _loop(self) -> None:
         """A cycle every ``flush_interval_s``, measured start to start (a long cycle does
@@ -424,9 +467,13 @@ class Runtime:
             uncertainty_s = self.gpu_sampler.timing_uncertainty_s() + (
                 self.cpu_sampler.timing_uncertainty_s() if self.cpu_sampler else []
             )
+            periods_s = self.gpu_sampler.counter_periods_s() + (
+                self.cpu_sampler.counter_periods_s() if self.cpu_sampler else []
+            )
             for slot, resolver in enumerate(self.resolvers):
                 resolver.add_samples(samples[slot])
                 resolver.timing_uncertainty_s = uncertainty_s[slot]
+                resolver.counter_period_s = periods_s[slot] or resolver.counter_period_s
             now_s = self.now()
             abandon_before_s = now_s - self.settings.max_span_age_s
             complete: list[tuple[int, _Pending]] = []
@@ -618,14 +665,18 @@ class Runtime:
             gpu_shares = [shares[s] for s in device_set.gpu_slots]
             energy_j = gpu_seconds = uncertainty_j = 0.0
             partial = False
+            estimated = False
             for share in gpu_shares:
                 energy_j += share.energy_j
                 gpu_seconds += share.gpu_s
                 uncertainty_j += share.uncertainty_j
                 partial = partial or share.partial
+                estimated = estimated or share.estimated
             source = device_set.gpu_source
             if partial:
                 source, uncertainty_j = "estimated", None  # part of it was not measured
+            elif estimated:
+                source = "estimated"  # part of it extrapolated; the bound covers it
         cpu_energy_j: float | None = None
         cpu_source = ENERGY_MISSING
         if device_set.cpu_slots:
@@ -773,9 +824,10 @@ class Runtime:
             # Spans that just ended need a sample after their end; with none open or
             # waiting, exit does not wait for the counters' next tick.
             spans_open = bool(self.inflight or self.ended or self._pending)
-            self.gpu_sampler.stop(final_sample=spans_open)
+            last_end_s = self._last_end_s()
+            self.gpu_sampler.stop(final_sample=spans_open, settle_after_s=last_end_s)
             if self.cpu_sampler:
-                self.cpu_sampler.stop(final_sample=spans_open)
+                self.cpu_sampler.stop(final_sample=spans_open, settle_after_s=last_end_s)
             try:
                 self.cycle(until_s=float("inf"), drain_all=True, final=True)
             except Exception as exc:  # at exit: say so, never raise into atexit
@@ -791,6 +843,12 @@ class Runtime:
                 if closing is not None:
                     with contextlib.suppress(Exception):
                         closing.close()
+
+    def _last_end_s(self) -> float | None:
+        """The end of the latest call that ended and is not written yet (None: none)."""
+        ends = [span.end_s for span in list(self.ended)]
+        ends += [p.span.end_s for p in list(self._pending.values()) if p.span is not None]
+        return max(ends, default=None)
 
     def stats(self) -> dict[str, int]:
         """Counters a user can check: nothing is dropped silently."""

@@ -31,6 +31,11 @@ _START, _END = 0, 1  # event kinds; a start sorts before an end at the same inst
 # count whole millijoules).
 QUANTUM_J = 0.001
 
+# An interval shared by calls and idle time waits for up to this many later intervals
+# while the device's idle power is not known (a process that just started), instead of
+# splitting its energy by time.
+WAIT_FOR_IDLE = 10
+
 # Spans that began before the device's first sample (the runtime starts its sensors off
 # the caller's thread) are measured from their start when they began at most this long
 # before it: the counter is extended back at the power of the first interval.
@@ -43,14 +48,17 @@ class SpanShare:
 
     ``uncertainty_j`` bounds |energy_j − true share| under the attribution rule (busy
     power shared equally among the spans running at each instant); ``partial`` means
-    part of the span had no measurement (it began before the first sample or was
-    announced late) and the figure is a lower estimate.
+    part of the span had no measurement (it was announced late, or its device stopped
+    answering) and the figure is a lower estimate with no bound; ``estimated`` means
+    part of it was extrapolated (it began before the device's first sample), and the
+    bound covers anything from no power to the device's maximum there.
     """
 
     energy_j: float = 0.0
     gpu_s: float = 0.0
     uncertainty_j: float = 0.0
     partial: bool = False
+    estimated: bool = False
 
 
 class _Span:
@@ -125,6 +133,12 @@ class IdlePowerEstimator:
                 self._dirty = False
             return self._cached
         if extra:
+            idle_w = list(self._idle_w) + [p for f, p, _ in extra if f <= 0.0]
+            if len(idle_w) >= self.min_idle:  # idle intervals to come tell it directly
+                ordered = sorted(idle_w)
+                median = ordered[len(ordered) // 2]
+                spread = max(median - ordered[0], ordered[-1] - median)
+                return IdleEstimate(median, spread, "idle-intervals")
             return _fit_intercept(list(self._points) + list(extra))
         if self._dirty:
             self._cached = _fit_intercept(self._points)
@@ -190,10 +204,22 @@ class DeviceResolver:
     """
 
     def __init__(
-        self, estimator: IdlePowerEstimator | None = None, extrapolate_start: bool = False
+        self,
+        estimator: IdlePowerEstimator | None = None,
+        extrapolate_start: bool = False,
+        *,
+        max_power_w: float | None = None,
+        counter_period_s: float | None = None,
+        counter_window_s: float | None = None,
     ) -> None:
+        """``max_power_w``: the most the device draws (bounds extrapolated stretches);
+        ``counter_window_s`` of each ``counter_period_s``: how much of each period the
+        counter observes (None: all of it), which bounds what it cannot see."""
         self._samples: list[Sample] = []
         self.extrapolate_start = extrapolate_start
+        self.max_power_w = max_power_w
+        self.counter_period_s = counter_period_s
+        self.counter_window_s = counter_window_s
         self._spans: dict[Hashable, _Span] = {}
         self._events: list[tuple[float, int, int, _Span]] = []  # sorted, not yet swept
         self._new_events: list[tuple[float, int, int, _Span]] = []
@@ -292,10 +318,13 @@ class DeviceResolver:
             if estimate is None and 0 < interval.busy_s < t1 - t0:
                 if lookahead is None:
                     lookahead, lookahead_from = self._lookahead(i), i
-                ahead = lookahead[i - lookahead_from + 1 :]
+                this_and_ahead = lookahead[i - lookahead_from :]
+                ahead = this_and_ahead[1:]
                 estimate = self.estimator.estimate(
-                    [(x.busy_fraction, x.power_w, x.end_s - x.start_s) for x in ahead]
+                    [(x.busy_fraction, x.power_w, x.end_s - x.start_s) for x in this_and_ahead]
                 )
+                if estimate is None and not (drain_all or final) and len(ahead) < WAIT_FOR_IDLE:
+                    break  # idle power unknown yet: the next intervals may tell it
                 if estimate is None:
                     neighbour = ahead[0] if ahead else None
                     self._apply(interval, start, None, neighbour, done)
@@ -402,9 +431,11 @@ class DeviceResolver:
             return 0.0, 0.0  # a counter going backwards: all to idle, nothing invented
         if busy_s <= 0.0:
             return 0.0, 0.0
-        if interval.end_s <= self._extrapolated_until_s:  # not measured: all of it
+        if interval.end_s <= self._extrapolated_until_s:  # not measured
             busy_j = delta_j * busy_s / duration_s
-            return busy_j, busy_j
+            # Anything from no power to the device's maximum over the busy time.
+            ceiling_j = (self.max_power_w or 0.0) * busy_s
+            return busy_j, max(busy_j, ceiling_j - busy_j)
         quantum_j = 2 * QUANTUM_J
         if idle_s <= 0.0:
             busy_w = delta_j / busy_s
@@ -412,6 +443,7 @@ class DeviceResolver:
                 quantum_j
                 + self._timing_j(interval, estimate, busy_w)
                 + self._mix_j(interval, busy_w)
+                + self._unobserved_j(interval, estimate, busy_w)
             )
         time_split_j = delta_j * busy_s / duration_s
         if estimate is None:
@@ -420,7 +452,11 @@ class DeviceResolver:
             if full:
                 busy_w = full[0].power_w
                 busy_j = min(delta_j, max(busy_w * busy_s, time_split_j))
-                return busy_j, quantum_j + (delta_j - time_split_j)
+                return busy_j, (
+                    quantum_j
+                    + (delta_j - time_split_j)
+                    + self._unobserved_j(interval, None, busy_w)
+                )
             self.oddities["unknown_idle_intervals"] += 1
             return time_split_j, delta_j
         busy_j = delta_j - estimate.power_w * idle_s
@@ -428,13 +464,16 @@ class DeviceResolver:
             # Less than idle power on average: the spans get no more than their time share.
             self.oddities["below_idle_intervals"] += 1
             busy_j = time_split_j
+        unobserved_j = self._unobserved_j(interval, estimate, busy_j / busy_s)
         bound_j = (
             quantum_j
             + estimate.spread_w * idle_s
             + self._timing_j(interval, estimate, busy_j / busy_s)
             + self._mix_j(interval, busy_j / busy_s)
         )
-        return busy_j, min(bound_j, delta_j)
+        # A counter that saw all of the interval holds all of its energy: the busy part
+        # cannot be off by more than the delta. One that saw part of it can.
+        return busy_j, min(bound_j, delta_j) + unobserved_j
 
     def _mix_j(self, interval: _Interval, busy_w: float) -> float:
         """What one busy power for the whole interval may misplace between its spans.
@@ -446,6 +485,31 @@ class DeviceResolver:
         if not interval.busy_changes or self._last_busy_w is None:
             return 0.0
         return abs(busy_w - self._last_busy_w) * interval.busy_s
+
+    def _unobserved_j(
+        self, interval: _Interval, estimate: IdleEstimate | None, busy_w: float
+    ) -> float:
+        """What a counter that observes only part of each period cannot see.
+
+        It reports the energy of its window scaled to the period: busy time outside the
+        window is missed, busy time inside it counted period/window times. For busy time
+        ``b`` in an interval ``D`` of which ``W`` is observed, the busy seconds reported
+        are anywhere in [b − D·max(0, (b − (D − W))/W), D·min(1, b/W)]; the error is the
+        larger distance to ``b``, times the step from idle to busy power.
+        """
+        window_s, period_s = self.counter_window_s, self.counter_period_s
+        if not window_s or not period_s or window_s >= period_s:
+            return 0.0
+        duration_s = interval.end_s - interval.start_s
+        busy_s = interval.busy_s
+        if busy_s <= 0.0 or (busy_s >= duration_s and not interval.busy_changes):
+            return 0.0
+        seen_s = duration_s * window_s / period_s
+        over_s = duration_s * min(1.0, busy_s / seen_s) - busy_s
+        under_s = busy_s - duration_s * max(0.0, (busy_s - (duration_s - seen_s)) / seen_s)
+        idle_w = estimate.power_w if estimate is not None else 0.0
+        top_w = max(self.max_power_w or 0.0, busy_w, self._last_busy_w or 0.0)
+        return max(over_s, under_s, 0.0) * max(top_w - idle_w, 0.0)
 
     def _timing_j(self, interval: _Interval, estimate: IdleEstimate | None, busy_w: float) -> float:
         """Energy a sample time off by the sampler's uncertainty can move across an edge."""
@@ -495,6 +559,7 @@ class DeviceResolver:
                     gpu_s - span.gpu_s_at_start,
                     bound - span.bound_at_start_j,
                     span.partial,
+                    span.start_s < self._extrapolated_until_s,
                 )
         if active > 0:
             share_s = (t1 - cursor) / active
@@ -510,7 +575,8 @@ class DeviceResolver:
         idle_j = interval.energy_j - busy_j
         if idle_j:
             self.idle.append(EnergyPiece(t0, t1, idle_j))
-        if interval.energy_j >= 0:
+        if interval.energy_j >= 0 and t1 > self._extrapolated_until_s:
+            # Extrapolated intervals are guesses: they never teach the idle power.
             self.estimator.observe(interval.busy_fraction, interval.power_w, t1 - t0)
         self._prev = interval
         if busy_s > 0 and busy_j > 0:

@@ -45,6 +45,10 @@ class Settings:
     exit_deadline_s: float = 5.0  # the most exit (or shutdown()) waits for the last write
     db_timeout_s: float = 10.0  # connect and lock timeouts; statement timeout of writes
     max_span_age_s: float = 3600.0  # a call running longer is closed as abandoned
+    # How much of each update period the GPUs' energy counter observes, in s (a part-time
+    # counter: A100/H100 power is reported to cover ~25 ms of each 100 ms); None: all of
+    # it, or what the sensor says. Widens each record's bound by what it cannot see.
+    counter_window_s: float | None = None
     # Pricing: where it runs and the user's overrides of the shipped factors.
     detect_cloud: bool = False
     provider: str | None = None  # aws | azure | gcp | on_premise (PUE); default: the zone's
@@ -70,6 +74,8 @@ class Settings:
         _positive("exit_deadline_s", self.exit_deadline_s, maximum=600.0)
         _positive("db_timeout_s", self.db_timeout_s, maximum=600.0)
         _positive("max_span_age_s", self.max_span_age_s, maximum=7 * 86400.0)
+        if self.counter_window_s is not None:
+            _positive("counter_window_s", self.counter_window_s, maximum=10.0)
         if not isinstance(self.max_pending_spans, int) or self.max_pending_spans < 1:
             raise ValueError("max_pending_spans must be a positive integer")
         if not isinstance(self.db, str) or not self.db.strip():
@@ -186,6 +192,7 @@ _FLOAT_FIELDS = {
     "exit_deadline_s",
     "db_timeout_s",
     "max_span_age_s",
+    "counter_window_s",
     "price_per_kwh",
     "usd_per_gpu_hour",
     "pue",

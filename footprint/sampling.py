@@ -25,7 +25,14 @@ log = logging.getLogger("footprint")
 
 Sample = tuple[float, float]  # (monotonic time in s, cumulative energy in J)
 
-FIRST_TICK_POLL_S = 0.002  # poll period until each counter's first change is seen
+FIRST_TICK_POLL_S = 0.002  # poll period while a counter's period and phase are acquired
+# Fast polls go on until a counter has changed this many times (its period, when the
+# sensor does not say it, is learned from them), and at most this long after the start.
+ACQUIRE_CHANGES = 12
+ACQUIRE_MAX_S = 3.0
+# Waiting for a counter whose period is not known yet (NVML's is not published): the
+# learner needs a few changes; exit and flush wait at most this long for them.
+UNKNOWN_PERIOD_WAIT_S = 0.6
 
 
 class TickEstimator:
@@ -40,13 +47,18 @@ class TickEstimator:
         self.period_s = period_s
         self._low_s: float | None = None  # phase bounds, absolute times near a reference
         self._high_s: float | None = None
+        # The largest disagreement seen between a change's window and the locked phase
+        # (a counter whose ticks jitter, or a period slightly off): measured, then used
+        # as part of the stamps' uncertainty. It decays slowly once ticks agree again.
+        self.jitter_s = 0.0
 
     @property
     def uncertainty_s(self) -> float:
-        """Half-width of the current phase interval (period/2 before any change)."""
+        """How far a stamped tick may be from the real one: the phase interval's
+        half-width plus the measured jitter (period/2 before any change)."""
         if self._low_s is None or self._high_s is None:
             return self.period_s / 2
-        return (self._high_s - self._low_s) / 2
+        return (self._high_s - self._low_s) / 2 + self.jitter_s
 
     def tick_time_s(self, lo_s: float, hi_s: float) -> float:
         """Best estimate in ``(lo_s, hi_s]`` of the tick that happened in that window.
@@ -68,7 +80,9 @@ class TickEstimator:
             shift = round(((lo_s + hi_s) / 2 - (self._low_s + self._high_s) / 2) / period)
             low = max(self._low_s, lo_s - shift * period)
             high = min(self._high_s, hi_s - shift * period)
+            self.jitter_s *= 0.99
             if low > high:
+                self.jitter_s = max(self.jitter_s, low - high)
                 low, high = lo_s - shift * period, hi_s - shift * period
             self._low_s, self._high_s = low, high
         shift = round(((lo_s + hi_s) / 2 - (self._low_s + self._high_s) / 2) / period)
@@ -86,14 +100,19 @@ class PeriodLearner:
     From the midpoints of the poll windows in which the value changed: a rough period
     (median gap of the first changes), then a long-baseline figure, first to latest
     midpoint over the number of ticks in between, which keeps improving (its error is
-    about one poll period over the tick count). Only useful when polls are faster than
-    the counter; otherwise poll times are good enough and the learner gives up.
+    about one poll window over the tick count). Narrow windows (the sampler polls every
+    2 ms at start) give the period from a few changes; windows as wide as the polls need
+    ``min_changes``. Only useful when polls are faster than the counter; otherwise poll
+    times are good enough and the learner gives up.
     """
 
-    def __init__(self, poll_period_s: float, min_changes: int = 40) -> None:
+    def __init__(
+        self, poll_period_s: float, min_changes: int = 40, min_narrow_changes: int = 4
+    ) -> None:
         self.poll_period_s = poll_period_s
         self.min_changes = min_changes
-        self._warmup_mids_s: list[float] = []
+        self.min_narrow_changes = min_narrow_changes
+        self._warmup: list[tuple[float, float]] = []  # (midpoint, width) of each change
         self._first_mid_s: float | None = None
         self._last_mid_s = 0.0
         self._ticks = 0
@@ -109,18 +128,21 @@ class PeriodLearner:
             return None
         mid_s = (lo_s + hi_s) / 2
         if self.period_s is None:
-            self._warmup_mids_s.append(mid_s)
-            if len(self._warmup_mids_s) < self.min_changes:
+            self._warmup.append((mid_s, hi_s - lo_s))
+            if len(self._warmup) < self.min_narrow_changes:
                 return None
-            mids = self._warmup_mids_s
+            mids = [m for m, _ in self._warmup]
             gaps = sorted(b - a for a, b in zip(mids, mids[1:]))
             rough_s = gaps[len(gaps) // 2]
-            if rough_s < 1.5 * self.poll_period_s:
+            narrow = max(w for _, w in self._warmup) <= rough_s / 4
+            if not narrow and len(self._warmup) < self.min_changes:
+                return None
+            if rough_s < 1.5 * min(self.poll_period_s, max(w for _, w in self._warmup)):
                 self.gave_up = True  # the counter changes about every poll: nothing to learn
                 return None
             self._first_mid_s = mids[0]
             self._ticks = sum(max(1, round((b - a) / rough_s)) for a, b in zip(mids, mids[1:]))
-            self._warmup_mids_s = []
+            self._warmup = []
         else:
             self._ticks += max(1, round((mid_s - self._last_mid_s) / self.period_s))
         self._last_mid_s = mid_s
@@ -140,7 +162,7 @@ class PeriodLearner:
             return self.period_s
         self._tick_count += max(1, round((tick_s - self._tick_last_s) / self.period_s))
         self._tick_last_s = tick_s
-        if self._tick_count >= 100:
+        if self._tick_count >= 10:
             self.period_s = (tick_s - self._tick_origin_s) / self._tick_count
         return self.period_s
 
@@ -157,6 +179,9 @@ class _DeviceState:
     first_poll_s: float | None = None
     first_energy_j: float | None = None
     changes: int = 0
+    # While the period is being learned, the changes seen (poll window and value) wait
+    # here; once it is known they are stamped at their ticks, the first value included.
+    unplaced: list[tuple[float, float, float]] | None = None
 
 
 class Sampler:
@@ -189,7 +214,9 @@ class Sampler:
                     state.estimator = TickEstimator(update_period_s)
                 else:
                     state.learner = PeriodLearner(period_s)
+                    state.unplaced = []
             self._states.append(state)
+        self._started_s: float | None = None
         self.dropped_samples = 0
         self.failed_reads = 0
         self.polls = 0
@@ -206,24 +233,36 @@ class Sampler:
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
         """Take a first sample now, then keep sampling on a daemon thread."""
+        self._started_s = self.clock.monotonic_s()
         self.sample_once()
         self._thread = threading.Thread(target=self._run, name="footprint-sampler", daemon=True)
         self._thread.start()
 
-    def stop(self, final_sample: bool = True) -> None:
+    def stop(self, final_sample: bool = True, settle_after_s: float | None = None) -> None:
         """Stop the thread and (``final_sample``) take a sample that describes the present:
-        it waits for the counter's next tick, which nothing needs when no span is open."""
+        it waits for the counter's next tick, which nothing needs when no span is open.
+
+        ``settle_after_s`` (the end of the last span): wait for the ticks up to two counter
+        periods after it (at most that long from now), so the last spans' intervals have
+        idle neighbours to learn idle power from, even in a process that just started.
+        """
         self._stop.set()
         self._poke.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if final_sample:
-            self.sample_fresh()
+            target_s = None
+            if settle_after_s is not None:
+                tick_s = self._max_tick_s()
+                now_s = self.clock.monotonic_s()
+                target_s = max(now_s, min(settle_after_s + 2 * tick_s, now_s + 2 * tick_s))
+            self.sample_fresh(target_s=target_s)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             fresh_wanted = self._fresh_target_s is not None
-            self._poke.wait(min(self.period_s, 0.02) if fresh_wanted else self.next_wait_s())
+            wait_s = self.next_wait_s()
+            self._poke.wait(min(wait_s, 0.02) if fresh_wanted else wait_s)
             self._poke.clear()
             if self._stop.is_set():
                 break
@@ -241,14 +280,27 @@ class Sampler:
     def next_wait_s(self) -> float:
         """How long to wait before the next poll.
 
-        Until every ticking counter has changed once, polls are fast (2 ms), so the first
-        tick, and with it the instant the first value describes, is pinned to a few ms:
-        the first calls of a process are then measured like the others. Afterwards a
-        little jitter keeps polls from aliasing with the counter's own period.
+        While a ticking counter's timing is being acquired (its first changes, and its
+        period when the sensor does not give it), polls are fast (2 ms), so the instant
+        each value describes is pinned to a few ms from the first call of a process on:
+        the first calls are measured like the others. Afterwards a little jitter keeps
+        polls from aliasing with the counter's own period.
         """
-        if any(s.estimator is not None and s.changes == 0 for s in self._states):
+        if self._acquiring():
             return min(self.period_s, FIRST_TICK_POLL_S)
         return self.period_s * self._jitter.uniform(0.9, 1.1)
+
+    def _acquiring(self) -> bool:
+        started_s = self._started_s
+        if started_s is not None and self.clock.monotonic_s() - started_s > ACQUIRE_MAX_S:
+            return any(s.estimator is not None and s.changes == 0 for s in self._states)
+        for state in self._states:
+            if state.estimator is not None and state.changes == 0:
+                return True
+            learning = state.learner is not None and not state.learner.gave_up
+            if learning and state.changes < ACQUIRE_CHANGES:
+                return True
+        return False
 
     # -- sampling ------------------------------------------------------------------
     def sample_once(self) -> None:
@@ -285,15 +337,21 @@ class Sampler:
                     continue
                 self._record(index, poll_s, energy_j)
 
-    def sample_fresh(self, max_wait_s: float | None = None) -> None:
-        """Sample until every counter has ticked once more (bounded wait).
+    def sample_fresh(
+        self, max_wait_s: float | None = None, target_s: float | None = None
+    ) -> None:
+        """Sample until every counter has a sample at or after ``target_s`` (default:
+        now), waiting at most ``max_wait_s`` (default: until then plus three periods).
 
         Used at flush and exit so spans that just ended get a sample after their end.
         While the sampler thread runs, it takes the samples (it polls fast until then)
         and this waits for them: one reader per sensor.
         """
-        target_s = self.clock.monotonic_s()
-        wait_s = max_wait_s if max_wait_s is not None else 3 * self._max_tick_s()
+        now_s = self.clock.monotonic_s()
+        target_s = now_s if target_s is None else target_s
+        wait_s = max_wait_s
+        if wait_s is None:
+            wait_s = max(0.0, target_s - now_s) + 3 * self._max_tick_s()
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             with self._fresh:
@@ -312,30 +370,29 @@ class Sampler:
             self.sample_once()
             if self.latest_time_s() >= target_s or self.clock.monotonic_s() >= deadline_s:
                 return
-            self.clock.sleep(min(self.period_s, 0.02))
+            self.clock.sleep(min(self.next_wait_s(), 0.02))
 
     def _max_tick_s(self) -> float:
-        return max(self.sensor.counter_update_period_s or 0.0, self.period_s)
+        """The longest a counter takes to change (a third of the wait while a counter's
+        period is still being learned)."""
+        periods_s = [self.sensor.counter_update_period_s or 0.0, self.period_s]
+        for state in self._states:
+            if state.estimator is not None:
+                periods_s.append(state.estimator.period_s)
+            elif state.learner is not None and not state.learner.gave_up:
+                periods_s.append(UNKNOWN_PERIOD_WAIT_S / 3)
+        return max(periods_s)
 
     def _record(self, index: int, poll_s: float, energy_j: float) -> None:
         state = self._states[index]
         if state.last_energy_j is not None and energy_j == state.last_energy_j:
             state.last_poll_s = poll_s
             return
+        if state.unplaced is not None:
+            self._learn(index, state, poll_s, energy_j)
+            return
         learner = state.learner
-        if learner is not None and state.estimator is None and state.last_poll_s is not None:
-            learned_s = learner.observe(state.last_poll_s, poll_s)
-            if learned_s is not None:
-                state.estimator = TickEstimator(learned_s)
-            elif learner.gave_up:
-                state.learner = None
         if state.estimator is None:
-            if state.learner is not None and state.last_poll_s is None:
-                # The first value of a counter whose tick period is not known yet
-                # describes an instant anywhere in that unknown period before the poll:
-                # not a sample. Its first change, stamped at the poll, is the first one.
-                state.last_poll_s, state.last_energy_j = poll_s, energy_j
-                return
             t_s = poll_s
         elif state.last_poll_s is None:
             # First value: its tick is in (poll − period, poll]; placed when it changes.
@@ -353,6 +410,45 @@ class Sampler:
         state.last_poll_s = poll_s
         state.last_energy_j = energy_j
         state.last_sample_s = t_s
+
+    def _learn(self, index: int, state: _DeviceState, poll_s: float, energy_j: float) -> None:
+        """A value of a counter whose period is being learned: kept with its poll window
+        until the period is known, then every kept value is stamped at its tick (the
+        first one one period before the first change, as for a known period)."""
+        unplaced = state.unplaced
+        assert unplaced is not None and state.learner is not None
+        if state.last_poll_s is None:  # the first value: placed with the first change
+            state.first_poll_s, state.first_energy_j = poll_s, energy_j
+            state.last_poll_s, state.last_energy_j = poll_s, energy_j
+            return
+        lo_s = state.last_poll_s
+        unplaced.append((lo_s, poll_s, energy_j))
+        state.changes += 1
+        state.last_poll_s, state.last_energy_j = poll_s, energy_j
+        learned_s = state.learner.observe(lo_s, poll_s)
+        if learned_s is None and not state.learner.gave_up:
+            if len(unplaced) < 4 * state.learner.min_changes:
+                return
+            state.learner.gave_up = True  # no period after many changes: stamp at polls
+        state.unplaced = None
+        if learned_s is not None:
+            state.estimator = TickEstimator(learned_s)
+            for n, (lo_s, hi_s, value_j) in enumerate(unplaced):
+                t_s = state.estimator.tick_time_s(lo_s, hi_s)
+                if n == 0:
+                    state.last_poll_s = lo_s
+                    self._place_first_value(index, state, hi_s, t_s)
+                self._append(index, t_s, value_j)
+                state.last_sample_s = t_s
+        else:
+            state.learner = None
+            if state.first_energy_j is not None and state.first_poll_s is not None:
+                self._append(index, state.first_poll_s, state.first_energy_j)
+                state.first_energy_j = None
+            for _, hi_s, value_j in unplaced:
+                self._append(index, hi_s, value_j)
+                state.last_sample_s = hi_s
+        state.last_poll_s = poll_s
 
     def _place_first_value(
         self, index: int, state: _DeviceState, poll_s: float, tick_s: float

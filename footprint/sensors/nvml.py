@@ -213,6 +213,7 @@ class NvmlSensor(Sensor):
                     name=self._name(handle),
                     kind="gpu",
                     energy_method=reader.method,
+                    max_power_w=self._power_limit_w(handle),
                 )
             )
 
@@ -234,6 +235,15 @@ class NvmlSensor(Sensor):
             self.skipped[uuid] = f"no energy counter ({counter_error}) and no power reading ({err})"
             return None
         return _PowerIntegrator(nvml, handle, self._now_s)
+
+    def _power_limit_w(self, handle: Any) -> float | None:
+        """The enforced power limit in W (mW in NVML), the most the GPU draws for long;
+        None where the driver does not say."""
+        try:
+            limit_mw = int(self._nvml.nvmlDeviceGetEnforcedPowerLimit(handle))
+        except (self._nvml.NVMLError, AttributeError):
+            return None
+        return limit_mw / 1000.0 if limit_mw > 0 else None
 
     def _name(self, handle: Any) -> str:
         try:
