@@ -527,40 +527,60 @@ def bench_pipeline(
 def bench_accuracy(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
     scale: Annotated[
-        float, typer.Option(min=0.05, max=10.0, help="Scale every scenario's duration.")
+        float, typer.Option(min=0.05, max=10.0, help="Scale every scenario's length.")
     ] = 1.0,
     scenario: Annotated[
         list[str] | None,
         typer.Option("--scenario", help="Run only this scenario (repeatable)."),
     ] = None,
+    path: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--path", help="Run only this code path (repeatable): simulated, nvml, nvml-part-time."
+        ),
+    ] = None,
     write: Annotated[
         bool, typer.Option("--write", help="Store the figures that reports quote.")
     ] = False,
 ) -> None:
-    """Attribution error against the simulator's exact energy, in fixed scenarios."""
-    from footprint.bench.accuracy import SCENARIOS, run
+    """Attribution error against exact energy, in fixed scenarios, each in fresh processes
+    whose first footprint action is the call, on the simulated GPU and on the NVML code
+    path (a fake pynvml with an ideal and a part-time counter)."""
+    from footprint.bench.accuracy import PATHS, SCENARIOS, run
     from footprint.bench.accuracy import write as write_figures
 
     known = [s.name for s in SCENARIOS]
     for name in scenario or []:
         if name not in known:
             raise InputError(f"unknown scenario {name!r}; known: {', '.join(known)}")
-    if write and (scenario or scale != 1.0):
-        raise InputError("--write records the full benchmark: drop --scenario and --scale")
-    result = run(scale=scale, names=scenario or None)
+    for name in path or []:
+        if name not in PATHS:
+            raise InputError(f"unknown path {name!r}; known: {', '.join(PATHS)}")
+    if write and (scenario or path or scale != 1.0):
+        raise InputError("--write records the full benchmark: drop --scenario, --path and --scale")
+    result = run(
+        scale=scale,
+        names=scenario or None,
+        paths=path or None,
+        progress=lambda line: sys.stderr.write(f"{line}\n"),
+    )
     if write:
-        path = write_figures(result)
-        sys.stderr.write(f"figures written to {path}\n")
+        written = write_figures(result)
+        sys.stderr.write(f"figures written to {written}\n")
     if as_json:
         _print_json(result)
         return
+
+    def pct(value: float | None) -> str:
+        return "–" if value is None else f"{value:.3f}%"
+
     for entry in result["scenarios"]:
         per_query = entry["per_query_error_pct"] or {}
         long = entry["long_query_error_pct"]
         console.print(
-            f"{entry['name']:<17} {entry['queries']:>4} queries: total "
-            f"{entry['total_error_pct']:.3f}% off; per query p50 {per_query.get('p50', 0):.3f}% "
-            f"p95 {per_query.get('p95', 0):.3f}% max {per_query.get('max', 0):.3f}%"
+            f"{entry['name']:<34} {entry['queries']:>5} queries: total "
+            f"{pct(entry['total_signed_error_pct'])}; per query p50 {pct(per_query.get('p50'))} "
+            f"p95 {pct(per_query.get('p95'))} max {pct(per_query.get('max'))}"
             + (f"; ≥1 s max {long['max']:.3f}%" if long else "")
             + f"; within bound {entry['within_bound_pct']}%"
         )

@@ -134,15 +134,25 @@ class PeriodLearner:
             mids = [m for m, _ in self._warmup]
             gaps = sorted(b - a for a, b in zip(mids, mids[1:]))
             rough_s = gaps[len(gaps) // 2]
-            narrow = max(w for _, w in self._warmup) <= rough_s / 4
-            if not narrow and len(self._warmup) < self.min_changes:
-                return None
-            if rough_s < 1.5 * min(self.poll_period_s, max(w for _, w in self._warmup)):
+            widths = sorted(w for _, w in self._warmup)
+            if rough_s < 1.5 * min(self.poll_period_s, widths[len(widths) // 2]):
                 self.gave_up = True  # the counter changes about every poll: nothing to learn
                 return None
-            self._first_mid_s = mids[0]
-            self._ticks = sum(max(1, round((b - a) / rough_s)) for a, b in zip(mids, mids[1:]))
+            # Windows stretched by a stalled poll (a busy GIL at start-up) say little:
+            # the period comes from the narrow ones, ticks between them counted.
+            narrow = [m for m, w in self._warmup if w <= rough_s / 4]
+            if len(narrow) >= 3:
+                chosen = narrow
+            elif len(self._warmup) >= self.min_changes:
+                chosen = mids
+            else:
+                return None
+            self._first_mid_s = chosen[0]
+            self._ticks = sum(max(1, round((b - a) / rough_s)) for a, b in zip(chosen, chosen[1:]))
             self._warmup = []
+            self._last_mid_s = chosen[-1]
+            self.period_s = (chosen[-1] - chosen[0]) / self._ticks
+            return self.period_s
         else:
             self._ticks += max(1, round((mid_s - self._last_mid_s) / self.period_s))
         self._last_mid_s = mid_s
@@ -257,6 +267,7 @@ class Sampler:
                 now_s = self.clock.monotonic_s()
                 target_s = max(now_s, min(settle_after_s + 2 * tick_s, now_s + 2 * tick_s))
             self.sample_fresh(target_s=target_s)
+        self.settle_timing()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -337,9 +348,7 @@ class Sampler:
                     continue
                 self._record(index, poll_s, energy_j)
 
-    def sample_fresh(
-        self, max_wait_s: float | None = None, target_s: float | None = None
-    ) -> None:
+    def sample_fresh(self, max_wait_s: float | None = None, target_s: float | None = None) -> None:
         """Sample until every counter has a sample at or after ``target_s`` (default:
         now), waiting at most ``max_wait_s`` (default: until then plus three periods).
 
@@ -430,9 +439,16 @@ class Sampler:
             if len(unplaced) < 4 * state.learner.min_changes:
                 return
             state.learner.gave_up = True  # no period after many changes: stamp at polls
+        self._place_unplaced(index, state, learned_s)
+
+    def _place_unplaced(self, index: int, state: _DeviceState, period_s: float | None) -> None:
+        """Stamp the values kept while learning: at their ticks once ``period_s`` is known,
+        else at their polls (the learner gave up)."""
+        unplaced = state.unplaced or []
         state.unplaced = None
-        if learned_s is not None:
-            state.estimator = TickEstimator(learned_s)
+        poll_s = state.last_poll_s
+        if period_s is not None:
+            state.estimator = TickEstimator(period_s)
             for n, (lo_s, hi_s, value_j) in enumerate(unplaced):
                 t_s = state.estimator.tick_time_s(lo_s, hi_s)
                 if n == 0:
@@ -449,6 +465,21 @@ class Sampler:
                 self._append(index, hi_s, value_j)
                 state.last_sample_s = hi_s
         state.last_poll_s = poll_s
+
+    def settle_timing(self) -> None:
+        """Stamp what is still kept for a counter whose period is not learned yet (a process
+        ending within a few ticks of its start): with the median gap between the changes
+        seen as the period when there are two or more, else at the polls."""
+        with self._lock:
+            for index, state in enumerate(self._states):
+                if state.unplaced is None or not state.unplaced:
+                    continue
+                mids = [(lo_s + hi_s) / 2 for lo_s, hi_s, _ in state.unplaced]
+                gaps = sorted(b - a for a, b in zip(mids, mids[1:]))
+                period_s = gaps[len(gaps) // 2] if gaps else None
+                if state.learner is not None and state.learner.period_s is None:
+                    state.learner = None if period_s is None else state.learner
+                self._place_unplaced(index, state, period_s)
 
     def _place_first_value(
         self, index: int, state: _DeviceState, poll_s: float, tick_s: float

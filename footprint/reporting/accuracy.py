@@ -37,7 +37,13 @@ __all__ = ["DIGEST_FILES", "accuracy_path", "published_accuracy", "source_digest
 
 # The files whose bytes, concatenated in this order, make ``source_digest``: the code
 # whose accuracy the benchmark measures (paths inside the ``footprint`` package).
-DIGEST_FILES = ("attribution.py", "sampling.py", "sensors/simulated.py", "_runtime.py")
+DIGEST_FILES = (
+    "attribution.py",
+    "sampling.py",
+    "sensors/simulated.py",
+    "sensors/nvml.py",
+    "_runtime.py",
+)
 # Where the benchmark writes its figures, inside the package; tests point it elsewhere.
 ACCURACY_FILE: Path | None = None
 _STATS = ("p50", "p95", "max")

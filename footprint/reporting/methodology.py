@@ -44,6 +44,9 @@ def _accuracy_section(report: dict[str, Any]) -> list[str | Table]:
         "busy_w": lambda v: f"{units.number(v)} W busy",
         "update_period_s": lambda v: f"energy counter updated every {units.number(v * 1000)} ms",
         "sampling_period_s": lambda v: f"sampled every {units.number(v * 1000)} ms",
+        "part_time_window_s": lambda v: (
+            f"the part-time counter observing {units.number(v * 1000)} ms of each period"
+        ),
     }
     settings = [described[k](v) if k in described else f"{k} = {v}" for k, v in sim.items()]
     scale = acc.get("scale")
@@ -60,14 +63,19 @@ def _accuracy_section(report: dict[str, Any]) -> list[str | Table]:
                 ("long_query_error_pct.max", "pct"), ("within_bound_pct", "pct"),
             )]
         )  # fmt: skip
+    described_once: dict[str, str] = {}
+    for sc in acc["scenarios"]:
+        name = sc.get("scenario") if isinstance(sc.get("scenario"), str) else sc["name"]
+        described_once.setdefault(name, sc.get("description") or "")
     scenarios = "; ".join(
-        f"{sc['name']}: {sc['description']}" if sc.get("description") else sc["name"]
-        for sc in acc["scenarios"]
+        f"{name}: {text}" if text else name for name, text in described_once.items()
     )
     return [
         f"Accuracy, as measured by `footprint bench accuracy` for footprint {acc['version']} "
-        f"(attribution code sha256 {acc['source_digest'][:12]}…) against the exact energy of "
-        f"the simulated GPU ({', '.join(settings)}). Errors are absolute, in percent of the "
+        f"(attribution code sha256 {acc['source_digest'][:12]}…) against exact energy, each "
+        "scenario in fresh processes whose first footprint action is the call, on the "
+        "simulated GPU and on the NVML code path over a fake pynvml (an ideal counter, and a "
+        f"part-time one) ({', '.join(settings)}). Errors are absolute, in percent of the "
         "true energy: of each scenario's total, and per query (median, 95th percentile, "
         "maximum; for queries of 1 s or more, their maximum). Within bound: the share of "
         "queries whose error was within their recorded uncertainty bound.",
