@@ -32,9 +32,10 @@ _START, _END = 0, 1  # event kinds; a start sorts before an end at the same inst
 QUANTUM_J = 0.001
 
 # An interval shared by calls and idle time waits for up to this many later intervals
-# while the device's idle power is not known (a process that just started), instead of
-# splitting its energy by time.
+# (and at most this long behind the resolution horizon) while the device's idle power is
+# not known (a process that just started), instead of splitting its energy by time.
 WAIT_FOR_IDLE = 10
+WAIT_FOR_IDLE_S = 1.0
 
 # Spans that began before the device's first sample (the runtime starts its sensors off
 # the caller's thread) are measured from their start when they began at most this long
@@ -323,7 +324,8 @@ class DeviceResolver:
                 estimate = self.estimator.estimate(
                     [(x.busy_fraction, x.power_w, x.end_s - x.start_s) for x in this_and_ahead]
                 )
-                if estimate is None and not (drain_all or final) and len(ahead) < WAIT_FOR_IDLE:
+                waiting = len(ahead) < WAIT_FOR_IDLE and t1 > until_s - WAIT_FOR_IDLE_S
+                if estimate is None and waiting and not (drain_all or final):
                     break  # idle power unknown yet: the next intervals may tell it
                 if estimate is None:
                     neighbour = ahead[0] if ahead else None

@@ -30,6 +30,10 @@ FIRST_TICK_POLL_S = 0.002  # poll period while a counter's period and phase are 
 # sensor does not say it, is learned from them), and at most this long after the start.
 ACQUIRE_CHANGES = 12
 ACQUIRE_MAX_S = 3.0
+# A learned period keeps being pinned: fast polls around one predicted tick this often.
+PIN_EVERY_S = 1.0
+PIN_LEAD_S = 0.004  # they start this long before the tick and end this long after it
+NARROW_WINDOW_S = 0.004  # a change window this narrow pins its tick
 # Waiting for a counter whose period is not known yet (NVML's is not published): the
 # learner needs a few changes; exit and flush wait at most this long for them.
 UNKNOWN_PERIOD_WAIT_S = 0.6
@@ -118,9 +122,6 @@ class PeriodLearner:
         self._ticks = 0
         self.period_s: float | None = None
         self.gave_up = False
-        self._tick_origin_s: float | None = None
-        self._tick_last_s = 0.0
-        self._tick_count = 0
 
     def observe(self, lo_s: float, hi_s: float) -> float | None:
         """Feed a window in which the counter changed; returns the period once known."""
@@ -159,22 +160,86 @@ class PeriodLearner:
         self.period_s = (mid_s - self._first_mid_s) / self._ticks  # type: ignore[operator]
         return self.period_s
 
-    def observe_tick(self, tick_s: float) -> float | None:
-        """Refine the period from estimated tick times (once a ``TickEstimator`` locks).
 
-        Tick estimates are far tighter than window midpoints, so the tick count between
-        changes is unambiguous and the long-baseline period keeps converging.
-        """
-        if self.period_s is None:
+class TickFit:
+    """Tick instants of a counter whose period is learned (NVML publishes none).
+
+    A least-squares line through the narrow change windows (a few ms: the sampler polls
+    fast at start and around a predicted tick every ``PIN_EVERY_S``) gives the period and
+    phase, refined as long as the process runs; every change, whatever its window, is
+    stamped at the last tick the line puts at or before the poll that saw it. A window
+    the line puts no tick in (a counter that jitters or drifts) is measured: that miss is
+    part of the stamps' uncertainty.
+    """
+
+    def __init__(self, period_s: float, max_points: int = 256) -> None:
+        self.period_s = period_s
+        self._points: deque[tuple[int, float, float]] = deque(maxlen=max_points)
+        self._anchor_s: float | None = None  # the instant of tick 0 on the current line
+        self._residual_s = 0.0
+        self.jitter_s = 0.0
+        self.last_narrow_s = -math.inf
+
+    @property
+    def narrow_windows(self) -> int:
+        return len(self._points)
+
+    @property
+    def uncertainty_s(self) -> float:
+        """How far a stamp may be from its tick: the line's largest residual, the narrow
+        windows' half-width and the largest miss measured recently."""
+        if not self._points:
+            return self.period_s / 2
+        half_width_s = max(w for _, _, w in self._points)
+        return self._residual_s + half_width_s + self.jitter_s
+
+    def observe_narrow(self, lo_s: float, hi_s: float) -> None:
+        """A change seen in a window narrow enough to pin its tick: refit the line."""
+        mid_s = (lo_s + hi_s) / 2
+        if self._anchor_s is None:
+            self._anchor_s = mid_s
+        index = round((mid_s - self._anchor_s) / self.period_s)
+        self._points.append((index, mid_s, (hi_s - lo_s) / 2))
+        self.last_narrow_s = hi_s
+        self._refit()
+
+    def _refit(self) -> None:
+        points = self._points
+        ks = [k for k, _, _ in points]
+        mean_k = sum(ks) / len(ks)
+        mean_t = sum(t for _, t, _ in points) / len(points)
+        var_k = sum((k - mean_k) ** 2 for k in ks)
+        if var_k > 0:
+            self.period_s = sum((k - mean_k) * (t - mean_t) for k, t, _ in points) / var_k
+        self._anchor_s = mean_t - mean_k * self.period_s
+        self._residual_s = max(abs(t - self._anchor_s - k * self.period_s) for k, t, _ in points)
+
+    def next_tick_s(self, after_s: float) -> float | None:
+        """The first tick the line puts after ``after_s`` (None before any narrow window)."""
+        if self._anchor_s is None:
             return None
-        if self._tick_origin_s is None:
-            self._tick_origin_s, self._tick_last_s, self._tick_count = tick_s, tick_s, 0
-            return self.period_s
-        self._tick_count += max(1, round((tick_s - self._tick_last_s) / self.period_s))
-        self._tick_last_s = tick_s
-        if self._tick_count >= 10:
-            self.period_s = (tick_s - self._tick_origin_s) / self._tick_count
-        return self.period_s
+        return self._anchor_s + (math.floor((after_s - self._anchor_s) / self.period_s) + 1) * (
+            self.period_s
+        )
+
+    def tick_time_s(self, lo_s: float, hi_s: float) -> float:
+        """The tick the value read at ``hi_s`` describes (it changed in ``(lo_s, hi_s]``)."""
+        if hi_s - lo_s <= min(NARROW_WINDOW_S, self.period_s / 8):
+            self.observe_narrow(lo_s, hi_s)
+        return self.stamp(lo_s, hi_s)
+
+    def stamp(self, lo_s: float, hi_s: float) -> float:
+        """``tick_time_s`` without learning from the window."""
+        if self._anchor_s is None:
+            return max(lo_s, hi_s - self.period_s / 2)
+        last_s = self._anchor_s + math.floor((hi_s - self._anchor_s) / self.period_s) * (
+            self.period_s
+        )
+        self.jitter_s *= 0.99
+        if last_s <= lo_s and hi_s - lo_s < self.period_s:
+            self.jitter_s = max(self.jitter_s, lo_s - last_s)  # the line put it too early
+            return lo_s + (hi_s - lo_s) * 1e-6
+        return min(max(last_s, lo_s), hi_s)
 
 
 @dataclass
@@ -182,7 +247,7 @@ class _DeviceState:
     last_poll_s: float | None = None
     last_energy_j: float | None = None
     last_sample_s: float | None = None
-    estimator: TickEstimator | None = None
+    estimator: TickEstimator | TickFit | None = None
     learner: PeriodLearner | None = None
     # The first value of a ticking counter describes a tick somewhere in the period
     # before the poll; it waits for the first change, which pins that tick.
@@ -192,6 +257,8 @@ class _DeviceState:
     # While the period is being learned, the changes seen (poll window and value) wait
     # here; once it is known they are stamped at their ticks, the first value included.
     unplaced: list[tuple[float, float, float]] | None = None
+    pin_from_s: float = 0.0  # fast polls around a predicted tick, from .. until
+    pin_until_s: float | None = None
 
 
 class Sampler:
@@ -299,7 +366,35 @@ class Sampler:
         """
         if self._acquiring():
             return min(self.period_s, FIRST_TICK_POLL_S)
-        return self.period_s * self._jitter.uniform(0.9, 1.1)
+        regular_s = self.period_s * self._jitter.uniform(0.9, 1.1)
+        return min(regular_s, self._pin_wait_s(regular_s))
+
+    def _pin_wait_s(self, regular_s: float) -> float:
+        """Keep learned periods pinned: around one predicted tick every ``PIN_EVERY_S``,
+        poll every 2 ms from ``PIN_LEAD_S`` before it until the change is seen (or
+        ``PIN_LEAD_S`` plus the stamps' uncertainty after it)."""
+        now_s = self.clock.monotonic_s()
+        wait_s = math.inf
+        for state in self._states:
+            fit = state.estimator
+            if not isinstance(fit, TickFit):
+                continue
+            if state.pin_until_s is not None:
+                if now_s < state.pin_until_s:
+                    if now_s >= state.pin_from_s:
+                        return FIRST_TICK_POLL_S
+                    wait_s = min(wait_s, state.pin_from_s - now_s)
+                    continue
+                state.pin_until_s = None  # missed it: try another tick
+            if now_s - fit.last_narrow_s < PIN_EVERY_S:
+                continue
+            tick_s = fit.next_tick_s(now_s + PIN_LEAD_S)
+            if tick_s is None or tick_s - PIN_LEAD_S - now_s > regular_s:
+                continue
+            state.pin_from_s = tick_s - PIN_LEAD_S
+            state.pin_until_s = tick_s + PIN_LEAD_S + fit.uncertainty_s
+            wait_s = min(wait_s, max(0.0, state.pin_from_s - now_s))
+        return wait_s
 
     def _acquiring(self) -> bool:
         started_s = self._started_s
@@ -308,8 +403,11 @@ class Sampler:
         for state in self._states:
             if state.estimator is not None and state.changes == 0:
                 return True
-            learning = state.learner is not None and not state.learner.gave_up
-            if learning and state.changes < ACQUIRE_CHANGES:
+            learner = state.learner
+            if state.unplaced is not None and learner is not None and not learner.gave_up:
+                return True
+            fit = state.estimator
+            if isinstance(fit, TickFit) and fit.narrow_windows < ACQUIRE_CHANGES:
                 return True
         return False
 
@@ -400,7 +498,6 @@ class Sampler:
         if state.unplaced is not None:
             self._learn(index, state, poll_s, energy_j)
             return
-        learner = state.learner
         if state.estimator is None:
             t_s = poll_s
         elif state.last_poll_s is None:
@@ -410,8 +507,7 @@ class Sampler:
             return
         else:
             t_s = state.estimator.tick_time_s(state.last_poll_s, poll_s)
-            if learner is not None:
-                state.estimator.period_s = learner.observe_tick(t_s) or state.estimator.period_s
+            state.pin_until_s = None
             if state.first_energy_j is not None:
                 self._place_first_value(index, state, poll_s, t_s)
         state.changes += 1
@@ -448,9 +544,13 @@ class Sampler:
         state.unplaced = None
         poll_s = state.last_poll_s
         if period_s is not None:
-            state.estimator = TickEstimator(period_s)
+            fit = state.estimator = TickFit(period_s)
+            state.learner = None  # the fit refines the period from here on
+            for lo_s, hi_s, _ in unplaced:  # the line first, then the stamps on it
+                if hi_s - lo_s <= min(NARROW_WINDOW_S, period_s / 8):
+                    fit.observe_narrow(lo_s, hi_s)
             for n, (lo_s, hi_s, value_j) in enumerate(unplaced):
-                t_s = state.estimator.tick_time_s(lo_s, hi_s)
+                t_s = fit.stamp(lo_s, hi_s)
                 if n == 0:
                     state.last_poll_s = lo_s
                     self._place_first_value(index, state, hi_s, t_s)
@@ -477,8 +577,6 @@ class Sampler:
                 mids = [(lo_s + hi_s) / 2 for lo_s, hi_s, _ in state.unplaced]
                 gaps = sorted(b - a for a, b in zip(mids, mids[1:]))
                 period_s = gaps[len(gaps) // 2] if gaps else None
-                if state.learner is not None and state.learner.period_s is None:
-                    state.learner = None if period_s is None else state.learner
                 self._place_unplaced(index, state, period_s)
 
     def _place_first_value(

@@ -77,7 +77,13 @@ def test_source_digest_is_the_sha256_of_the_attribution_code_in_order():
     package = Path(footprint.__file__).resolve().parent
     joined = b"".join(
         (package / name).read_bytes()
-        for name in ("attribution.py", "sampling.py", "sensors/simulated.py", "_runtime.py")
+        for name in (
+            "attribution.py",
+            "sampling.py",
+            "sensors/simulated.py",
+            "sensors/nvml.py",
+            "_runtime.py",
+        )
     )
     assert accuracy.source_digest() == hashlib.sha256(joined).hexdigest()
 

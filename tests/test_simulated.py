@@ -145,11 +145,13 @@ def test_sampler_learns_the_period_of_a_counter_sensor():
     import random
 
     rng = random.Random(2)
-    for _ in range(1500):  # 75 s of polling
-        sampler.sample_once()
-        clock.advance(0.05 * rng.uniform(0.9, 1.1))
+    sampler._started_s = clock.monotonic_s()
+    while clock.monotonic_s() < 575.0:  # 75 s on the sampler's own schedule (fast polls
+        sampler.sample_once()  # at start and around a tick each second), late by 0-0.5 ms
+        clock.advance(sampler.next_wait_s() + rng.uniform(0.0, 0.0005))
     (period,) = sampler.counter_periods_s()
-    assert period == pytest.approx(0.1, abs=0.0005)
+    assert period == pytest.approx(0.1, abs=0.00005)
+    assert sampler.polls < 75 * 30  # 20 polls a second, and a few around one tick
     samples = sampler.drain()[0]
     # Once locked, samples sit on the counter's ticks (multiples of 0.1 s), not on polls.
     late = [t for t, _ in samples[-20:]]
