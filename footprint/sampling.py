@@ -141,7 +141,7 @@ class PeriodLearner:
                 return None
             # Windows stretched by a stalled poll (a busy GIL at start-up) say little:
             # the period comes from the narrow ones, ticks between them counted.
-            narrow = [m for m, w in self._warmup if w <= rough_s / 4]
+            narrow = [m for m, w in self._warmup if w <= min(NARROW_WINDOW_S, rough_s / 8)]
             if len(narrow) >= 3:
                 chosen = narrow
             elif len(self._warmup) >= self.min_changes:
@@ -235,10 +235,13 @@ class TickFit:
         last_s = self._anchor_s + math.floor((hi_s - self._anchor_s) / self.period_s) * (
             self.period_s
         )
-        self.jitter_s *= 0.99
+        self.jitter_s *= 0.9  # a miss from an early, rough line fades within seconds
         if last_s <= lo_s and hi_s - lo_s < self.period_s:
-            self.jitter_s = max(self.jitter_s, lo_s - last_s)  # the line put it too early
-            return lo_s + (hi_s - lo_s) * 1e-6
+            # The line puts no tick in the window: take the window's edge nearest to one
+            # (the previous tick, or the next one just after the poll) and measure the miss.
+            early_s, late_s = lo_s - last_s, last_s + self.period_s - hi_s
+            self.jitter_s = max(self.jitter_s, min(early_s, late_s))
+            return hi_s if late_s < early_s else lo_s + (hi_s - lo_s) * 1e-6
         return min(max(last_s, lo_s), hi_s)
 
 
@@ -294,6 +297,7 @@ class Sampler:
                     state.unplaced = []
             self._states.append(state)
         self._started_s: float | None = None
+        self._lag_s = sensor.counter_lag_s
         self.dropped_samples = 0
         self.failed_reads = 0
         self.polls = 0
@@ -373,7 +377,7 @@ class Sampler:
         """Keep learned periods pinned: around one predicted tick every ``PIN_EVERY_S``,
         poll every 2 ms from ``PIN_LEAD_S`` before it until the change is seen (or
         ``PIN_LEAD_S`` plus the stamps' uncertainty after it)."""
-        now_s = self.clock.monotonic_s()
+        now_s = self.clock.monotonic_s() - self._lag_s  # on the stamps' time line
         wait_s = math.inf
         for state in self._states:
             fit = state.estimator
@@ -440,11 +444,16 @@ class Sampler:
         poll_s = self.clock.monotonic_s()
         self.polls += 1
         self.read_latency_s_total += poll_s - before_s
+        # The read happened somewhere in [before_s, poll_s]: a change seen now happened
+        # after the previous read began and before this one ended (a thread stalled
+        # between a read and its clock call must not make the window miss the tick).
+        poll_s -= self._lag_s  # the instant the value read now describes at the latest
+        read_from_s = before_s - self._lag_s
         with self._lock:
             for index, energy_j in enumerate(energies_j):
                 if energy_j is None:
                     continue
-                self._record(index, poll_s, energy_j)
+                self._record(index, poll_s, energy_j, read_from_s)
 
     def sample_fresh(self, max_wait_s: float | None = None, target_s: float | None = None) -> None:
         """Sample until every counter has a sample at or after ``target_s`` (default:
@@ -458,7 +467,7 @@ class Sampler:
         target_s = now_s if target_s is None else target_s
         wait_s = max_wait_s
         if wait_s is None:
-            wait_s = max(0.0, target_s - now_s) + 3 * self._max_tick_s()
+            wait_s = max(0.0, target_s - now_s) + 3 * self._max_tick_s() + self._lag_s
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             with self._fresh:
@@ -490,20 +499,24 @@ class Sampler:
                 periods_s.append(UNKNOWN_PERIOD_WAIT_S / 3)
         return max(periods_s)
 
-    def _record(self, index: int, poll_s: float, energy_j: float) -> None:
+    def _record(
+        self, index: int, poll_s: float, energy_j: float, read_from_s: float | None = None
+    ) -> None:
+        """A value read by ``poll_s`` (in a read begun at ``read_from_s``, default the same)."""
         state = self._states[index]
+        read_from_s = poll_s if read_from_s is None else read_from_s
         if state.last_energy_j is not None and energy_j == state.last_energy_j:
-            state.last_poll_s = poll_s
+            state.last_poll_s = read_from_s
             return
         if state.unplaced is not None:
-            self._learn(index, state, poll_s, energy_j)
+            self._learn(index, state, poll_s, energy_j, read_from_s)
             return
         if state.estimator is None:
             t_s = poll_s
         elif state.last_poll_s is None:
             # First value: its tick is in (poll − period, poll]; placed when it changes.
             state.first_poll_s, state.first_energy_j = poll_s, energy_j
-            state.last_poll_s, state.last_energy_j = poll_s, energy_j
+            state.last_poll_s, state.last_energy_j = read_from_s, energy_j
             return
         else:
             t_s = state.estimator.tick_time_s(state.last_poll_s, poll_s)
@@ -512,11 +525,13 @@ class Sampler:
                 self._place_first_value(index, state, poll_s, t_s)
         state.changes += 1
         self._append(index, t_s, energy_j)
-        state.last_poll_s = poll_s
+        state.last_poll_s = read_from_s
         state.last_energy_j = energy_j
         state.last_sample_s = t_s
 
-    def _learn(self, index: int, state: _DeviceState, poll_s: float, energy_j: float) -> None:
+    def _learn(
+        self, index: int, state: _DeviceState, poll_s: float, energy_j: float, read_from_s: float
+    ) -> None:
         """A value of a counter whose period is being learned: kept with its poll window
         until the period is known, then every kept value is stamped at its tick (the
         first one one period before the first change, as for a known period)."""
@@ -524,12 +539,12 @@ class Sampler:
         assert unplaced is not None and state.learner is not None
         if state.last_poll_s is None:  # the first value: placed with the first change
             state.first_poll_s, state.first_energy_j = poll_s, energy_j
-            state.last_poll_s, state.last_energy_j = poll_s, energy_j
+            state.last_poll_s, state.last_energy_j = read_from_s, energy_j
             return
         lo_s = state.last_poll_s
         unplaced.append((lo_s, poll_s, energy_j))
         state.changes += 1
-        state.last_poll_s, state.last_energy_j = poll_s, energy_j
+        state.last_poll_s, state.last_energy_j = read_from_s, energy_j
         learned_s = state.learner.observe(lo_s, poll_s)
         if learned_s is None and not state.learner.gave_up:
             if len(unplaced) < 4 * state.learner.min_changes:

@@ -8,9 +8,11 @@ the runtime through ``open_nvml``) reads the same fake GPU as the script's direc
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -21,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes import fake_pynvml as fk
-from tests.fakes.fake_pynvml import FakeClock, FakeGpu, make_fake_pynvml
+from footprint.bench import fake_pynvml as fk
+from footprint.bench.fake_pynvml import FakeClock, FakeGpu, make_fake_pynvml
 from tests.gpu import validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,7 +215,7 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture, **kwargs) -> tuple[
 
 FAST = [
     "--observe-seconds", "0.3", "--idle-seconds", "0.3", "--gap-seconds", "0.1",
-    "--warmup-seconds", "0", "--sampling-period", str(SAMPLING_S),
+    "--warmup-seconds", "0", "--sampling-period", str(SAMPLING_S), "--skip-timing",
 ]  # fmt: skip
 
 # What the script's direct figures may differ from the fake's energy by besides their tick
@@ -378,7 +380,10 @@ def assert_conserved(phase: dict, sampled: FootprintReads) -> None:
 
 
 def test_without_a_load_it_still_measures_the_counter_and_idle(fake_gpu, capsys) -> None:
-    argv = ["--observe-seconds", "0.25", "--idle-seconds", "0.2", "--gap-seconds", "0"]
+    argv = [
+        "--observe-seconds", "0.25", "--idle-seconds", "0.2", "--gap-seconds", "0",
+        "--timing-seconds", "0.3",
+    ]  # fmt: skip
     code, report, err = run_main(argv, capsys, load=None)
     assert code == 0, err
     assert "cannot generate GPU load" in err
@@ -388,6 +393,12 @@ def test_without_a_load_it_still_measures_the_counter_and_idle(fake_gpu, capsys)
         PERIOD_S * 1000, abs=report["counter_period_resolution_ms"]
     )
     assert "skipped" in report["serial"] and "skipped" in report["concurrent"]
+    # the counter's ticks need no load; the window and the power step do
+    timing = report["counter_timing"]
+    assert timing["energy_counter"]["changes"] >= 3 and "periodic" in timing["energy_counter"]
+    assert "skipped" in timing["window"]
+    assert "skipped" in timing["power"]
+    assert timing["power"]["instant_field"]["supported"] is False
 
 
 def test_an_injected_nvml_module_is_also_what_footprint_reads(monkeypatch, capsys) -> None:
@@ -399,6 +410,7 @@ def test_an_injected_nvml_module_is_also_what_footprint_reads(monkeypatch, capsy
         "--observe-seconds", "0.15", "--idle-seconds", "0.1", "--gap-seconds", "0.05",
         "--warmup-seconds", "0", "--sampling-period", str(SAMPLING_S),
         "--seconds-per-load", "0.15", "--serial-queries", "1", "--concurrent-loads", "2",
+        "--skip-timing",
     ]  # fmt: skip
     code, report, err = run_main(argv, capsys, nvml=fake, load=FakeLoad(gpu, lock))
     assert code == 0, err
@@ -453,3 +465,437 @@ def test_default_settings_fit_in_five_minutes() -> None:
     opts = validate.parse_args([])
     assert opts.concurrent_loads == 4
     assert 90 < opts.estimated_seconds(period_s=0.1) < 200
+    # the counter-timing section is in that estimate: 3 s of polling, 11 runs × 4 of
+    # 5 periods, a 2 s step with 2 s around it
+    timing_s = opts.timing_estimated_seconds(period_s=0.1)
+    assert timing_s == pytest.approx(3 + 44 * 0.5 + 4, abs=0.01)
+    skipped = validate.parse_args(["--skip-timing"])
+    assert skipped.estimated_seconds(period_s=0.1) == pytest.approx(
+        opts.estimated_seconds(period_s=0.1) - timing_s
+    )
+
+
+def test_timing_options() -> None:
+    opts = validate.parse_args(
+        [
+            "--timing-seconds", "1.5", "--timing-load-ms", "5", "--timing-offsets", "20",
+            "--timing-repeats", "2", "--timing-step-seconds", "3", "--skip-timing",
+        ]
+    )  # fmt: skip
+    assert (opts.timing_seconds, opts.timing_load_ms, opts.timing_offsets) == (1.5, 5.0, 20)
+    assert (opts.timing_repeats, opts.timing_step_seconds, opts.skip_timing) == (2, 3.0, True)
+    defaults = validate.parse_args([])
+    assert (defaults.timing_load_ms, defaults.timing_offsets, defaults.skip_timing) == (
+        10.0, 10, False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--timing-load-ms", "0"], "positive number of ms"),
+        (["--timing-offsets", "0"], "integer >= 1"),
+        (["--timing-repeats", "-1"], "integer >= 1"),
+        (["--timing-seconds", "nan"], "positive"),
+    ],
+)
+def test_bad_timing_arguments_exit_2(capsys, argv, message) -> None:
+    with pytest.raises(SystemExit) as caught:
+        validate.main(argv)
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+# --- counter timing ---------------------------------------------------------------------
+#
+# The tick and window measurements run on the fake GPU's own clock (``SteppingClock``):
+# each time the script reads it, it moves on by one poll's worth, its sleeps advance it
+# and the load advances it by its length, so seconds of tight polling take a fraction of
+# a second and the figures are exact to the poll. The power step needs a load thread
+# beside the polling one, so it runs in real time on the ``fake_gpu`` fixture.
+
+POLL_S = 25e-6  # one clock read in the stepped tests: changes are timed to ~2 of them
+PROBE_LOAD_S = 0.01
+BUSY_W = 400.0
+
+
+class SteppingClock(FakeClock):
+    """The fake GPU's clock; the script reads it through ``read_s``, which takes ``POLL_S``."""
+
+    def read_s(self) -> float:
+        self.t_s += POLL_S
+        return self.t_s
+
+
+class SteppedLoad:
+    """``load(seconds, device_index)`` on a ``SteppingClock``: ``BUSY_W`` for that long."""
+
+    def __init__(self, gpu: FakeGpu, clock: SteppingClock) -> None:
+        self.gpu = gpu
+        self.clock = clock
+        self.calls: list[tuple[float, int]] = []
+
+    def __call__(self, seconds: float, device_index: int) -> None:
+        self.calls.append((seconds, device_index))
+        self.gpu.set_power_w(BUSY_W)
+        self.clock.advance(seconds)
+        self.gpu.set_power_w(IDLE_W)
+
+
+def stepped_counter(**gpu_options) -> tuple[validate.EnergyCounter, FakeGpu, SteppingClock]:
+    clock = SteppingClock()
+    gpu = FakeGpu(UUID, power_w=IDLE_W, counter_start_mj=5_000, **gpu_options)
+    fake = make_fake_pynvml([gpu], clock=clock)
+    fake.nvmlInit()
+    handle = fake.nvmlDeviceGetHandleByUUID(UUID)
+    return validate.EnergyCounter(fake, handle, clock.read_s), gpu, clock
+
+
+def circular_distance_ms(a_ms: float, b_ms: float, period_ms: float) -> float:
+    return abs((a_ms - b_ms + period_ms / 2) % period_ms - period_ms / 2)
+
+
+def test_counter_ticks_period_phase_and_jitter_on_the_fake_counter() -> None:
+    counter, gpu, clock = stepped_counter(counter_update_period_s=PERIOD_S)
+    clock.advance(0.0123)  # polling starts 12.3 ms after a tick: the next is 37.7 ms later
+    report, grid = validate.observe_ticks(counter, 1.0)
+    assert grid is not None and grid.periodic and report["periodic"] is True
+    assert report["changes"] == report["changes_used"] == 20
+    assert report["resolution_ms"] == 2.0
+    # the fake ticks exactly every 50 ms; each change is timed to within ~2 polls (50 µs)
+    assert report["period_ms_median"] == pytest.approx(PERIOD_S * 1000, abs=0.06)
+    assert report["period_ms_long_baseline"] == pytest.approx(PERIOD_S * 1000, abs=0.01)
+    assert grid.period_s == pytest.approx(PERIOD_S, abs=1e-5)
+    assert report["ticks_spanned"] == 19
+    assert report["phase_ms"] == pytest.approx(PERIOD_S * 1000 - 12.3, abs=0.06)
+    assert report["jitter_ms_max"] < 0.05
+    assert report["extra_changes"] == report["ticks_without_used_change"] == 0
+    assert report["polls"] == pytest.approx(1.0 / (2 * POLL_S), rel=0.01)
+
+
+def test_irregular_counter_changes_are_not_periodic() -> None:
+    rng = random.Random(7)
+    times_s = sorted(rng.uniform(0, 2.0) for _ in range(40))
+    report, grid = validate.fit_ticks([(t, t + 1e-4) for t in times_s], 0.002, 0.0)
+    assert report["periodic"] is False and grid is not None and not grid.periodic
+    # the same count of changes on a 50 ms grid with ±1 ms of jitter is periodic, and the
+    # jitter reported is that spread
+    times_s = [0.3 + k * PERIOD_S + rng.uniform(-0.001, 0.001) for k in range(40)]
+    report, grid = validate.fit_ticks([(t, t + 1e-4) for t in times_s], 0.002, 0.0)
+    assert report["periodic"] is True
+    assert report["period_ms_long_baseline"] == pytest.approx(PERIOD_S * 1000, abs=0.1)
+    assert 0.4 < report["jitter_ms_std"] < 0.8  # uniform ±1 ms: 0.58 ms
+    assert report["jitter_ms_max"] <= 2.0
+    # every other change descheduled (timed to 5 ms only): the gaps are two periods
+    brackets = [(t, t + (0.005 if k % 2 else 1e-4)) for k, t in enumerate(times_s)]
+    report, grid = validate.fit_ticks(brackets, 0.002, 0.0)
+    assert report["changes_used"] == 20 and report["periodic"] is True
+    assert report["period_ms_median"] == pytest.approx(PERIOD_S * 1000, abs=1)
+    assert report["period_ms_long_baseline"] == pytest.approx(PERIOD_S * 1000, abs=0.1)
+    assert report["ticks_without_used_change"] == 19
+    assert report["grid_ticks"] == report["grid_ticks_with_a_change"] == 39
+    # too few changes to say anything
+    report, grid = validate.fit_ticks([(0.1, 0.1001), (0.2, 0.2001)], 0.002, 0.0)
+    assert grid is None and report["periodic"] is False and "reason" in report
+
+
+def run_probe(
+    counter: validate.EnergyCounter, gpu: FakeGpu, clock: SteppingClock, offsets: int = 10,
+    repeats: int = 2,
+) -> dict:  # fmt: skip
+    """Lock onto the counter as the script does, then probe and summarize."""
+    _, grid = validate.observe_ticks(counter, 0.5)
+    assert grid is not None and grid.periodic
+    load = SteppedLoad(gpu, clock)
+    runs = validate.probe_counter_window(
+        counter, load, 0, grid.period_s, PROBE_LOAD_S, offsets, repeats, clock.advance
+    )
+    assert load.calls == [(PROBE_LOAD_S, 0)] * offsets * repeats
+    assert len(runs) == (offsets + 1) * repeats
+    return validate.summarize_probe(runs, grid.period_s, PROBE_LOAD_S, offsets)
+
+
+def test_an_ideal_counter_observes_the_whole_period() -> None:
+    counter, gpu, clock = stepped_counter(counter_update_period_s=PERIOD_S)
+    report = run_probe(counter, gpu, clock)
+    assert report["observed_window"] == "whole period"
+    assert report["observed_window_ms"] == pytest.approx(PERIOD_S * 1000, rel=0.01)
+    assert report["period_ms"] == pytest.approx(PERIOD_S * 1000, rel=0.01)
+    assert report["idle_w"] == pytest.approx(IDLE_W, rel=1e-3)
+    # the span holds the load and 150 ms after it: 2 + ceil(160 / 50) periods
+    assert report["span_ticks_min"] == 6 and report["runs_retried"] == 0
+    # every offset sees the load's whole excess, (400 − 60) W × 10 ms (whole mJ: ±2 mJ)
+    rows = report["offsets"]
+    assert [r["offset_ms"] for r in rows] == pytest.approx([5.0 * i for i in range(10)])
+    for row in rows:
+        assert row["excess_j"] == pytest.approx((BUSY_W - IDLE_W) * PROBE_LOAD_S, abs=0.005)
+        assert circular_distance_ms(row["measured_offset_ms"], row["offset_ms"], 50) < 0.1
+        assert row["runs"] == 2
+    assert report["excess_peak_to_mean"] == pytest.approx(1.0, abs=0.01)
+
+
+PART_TIME = "counter_window_s" in {f.name for f in dataclasses.fields(FakeGpu)}
+
+
+@pytest.mark.skipif(not PART_TIME, reason="the fake GPU has no part-time counter option")
+@pytest.mark.parametrize("window_offset_s", [0.0, 0.03, None])  # None: ends at the tick
+def test_a_part_time_counter_window_is_found(window_offset_s: float | None) -> None:
+    period_s, window_s = 0.1, 0.025
+    counter, gpu, clock = stepped_counter(
+        counter_update_period_s=period_s,
+        counter_window_s=window_s,
+        counter_window_offset_s=window_offset_s,
+    )
+    report = run_probe(counter, gpu, clock)
+    start_s = period_s - window_s if window_offset_s is None else window_offset_s
+    assert report["observed_window"] == "part-time"
+    assert report["observed_window_ms"] == pytest.approx(window_s * 1000, abs=10)
+    assert circular_distance_ms(report["observed_window_start_ms"], start_s * 1000, 100) <= 10
+    end_ms = report["observed_window_end_ms"]
+    assert end_ms == pytest.approx(
+        report["observed_window_start_ms"] + report["observed_window_ms"], abs=1e-6
+    )
+    # inside the window the load counts period/window = 4 times, outside not at all
+    excess = [r["excess_j"] for r in report["offsets"]]
+    load_j = (BUSY_W - IDLE_W) * PROBE_LOAD_S
+    assert max(excess) == pytest.approx(4 * load_j, rel=0.02)
+    assert min(excess) == pytest.approx(0.0, abs=0.02)
+    assert report["excess_j_mean"] == pytest.approx(load_j, rel=0.02)
+
+
+def sampled_excess_j(offset_s: float, w0_s: float, w_s: float, period_s: float) -> float:
+    """A part-time counter's excess for a ``PROBE_LOAD_S`` load of 100 W, by 10 µs samples."""
+    dt_s = 1e-5
+    inside = sum(
+        1
+        for i in range(round(PROBE_LOAD_S / dt_s))
+        if (offset_s + (i + 0.5) * dt_s - w0_s) % period_s < w_s
+    )
+    return 100.0 * inside * dt_s * period_s / w_s
+
+
+@pytest.mark.parametrize(
+    ("w0_ms", "w_ms"), [(50, 25), (90, 25), (0, 50), (33, 12), (10, 80)]
+)  # fmt: skip
+def test_infer_window_from_offset_profiles(w0_ms: float, w_ms: float) -> None:
+    period_s = 0.1
+    offsets_s = [i * period_s / 10 for i in range(10)]
+    excess = [sampled_excess_j(o, w0_ms / 1000, w_ms / 1000, period_s) for o in offsets_s]
+    report = validate.infer_window(offsets_s, excess, PROBE_LOAD_S, period_s)
+    assert report["observed_window"] == "part-time"
+    assert report["observed_window_ms"] == pytest.approx(w_ms, abs=5)
+    assert circular_distance_ms(report["observed_window_start_ms"], w0_ms, 100) <= 5
+    assert report["window_fit_rms_j"] < report["constant_fit_rms_j"] / 5
+
+
+def test_infer_window_whole_period_and_inconclusive() -> None:
+    period_s = 0.1
+    offsets_s = [i * period_s / 10 for i in range(10)]
+    rng = random.Random(3)
+    # noise of 0.05 J on each mean, as repeats would report it: flat within it
+    noisy = [1.0 + rng.gauss(0, 0.05) for _ in offsets_s]
+    report = validate.infer_window(offsets_s, noisy, PROBE_LOAD_S, period_s, noise_j=0.05)
+    assert report["observed_window"] == "whole period"
+    assert (report["observed_window_start_ms"], report["observed_window_end_ms"]) == (0, 100)
+    # a load the counter did not see: nothing to infer
+    unseen = [rng.gauss(0, 0.05) for _ in offsets_s]
+    report = validate.infer_window(offsets_s, unseen, PROBE_LOAD_S, period_s, noise_j=0.05)
+    assert report["observed_window"] == "inconclusive" and report["observed_window_ms"] is None
+
+
+def test_step_response_instantaneous_averaged_and_none() -> None:
+    on_s, off_s = 0.5, 2.5
+    times_s = [i * 0.002 for i in range(2000)]  # 4 s every 2 ms
+
+    def true_w(t_s: float) -> float:
+        return BUSY_W if on_s <= t_s < off_s else IDLE_W
+
+    instant = validate.step_response([(t, true_w(t)) for t in times_s], on_s, off_s)
+    assert instant["response"] == "instantaneous"
+    assert instant["rise_90_ms"] <= 2.0 and instant["fall_90_ms"] <= 2.0
+    assert (instant["idle_w"], instant["loaded_w"]) == (IDLE_W, BUSY_W)
+    assert instant["average_window_ms_estimate"] is None
+
+    def average_w(t_s: float, span_s: float = 1.0) -> float:  # 1 s boxcar, exactly
+        busy_s = max(0.0, min(t_s, off_s) - max(t_s - span_s, on_s))
+        return IDLE_W + (BUSY_W - IDLE_W) * busy_s / span_s
+
+    averaged = validate.step_response([(t, average_w(t)) for t in times_s], on_s, off_s)
+    assert averaged["response"] == "averaged"
+    assert averaged["rise_90_ms"] == pytest.approx(900, abs=3)
+    assert averaged["fall_90_ms"] == pytest.approx(900, abs=3)
+    assert averaged["average_window_ms_estimate"] == pytest.approx(1000, abs=5)
+
+    flat = validate.step_response([(t, IDLE_W) for t in times_s], on_s, off_s)
+    assert flat["response"] == "no step seen"
+
+
+class FieldValue:
+    """What ``nvmlDeviceGetFieldValues`` returns per field (``c_nvmlFieldValue_t``)."""
+
+    def __init__(self, nvml_return: int, mw: int) -> None:
+        self.nvmlReturn = nvml_return
+        self.valueType = 1  # NVML_VALUE_TYPE_UNSIGNED_INT
+        self.value = type("Value", (), {"uiVal": mw})()
+
+
+def test_instant_power_field_support_is_probed_without_crashing() -> None:
+    gpu = FakeGpu(UUID, power_w=IDLE_W)
+    fake = make_fake_pynvml([gpu])
+    fake.nvmlInit()
+    handle = fake.nvmlDeviceGetHandleByUUID(UUID)
+
+    # the fake, like an old pynvml, has neither the field nor the function
+    reader, info = validate.instant_power_reader(fake, handle)
+    assert reader is None and info["supported"] is False
+    assert "NVML_FI_DEV_POWER_INSTANT" in info["reason"]
+
+    fake.NVML_FI_DEV_POWER_INSTANT = 186
+    cases = {
+        "NotSupported": lambda h, ids: (_ for _ in ()).throw(
+            fk.NVMLError(fk.NVML_ERROR_NOT_SUPPORTED)
+        ),
+        "NVMLError": lambda h, ids: [FieldValue(fk.NVML_ERROR_NOT_SUPPORTED, 0)],
+        "TypeError": lambda h, ids: (_ for _ in ()).throw(TypeError("bad fieldIds")),
+    }
+    for expected, get_values in cases.items():
+        fake.nvmlDeviceGetFieldValues = get_values
+        reader, info = validate.instant_power_reader(fake, handle)
+        assert reader is None and info["supported"] is False
+        assert expected in info["reason"], info
+
+    asked: list[list[int]] = []
+
+    def get_values(h, ids):
+        asked.append(ids)
+        return [FieldValue(fk.NVML_SUCCESS, 61_500)]
+
+    fake.nvmlDeviceGetFieldValues = get_values
+    reader, info = validate.instant_power_reader(fake, handle)
+    assert info == {"supported": True, "field_id": 186, "first_read_w": 61.5}
+    assert reader is not None and reader() == 61.5
+    assert asked == [[186], [186]]
+
+
+@pytest.mark.parametrize(("average_s", "response"), [(0.0, "instantaneous"), (0.3, "averaged")])
+def test_power_step_on_the_fake_gpu(fake_gpu, average_s: float, response: str) -> None:
+    gpu, fake, lock, _ = fake_gpu
+    gpu.power_average_s = average_s
+    fake.nvmlInit()
+    handle = fake.nvmlDeviceGetHandleByUUID(UUID)
+    load = FakeLoad(gpu, lock)
+    try:
+        report = validate.power_step(
+            fake, handle, load, 0, 0.6, time.monotonic, time.sleep, baseline_s=0.1, after_s=0.4
+        )
+    finally:
+        fake.nvmlShutdown()
+    assert load.calls == [(0.6, 0)]
+    assert report["read_errors"] == 0 and "instant_field" not in report
+    assert report["step_s"] == pytest.approx(0.6, abs=0.05)
+    usage = report["power_usage"]
+    assert usage["response"] == response
+    assert usage["idle_w"] == pytest.approx(IDLE_W, abs=0.5)
+    assert usage["loaded_w"] == pytest.approx(busy_w(1), abs=0.5)
+    if average_s:  # a 0.3 s average reaches 90 % after 0.27 s
+        assert usage["rise_90_ms"] == pytest.approx(270, abs=20)
+        assert usage["average_window_ms_estimate"] == pytest.approx(300, abs=25)
+    else:
+        assert usage["rise_90_ms"] < 50 and usage["fall_90_ms"] < 50
+
+
+def test_counter_timing_section_in_real_time(fake_gpu) -> None:
+    """The whole section on the real-time fake: loads on their own clock, a load thread."""
+    gpu, fake, lock, _ = fake_gpu
+    load = FakeLoad(gpu, lock)
+    opts = validate.parse_args(
+        [
+            "--timing-seconds", "1", "--timing-offsets", "3", "--timing-repeats", "2",
+            "--timing-step-seconds", "0.2",
+        ]
+    )  # fmt: skip
+    lines: list[str] = []
+    fake.nvmlInit()
+    try:
+        handle = fake.nvmlDeviceGetHandleByUUID(UUID)
+        timing = validate.measure_counter_timing(
+            opts, fake, handle, 0.002, load, None, time.monotonic, time.sleep, lines.append
+        )
+    finally:
+        fake.nvmlShutdown()
+    ticks = timing["energy_counter"]
+    assert ticks["periodic"] is True, json.dumps(ticks)
+    # within 3 %, or what the ends of the baseline are timed to (a loaded machine)
+    tolerance_ms = max(0.03 * PERIOD_S * 1000, ticks["resolution_ms"] / ticks["ticks_spanned"])
+    assert ticks["period_ms_long_baseline"] == pytest.approx(PERIOD_S * 1000, abs=tolerance_ms)
+    window = timing["window"]
+    assert window["observed_window"] == "whole period", window
+    assert window["period_ms"] == ticks["period_ms_long_baseline"]
+    assert window["idle_w"] == pytest.approx(
+        IDLE_W * PERIOD_S * 1000 / window["period_ms"], rel=1e-3
+    )
+    assert len(window["offsets"]) == 3 and window["repeats"] == 2
+    for row in window["offsets"]:  # (400 − 60) W for at least 10 ms, at most the call's time
+        step_w = busy_w(1) - IDLE_W
+        assert step_w * 0.0099 < row["excess_j"] < step_w * row["load_ms"] / 1000 * 1.01
+    power = timing["power"]
+    assert power["power_usage"]["response"] == "instantaneous"
+    assert power["instant_field"]["supported"] is False
+    # a warm-up and 3 × 2 probes of the short load (and any made again), then the step
+    probes = 7 + window["runs_retried"]
+    assert load.calls == [(PROBE_LOAD_S, 0)] * probes + [(0.2, 0)]
+    assert all(line.startswith("validate.py: counter timing: ") for line in lines)
+
+
+def test_counter_timing_is_in_the_report(fake_gpu, capsys, monkeypatch) -> None:
+    """Its place in a run (the footprint phases, tested above, are left out here)."""
+    gpu, _, lock, _ = fake_gpu
+
+    def no_phases(report, *args) -> None:
+        report["serial"] = report["concurrent"] = {"skipped": "not in this test"}
+
+    monkeypatch.setattr(validate, "_run_phases", no_phases)
+    load = FakeLoad(gpu, lock)
+    argv = [
+        "--observe-seconds", "0.1", "--idle-seconds", "0.1", "--gap-seconds", "0",
+        "--warmup-seconds", "0", "--timing-seconds", "0.4", "--timing-offsets", "2",
+        "--timing-repeats", "1", "--timing-step-seconds", "0.1",
+    ]  # fmt: skip
+    code, report, err = run_main(argv, capsys, load=load)
+    assert code == 0, err
+    assert report["settings"]["timing_offsets"] == 2
+    timing = report["counter_timing"]
+    assert set(timing) == {"energy_counter", "window", "power"}
+    assert timing["energy_counter"]["changes"] > 0
+    # The probe's results are tested above; here, that it ran with the load given. (A
+    # machine loaded enough to deschedule 0.4 s of polling often finds no periodic ticks.)
+    if timing["energy_counter"]["periodic"]:
+        assert "observed_window" in timing["window"]
+        probes = 1 + 2 + timing["window"]["runs_retried"]  # a warm-up call, then 2 offsets
+    else:
+        assert "not periodic" in timing["window"]["skipped"]
+        probes = 0
+    assert load.calls == [(PROBE_LOAD_S, 0)] * probes + [(0.1, 0)]
+    assert "response" in timing["power"]["power_usage"]
+
+
+def test_skip_timing_leaves_the_section_out(fake_gpu, capsys) -> None:
+    argv = ["--observe-seconds", "0.1", "--idle-seconds", "0.1", "--gap-seconds", "0",
+            "--skip-timing"]  # fmt: skip
+    code, report, err = run_main(argv, capsys, load=None)
+    assert code == 0, err
+    assert report["counter_timing"] == {"skipped": "--skip-timing"}
+
+
+def test_without_an_energy_counter_only_the_power_reading_is_timed(monkeypatch, capsys) -> None:
+    gpu = FakeGpu(UUID, power_w=IDLE_W, supports_energy_counter=False)
+    fake, lock, _ = real_time_fake([gpu])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    load = FakeLoad(gpu, lock)
+    code, report, err = run_main(["--timing-step-seconds", "0.2"], capsys, load=load)
+    assert code == 0, err
+    assert report["energy_method"] != "counter" and "serial" not in report
+    timing = report["counter_timing"]
+    assert "skipped" in timing["energy_counter"] and "skipped" in timing["window"]
+    assert timing["power"]["power_usage"]["response"] == "instantaneous"
+    assert load.calls == [(0.2, 0)]

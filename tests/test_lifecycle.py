@@ -271,7 +271,7 @@ def test_exit_with_a_database_that_stops_answering_keeps_its_deadline(tmp_path):
 
 def test_a_lost_gpu_does_not_hold_back_the_other_gpus_records(tmp_path, monkeypatch):
     """On main every record waited for the lost GPU: 200 of 220 stayed pending until exit."""
-    from tests.fakes.fake_pynvml import FakeClock, FakeGpu, make_fake_pynvml
+    from footprint.bench.fake_pynvml import FakeClock, FakeGpu, make_fake_pynvml
 
     class RealTime(FakeClock):
         def now_s(self) -> float:
@@ -364,7 +364,7 @@ def test_the_first_call_does_not_wait_for_the_sensor_and_is_measured_from_its_st
     first call must return while it still blocks, and still be measured from its start."""
     import threading
 
-    from tests.fakes.fake_pynvml import FakeClock, FakeGpu, make_fake_pynvml
+    from footprint.bench.fake_pynvml import FakeClock, FakeGpu, make_fake_pynvml
 
     class RealTime(FakeClock):
         def now_s(self) -> float:

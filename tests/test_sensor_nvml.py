@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from footprint.bench import fake_pynvml as fk
+from footprint.bench.fake_pynvml import FakeClock, FakeGpu, make_fake_pynvml
 from footprint.sensors.base import ENERGY_COUNTER, ENERGY_POWER, SensorError
 from footprint.sensors.nvml import NvmlSensor, open_nvml, parse_cuda_visible_devices
-from tests.fakes import fake_pynvml as fk
-from tests.fakes.fake_pynvml import FakeClock, FakeGpu, make_fake_pynvml
 
 UUIDS = [
     "GPU-1a2b3c4d-0000-1111-2222-333344445555",

@@ -60,12 +60,14 @@ def test_short_bursty_calls_on_the_nvml_path_with_an_ideal_counter():
     assert result["within_bound_pct"] >= 95.0, result
 
 
-def test_a_part_time_counter_keeps_totals_and_bounds():
-    """A counter that observes 25 ms of each 100 ms. Main: +5.9 % over 1,000 calls, bounds
-    held for 85 % of them."""
+def test_a_part_time_counter_keeps_its_bounds():
+    """A counter that observes 25 ms of each 100 ms. Main: bounds held for 85 % of 1,000
+    calls. A call shorter than the window is seen whole (×4) a quarter of the time and
+    missed otherwise: the total of N such calls is off by about 1.7/√N (10 % for 300), which
+    no attribution can undo; the bounds must say so call by call."""
     result = run_scenario(Scenario("bursty", "", "bursty", {"calls": 300}), "nvml-part-time")
-    assert result["total_error_pct"] <= 5.0, result
     assert result["within_bound_pct"] >= 95.0, result
+    assert result["total_error_pct"] <= 35.0, result  # 3.5 standard deviations
 
 
 def test_the_daemons_simulated_gpu_never_rewrites_the_past():

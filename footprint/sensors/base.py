@@ -36,6 +36,9 @@ class DeviceInfo:
     name: str
     kind: str  # "gpu" or "cpu"
     energy_method: str
+    # The most the device can draw, in W (NVML's enforced power limit, the simulator's
+    # busy power): bounds what an unmeasured stretch can hold. None: not known.
+    max_power_w: float | None = None
 
 
 class Sensor(ABC):
@@ -63,6 +66,18 @@ class Sensor(ABC):
     def counter_update_period_s(self) -> float | None:
         """How often the underlying counter changes, when known (None: unknown)."""
         return None
+
+    @property
+    def counter_window_s(self) -> float | None:
+        """How much of each update period the counter observes, in s, when it is known to
+        see only part of it (A100/H100: about 25 ms of 100 ms); None: all of it, or unknown."""
+        return None
+
+    @property
+    def counter_lag_s(self) -> float:
+        """How long after the instant a value describes it becomes readable, in s (0: at
+        once, or unknown). The sampler stamps values that much earlier."""
+        return 0.0
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the library handle, if any."""

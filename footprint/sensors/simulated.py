@@ -12,6 +12,12 @@ It is deterministic for a given seed, also across processes: ticks are aligned o
 system-wide monotonic clock and the noise of tick ``k`` is a hash of (seed, device, k), so
 idle power and noise agree between processes; registered loads are per process.
 
+Like A100/H100 counters (Yang et al., SC'24, "Part-time Power Measurements"), the counter
+may only observe part of each period (``window_s``, e.g. 25 ms of 100 ms) and extrapolate
+what it saw to the whole period. It never rewrites a value it has published: a load
+registered late, for a time at or before a tick already read, is carried into the next
+ticks (``late_steps``, ``late_energy_j``), so the counter stays monotonic.
+
 Because it knows the power at every instant, ``true_energy_j(t0, t1)`` is the ground
 truth that attribution accuracy is tested against.
 """
@@ -28,6 +34,7 @@ from footprint.sensors.base import ENERGY_SIMULATED, DeviceInfo, Sensor
 
 _MASK64 = (1 << 64) - 1
 WORKLOADS = ("spans", "manual")
+_EPS_S = 1e-12  # float slack when comparing window bounds with the period
 
 
 def _unit_hash(seed: int, device: int, tick: int) -> float:
@@ -51,6 +58,12 @@ class SimulatedGpuSpec:
     seed: int = 0
     name: str = "Simulated GPU"
     workload: str = "spans"  # spans: tracked calls load their GPUs; manual: add_load only
+    window_s: float | None = None  # part of each period the counter sees; None/0: all of it
+    window_offset_s: float | None = None  # window start after the previous tick; None: at end
+    # A tick's value becomes readable this long after the tick (the instant it describes):
+    # a daemon hears of calls after they start, and loads it registers late would otherwise
+    # change ticks already read. The sampler is told (``counter_lag_s``) and stamps back.
+    lag_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.gpus < 1 or self.gpus > 64:
@@ -69,6 +82,42 @@ class SimulatedGpuSpec:
                 f"simulated sensor: workload must be one of {', '.join(WORKLOADS)}, "
                 f"got {self.workload!r}"
             )
+        if not math.isfinite(self.lag_s) or not 0 <= self.lag_s <= 10:
+            raise ValueError(
+                f"simulated sensor: lag_s must be in [0, 10] seconds, got {self.lag_s}"
+            )
+        window = self.window_s
+        if window is not None and (
+            not math.isfinite(window) or not 0 <= window <= self.update_period_s + _EPS_S
+        ):
+            raise ValueError(
+                "simulated sensor: window_s must be in (0, update_period_s] seconds "
+                f"(0: the whole period), got {window}"
+            )
+        offset = self.window_offset_s
+        room_s = self.update_period_s - self.observed_window_s
+        if offset is not None and (not math.isfinite(offset) or not 0 <= offset <= room_s + _EPS_S):
+            raise ValueError(
+                "simulated sensor: window_offset_s must be in [0, update_period_s - window_s] "
+                f"= [0, {room_s:g}] seconds, got {offset}"
+            )
+
+    @property
+    def observed_window_s(self) -> float:
+        """Length in s of the part of each period the counter observes."""
+        return self.window_s if self.window_s else self.update_period_s
+
+    @property
+    def observed_offset_s(self) -> float:
+        """Start of the observed window, in s after the previous tick."""
+        if self.window_offset_s is not None:
+            return self.window_offset_s
+        return max(0.0, self.update_period_s - self.observed_window_s)
+
+    @property
+    def part_time(self) -> bool:
+        """Whether the counter sees only part of each period."""
+        return self.observed_window_s < self.update_period_s - _EPS_S
 
     @classmethod
     def parse(cls, options: str) -> SimulatedGpuSpec:
@@ -94,14 +143,29 @@ class SimulatedGpuSpec:
         return cls(**values)  # type: ignore[arg-type]
 
 
-class SimulatedGpu:
-    """One simulated device: power model, counter and exact energy integral."""
+def _check_load(start_s: float, end_s: float, load: float) -> None:
+    if not end_s > start_s or not math.isfinite(load) or load < 0:
+        raise ValueError("add_load needs end_s > start_s and a finite load >= 0")
 
-    def __init__(self, index: int, spec: SimulatedGpuSpec) -> None:
-        self.index = index
-        self.spec = spec
-        self._dynamic_w = spec.busy_w - spec.idle_w
-        self._noise_j = spec.noise * spec.idle_w * spec.update_period_s
+
+def _check_step(t_s: float, delta: float) -> None:
+    if not (math.isfinite(t_s) and math.isfinite(delta)):
+        raise ValueError("add_step needs a finite time and load change")
+
+
+class LoadModel:
+    """Power ``idle_w + (busy_w - idle_w) * min(1, load)`` of the summed loads over time.
+
+    Exact energy between any two times from prefix sums over the load change points.
+    Thread-safe: loads may be added from worker threads while another thread reads.
+    """
+
+    def __init__(self, idle_w: float, busy_w: float) -> None:
+        if not (math.isfinite(idle_w) and math.isfinite(busy_w)) or not 0 <= idle_w <= busy_w:
+            raise ValueError("LoadModel needs finite 0 <= idle_w <= busy_w")
+        self.idle_w = float(idle_w)
+        self.busy_w = float(busy_w)
+        self._dynamic_w = self.busy_w - self.idle_w
         # Load change points: sorted times with the load delta at each.
         self._times_s: list[float] = []
         self._deltas: list[float] = []
@@ -110,23 +174,66 @@ class SimulatedGpu:
         self._load_after: list[float] = []
         self._dyn_j_at: list[float] = []
         self._valid = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
-    # -- workload API --------------------------------------------------------------
     def add_load(self, start_s: float, end_s: float, load: float = 1.0) -> None:
         """Add ``load`` (1.0 = one full-power job) between two monotonic times."""
-        if not end_s > start_s or not math.isfinite(load) or load < 0:
-            raise ValueError("add_load needs end_s > start_s and a finite load >= 0")
+        _check_load(start_s, end_s, load)
         with self._lock:
             self._step(start_s, load)
             self._step(end_s, -load)
 
     def add_step(self, t_s: float, delta: float) -> None:
         """Change the load by ``delta`` from ``t_s`` on (an open-ended load's start or end)."""
-        if not (math.isfinite(t_s) and math.isfinite(delta)):
-            raise ValueError("add_step needs a finite time and load change")
+        _check_step(t_s, delta)
         with self._lock:
             self._step(t_s, delta)
+
+    @property
+    def steps(self) -> int:
+        """Number of load change points registered."""
+        return len(self._times_s)
+
+    def power_w(self, t_s: float) -> float:
+        """Power at ``t_s``, in W."""
+        self._sync()
+        with self._lock:
+            self._refresh()
+            i = bisect.bisect_right(self._times_s, t_s) - 1
+            load = min(1.0, max(0.0, self._load_after[i])) if i >= 0 else 0.0
+        return self.idle_w + self._dynamic_w * load
+
+    def energy_j(self, t0_s: float, t1_s: float) -> float:
+        """Exact energy drawn between two monotonic times, in J."""
+        self._sync()
+        with self._lock:
+            dynamic_j = self._dynamic_locked_j(t1_s) - self._dynamic_locked_j(t0_s)
+        return self.idle_w * (t1_s - t0_s) + dynamic_j
+
+    def dynamic_energy_j(self, t_s: float) -> float:
+        """Dynamic (above idle) energy from the first load change up to ``t_s``, in J."""
+        self._sync()
+        with self._lock:
+            return self._dynamic_locked_j(t_s)
+
+    def change_times_s(self, t0_s: float, t1_s: float = math.inf) -> list[float]:
+        """The load change times in ``[t0_s, t1_s)``, sorted."""
+        self._sync()
+        with self._lock:
+            lo = bisect.bisect_left(self._times_s, t0_s)
+            hi = bisect.bisect_left(self._times_s, t1_s)
+            return self._times_s[lo:hi]
+
+    def _sync(self) -> None:
+        """Hook run before each read: a subclass takes steps registered elsewhere here."""
+
+    def _dynamic_locked_j(self, t_s: float) -> float:
+        self._refresh()
+        i = bisect.bisect_right(self._times_s, t_s) - 1
+        if i < 0:
+            return 0.0
+        load = min(1.0, max(0.0, self._load_after[i]))
+        return self._dyn_j_at[i] + self._dynamic_w * load * (t_s - self._times_s[i])
 
     def _step(self, t_s: float, delta: float) -> None:
         times = self._times_s
@@ -142,6 +249,8 @@ class SimulatedGpu:
 
     def _refresh(self) -> None:
         n = len(self._times_s)
+        if self._valid == n:
+            return
         del self._load_after[self._valid :]
         del self._dyn_j_at[self._valid :]
         load = self._load_after[-1] if self._load_after else 0.0
@@ -155,25 +264,66 @@ class SimulatedGpu:
             self._dyn_j_at.append(energy_j)
         self._valid = n
 
-    def _dynamic_energy_j(self, t_s: float) -> float:
-        """Dynamic (above idle) energy from the first load change up to ``t_s``."""
+
+class SimulatedGpu:
+    """One simulated device: power model, counter and exact energy integral.
+
+    ``late_steps`` counts the load steps registered for a time at or before the latest
+    tick already read; ``late_energy_j`` sums what they changed that tick's value by (J),
+    carried into the next tick instead of rewriting the published one.
+    """
+
+    def __init__(self, index: int, spec: SimulatedGpuSpec) -> None:
+        self.index = index
+        self.spec = spec
+        self.loads = LoadModel(spec.idle_w, spec.busy_w)
+        self._period_s = spec.update_period_s
+        self._window_s = spec.observed_window_s
+        self._offset_s = spec.observed_offset_s
+        self._part_time = spec.part_time
+        self._noise_j = spec.noise * spec.idle_w * spec.update_period_s
+        # Part-time counters: per tick holding a load change, what the extrapolated window
+        # adds beyond the exact energy of its period, summed in tick order.
+        self._fix_ticks: list[int] = []
+        self._fix_sums_j: list[float] = []
+        self._fix_stale_tick: int | None = None
+        # The latest tick read and its published value: never rewritten.
+        self._read_tick: int | None = None
+        self._read_mj = 0
+        self.late_steps = 0
+        self.late_energy_j = 0.0
+        self._lock = threading.Lock()
+
+    # -- workload API --------------------------------------------------------------
+    def add_load(self, start_s: float, end_s: float, load: float = 1.0) -> None:
+        """Add ``load`` (1.0 = one full-power job) between two monotonic times."""
+        _check_load(start_s, end_s, load)
         with self._lock:
-            if self._valid < len(self._times_s):
-                self._refresh()
-            i = bisect.bisect_right(self._times_s, t_s) - 1
-            if i < 0:
-                return 0.0
-            load = min(1.0, max(0.0, self._load_after[i]))
-            return self._dyn_j_at[i] + self._dynamic_w * load * (t_s - self._times_s[i])
+            self._add_step_locked(start_s, load)
+            self._add_step_locked(end_s, -load)
+
+    def add_step(self, t_s: float, delta: float) -> None:
+        """Change the load by ``delta`` from ``t_s`` on (an open-ended load's start or end)."""
+        _check_step(t_s, delta)
+        with self._lock:
+            self._add_step_locked(t_s, delta)
+
+    def _add_step_locked(self, t_s: float, delta: float) -> None:
+        read_tick = self._read_tick
+        late = read_tick is not None and t_s <= read_tick * self._period_s
+        before_j = self._counted_j(read_tick) if late else 0.0
+        self.loads.add_step(t_s, delta)
+        if self._part_time:
+            tick = math.ceil(t_s / self._period_s) - 1  # one early, for float rounding
+            stale = self._fix_stale_tick
+            self._fix_stale_tick = tick if stale is None else min(stale, tick)
+        if late:
+            self.late_steps += 1
+            self.late_energy_j += self._counted_j(read_tick) - before_j
 
     def power_w(self, t_s: float) -> float:
         """Power at ``t_s`` without noise, in W."""
-        with self._lock:
-            if self._valid < len(self._times_s):
-                self._refresh()
-            i = bisect.bisect_right(self._times_s, t_s) - 1
-            load = min(1.0, max(0.0, self._load_after[i])) if i >= 0 else 0.0
-        return self.spec.idle_w + self._dynamic_w * load
+        return self.loads.power_w(t_s)
 
     # -- energy --------------------------------------------------------------------
     def _noise_offset_j(self, tick: int) -> float:
@@ -187,7 +337,7 @@ class SimulatedGpu:
 
     def _energy_since_origin_j(self, t_s: float) -> float:
         period = self.spec.update_period_s
-        base = self.spec.idle_w * t_s + self._dynamic_energy_j(t_s)
+        base = self.spec.idle_w * t_s + self.loads.dynamic_energy_j(t_s)
         if self._noise_j == 0.0:
             return base
         # Noise energy of tick k is spread evenly over ((k-1)·period, k·period].
@@ -197,9 +347,59 @@ class SimulatedGpu:
         return base + before + (self._noise_offset_j(tick) - before) * fraction
 
     def counter_mj(self, t_s: float) -> int:
-        """What the hardware counter reads at ``t_s``: whole mJ at the last tick."""
-        tick_s = math.floor(t_s / self.spec.update_period_s) * self.spec.update_period_s
-        return math.floor(self._energy_since_origin_j(tick_s) * 1000.0)
+        """What the hardware counter reads at ``t_s``: whole mJ at the last tick.
+
+        A tick's value, once read, stays as read; a tick before it reads no more than it.
+        """
+        tick = math.floor(t_s / self._period_s)
+        with self._lock:
+            if tick == self._read_tick:
+                return self._read_mj
+            value_mj = math.floor(self._counted_j(tick) * 1000.0)
+            if self._read_tick is None or tick > self._read_tick:
+                if self._read_tick is not None:
+                    value_mj = max(value_mj, self._read_mj)  # after a late load's end
+                self._read_tick, self._read_mj = tick, value_mj
+                return value_mj
+            return min(value_mj, self._read_mj)
+
+    def _counted_j(self, tick: int) -> float:
+        """What the counter has counted up to ``tick`` (exact energy for a whole-period
+        counter, plus what part-time windows over- or under-saw). Caller holds the lock."""
+        counted_j = self._energy_since_origin_j(tick * self._period_s)
+        if not self._part_time:
+            return counted_j
+        self._refresh_fixes()
+        i = bisect.bisect_right(self._fix_ticks, tick)
+        return counted_j + (self._fix_sums_j[i - 1] if i else 0.0)
+
+    def _refresh_fixes(self) -> None:
+        """Recompute the part-time corrections of the ticks at or after the stale one.
+
+        Only ticks holding a load change need one: elsewhere power is constant over the
+        period (idle and noise are linear in it), so the extrapolated window is exact.
+        """
+        stale = self._fix_stale_tick
+        if stale is None:
+            return
+        cut = bisect.bisect_left(self._fix_ticks, stale)
+        del self._fix_ticks[cut:]
+        del self._fix_sums_j[cut:]
+        total_j = self._fix_sums_j[-1] if self._fix_sums_j else 0.0
+        period, dynamic = self._period_s, self.loads.dynamic_energy_j
+        for t_s in self.loads.change_times_s((stale - 1) * period):
+            tick = math.ceil(t_s / period)
+            if tick < stale or (self._fix_ticks and tick <= self._fix_ticks[-1]):
+                continue
+            start_s = (tick - 1) * period
+            window_start_s = start_s + self._offset_s
+            seen_j = dynamic(window_start_s + self._window_s) - dynamic(window_start_s)
+            total_j += seen_j * period / self._window_s - (
+                dynamic(tick * period) - dynamic(start_s)
+            )
+            self._fix_ticks.append(tick)
+            self._fix_sums_j.append(total_j)
+        self._fix_stale_tick = None
 
 
 class SimulatedSensor(Sensor):
@@ -216,6 +416,7 @@ class SimulatedSensor(Sensor):
                 name=self.spec.name,
                 kind="gpu",
                 energy_method=ENERGY_SIMULATED,
+                max_power_w=self.spec.busy_w,
             )
             for i in range(self.spec.gpus)
         ]
@@ -228,8 +429,16 @@ class SimulatedSensor(Sensor):
     def counter_update_period_s(self) -> float:
         return self.spec.update_period_s
 
+    @property
+    def counter_window_s(self) -> float | None:
+        return self.spec.observed_window_s if self.spec.part_time else None
+
+    @property
+    def counter_lag_s(self) -> float:
+        return self.spec.lag_s
+
     def read_energy_j(self) -> list[float | None]:
-        now_s = self.clock.monotonic_s()
+        now_s = self.clock.monotonic_s() - self.spec.lag_s
         return [gpu.counter_mj(now_s) / 1000.0 for gpu in self.gpus]
 
     def begin_load(self, devices: tuple[int, ...], t_s: float) -> None:
