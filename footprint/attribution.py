@@ -514,11 +514,16 @@ class DeviceResolver:
         return max(over_s, under_s, 0.0) * max(top_w - idle_w, 0.0)
 
     def _timing_j(self, interval: _Interval, estimate: IdleEstimate | None, busy_w: float) -> float:
-        """Energy a sample time off by the sampler's uncertainty can move across an edge."""
+        """Energy a sample time off by the sampler's uncertainty can move across an edge.
+
+        The busy-over-idle step moves with the edge, and the idle time subtracted from the
+        interval is off by as much: stamps off by different amounts at a call's start and
+        end (a period still being learned) do not cancel.
+        """
         if not interval.edges and interval.busy_s >= interval.end_s - interval.start_s:
             return 0.0
         idle_w = estimate.power_w if estimate is not None else 0.0
-        return 2 * self.timing_uncertainty_s * max(busy_w - idle_w, 0.0)
+        return 2 * self.timing_uncertainty_s * max(busy_w, idle_w, 0.0)
 
     def _apply(
         self,

@@ -399,16 +399,22 @@ def test_the_first_call_does_not_wait_for_the_sensor_and_is_measured_from_its_st
     footprint.flush()
     footprint.shutdown()
     con = sqlite3.connect(db)
-    rows = dict(
-        (model, (energy_j, duration_s, source))
-        for model, energy_j, duration_s, source in con.execute(
-            "SELECT model, energy_j, duration_s, energy_source FROM queries"
+    rows = {
+        model: (energy_j, duration_s, source, bound_j)
+        for model, energy_j, duration_s, source, bound_j in con.execute(
+            "SELECT model, energy_j, duration_s, energy_source, energy_uncertainty_j "
+            "FROM queries"
         )
-    )
+    }
     con.close()
-    energy_j, duration_s, source = rows["second"]
-    assert source == "counter"  # measured from its start, not a partial estimate
-    # 200 W all along (the fake draws constant power): its whole duration is counted,
-    # the few ms before the first sample at the first interval's power.
+    energy_j, duration_s, source, bound_j = rows["second"]
+    # 200 W all along (the fake draws constant power): its whole duration is counted. The
+    # first value describes the counter's last tick, most often before the call began
+    # (measured: "counter"); otherwise the few ms before it are extrapolated at the first
+    # interval's power ("estimated", with a bound that covers them).
+    assert source in ("counter", "estimated") and bound_j is not None
     assert energy_j == pytest.approx(200.0 * duration_s, rel=0.05)
-    assert rows["first"][2] == "counter"
+    assert abs(energy_j - 200.0 * duration_s) <= bound_j + 1e-6
+    first_energy_j, first_duration_s, first_source, first_bound_j = rows["first"]
+    assert first_source in ("counter", "estimated") and first_bound_j is not None
+    assert abs(first_energy_j - 200.0 * first_duration_s) <= first_bound_j + 1e-6
