@@ -52,6 +52,10 @@ STALE_AFTER_PERIODS = 20
 # registered for a tick already read is carried into later ticks instead of its own.
 DAEMON_SIMULATED_LAG_S = 1.0
 
+# At start, pricing and the store open once every GPU counter has been seen to change,
+# or after this long.
+ACQUIRE_WAIT_S = 0.25
+
 # Values replaced so that their record can be stored (``footprint._sanitize``).
 BAD_VALUES = {
     "invalid_tokens": "a token count was not an integer in [0, 2^40); it is stored as NULL",
@@ -318,6 +322,10 @@ class Runtime:
             try:
                 self._open_sensors()
                 self._start_samplers()
+                # The first counter change pins each counter's phase; pricing's and the
+                # store's imports hold the GIL for tenths of a second, so they wait
+                # (bounded) until then. Records are written a flush interval later anyway.
+                self.gpu_sampler.wait_acquired(ACQUIRE_WAIT_S)
                 self._open_services()
             except Exception as exc:  # calls are still recorded, with no energy
                 self.warn_once("open", f"footprint: no energy will be recorded: {exc!r}")

@@ -103,10 +103,22 @@ class IdlePowerEstimator:
     leaves no interval idle (calls shorter than the counter period with shorter gaps),
     the average power of an interval is ``idle + (busy − idle) × busy fraction``, and a
     least-squares line through recent intervals gives idle power as its intercept.
+
+    A part-time counter (``part_time``) reports an interval at idle power whenever its
+    window saw no call, however busy the rest was: that line is then as noisy as the
+    window is short (its intercept was 40 W for a 60 W GPU in the bench), while the lowest
+    quarter of the intervals' powers sits on idle power. The tighter of the two is used.
     """
 
-    def __init__(self, window: int = 256, idle_window: int = 64, min_idle: int = 3) -> None:
+    def __init__(
+        self,
+        window: int = 256,
+        idle_window: int = 64,
+        min_idle: int = 3,
+        part_time: bool = False,
+    ) -> None:
         self.min_idle = min_idle
+        self.part_time = part_time
         self._idle_w: deque[float] = deque(maxlen=idle_window)
         self._points: deque[Point] = deque(maxlen=window)
         self._cached: IdleEstimate | None = None
@@ -140,11 +152,21 @@ class IdlePowerEstimator:
                 median = ordered[len(ordered) // 2]
                 spread = max(median - ordered[0], ordered[-1] - median)
                 return IdleEstimate(median, spread, "idle-intervals")
-            return _fit_intercept(list(self._points) + list(extra))
+            return self._from_busy_intervals(list(self._points) + list(extra))
         if self._dirty:
-            self._cached = _fit_intercept(self._points)
+            self._cached = self._from_busy_intervals(self._points)
             self._dirty = False
         return self._cached
+
+    def _from_busy_intervals(self, points: Iterable[Point]) -> IdleEstimate | None:
+        pts = list(points)
+        fitted = _fit_intercept(pts)
+        if not self.part_time or len(pts) < 8:
+            return fitted
+        lowest = sorted(p for _, p, _ in pts)[: max(2, len(pts) // 4)]
+        median = lowest[len(lowest) // 2]
+        floor = IdleEstimate(median, max(median - lowest[0], lowest[-1] - median), "lowest")
+        return floor if fitted is None or floor.spread_w < fitted.spread_w else fitted
 
 
 def _fit_intercept(points: Iterable[Point]) -> IdleEstimate | None:
@@ -231,7 +253,7 @@ class DeviceResolver:
         self._bound_per_span_j = 0.0
         self._prev: _Interval | None = None
         self._last_busy_w: float | None = None  # busy power of the last busy interval
-        self.estimator = estimator or IdlePowerEstimator()
+        self.estimator = estimator or IdlePowerEstimator(part_time=bool(counter_window_s))
         self.timing_uncertainty_s = 0.0  # how far a sample's time may be off (sampler's)
         self.first_sample_s: float | None = None
         self.resolved_until_s: float | None = None

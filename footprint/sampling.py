@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -399,6 +400,19 @@ class Sampler:
             state.pin_until_s = tick_s + PIN_LEAD_S + fit.uncertainty_s
             wait_s = min(wait_s, max(0.0, state.pin_from_s - now_s))
         return wait_s
+
+    def wait_acquired(self, timeout_s: float) -> bool:
+        """Wait (bounded) until every ticking counter has been seen to change, so its
+        phase is pinned by a narrow window; True if so. The runtime opens its slower
+        parts after this: their imports would otherwise stall the first polls."""
+        deadline_s = time.monotonic() + timeout_s
+        while any(s.estimator is not None and s.changes == 0 for s in self._states) or any(
+            s.unplaced is not None and s.changes == 0 for s in self._states
+        ):
+            if time.monotonic() >= deadline_s or self._stop.is_set():
+                return False
+            time.sleep(FIRST_TICK_POLL_S)
+        return True
 
     def _acquiring(self) -> bool:
         started_s = self._started_s

@@ -402,8 +402,7 @@ def test_the_first_call_does_not_wait_for_the_sensor_and_is_measured_from_its_st
     rows = {
         model: (energy_j, duration_s, source, bound_j)
         for model, energy_j, duration_s, source, bound_j in con.execute(
-            "SELECT model, energy_j, duration_s, energy_source, energy_uncertainty_j "
-            "FROM queries"
+            "SELECT model, energy_j, duration_s, energy_source, energy_uncertainty_j FROM queries"
         )
     }
     con.close()

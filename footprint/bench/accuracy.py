@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -178,6 +179,8 @@ def _fake_options(path: str, gpus: int, seed: int) -> dict[str, Any]:
     }  # fmt: skip
     if path == "nvml-part-time":
         options["counter_window_s"] = PART_TIME_WINDOW_S
+    # A real counter's tick phase is unrelated to the process: a different one each run.
+    options["counter_phase_s"] = random.Random(seed * 7919).uniform(0, UPDATE_PERIOD_S)
     return options
 
 

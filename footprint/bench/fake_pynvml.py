@@ -206,6 +206,9 @@ class FakeGpu:
     power_w: float | Callable[[float], float] = 60.0
     counter_update_period_s: float = 0.1
     counter_start_mj: int = 0
+    # The counter's ticks began this long before the GPU was attached (s, < the period):
+    # a real GPU's tick phase has nothing to do with when a process starts.
+    counter_phase_s: float = 0.0
     integration_step_s: float = 0.001
     calls: Counter[str] = field(default_factory=Counter)
     counter_window_s: float | None = None
@@ -243,8 +246,10 @@ class FakeGpu:
 
     def attach(self, clock: FakeClock | SystemClock) -> None:
         """Start the GPU's energy on ``clock`` (done by ``make_fake_pynvml``)."""
+        if not 0 <= self.counter_phase_s < self.counter_update_period_s:
+            raise ValueError("counter_phase_s must be in [0, counter_update_period_s)")
         self._clock = clock
-        self._attach_s = clock.now_s()
+        self._attach_s = clock.now_s() - self.counter_phase_s
         self._t_s = self._attach_s
         self._energy_j = 0.0
         self._tick = 0
@@ -605,6 +610,7 @@ class FakeInstallSpec:
     power_limit_w: float | None = None  # enforced power limit; None: busy_w, 0: unsupported
     energy_counter: bool = True  # False: a GPU without the energy counter (power only)
     seed: int = 0  # only changes the UUIDs (``fake_uuids``)
+    counter_phase_s: float = 0.0  # the ticks began this long before the module was made
 
     def __post_init__(self) -> None:
         if not 1 <= self.gpus <= 64:
@@ -684,6 +690,7 @@ def install_fake_pynvml(spec: str | Mapping[str, object]) -> types.ModuleType:
                 counter_update_period_s=options.counter_update_period_s,
                 counter_window_s=options.counter_window_s,
                 counter_window_offset_s=options.counter_window_offset_s,
+                counter_phase_s=options.counter_phase_s,
                 power_average_s=options.power_average_s,
                 loads=loads,
                 power_limit_w=limit_w or None,
