@@ -30,7 +30,10 @@ def test_one_short_call_then_exit_is_measured(path, seconds, tolerance_pct):
     energy); 0 J, ``estimated``, bound NULL on the NVML path."""
     result = run_scenario(_one_call(seconds), path)
     assert result["queries"] == 2
-    assert result["estimated_records"] == 0 and result["unbounded_records"] == 0
+    # A call that began before the counter's first value describes (a tick between the
+    # call's start and NVML's first read: a few runs in a hundred) is "estimated", with
+    # a bound that covers it; never unbounded.
+    assert result["unbounded_records"] == 0 and result["zero_energy_records"] == 0
     assert result["per_query_error_pct"]["max"] <= tolerance_pct, result
     assert result["within_bound_pct"] == 100.0, result
 
