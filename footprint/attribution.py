@@ -163,10 +163,18 @@ class IdlePowerEstimator:
         fitted = _fit_intercept(pts)
         if not self.part_time or len(pts) < 8:
             return fitted
-        lowest = sorted(p for _, p, _ in pts)[: max(2, len(pts) // 4)]
+        # Only intervals with idle time in them can have shown idle power (in traffic
+        # that keeps the GPU busy, the lowest quarter of all intervals is busy power).
+        partly_idle = sorted(p for f, p, _ in pts if f < 1.0)
+        if len(partly_idle) < 8:
+            return fitted
+        lowest = partly_idle[: max(2, len(partly_idle) // 4)]
         median = lowest[len(lowest) // 2]
         floor = IdleEstimate(median, max(median - lowest[0], lowest[-1] - median), "lowest")
-        return floor if fitted is None or floor.spread_w < fitted.spread_w else fitted
+        if fitted is None:
+            return floor
+        consistent = floor.power_w <= fitted.power_w + fitted.spread_w
+        return floor if consistent and floor.spread_w < fitted.spread_w else fitted
 
 
 def _fit_intercept(points: Iterable[Point]) -> IdleEstimate | None:
