@@ -107,7 +107,8 @@ class IdlePowerEstimator:
     A part-time counter (``part_time``) reports an interval at idle power whenever its
     window saw no call, however busy the rest was: that line is then as noisy as the
     window is short (its intercept was 40 W for a 60 W GPU in the bench), while the lowest
-    quarter of the intervals' powers sits on idle power. The tighter of the two is used.
+    tenth of the partly idle intervals' powers sits on idle power, all alike. That floor
+    is used where it exists and agrees with the line better than the line's own spread.
     """
 
     def __init__(
@@ -168,8 +169,10 @@ class IdlePowerEstimator:
         partly_idle = sorted(p for f, p, _ in pts if f < 1.0)
         if len(partly_idle) < 8:
             return fitted
-        lowest = partly_idle[: max(2, len(partly_idle) // 4)]
+        lowest = partly_idle[: max(2, len(partly_idle) // 10)]
         median = lowest[len(lowest) // 2]
+        if lowest[-1] - lowest[0] > max(2.0, 0.02 * median):
+            return fitted  # no floor that many windows read alike: traffic too dense
         floor = IdleEstimate(median, max(median - lowest[0], lowest[-1] - median), "lowest")
         if fitted is None:
             return floor
