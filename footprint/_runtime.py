@@ -254,7 +254,7 @@ class Runtime:
         the ``counter_window_s`` setting, else what the sensor says."""
         if self.settings.counter_window_s is not None:
             return self.settings.counter_window_s
-        return getattr(self.gpu_sensor, "counter_window_s", None)
+        return self.gpu_sensor.counter_window_s
 
     def _open_services(self) -> None:
         """GPU claims, pricing and the store's modules: after the samplers started."""

@@ -140,19 +140,13 @@ class IdlePowerEstimator:
         """The current estimate (``extra``: not-yet-resolved intervals to fit with)."""
         if len(self._idle_w) >= self.min_idle:
             if self._dirty:
-                ordered = sorted(self._idle_w)
-                median = ordered[len(ordered) // 2]
-                spread = max(median - ordered[0], ordered[-1] - median)
-                self._cached = IdleEstimate(median, spread, "idle-intervals")
+                self._cached = _median(sorted(self._idle_w), "idle-intervals")
                 self._dirty = False
             return self._cached
         if extra:
             idle_w = list(self._idle_w) + [p for f, p, _ in extra if f <= 0.0]
             if len(idle_w) >= self.min_idle:  # idle intervals to come tell it directly
-                ordered = sorted(idle_w)
-                median = ordered[len(ordered) // 2]
-                spread = max(median - ordered[0], ordered[-1] - median)
-                return IdleEstimate(median, spread, "idle-intervals")
+                return _median(sorted(idle_w), "idle-intervals")
             return self._from_busy_intervals(list(self._points) + list(extra))
         if self._dirty:
             self._cached = self._from_busy_intervals(self._points)
@@ -170,14 +164,19 @@ class IdlePowerEstimator:
         if len(partly_idle) < 8:
             return fitted
         lowest = partly_idle[: max(2, len(partly_idle) // 10)]
-        median = lowest[len(lowest) // 2]
-        if lowest[-1] - lowest[0] > max(2.0, 0.02 * median):
+        floor = _median(lowest, "lowest")
+        if lowest[-1] - lowest[0] > max(2.0, 0.02 * floor.power_w):
             return fitted  # no floor that many windows read alike: traffic too dense
-        floor = IdleEstimate(median, max(median - lowest[0], lowest[-1] - median), "lowest")
         if fitted is None:
             return floor
         consistent = floor.power_w <= fitted.power_w + fitted.spread_w
         return floor if consistent and floor.spread_w < fitted.spread_w else fitted
+
+
+def _median(ordered: list[float], method: str) -> IdleEstimate:
+    """The median of sorted powers, its spread the largest deviation from it."""
+    median = ordered[len(ordered) // 2]
+    return IdleEstimate(median, max(median - ordered[0], ordered[-1] - median), method)
 
 
 def _fit_intercept(points: Iterable[Point]) -> IdleEstimate | None:

@@ -118,48 +118,42 @@ class PeriodLearner:
         self.min_changes = min_changes
         self.min_narrow_changes = min_narrow_changes
         self._warmup: list[tuple[float, float]] = []  # (midpoint, width) of each change
-        self._first_mid_s: float | None = None
-        self._last_mid_s = 0.0
-        self._ticks = 0
         self.period_s: float | None = None
         self.gave_up = False
 
     def observe(self, lo_s: float, hi_s: float) -> float | None:
-        """Feed a window in which the counter changed; returns the period once known."""
-        if self.gave_up:
-            return None
-        mid_s = (lo_s + hi_s) / 2
-        if self.period_s is None:
-            self._warmup.append((mid_s, hi_s - lo_s))
-            if len(self._warmup) < self.min_narrow_changes:
-                return None
-            mids = [m for m, _ in self._warmup]
-            gaps = sorted(b - a for a, b in zip(mids, mids[1:]))
-            rough_s = gaps[len(gaps) // 2]
-            widths = sorted(w for _, w in self._warmup)
-            if rough_s < 1.5 * min(self.poll_period_s, widths[len(widths) // 2]):
-                self.gave_up = True  # the counter changes about every poll: nothing to learn
-                return None
-            # Windows stretched by a stalled poll (a busy GIL at start-up) say little:
-            # the period comes from the narrow ones, ticks between them counted.
-            narrow = [m for m, w in self._warmup if w <= min(NARROW_WINDOW_S, rough_s / 8)]
-            if len(narrow) >= 3:
-                chosen = narrow
-            elif len(self._warmup) >= self.min_changes:
-                chosen = mids
-            else:
-                return None
-            self._first_mid_s = chosen[0]
-            self._ticks = sum(max(1, round((b - a) / rough_s)) for a, b in zip(chosen, chosen[1:]))
-            self._warmup = []
-            self._last_mid_s = chosen[-1]
-            self.period_s = (chosen[-1] - chosen[0]) / self._ticks
+        """Feed a window in which the counter changed; returns the period once known
+        (a ``TickFit`` refines it from there)."""
+        if self.gave_up or self.period_s is not None:
             return self.period_s
+        self._warmup.append(((lo_s + hi_s) / 2, hi_s - lo_s))
+        if len(self._warmup) < self.min_narrow_changes:
+            return None
+        mids = [m for m, _ in self._warmup]
+        gaps = sorted(b - a for a, b in zip(mids, mids[1:]))
+        rough_s = gaps[len(gaps) // 2]
+        widths = sorted(w for _, w in self._warmup)
+        if rough_s < 1.5 * min(self.poll_period_s, widths[len(widths) // 2]):
+            self.gave_up = True  # the counter changes about every poll: nothing to learn
+            return None
+        # Windows stretched by a stalled poll (a busy GIL at start-up) say little: the
+        # period comes from the narrow ones, ticks between them counted.
+        narrow = [m for m, w in self._warmup if _is_narrow(w, rough_s)]
+        if len(narrow) >= 3:
+            chosen = narrow
+        elif len(self._warmup) >= self.min_changes:
+            chosen = mids
         else:
-            self._ticks += max(1, round((mid_s - self._last_mid_s) / self.period_s))
-        self._last_mid_s = mid_s
-        self.period_s = (mid_s - self._first_mid_s) / self._ticks  # type: ignore[operator]
+            return None
+        ticks = sum(max(1, round((b - a) / rough_s)) for a, b in zip(chosen, chosen[1:]))
+        self._warmup = []
+        self.period_s = (chosen[-1] - chosen[0]) / ticks
         return self.period_s
+
+
+def _is_narrow(width_s: float, period_s: float) -> bool:
+    """Whether a change window is narrow enough to pin the tick in it."""
+    return width_s <= min(NARROW_WINDOW_S, period_s / 8)
 
 
 class TickFit:
@@ -225,7 +219,7 @@ class TickFit:
 
     def tick_time_s(self, lo_s: float, hi_s: float) -> float:
         """The tick the value read at ``hi_s`` describes (it changed in ``(lo_s, hi_s]``)."""
-        if hi_s - lo_s <= min(NARROW_WINDOW_S, self.period_s / 8):
+        if _is_narrow(hi_s - lo_s, self.period_s):
             self.observe_narrow(lo_s, hi_s)
         return self.stamp(lo_s, hi_s)
 
@@ -406,8 +400,9 @@ class Sampler:
         phase is pinned by a narrow window; True if so. The runtime opens its slower
         parts after this: their imports would otherwise stall the first polls."""
         deadline_s = time.monotonic() + timeout_s
-        while any(s.estimator is not None and s.changes == 0 for s in self._states) or any(
-            s.unplaced is not None and s.changes == 0 for s in self._states
+        while any(
+            s.changes == 0 and (s.estimator is not None or s.unplaced is not None)
+            for s in self._states
         ):
             if time.monotonic() >= deadline_s or self._stop.is_set():
                 return False
@@ -576,7 +571,7 @@ class Sampler:
             fit = state.estimator = TickFit(period_s)
             state.learner = None  # the fit refines the period from here on
             for lo_s, hi_s, _ in unplaced:  # the line first, then the stamps on it
-                if hi_s - lo_s <= min(NARROW_WINDOW_S, period_s / 8):
+                if _is_narrow(hi_s - lo_s, period_s):
                     fit.observe_narrow(lo_s, hi_s)
             for n, (lo_s, hi_s, value_j) in enumerate(unplaced):
                 t_s = fit.stamp(lo_s, hi_s)
@@ -601,7 +596,7 @@ class Sampler:
         seen as the period when there are two or more, else at the polls."""
         with self._lock:
             for index, state in enumerate(self._states):
-                if state.unplaced is None or not state.unplaced:
+                if not state.unplaced:
                     continue
                 mids = [(lo_s + hi_s) / 2 for lo_s, hi_s, _ in state.unplaced]
                 gaps = sorted(b - a for a, b in zip(mids, mids[1:]))
