@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from yarl import URL
+
 DEFAULT_LISTEN = "127.0.0.1:8001"
 MAX_PARSED_BODY = 10 * 1024 * 1024  # request bodies beyond this are forwarded, not parsed
 RESERVED_TAGS = frozenset({"model", "tokens", "gpus", "sync"})
@@ -53,7 +55,25 @@ def parse_upstream(text: str) -> str:
         )
     if port == 0:
         raise ProxyConfigError(f"--upstream {text!r} has port 0; {example}")
-    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+    normalised = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+    upstream_url(normalised)  # what the proxy will use, read the same way
+    return normalised
+
+
+def upstream_url(text: str) -> URL:
+    """The upstream's base URL, parsed once: http(s), a host, no credentials, query or
+    fragment; the port explicit (80 or 443 when the URL names none)."""
+    example = "e.g. http://127.0.0.1:8000"
+    try:
+        url = URL(text)
+        port = url.port
+    except (ValueError, TypeError) as exc:
+        raise ProxyConfigError(f"upstream {text!r} is not a URL ({exc}); {example}") from None
+    if url.scheme not in ("http", "https") or not url.raw_host or not port:
+        raise ProxyConfigError(f"upstream {text!r} is not an http(s) URL with a host; {example}")
+    if url.raw_query_string or url.raw_fragment or url.raw_user or url.raw_password:
+        raise ProxyConfigError(f"upstream {text!r} must not have credentials, query or fragment")
+    return url.with_port(port)
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -1,13 +1,15 @@
 """The proxy: forwards every request to the upstream, measures the inference ones.
 
 One aiohttp event loop serves the clients (``aiohttp.web`` low-level server) and talks to
-the upstream (``aiohttp.ClientSession``, kept-alive connections). Requests and responses
-are forwarded as they are: method, path and query as received, headers less the
-hop-by-hop ones, bodies streamed both ways (the client's ``Accept``, ``Accept-Encoding``,
-``User-Agent`` and ``Content-Type`` are sent only if the client sent them; ``Host`` is
-the upstream's). The upstream's bytes reach the client unchanged: compressed bodies stay
-compressed (they are decoded on the side, for reading only), and one exception is made,
-below.
+the upstream (``aiohttp.ClientSession``, kept-alive connections). Only origin-form request
+targets (a path such as ``/v1/models?x=1``) are forwarded, to the upstream's host and port
+under its base path; ``CONNECT``, absolute URLs, ``//host`` paths and ``*`` get a 400.
+Requests and responses are forwarded as they are: method, path and query as received,
+headers less the hop-by-hop ones, bodies streamed both ways (the client's ``Accept``,
+``Accept-Encoding``, ``User-Agent`` and ``Content-Type`` are sent only if the client sent
+them; ``Host`` is the upstream's). The upstream's bytes reach the client unchanged:
+compressed bodies stay compressed (they are decoded on the side, for reading only), and
+one exception is made, below.
 
 For ``POST`` to ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` and
 ``/v1/responses``, one ``footprint.query`` per request: the request body is read (up to
@@ -34,6 +36,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from typing import Any
 
 import aiohttp
@@ -48,7 +51,7 @@ from footprint.proxy.accounting import (
     Inflater,
     SSEAccountant,
 )
-from footprint.proxy.config import ProxyConfig, ProxyConfigError
+from footprint.proxy.config import ProxyConfig, ProxyConfigError, upstream_url
 
 log = logging.getLogger("footprint.proxy")
 
@@ -62,6 +65,7 @@ INLINE_PARSE_MAX = 256 * 1024  # larger request bodies are parsed off the event 
 WHOLE_BODY_MAX = 1024 * 1024  # a body this small, of known length, is sent in one write
 ERROR_PEEK = 64 * 1024  # of a 4xx body read to see whether it refuses stream_options
 MAX_MODEL_CHARS = 256
+REFUSAL_LOG_INTERVAL_S = 60.0  # refused request targets: one warning at most this often
 Headers = list[tuple[str, str]]
 
 
@@ -103,6 +107,25 @@ class _ClientGone(Exception):
 def _error_response(status: int, kind: str, message: str) -> web.Response:
     body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}})
     return web.Response(status=status, body=body.encode(), content_type="application/json")
+
+
+def is_origin_form(method: str, target: str) -> bool:
+    """Whether a request target is a path (``/v1/models?x=1``): not ``CONNECT host:port``,
+    an absolute URL, ``*``, nor a ``//host`` path (a network-path reference)."""
+    return (
+        method != "CONNECT" and target.startswith("/") and not target.startswith("//")
+        and "#" not in target
+    )  # fmt: skip
+
+
+def upstream_target(base: URL, target: str) -> URL:
+    """The upstream URL of an origin-form target: the base's scheme, host and port, its
+    path then the target's (still encoded, as received). The host is never the target's."""
+    path, _, query = target.partition("?")
+    return URL.build(
+        scheme=base.scheme, authority=base.raw_authority,
+        path=base.raw_path.rstrip("/") + path, query_string=query, encoded=True,
+    )  # fmt: skip
 
 
 def _connection_tokens(headers: Any) -> set[str]:
@@ -157,6 +180,7 @@ class ProxyStats:
         self.cancelled = 0
         self.accounting_errors = 0
         self.oversized_events = 0
+        self.refused_targets = 0  # not a path (CONNECT, absolute URL, *): 400, not forwarded
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -181,6 +205,7 @@ class Proxy:
         self.config = config
         self.stats = ProxyStats()
         self._upstream = config.upstream
+        self._base = upstream_url(config.upstream)
         self._runner: web.ServerRunner | None = None
         self._site: web.TCPSite | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -189,6 +214,8 @@ class Proxy:
         self._idle: asyncio.Event | None = None
         self.address: tuple[str, int] | None = None
         self._warned: set[str] = set()
+        self._refusals_unlogged = 0
+        self._next_refusal_log = float("-inf")
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -256,6 +283,8 @@ class Proxy:
             self._handlers.add(task)
             self._idle.clear()  # type: ignore[union-attr]
         try:
+            if not is_origin_form(request.method, request.raw_path):
+                return self._refuse_target(request)
             kind = ENDPOINTS.get(request.path) if request.method == "POST" else None
             if kind is None:
                 return await self._passthrough(request)
@@ -267,7 +296,29 @@ class Proxy:
                     self._idle.set()  # type: ignore[union-attr]
 
     def _target(self, request: web.BaseRequest) -> URL:
-        return URL(self._upstream + request.raw_path, encoded=True)
+        return upstream_target(self._base, request.raw_path)
+
+    def _refuse_target(self, request: web.BaseRequest) -> web.Response:
+        """400 to a target that is not a path; counted, logged once per interval at most."""
+        self.stats.refused_targets += 1
+        self._refusals_unlogged += 1
+        now = time.monotonic()
+        if now >= self._next_refusal_log:
+            self._next_refusal_log = now + REFUSAL_LOG_INTERVAL_S
+            message = (
+                f"footprint proxy: refused {self._refusals_unlogged} request(s) whose target "
+                f"is not a path, the last {request.method} {request.raw_path[:100]!r} (400)"
+            )
+            self._refusals_unlogged = 0
+            log.warning(message)
+            print(message, file=sys.stderr, flush=True)
+        response = _error_response(
+            400, "invalid_request_target",
+            "the request target must be a path such as /v1/chat/completions: the proxy "
+            "forwards no CONNECT, absolute URL, //host path or *",
+        )  # fmt: skip
+        response.force_close()
+        return response
 
     def _headers_up(self, request: web.BaseRequest, keep_length: bool) -> Headers:
         drop = _NOT_FORWARDED_UP | _connection_tokens(request.headers)
