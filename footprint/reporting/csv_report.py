@@ -2,7 +2,8 @@
 
 In the CSV a figure that is not known is ``unknown`` (never 0, never an empty cell that a
 spreadsheet would sum as 0); a group's value that is null (the queries without the tag of
-``--by tag:NAME``) is an empty cell.
+``--by tag:NAME``) is an empty cell. Text that a spreadsheet would run as a formula (any
+client names its model) starts with ``'`` (``spreadsheet_text``); numbers stay numbers.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from typing import Any
 
 from footprint.reporting.request import group_key
+from footprint.storage.export import spreadsheet_text
 
 UNKNOWN = "unknown"
 
@@ -43,15 +45,21 @@ def write_csv(report: dict[str, Any], handle: Any) -> None:
     columns: dict[str, None] = {}
     for entry in entries:
         columns.update(dict.fromkeys(_flatten(entry)))
-    writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
+    fields = list(columns)
+    writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
+    # A row with a carriage return in its text: every text cell quoted (with "\n" as line
+    # end the default quoting leaves a "\r" bare, and readers would split the row there).
+    quoted = csv.DictWriter(
+        handle, fieldnames=fields, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC
+    )
+    writer.writerow({k: spreadsheet_text(k) for k in fields})
     for entry in entries:
-        writer.writerow(
-            {
-                k: ("" if k in labels else UNKNOWN) if v is None else v
-                for k, v in _flatten(entry).items()
-            }
-        )
+        row = {
+            k: ("" if k in labels else UNKNOWN) if v is None else spreadsheet_text(v)
+            for k, v in _flatten(entry).items()
+        }
+        bare_cr = any(isinstance(v, str) and "\r" in v for v in row.values())
+        (quoted if bare_cr else writer).writerow(row)
 
 
 def render_json(report: dict[str, Any]) -> str:

@@ -15,6 +15,16 @@ from footprint.storage.store import StoreError, open_engine
 
 FORMATS = ("csv", "jsonl", "parquet")
 CHUNK_ROWS = 5_000
+# What a spreadsheet takes for the start of a formula in a text cell (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(value: Any) -> Any:
+    """``value`` for a CSV cell: text a spreadsheet would run as a formula (a model named
+    ``=cmd|' /C calc'!A0``) gets a leading ``'``; numbers and other text as given."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _iso(value: Any) -> Any:
@@ -42,7 +52,10 @@ def iter_chunks(db: str) -> Iterator[tuple[list[str], list[tuple]]]:
 
 
 def export_text(db: str, fmt: str, out: TextIO) -> int:
-    """Write every query row as CSV (with a header) or JSON lines; returns rows written."""
+    """Write every query row as CSV (with a header) or JSON lines; returns rows written.
+
+    In the CSV, text that a spreadsheet would take for a formula is escaped
+    (``spreadsheet_text``); JSON lines are as stored."""
     if fmt not in ("csv", "jsonl"):
         raise ValueError(f"text export format must be csv or jsonl, got {fmt!r}")
     count = 0
@@ -53,7 +66,7 @@ def export_text(db: str, fmt: str, out: TextIO) -> int:
             if not header_done:
                 writer.writerow(columns)
                 header_done = True
-            writer.writerows(rows)
+            writer.writerows([spreadsheet_text(v) for v in row] for row in rows)
         else:
             out.writelines(json.dumps(dict(zip(columns, row))) + "\n" for row in rows)
         count += len(rows)
