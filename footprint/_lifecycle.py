@@ -48,6 +48,7 @@ _previous_handlers: dict[int, Any] = {}
 _finalizer_pid = 0  # the process that registered a multiprocessing exit finalizer
 _ending = False  # a signal's default action is about to end the process
 _in_handler = False  # footprint's signal handler is asking for a flush
+_reraise_warned = False  # the uvicorn warning was given
 
 
 def ensure() -> Runtime | DaemonClient | None:
@@ -129,6 +130,7 @@ def shutdown() -> None:
 
 def _watch_process() -> None:
     """Signal handlers (main thread only) and, in a multiprocessing child, a finalizer."""
+    _warn_if_reraised()
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             _install_handler(signum)
@@ -139,6 +141,30 @@ def _watch_process() -> None:
 
         util.Finalize(None, _at_exit, exitpriority=100)  # runs before its os._exit
         _finalizer_pid = os.getpid()
+
+
+def _warn_if_reraised() -> None:
+    """Say once that a server which re-raises SIGTERM with its default action after
+    draining (uvicorn) ends the process without the exit flush: its last calls are
+    counted by the call journal, not stored."""
+    global _reraise_warned
+    if _reraise_warned:
+        return
+    try:
+        handler = signal.getsignal(signal.SIGTERM)
+    except (ValueError, OSError):
+        return
+    owner = getattr(handler, "__module__", None) or ""
+    if owner.split(".")[0] != "uvicorn" or isinstance(runtime, DaemonClient):
+        return
+    _reraise_warned = True
+    warnings.warn(
+        "footprint: uvicorn ends a worker on SIGTERM without Python's exit: the calls of "
+        "its last flush interval are counted as lost (losses kind unsaved_process_died), "
+        "not stored; run `footprint daemon` beside the server to store them",
+        FootprintWarning,
+        stacklevel=5,
+    )
 
 
 def _install_handler(signum: int) -> None:

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from footprint._clock import SYSTEM_CLOCK, Clock
@@ -33,6 +34,7 @@ from footprint.sampling import Sampler
 from footprint.sensors import ENERGY_MISSING, ENERGY_POWER, Sensor, open_cpu_sensor, open_gpu_sensor
 from footprint.sensors.base import NullSensor
 from footprint.storage.columns import PRICING_COLUMNS
+from footprint.storage.journal import CallJournal
 from footprint.storage.writer import WriteFailed, Writer
 
 log = logging.getLogger("footprint")
@@ -63,6 +65,8 @@ BAD_VALUES = {
     "lone surrogate); it is stored cleaned",
     "unserializable_tags": "a tag key or value could not be stored as JSON; it is stored "
     "as its type name",
+    "invalid_ttft": "a time to first token was negative, not finite or longer than its call; "
+    "it is stored as NULL",
 }
 
 # The writer thread folds new rows into the hourly rollups every this many flushes.
@@ -85,6 +89,9 @@ class EndedSpan(NamedTuple):
     gpus: tuple | None  # indices or UUIDs as given; None: every GPU
     pid: int | None = None  # the process that made the call (the daemon's clients); None: this one
     host: str | None = None
+    # The daemon's clients: "<session>:<client span id>", stored as ``span_key`` (how the
+    # next daemon recognises an end sent again); None in-process.
+    key: str | None = None
 
 
 def _drives_simulator(sensor_spec: str) -> bool:
@@ -95,6 +102,16 @@ def _drives_simulator(sensor_spec: str) -> bool:
     from footprint.sensors.simulated import SimulatedGpuSpec
 
     return SimulatedGpuSpec.parse(options).workload == "spans"
+
+
+def _plain_sqlite_path(db: str) -> str | None:
+    """The SQLite file of a plain path or a simple ``sqlite:///`` URL, without importing
+    the store's modules; None for anything else."""
+    if "://" not in db:
+        return str(Path(db).expanduser().resolve())
+    if db.startswith("sqlite:///") and "?" not in db and db != "sqlite:///:memory:":
+        return db.removeprefix("sqlite:///")
+    return None
 
 
 class FootprintWarning(UserWarning):
@@ -195,6 +212,9 @@ class Runtime:
         # loss counted): the daemon acknowledges its clients' ends with it. Writer thread.
         self.on_settled: Callable[[list[int]], None] | None = None
         self._settled: list[int] = []
+        # Ended and settled calls counted in a file a killed process leaves behind
+        # (``footprint.storage.journal``): the hot path adds its ends, ``_settle`` the rest.
+        self.journal = CallJournal()
         if open_now:
             self._open()
 
@@ -272,7 +292,18 @@ class Runtime:
             # The store's modules (SQLAlchemy) now, off the caller's thread: a process
             # forked later inherits them instead of importing them at its exit.
             import footprint.storage.store  # noqa: F401
+        self._open_journal()
         self._ready.set()
+
+    def _open_journal(self, early: bool = False) -> None:
+        """Map the call journal beside a SQLite database, once (a worker process's
+        runtime only: the daemon's clients resend what it did not acknowledge).
+        ``early``: before the store's modules are imported, for a plain file path."""
+        if self.presence_role != "process" or self.journal.path is not None:
+            return
+        path = _plain_sqlite_path(self.settings.db) if early else self.writer._database_path()
+        if path is not None and os.path.isdir(os.path.dirname(path)):
+            self.journal.open(path, self.host)
 
     def _open_gpu(self, spec: str) -> tuple[Sensor, str]:
         try:
@@ -326,6 +357,9 @@ class Runtime:
                 # store's imports hold the GIL for tenths of a second, so they wait
                 # (bounded) until then. Records are written a flush interval later anyway.
                 self.gpu_sampler.wait_acquired(ACQUIRE_WAIT_S)
+                # Before pricing and the store's imports (tenths of a second): a process
+                # killed meanwhile leaves its count too. Not before the first samples.
+                self._open_journal(early=True)
                 self._open_services()
             except Exception as exc:  # calls are still recorded, with no energy
                 self.warn_once("open", f"footprint: no energy will be recorded: {exc!r}")
@@ -392,18 +426,15 @@ class Runtime:
         self._wake.set()
 
     def flush_before_exit(self, deadline_s: float) -> bool:
-        """Request a flush and wait for it up to ``deadline_s``; True if it completed.
-
-        For a signal whose default action ends the process. A second call while the
-        first waits (a second signal) returns at once.
-        """
+        """The exit flush, now, within ``deadline_s``: True if everything ended was
+        stored or counted. For a signal whose default action ends the process: the calls
+        that just ended wait for the counters' next tick as at a normal exit. A second
+        call while the first waits (a second signal) returns at once."""
         if self._exit_flush_started:
             return False
         self._exit_flush_started = True
-        if self._worker is None or not self._worker.is_alive():
-            return False
-        self.request_flush()
-        return self._flushed.wait(deadline_s)
+        self.shutdown(deadline_s)
+        return self.journal.unsettled <= 0
 
     # -- simulated GPUs driven by the calls ---------------------------------------
     def begin_simulated_load(self, gpus: tuple | None, t_s: float) -> None:
@@ -503,12 +534,10 @@ class Runtime:
                 pending = self._announce(span_id, start_s, gpus)
                 if (start_s < abandon_before_s or span_id in to_abandon) and not pending.abandoned:
                     self._abandon(span_id, pending, now_s)
-            settling = self.on_settled is not None
             for span in ended:
                 if self._abandoned and span.span_id in self._abandoned:
                     del self._abandoned[span.span_id]  # ended at last: already counted
-                    if settling:
-                        self._settled.append(span.span_id)
+                    self._settled.append(span.span_id)
                     continue
                 pending = self._announce(span.span_id, span.start_s, span.gpus)
                 pending.span = span
@@ -538,8 +567,7 @@ class Runtime:
                     self._lose(pending)
                 self._pending.clear()
             complete.sort(key=lambda item: item[0])  # records in the order calls started
-            if settling:
-                self._settled.extend(span_id for span_id, _ in complete)
+            self._settled.extend(span_id for span_id, _ in complete)
             records = []
             for _, pending in complete:
                 try:
@@ -583,7 +611,7 @@ class Runtime:
         if not pending.abandoned:
             self.running_at_exit += 1
             self.writer.count_loss("running_at_exit", 1)
-        if pending.span is not None and self.on_settled is not None:
+        if pending.span is not None:
             self._settled.append(pending.span.span_id)
         devices = self.gpu_devices + self.cpu_devices
         for slot, share in pending.shares.items():
@@ -723,6 +751,7 @@ class Runtime:
             "cpu_energy_source": cpu_source,
             "host": span.host or self.host,
             "pid": span.pid or self.pid,
+            "span_key": span.key,
             **self._unpriced,
         }
         if self.pricer is not None:
@@ -754,28 +783,34 @@ class Runtime:
         try:
             self.writer.flush()
         except WriteFailed as exc:
-            self.warn_once(
-                "write",
-                f"footprint: records will not be stored for now ({exc}); keeping up to "
-                f"{self.writer.max_buffered} in memory and counting what overflows",
-            )
+            if exc.reason != "disk full":  # a full disk: the writer said so in one line
+                self.warn_once(
+                    "write",
+                    f"footprint: records will not be stored for now ({exc}); keeping up to "
+                    f"{self.writer.max_buffered} in memory and counting what overflows",
+                )
             # The writer keeps its newest records: older ones were dropped and counted.
             excess = len(self._settled) - self.writer.max_buffered
             if excess > 0:
                 self._settle(excess)
             return
         self._settle(len(self._settled))
+        self._open_journal()  # the store may just have made the database's folder
         self._flushes += 1
         if self._flushes % ROLLUP_EVERY_FLUSHES == 0:
             self._catch_up_rollups()
 
     def _settle(self, count: int) -> None:
-        """Tell ``on_settled`` the oldest ``count`` settled span ids."""
-        callback = self.on_settled
-        if callback is None or count <= 0:
+        """The oldest ``count`` settled span ids: counted in the journal, told to
+        ``on_settled``."""
+        if count <= 0:
             return
         ids = self._settled[:count]
         del self._settled[:count]
+        self.journal.settled(len(ids))
+        callback = self.on_settled
+        if callback is None:
+            return
         try:
             callback(ids)
         except Exception as exc:  # the acknowledgements never stop the records
@@ -803,8 +838,9 @@ class Runtime:
             self.warn_once("cycle", f"footprint: internal error while resolving: {exc!r}")
             return 0
 
-    def shutdown(self) -> None:
-        """Stop the threads and write everything, within ``exit_deadline_s``.
+    def shutdown(self, deadline_s: float | None = None) -> None:
+        """Stop the threads and write everything, within ``deadline_s`` (default
+        ``exit_deadline_s``).
 
         The final write runs on its own thread: a database that stops answering cannot
         hold the process past the deadline. What is not stored by then is counted
@@ -812,6 +848,7 @@ class Runtime:
         """
         if self._stop.is_set():
             return
+        deadline_s = self.settings.exit_deadline_s if deadline_s is None else deadline_s
         self._stop.set()
         self._wake.set()
         finisher = threading.Thread(target=self._finish, name="footprint-exit", daemon=True)
@@ -820,7 +857,7 @@ class Runtime:
         except RuntimeError:  # no new threads this late in interpreter shutdown
             self._finish()
             return
-        finisher.join(self.settings.exit_deadline_s)
+        finisher.join(deadline_s)
         if finisher.is_alive():
             self.unsaved_at_exit = (
                 len(self.ended) + sum(p.span is not None for p in self._pending.values())
@@ -828,9 +865,11 @@ class Runtime:
             )  # fmt: skip
             log.warning(
                 "footprint: exit deadline of %g s passed; about %d records were not stored",
-                self.settings.exit_deadline_s,
+                deadline_s,
                 self.unsaved_at_exit,
             )
+            if self.journal.path is not None:
+                return  # the journal keeps the count, true to the last write
             with contextlib.suppress(Exception):  # counted where losses are kept
                 self.writer.save_loss_counts({"unsaved_at_exit": self.unsaved_at_exit})
 
@@ -851,9 +890,13 @@ class Runtime:
                 self.cycle(until_s=float("inf"), drain_all=True, final=True)
             except Exception as exc:  # at exit: say so, never raise into atexit
                 log.warning("footprint: could not resolve the last spans at exit: %r", exc)
+            self.writer.losses_saved_to = None
             lost = self.writer.abandon()  # logs and saves the count where losses are kept
             if lost:
                 self.unsaved_at_exit = lost
+                if self.writer.losses_saved_to is not None:
+                    self.journal.settled(lost)
+            self.journal.close()  # removed when every ended call is settled
         finally:
             if self.gpu_claims is not None:
                 with contextlib.suppress(Exception):

@@ -636,6 +636,35 @@ def bench_daemon(
     )
 
 
+@bench_app.command("soak")
+def bench_soak(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    minutes: Annotated[
+        float, typer.Option(min=0.05, max=600, help="How long each setup runs.")
+    ] = 1.0,
+    workers: Annotated[int, typer.Option(min=1, max=32, help="Worker processes.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the random stop times.")] = 1,
+) -> None:
+    """Calls made, stored, counted lost and duplicated while workers (and the daemon)
+    are stopped with SIGTERM at random times; RSS over time."""
+    from footprint.bench.soak import run
+
+    result = run(minutes=minutes, workers=workers, seed=seed)
+    if as_json:
+        _print_json(result)
+        return
+    for setup in result["setups"]:
+        rss = setup["rss_mib"]
+        console.print(
+            f"{setup['mode']}: {setup['worker_stops']} worker and {setup['daemon_stops']} daemon "
+            f"SIGTERMs; {setup['made']:,} calls made, {setup['stored']:,} stored, "
+            f"{setup['counted_lost']:,} counted lost, {setup['duplicated']:,} duplicated, "
+            f"{setup['unaccounted']:,} unaccounted; worker RSS max "
+            f"{rss['workers']['max'] if rss['workers'] else '-'} MiB"
+            + (f", daemon RSS max {rss['daemon']['max']} MiB" if rss["daemon"] else "")
+        )
+
+
 @bench_app.command("proxy")
 def bench_proxy(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
@@ -720,6 +749,22 @@ def daemon_command(
             "out of ps).",
         ),
     ] = None,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Client connections at most (fewer if the open-files limit leaves room for "
+            "fewer); over it a new one gets a one-line error and is closed.",
+        ),
+    ] = 4096,
+    max_connections_per_peer: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Client connections at most from one process (one uid where its pid "
+            "is not visible).",
+        ),
+    ] = 256,
 ) -> None:
     """The host's sidecar daemon: one sampler for every GPU, spans from every process,
     Prometheus metrics. Runs until SIGTERM or Ctrl-C (SIGHUP re-reads the settings)."""
@@ -728,6 +773,7 @@ def daemon_command(
     config = DaemonConfig(
         socket_path=socket_path, http=http, db=db, sampling_period_s=sampling_period,
         sensor=sensor, region=region, group=group, token=token,
+        max_connections=max_connections, max_connections_per_peer=max_connections_per_peer,
     )  # fmt: skip
     code = run_daemon(config)
     if code:

@@ -24,6 +24,10 @@ SyncFn = Callable[[], Any]
 
 _RESERVED = {"model", "tokens", "gpus", "sync"}
 
+# A time to first token outside [0, the call's duration] (or NaN) is stored as NULL and
+# counted in ``stats()["invalid_ttft"]`` and the ``losses`` table, with one warning.
+INVALID_TTFT = "invalid_ttft"
+
 
 def configure(*, clock: Clock | None = None, **settings: Any) -> None:
     """Set db, sensor, region, sampling_period_s, flush_interval_s, daemon, cpu, ...
@@ -180,9 +184,15 @@ def _end(
     if sync is not None:  # no call at all on the hot path without it
         _run_sync(runtime, sync)
     end_s = runtime.now()
+    if ttft_s is not None and not (
+        isinstance(ttft_s, (int, float)) and 0.0 <= ttft_s <= end_s - start_s  # NaN fails
+    ):
+        runtime._count_bad(INVALID_TTFT, 1)
+        ttft_s = None
     if runtime.drives_simulator:
         runtime.end_simulated_load(gpus, end_s)
     if len(runtime.ended) < runtime.max_pending:
+        runtime.journal.ended()  # before the append: the writer may settle it at once
         runtime.ended.append(
             EndedSpan(span_id, start_s, end_s, model, tags, status, error_type, tokens_in,
                       tokens_out, ttft_s, gpus)

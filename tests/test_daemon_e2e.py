@@ -140,6 +140,6 @@ def test_a_daemon_killed_and_restarted_mid_run(folder):
     assert sorted(calls) == ["w0", "w1"]
     for model, stored in calls.items():
         assert sorted(set(stored)) == list(range(300)), model  # every call
-        # Twice only if the daemon was killed between writing a record and sending its
-        # acknowledgement (well under a millisecond per write).
-        assert len(stored) - 300 <= 5, (model, len(stored))
+        # Once, even those the killed daemon wrote and did not acknowledge: sent again
+        # marked resent, the next daemon finds their keys stored (queries.span_key).
+        assert len(stored) == 300, (model, len(stored))

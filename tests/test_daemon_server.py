@@ -55,6 +55,11 @@ class DaemonProcess:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
+    @property
+    def token(self) -> str:
+        """What POST /v1/spans wants: the --token given, else the one it generated."""
+        return self.sock.with_name(self.sock.name + ".token").read_text().strip()
+
     def stop(self, timeout: float = 10.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -530,14 +535,14 @@ def test_healthz(daemon):
 def test_post_spans_over_http(daemon):
     t = time.monotonic()
     body = json.dumps(batch(98001, ends=[end(1, t - 0.1, t, "over-http", input_tokens=4)]))
-    status, reply = http_post(daemon.url("/v1/spans"), body.encode())
+    status, reply = http_post(daemon.url("/v1/spans"), body.encode(), token=daemon.token)
     assert status == 202, reply
     assert reply == {"accepted": {"starts": 0, "ends": 1}}
     rows = wait_for(lambda: records_of(daemon.db, "over-http"))
     assert rows and rows[0][0] == 98001 and rows[0][3] == 4
-    status, reply = http_post(daemon.url("/v1/spans"), b'{"pid": -1, "host": "h"}')
+    status, reply = http_post(daemon.url("/v1/spans"), b'{"pid": -1, "host": "h"}', daemon.token)
     assert status == 400 and reply["reason"] == "invalid" and "pid" in reply["error"]
-    status, reply = http_post(daemon.url("/v1/spans"), b"nope")
+    status, reply = http_post(daemon.url("/v1/spans"), b"nope", token=daemon.token)
     assert status == 400 and reply["reason"] == "json"
     assert http_post(daemon.url("/v1/other"), b"{}")[0] == 404
 

@@ -1,6 +1,7 @@
-"""Schema version 1 -> 3: a database written by footprint before the per-record energy
-uncertainty bound (2) and the lost-energy, ownership and GPU-price-source columns (3) is
-migrated in place, rows and rollups intact, on SQLite and PostgreSQL.
+"""Schema version 1 -> 4: a database written by footprint before the per-record energy
+uncertainty bound (2), the lost-energy, ownership and GPU-price-source columns (3) and the
+daemon's span key with its index (4) is migrated in place, rows and rollups intact, on
+SQLite and PostgreSQL.
 
 The version-1 schema is created from the SQL in ``tests/schema_v1/`` (what SQLAlchemy
 emitted for the version-1 models), filled with version-1 rows and rollups, then opened by
@@ -26,7 +27,8 @@ from footprint.storage.store import Store, database_info, open_engine
 
 V1_SQL = Path(__file__).resolve().parent / "schema_v1"
 PRICE_KEYS = {"ownership", "gpu_price_source"}  # version 3: nullable, on records and rollups
-NEW_QUERY_COLUMNS = {"energy_uncertainty_j", *PRICE_KEYS}
+SPAN_KEY = "span_key"  # version 4: nullable, on records, indexed
+NEW_QUERY_COLUMNS = {"energy_uncertainty_j", *PRICE_KEYS, SPAN_KEY}
 NEW_ROLLUP_COLUMNS = {"energy_uncertainty_j", "uncertainty_queries", *PRICE_KEYS}
 NEW_IDLE_COLUMNS = {"lost_energy_j", "measured_s"}
 
@@ -96,6 +98,18 @@ def _columns(url: str, table: str) -> dict[str, tuple[bool, bool]]:
         engine.dispose()
 
 
+def _span_key_index(url: str) -> dict | None:
+    """The index ``ix_queries_span_key`` of ``queries``: its columns and uniqueness."""
+    engine = _raw_engine(url)
+    try:
+        for index in inspect(engine).get_indexes("queries"):
+            if index["name"] == "ix_queries_span_key":
+                return {"column_names": index["column_names"], "unique": bool(index["unique"])}
+        return None
+    finally:
+        engine.dispose()
+
+
 def _with_bounds(records: list[dict], seed: int) -> list[dict]:
     rng = random.Random(seed)
     for r in records:
@@ -118,7 +132,7 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
 
     store = Store(db_url)  # opening migrates
     info = database_info(db_url)
-    assert info["schema_version"] == SCHEMA_VERSION == 3
+    assert info["schema_version"] == SCHEMA_VERSION == 4
     assert info["rollup_pending_rows"] == (50 if is_sqlite else 0)
 
     # The migrated tables have the columns of a fresh database, with the same nullability.
@@ -138,6 +152,8 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
         assert all(_columns(db_url, table)[name][0] is True for name in PRICE_KEYS)
     for name in NEW_IDLE_COLUMNS:
         assert _columns(db_url, "idle_energy")[name] == (False, True)
+    assert _columns(db_url, "queries")[SPAN_KEY] == (True, False)  # nullable, no default
+    assert _span_key_index(db_url) == {"column_names": [SPAN_KEY], "unique": False}
     # Token counts are 64-bit: SQLite's INTEGER is; PostgreSQL's integer became bigint (3).
     engine = _raw_engine(db_url)
     types = {c["name"]: str(c["type"]) for c in inspect(engine).get_columns("queries")}
@@ -152,6 +168,7 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
     )
     assert all(r["energy_uncertainty_j"] is None for r in queries_after)
     assert all(r[k] is None for r in queries_after + rollups_after for k in PRICE_KEYS)
+    assert all(r[SPAN_KEY] is None for r in queries_after)
     assert [{k: r[k] for k in before} for r, before in zip(rollups_after, rollups_before)] == (
         rollups_before
     )
@@ -218,8 +235,9 @@ def test_migration_is_idempotent_for_processes_opening_at_once(db_url):
     store = Store(db_url)
     store.insert(_with_bounds(make_records(4, seed=2), seed=2))
     store.close()
-    assert database_info(db_url)["schema_version"] == 3
+    assert database_info(db_url)["schema_version"] == 4
     assert database_info(db_url)["queries_rows"] == 24
+    assert _span_key_index(db_url) == {"column_names": [SPAN_KEY], "unique": False}
 
 
 def test_version_1_sql_is_the_version_1_models_less_the_new_columns():
@@ -238,4 +256,4 @@ def test_version_1_sql_is_the_version_1_models_less_the_new_columns():
     con.close()
     pg = " ".join(_statements("postgresql"))
     assert "energy_uncertainty_j" not in pg and "CREATE TABLE query_rollups" in pg
-    assert not any(name in pg for name in PRICE_KEYS)
+    assert not any(name in pg for name in PRICE_KEYS) and SPAN_KEY not in pg

@@ -73,6 +73,7 @@ def make_records(rows: int, seed: int = 0) -> list[dict[str, Any]]:
                 "compute_cost": duration_s * 6.88 / 3600,
                 "ownership": "rented",
                 "gpu_price_source": "NVIDIA H100 80GB HBM3, aws p5.48xlarge on-demand in us-east-1",
+                "span_key": None,  # written in-process
             }
         )
     return out

@@ -22,12 +22,19 @@ counted in ``stats()["daemon_lost_spans"]`` and logged.
 
 On the Unix socket a sent end is kept until the daemon acknowledges it (``{"acked":
 [ids]}``: its record is written or its loss counted), so a daemon killed before it wrote
-it gets it again from the next connection (one that had it ignores it); ends of a batch
-it refuses (``"refused": [ids]``) are dropped and counted in ``daemon_lost_spans``. Kept
+it gets it again from the next connection, marked ``resent``: a daemon that had it
+ignores it, and one that finds its key (``<session>:<id>``, the session drawn once per
+process) stored by an earlier daemon acknowledges it without storing it again. Ends of a
+batch it refuses (``"refused": [ids]``) are dropped and counted in ``daemon_lost_spans``. Kept
 ends count against ``max_pending_spans``. Ends sent but not yet acknowledged when the
 process exits are most likely written (the daemon writes every ``flush_interval_s``):
 ``stats()["daemon_unconfirmed_at_exit"]``. What this process had to drop or clean is
 reported in the batches (``lost``) for the daemon's ``losses``.
+
+Over HTTP every batch carries ``Authorization: Bearer TOKEN`` (the daemon refuses spans
+without it): ``FOOTPRINT_DAEMON_TOKEN``, else the file ``FOOTPRINT_DAEMON_TOKEN_FILE``
+names, else, for a loopback address, the file the daemon writes beside the default socket
+(``<socket>.token``), read again at each connection and after a 401.
 
 Locks: the hot path takes none; ``request_flush`` and ``flush_before_exit`` (called from
 signal handlers) take none either. A forked child never uses its parent's client
@@ -44,8 +51,10 @@ import json
 import logging
 import math
 import os
+import secrets
 import select
 import socket
+import stat
 import sys
 import threading
 import time
@@ -61,13 +70,27 @@ from footprint._sanitize import Cleaner
 from footprint.config import Settings
 from footprint.daemon.protocol import (
     MAX_BATCH_BYTES,
+    MAX_LOSS_COUNT,
     STATUSES,
     default_socket_path,
     encode_batch,
 )
+from footprint.storage.journal import NoJournal
+
+# Span ids of every client of this process: a client started again by configure() must
+# not reuse its predecessor's ids, which the daemon keeps (per host and pid) to ignore
+# duplicates.
+_SPAN_IDS = itertools.count()
+# This process's session (``session`` of a batch): with a span id, the key of its record
+# (``queries.span_key``), unique per process life since the ids above are; a forked child
+# (which goes on counting from its parent's ids) draws its own (``_after_fork_in_child``).
+_SESSION = secrets.token_hex(16)
 
 # stats() counters reported to the daemon's ``losses`` (``lost`` of a batch), by kind.
-_LOSS_COUNTERS = ("record_failed", "invalid_tokens", "sanitized_models", "unserializable_tags")
+
+_LOSS_COUNTERS = (
+    "record_failed", "invalid_tokens", "sanitized_models", "unserializable_tags", "invalid_ttft",
+)  # fmt: skip
 
 log = logging.getLogger("footprint")
 
@@ -84,6 +107,8 @@ MAX_GPU_ID_CHARS = 128
 RECENTLY_ENDED_S = 1.0  # an ended call still seen in ``inflight`` this long is not started
 HTTP_PATH = "/v1/spans"
 TOKEN_ENV = "FOOTPRINT_DAEMON_TOKEN"  # sent as "Authorization: Bearer <token>" over HTTP
+TOKEN_FILE_ENV = "FOOTPRINT_DAEMON_TOKEN_FILE"  # else the token read from this file
+MAX_TOKEN_BYTES = 4096
 BUSY = "busy"  # ``probe``: a daemon listens, its backlog is full for now
 
 _clients: weakref.WeakSet[DaemonClient] = weakref.WeakSet()
@@ -180,9 +205,10 @@ class DaemonClient:
         self.settings = settings
         self.clock = clock
         self.now = clock.monotonic_s
-        self.ids = itertools.count()
+        self.ids = _SPAN_IDS  # one id space per process: a new client (configure()) goes on
         self.inflight: dict[int, tuple[float, tuple | None]] = {}
         self.ended: deque[EndedSpan] = deque()
+        self.journal = NoJournal()  # the daemon acknowledges what it stored
         self._limit = settings.max_pending_spans
         self.max_pending = self._limit  # lowered while ends wait in ``_unsent``
         self.dropped_spans = 0
@@ -194,6 +220,7 @@ class DaemonClient:
         self.target = target
         self.pid = os.getpid()
         self.host = (socket.gethostname() or "localhost")[:255]
+        self.session = _SESSION
         # Sender state (its thread only).
         self._unsent: deque[dict[str, Any]] = deque()  # cleaned ends, oldest first
         self._unacked: dict[int, dict[str, Any]] = {}  # sent, not acknowledged (sent order)
@@ -203,11 +230,11 @@ class DaemonClient:
         self._sock: socket.socket | None = sock
         self._http: Any = None  # an http.client.HTTPConnection (imported when needed)
         self._headers = {"Content-Type": "application/json"}
+        self._token_path: str | None = None  # read at each connection (HTTP)
         if self.target.kind == "http":
             import http.client  # noqa: F401  (here: the sender thread never imports)
-        token = os.environ.get(TOKEN_ENV)
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
+
+            self._token_path = token_file(self.target.address)
         if sock is not None:
             sock.settimeout(IO_TIMEOUT_S)
         self._connected = sock is not None
@@ -522,7 +549,12 @@ class DaemonClient:
         for kind in _LOSS_COUNTERS:
             counts[kind] = self.bad_values.get(kind, 0)
         sent = self._losses_sent
-        return {k: n - sent.get(k, 0) for k, n in counts.items() if n > sent.get(k, 0)}
+        # What is over the daemon's bound per batch goes in the next ones.
+        return {
+            k: min(n - sent.get(k, 0), MAX_LOSS_COUNT - 1)
+            for k, n in counts.items()
+            if n > sent.get(k, 0)
+        }
 
     def _send(self, starts: list[dict[str, Any]]) -> None:
         """Every start given and every unsent end, in batches under the size limits."""
@@ -557,7 +589,12 @@ class DaemonClient:
                     starts = starts[1:]  # its end is sent when it ends
                 continue
             if not self._write(data):
-                break  # disconnected: what was not sent stays, for the next connection
+                # Disconnected: what was not sent stays, for the next connection. A
+                # response lost over HTTP may follow a batch the daemon took: its ends
+                # go as sent before (the daemon looks them up before storing them).
+                for end in ends:
+                    end["resent"] = True
+                break
             self.sent_batches += 1
             for _ in range(n_ends):
                 unsent.popleft()
@@ -576,7 +613,7 @@ class DaemonClient:
         self, starts: list, ends: list, ack: bool = False, lost: dict | None = None
     ) -> bytes | None:
         batch = {"pid": self.pid, "host": self.host, "monotonic_s": self.now(),
-                 "starts": starts, "ends": ends}  # fmt: skip
+                 "session": self.session, "starts": starts, "ends": ends}  # fmt: skip
         if ack and ends:
             batch["ack"] = True
         if lost:
@@ -612,8 +649,20 @@ class DaemonClient:
         if response.status >= 500:
             raise OSError(f"HTTP {response.status} from the daemon")
         if response.status >= 400:
+            if response.status == 401:  # a token made since, or changed: read it again
+                self._load_token()
             self._refused(body)
         return True
+
+    def _load_token(self) -> None:
+        """The bearer token for HTTP: ``FOOTPRINT_DAEMON_TOKEN``, else the token file."""
+        token = os.environ.get(TOKEN_ENV) or (
+            read_token(self._token_path) if self._token_path else None
+        )
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        else:
+            self._headers.pop("Authorization", None)
 
     def _read_replies(self) -> None:
         """Lines the daemon wrote back (non-blocking); EOF: it went away."""
@@ -660,8 +709,12 @@ class DaemonClient:
         self._set_max_pending()
 
     def _requeue_unacked(self) -> None:
-        """The connection is gone: what it did not acknowledge goes again, first."""
+        """The connection is gone: what it did not acknowledge goes again, first, marked
+        ``resent``: the daemon may have stored it before it went (its acknowledgement
+        lost), so the next one looks it up before storing it."""
         if self._unacked:
+            for end in self._unacked.values():
+                end["resent"] = True
             self._unsent.extendleft(reversed(self._unacked.values()))
             self.resent_spans += len(self._unacked)
             self._unacked.clear()
@@ -713,6 +766,7 @@ class DaemonClient:
                 self._sock = sock
                 self._watch(sock)
             else:
+                self._load_token()
                 parts = urlsplit(self.target.address)
                 conn = sys.modules["http.client"].HTTPConnection(
                     parts.hostname or "localhost", parts.port or 80, timeout=self._io_timeout_s()
@@ -783,6 +837,48 @@ class DaemonClient:
                 conn.close()
 
 
+def token_file(url: str, environ: dict[str, str] | None = None) -> str | None:
+    """Where a client posting to ``url`` reads the daemon's token: the file named by
+    ``FOOTPRINT_DAEMON_TOKEN_FILE``, else, for a loopback address, the one the daemon
+    writes beside the default socket (``<socket>.token``); None: no file (a remote daemon's
+    token is only sent when given, never this host's)."""
+    env = os.environ if environ is None else environ
+    named = env.get(TOKEN_FILE_ENV)
+    if named:
+        return named
+    host = urlsplit(url).hostname or ""
+    if host != "localhost":
+        import ipaddress
+
+        try:
+            if not ipaddress.ip_address(host).is_loopback:
+                return None
+        except ValueError:
+            return None
+    return f"{default_socket_path(env)}.token"
+
+
+def read_token(path: str) -> str | None:
+    """The token in ``path`` (a regular file: never waits on a FIFO); None when there is
+    none, or what is there is not a token (empty, too long, spaces, not ASCII)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.read(fd, MAX_TOKEN_BYTES + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    text = data.decode("ascii", "replace").strip()
+    if not text or len(data) > MAX_TOKEN_BYTES or not all(" " < c < "\x7f" for c in text):
+        return None
+    return text
+
+
 def _http_error() -> type[Exception]:
     """``http.client.HTTPException`` once http.client is in use (imported lazily: it
     costs ~10 ms at ``import footprint``), else an exception nothing raises."""
@@ -796,7 +892,10 @@ class _NeverRaised(Exception):
 
 def _after_fork_in_child() -> None:
     """Close the child's copies of its parent's connections (never used here), so the
-    daemon sees a connection end when the process that made it ends."""
+    daemon sees a connection end when the process that made it ends; draw the child's own
+    session (it goes on with its parent's span ids: its keys must differ)."""
+    global _SESSION
+    _SESSION = secrets.token_hex(16)
     for client in list(_clients):
         for sock in (client._sock, getattr(client._http, "sock", None)):
             if sock is None:

@@ -17,7 +17,7 @@ import json
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -126,6 +126,9 @@ class PowerTracker:
 class DaemonCollector:
     """Builds every footprint_* metric family when Prometheus scrapes."""
 
+    # The daemon's connection limits and what they refused (``Daemon.connection_limits``).
+    connection_limits: Callable[[], dict[str, Any]] | None = None
+
     def __init__(
         self,
         runtime: Runtime,
@@ -225,6 +228,8 @@ class DaemonCollector:
             "footprint_client_connections", "Open client connections on the Unix socket.",
             value=len(intake.connections),
         )  # fmt: skip
+        if self.connection_limits is not None:
+            yield from _connection_limit_metrics(self.connection_limits())
 
         from footprint.daemon.server import runtime_stats
 
@@ -263,12 +268,14 @@ class DaemonCollector:
         ignored = CounterMetricFamily(
             "footprint_spans_ignored",
             "Span starts and ends received and not applied, handled: sent again after a "
-            "reconnection (duplicate_start, duplicate_end), after their span was closed "
+            "reconnection (duplicate_start, duplicate_end; duplicate_end_stored: an end "
+            "sent again that a daemon before this one stored), after their span was closed "
             "as abandoned, or a start past max_pending_spans (its end still makes a record).",
             labels=["kind"],
         )
-        for kind in ("duplicate_start", "duplicate_end", "started_after_abandoned",
-                     "ended_after_abandoned", "start_not_tracked"):  # fmt: skip
+        for kind in ("duplicate_start", "duplicate_end", "duplicate_end_stored",
+                     "started_after_abandoned", "ended_after_abandoned",
+                     "start_not_tracked"):  # fmt: skip
             ignored.add_metric([kind], intake.oddities.get(kind, 0))
         yield ignored
         yield CounterMetricFamily(
@@ -280,6 +287,38 @@ class DaemonCollector:
             "Client processes that went away with spans running (spans closed as abandoned).",
             value=intake.abandoned_clients,
         )
+
+
+def _connection_limit_metrics(limits: dict[str, Any]) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "footprint_max_client_connections",
+        "Client connections the daemon takes: --max-connections, or fewer where the "
+        "open-files limit leaves room for fewer.",
+        value=limits["max_connections"],
+    )
+    refused = CounterMetricFamily(
+        "footprint_connections_refused",
+        "Client connections refused with a one-line error: over --max-connections or "
+        "--max-connections-per-peer.",
+        labels=["reason"],
+    )
+    for reason in ("max_connections", "per_peer"):
+        refused.add_metric([reason], limits["refused"].get(reason, 0))
+    yield refused
+    yield CounterMetricFamily(
+        "footprint_connections_reclaimed",
+        "Idle client connections closed to make room at the limit (their clients reconnect).",
+        value=limits["reclaimed"],
+    )
+    failures = CounterMetricFamily(
+        "footprint_accept_failures",
+        "Times the daemon stopped accepting for a while: no file descriptor left for a "
+        "client (fd_limit) or no memory (no_memory), and no idle connection to close.",
+        labels=["reason"],
+    )
+    for reason in ("fd_limit", "no_memory"):
+        failures.add_metric([reason], limits["accept_failures"].get(reason, 0))
+    yield failures
 
 
 def registry(collector: DaemonCollector) -> CollectorRegistry:

@@ -16,14 +16,20 @@ Two checks say so:
 Locks are per process: runtimes of one process (``configure()`` restarts) share them,
 and a forked child closes the copies it inherited, so it neither keeps its parent's
 claims alive nor mistakes them for its own.
+
+A lock file is never opened through a symlink, nor written unless it is a regular file
+of this user with no other link, in a folder of this user: anything else planted there
+leaves that GPU unchecked (the check is advisory) and the planted file's target as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import os
 import re
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterable
@@ -109,6 +115,7 @@ def claim_gpus(
     try:
         folder = directory or runtime_dir()
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _check_folder(folder)
     except OSError:
         return GpuClaims(claimed, others)
     with _lock:
@@ -157,9 +164,24 @@ def double_count_message(others: list[Holder], role: str = "process") -> str:
     )
 
 
+def _check_folder(folder: Path) -> None:
+    """The lock folder must be a real folder of this user (not a symlink, nor another
+    user's, e.g. a ``<tempdir>/footprint-<uid>`` made by someone else): OSError if not."""
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise OSError(errno.EPERM, "not a folder of this user", str(folder))
+
+
 def _try_lock(uuid: str, path: Path, role: str) -> Holder | None:
-    """Take ``path``'s lock (None) or say who holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # not inherited across exec
+    """Take ``path``'s lock (None) or say who holds it. Never through a symlink, nor into
+    a file that is not this user's own lock file (a hard link to another file, a FIFO):
+    OSError, and the GPU is left unchecked rather than that file written."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)  # ELOOP for a symlink
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink != 1:
+        os.close(fd)
+        raise OSError(errno.EPERM, "not this user's lock file", str(path))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

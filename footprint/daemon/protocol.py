@@ -24,15 +24,29 @@ has. ``lost`` carries counts of what the client itself could not send or had to 
 (``{"span_queue_full": 3}``: kinds in ``CLIENT_LOSS_KINDS``), new since its previous
 batch, for the daemon's ``losses`` table.
 
+``session`` (1-64 characters of ``[0-9A-Za-z_-]``) is a random token the client process
+draws once (a forked child draws its own): the daemon stores each end's record with the
+key ``<session>:<id>`` (``queries.span_key``), unique per process life. An end marked
+``"resent": true`` was sent before on a connection that went away unacknowledged, so the
+daemon that had it may have stored it: the daemon looks those keys up in the database
+(one query per batch) and acknowledges the ones stored already without storing them
+again, even across daemon restarts.
+
 Everything is validated here, before it reaches the resolver: a batch is taken whole or
-refused whole with a ``ProtocolError`` that says what is wrong.
+refused whole with a ``ProtocolError`` that says what is wrong. Every number is checked
+for type and range before any use (never converted first: ``float()`` of a 401-digit
+integer raises OverflowError): times within ``MAX_TIME_S`` of 0 (the daemon then checks
+them against its own clock), ``ttft_s`` within its span (``0 <= ttft_s <= end_s -
+start_s``), ids in
+``[0, 2^63)``, pids in ``(0, MAX_PID)``, token counts in ``[0, 2^40]``, GPU indices in
+``[0, 2^63)`` (at most ``MAX_GPUS_PER_SPAN``), loss counts in ``[0, MAX_LOSS_COUNT)``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,18 +58,30 @@ MAX_SPANS_PER_BATCH = 20_000
 MAX_MODEL_CHARS = 256
 STATUSES = ("ok", "error", "cancelled")
 CLOCK_TOLERANCE_S = 1.0  # sender and daemon monotonic clocks may differ by this much
+# Times are CLOCK_MONOTONIC seconds (since boot). Negative ones are taken here so that
+# the clock check names a sender on another clock (``clock``); beyond 2^35 s (1,089
+# years) a time is nonsense, and its record's dates could not be written.
+MAX_TIME_S = 2**35
+MAX_ID = 2**63  # span ids: exclusive bound (what SQLite and the acks can hold)
+MAX_PID = 2**31  # process ids: exclusive bound (Linux's pid_max is at most 2^22)
+MAX_GPUS_PER_SPAN = 1024
 
-_BATCH_KEYS = {"pid", "host", "monotonic_s", "starts", "ends", "ack", "lost"}
+_BATCH_KEYS = {"pid", "host", "monotonic_s", "starts", "ends", "ack", "lost", "session"}
+MAX_SESSION_CHARS = 64
+_SESSION = re.compile(rf"[0-9A-Za-z_-]{{1,{MAX_SESSION_CHARS}}}")
 # What a client counts on its side and reports in ``lost``: the same kinds an in-process
 # runtime writes to ``losses``.
 CLIENT_LOSS_KINDS = frozenset(
-    {"span_queue_full", "record_failed", "invalid_tokens", "sanitized_models",
+    {"span_queue_full", "record_failed", "invalid_tokens", "invalid_ttft", "sanitized_models",
      "unserializable_tags"}
 )  # fmt: skip
-MAX_LOSS_COUNT = 2**31
+# Per kind in one batch, exclusive: a client sends what it lost since its previous batch
+# (every 20 ms), a larger count split over several batches; a count near 2^31 is a
+# forgery, refused before it reaches the losses table.
+MAX_LOSS_COUNT = 2**20
 _START_KEYS = {"id", "start_s", "gpus"}
 _END_KEYS = {"id", "start_s", "end_s", "model", "tags", "status", "error_type",
-             "input_tokens", "output_tokens", "ttft_s", "gpus"}  # fmt: skip
+             "input_tokens", "output_tokens", "ttft_s", "gpus", "resent"}  # fmt: skip
 _END_REQUIRED = {"id", "start_s", "end_s", "model"}
 
 
@@ -105,6 +131,7 @@ class SpanEnd:
     output_tokens: int | None
     ttft_s: float | None
     gpus: tuple | None
+    resent: bool = False  # sent before, unacknowledged: perhaps stored already
 
 
 @dataclass(frozen=True)
@@ -116,6 +143,7 @@ class Batch:
     ends: list[SpanEnd]
     ack: bool = False  # acknowledge its ends (on the socket)
     lost: dict[str, int] | None = None  # the client's own loss counts since its last batch
+    session: str | None = None  # the client process's random token (its ends' span_key)
 
 
 def default_socket_path(environ: dict[str, str] | None = None) -> Path:
@@ -171,8 +199,8 @@ def decode_batch(data: bytes | str) -> Batch:
         raise ProtocolError("a batch is a JSON object")
     _no_unknown(raw, _BATCH_KEYS, "batch")
     pid = raw.get("pid")
-    if not _is_int(pid) or pid <= 0:
-        raise ProtocolError("batch.pid must be a positive integer")
+    if not _is_int(pid) or not 0 < pid < MAX_PID:
+        raise ProtocolError("batch.pid must be a positive integer below 2^31")
     host = raw.get("host")
     if not isinstance(host, str) or not 0 < len(host) <= 255:
         raise ProtocolError("batch.host must be a non-empty string")
@@ -189,7 +217,12 @@ def decode_batch(data: bytes | str) -> Batch:
     ack = raw.get("ack", False)
     if not isinstance(ack, bool):
         raise ProtocolError("batch.ack must be true or false")
-    return Batch(pid, host, monotonic_s, starts, ends, ack, _lost(raw.get("lost")))
+    session = raw.get("session")
+    if session is not None and (not isinstance(session, str) or not _SESSION.fullmatch(session)):
+        raise ProtocolError(
+            f"batch.session must be 1-{MAX_SESSION_CHARS} characters of [0-9A-Za-z_-] or null"
+        )
+    return Batch(pid, host, monotonic_s, starts, ends, ack, _lost(raw.get("lost")), session)
 
 
 def _lost(value: Any) -> dict[str, int] | None:
@@ -203,7 +236,7 @@ def _lost(value: Any) -> dict[str, int] | None:
                 f"batch.lost: unknown kind {kind!r}; one of {', '.join(sorted(CLIENT_LOSS_KINDS))}"
             )
         if not _is_int(count) or not 0 <= count < MAX_LOSS_COUNT:
-            raise ProtocolError(f"batch.lost.{kind} must be a non-negative integer")
+            raise ProtocolError(f"batch.lost.{kind} must be an integer in [0, {MAX_LOSS_COUNT:,})")
     return value
 
 
@@ -243,13 +276,18 @@ def _end(item: Any, n: int) -> SpanEnd:
     ttft_s = item.get("ttft_s")
     if ttft_s is not None:
         ttft_s = _time(ttft_s, f"{where}.ttft_s")
-        if ttft_s < 0:
-            raise ProtocolError(f"{where}.ttft_s must not be negative")
+        if not 0 <= ttft_s <= end_s - start_s:
+            raise ProtocolError(
+                f"{where}.ttft_s must be in [0, the span's {end_s - start_s:g} s], got {ttft_s:g}"
+            )
+    resent = item.get("resent", False)
+    if not isinstance(resent, bool):
+        raise ProtocolError(f"{where}.resent must be true or false")
     return SpanEnd(
         _id(item["id"], where), start_s, end_s, model, tags, status, error_type,
         _tokens(item.get("input_tokens"), f"{where}.input_tokens"),
         _tokens(item.get("output_tokens"), f"{where}.output_tokens"),
-        ttft_s, _gpus(item.get("gpus"), where),
+        ttft_s, _gpus(item.get("gpus"), where), resent,
     )  # fmt: skip
 
 
@@ -264,16 +302,18 @@ def _is_int(value: Any) -> bool:
 
 
 def _id(value: Any, where: str) -> int:
-    if not _is_int(value) or not 0 <= value < 2**63:
-        raise ProtocolError(f"{where}.id must be a non-negative integer")
+    if not _is_int(value) or not 0 <= value < MAX_ID:
+        raise ProtocolError(f"{where}.id must be an integer in [0, 2^63)")
     return value
 
 
 def _time(value: Any, where: str) -> float:
+    """Monotonic seconds in ``(-MAX_TIME_S, MAX_TIME_S)``: compared before ``float()``
+    (which overflows on huge integers); NaN and infinities fail the comparison."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ProtocolError(f"{where} must be a number of seconds")
-    if not math.isfinite(value):
-        raise ProtocolError(f"{where} must be finite")
+    if not -MAX_TIME_S < value < MAX_TIME_S:
+        raise ProtocolError(f"{where} must be finite seconds within 2^35 of 0 (a monotonic clock)")
     return float(value)
 
 
@@ -288,8 +328,16 @@ def _tokens(value: Any, where: str) -> int | None:
 def _gpus(value: Any, where: str) -> tuple | None:
     if value is None:
         return None
-    if not isinstance(value, list) or not all(
-        (_is_int(g) and g >= 0) or (isinstance(g, str) and 0 < len(g) <= 128) for g in value
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_GPUS_PER_SPAN
+        or not all(
+            (_is_int(g) and 0 <= g < MAX_ID) or (isinstance(g, str) and 0 < len(g) <= 128)
+            for g in value
+        )
     ):
-        raise ProtocolError(f"{where}.gpus must be a list of GPU indices or UUIDs, or null")
+        raise ProtocolError(
+            f"{where}.gpus must be a list of at most {MAX_GPUS_PER_SPAN} GPU indices in "
+            "[0, 2^63) or UUIDs, or null"
+        )
     return tuple(value)

@@ -13,6 +13,12 @@ queued for the socket thread to send (``take_acks``). An end not taken (one this
 already has, one dropped and counted) is settled at once. A client sends unacknowledged
 ends again on a new connection; an end this daemon already has (a client's span id seen
 in the last ``REMEMBER_ENDED_S``) is ignored, so a reconnection makes no second record.
+Across daemons (one restarted, or killed between writing a record and acknowledging it),
+the client marks the ends it sends again ``resent``: their keys (``<session>:<id>``,
+``queries.span_key``) are looked up in the database, one query per batch, and those
+stored already are acknowledged and not applied (``duplicate_end_stored``). Where the
+lookup cannot be made (no store open, the database fails), the ends are applied: stored,
+perhaps twice, never dropped (counted in ``oddities["resent_unchecked"]``).
 
 When the last connection of a client closes with spans still running, the client is
 checked: a process that no longer exists has its spans closed as abandoned (their energy
@@ -25,6 +31,7 @@ spans wait ``RECONNECT_GRACE_S`` for the client to come back, then are abandoned
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 import threading
@@ -35,6 +42,8 @@ from dataclasses import dataclass, field
 
 from footprint._runtime import EndedSpan, Runtime
 from footprint.daemon.protocol import CLOCK_TOLERANCE_S, Batch, ProtocolError
+
+log = logging.getLogger("footprint")
 
 # A client whose liveness cannot be checked gets this long to reconnect before its
 # running spans are abandoned.
@@ -120,6 +129,7 @@ class SpanIntake:
         self._ack_of: dict[int, tuple[Connection, int]] = {}  # runtime id -> (conn, its id)
         self._acks_due: dict[int, tuple[Connection, list[int]]] = {}  # conn id -> client ids
         self.on_ack_due: Callable[[], None] | None = None  # wakes the socket thread
+        self._lookup_failed = False  # a lookup of resent ends failed (logged once)
         runtime.on_settled = self.settled
 
     # -- connections -----------------------------------------------------------------
@@ -249,6 +259,8 @@ class SpanIntake:
         except ClockMismatch:
             self.refused("clock", batch)
             raise
+        session = batch.session
+        stored = self._stored_keys(batch) if session is not None else None
         if batch.ends:
             self._wait_for_room(len(batch.ends))
         if batch.lost:
@@ -299,6 +311,17 @@ class SpanIntake:
                     if acking:
                         settled_now.append(end.id)
                     continue
+                span_key = None if session is None else f"{session}:{end.id}"
+                if stored and span_key in stored:  # a daemon before this one stored it
+                    self.oddities["duplicate_end_stored"] += 1
+                    entry = spans.pop(end.id, None)
+                    if entry is not None:  # started here too: closed, never a record
+                        runtime.abandon(entry[0])
+                        if drives:
+                            runtime.end_simulated_load(entry[2], end.end_s)
+                    if acking:
+                        settled_now.append(end.id)
+                    continue
                 entry = spans.pop(end.id, None)
                 if entry is None:
                     if client.abandoned and end.id in client.abandoned:
@@ -322,7 +345,7 @@ class SpanIntake:
                     ended.append(
                         EndedSpan(sid, end.start_s, end.end_s, end.model, end.tags, end.status,
                                   end.error_type, end.input_tokens, end.output_tokens,
-                                  end.ttft_s, end.gpus, pid, host)
+                                  end.ttft_s, end.gpus, pid, host, span_key)
                     )  # fmt: skip
                 else:
                     runtime.dropped_spans += 1  # counted: settled
@@ -334,6 +357,32 @@ class SpanIntake:
                 self._queue_acks(conn, settled_now)
         if settled_now and self.on_ack_due is not None:
             self.on_ack_due()
+
+    def _stored_keys(self, batch: Batch) -> set[str] | None:
+        """The keys of the batch's ``resent`` ends that are stored already (one query on
+        the runtime's open store, outside the intake's lock); None when there is nothing
+        to look up, or the lookup failed (counted: those ends are applied)."""
+        keys = [f"{batch.session}:{end.id}" for end in batch.ends if end.resent]
+        if not keys:
+            return None
+        store = getattr(self.runtime.writer, "store", None)  # never opened here: the writer's
+        try:
+            if store is None:
+                raise RuntimeError("the database is not open")
+            return store.stored_span_keys(keys)
+        except Exception as exc:
+            with self._lock:
+                self.oddities["resent_unchecked"] += len(keys)
+                first = not self._lookup_failed
+                self._lookup_failed = True
+            if first:
+                log.warning(
+                    "footprint daemon: could not look up whether ends sent again are stored "
+                    "already (%s); they are stored, perhaps twice (counted in "
+                    "resent_unchecked)",
+                    f"{type(exc).__name__}: {exc}".splitlines()[0],
+                )
+            return None
 
     def settled(self, span_ids: list[int]) -> None:
         """The runtime's ``on_settled`` (its writer thread): these spans' records are

@@ -20,6 +20,15 @@ ticks (``late_steps``, ``late_energy_j``), so the counter stays monotonic.
 
 Because it knows the power at every instant, ``true_energy_j(t0, t1)`` is the ground
 truth that attribution accuracy is tested against.
+
+Under ``workload=spans`` (a daemon may run for months) memory is bounded: load change
+points older than ``HISTORY_S`` (or, past ``MAX_STEPS`` per GPU, all but the last
+``MIN_HISTORY_S``) are folded into one (``forgotten_steps``); energy from then on stays
+exact, before it is no longer known. A later step for a time before what is kept is
+moved to its start (``clamped_steps``). A call's time that is not finite or further than
+``MAX_TIME_SKEW_S`` from the sensor's clock is refused (``refused_times``: a start is
+ignored, an end taken as now), and an end with no load open is ignored
+(``unmatched_ends``): nothing a caller sends can corrupt the counter.
 """
 
 from __future__ import annotations
@@ -35,6 +44,13 @@ from footprint.sensors.base import ENERGY_SIMULATED, DeviceInfo, Sensor
 _MASK64 = (1 << 64) - 1
 WORKLOADS = ("spans", "manual")
 _EPS_S = 1e-12  # float slack when comparing window bounds with the period
+MAX_ABS_TIME_S = 2.0**40  # workload API: times beyond this many seconds are refused
+# workload=spans: what a GPU keeps and takes (see the module docstring)
+MAX_TIME_SKEW_S = 6 * 3600.0
+HISTORY_S = 3600.0
+MIN_HISTORY_S = 30.0  # the counter and late steps (a daemon hears of calls late) need these
+MAX_STEPS = 20_000  # about 2 MB of change points per GPU
+PRUNE_EVERY = 1024  # calls' steps between two looks at what can be folded
 
 
 def _unit_hash(seed: int, device: int, tick: int) -> float:
@@ -144,13 +160,17 @@ class SimulatedGpuSpec:
 
 
 def _check_load(start_s: float, end_s: float, load: float) -> None:
-    if not end_s > start_s or not math.isfinite(load) or load < 0:
-        raise ValueError("add_load needs end_s > start_s and a finite load >= 0")
+    if (
+        not -MAX_ABS_TIME_S < start_s < end_s < MAX_ABS_TIME_S
+        or not math.isfinite(load)
+        or load < 0
+    ):
+        raise ValueError("add_load needs -2^40 < start_s < end_s < 2^40 and a finite load >= 0")
 
 
 def _check_step(t_s: float, delta: float) -> None:
-    if not (math.isfinite(t_s) and math.isfinite(delta)):
-        raise ValueError("add_step needs a finite time and load change")
+    if not (-MAX_ABS_TIME_S < t_s < MAX_ABS_TIME_S and math.isfinite(delta)):
+        raise ValueError("add_step needs a time in (-2^40, 2^40) s and a finite load change")
 
 
 class LoadModel:
@@ -174,6 +194,11 @@ class LoadModel:
         self._load_after: list[float] = []
         self._dyn_j_at: list[float] = []
         self._valid = 0
+        # After ``fold_before``: the first change point holds all those before it; energy
+        # before it is no longer known, and a step for a time before it is moved to it.
+        self._floor_s = -math.inf
+        self._base_j = 0.0  # dynamic energy up to the first change point
+        self.clamped_steps = 0
         self._lock = threading.RLock()
 
     def add_load(self, start_s: float, end_s: float, load: float = 1.0) -> None:
@@ -191,8 +216,35 @@ class LoadModel:
 
     @property
     def steps(self) -> int:
-        """Number of load change points registered."""
+        """Number of load change points registered (kept)."""
         return len(self._times_s)
+
+    @property
+    def floor_s(self) -> float:
+        """The earliest time still known exactly (-inf until ``fold_before``)."""
+        return self._floor_s
+
+    def step_time_s(self, index: int) -> float:
+        """The time of the ``index``-th change point kept."""
+        with self._lock:
+            return self._times_s[index]
+
+    def fold_before(self, t_s: float) -> int:
+        """Fold the change points before ``t_s`` into the latest of them (memory): power
+        and energy at or after it stay exact. Returns the number of points dropped."""
+        with self._lock:
+            self._refresh()
+            last = bisect.bisect_left(self._times_s, t_s) - 1
+            if last < 1:
+                return 0
+            load = self._load_after[last]
+            self._base_j = self._dyn_j_at[last]
+            for points in (self._times_s, self._deltas, self._load_after, self._dyn_j_at):
+                del points[:last]
+            self._deltas[0] = load  # from no load before it
+            self._floor_s = self._times_s[0]
+            self._valid = len(self._times_s)
+            return last
 
     def power_w(self, t_s: float) -> float:
         """Power at ``t_s``, in W."""
@@ -231,11 +283,14 @@ class LoadModel:
         self._refresh()
         i = bisect.bisect_right(self._times_s, t_s) - 1
         if i < 0:
-            return 0.0
+            return self._base_j
         load = min(1.0, max(0.0, self._load_after[i]))
         return self._dyn_j_at[i] + self._dynamic_w * load * (t_s - self._times_s[i])
 
     def _step(self, t_s: float, delta: float) -> None:
+        if t_s < self._floor_s:
+            t_s = self._floor_s
+            self.clamped_steps += 1
         times = self._times_s
         if not times or t_s >= times[-1]:  # the usual case: time order, O(1)
             i = len(times)
@@ -254,7 +309,7 @@ class LoadModel:
         del self._load_after[self._valid :]
         del self._dyn_j_at[self._valid :]
         load = self._load_after[-1] if self._load_after else 0.0
-        energy_j = self._dyn_j_at[-1] if self._dyn_j_at else 0.0
+        energy_j = self._dyn_j_at[-1] if self._dyn_j_at else self._base_j
         for i in range(self._valid, n):
             if i > 0:
                 dt = self._times_s[i] - self._times_s[i - 1]
@@ -270,7 +325,8 @@ class SimulatedGpu:
 
     ``late_steps`` counts the load steps registered for a time at or before the latest
     tick already read; ``late_energy_j`` sums what they changed that tick's value by (J),
-    carried into the next tick instead of rewriting the published one.
+    carried into the next tick instead of rewriting the published one. ``begin_call`` and
+    ``end_call`` (``workload=spans``) also keep memory bounded and refuse absurd times.
     """
 
     def __init__(self, index: int, spec: SimulatedGpuSpec) -> None:
@@ -286,12 +342,24 @@ class SimulatedGpu:
         # adds beyond the exact energy of its period, summed in tick order.
         self._fix_ticks: list[int] = []
         self._fix_sums_j: list[float] = []
+        self._fix_base_j = 0.0  # the sum of the corrections folded away
         self._fix_stale_tick: int | None = None
         # The latest tick read and its published value: never rewritten.
         self._read_tick: int | None = None
         self._read_mj = 0
         self.late_steps = 0
-        self.late_energy_j = 0.0
+        self._late_energy_j = 0.0
+        # Late steps not summed yet: the counted energy at ``_late_tick`` before them.
+        # Summed at the next read (not per step: a burst of late steps, as a restarted
+        # daemon's clients resend, would recompute the energy integral once each).
+        self._late_tick: int | None = None
+        self._late_before_j = 0.0
+        # workload=spans: calls' loads open, and what was refused or forgotten
+        self._open = 0
+        self._since_prune = 0
+        self.refused_times = 0
+        self.unmatched_ends = 0
+        self.forgotten_steps = 0
         self._lock = threading.Lock()
 
     # -- workload API --------------------------------------------------------------
@@ -308,18 +376,88 @@ class SimulatedGpu:
         with self._lock:
             self._add_step_locked(t_s, delta)
 
+    def begin_call(self, t_s: float, now_s: float) -> None:
+        """A tracked call started at ``t_s``: load 1.0 until ``end_call``. Refused (and
+        counted) if ``t_s`` is not finite or more than ``MAX_TIME_SKEW_S`` from ``now_s``."""
+        with self._lock:
+            if not abs(t_s - now_s) <= MAX_TIME_SKEW_S:  # NaN fails too
+                self.refused_times += 1
+                return
+            self._open += 1
+            self._add_step_locked(t_s, 1.0)
+            self._prune_locked(now_s)
+
+    def end_call(self, t_s: float, now_s: float) -> None:
+        """A call that ``begin_call`` took ended at ``t_s`` (an absurd ``t_s``: now)."""
+        with self._lock:
+            if self._open <= 0:  # its start was refused
+                self.unmatched_ends += 1
+                return
+            if not abs(t_s - now_s) <= MAX_TIME_SKEW_S:
+                self.refused_times += 1
+                t_s = now_s
+            self._open -= 1
+            self._add_step_locked(t_s, -1.0)
+            self._prune_locked(now_s)
+
+    @property
+    def clamped_steps(self) -> int:
+        """Steps for a time before what is kept, moved to its start."""
+        return self.loads.clamped_steps
+
+    def _prune_locked(self, now_s: float) -> None:
+        """Every ``PRUNE_EVERY`` steps, fold what no reader needs any more (see the
+        module docstring)."""
+        self._since_prune += 1
+        if self._since_prune < PRUNE_EVERY:
+            return
+        self._since_prune = 0
+        loads = self.loads
+        cutoff_s = now_s - HISTORY_S
+        if loads.steps > MAX_STEPS:
+            cutoff_s = max(cutoff_s, loads.step_time_s(loads.steps - MAX_STEPS // 2))
+        cutoff_s = min(cutoff_s, now_s - self.spec.lag_s - MIN_HISTORY_S)
+        folded = loads.fold_before(cutoff_s)
+        if not folded:
+            return
+        self.forgotten_steps += folded
+        if self._part_time:  # corrections of ticks no step can reach any more
+            self._refresh_fixes()
+            first_tick = math.ceil(loads.floor_s / self._period_s) - 1  # what a step can stale
+            keep = bisect.bisect_left(self._fix_ticks, first_tick)
+            if keep:
+                self._fix_base_j = self._fix_sums_j[keep - 1]
+                del self._fix_ticks[:keep]
+                del self._fix_sums_j[:keep]
+
+    @property
+    def late_energy_j(self) -> float:
+        """What late steps changed the ticks already read by, summed (J)."""
+        with self._lock:
+            self._sum_late()
+            return self._late_energy_j
+
+    def _sum_late(self) -> None:
+        """Add what the late steps since the last sum changed their read tick by."""
+        if self._late_tick is not None:
+            self._late_energy_j += self._counted_j(self._late_tick) - self._late_before_j
+            self._late_tick = None
+
     def _add_step_locked(self, t_s: float, delta: float) -> None:
         read_tick = self._read_tick
         late = read_tick is not None and t_s <= read_tick * self._period_s
-        before_j = self._counted_j(read_tick) if late else 0.0
+        if late and self._late_tick != read_tick:
+            self._sum_late()
+            self._late_before_j = self._counted_j(read_tick)  # type: ignore[arg-type]
+            self._late_tick = read_tick
         self.loads.add_step(t_s, delta)
         if self._part_time:
+            t_s = max(t_s, self.loads.floor_s)  # as taken
             tick = math.ceil(t_s / self._period_s) - 1  # one early, for float rounding
             stale = self._fix_stale_tick
             self._fix_stale_tick = tick if stale is None else min(stale, tick)
         if late:
             self.late_steps += 1
-            self.late_energy_j += self._counted_j(read_tick) - before_j
 
     def power_w(self, t_s: float) -> float:
         """Power at ``t_s`` without noise, in W."""
@@ -357,6 +495,7 @@ class SimulatedGpu:
                 return self._read_mj
             value_mj = math.floor(self._counted_j(tick) * 1000.0)
             if self._read_tick is None or tick > self._read_tick:
+                self._sum_late()
                 if self._read_tick is not None:
                     value_mj = max(value_mj, self._read_mj)  # after a late load's end
                 self._read_tick, self._read_mj = tick, value_mj
@@ -371,7 +510,7 @@ class SimulatedGpu:
             return counted_j
         self._refresh_fixes()
         i = bisect.bisect_right(self._fix_ticks, tick)
-        return counted_j + (self._fix_sums_j[i - 1] if i else 0.0)
+        return counted_j + (self._fix_sums_j[i - 1] if i else self._fix_base_j)
 
     def _refresh_fixes(self) -> None:
         """Recompute the part-time corrections of the ticks at or after the stale one.
@@ -385,7 +524,7 @@ class SimulatedGpu:
         cut = bisect.bisect_left(self._fix_ticks, stale)
         del self._fix_ticks[cut:]
         del self._fix_sums_j[cut:]
-        total_j = self._fix_sums_j[-1] if self._fix_sums_j else 0.0
+        total_j = self._fix_sums_j[-1] if self._fix_sums_j else self._fix_base_j
         period, dynamic = self._period_s, self.loads.dynamic_energy_j
         for t_s in self.loads.change_times_s((stale - 1) * period):
             tick = math.ceil(t_s / period)
@@ -443,13 +582,20 @@ class SimulatedSensor(Sensor):
 
     def begin_load(self, devices: tuple[int, ...], t_s: float) -> None:
         """A tracked call started at ``t_s`` on these devices: load 1.0 each until it ends."""
+        now_s = self.clock.monotonic_s()
         for index in devices:
-            self.gpus[index].add_step(t_s, 1.0)
+            self.gpus[index].begin_call(t_s, now_s)
 
     def end_load(self, devices: tuple[int, ...], t_s: float) -> None:
         """The call that ``begin_load`` announced ended at ``t_s``."""
+        now_s = self.clock.monotonic_s()
         for index in devices:
-            self.gpus[index].add_step(t_s, -1.0)
+            self.gpus[index].end_call(t_s, now_s)
+
+    def oddities(self) -> dict[str, int]:
+        """What the GPUs refused, moved or forgot (``workload=spans``), summed."""
+        names = ("refused_times", "unmatched_ends", "clamped_steps", "forgotten_steps")
+        return {name: sum(getattr(gpu, name) for gpu in self.gpus) for name in names}
 
     def run(self, seconds: float, load: float = 1.0, devices: list[int] | None = None) -> None:
         """Workload helper: load the devices for ``seconds`` and sleep that long."""

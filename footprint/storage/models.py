@@ -25,8 +25,8 @@ __all__ = [
 ]
 
 # 2: energy_uncertainty_j (queries, query_rollups); 3: lost_energy_j, and ownership and
-# gpu_price_source (queries, query_rollups)
-SCHEMA_VERSION = 3
+# gpu_price_source (queries, query_rollups); 4: span_key (queries), indexed
+SCHEMA_VERSION = 4
 
 
 def _utc_column(index: bool = False) -> Column:
@@ -61,10 +61,19 @@ class QueryRecord(SQLModel, table=True):
     ``ownership = 'owned'``; a record whose term is NULL is counted as unknown, not 0.
     ``ownership`` is NULL on records that were not priced and on those written before
     schema version 3.
+
+    ``span_key`` (schema version 4) names the call a daemon stored, as its client named
+    it: ``<session>:<span id>``, where the session is a random token of the client
+    process. A client that lost its connection before the daemon acknowledged an end
+    sends it again; the next daemon looks its key up (``ix_queries_span_key``) and stores
+    it only if it is not there. NULL on records written in-process, and before version 4.
     """
 
     __tablename__ = "queries"
-    __table_args__ = (Index("ix_queries_model_started_at", "model", "started_at"),)
+    __table_args__ = (
+        Index("ix_queries_model_started_at", "model", "started_at"),
+        Index("ix_queries_span_key", "span_key"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     model: str  # indexed with started_at (ix_queries_model_started_at)
@@ -106,6 +115,8 @@ class QueryRecord(SQLModel, table=True):
     # Schema version 3, last so that fresh and migrated tables keep one column order.
     ownership: str | None = None  # rented | owned (see above); NULL: not priced
     gpu_price_source: str | None = None  # where usd_per_gpu_hour came from, or why NULL
+    # Schema version 4, last for the same reason: the daemon's id of the call (see above).
+    span_key: str | None = None
 
 
 class IdleEnergy(SQLModel, table=True):

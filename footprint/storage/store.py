@@ -45,7 +45,7 @@ from sqlalchemy.exc import (
 )
 from sqlmodel import SQLModel
 
-from footprint.storage import rollups, sidefile
+from footprint.storage import journal, rollups, sidefile
 from footprint.storage.models import (
     SCHEMA_VERSION,
     IdleEnergy,
@@ -141,7 +141,17 @@ def _v2_to_v3(conn: Connection) -> None:
             conn.exec_driver_sql(f"ALTER TABLE queries {alters}")
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(conn: Connection) -> None:
+    """Version 4: the key a daemon's client gave each call (``span_key``, text: a random
+    session token of the client process and its span id), indexed, so that a daemon can
+    tell whether an end a client sent again after losing its connection (its
+    acknowledgement lost) is stored already. Older records and records written
+    in-process have none (NULL). Both dialects create the index only if it is missing."""
+    _add_columns(conn, "queries", [("span_key", "VARCHAR", "VARCHAR")])
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_queries_span_key ON queries (span_key)")
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 class StoreError(RuntimeError):
@@ -210,6 +220,9 @@ def sqlite_integrity(path: str, busy_timeout_s: float = 10.0) -> str:
         return "ok"
     return "malformed: " + "; ".join(" ".join(str(line).split()) for line in found)
 
+
+# Keys per query of ``Store.stored_span_keys``: SQLite before 3.32 binds at most 999.
+SPAN_KEYS_PER_QUERY = 500
 
 # SQLSTATEs after which PostgreSQL asks the client to run the transaction again.
 RETRY_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
@@ -568,6 +581,8 @@ class Store:
         self.retried_transactions = 0  # PostgreSQL deadlocks and serialization failures
         self.side_file = sidefile.side_path(self.path) if self.path is not None else None
         self.move_side_losses()
+        if self.path is not None:  # room for loss counts on a full disk (sidefile)
+            sidefile.ensure_reserve(self.path)
         if not self.is_sqlite:
             logging.getLogger("psycopg").addFilter(_QUIET_PIPELINE)  # once: a set
 
@@ -601,12 +616,20 @@ class Store:
                     os.remove(f"{self.path}{suffix}")
 
     def move_side_losses(self) -> int:
-        """Move the loss counts kept in the side file into ``losses``; the count of rows
-        moved (0 when there is no side file, or the database cannot be written now: the
-        file is then kept for a later try)."""
-        if self.side_file is None or not self.side_file.exists():
+        """Move the loss counts kept in the side file, and in the fallback files under
+        the runtime directory (``footprint.storage.sidefile``), into ``losses``; the count
+        of rows moved (0 when there is none, or the database cannot be written now: the
+        files are then kept for a later try)."""
+        if self.path is None:
             return 0
-        return sidefile.move_into(self.side_file, lambda rows: self.insert([], [], rows))
+        moved = journal.move_into(self.path, lambda rows: self.insert([], [], rows))
+        for path in sidefile.loss_files(self.path):
+            moved += sidefile.move_into(path, lambda rows: self.insert([], [], rows))
+        return moved
+
+    def has_side_losses(self) -> bool:
+        """Whether loss counts wait in a side or fallback file (``move_side_losses``)."""
+        return self.path is not None and bool(sidefile.loss_files(self.path))
 
     @staticmethod
     def _plan(table: Any) -> tuple[str, Callable[[dict], tuple]]:
@@ -716,6 +739,23 @@ class Store:
         finally:
             connection.close()
 
+    def stored_span_keys(self, keys: list[str]) -> set[str]:
+        """Which of ``keys`` (``queries.span_key``) are stored: one indexed read, in
+        chunks of ``SPAN_KEYS_PER_QUERY`` (under SQLite's limit on bound variables).
+
+        Safe from any thread (the engine's pool is); raises what the database raises."""
+        table = QueryRecord.__table__
+        column = table.c.span_key
+        unique = list(dict.fromkeys(keys))
+        found: set[str] = set()
+        if not unique:
+            return found
+        with self.engine.connect() as conn:
+            for i in range(0, len(unique), SPAN_KEYS_PER_QUERY):
+                chunk = unique[i : i + SPAN_KEYS_PER_QUERY]
+                found.update(conn.execute(select(column).where(column.in_(chunk))).scalars())
+        return found
+
     def catch_up_rollups(self) -> int:
         """Bring the hourly rollups up to date (SQLite); returns the rows added."""
         return rollups.catch_up(self.engine)
@@ -767,6 +807,19 @@ def _database_info(db: str, url: str) -> dict[str, Any]:
                 select(losses.c.kind, func.sum(losses.c.count)).group_by(losses.c.kind)
             ).all()
             info["losses"] = {kind: int(total) for kind, total in by_kind}
+            path = sqlite_path(url)
+            died = journal.pending_counts(path) if path is not None else 0
+            if died:  # not moved yet: counted by dead processes' journals
+                kind = journal.UNSAVED_KIND
+                info["losses"][kind] = info["losses"].get(kind, 0) + died
+            # Counts kept in the side or fallback files (the database could not take
+            # them then), not moved into the table yet: lost all the same.
+            waiting, files = sidefile.pending(path) if path is not None else ({}, [])
+            for kind, count in waiting.items():
+                info["losses"][kind] = info["losses"].get(kind, 0) + count
+            info["lost_pending"] = sum(waiting.values())
+            if files:
+                info["lost_pending_in"] = files
             info["rollup_pending_rows"] = rollups.pending_rows(engine)
             info["lost_total"] = sum(info["losses"].values())
             queries = QueryRecord.__table__

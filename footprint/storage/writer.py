@@ -13,13 +13,22 @@ A SQLite file deleted or replaced while open is left for the one at the path; a
 malformed one is not written into until it changes. What is still buffered at exit is
 counted beside the database (``footprint.storage.sidefile``) when the database cannot
 take the count.
+
+A database that stays unwritable (disk full, folder removed, file read-only) is told from
+one that is only busy: the counts of records dropped meanwhile are kept at once where
+the next process finds them (the side file, else its reserve on a full disk, else a
+fallback file under the runtime directory: ``sidefile.save``), not only in memory, at
+most every ``SPILL_EVERY_S``. A full disk is said in one line (again at most every
+``DISK_FULL_LOG_EVERY_S``), naming where the counts go.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -29,6 +38,9 @@ from footprint._forksafe import no_fork
 log = logging.getLogger("footprint")
 
 BATCH_ROWS = 5_000  # per transaction; also how long a fork may wait (~50 ms)
+SPILL_EVERY_S = 5.0  # counts of records dropped while the database stays unwritable
+DISK_FULL_LOG_EVERY_S = 600.0
+_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 
 class Writer:
@@ -64,6 +76,9 @@ class Writer:
         self._malformed: Any = None  # the MalformedDatabase that stopped the writes
         self._written_since_open = 0
         self._warned: set[str] = set()
+        self.unwritable: str | None = None  # why the last flush failed, if it stays so
+        self._spilled_at: float | None = None
+        self._disk_full_said_at: float | None = None
         self._lock = threading.RLock()
 
     def open_store(self) -> Any:
@@ -75,10 +90,10 @@ class Writer:
 
     def abandon(self) -> int:
         """Give up on what is still buffered (at exit): count it as dropped, and keep the
-        counts (with those not yet written) in the side file beside a SQLite database,
-        moved into ``losses`` by the next process that can write it. Where there is no
-        side file (PostgreSQL, unwritable folder), the counts are logged. Returns the
-        records given up."""
+        counts (with those not yet written) beside a SQLite database or in its fallback
+        file (``save_loss_counts``), moved into ``losses`` by the next process that can
+        write it. Where neither can be written (PostgreSQL), the counts are logged.
+        Returns the records given up."""
         with self._lock:
             lost = len(self.records)
             kinds = Counter(self._losses)
@@ -94,23 +109,27 @@ class Writer:
             return lost
 
     def save_loss_counts(self, kinds: dict[str, int]) -> str | None:
-        """Keep loss counts the database cannot take now in the side file beside it (for
-        the next process that can write it) and log them; returns the side file, or None
-        when there is none (PostgreSQL, unwritable folder): then they are only logged.
-        Takes no lock: the runtime may call it while a write still hangs at exit."""
+        """Keep loss counts the database cannot take now where the next process that
+        opens it finds them, and log them: the side file beside it, else (disk full) its
+        reserve, else the fallback file under the runtime directory (``sidefile.save``).
+        Returns that file, or None when there is none (PostgreSQL, nothing writable):
+        then they are only logged. Takes no lock: the runtime may call it while a write
+        still hangs at exit."""
         from footprint.storage import sidefile
 
         path = self._database_path()
-        side = sidefile.side_path(path) if path is not None else None
-        if side is not None and sidefile.append(side, kinds, self.host, self.pid):
-            self.losses_saved_to = str(side)
+        where = sidefile.save(path, kinds, self.host, self.pid) if path is not None else None
+        if where is not None and path is not None:
+            self.losses_saved_to = str(where)
+            side = sidefile.side_path(path)
             log.warning(
-                "footprint: could not store before exit: %s; counted in %s, moved into the "
+                "footprint: could not store before exit: %s; counted in %s%s, moved into the "
                 "losses table when the database can be written",
                 _counts_text(kinds),
-                side,
+                where,
+                "" if where == side else f" ({side} could not be written)",
             )
-            return str(side)
+            return str(where)
         log.warning(
             "footprint: could not store before exit, nor count it in the database: %s",
             _counts_text(kinds),
@@ -194,9 +213,10 @@ class Writer:
                 self._losses -= counts
                 self._count_written(len(records))
                 written += len(records)
-            side = getattr(self.store, "side_file", None)
-            if written and side is not None and side.exists():
-                with no_fork():  # another process's counts, left at its exit
+            self.unwritable = None
+            waiting = getattr(self.store, "has_side_losses", None)
+            if written and waiting is not None and waiting():
+                with no_fork():  # counts left at another process's exit, or spilled
                     self.store.move_side_losses()
         return written
 
@@ -223,16 +243,73 @@ class Writer:
 
         self.failed_flushes += 1
         self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        self.unwritable = reason = None if isinstance(exc, MalformedDatabase) else _unwritable(exc)
         if isinstance(exc, MalformedDatabase):
             self._malformed = exc  # not written into (nor reopened) until the file changes
             self.close()
             first = f"malformed:{exc.path}" not in self._warned
             self._warned.add(f"malformed:{exc.path}")
             log.log(logging.WARNING if first else logging.DEBUG, "footprint: %s", exc)
-        elif "write" not in self._warned:
-            self._warned.add("write")
-            log.warning("footprint: could not write records: %s", self.last_error)
-        raise WriteFailed(self.last_error) from exc
+        else:
+            spilled = self._spill() if reason is not None else None
+            if reason == "disk full":
+                self._say_disk_full(exc, spilled)
+            elif "write" not in self._warned:
+                self._warned.add("write")
+                log.warning("footprint: could not write records: %s", self.last_error)
+        raise WriteFailed(self.last_error, reason) from exc
+
+    def _spill(self) -> str | None:
+        """While the database stays unwritable: keep the counts of records dropped so far
+        where the next process finds them (``sidefile.save``), at most every
+        ``SPILL_EVERY_S``, instead of in memory only. Returns the file, if written."""
+        from footprint.storage import sidefile
+
+        counts = +self._losses
+        now = time.monotonic()
+        if not counts or (self._spilled_at is not None and now - self._spilled_at < SPILL_EVERY_S):
+            return None
+        path = self._database_path()
+        if path is None:
+            return None
+        self._spilled_at = now
+        with no_fork():  # a child must not inherit the side file's lock
+            where = sidefile.save(path, counts, self.host, self.pid)
+        if where is None:
+            return None
+        self._losses -= counts
+        self.losses_saved_to = str(where)
+        return str(where)
+
+    def _say_disk_full(self, exc: Exception, spilled: str | None) -> None:
+        """One line for a full disk, again at most every ``DISK_FULL_LOG_EVERY_S``."""
+        from footprint.storage import sidefile
+
+        now = time.monotonic()
+        said = self._disk_full_said_at
+        if said is not None and now - said < DISK_FULL_LOG_EVERY_S:
+            return
+        self._disk_full_said_at = now
+        path = self._database_path()
+        if spilled is not None:
+            where = spilled
+        elif path is not None:
+            fallback = sidefile.fallback_paths(path)[0]
+            where = f"{sidefile.side_path(path)}, else {fallback}"
+        else:
+            where = "the log at exit"
+        orig = getattr(exc, "orig", None) or exc
+        log.warning(
+            "footprint: disk full at %s (%s): %d records not stored so far (%d kept in memory "
+            "to retry, up to %d; %d dropped); what is not stored is counted in %s",
+            path or _url_text(getattr(self.store, "url", None) or self.db),
+            str(orig).splitlines()[0] if str(orig) else type(orig).__name__,
+            len(self.records) + self.dropped,
+            len(self.records),
+            self.max_buffered,
+            self.dropped,
+            where,
+        )
 
     def _check_file(self) -> None:
         """Before a flush: is the SQLite file open still the one at its path?
@@ -365,9 +442,56 @@ def _is_data_error(exc: Exception) -> bool:
     return is_data_error(exc)
 
 
+def _unwritable(exc: BaseException) -> str | None:
+    """``disk full``, ``folder removed``, ``read-only`` or ``cannot open`` when ``exc`` (or
+    what it wraps) says the database stays unwritable; None for a lock, a timeout,
+    anything else."""
+    from footprint.storage.store import StoreError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current)
+        code = getattr(current, "sqlite_errorcode", None)  # Python >= 3.11
+        if isinstance(current, OSError) and current.errno in _FULL_ERRNOS:
+            return "disk full"
+        if isinstance(code, int) and code & 0xFF == 13:  # SQLITE_FULL
+            return "disk full"
+        if getattr(current, "sqlstate", None) == "53100":  # PostgreSQL's disk_full
+            return "disk full"
+        if "database or disk is full" in text:
+            return "disk full"
+        if (isinstance(code, int) and code & 0xFF == 8) or "readonly database" in text:
+            return "read-only"
+        if "unable to open database file" in text:  # SQLITE_CANTOPEN: read-only file system…
+            return "cannot open"
+        if isinstance(current, StoreError) and ": folder " in text and "does not exist" in text:
+            return "folder removed"
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return None
+
+
+def _url_text(url: str | None) -> str:
+    """A database URL as a message names it: no password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url or "").render_as_string(hide_password=True)
+    except Exception:
+        return "the database"
+
+
 def _counts_text(kinds: dict[str, int]) -> str:
     return ", ".join(f"{count} {kind}" for kind, count in kinds.items())
 
 
 class WriteFailed(RuntimeError):
-    """A flush failed; the rows are still buffered."""
+    """A flush failed; the rows are still buffered. ``reason``: ``disk full``, ``folder
+    removed``, ``read-only`` or ``cannot open`` when the database stays unwritable (the
+    writer keeps the counts of what it drops durably; a full disk it said in its own
+    line), else None."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
