@@ -27,30 +27,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from test_store_faults import _losses  # the losses table only, not the files
 
 from footprint.bench.ingest import make_records
 from footprint.storage import sidefile
-from footprint.storage.models import Loss
 from footprint.storage.store import Store, database_info, open_engine
 from footprint.storage.writer import WriteFailed, Writer
 
 REPO = Path(__file__).resolve().parent.parent
 LINUX = sys.platform.startswith("linux")
-
-
-def _table_losses(db: str) -> dict[str, int]:
-    """The ``losses`` table only (not what still waits in files)."""
-    engine = open_engine(db, create=False)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(select(Loss.__table__.c.kind, Loss.__table__.c.count)).all()
-    finally:
-        engine.dispose()
-    out: dict[str, int] = {}
-    for kind, count in rows:
-        out[kind] = out.get(kind, 0) + count
-    return out
 
 
 def _count_rows(db: str) -> int:
@@ -172,7 +157,7 @@ def test_a_torn_last_line_does_not_swallow_the_next_one(tmp_path):
     side.write_text('{"recorded_at": "2026-')  # a process died mid-line
     assert sidefile.append(side, {"unsaved_at_exit": 4}, "h", 1)
     Store(db).close()
-    assert _table_losses(db) == {"unsaved_at_exit": 4}
+    assert _losses(db) == {"unsaved_at_exit": 4}
 
 
 def test_the_side_file_is_never_written_through_a_symlink(tmp_path):
@@ -188,7 +173,7 @@ def test_the_side_file_is_never_written_through_a_symlink(tmp_path):
     assert writer.losses_saved_to in [str(p) for p in _fallback_files()]
     os.remove(sidefile.side_path(db))
     Store(db).close()
-    assert _table_losses(db) == {"span_queue_full": 2}
+    assert _losses(db) == {"span_queue_full": 2}
 
 
 @pytest.mark.skipif(not LINUX, reason="flock")
@@ -208,11 +193,11 @@ def test_a_side_file_locked_elsewhere_never_hangs_nor_loses_counts(tmp_path, mon
         [fallback] = [sidefile.save(db, {"write_failed": 2}, "h", 1)]
         assert fallback != side and fallback in _fallback_files()
         Store(db).close()  # moves the fallback's line; the side file's waits
-        assert side.exists() and _table_losses(db) == {"write_failed": 2}
+        assert side.exists() and _losses(db) == {"write_failed": 2}
     finally:
         os.close(holder)
     Store(db).close()
-    assert not side.exists() and _table_losses(db) == {"write_failed": 2, "unsaved_at_exit": 4}
+    assert not side.exists() and _losses(db) == {"write_failed": 2, "unsaved_at_exit": 4}
 
 
 # -- a database folder removed while the process runs -------------------------------------
@@ -246,11 +231,11 @@ def test_folder_removed_counts_go_to_the_fallback_and_db_info_shows_them(tmp_pat
     info = database_info(db)  # counted before any writer moved them
     assert info["losses"] == {"unsaved_at_exit": 25, "database_replaced": 1}
     assert info["lost_total"] == 26 and info["lost_pending"] == 26
-    assert _table_losses(db) == {} and fallback.exists()
+    assert _losses(db) == {} and fallback.exists()
 
     Store(db).close()  # the next writer moves them into the table
     assert not fallback.exists()
-    assert _table_losses(db) == {"unsaved_at_exit": 25, "database_replaced": 1}
+    assert _losses(db) == {"unsaved_at_exit": 25, "database_replaced": 1}
     info = database_info(db)
     assert info["lost_total"] == 26 and info["lost_pending"] == 0  # not counted twice
 
@@ -347,7 +332,7 @@ def test_disk_full_counts_are_kept_and_said_once(tmp_path, monkeypatch, caplog, 
         assert info["losses"] == counted and info["lost_total"] == 300
 
     Store(db).close()  # room again: the next open moves them into losses, reserves again
-    assert _table_losses(db) == counted
+    assert _losses(db) == counted
     assert database_info(db)["lost_total"] == 300 == 6 * 50 - _count_rows(db)
     assert _fallback_files() == [] and not side.exists() and reserve_file.exists()
 
@@ -373,7 +358,7 @@ def test_disk_full_while_running_counts_drops_before_exit(tmp_path, monkeypatch)
     store.full = False
     assert writer.flush() == 100  # the disk has room again: the rest is written
     writer.close()
-    assert _table_losses(db) == {"write_failed": 50} and _fallback_files() == []
+    assert _losses(db) == {"write_failed": 50} and _fallback_files() == []
 
 
 E2E_DISK_FULL = textwrap.dedent(
@@ -449,7 +434,7 @@ def test_disk_full_mid_run_every_call_is_stored_or_counted_end_to_end(tmp_path):
     info = database_info(db)  # before any writer opens it again
     assert info["lost_total"] == calls - written == _count_rows(db) * 3
     Store(db).close()
-    assert _table_losses(db) == {"unsaved_at_exit": calls - written}
+    assert _losses(db) == {"unsaved_at_exit": calls - written}
     assert database_info(db)["lost_total"] == calls - written
     assert not fallback.exists()
 
@@ -474,4 +459,4 @@ def test_read_only_folder_counts_go_to_the_fallback(tmp_path):
     finally:
         folder.chmod(0o755)
     Store(db).close()
-    assert _table_losses(db) == {"span_queue_full": 3}
+    assert _losses(db) == {"span_queue_full": 3}
