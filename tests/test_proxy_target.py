@@ -212,10 +212,11 @@ def test_a_portless_upstream_url_takes_the_default_port_and_keeps_its_host():
     from footprint.proxy.server import upstream_target, upstream_url
 
     plain = upstream_url("http://127.0.0.1")
-    assert (plain.host, plain.port, str(plain)) == ("127.0.0.1", 80, "http://127.0.0.1")
-    assert str(upstream_target(plain, "/v1/chat/completions?x=1")) == (
-        "http://127.0.0.1/v1/chat/completions?x=1"
-    )
+    assert (plain.scheme, plain.host, plain.port) == ("http", "127.0.0.1", 80)
+    joined = upstream_target(plain, "/v1/chat/completions?x=1")  # (yarl < 1.10 shows ":80")
+    assert (joined.scheme, joined.host, joined.port, joined.raw_path_qs) == (
+        "http", "127.0.0.1", 80, "/v1/chat/completions?x=1",
+    )  # fmt: skip
     based = upstream_url("https://models.example/base/")
     assert (based.host, based.port) == ("models.example", 443)
     for target in ("/v1/x", "//evil.com/x", "/@evil.com/x", "/x?u=http://evil.com/y"):

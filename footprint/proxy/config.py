@@ -67,8 +67,11 @@ def upstream_url(text: str) -> URL:
     try:
         url = URL(text)
         port = url.port
+        explicit_port = urlsplit(text).port  # 0 stays 0 here, whatever yarl's version
     except (ValueError, TypeError) as exc:
         raise ProxyConfigError(f"upstream {text!r} is not a URL ({exc}); {example}") from None
+    if explicit_port == 0:
+        port = 0
     if url.scheme not in ("http", "https") or not url.raw_host or not port:
         raise ProxyConfigError(f"upstream {text!r} is not an http(s) URL with a host; {example}")
     if url.raw_query_string or url.raw_fragment or url.raw_user or url.raw_password:
