@@ -296,12 +296,13 @@ class Runtime:
         self._ready.set()
 
     def _open_journal(self, early: bool = False) -> None:
-        """Map the call journal beside a SQLite database, once (a worker process's
+        """Map the call journal beside a SQLite database (under the runtime directory
+        for a server database), once (a worker process's
         runtime only: the daemon's clients resend what it did not acknowledge).
         ``early``: before the store's modules are imported, for a plain file path."""
         if self.presence_role != "process" or self.journal.path is not None:
             return
-        path = _plain_sqlite_path(self.settings.db) if early else self.writer._database_path()
+        path = _plain_sqlite_path(self.settings.db) if early else self.writer.journal_base()
         if path is not None and os.path.isdir(os.path.dirname(path)):
             self.journal.open(path, self.host)
 

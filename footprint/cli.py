@@ -765,6 +765,14 @@ def daemon_command(
             "is not visible).",
         ),
     ] = 256,
+    max_http_connections: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="HTTP connections served at once (a thread each); over it a new one gets "
+            "503 and is closed.",
+        ),
+    ] = 64,
 ) -> None:
     """The host's sidecar daemon: one sampler for every GPU, spans from every process,
     Prometheus metrics. Runs until SIGTERM or Ctrl-C (SIGHUP re-reads the settings)."""
@@ -774,6 +782,7 @@ def daemon_command(
         socket_path=socket_path, http=http, db=db, sampling_period_s=sampling_period,
         sensor=sensor, region=region, group=group, token=token,
         max_connections=max_connections, max_connections_per_peer=max_connections_per_peer,
+        max_http_connections=max_http_connections,
     )  # fmt: skip
     code = run_daemon(config)
     if code:

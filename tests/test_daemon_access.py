@@ -128,6 +128,22 @@ def test_a_loss_count_over_the_bound_is_refused_and_not_stored(daemon):
     assert before < 2**20
 
 
+def test_a_clients_loss_counts_are_stored_under_its_pid_and_host(daemon):
+    # Before: stored under the daemon's own pid and host, so a client's losses looked
+    # like the daemon's and no one could tell which process lost what.
+    client = Client(daemon.sock)
+    try:
+        t = time.monotonic()
+        client.send(batch(97201, ends=[end(1, t - 0.1, t, "with-losses")], ack=True,
+                          host="client-host-7", lost={"record_failed": 3}))  # fmt: skip
+        assert client.reply(timeout=30) == {"acked": [1]}
+    finally:
+        client.close()
+    rows = query_rows(daemon.db, "SELECT host, pid, count FROM losses WHERE kind = 'record_failed'")
+    assert ("client-host-7", 97201, 3) in rows, rows
+    assert not [row for row in rows if row[1] == daemon.proc.pid], rows
+
+
 CLIENT = """
 import sys
 import footprint

@@ -235,6 +235,77 @@ def test_connection_caps_per_peer_and_overall(folder):
     assert "Traceback" not in daemon.stderr
 
 
+def test_http_connections_are_capped_with_a_503(folder):
+    """Before: a thread per HTTP connection without a cap (``--max-http-connections``
+    did not exist); 2 idle connections here hold 2 of 2, the third gets 503 at once."""
+    daemon = spawn(folder, "--max-http-connections", "2")
+    idle = [socket.create_connection(("127.0.0.1", daemon.port), timeout=5) for _ in range(2)]
+    try:
+        time.sleep(0.3)  # both accepted, each held by a thread waiting for its request
+        third = socket.create_connection(("127.0.0.1", daemon.port), timeout=5)
+        with third:
+            answer = b""
+            while chunk := third.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503"), answer
+        assert json.loads(body)["reason"] == "overloaded"
+        for sock in idle:
+            sock.close()
+        idle.clear()
+
+        def healthy() -> dict | None:
+            status, body = http_get(daemon.url("/healthz"))
+            return json.loads(body) if status == 200 else None
+
+        health = wait_for(healthy)
+        assert health and "connection_limit" in health["reasons"], health
+        text = metrics_text(daemon)
+        assert metric(text, "footprint_connections_refused_total", reason="http") == 1
+    finally:
+        for sock in idle:
+            sock.close()
+        assert daemon.stop() == 0, daemon.stderr
+    assert "Traceback" not in daemon.stderr
+
+
+BUSY_CLIENT = textwrap.dedent("""
+    import sys, time
+    import footprint
+
+    end_s = time.monotonic() + float(sys.argv[1])
+    while time.monotonic() < end_s:
+        with footprint.query(model="refused"):
+            time.sleep(0.01)
+    print("done", flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_a_client_refused_as_overloaded_backs_off(folder):
+    """Before: every connection the daemon accepted reset the client's backoff, so a
+    client refused "overloaded" (accepted, told, closed) retried every 50-100 ms: 30 or
+    more refusals in 3 s. Now the backoff grows until the daemon acknowledges something."""
+    daemon = spawn(folder, "--max-connections", "1")
+    holder = connect_unix(daemon.sock)
+    assert holder is not None
+    holder.sendall(b'{"pid"')  # a partial line: this connection is never idle, never reclaimed
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOOTPRINT_")}
+    env.update(FOOTPRINT_DAEMON=str(daemon.sock), XDG_RUNTIME_DIR=str(folder))
+    child = subprocess.Popen([sys.executable, "-c", BUSY_CLIENT, "3"], env=env, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "done\n"
+        text = metrics_text(daemon)
+        refusals = metric(text, "footprint_connections_refused_total", reason="max_connections")
+        assert 2 <= refusals <= 10, refusals  # 0.05 + 0.1 + ... + 1.6 s: about 6 in 3 s
+    finally:
+        child.kill()
+        child.wait()
+        holder.close()
+        assert daemon.stop() == 0, daemon.stderr
+
+
 def _hang_up(port: int, request: bytes, reset: bool) -> None:
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     with contextlib.suppress(OSError):

@@ -71,3 +71,38 @@ def test_sigkill_leaves_a_count_of_what_was_not_stored(tmp_path: Path) -> None:
     assert info["queries_rows"] + died == 3000, info
     assert died > 0  # killed right after its calls: the last ones were still unwritten
     assert not list(tmp_path.glob("calls.db.calls-*"))  # counted once, then removed
+
+
+def test_sigkill_on_postgresql_leaves_a_count_too(tmp_path: Path, monkeypatch) -> None:
+    """Before: a server database had no journal, so these calls went without a count."""
+    from conftest import postgres_schema
+
+    with postgres_schema("sig") as url:
+        env = dict(os.environ, FOOTPRINT_DB=url, FOOTPRINT_SENSOR="simulated",
+                   FOOTPRINT_DAEMON="off", FOOTPRINT_REGION="FRA",
+                   XDG_RUNTIME_DIR=str(tmp_path))  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-c", SCRIPT, "3000"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        assert proc.stdout.readline() == b"done\n"
+        proc.kill()
+        proc.wait(30)
+        journals = list((tmp_path / "footprint" / "calls").glob("postgresql-*.calls-*"))
+        assert journals, proc.stderr.read().decode()[-2000:]  # it outlives the process
+        mode = journals[0].stat().st_mode & 0o777
+        assert mode == 0o600
+        out = subprocess.run([sys.executable, "-m", "footprint", "db", "info", "--db", url,
+                              "--json"], capture_output=True, text=True, timeout=60,
+                             env=env, check=True)  # fmt: skip
+        info = json.loads(out.stdout)
+        died = info["losses"].get(UNSAVED_KIND, 0)
+        assert info["queries_rows"] + died == 3000, info
+        assert died > 0
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+        Store(url).close()  # the next writer claims the journal: counted once, removed
+        assert not list((tmp_path / "footprint" / "calls").glob("postgresql-*.calls-*"))
+        out = subprocess.run([sys.executable, "-m", "footprint", "db", "info", "--db", url,
+                              "--json"], capture_output=True, text=True, timeout=60,
+                             env=env, check=True)  # fmt: skip
+        again = json.loads(out.stdout)
+        assert again["losses"].get(UNSAVED_KIND, 0) == died
+        assert again["queries_rows"] == info["queries_rows"]

@@ -14,11 +14,15 @@ cleaned here, off the hot path, as the in-process runtime cleans them before sto
 A daemon that is down never blocks or raises in the tracked code: ended calls are kept
 (at most ``max_pending_spans``, the ``ended`` queue included; what overflows is counted
 in ``stats()["dropped_spans"]``), and the thread reconnects with exponential backoff
-(``BACKOFF_MIN_S`` to ``BACKOFF_MAX_S``). On every new connection it sends the starts of
-all the calls still running, since a daemon that lost the connection may have closed
-them. A batch the daemon refuses (it answers ``{"error": "..."}``) is counted and warned
-about once. ``shutdown()`` sends what is left within ``exit_deadline_s``; the rest is
-counted in ``stats()["daemon_lost_spans"]`` and logged.
+(``BACKOFF_MIN_S`` to ``BACKOFF_MAX_S``, reset by an acknowledgement or a connection
+that lasted ``STABLE_CONNECTION_S``, not by a connect alone). On every new connection
+it sends the starts of all the calls still running, since a daemon that lost the
+connection may have closed them. A batch the daemon refuses (it answers ``{"error":
+"..."}``) is counted and warned about once. ``shutdown()`` (and the exit flush of a
+signal) sends what is left within ``exit_deadline_s``, without waiting for the
+acknowledgements (the daemon acknowledges after its next write, 1.4-1.7 s later: every
+exit would wait that long); what was not sent is counted in
+``stats()["daemon_lost_spans"]`` and logged.
 
 On the Unix socket a sent end is kept until the daemon acknowledges it (``{"acked":
 [ids]}``: its record is written or its loss counted), so a daemon killed before it wrote
@@ -97,6 +101,10 @@ log = logging.getLogger("footprint")
 SEND_PERIOD_S = 0.02  # a batch this often (starts reach the daemon within one period)
 BACKOFF_MIN_S = 0.05  # first retry after a failed connection; doubles up to the max
 BACKOFF_MAX_S = 2.0
+# The backoff starts again from the minimum once a connection has proved itself: the
+# daemon acknowledged something on it, or it lasted this long. A daemon that accepts and
+# then closes at once (over its connection cap: "overloaded") so gets ever rarer retries.
+STABLE_CONNECTION_S = 5.0
 # A connect or send that takes longer: the daemon is stuck, reconnect (it may hold a
 # reader up to 2 s for room in its queue: back-pressure, not a failure).
 IO_TIMEOUT_S = 5.0
@@ -241,6 +249,7 @@ class DaemonClient:
         self._was_connected = self._connected
         self._backoff_s = BACKOFF_MIN_S
         self._next_attempt_s = 0.0
+        self._connected_at_s = time.monotonic()
         self._down_since_s: float | None = None  # unreachable since (monotonic)
         self._replies = b""
         self._poller: Any = None  # readable replies on the Unix socket
@@ -652,6 +661,8 @@ class DaemonClient:
             if response.status == 401:  # a token made since, or changed: read it again
                 self._load_token()
             self._refused(body)
+        else:
+            self._backoff_s = BACKOFF_MIN_S  # the daemon took a batch
         return True
 
     def _load_token(self) -> None:
@@ -706,6 +717,7 @@ class DaemonClient:
         for span_id in ids if isinstance(ids, list) else ():
             if unacked.pop(span_id, None) is not None:
                 self.confirmed_spans += 1
+                self._backoff_s = BACKOFF_MIN_S
         self._set_max_pending()
 
     def _requeue_unacked(self) -> None:
@@ -792,7 +804,7 @@ class DaemonClient:
         if self._was_connected:
             self.reconnects += 1
         self._was_connected = True
-        self._backoff_s = BACKOFF_MIN_S
+        self._connected_at_s = mono
         self._started_sent.clear()  # tell the daemon about every running call again
         self._replies = b""
         return True
@@ -813,11 +825,14 @@ class DaemonClient:
             self._read_last_replies()
         self._close()
         self._requeue_unacked()
+        now_s = time.monotonic()
+        if self._connected and now_s - self._connected_at_s >= STABLE_CONNECTION_S:
+            self._backoff_s = BACKOFF_MIN_S
         self._connected = False
         self._started_sent.clear()
         if self._down_since_s is None:
-            self._down_since_s = time.monotonic()
-        self._next_attempt_s = time.monotonic() + self._backoff_s
+            self._down_since_s = now_s
+        self._next_attempt_s = now_s + self._backoff_s
         self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
         self.warn_once(
             "daemon-lost",

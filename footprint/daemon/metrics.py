@@ -298,11 +298,11 @@ def _connection_limit_metrics(limits: dict[str, Any]) -> Iterator[Metric]:
     )
     refused = CounterMetricFamily(
         "footprint_connections_refused",
-        "Client connections refused with a one-line error: over --max-connections or "
-        "--max-connections-per-peer.",
+        "Client connections refused with a one-line error: over --max-connections, "
+        "--max-connections-per-peer or --max-http-connections (reason http, a 503).",
         labels=["reason"],
     )
-    for reason in ("max_connections", "per_peer"):
+    for reason in ("max_connections", "per_peer", "http"):
         refused.add_metric([reason], limits["refused"].get(reason, 0))
     yield refused
     yield CounterMetricFamily(

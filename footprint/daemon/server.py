@@ -64,6 +64,7 @@ DEFAULT_HTTP = "127.0.0.1:9464"
 STOP_DEADLINE_S = 5.0  # SIGTERM to exit, at most
 EXIT_WRITE_DEADLINE_S = 3.5  # of which the runtime's final resolve and write
 MAX_CONNECTIONS = 4096  # client connections on the Unix socket (--max-connections)
+MAX_HTTP_CONNECTIONS = 64  # HTTP connections at once, a thread each (--max-http-connections)
 MAX_CONNECTIONS_PER_PEER = 256  # of one process (pid; uid where the pid is not visible)
 # Descriptors never given to clients: HTTP requests, the database's files, /proc reads.
 # The client connections are capped at the open-files limit less these (and those open at
@@ -111,6 +112,7 @@ class DaemonConfig:
     token: str | None = None
     max_connections: int = MAX_CONNECTIONS
     max_connections_per_peer: int = MAX_CONNECTIONS_PER_PEER
+    max_http_connections: int = MAX_HTTP_CONNECTIONS
 
     def overrides(self) -> dict[str, Any]:
         given = {
@@ -160,7 +162,7 @@ def check_config(config: DaemonConfig) -> tuple[str, int] | None:
         raise StartError(
             f"--token must be 8 to {MAX_TOKEN_CHARS} printable ASCII characters, no spaces", 2
         )
-    for name in ("max_connections", "max_connections_per_peer"):
+    for name in ("max_connections", "max_connections_per_peer", "max_http_connections"):
         if getattr(config, name) < 1:
             raise StartError(f"--{name.replace('_', '-')} must be at least 1", 2)
     if config.http is None or config.http.strip().lower() in ("off", "none", ""):
@@ -636,7 +638,8 @@ class Daemon:
         self.internal_errors = 0
         self._drain_until_s = 0.0
         # Connection limits (see _accept): counters for the metrics, times for /healthz.
-        self.connections_refused: Counter[str] = Counter()  # max_connections | per_peer
+        # max_connections | per_peer | http (over --max-http-connections)
+        self.connections_refused: Counter[str] = Counter()
         self.connections_reclaimed = 0  # idle ones closed to make room
         self.accept_failures: Counter[str] = Counter()  # fd_limit | no_memory
         self.fd_budget = MAX_CONNECTIONS  # connections the open-files limit leaves room for
@@ -1278,6 +1281,11 @@ class _DaemonHTTPServer(ThreadingHTTPServer):
     owner: Daemon
     request_queue_size = 64  # listen backlog (socketserver's 5 drops connections under load)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._open: set[int] = set()  # the connections served now (their sockets' ids)
+        self._open_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
     def get_request(self) -> tuple[socket.socket, Any]:
         try:
             return super().get_request()
@@ -1297,7 +1305,49 @@ class _DaemonHTTPServer(ThreadingHTTPServer):
             time.sleep(ACCEPT_BACKOFF_MIN_S)  # no spare either: try again later, not at once
             raise
 
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        """A thread per connection, at most ``--max-http-connections`` at once; one more
+        gets ``503`` (``overloaded``) at once, read nothing from, and is closed."""
+        with self._open_lock:
+            full = len(self._open) >= self.owner.config.max_http_connections
+            if not full:
+                self._open.add(id(request))
+        if full:
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            with self._open_lock:
+                self._open.discard(id(request))
+            raise
+
+    def _refuse(self, request: socket.socket) -> None:
+        owner = self.owner
+        owner.connections_refused["http"] += 1
+        owner._limit_hit_s["connection_limit"] = time.monotonic()
+        cap = owner.config.max_http_connections
+        body = encode_reply(
+            f"too many HTTP connections to the daemon (at most {cap}): this one is closed, "
+            "try again later", "overloaded"
+        )  # fmt: skip
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        )
+        with contextlib.suppress(OSError):
+            request.setblocking(False)  # a client that does not read never holds us
+            request.send(head.encode() + body)
+        super().shutdown_request(request)
+        owner._restore_spare()
+        owner.limited_log.warning(
+            "refused:http", "footprint daemon: refused an HTTP connection: over "
+            "--max-http-connections %d", cap,
+        )  # fmt: skip
+
     def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(id(request))
         super().shutdown_request(request)
         self.owner._restore_spare()
 

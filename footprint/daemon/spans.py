@@ -265,7 +265,7 @@ class SpanIntake:
             self._wait_for_room(len(batch.ends))
         if batch.lost:
             for kind, count in batch.lost.items():
-                runtime.writer.count_loss(kind, count)
+                runtime.writer.count_loss(kind, count, batch.host, batch.pid)
         acking = batch.ack and conn is not None
         settled_now: list[int] = []  # ends of this batch not taken: settled already
         key = (batch.host, batch.pid)

@@ -14,14 +14,17 @@ A clean exit removes the file. The next store that opens the database and can wr
 claims the files of processes of this host that are gone (pid not running, or running
 since another boot time) and moves ``ended - settled`` into ``losses`` as kind
 ``UNSAVED_KIND``. The file is created with ``O_EXCL | O_NOFOLLOW`` (never through a
-planted symlink), mode 0600. PostgreSQL has no journal: a process killed before its exit
-flush loses its last records there without a count (the daemon avoids this).
+planted symlink), mode 0600. A database on a server (PostgreSQL) has no folder beside
+it: its journals go under the runtime directory, named after a hash of its URL without
+the password (``server_base``); they are claimed by the next process of this host that
+opens the same URL.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import logging
 import mmap
 import os
@@ -37,6 +40,7 @@ log = logging.getLogger("footprint")
 
 UNSAVED_KIND = "unsaved_process_died"
 INFIX = ".calls-"
+SERVER_FOLDER = "calls"  # under the runtime directory: journals of server databases
 _MAGIC = b"FPCALLS1"
 _LAYOUT = struct.Struct("<8sqqqq")  # magic, pid, process start (clock ticks), ended, settled
 _COUNT = struct.Struct("<q")
@@ -44,6 +48,31 @@ _ENDED_AT = _LAYOUT.size - 2 * _COUNT.size  # where ``ended`` is, for the hot pa
 _SIZE = 4096
 _counter = 0
 _counter_lock = threading.Lock()
+
+
+def server_base(url: str) -> str | None:
+    """The name a server database's journals are made from: ``<runtime dir>/calls/
+    <backend>-<sha256 of its URL, driver and password left out>`` (None for a URL that
+    does not parse, or no private folder there)."""
+    from sqlalchemy.engine import make_url
+
+    from footprint.daemon.presence import runtime_dir
+    from footprint.storage.sidefile import _private_folder
+
+    try:
+        parsed = make_url(url)
+        backend = parsed.get_backend_name()
+        identity = parsed.set(drivername=backend, password=None).render_as_string(False)
+    except Exception:
+        return None
+    digest = hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    folder = runtime_dir() / SERVER_FOLDER
+    try:
+        _private_folder(folder)
+    except OSError as exc:
+        log.debug("footprint: no call journal for %s: %s", backend, exc)
+        return None
+    return str(folder / f"{re.sub(r'[^a-z0-9]', '_', backend)}-{digest}")
 
 
 def _host_label(host: str) -> str:

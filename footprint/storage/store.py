@@ -620,9 +620,10 @@ class Store:
         the runtime directory (``footprint.storage.sidefile``), into ``losses``; the count
         of rows moved (0 when there is none, or the database cannot be written now: the
         files are then kept for a later try)."""
+        base = journal_base(self.url)
+        moved = journal.move_into(base, lambda rows: self.insert([], [], rows)) if base else 0
         if self.path is None:
-            return 0
-        moved = journal.move_into(self.path, lambda rows: self.insert([], [], rows))
+            return moved
         for path in sidefile.loss_files(self.path):
             moved += sidefile.move_into(path, lambda rows: self.insert([], [], rows))
         return moved
@@ -788,6 +789,15 @@ def database_info(db: str) -> dict[str, Any]:
     return info
 
 
+def journal_base(url: str) -> str | None:
+    """What the call journals of the database at ``url`` are named after: its SQLite
+    file, or for a server database a name under the runtime directory (None in memory)."""
+    path = sqlite_path(url)
+    if path is not None or url.startswith("sqlite"):
+        return path
+    return journal.server_base(url)
+
+
 def _sqlite_size_bytes(path: str) -> int:
     return sum(
         Path(p).stat().st_size for p in (path, path + "-wal", path + "-shm") if Path(p).exists()
@@ -808,7 +818,8 @@ def _database_info(db: str, url: str) -> dict[str, Any]:
             ).all()
             info["losses"] = {kind: int(total) for kind, total in by_kind}
             path = sqlite_path(url)
-            died = journal.pending_counts(path) if path is not None else 0
+            base = journal_base(url)
+            died = journal.pending_counts(base) if base is not None else 0
             if died:  # not moved yet: counted by dead processes' journals
                 kind = journal.UNSAVED_KIND
                 info["losses"][kind] = info["losses"].get(kind, 0) + died

@@ -30,8 +30,9 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from typing import Any, NoReturn
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple, NoReturn
 
 from footprint._forksafe import no_fork
 
@@ -41,6 +42,15 @@ BATCH_ROWS = 5_000  # per transaction; also how long a fork may wait (~50 ms)
 SPILL_EVERY_S = 5.0  # counts of records dropped while the database stays unwritable
 DISK_FULL_LOG_EVERY_S = 600.0
 _FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+class LossKey(NamedTuple):
+    """What a loss count is kept under: its kind and the process it belongs to (the
+    writer's own, or a daemon client's, so a client's counts are attributed to it)."""
+
+    kind: str
+    host: str
+    pid: int
 
 
 class Writer:
@@ -66,7 +76,7 @@ class Writer:
         self.db = db
         self.records: list[dict[str, Any]] = []
         self.idle_rows: list[dict[str, Any]] = []
-        self._losses: Counter[str] = Counter()
+        self._losses: Counter[LossKey] = Counter()
         self.written = 0
         self.dropped = 0
         self.rejected = 0  # records the database refused for their values, dropped
@@ -97,8 +107,8 @@ class Writer:
         with self._lock:
             lost = len(self.records)
             kinds = Counter(self._losses)
-            kinds["unsaved_at_exit"] += lost
-            kinds["unsaved_idle_rows"] += len(self.idle_rows)
+            kinds[self._own("unsaved_at_exit")] += lost
+            kinds[self._own("unsaved_idle_rows")] += len(self.idle_rows)
             self.records.clear()
             self.idle_rows.clear()
             self._losses.clear()
@@ -108,33 +118,68 @@ class Writer:
                 self.save_loss_counts(kinds)
             return lost
 
-    def save_loss_counts(self, kinds: dict[str, int]) -> str | None:
+    def save_loss_counts(self, kinds: Mapping[str, int] | Mapping[LossKey, int]) -> str | None:
         """Keep loss counts the database cannot take now where the next process that
         opens it finds them, and log them: the side file beside it, else (disk full) its
         reserve, else the fallback file under the runtime directory (``sidefile.save``).
         Returns that file, or None when there is none (PostgreSQL, nothing writable):
         then they are only logged. Takes no lock: the runtime may call it while a write
-        still hangs at exit."""
+        still hangs at exit. Plain kinds are this writer's process's own."""
         from footprint.storage import sidefile
 
+        keyed = self._keyed(kinds)
         path = self._database_path()
-        where = sidefile.save(path, kinds, self.host, self.pid) if path is not None else None
+        where = self._save_side(path, keyed) if path is not None else None
         if where is not None and path is not None:
             self.losses_saved_to = str(where)
             side = sidefile.side_path(path)
             log.warning(
                 "footprint: could not store before exit: %s; counted in %s%s, moved into the "
                 "losses table when the database can be written",
-                _counts_text(kinds),
+                _counts_text(keyed),
                 where,
                 "" if where == side else f" ({side} could not be written)",
             )
             return str(where)
         log.warning(
             "footprint: could not store before exit, nor count it in the database: %s",
-            _counts_text(kinds),
+            _counts_text(keyed),
         )
         return None
+
+    def _own(self, kind: str) -> LossKey:
+        return LossKey(kind, self.host, self.pid)
+
+    def _keyed(self, kinds: Mapping[str, int] | Mapping[LossKey, int]) -> Counter[LossKey]:
+        return Counter(
+            {key if isinstance(key, LossKey) else self._own(key): n for key, n in kinds.items()}
+        )
+
+    def _save_side(self, path: str, counts: Counter[LossKey]) -> Path | None:
+        """``sidefile.save`` for each process the counts belong to; the last file written
+        (None when one of them could not be written anywhere)."""
+        from footprint.storage import sidefile
+
+        by_process: dict[tuple[str, int], dict[str, int]] = {}
+        for key, count in counts.items():
+            by_process.setdefault((key.host, key.pid), {})[key.kind] = count
+        where: Path | None = None
+        for (host, pid), kinds in by_process.items():
+            where = sidefile.save(path, kinds, host, pid)
+            if where is None:
+                return None
+        return where
+
+    def journal_base(self) -> str | None:
+        """What the call journal is named after: the SQLite file, else (a server database)
+        a name under the runtime directory (``journal.server_base``)."""
+        from footprint.storage.store import journal_base, normalize_db_url
+
+        try:
+            url = getattr(self.store, "url", None) or (self.db and normalize_db_url(self.db))
+            return journal_base(url) if url else None
+        except Exception:  # a URL that never opened
+            return None
 
     def _database_path(self) -> str | None:
         """The SQLite file of this writer's database (None for PostgreSQL or unknown)."""
@@ -164,17 +209,23 @@ class Writer:
             if overflow > 0:
                 del self.records[:overflow]
                 self.dropped += overflow
-                self._losses["write_failed"] += overflow
+                self._losses[self._own("write_failed")] += overflow
             idle_overflow = len(self.idle_rows) - self.max_buffered
             if idle_overflow > 0:
                 del self.idle_rows[:idle_overflow]
-                self._losses["idle_rows_overflow"] += idle_overflow
+                self._losses[self._own("idle_rows_overflow")] += idle_overflow
 
-    def count_loss(self, kind: str, count: int) -> None:
-        """Record ``count`` things lost for ``kind``; written with the next batch."""
+    def count_loss(
+        self, kind: str, count: int, host: str | None = None, pid: int | None = None
+    ) -> None:
+        """Record ``count`` things lost for ``kind``; written with the next batch, under
+        ``host`` and ``pid`` (a daemon client's) or else this writer's process."""
         if count > 0:
+            key = LossKey(
+                kind, self.host if host is None else host, self.pid if pid is None else pid
+            )
             with self._lock:
-                self._losses[kind] += count
+                self._losses[key] += count
 
     def flush(self) -> int:
         """Write everything buffered; returns the number of records written.
@@ -226,11 +277,10 @@ class Writer:
         with no_fork():
             self.open_store().insert(records, idle, losses)
 
-    def _loss_rows(self, counts: Counter[str]) -> list[dict[str, Any]]:
+    def _loss_rows(self, counts: Counter[LossKey]) -> list[dict[str, Any]]:
         now = _dt.datetime.now(_dt.timezone.utc)
         return [
-            {"recorded_at": now, "kind": kind, "count": count, "host": self.host, "pid": self.pid}
-            for kind, count in counts.items()
+            {"recorded_at": now, "count": count, **key._asdict()} for key, count in counts.items()
         ]
 
     def _count_written(self, n: int) -> None:
@@ -263,8 +313,6 @@ class Writer:
         """While the database stays unwritable: keep the counts of records dropped so far
         where the next process finds them (``sidefile.save``), at most every
         ``SPILL_EVERY_S``, instead of in memory only. Returns the file, if written."""
-        from footprint.storage import sidefile
-
         counts = +self._losses
         now = time.monotonic()
         if not counts or (self._spilled_at is not None and now - self._spilled_at < SPILL_EVERY_S):
@@ -274,7 +322,7 @@ class Writer:
             return None
         self._spilled_at = now
         with no_fork():  # a child must not inherit the side file's lock
-            where = sidefile.save(path, counts, self.host, self.pid)
+            where = self._save_side(path, counts)
         if where is None:
             return None
         self._losses -= counts
@@ -341,7 +389,7 @@ class Writer:
         old = self.store
         self.close()
         getattr(old, "discard_old_log", lambda: None)()
-        self._losses["database_replaced"] += 1
+        self._losses[self._own("database_replaced")] += 1
 
     def _isolate(
         self, records: list[dict], idle: list[dict], losses: list[dict], error: Exception
@@ -376,11 +424,11 @@ class Writer:
             except Exception as refused:
                 if not _is_data_error(refused):
                     raise
-                counts = _counts_text({row["kind"]: row["count"] for row in losses})
+                counts = _counts_text(_row_counts(losses))
                 log.warning("footprint: loss counts refused, not stored: %s (%s)", counts, refused)
         else:
             del self.idle_rows[: len(idle)]
-        self._losses -= Counter({row["kind"]: row["count"] for row in losses})
+        self._losses -= _row_counts(losses)
         return written
 
     def _bisect(
@@ -421,7 +469,7 @@ class Writer:
     def _reject(self, kind: str, error: Exception) -> None:
         orig = getattr(error, "orig", None) or error
         name = f"{kind}:{type(orig).__name__}"
-        self._losses[name] += 1
+        self._losses[self._own(name)] += 1
         if kind == "rejected":
             self.rejected += 1
         if name not in self._warned:
@@ -482,8 +530,16 @@ def _url_text(url: str | None) -> str:
         return "the database"
 
 
-def _counts_text(kinds: dict[str, int]) -> str:
-    return ", ".join(f"{count} {kind}" for kind, count in kinds.items())
+def _row_counts(rows: list[dict[str, Any]]) -> Counter[LossKey]:
+    return Counter({LossKey(row["kind"], row["host"], row["pid"]): row["count"] for row in rows})
+
+
+def _counts_text(counts: Mapping[LossKey, int]) -> str:
+    """``3 write_failed, 2 unsaved_at_exit``: the counts summed by kind."""
+    summed: Counter[str] = Counter()
+    for key, count in counts.items():
+        summed[key.kind] += count
+    return ", ".join(f"{count} {kind}" for kind, count in summed.items())
 
 
 class WriteFailed(RuntimeError):
