@@ -8,7 +8,7 @@
 One record per call lands in SQLite (``FOOTPRINT_DB``, default ``footprint.db``).
 """
 
-from footprint._runtime import FootprintWarning
+from footprint.runtime.local import FootprintWarning
 from footprint.tracking import (
     Query,
     configure,

@@ -91,8 +91,8 @@ from typing import Any
 
 from footprint import tracking
 from footprint._clock import ManualClock
-from footprint._runtime import ANNOUNCE_MARGIN_S, Runtime
 from footprint.config import Settings
+from footprint.runtime.local import ANNOUNCE_MARGIN_S, Runtime
 from footprint.sensors.simulated import SimulatedSensor
 from footprint.storage.store import normalize_db_url
 

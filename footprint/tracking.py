@@ -13,10 +13,10 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from footprint import _lifecycle
 from footprint._clock import Clock
-from footprint._runtime import EndedSpan, Runtime
 from footprint.config import resolve_settings
+from footprint.runtime import lifecycle
+from footprint.runtime.local import EndedSpan, Runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
 TokensFn = Callable[[Any], "tuple[int | None, int | None]"]
@@ -35,14 +35,14 @@ def configure(*, clock: Clock | None = None, **settings: Any) -> None:
     Values are validated now (ValueError names the allowed values). A running tracker
     is flushed and stopped; the next tracked call starts one with the new settings.
     """
-    merged = {**_lifecycle.overrides(), **settings}
+    merged = {**lifecycle.overrides(), **settings}
     resolve_settings(merged)  # validate before changing anything
-    _lifecycle.set_overrides(merged, clock)
+    lifecycle.set_overrides(merged, clock)
 
 
 def reset_configuration() -> None:
     """Forget ``configure()`` overrides (files and environment still apply)."""
-    _lifecycle.reset()
+    lifecycle.reset()
 
 
 def install_runtime(runtime: Runtime) -> None:
@@ -52,28 +52,28 @@ def install_runtime(runtime: Runtime) -> None:
     (``runtime.gpu_sampler.sample_once()``) and resolution (``runtime.cycle(...)``) at
     simulated instants. ``shutdown()`` still flushes and closes it.
     """
-    _lifecycle.install(runtime)
+    lifecycle.install(runtime)
 
 
 def get_runtime() -> Runtime | None:
     """The running runtime (started if needed), or None when tracking is disabled."""
-    return _lifecycle.runtime or _lifecycle.ensure()
+    return lifecycle.runtime or lifecycle.ensure()
 
 
 def flush() -> int:
     """Write every span that has ended; returns the number of records written."""
-    runtime = _lifecycle.runtime
+    runtime = lifecycle.runtime
     return runtime.flush() if runtime is not None else 0
 
 
 def shutdown() -> None:
     """Flush and stop the tracker (the next tracked call starts it again)."""
-    _lifecycle.shutdown()
+    lifecycle.shutdown()
 
 
 def stats() -> dict[str, int]:
     """Counters: records written, spans dropped, records that could not be stored."""
-    runtime = _lifecycle.runtime
+    runtime = lifecycle.runtime
     return runtime.stats() if runtime is not None else {}
 
 
@@ -148,7 +148,7 @@ def track(
 
 
 def _begin(gpus: tuple | None) -> tuple[Runtime | None, int, float]:
-    runtime = _lifecycle.runtime or _lifecycle.ensure()
+    runtime = lifecycle.runtime or lifecycle.ensure()
     if runtime is None:
         return None, 0, 0.0
     span_id = next(runtime.ids)

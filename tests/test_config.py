@@ -69,7 +69,7 @@ def test_bad_env_sensor_disables_tracking_without_breaking_calls(monkeypatch, tm
 
 def test_daemon_setting_is_not_silently_ignored(tmp_path):
     """A daemon address sends the spans there; one that is down is said, never raised."""
-    from footprint.daemon.client import DaemonClient
+    from footprint.runtime.remote import DaemonClient
     from footprint.tracking import get_runtime
 
     footprint.configure(db=str(tmp_path / "d.db"), sensor="none", cpu=False, region="FRA",

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 import footprint
 from footprint._clock import ManualClock
-from footprint._runtime import ANNOUNCE_MARGIN_S, Runtime
 from footprint.config import resolve_settings
+from footprint.runtime.local import ANNOUNCE_MARGIN_S, Runtime
 
 # One simulated call: (start offset s, duration s, GPUs, what happens to it).
 CALL = st.tuples(

@@ -43,8 +43,8 @@ from test_daemon_server import (
     wait_for,
 )
 
-from footprint.daemon import presence
-from footprint.daemon.protocol import MAX_LOSS_COUNT
+from footprint.runtime import presence
+from footprint.runtime.protocol import MAX_LOSS_COUNT
 from footprint.storage.store import database_info
 
 
@@ -338,8 +338,8 @@ def test_a_daemon_with_a_symlinked_gpu_lock_still_starts_and_leaves_the_target(t
 
 def test_the_client_splits_a_large_loss_count_under_the_bound():
     from footprint.config import resolve_settings
-    from footprint.daemon.client import DaemonClient, Target
-    from footprint.daemon.protocol import decode_batch
+    from footprint.runtime.protocol import decode_batch
+    from footprint.runtime.remote import DaemonClient, Target
 
     client = DaemonClient(resolve_settings({"sensor": "none"}), target=Target("unix", "/none"))
     client.dropped_spans = 2 * MAX_LOSS_COUNT + 5

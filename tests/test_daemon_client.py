@@ -7,7 +7,6 @@ checks each with the real protocol decoder, as the daemon does.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import http.server
 import json
 import logging
@@ -26,16 +25,16 @@ from pathlib import Path
 import pytest
 
 import footprint
-from footprint._runtime import Runtime
 from footprint.config import resolve_settings
-from footprint.daemon import presence
-from footprint.daemon.client import DaemonClient, Target, choose
-from footprint.daemon.protocol import (
+from footprint.runtime import presence
+from footprint.runtime.local import Runtime
+from footprint.runtime.protocol import (
     decode_batch,
     default_socket_path,
     encode_acks,
     encode_reply,
 )
+from footprint.runtime.remote import DaemonClient, Target, choose
 from footprint.tracking import get_runtime
 
 WAIT_S = 10.0  # generous: a loaded CI machine; nothing here asserts a duration
@@ -544,7 +543,7 @@ def test_daemon_setting_from_the_environment(tmp_path):
 HOLDER = """
 import sys
 from pathlib import Path
-from footprint.daemon import presence
+from footprint.runtime import presence
 claims = presence.claim_gpus([sys.argv[1]], role=sys.argv[3], directory=Path(sys.argv[2]))
 print("held" if claims.claimed else "not held", flush=True)
 sys.stdin.readline()
@@ -608,7 +607,7 @@ def test_a_forked_child_does_not_inherit_its_parents_claims(short_dir):
     script = textwrap.dedent(f"""
         import os, sys
         from pathlib import Path
-        from footprint.daemon import presence
+        from footprint.runtime import presence
         d = Path({str(short_dir)!r})
         presence.claim_gpus(["GPU-f"], directory=d)
         pid = os.fork()
@@ -660,48 +659,3 @@ def test_two_processes_measuring_one_simulated_gpu_in_process(tmp_path, short_di
         _, first_err = first.communicate("\n", timeout=60)
     assert f"another process (pid {first.pid}) is measuring GPU GPU-sim0003" in second.stderr
     assert "double count" not in first_err
-
-
-# -- the report side -----------------------------------------------------------------
-
-
-def _idle_row(uuid: str, minute: dt.datetime, host: str, pid: int) -> dict:
-    return {"device_uuid": uuid, "minute": minute, "idle_energy_j": 1.0,
-            "measured_energy_j": 2.0, "lost_energy_j": 0.0, "host": host, "pid": pid}  # fmt: skip
-
-
-def test_overlapping_measurements_finds_device_minutes_measured_twice(db_url):
-    from footprint.storage.store import Store
-
-    m0 = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
-    m1 = m0 + dt.timedelta(minutes=1)
-    store = Store(db_url)
-    try:
-        store.insert([], [
-            _idle_row("GPU-a", m0, "h1", 11), _idle_row("GPU-a", m0, "h1", 12),  # twice
-            _idle_row("GPU-a", m0, "h1", 13),
-            _idle_row("GPU-a", m1, "h1", 11),  # once: fine
-            _idle_row("GPU-b", m0, "h1", 11), _idle_row("GPU-b", m0, "h2", 12),  # two hosts
-            _idle_row("GPU-c", m1, "h1", 11), _idle_row("GPU-c", m1, "h1", 14),
-        ])  # fmt: skip
-        with store.engine.connect() as conn:
-            found = presence.overlapping_measurements(conn)
-            assert found == [
-                ("GPU-a", m0, (("h1", 11), ("h1", 12), ("h1", 13))),
-                ("GPU-c", m1, (("h1", 11), ("h1", 14))),
-            ]
-            assert presence.overlapping_measurements(conn, since=m1) == [found[1]]
-            assert presence.overlapping_measurements(conn, until=m1) == [found[0]]
-            assert "up to 3 processes" in presence.overlap_note(conn)
-            assert presence.overlap_note(conn, since=m1 + dt.timedelta(minutes=1)) is None
-    finally:
-        store.close()
-    if "://" not in db_url:  # a plain sqlite3 connection gives the same answer
-        import sqlite3
-
-        con = sqlite3.connect(db_url)
-        try:
-            assert presence.overlapping_measurements(con) == found
-            assert presence.overlapping_measurements(con, since=m1) == [found[1]]
-        finally:
-            con.close()

@@ -46,7 +46,7 @@ from test_daemon_server import (
 
 import footprint
 from footprint.bench.ingest import make_records
-from footprint.daemon.protocol import ProtocolError, decode_batch, encode_acks
+from footprint.runtime.protocol import ProtocolError, decode_batch, encode_acks
 from footprint.storage.models import SCHEMA_VERSION
 from footprint.storage.store import Store, database_info, open_engine
 

@@ -31,7 +31,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from footprint.daemon.protocol import MAX_BATCH_BYTES, decode_batch, encode_batch
+from footprint.runtime.protocol import MAX_BATCH_BYTES, decode_batch, encode_batch
 
 HOST = socket.gethostname()
 SENSOR = "simulated:gpus=1,idle_w=60,busy_w=400,workload=spans"
@@ -469,7 +469,7 @@ def test_spans_of_a_client_that_dies_are_abandoned(daemon):
     before = metric(metrics_text(daemon), "footprint_lost_spans_total", reason="abandoned")
     code = (
         "import os, socket, sys, time\n"
-        "from footprint.daemon.protocol import encode_batch\n"
+        "from footprint.runtime.protocol import encode_batch\n"
         "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
         "t = time.monotonic()\n"
         "s.sendall(encode_batch({'pid': os.getpid(), 'host': socket.gethostname(),\n"
@@ -754,7 +754,7 @@ class FakeRuntime:
 
 
 def _decoded(pid: int, starts=(), ends=(), sent_s: float | None = None):
-    from footprint.daemon.protocol import decode_batch
+    from footprint.runtime.protocol import decode_batch
 
     raw = {"pid": pid, "host": HOST, "monotonic_s": sent_s or time.monotonic(),
            "starts": list(starts), "ends": list(ends)}  # fmt: skip
@@ -879,8 +879,8 @@ def test_intake_a_client_it_cannot_see_gets_time_to_reconnect():
 
 
 def test_intake_refuses_every_batch_of_a_connection_on_another_clock():
-    from footprint.daemon.protocol import ProtocolError
     from footprint.daemon.spans import SpanIntake
+    from footprint.runtime.protocol import ProtocolError
 
     runtime = FakeRuntime()
     intake = SpanIntake(runtime)

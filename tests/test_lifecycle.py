@@ -176,13 +176,13 @@ def test_configure_five_times_keeps_one_handler_and_one_runtime(tmp_path):
         tmp_path,
         """
         import threading
-        from footprint import _lifecycle
+        from footprint.runtime import lifecycle
         for i in range(5):
             footprint.configure(db=sys.argv[1], sensor="none", cpu=False, region="FRA")
             parent_call(i)
         writers = [t for t in threading.enumerate() if t.name == "footprint-writer"]
-        print(len(writers), signal.getsignal(signal.SIGTERM) is _lifecycle._on_signal,
-              _lifecycle._previous_handlers[signal.SIGTERM] is signal.SIG_DFL)
+        print(len(writers), signal.getsignal(signal.SIGTERM) is lifecycle._on_signal,
+              lifecycle._previous_handlers[signal.SIGTERM] is signal.SIG_DFL)
         """,
     )
     assert done.returncode == 0, done.stderr

@@ -20,8 +20,8 @@ import pytest
 from test_daemon_server import Client, http_post, metric, metrics_text, spawn
 
 import footprint
-from footprint._runtime import FootprintWarning
-from footprint.daemon.protocol import (
+from footprint.runtime.local import FootprintWarning
+from footprint.runtime.protocol import (
     MAX_GPUS_PER_SPAN,
     MAX_LOSS_COUNT,
     MAX_TIME_S,

@@ -82,7 +82,7 @@ def test_source_digest_is_the_sha256_of_the_attribution_code_in_order():
             "sampling.py",
             "sensors/simulated.py",
             "sensors/nvml.py",
-            "_runtime.py",
+            "runtime/local.py",
         )
     )
     assert accuracy.source_digest() == hashlib.sha256(joined).hexdigest()

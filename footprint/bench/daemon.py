@@ -159,7 +159,7 @@ def _sender(path: str, rate_per_s: float, seconds: float, index: int, gpus: int,
     """One client process: connect, say ready, wait for "go", send, print a JSON result."""
     import socket
 
-    from footprint.daemon.protocol import encode_batch
+    from footprint.runtime.protocol import encode_batch
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)

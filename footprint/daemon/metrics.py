@@ -1,7 +1,7 @@
 """The daemon's Prometheus metrics (``GET /metrics``), in base units.
 
 Counters of queries, energy, CO2e and cost are fed by the records the runtime hands to
-its writer (``RecordTotals.observe``, hooked on ``Writer.submit``); gauges are read from
+its writer (``RecordTotals.observe``, a ``Runtime.on_records`` observer); gauges are read from
 the runtime, its sampler and the intake when Prometheus scrapes.
 
 Labels: ``gpu`` is the GPU's index (``nvidia-smi``'s); a query that ran on several GPUs
@@ -28,8 +28,8 @@ from prometheus_client.process_collector import ProcessCollector
 from footprint.pricing.factors import bills_energy
 
 if TYPE_CHECKING:
-    from footprint._runtime import Runtime
     from footprint.daemon.spans import SpanIntake
+    from footprint.runtime.local import Runtime
 
 # Metrics keep at most this many models apart (Prometheus series stay bounded whatever
 # clients send); the others are summed under ``model="_other"``.
@@ -231,9 +231,7 @@ class DaemonCollector:
         if self.connection_limits is not None:
             yield from _connection_limit_metrics(self.connection_limits())
 
-        from footprint.daemon.server import runtime_stats
-
-        stats = runtime_stats(runtime)
+        stats = runtime.stats()
         lost = CounterMetricFamily(
             "footprint_lost_spans",
             "Queries that did not become a record, by reason (their energy is in the lost "

@@ -1,6 +1,6 @@
 """``footprint daemon``: the host's one sampler, resolver and store writer.
 
-Worker processes send their span starts and ends (``footprint.daemon.protocol``) over a
+Worker processes send their span starts and ends (``footprint.runtime.protocol``) over a
 Unix socket (or ``POST /v1/spans``); the daemon measures every GPU once and splits its
 energy among the spans of all of them, so N processes sharing a GPU no longer count its
 energy N times. It serves Prometheus metrics on ``GET /metrics`` and a health check on
@@ -49,7 +49,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from footprint.daemon.protocol import (
+from footprint.runtime.protocol import (
     MAX_BATCH_BYTES,
     ProtocolError,
     decode_batch,
@@ -489,17 +489,6 @@ class _SocketClaim:
             self.lock_fd = None
 
 
-def runtime_stats(runtime: Any) -> dict[str, int]:
-    """``runtime.stats()`` from another thread than the writer's: it iterates counters
-    the writer thread may be adding to, so a collision is retried."""
-    for _ in range(5):
-        try:
-            return runtime.stats()
-        except RuntimeError:  # dictionary changed size during iteration
-            time.sleep(0.001)
-    return runtime.stats()
-
-
 def _group_id(name: str) -> int:
     import grp
 
@@ -683,7 +672,6 @@ class Daemon:
             self._http_thread.start()
 
     def _open_runtime(self) -> None:
-        from footprint._runtime import Runtime
         from footprint.daemon.metrics import (
             DaemonCollector,
             PowerTracker,
@@ -691,6 +679,7 @@ class Daemon:
             registry,
         )
         from footprint.daemon.spans import SpanIntake
+        from footprint.runtime.local import Runtime
 
         try:
             # Its GPUs are claimed as the daemon's: an in-process measurer is told so.
@@ -720,26 +709,8 @@ class Daemon:
     def _hook_runtime(self, runtime: Any) -> None:
         """Observe the records the runtime writes and the samples it resolves (see the
         module doc of ``footprint.daemon.metrics``) without changing either."""
-        totals, power = self.totals, self.power
-        submit, drain = runtime.writer.submit, runtime.gpu_sampler.drain
-
-        def observed_submit(records: list[dict], idle_rows: list[dict]) -> None:
-            try:
-                totals.observe(records, idle_rows)
-            except Exception as exc:  # metrics never stop the records
-                runtime.warn_once("metrics", f"footprint daemon: metrics not updated: {exc!r}")
-            submit(records, idle_rows)
-
-        def observed_drain() -> list:
-            samples = drain()
-            try:
-                power.observe(samples)
-            except Exception as exc:
-                runtime.warn_once("power", f"footprint daemon: power not updated: {exc!r}")
-            return samples
-
-        runtime.writer.submit = observed_submit
-        runtime.gpu_sampler.drain = observed_drain
+        runtime.on_records.append(self.totals.observe)
+        runtime.on_gpu_samples.append(self.power.observe)
 
     # -- the Unix socket -------------------------------------------------------------
     def _loop(self) -> None:
@@ -1168,7 +1139,7 @@ class Daemon:
             "spans_received": dict(self.intake.received),
             "records_written": runtime.writer.written,
             "protocol_errors": sum(self.intake.protocol_errors.values()),
-            "stats": runtime_stats(runtime),
+            "stats": runtime.stats(),
         }
 
     # -- control ---------------------------------------------------------------------
@@ -1260,11 +1231,9 @@ class Daemon:
                 target = replace(target, **{n: getattr(old, n) for n in PRICING_FIELDS})
         if target.db != old.db:
             runtime.flush()  # what has ended goes to the database it was measured for
-            writer = runtime.writer
-            with writer._lock:  # between two writes of the writer thread
-                runtime.settings = target
-                writer.db = target.db
-                writer.close()  # the next write opens target.db
+            runtime.writer.switch_database(
+                target.db, then=lambda: setattr(runtime, "settings", target)
+            )
         else:
             runtime.settings = target
         log.warning("footprint daemon: SIGHUP: applied %s", ", ".join(sorted(applied)))
@@ -1617,7 +1586,7 @@ def run_daemon(config: DaemonConfig, ready: Any = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         stopping_s = time.monotonic()
         daemon.stop()
-        stats = runtime_stats(daemon.runtime)
+        stats = daemon.runtime.stats()
         log.warning(
             "footprint daemon: stopped in %.2f s; %d records written, %d spans were still "
             "running, %d not stored",

@@ -40,8 +40,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from footprint._runtime import EndedSpan, Runtime
-from footprint.daemon.protocol import CLOCK_TOLERANCE_S, Batch, ProtocolError
+from footprint.runtime.local import EndedSpan, Runtime
+from footprint.runtime.protocol import CLOCK_TOLERANCE_S, Batch, ProtocolError
 
 log = logging.getLogger("footprint")
 

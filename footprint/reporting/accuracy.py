@@ -42,7 +42,7 @@ DIGEST_FILES = (
     "sampling.py",
     "sensors/simulated.py",
     "sensors/nvml.py",
-    "_runtime.py",
+    "runtime/local.py",
 )
 # Where the benchmark writes its figures, inside the package; tests point it elsewhere.
 ACCURACY_FILE: Path | None = None

@@ -22,7 +22,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from footprint.daemon.presence import overlap_note
 from footprint.reporting import notes as report_notes
 from footprint.reporting.accuracy import published_accuracy
 from footprint.reporting.capacity import Capacity, idle_rows
@@ -35,6 +34,7 @@ from footprint.reporting.figures import (
     kwh,
 )
 from footprint.reporting.grouped import first_last, read_sums
+from footprint.reporting.overlap import overlap_note
 from footprint.reporting.percentiles import percentiles
 from footprint.reporting.request import (
     ReportError,

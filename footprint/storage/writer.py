@@ -191,6 +191,15 @@ class Writer:
         except Exception:  # a URL that never opened
             return None
 
+    def switch_database(self, db: str, then: Callable[[], None] | None = None) -> None:
+        """Write into ``db`` from the next flush on (between two writes: the one under
+        way ends first); ``then`` runs at that point too, before the next write."""
+        with self._lock:
+            self.db = db
+            self.close()
+            if then is not None:
+                then()
+
     def close(self) -> None:
         if self.store is not None:
             self.store.close()

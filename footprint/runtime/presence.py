@@ -25,7 +25,6 @@ leaves that GPU unchecked (the check is advisory) and the planted file's target 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import errno
 import os
 import re
@@ -34,7 +33,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 try:
     import fcntl
@@ -242,114 +241,3 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-# -- the report side --------------------------------------------------------------
-
-
-class Overlap(NamedTuple):
-    """One device and minute measured by several processes of one host."""
-
-    device_uuid: str
-    minute: _dt.datetime
-    processes: tuple[tuple[str, int], ...]  # (host, pid), sorted
-
-
-def overlapping_measurements(
-    conn: Any, since: _dt.datetime | None = None, until: _dt.datetime | None = None
-) -> list[Overlap]:
-    """Device-minutes whose energy several processes of one host measured, each whole.
-
-    ``conn``: a SQLAlchemy ``Connection`` (SQLite or PostgreSQL) or a ``sqlite3``
-    connection; ``since``/``until`` (aware datetimes) bound the minutes, ``until``
-    excluded. Each result is ``(device_uuid, minute, processes)``, ``processes`` the
-    ``(host, pid)`` pairs that wrote a row for it: their measured (and idle) energy for
-    that minute counts the same joules more than once. A process that exited and another
-    that started within the same minute also show here, so a note should say "up to".
-    With the daemon there is one measuring process per host, and nothing shows.
-    """
-    if hasattr(conn, "exec_driver_sql"):
-        rows = _overlap_rows_sqlalchemy(conn, since, until)
-    else:
-        rows = _overlap_rows_dbapi(conn, since, until)
-    grouped: dict[tuple[str, Any], set[tuple[str, int]]] = {}
-    for device_uuid, minute, host, pid in rows:
-        grouped.setdefault((device_uuid, minute), set()).add((host, int(pid)))
-    return [
-        Overlap(uuid, _as_datetime(minute), tuple(sorted(procs)))
-        for (uuid, minute), procs in grouped.items()
-    ]
-
-
-def _overlap_rows_sqlalchemy(conn: Any, since: Any, until: Any) -> list[Any]:
-    from sqlalchemy import and_, func, select
-
-    from footprint.storage.models import IdleEnergy
-
-    table = IdleEnergy.__table__  # type: ignore[attr-defined]
-    c = table.c
-    period = [c.minute >= since] if since is not None else []
-    period += [c.minute < until] if until is not None else []
-    shared = (
-        select(c.device_uuid, c.minute, c.host)
-        .where(*period)
-        .group_by(c.device_uuid, c.minute, c.host)
-        .having(func.count(c.pid.distinct()) > 1)
-        .subquery()
-    )
-    stmt = (
-        select(c.device_uuid, c.minute, c.host, c.pid)
-        .join(
-            shared,
-            and_(
-                c.device_uuid == shared.c.device_uuid,
-                c.minute == shared.c.minute,
-                c.host == shared.c.host,
-            ),
-        )
-        .order_by(c.device_uuid, c.minute, c.host, c.pid)
-    )
-    return list(conn.execute(stmt))
-
-
-def _overlap_rows_dbapi(conn: Any, since: Any, until: Any) -> list[Any]:
-    where, params = [], []
-    for bound, op in ((since, ">="), (until, "<")):
-        if bound is not None:  # stored as SQLAlchemy writes SQLite datetimes (UTC)
-            utc = bound.astimezone(_dt.timezone.utc) if bound.tzinfo else bound
-            where.append(f"minute {op} ?")
-            params.append(utc.strftime("%Y-%m-%d %H:%M:%S.%f"))
-    condition = f"WHERE {' AND '.join(where)} " if where else ""
-    sql = (
-        "SELECT e.device_uuid, e.minute, e.host, e.pid FROM idle_energy AS e JOIN "
-        f"(SELECT device_uuid, minute, host FROM idle_energy {condition}"
-        "GROUP BY device_uuid, minute, host HAVING COUNT(DISTINCT pid) > 1) AS d "
-        "ON e.device_uuid = d.device_uuid AND e.minute = d.minute AND e.host = d.host "
-        "ORDER BY e.device_uuid, e.minute, e.host, e.pid"
-    )
-    return conn.execute(sql, params).fetchall()
-
-
-def overlap_note(
-    conn: Any, since: _dt.datetime | None = None, until: _dt.datetime | None = None
-) -> str | None:
-    """A sentence for a report when some device-minutes were measured twice, else None."""
-    overlaps = overlapping_measurements(conn, since, until)
-    if not overlaps:
-        return None
-    devices = sorted({o.device_uuid for o in overlaps})
-    most = max(len(o.processes) for o in overlaps)
-    return (
-        f"{len(overlaps)} GPU-minute(s) on {len(devices)} GPU(s) were measured in-process "
-        f"by up to {most} processes of one host at once: each counted the GPU's whole "
-        "energy, so these totals count it up to that many times. Run `footprint daemon` "
-        "on those hosts so that one process measures each GPU."
-    )
-
-
-def _as_datetime(value: Any) -> _dt.datetime:
-    if isinstance(value, _dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)
-    text = str(value).replace(" ", "T")
-    parsed = _dt.datetime.fromisoformat(text)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=_dt.timezone.utc)

@@ -29,7 +29,7 @@ from footprint._forksafe import no_fork
 from footprint._sanitize import Cleaner
 from footprint.attribution import DeviceResolver, EnergyPiece, SpanShare
 from footprint.config import Settings
-from footprint.daemon.presence import claim_gpus
+from footprint.runtime.presence import claim_gpus
 from footprint.sampling import Sampler
 from footprint.sensors import ENERGY_MISSING, ENERGY_POWER, Sensor, open_cpu_sensor, open_gpu_sensor
 from footprint.sensors.base import NullSensor
@@ -169,6 +169,11 @@ class Runtime:
         self.inflight: dict[int, tuple[float, tuple | None]] = {}
         self.ended: deque[EndedSpan] = deque()
         self.max_pending = settings.max_pending_spans
+        # Observers (the daemon's metrics): told of each batch of records and idle rows
+        # handed to the writer, and of each GPU samples drained; an observer that raises
+        # is warned about once and never stops the records.
+        self.on_records: list[Callable[[list[dict], list[dict]], None]] = []
+        self.on_gpu_samples: list[Callable[[list], None]] = []
         self.dropped_spans = 0
         self._dropped_spans_reported = 0
         self._flushes = 0
@@ -343,7 +348,7 @@ class Runtime:
     def start(self) -> None:
         """First samples now (so the first span is measured from its start), then threads.
 
-        Exit, signals and fork are the business of ``footprint._lifecycle``, once per
+        Exit, signals and fork are the business of ``footprint.runtime.lifecycle``, once per
         process: a runtime never installs process-wide hooks itself.
         """
         self._worker = threading.Thread(target=self._run, name="footprint-writer", daemon=True)
@@ -502,6 +507,13 @@ class Runtime:
                 self.resolvers[slot].begin(span_id, start_s)
         return pending
 
+    def _notify(self, observers: list[Callable[..., None]], *args: Any) -> None:
+        for observer in observers:
+            try:
+                observer(*args)
+            except Exception as exc:
+                self.warn_once(f"observer:{observer!r}", f"footprint: an observer failed: {exc!r}")
+
     def cycle(self, until_s: float, drain_all: bool = False, final: bool = False) -> int:
         """Resolve intervals ending by ``until_s`` and write what is complete.
 
@@ -512,9 +524,9 @@ class Runtime:
             ended = []
             while self.ended:
                 ended.append(self.ended.popleft())
-            samples = self.gpu_sampler.drain() + (
-                self.cpu_sampler.drain() if self.cpu_sampler else []
-            )
+            gpu_samples = self.gpu_sampler.drain()
+            self._notify(self.on_gpu_samples, gpu_samples)
+            samples = gpu_samples + (self.cpu_sampler.drain() if self.cpu_sampler else [])
             uncertainty_s = self.gpu_sampler.timing_uncertainty_s() + (
                 self.cpu_sampler.timing_uncertainty_s() if self.cpu_sampler else []
             )
@@ -780,6 +792,7 @@ class Runtime:
         dropped = self.dropped_spans
         self.writer.count_loss("span_queue_full", dropped - self._dropped_spans_reported)
         self._dropped_spans_reported = dropped
+        self._notify(self.on_records, records, idle_rows)
         self.writer.submit(records, idle_rows)
         try:
             self.writer.flush()
@@ -826,6 +839,24 @@ class Runtime:
             self.warn_once("rollups", f"footprint: could not update rollups: {exc}")
 
     # -- public control ------------------------------------------------------------
+    def sample(self) -> None:
+        """Read the sensors once: the sampler thread's step, for a runtime driven on a
+        manual clock (the demo, the benchmarks, deterministic tests)."""
+        self.gpu_sampler.sample_once()
+        if self.cpu_sampler is not None:
+            self.cpu_sampler.sample_once()
+
+    def next_sample_wait_s(self) -> float:
+        """How long the sampler thread would wait before its next read, in seconds."""
+        return self.gpu_sampler.next_wait_s()
+
+    def step(self, now_s: float | None = None) -> int:
+        """Resolve and write what is complete by ``now_s`` (the clock's now if None),
+        less the margin the writer thread leaves for calls not yet announced: the writer
+        thread's step, for a runtime driven on a manual clock. Returns records written."""
+        now_s = self.now() if now_s is None else now_s
+        return self.cycle(until_s=now_s - ANNOUNCE_MARGIN_S)
+
     def flush(self) -> int:
         """Measure up to now and write every span that has ended; returns records written."""
         if not self._ready.wait(self.settings.exit_deadline_s):
@@ -914,7 +945,9 @@ class Runtime:
         return max(ends, default=None)
 
     def stats(self) -> dict[str, int]:
-        """Counters a user can check: nothing is dropped silently."""
+        """Counters a user can check: nothing is dropped silently. Safe from any thread:
+        the dictionaries the writer thread adds to are copied whole (one step under the
+        GIL) before they are read."""
         ready = self._ready.is_set()
         return {
             "records_written": self.writer.written,
@@ -937,7 +970,7 @@ class Runtime:
     def attribution_oddities(self) -> dict[str, int]:
         """Odd input the resolvers met and handled (see ``DeviceResolver.oddities``)."""
         totals: dict[str, int] = {}
-        for resolver in self.resolvers if self._ready.is_set() else ():
-            for name, count in resolver.oddities.items():
+        for resolver in list(self.resolvers) if self._ready.is_set() else ():
+            for name, count in dict(resolver.oddities).items():
                 totals[name] = totals.get(name, 0) + count
         return totals

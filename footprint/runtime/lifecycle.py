@@ -29,9 +29,9 @@ import warnings
 from typing import Any
 
 from footprint._clock import SYSTEM_CLOCK, Clock
-from footprint._runtime import FootprintWarning, Runtime
 from footprint.config import Settings, resolve_settings
-from footprint.daemon.client import DaemonClient, choose
+from footprint.runtime.local import FootprintWarning, Runtime
+from footprint.runtime.remote import DaemonClient, choose
 
 SIGNAL_FLUSH_DEADLINE_S = 2.0  # a dying process waits this long for its records
 

@@ -1,11 +1,11 @@
 """Inside a tracked process when a daemon measures the host: queue spans, send batches.
 
-``DaemonClient`` stands where a ``Runtime`` would (``footprint._lifecycle``), with the same
+``DaemonClient`` stands where a ``Runtime`` would (``footprint.runtime.lifecycle``), with the same
 surface the hot path uses (``ids``, ``now``, ``inflight``, ``ended``, ``max_pending``,
 ``dropped_spans``, ``drives_simulator``, ``warn_once``), so ``footprint.tracking`` has no
 branch: a call costs a dict insert and a deque append, whichever measures.
 
-A thread ("footprint-daemon-client") sends one batch (``footprint.daemon.protocol``)
+A thread ("footprint-daemon-client") sends one batch (``footprint.runtime.protocol``)
 every ``SEND_PERIOD_S``, or at once on ``flush()``: the starts of the calls running now
 that the daemon has not been told about, and the calls that ended (a call that started
 and ended between two batches is only sent as an end). Names, tags and token counts are
@@ -42,7 +42,7 @@ names, else, for a loopback address, the file the daemon writes beside the defau
 
 Locks: the hot path takes none; ``request_flush`` and ``flush_before_exit`` (called from
 signal handlers) take none either. A forked child never uses its parent's client
-(``footprint._lifecycle`` drops it); it closes the copy of its socket at once, so the
+(``footprint.runtime.lifecycle`` drops it); it closes the copy of its socket at once, so the
 daemon sees the parent's connection end when the parent's does.
 """
 
@@ -69,10 +69,10 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from footprint._clock import SYSTEM_CLOCK, Clock
-from footprint._runtime import BAD_VALUES, EndedSpan, FootprintWarning
 from footprint._sanitize import Cleaner
 from footprint.config import Settings
-from footprint.daemon.protocol import (
+from footprint.runtime.local import BAD_VALUES, EndedSpan, FootprintWarning
+from footprint.runtime.protocol import (
     MAX_BATCH_BYTES,
     MAX_LOSS_COUNT,
     STATUSES,
