@@ -8,9 +8,10 @@
 One record per call lands in SQLite (``FOOTPRINT_DB``, default ``footprint.db``).
 """
 
-from footprint.runtime.local import FootprintWarning
+from footprint.runtime.spans import FootprintWarning
 from footprint.tracking import (
     Query,
+    Tracker,
     configure,
     flush,
     query,
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FootprintWarning",
     "Query",
+    "Tracker",
     "__version__",
     "configure",
     "flush",

@@ -1,113 +1,258 @@
 """The hot path: ``track`` and ``query`` take two timestamps and queue a span.
 
 Nothing here touches NVML, the database or a lock held for long: a call costs a dict
-insert at its start and a deque append at its end. The runtime (sensors, sampler,
-resolver, writer) starts on first use. Exceptions of the wrapped code propagate unchanged;
-footprint's own failures are turned into one warning and counters.
+insert at its start (``SpanQueue.begin``) and a deque append at its end (``end``). A
+``Tracker`` owns one runtime (sensors, sampler, resolver, writer, or a daemon client),
+started on its first tracked call; the module-level ``track``, ``query``, ``configure``,
+``flush``, ``stats`` and ``shutdown`` use the default tracker. Exceptions of the wrapped
+code propagate unchanged; footprint's own failures are turned into one warning and
+counters.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
+import threading
+import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
-from footprint._clock import Clock
-from footprint.config import resolve_settings
+from footprint._calls import CallSite, Query, SyncFn, TokensFn, check_names, check_sync, gpu_tuple
+from footprint._calls import wrap as _wrap
+from footprint._clock import SYSTEM_CLOCK, Clock
+from footprint.config import Settings, resolve_settings
 from footprint.runtime import lifecycle
-from footprint.runtime.local import EndedSpan, Runtime
+from footprint.runtime.local import Runtime
+from footprint.runtime.remote import DaemonClient, choose
+from footprint.runtime.spans import FootprintWarning, SpanSink
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 F = TypeVar("F", bound=Callable[..., Any])
-TokensFn = Callable[[Any], "tuple[int | None, int | None]"]
-SyncFn = Callable[[], Any]
 
-_RESERVED = {"model", "tokens", "gpus", "sync"}
+__all__ = [
+    "Query",
+    "SettingsOverrides",
+    "Tracker",
+    "configure",
+    "flush",
+    "query",
+    "reset_configuration",
+    "shutdown",
+    "stats",
+    "track",
+]
 
-# A time to first token outside [0, the call's duration] (or NaN) is stored as NULL and
-# counted in ``stats()["invalid_ttft"]`` and the ``losses`` table, with one warning.
-INVALID_TTFT = "invalid_ttft"
+
+class SettingsOverrides(TypedDict, total=False):
+    """The keywords of ``Tracker(...)`` and ``configure(...)``: ``Settings``' fields."""
+
+    db: str
+    sensor: str
+    region: str | None
+    sampling_period_s: float
+    flush_interval_s: float
+    daemon: str
+    cpu: bool
+    max_pending_spans: int
+    exit_deadline_s: float
+    db_timeout_s: float
+    max_span_age_s: float
+    counter_window_s: float | None
+    detect_cloud: bool
+    provider: str | None
+    ownership: str | None
+    hourly_intensity_csv: str | None
+    electricitymaps_token: str | None
+    price_per_kwh: float | None
+    currency: str | None
+    usd_per_gpu_hour: float | None
+    pue: float | None
+    market_intensity_g_per_kwh: float | None
+    embodied_kgco2e: float | None
+    lifetime_years: float | None
 
 
-def configure(*, clock: Clock | None = None, **settings: Any) -> None:
-    """Set db, sensor, region, sampling_period_s, flush_interval_s, daemon, cpu, ...
+class Tracker:
+    """A tracker you own: its settings (database, region, sensor, daemon…), its runtime.
 
-    Values are validated now (ValueError names the allowed values). A running tracker
-    is flushed and stopped; the next tracked call starts one with the new settings.
+    ``Tracker(db="a.db")`` validates the settings now (``ValueError``); the runtime starts
+    on the first tracked call and measures in this process or, when the ``daemon``
+    setting picks one, sends to the host's daemon. Settings not given come from the
+    environment, ``footprint.toml`` and the defaults, as for ``configure``. Use it as a
+    context manager, or ``close()`` it: its last records are written then. The
+    module-level functions use a default tracker; trackers with different databases
+    record side by side in one process.
     """
-    merged = {**lifecycle.overrides(), **settings}
-    resolve_settings(merged)  # validate before changing anything
-    lifecycle.set_overrides(merged, clock)
+
+    def __init__(self, *, clock: Clock | None = None, **settings: Unpack[SettingsOverrides]):
+        if settings:
+            resolve_settings(dict(settings))  # validate before anything starts
+        self._overrides: dict[str, Any] = dict(settings)
+        self._clock = clock or SYSTEM_CLOCK
+        self.runtime: SpanSink | None = None  # read by the hot path: ``runtime or ensure()``
+        self._failed = False  # the runtime could not start: calls run untracked
+        self._closed = False
+        self._lock = threading.Lock()
+        self._orphans: list[SpanSink] = []  # runtimes inherited through fork: never touched
+        lifecycle.register(self)
+
+    # -- what the user calls -------------------------------------------------------
+    def track(
+        self,
+        *args: Any,
+        model: str | None = None,
+        tokens: TokensFn | None = None,
+        gpus: list[int | str] | None = None,
+        sync: SyncFn | None = None,
+        **tags: Any,
+    ) -> Callable[[F], F]:
+        """Decorator recording one query per call of a sync, async or (async) generator
+        function (see ``footprint.track``)."""
+        if args:
+            raise TypeError("track() takes keyword arguments only: @footprint.track(model='...')")
+        check_names(model, tags, "track()")
+        if tokens is not None and not callable(tokens):
+            raise TypeError("track(): tokens= must be a callable returning (input, output)")
+        check_sync(sync, "track()")
+        site = CallSite(self, model, dict(tags), gpu_tuple(gpus, "track()"), sync, tokens)
+        return lambda fn: _wrap(fn, site)
+
+    def query(
+        self,
+        *,
+        model: str,
+        gpus: list[int | str] | None = None,
+        sync: SyncFn | None = None,
+        **tags: Any,
+    ) -> Query:
+        """Context manager (sync and async) recording one query for the block it wraps."""
+        check_names(model, tags, "query()")
+        check_sync(sync, "query()")
+        return Query(CallSite(self, model, dict(tags), gpu_tuple(gpus, "query()"), sync))
+
+    def configure(self, *, clock: Clock | None = None, **settings: Unpack[SettingsOverrides]):
+        """Change some settings (validated now): the running runtime is flushed and
+        stopped; the next tracked call starts one with the new settings."""
+        merged = {**self._overrides, **settings}
+        resolve_settings(merged)  # validate before changing anything
+        with self._lock:
+            self._overrides = merged
+            if clock is not None:
+                self._clock = clock
+            self._failed = False
+        self.shutdown()
+
+    def reset_configuration(self) -> None:
+        """Forget the settings given here and the clock (environment and files apply)."""
+        self.shutdown()
+        with self._lock:
+            self._overrides, self._clock, self._failed = {}, SYSTEM_CLOCK, False
+
+    def settings(self) -> Settings:
+        """The settings the next runtime starts with."""
+        return resolve_settings(self._overrides)
+
+    def flush(self) -> int:
+        """Write every span that has ended; returns the records written (behind a
+        daemon: the spans sent to it)."""
+        runtime = self.runtime
+        return runtime.flush() if runtime is not None else 0
+
+    def stats(self) -> dict[str, int]:
+        """Counters (``footprint.runtime.spans.CORE_STATS`` in every mode, and the
+        mode's own); empty before the first tracked call. Safe from any thread."""
+        runtime = self.runtime
+        return runtime.stats() if runtime is not None else {}
+
+    def shutdown(self) -> None:
+        """Flush and stop the runtime (the next tracked call starts another)."""
+        with self._lock:
+            stopping, self.runtime = self.runtime, None
+        if stopping is not None:
+            stopping.shutdown()
+
+    def close(self) -> None:
+        """Shut down and leave the process's hooks; later calls run untracked."""
+        self._closed = True
+        self.shutdown()
+        lifecycle.unregister(self)
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- the runtime ---------------------------------------------------------------
+    def ensure(self) -> SpanSink | None:
+        """The runtime, started now if there is none (None: tracking disabled)."""
+        with self._lock:
+            if self.runtime is None and not self._failed:
+                if self._closed:
+                    self._failed = True
+                    warnings.warn("footprint: this Tracker is closed; calls run untracked",
+                                  FootprintWarning, stacklevel=4)  # fmt: skip
+                    return None
+                try:
+                    started = _build(resolve_settings(self._overrides), self._clock)
+                    started.start()
+                except Exception as exc:
+                    self._failed = True
+                    warnings.warn(
+                        f"footprint: tracking disabled: {exc}", FootprintWarning, stacklevel=4
+                    )
+                    return None
+                self.runtime = started
+                lifecycle.watch_process(measures_here=isinstance(started, Runtime))
+            return self.runtime
+
+    def install(self, runtime: SpanSink) -> None:
+        """Make ``runtime`` this tracker's, without starting its threads (simulations)."""
+        self.shutdown()
+        with self._lock:
+            self.runtime, self._failed = runtime, False
+
+    # -- process hooks (``footprint.runtime.lifecycle``) ---------------------------
+    def request_flush(self) -> None:
+        runtime = self.runtime
+        if runtime is not None:
+            runtime.request_flush()
+
+    def flush_before_exit(self, deadline_s: float) -> bool:
+        runtime = self.runtime
+        return runtime.flush_before_exit(deadline_s) if runtime is not None else True
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's runtime untouched; start anew on use."""
+        self._lock = threading.Lock()
+        if self.runtime is not None:
+            self._orphans.append(self.runtime)  # never flushed, closed or collected here
+            self.runtime = None
 
 
-def reset_configuration() -> None:
-    """Forget ``configure()`` overrides (files and environment still apply)."""
-    lifecycle.reset()
+def _build(settings: Settings, clock: Clock) -> SpanSink:
+    """A client of the daemon when the ``daemon`` setting picks one (``auto``: one
+    accepts connections at the default socket; tried without blocking, tens of µs),
+    else a runtime measuring in this process. Either only queues here: its thread
+    connects, or opens the sensors and pricing, so the first call costs what the
+    others cost."""
+    choice = choose(settings)
+    if choice.target is not None:
+        return DaemonClient(settings, clock, choice.target, sock=choice.sock)
+    started = Runtime(settings, clock, open_now=False)
+    if choice.note:
+        started.warn_once("daemon-auto", choice.note)
+    return started
 
 
-def install_runtime(runtime: Runtime) -> None:
-    """Make ``runtime`` the one ``track``/``query`` use, without starting its threads.
-
-    For simulations on a ``ManualClock`` (the demo): the caller drives sampling
-    (``runtime.gpu_sampler.sample_once()``) and resolution (``runtime.cycle(...)``) at
-    simulated instants. ``shutdown()`` still flushes and closes it.
-    """
-    lifecycle.install(runtime)
+# -- the module-level API: the default tracker ------------------------------------
+_default = Tracker()
 
 
-def get_runtime() -> Runtime | None:
-    """The running runtime (started if needed), or None when tracking is disabled."""
-    return lifecycle.runtime or lifecycle.ensure()
-
-
-def flush() -> int:
-    """Write every span that has ended; returns the number of records written."""
-    runtime = lifecycle.runtime
-    return runtime.flush() if runtime is not None else 0
-
-
-def shutdown() -> None:
-    """Flush and stop the tracker (the next tracked call starts it again)."""
-    lifecycle.shutdown()
-
-
-def stats() -> dict[str, int]:
-    """Counters: records written, spans dropped, records that could not be stored."""
-    runtime = lifecycle.runtime
-    return runtime.stats() if runtime is not None else {}
-
-
-def _safe_tokens(runtime: Runtime, tokens: TokensFn, value: Any) -> tuple[Any, Any]:
-    try:
-        tokens_in, tokens_out = tokens(value)
-        return tokens_in, tokens_out
-    except Exception as exc:
-        runtime.warn_once("tokens", f"footprint: tokens= callable failed: {exc!r}")
-        return None, None
-
-
-def _gpu_tuple(gpus: Any, where: str) -> tuple | None:
-    """``gpus=`` as a tuple of CUDA indices (int) or UUIDs (str); TypeError otherwise."""
-    if gpus is None:
-        return None
-    if isinstance(gpus, (str, int)) or not all(
-        isinstance(g, (int, str)) and not isinstance(g, bool) for g in gpus
-    ):
-        raise TypeError(f"{where}: gpus= must be a list of GPU indices or UUIDs, got {gpus!r}")
-    return tuple(gpus)
-
-
-def _check_sync(sync: Any, where: str) -> None:
-    if sync is not None and not callable(sync):
-        raise TypeError(f"{where}: sync= must be a callable (e.g. torch.cuda.synchronize)")
-
-
-def _check_names(model: Any, tags: dict[str, Any], where: str) -> None:
-    if not isinstance(model, str) or not model:
-        raise TypeError(f"{where} needs model='name of the model' (a non-empty string)")
-    clash = _RESERVED & tags.keys()
-    if clash:
-        raise TypeError(f"{where}: {', '.join(sorted(clash))} cannot be used as a tag name")
+def default_tracker() -> Tracker:
+    """The tracker ``footprint.track``, ``query``, ``configure``… use."""
+    return _default
 
 
 def track(
@@ -126,277 +271,7 @@ def track(
     time is taken, for calls that return before their GPU work is done (e.g.
     ``torch.cuda.synchronize``). Other keywords are stored as tags.
     """
-    if args:
-        raise TypeError("track() takes keyword arguments only: @footprint.track(model='...')")
-    _check_names(model, tags, "track()")
-    if tokens is not None and not callable(tokens):
-        raise TypeError("track(): tokens= must be a callable returning (input, output)")
-    _check_sync(sync, "track()")
-    gpu_tuple = _gpu_tuple(gpus, "track()")
-    frozen_tags = dict(tags)
-
-    def decorate(fn: F) -> F:
-        if inspect.isasyncgenfunction(fn):
-            return _wrap_async_gen(fn, model, frozen_tags, tokens, gpu_tuple, sync)  # type: ignore
-        if inspect.isgeneratorfunction(fn):
-            return _wrap_gen(fn, model, frozen_tags, tokens, gpu_tuple, sync)  # type: ignore
-        if inspect.iscoroutinefunction(fn):
-            return _wrap_async(fn, model, frozen_tags, tokens, gpu_tuple, sync)  # type: ignore
-        return _wrap_sync(fn, model, frozen_tags, tokens, gpu_tuple, sync)  # type: ignore
-
-    return decorate
-
-
-def _begin(gpus: tuple | None) -> tuple[Runtime | None, int, float]:
-    runtime = lifecycle.runtime or lifecycle.ensure()
-    if runtime is None:
-        return None, 0, 0.0
-    span_id = next(runtime.ids)
-    start_s = runtime.now()
-    runtime.inflight[span_id] = (start_s, gpus)
-    if runtime.drives_simulator:
-        runtime.begin_simulated_load(gpus, start_s)
-    return runtime, span_id, start_s
-
-
-def _run_sync(runtime: Runtime, sync: SyncFn) -> None:
-    """Wait for the call's GPU work (``sync=``) before taking the end time."""
-    try:
-        sync()
-    except Exception as exc:
-        runtime.warn_once("sync", f"footprint: sync= callable failed: {exc!r}")
-
-
-def _end(
-    runtime: Runtime,
-    span_id: int,
-    start_s: float,
-    model: str,
-    tags: dict,
-    status: str,
-    error_type: str | None,
-    tokens_in: Any,
-    tokens_out: Any,
-    ttft_s: float | None,
-    gpus: tuple | None,
-    sync: SyncFn | None = None,
-) -> None:
-    if sync is not None:  # no call at all on the hot path without it
-        _run_sync(runtime, sync)
-    end_s = runtime.now()
-    if ttft_s is not None and not (
-        isinstance(ttft_s, (int, float)) and 0.0 <= ttft_s <= end_s - start_s  # NaN fails
-    ):
-        runtime._count_bad(INVALID_TTFT, 1)
-        ttft_s = None
-    if runtime.drives_simulator:
-        runtime.end_simulated_load(gpus, end_s)
-    if len(runtime.ended) < runtime.max_pending:
-        runtime.journal.ended()  # before the append: the writer may settle it at once
-        runtime.ended.append(
-            EndedSpan(span_id, start_s, end_s, model, tags, status, error_type, tokens_in,
-                      tokens_out, ttft_s, gpus)
-        )  # fmt: skip
-    else:
-        runtime.dropped_spans += 1
-        runtime.warn_once("queue", "footprint: span queue full; dropping and counting spans")
-    runtime.inflight.pop(span_id, None)
-
-
-def _status_of(exc: BaseException) -> str:
-    name = type(exc).__name__
-    return "cancelled" if name in ("CancelledError", "GeneratorExit") else "error"
-
-
-def _wrap_sync(fn, model, tags, tokens, gpus, sync):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        runtime, span_id, start_s = _begin(gpus)
-        if runtime is None:
-            return fn(*args, **kwargs)
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            _end(runtime, span_id, start_s, model, tags, _status_of(exc), type(exc).__name__,
-                 None, None, None, gpus, sync)  # fmt: skip
-            raise
-        tokens_in = tokens_out = None
-        if tokens is not None:
-            tokens_in, tokens_out = _safe_tokens(runtime, tokens, result)
-        _end(runtime, span_id, start_s, model, tags, "ok", None, tokens_in, tokens_out, None, gpus,
-             sync)  # fmt: skip
-        return result
-
-    return wrapper
-
-
-def _wrap_async(fn, model, tags, tokens, gpus, sync):
-    @functools.wraps(fn)
-    async def wrapper(*args, **kwargs):
-        runtime, span_id, start_s = _begin(gpus)
-        if runtime is None:
-            return await fn(*args, **kwargs)
-        try:
-            result = await fn(*args, **kwargs)
-        except BaseException as exc:
-            _end(runtime, span_id, start_s, model, tags, _status_of(exc), type(exc).__name__,
-                 None, None, None, gpus, sync)  # fmt: skip
-            raise
-        tokens_in = tokens_out = None
-        if tokens is not None:
-            tokens_in, tokens_out = _safe_tokens(runtime, tokens, result)
-        _end(runtime, span_id, start_s, model, tags, "ok", None, tokens_in, tokens_out, None, gpus,
-             sync)  # fmt: skip
-        return result
-
-    return wrapper
-
-
-def _finish_stream(runtime, span_id, start_s, model, tags, tokens, gpus, sync, items, ttft_s,
-                   exc):  # fmt: skip
-    tokens_in = tokens_out = None
-    if exc is None or isinstance(exc, GeneratorExit):
-        status, error_type = "ok", None
-        if tokens is not None:
-            tokens_in, tokens_out = _safe_tokens(runtime, tokens, items)
-    else:
-        status, error_type = _status_of(exc), type(exc).__name__
-    _end(runtime, span_id, start_s, model, tags, status, error_type, tokens_in, tokens_out,
-         ttft_s, gpus, sync)  # fmt: skip
-
-
-def _wrap_gen(fn, model, tags, tokens, gpus, sync):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        runtime, span_id, start_s = _begin(gpus)
-        if runtime is None:
-            return (yield from fn(*args, **kwargs))
-        items, ttft_s, error = 0, None, None
-        inner = fn(*args, **kwargs)
-        try:
-            value = next(inner)
-            while True:
-                if items == 0:
-                    ttft_s = runtime.now() - start_s
-                items += 1
-                try:
-                    sent = yield value
-                except GeneratorExit:
-                    inner.close()
-                    raise
-                except BaseException as thrown:
-                    value = inner.throw(thrown)
-                else:
-                    value = inner.send(sent)
-        except StopIteration as stop:
-            return stop.value
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            _finish_stream(runtime, span_id, start_s, model, tags, tokens, gpus, sync, items,
-                           ttft_s, error)  # fmt: skip
-
-    return wrapper
-
-
-def _wrap_async_gen(fn, model, tags, tokens, gpus, sync):
-    @functools.wraps(fn)
-    async def wrapper(*args, **kwargs):
-        runtime, span_id, start_s = _begin(gpus)
-        inner = fn(*args, **kwargs)
-        if runtime is None:
-            async for item in inner:
-                yield item
-            return
-        items, ttft_s, error = 0, None, None
-        try:
-            value = await inner.__anext__()
-            while True:
-                if items == 0:
-                    ttft_s = runtime.now() - start_s
-                items += 1
-                try:
-                    sent = yield value
-                except GeneratorExit:
-                    await inner.aclose()
-                    raise
-                except BaseException as thrown:
-                    value = await inner.athrow(thrown)
-                else:
-                    value = await inner.asend(sent)
-        except StopAsyncIteration:
-            return
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            _finish_stream(runtime, span_id, start_s, model, tags, tokens, gpus, sync, items,
-                           ttft_s, error)  # fmt: skip
-
-    return wrapper
-
-
-class Query:
-    """A tracked block: ``with footprint.query(model=...) as q: q.set_tokens(...)``."""
-
-    __slots__ = ("model", "tags", "gpus", "sync", "input_tokens", "output_tokens", "_ttft_s",
-                 "_runtime", "_span_id", "_start_s")  # fmt: skip
-
-    def __init__(
-        self, model: str, tags: dict[str, Any], gpus: tuple | None, sync: SyncFn | None = None
-    ) -> None:
-        self.model = model
-        self.tags = tags
-        self.gpus = gpus
-        self.sync = sync
-        self.input_tokens: int | None = None
-        self.output_tokens: int | None = None
-        self._ttft_s: float | None = None
-        self._runtime: Runtime | None = None
-        self._span_id = 0
-        self._start_s = 0.0
-
-    def set_tokens(self, input: int | None = None, output: int | None = None) -> None:  # noqa: A002
-        """Record token counts (only counts are stored, never text).
-
-        Never raises: a value that is not a count in [0, 2^40) is stored as NULL and
-        counted in ``stats()["invalid_tokens"]``."""
-        if input is not None:
-            self.input_tokens = input
-        if output is not None:
-            self.output_tokens = output
-
-    def first_token(self) -> None:
-        """Mark now as the time the first token (or item) was produced."""
-        if self._runtime is not None and self._ttft_s is None:
-            self._ttft_s = self._runtime.now() - self._start_s
-
-    def __enter__(self) -> Query:
-        if self._runtime is not None:
-            raise RuntimeError(
-                "this footprint.query() block is already running; "
-                "make one footprint.query(...) per block"
-            )
-        self._runtime, self._span_id, self._start_s = _begin(self.gpus)
-        return self
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        runtime = self._runtime
-        if runtime is not None:
-            status = "ok" if exc is None else _status_of(exc)
-            error_type = None if exc is None else type(exc).__name__
-            _end(runtime, self._span_id, self._start_s, self.model, self.tags, status, error_type,
-                 self.input_tokens, self.output_tokens, self._ttft_s, self.gpus,
-                 self.sync)  # fmt: skip
-            self._runtime = None
-        return False
-
-    async def __aenter__(self) -> Query:
-        return self.__enter__()
-
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        return self.__exit__(exc_type, exc, tb)
+    return _default.track(*args, model=model, tokens=tokens, gpus=gpus, sync=sync, **tags)
 
 
 def query(
@@ -410,6 +285,48 @@ def query(
 
     ``gpus`` and ``sync`` as for ``track``.
     """
-    _check_names(model, tags, "query()")
-    _check_sync(sync, "query()")
-    return Query(model, dict(tags), _gpu_tuple(gpus, "query()"), sync)
+    return _default.query(model=model, gpus=gpus, sync=sync, **tags)
+
+
+def configure(*, clock: Clock | None = None, **settings: Unpack[SettingsOverrides]) -> None:
+    """Set db, sensor, region, sampling_period_s, flush_interval_s, daemon, cpu, ...
+
+    Values are validated now (ValueError names the allowed values). A running tracker
+    is flushed and stopped; the next tracked call starts one with the new settings.
+    """
+    _default.configure(clock=clock, **settings)
+
+
+def reset_configuration() -> None:
+    """Forget ``configure()`` overrides (files and environment still apply)."""
+    _default.reset_configuration()
+
+
+def install_runtime(runtime: Runtime) -> None:
+    """Make ``runtime`` the one ``track``/``query`` use, without starting its threads.
+
+    For simulations on a ``ManualClock`` (the demo): the caller drives sampling
+    (``runtime.sample()``) and resolution (``runtime.step()``) at simulated instants.
+    ``shutdown()`` still flushes and closes it.
+    """
+    _default.install(runtime)
+
+
+def get_runtime() -> SpanSink | None:
+    """The default tracker's runtime (started if needed), or None when disabled."""
+    return _default.runtime or _default.ensure()
+
+
+def flush() -> int:
+    """Write every span that has ended; returns the number of records written."""
+    return _default.flush()
+
+
+def shutdown() -> None:
+    """Flush and stop the tracker (the next tracked call starts it again)."""
+    _default.shutdown()
+
+
+def stats() -> dict[str, int]:
+    """Counters: records written, spans dropped, records that could not be stored."""
+    return _default.stats()

@@ -20,7 +20,6 @@ import pytest
 from test_daemon_server import Client, http_post, metric, metrics_text, spawn
 
 import footprint
-from footprint.runtime.local import FootprintWarning
 from footprint.runtime.protocol import (
     MAX_GPUS_PER_SPAN,
     MAX_LOSS_COUNT,
@@ -28,7 +27,7 @@ from footprint.runtime.protocol import (
     ProtocolError,
     decode_batch,
 )
-from footprint.tracking import INVALID_TTFT
+from footprint.runtime.spans import INVALID_TTFT, FootprintWarning
 
 HUGE = "1" + "0" * 400  # a 401-digit integer: float() of it raises OverflowError
 LONGER_THAN_PYTHON_PARSES = "9" * 5000  # over sys.get_int_max_str_digits() (4300)

@@ -9,20 +9,18 @@ ended spans and the samples, resolves what it can, and writes the records.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import os
 import socket
 import threading
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from footprint._clock import SYSTEM_CLOCK, Clock
 from footprint._forksafe import no_fork
@@ -30,6 +28,7 @@ from footprint._sanitize import Cleaner
 from footprint.attribution import DeviceResolver, EnergyPiece, SpanShare
 from footprint.config import Settings
 from footprint.runtime.presence import claim_gpus
+from footprint.runtime.spans import BAD_VALUES, EndedSpan, SpanQueue
 from footprint.sampling import Sampler
 from footprint.sensors import ENERGY_MISSING, ENERGY_POWER, Sensor, open_cpu_sensor, open_gpu_sensor
 from footprint.sensors.base import NullSensor
@@ -58,40 +57,8 @@ DAEMON_SIMULATED_LAG_S = 1.0
 # or after this long.
 ACQUIRE_WAIT_S = 0.25
 
-# Values replaced so that their record can be stored (``footprint._sanitize``).
-BAD_VALUES = {
-    "invalid_tokens": "a token count was not an integer in [0, 2^40); it is stored as NULL",
-    "sanitized_models": "a model name was not storable text (over 256 characters, NUL, "
-    "lone surrogate); it is stored cleaned",
-    "unserializable_tags": "a tag key or value could not be stored as JSON; it is stored "
-    "as its type name",
-    "invalid_ttft": "a time to first token was negative, not finite or longer than its call; "
-    "it is stored as NULL",
-}
-
 # The writer thread folds new rows into the hourly rollups every this many flushes.
 ROLLUP_EVERY_FLUSHES = 30
-
-
-class EndedSpan(NamedTuple):
-    """What the hot path queues when a call ends (times in monotonic s)."""
-
-    span_id: int
-    start_s: float
-    end_s: float
-    model: str
-    tags: dict
-    status: str
-    error_type: str | None
-    input_tokens: int | None
-    output_tokens: int | None
-    ttft_s: float | None  # time to the first item of a stream
-    gpus: tuple | None  # indices or UUIDs as given; None: every GPU
-    pid: int | None = None  # the process that made the call (the daemon's clients); None: this one
-    host: str | None = None
-    # The daemon's clients: "<session>:<client span id>", stored as ``span_key`` (how the
-    # next daemon recognises an end sent again); None in-process.
-    key: str | None = None
 
 
 def _drives_simulator(sensor_spec: str) -> bool:
@@ -112,10 +79,6 @@ def _plain_sqlite_path(db: str) -> str | None:
     if db.startswith("sqlite:///") and "?" not in db and db != "sqlite:///:memory:":
         return db.removeprefix("sqlite:///")
     return None
-
-
-class FootprintWarning(UserWarning):
-    """Something footprint could not do; the tracked code carried on."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +108,7 @@ class _Pending:
         self.abandoned = False
 
 
-class Runtime:
+class Runtime(SpanQueue):
     """Owns the sensors, samplers, resolvers and store of this process."""
 
     def __init__(
@@ -162,22 +125,15 @@ class Runtime:
         self.settings = settings
         self.presence_role = presence_role  # "daemon" for the host's daemon
         self.gpu_claims: Any = None  # this process's claim on measuring its GPUs
-        self.clock = clock
-        self.now = clock.monotonic_s
+        super().__init__(clock, settings.max_pending_spans)
         self.wall_offset_s = clock.wall_s() - clock.monotonic_s()
-        self.ids = itertools.count()
-        self.inflight: dict[int, tuple[float, tuple | None]] = {}
-        self.ended: deque[EndedSpan] = deque()
-        self.max_pending = settings.max_pending_spans
         # Observers (the daemon's metrics): told of each batch of records and idle rows
         # handed to the writer, and of each GPU samples drained; an observer that raises
         # is warned about once and never stops the records.
         self.on_records: list[Callable[[list[dict], list[dict]], None]] = []
         self.on_gpu_samples: list[Callable[[list], None]] = []
-        self.dropped_spans = 0
         self._dropped_spans_reported = 0
         self._flushes = 0
-        self.warnings_issued: set[str] = set()
         self.host = socket.gethostname()
         self.pid = os.getpid()
 
@@ -185,6 +141,9 @@ class Runtime:
         # the simulator when each call starts and ends on which GPUs. Calls made before
         # the sensor is open are replayed to it once it is.
         self.drives_simulator = _drives_simulator(settings.sensor)
+        if self.drives_simulator:  # bound here: the hot path of real GPUs has no test for it
+            self.begin = self._begin_loading  # type: ignore[method-assign]
+            self.end = self._end_loading  # type: ignore[method-assign]
         self._early_loads: list[tuple[bool, tuple | None, float]] | None = []
         self._load_lock = threading.Lock()
         self._load_slots: dict[tuple | None, tuple[int, ...]] = {}
@@ -192,7 +151,6 @@ class Runtime:
         self._pending: dict[int, _Pending] = {}
         self._device_sets: dict[tuple[int, ...], _DeviceSet] = {}
         self._devices_of: dict[tuple | None, tuple[int, ...]] = {}
-        self.bad_values: dict[str, int] = {}  # values replaced to be storable, by kind
         self._clean = Cleaner(self._count_bad)
         self._unpriced = dict.fromkeys(PRICING_COLUMNS)
         # Per (device UUID, minute): [idle J, measured J, lost J, seconds measured].
@@ -210,6 +168,7 @@ class Runtime:
         self._flushed = threading.Event()
         self._exit_flush_started = False
         self.unsaved_at_exit = 0
+        self._unsaved_hung = 0  # not stored at exit because the last write hung
         self._worker: threading.Thread | None = None
         self.pricer: Any = None
         self.writer = Writer(self._open_store, self.host, self.pid, db=settings.db)
@@ -340,11 +299,6 @@ class Runtime:
         except Exception:
             return None
 
-    def warn_once(self, key: str, message: str) -> None:
-        if key not in self.warnings_issued:
-            self.warnings_issued.add(key)
-            warnings.warn(message, FootprintWarning, stacklevel=3)
-
     def start(self) -> None:
         """First samples now (so the first span is measured from its start), then threads.
 
@@ -443,6 +397,18 @@ class Runtime:
         return self.journal.unsettled <= 0
 
     # -- simulated GPUs driven by the calls ---------------------------------------
+    def _begin_loading(self, gpus: tuple | None) -> tuple[int, float]:
+        """``begin``, and the simulated GPUs of the call take its load from its start."""
+        span_id, start_s = SpanQueue.begin(self, gpus)
+        self.begin_simulated_load(gpus, start_s)
+        return span_id, start_s
+
+    def _end_loading(self, *span: Any) -> float:
+        """``end`` (same arguments), and the call's load leaves its simulated GPUs."""
+        end_s = SpanQueue.end(self, *span)
+        self.end_simulated_load(span[-1], end_s)  # the last argument: its gpus
+        return end_s
+
     def begin_simulated_load(self, gpus: tuple | None, t_s: float) -> None:
         """A call started: load the simulated GPUs it runs on (``workload=spans``)."""
         if self._early_loads is not None:
@@ -587,6 +553,7 @@ class Runtime:
                     records.append(self._record(pending))
                 except Exception as exc:  # one bad span never takes the others with it
                     self.writer.count_loss("record_failed", 1)
+                    self.bad_values["record_failed"] = self.bad_values.get("record_failed", 0) + 1
                     self.warn_once("record", f"footprint: could not build a record: {exc!r}")
             self._write(records)
             return len(records)
@@ -707,10 +674,10 @@ class Runtime:
         return known
 
     def _count_bad(self, kind: str, count: int) -> None:
-        """A value replaced so that its record can be stored: counted, warned about once."""
-        self.bad_values[kind] = self.bad_values.get(kind, 0) + count
+        """A value replaced so that its record can be stored: counted (in ``losses``
+        too), warned about once."""
+        super()._count_bad(kind, count)
         self.writer.count_loss(kind, count)
-        self.warn_once(kind, f"footprint: {BAD_VALUES[kind]} (counted in stats()['{kind}'])")
 
     def _record(self, pending: _Pending) -> dict[str, Any]:
         span = pending.span
@@ -891,7 +858,7 @@ class Runtime:
             return
         finisher.join(deadline_s)
         if finisher.is_alive():
-            self.unsaved_at_exit = (
+            self.unsaved_at_exit = self._unsaved_hung = (
                 len(self.ended) + sum(p.span is not None for p in self._pending.values())
                 + self.writer.buffered
             )  # fmt: skip
@@ -949,21 +916,30 @@ class Runtime:
         the dictionaries the writer thread adds to are copied whole (one step under the
         GIL) before they are read."""
         ready = self._ready.is_set()
+        record_failed = self.bad_values.get("record_failed", 0)
         return {
+            # The core every mode has (``footprint.runtime.spans.CORE_STATS``):
             "records_written": self.writer.written,
-            "buffered_records": self.writer.buffered,
+            "pending_spans": len(self.ended) + len(self._pending),
+            "running_spans": len(self.inflight),
             "dropped_spans": self.dropped_spans,
+            "lost_spans": self.writer.dropped
+            + self.writer.rejected
+            + record_failed
+            + self._unsaved_hung,
+            "running_at_exit": self.running_at_exit,
+            "record_failed": record_failed,
+            **{kind: self.bad_values.get(kind, 0) for kind in BAD_VALUES},
+            # This mode's own:
+            "buffered_records": self.writer.buffered,
             "unsaved_records": self.writer.dropped,
             "unsaved_at_exit": self.unsaved_at_exit,
             "rejected_records": self.writer.rejected,
-            "pending_spans": len(self.ended) + len(self._pending),
             "sampler_failed_reads": self.gpu_sampler.failed_reads if ready else 0,
             "sampler_dropped_samples": self.gpu_sampler.dropped_samples if ready else 0,
             "unknown_gpu_spans": self.unknown_gpu_spans,
             "abandoned_spans": self.abandoned_spans,
-            "running_at_exit": self.running_at_exit,
             "pending_overflows": self.pending_overflows,
-            **{kind: self.bad_values.get(kind, 0) for kind in BAD_VALUES},
             **{f"attribution_{name}": count for name, count in self.attribution_oddities().items()},
         }
 

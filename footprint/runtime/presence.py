@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from footprint.runtime import lifecycle
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no presence check
@@ -239,5 +241,4 @@ def _after_fork_in_child() -> None:
     _forget_inherited()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+lifecycle.at_fork_child(_after_fork_in_child)

@@ -62,7 +62,6 @@ import stat
 import sys
 import threading
 import time
-import warnings
 import weakref
 from collections import deque
 from typing import Any, NamedTuple
@@ -71,7 +70,7 @@ from urllib.parse import urlsplit
 from footprint._clock import SYSTEM_CLOCK, Clock
 from footprint._sanitize import Cleaner
 from footprint.config import Settings
-from footprint.runtime.local import BAD_VALUES, EndedSpan, FootprintWarning
+from footprint.runtime import lifecycle
 from footprint.runtime.protocol import (
     MAX_BATCH_BYTES,
     MAX_LOSS_COUNT,
@@ -79,7 +78,7 @@ from footprint.runtime.protocol import (
     default_socket_path,
     encode_batch,
 )
-from footprint.storage.journal import NoJournal
+from footprint.runtime.spans import BAD_VALUES, EndedSpan, SpanQueue
 
 # Span ids of every client of this process: a client started again by configure() must
 # not reuse its predecessor's ids, which the daemon keeps (per host and pid) to ignore
@@ -197,7 +196,7 @@ def probe(path: str) -> tuple[socket.socket | None, str | None]:
     return None, None  # ENOENT, ECONNREFUSED (a stale socket), ENOTDIR, ...
 
 
-class DaemonClient:
+class DaemonClient(SpanQueue):
     """Queues this process's spans and sends them to the daemon in batches."""
 
     drives_simulator = False  # the daemon's sensors measure; nothing to drive here
@@ -210,17 +209,11 @@ class DaemonClient:
         *,
         sock: socket.socket | None = None,
     ) -> None:
+        # One id space per process: a new client (configure()) goes on from the last id.
+        # No journal: the daemon acknowledges what it stored.
+        super().__init__(clock, settings.max_pending_spans, ids=_SPAN_IDS)
         self.settings = settings
-        self.clock = clock
-        self.now = clock.monotonic_s
-        self.ids = _SPAN_IDS  # one id space per process: a new client (configure()) goes on
-        self.inflight: dict[int, tuple[float, tuple | None]] = {}
-        self.ended: deque[EndedSpan] = deque()
-        self.journal = NoJournal()  # the daemon acknowledges what it stored
-        self._limit = settings.max_pending_spans
-        self.max_pending = self._limit  # lowered while ends wait in ``_unsent``
-        self.dropped_spans = 0
-        self.warnings_issued: set[str] = set()
+        self._limit = settings.max_pending_spans  # ``max_pending``: lowered while ends wait
         if target is None:  # auto or off given: the default socket
             daemon = settings.daemon
             explicit = daemon not in ("auto", "off")
@@ -268,7 +261,6 @@ class DaemonClient:
         self.connect_failures = 0
         self.reconnects = 0
         self.running_at_exit = 0
-        self.bad_values: dict[str, int] = {}
         self._clean = Cleaner(self._count_bad)
         # Control, lock-free for signal handlers: see ``request_flush``.
         self._urgent_until_s = 0.0
@@ -282,11 +274,6 @@ class DaemonClient:
         _clients.add(self)
 
     # -- the surface the life cycle uses ---------------------------------------------
-    def warn_once(self, key: str, message: str) -> None:
-        if key not in self.warnings_issued:
-            self.warnings_issued.add(key)
-            warnings.warn(message, FootprintWarning, stacklevel=3)
-
     def start(self) -> None:
         self._thread = threading.Thread(
             target=self._run, name="footprint-daemon-client", daemon=True
@@ -366,25 +353,31 @@ class DaemonClient:
         self._account_exit(gave_up=False)
 
     def stats(self) -> dict[str, int]:
-        """Counters a user can check: nothing is dropped silently."""
+        """Counters a user can check: nothing is dropped silently. ``records_written``:
+        the ends the daemon acknowledged as stored (or counted lost); ``lost_spans``:
+        those not sent, or refused by it."""
         return {
+            # The core every mode has (``footprint.runtime.spans.CORE_STATS``):
+            "records_written": self.confirmed_spans,
+            "pending_spans": len(self.ended) + len(self._unsent),
+            "running_spans": len(self.inflight),
+            "dropped_spans": self.dropped_spans,
+            "lost_spans": self.lost_spans,
+            "running_at_exit": self.running_at_exit,
+            "record_failed": self.bad_values.get("record_failed", 0),
+            **{kind: self.bad_values.get(kind, 0) for kind in BAD_VALUES},
+            # This mode's own:
             "spans_sent": self.sent_spans,
             "batches_sent": self.sent_batches,
-            "dropped_spans": self.dropped_spans,
             "daemon_lost_spans": self.lost_spans,
             "daemon_refused_batches": self.refused_batches,
             "daemon_connect_failures": self.connect_failures,
             "daemon_reconnects": self.reconnects,
             "daemon_connected": int(self._connected),
-            "pending_spans": len(self.ended) + len(self._unsent),
             "spans_confirmed": self.confirmed_spans,
             "spans_unconfirmed": len(self._unacked),
             "daemon_resent_spans": self.resent_spans,
             "daemon_unconfirmed_at_exit": self.unconfirmed_at_exit,
-            "running_spans": len(self.inflight),
-            "running_at_exit": self.running_at_exit,
-            **{kind: self.bad_values.get(kind, 0) for kind in BAD_VALUES},
-            "record_failed": self.bad_values.get("record_failed", 0),
         }
 
     # -- the sender thread ------------------------------------------------------------
@@ -545,11 +538,6 @@ class DaemonClient:
                 self._gpus_cache.clear()
             self._gpus_cache[gpus] = known
         return known
-
-    def _count_bad(self, kind: str, count: int) -> None:
-        self.bad_values[kind] = self.bad_values.get(kind, 0) + count
-        if kind in BAD_VALUES:
-            self.warn_once(kind, f"footprint: {BAD_VALUES[kind]} (counted in stats()['{kind}'])")
 
     # -- sending ----------------------------------------------------------------------
     def _loss_delta(self) -> dict[str, int]:
@@ -921,5 +909,4 @@ def _after_fork_in_child() -> None:
                     os.close(fd)
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+lifecycle.at_fork_child(_after_fork_in_child)
