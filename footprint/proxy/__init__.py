@@ -14,7 +14,6 @@ import signal
 import sys
 from collections.abc import Callable
 
-from footprint.proxy.accounting import ENDPOINTS
 from footprint.proxy.config import (
     DEFAULT_LISTEN,
     ProxyConfig,
@@ -24,6 +23,7 @@ from footprint.proxy.config import (
     parse_tags,
     parse_upstream,
 )
+from footprint.proxy.openai import ENDPOINTS
 from footprint.proxy.server import Proxy
 
 SWITCH_INTERVAL_S = 0.0005

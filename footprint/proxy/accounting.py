@@ -22,14 +22,6 @@ import re
 import zlib
 from typing import Any
 
-ENDPOINTS = {
-    "/v1/chat/completions": "chat.completions",
-    "/v1/completions": "completions",
-    "/v1/embeddings": "embeddings",
-    "/v1/responses": "responses",
-}
-INJECTABLE = frozenset({"chat.completions", "completions"})  # accept stream_options
-
 WINDOW = 64 * 1024  # bytes of a body (head and tail) or of an oversized event kept
 MAX_EVENT = 1024 * 1024  # an SSE event longer than this is forwarded unparsed
 
