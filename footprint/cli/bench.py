@@ -1,0 +1,342 @@
+"""``footprint bench``: the benchmarks, each measured on this machine and printed or as JSON.
+
+The benchmarks themselves live in :mod:`footprint.bench`; here are their options and their lines.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from footprint.cli._errors import InputError
+from footprint.cli._output import JsonOption, console, show
+
+bench_app = typer.Typer(help="Benchmarks, measured on this machine.", no_args_is_help=True)
+
+
+@bench_app.command("report")
+def bench_report(
+    rows: Annotated[
+        int | None,
+        typer.Option(
+            min=100,
+            max=20_000_000,
+            help="Synthetic query records (default 1,000,000; with --models, 10 per model, "
+            "at least 100,000).",
+        ),
+    ] = None,
+    repeats: Annotated[
+        int | None,
+        typer.Option(min=1, max=10, help="Timed runs per side (default 2; 1 with --models)."),
+    ] = None,
+    models: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=1_000_000,
+            help="Distinct models: time `footprint report` writing every format, and its "
+            "peak memory.",
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """`footprint report --format json` as a whole command vs hand-written SQL, same file;
+    with --models, the whole report in every format over that many models."""
+    from footprint.bench.report import run, run_models
+
+    if models is not None:
+        result = run_models(models, rows=rows, repeats=repeats or 1)
+        show(result, as_json, _print_report_models)
+        return
+    result = run(rows=rows or 1_000_000, repeats=repeats or 2)
+    show(result, as_json, _print_report)
+
+
+def _print_report_models(result: dict[str, Any]) -> None:
+    rss = result["peak_rss_mb"]
+    console.print(
+        f"{result['models']:,} models, {result['rows']:,} records: footprint report, "
+        f"every format, {result['report_s']:.2f} s, peak memory "
+        f"{'unknown' if rss is None else f'{rss:.0f} MB'} (targets: ≤ "
+        f"{result['target_report_s']:.0f} s, ≤ {result['target_peak_rss_mb']:.0f} MB)"
+    )
+
+
+def _print_report(result: dict[str, Any]) -> None:
+    console.print(
+        f"{result['rows']:,} records: footprint report {result['report_s']:.2f} s, "
+        f"hand-written SQL {result['raw_sql_s']:.2f} s: ratio {result['ratio']:.2f}; "
+        f"--by tag:team {result['tag_report_s']:.2f} s (targets: ≤ 3 s, ≤ 2, ≤ 3 s)"
+    )
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    rows: Annotated[
+        int, typer.Option(min=1000, max=10_000_000, help="Records per side.")
+    ] = 200_000,
+    as_json: JsonOption = False,
+) -> None:
+    """Records/s through footprint's writer vs raw sqlite3 executemany, same rows."""
+    from footprint.bench.ingest import run
+
+    show(run(rows=rows), as_json, _print_ingest)
+
+
+def _print_ingest(result: dict[str, Any]) -> None:
+    console.print(
+        f"footprint writer {result['footprint_rows_per_s']:,.0f} rows/s, raw sqlite3 "
+        f"executemany {result['raw_sqlite_rows_per_s']:,.0f} rows/s: ratio {result['ratio']:.2f}"
+    )
+
+
+@bench_app.command("overhead")
+def bench_overhead(
+    as_json: JsonOption = False,
+    batches: Annotated[int, typer.Option(min=10, help="Timed batches per side.")] = 300,
+) -> None:
+    """Per-call cost of @track on a no-op, against the bare call and codecarbon's tasks."""
+    from footprint.bench.overhead import run
+
+    show(run(batches=batches), as_json, _print_overhead)
+
+
+def _print_overhead(result: dict[str, Any]) -> None:
+    console.print(
+        f"@track adds {result['track_us_median']:.2f} µs median "
+        f"(p99 {result['track_us_p99']:.2f} µs) per call; codecarbon start_task/stop_task "
+        f"{result['codecarbon_task_us_median']:.0f} µs: "
+        f"{result['ratio_codecarbon_over_track']:.0f}× more."
+    )
+
+
+@bench_app.command("attribution")
+def bench_attribution(
+    as_json: JsonOption = False,
+    spans: Annotated[int, typer.Option(min=1000, help="Spans per concurrency level.")] = 40_000,
+) -> None:
+    """Resolver cost per span at 100, 1,000 and 4,000 spans running at once on one GPU."""
+    from footprint.bench.attribution import run
+
+    show(run(spans=spans), as_json, _print_attribution)
+
+
+def _print_attribution(result: dict[str, Any]) -> None:
+    for entry in result["runs"]:
+        console.print(
+            f"{entry['concurrent']:>5} at once: {entry['us_per_span']:.2f} µs per span "
+            f"({entry['spans']:,} spans)"
+        )
+    console.print(f"highest / lowest concurrency: {result['ratio_highest_over_lowest']:.2f}×")
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(
+    as_json: JsonOption = False,
+    rate: Annotated[int, typer.Option(min=1, max=1_000_000, help="Calls per second.")] = 20_000,
+    seconds: Annotated[float, typer.Option(min=0.5, max=600, help="How long.")] = 10.0,
+) -> None:
+    """Sustained calls/s through track, resolve, price and write in one process."""
+    from footprint.bench.pipeline import run
+
+    show(run(rate_per_s=rate, seconds=seconds), as_json, _print_pipeline)
+
+
+def _print_pipeline(result: dict[str, Any]) -> None:
+    console.print(
+        f"{result['calls']:,} calls at {result['achieved_rate_per_s']:,.0f}/s: "
+        f"{result['written_when_calls_stopped']:,} written when they stopped; exit wrote the "
+        f"rest in "
+        f"{result['exit_s']:.2f} s; {result['lost']} lost"
+    )
+
+
+@bench_app.command("accuracy")
+def bench_accuracy(
+    as_json: JsonOption = False,
+    scale: Annotated[
+        float, typer.Option(min=0.05, max=10.0, help="Scale every scenario's length.")
+    ] = 1.0,
+    scenario: Annotated[
+        list[str] | None,
+        typer.Option("--scenario", help="Run only this scenario (repeatable)."),
+    ] = None,
+    path: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--path", help="Run only this code path (repeatable): simulated, nvml, nvml-part-time."
+        ),
+    ] = None,
+    write: Annotated[
+        bool, typer.Option("--write", help="Store the figures that reports quote.")
+    ] = False,
+) -> None:
+    """Attribution error against exact energy, in fixed scenarios, each in fresh processes
+    whose first footprint action is the call, on the simulated GPU and on the NVML code
+    path (a fake pynvml with an ideal and a part-time counter)."""
+    from footprint.bench.accuracy import PATHS, SCENARIOS, run
+    from footprint.bench.accuracy import write as write_figures
+
+    known = [s.name for s in SCENARIOS]
+    for name in scenario or []:
+        if name not in known:
+            raise InputError(f"unknown scenario {name!r}; known: {', '.join(known)}")
+    for name in path or []:
+        if name not in PATHS:
+            raise InputError(f"unknown path {name!r}; known: {', '.join(PATHS)}")
+    if write and (scenario or path or scale != 1.0):
+        raise InputError("--write records the full benchmark: drop --scenario, --path and --scale")
+    result = run(
+        scale=scale,
+        names=scenario or None,
+        paths=path or None,
+        progress=lambda line: sys.stderr.write(f"{line}\n"),
+    )
+    if write:
+        written = write_figures(result)
+        sys.stderr.write(f"figures written to {written}\n")
+    show(result, as_json, _print_accuracy)
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}%"
+
+
+def _print_accuracy(result: dict[str, Any]) -> None:
+    for entry in result["scenarios"]:
+        per_query = entry["per_query_error_pct"] or {}
+        long = entry["long_query_error_pct"]
+        console.print(
+            f"{entry['name']:<34} {entry['queries']:>5} queries: total "
+            f"{_pct(entry['total_signed_error_pct'])}; per query p50 {_pct(per_query.get('p50'))} "
+            f"p95 {_pct(per_query.get('p95'))} max {_pct(per_query.get('max'))}"
+            + (f"; ≥1 s max {long['max']:.3f}%" if long else "")
+            + f"; within bound {entry['within_bound_pct']}%"
+        )
+
+
+@bench_app.command("daemon")
+def bench_daemon(
+    as_json: JsonOption = False,
+    rate: Annotated[
+        int, typer.Option(min=100, max=1_000_000, help="Spans per second, all senders.")
+    ] = 10_000,
+    seconds: Annotated[float, typer.Option(min=1, max=600, help="How long they send.")] = 10.0,
+    senders: Annotated[int, typer.Option(min=1, max=64, help="Sender processes.")] = 8,
+    idle_seconds: Annotated[
+        float, typer.Option(min=1, max=600, help="How long the idle CPU is measured.")
+    ] = 5.0,
+    saturate: Annotated[
+        bool, typer.Option(help="Also offer 4x the rate, to see what the daemon takes.")
+    ] = True,
+    ack: Annotated[
+        bool, typer.Option(help="Senders ask for acknowledgements, as the client does.")
+    ] = True,
+) -> None:
+    """Spans/s from sender processes over the Unix socket (and how many were lost), and
+    the daemon's CPU use sampling 8 simulated GPUs at 20 Hz with no traffic."""
+    from footprint.bench.daemon import run
+
+    result = run(rate_per_s=rate, seconds=seconds, senders=senders, idle_seconds=idle_seconds,
+                 saturate=saturate, ack=ack)  # fmt: skip
+    show(result, as_json, _print_daemon)
+
+
+def _print_daemon(result: dict[str, Any]) -> None:
+    idle = result["idle"]
+    for name in ("traffic", "saturation"):
+        traffic = result[name]
+        if traffic is None:
+            continue
+        console.print(
+            f"{name}: {traffic['senders']} senders, {traffic['spans_sent']:,} spans at "
+            f"{traffic['achieved_spans_per_s']:,.0f}/s (offered "
+            f"{traffic['target_spans_per_s']:,}/s), {traffic['end_to_end_spans_per_s']:,.0f}/s "
+            f"until written; {traffic['stored']:,} stored, {traffic['lost']} lost"
+            + (
+                ""
+                if traffic["acknowledged"] is None
+                else f", {traffic['acknowledged']:,} acknowledged"
+            )
+            + f"; daemon CPU {traffic['daemon_cpu_pct']:.1f}% of a core"
+        )
+    console.print(
+        f"idle, {idle['gpus']} simulated GPUs sampled at {idle['sampling_hz']:g} Hz: daemon CPU "
+        f"{idle['daemon_cpu_pct']:.2f}% of a core (target ≤ {idle['target_cpu_pct']:g}%)"
+    )
+
+
+@bench_app.command("soak")
+def bench_soak(
+    as_json: JsonOption = False,
+    minutes: Annotated[
+        float, typer.Option(min=0.05, max=600, help="How long each setup runs.")
+    ] = 1.0,
+    workers: Annotated[int, typer.Option(min=1, max=32, help="Worker processes.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the random stop times.")] = 1,
+) -> None:
+    """Calls made, stored, counted lost and duplicated while workers (and the daemon)
+    are stopped with SIGTERM at random times; RSS over time."""
+    from footprint.bench.soak import run
+
+    show(run(minutes=minutes, workers=workers, seed=seed), as_json, _print_soak)
+
+
+def _print_soak(result: dict[str, Any]) -> None:
+    for setup in result["setups"]:
+        rss = setup["rss_mib"]
+        console.print(
+            f"{setup['mode']}: {setup['worker_stops']} worker and {setup['daemon_stops']} daemon "
+            f"SIGTERMs; {setup['made']:,} calls made, {setup['stored']:,} stored, "
+            f"{setup['counted_lost']:,} counted lost, {setup['duplicated']:,} duplicated, "
+            f"{setup['unaccounted']:,} unaccounted; worker RSS max "
+            f"{rss['workers']['max'] if rss['workers'] else '-'} MiB"
+            + (f", daemon RSS max {rss['daemon']['max']} MiB" if rss["daemon"] else "")
+        )
+
+
+@bench_app.command("proxy")
+def bench_proxy(
+    as_json: JsonOption = False,
+    requests: Annotated[
+        int, typer.Option(min=50, max=100_000, help="Sequential requests per side (latency).")
+    ] = 1000,
+    seconds: Annotated[
+        float, typer.Option(min=0.5, max=120, help="Seconds per side at 32 concurrent clients.")
+    ] = 5.0,
+    concurrency: Annotated[int, typer.Option(min=1, max=512, help="Concurrent clients.")] = 32,
+    upstream_latency_ms: Annotated[
+        float,
+        typer.Option(min=0, max=10_000, help="Time the fake upstream takes per request (ms)."),
+    ] = 20.0,
+) -> None:
+    """A small chat completion against the fake upstream directly and through
+    `footprint proxy`, side by side: added latency (median, p99) and requests/s."""
+    from footprint.bench.proxy import run
+
+    result = run(requests=requests, seconds=seconds, concurrency=concurrency,
+                 upstream_latency_ms=upstream_latency_ms)  # fmt: skip
+    show(result, as_json, _print_proxy)
+
+
+def _print_proxy(result: dict[str, Any]) -> None:
+    console.print(
+        f"latency: direct {result['direct_ms_median']:.3f} ms median "
+        f"(p99 {result['direct_ms_p99']:.3f}), through the proxy "
+        f"{result['proxy_ms_median']:.3f} ms (p99 {result['proxy_ms_p99']:.3f}): "
+        f"{result['added_ms_median']:.3f} ms added (target ≤ 1 ms)"
+    )
+    console.print(
+        f"{result['concurrency']} concurrent clients, upstream taking "
+        f"{result['upstream_latency_ms']:g} ms: direct {result['rps_direct']:,.0f} req/s, "
+        f"through the proxy {result['rps_proxy']:,.0f} req/s: ratio {result['rps_ratio']:.2f} "
+        f"(target ≥ 0.8)"
+    )
+    console.print(
+        f"upstream taking no time: direct {result['rps_direct_zero_latency']:,.0f} req/s, "
+        f"through the proxy {result['rps_proxy_zero_latency']:,.0f} req/s: ratio "
+        f"{result['rps_ratio_zero_latency']:.2f}; {result['records']:,} records stored for "
+        f"{result['requests_through_proxy']:,} requests through the proxy"
+    )

@@ -1,0 +1,77 @@
+"""``footprint demo``: a simulated week of LLM serving recorded, then reported in every format."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Column, Table
+
+from footprint.cli._errors import InputError
+from footprint.cli._output import JsonOption, console, show
+
+
+def demo(
+    db: Annotated[str, typer.Option(help="Database URL or file path.")] = "footprint-demo.db",
+    queries: Annotated[int, typer.Option(min=1, max=100_000, help="How many requests.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Seed of the workload and the simulated GPUs.")] = 1,
+    concurrency: Annotated[
+        int, typer.Option(min=4, max=64, help="Simulated H100s the scheduler may hold (>= 4).")
+    ] = 8,
+    days: Annotated[int, typer.Option(min=1, max=31, help="Simulated days of traffic.")] = 7,
+    out: Annotated[str, typer.Option(help="Folder for the report (all formats).")] = "reports",
+    as_json: JsonOption = False,
+) -> None:
+    """A simulated week of batched LLM serving on simulated H100s, then its report in --out."""
+    from footprint import __version__
+    from footprint.demo import run_demo
+    from footprint.reporting import ReportError, ReportRequest
+    from footprint.reporting.command import run_report
+    from footprint.storage.store import StoreError
+
+    if not as_json:
+        console.print(
+            f"Simulating {days} days: {queries} requests to Llama 3.1 8B and 70B, continuously "
+            f"batched on up to {concurrency} simulated H100s held and released by a scheduler…"
+        )
+    try:
+        summary = run_demo(db, queries=queries, seed=seed, concurrency=concurrency, days=days)
+        _, written, _ = run_report(
+            ReportRequest(db=db), ["html", "md", "csv", "json"], out, __version__,
+            show_progress=not as_json,
+        )  # fmt: skip
+    except (ValueError, RuntimeError, StoreError, ReportError, OSError) as exc:
+        raise InputError(str(exc)) from None
+    summary["report"] = {"dir": out, "files": [str(p) for p in written]}
+    show(summary, as_json, lambda s: _print_summary(s, db, out, written))
+
+
+def _print_summary(summary: dict[str, Any], db: str, out: str, written: Sequence[Path]) -> None:
+    """Per model: queries, energy, GPU time and tokens; then the energy balance, the GPU-hours
+    and where the report is."""
+    names = [str(name) for name in summary["models"]] or [""]  # never cut: the others wrap
+    table = Table(Column("model", no_wrap=True, min_width=max(map(len, names))),
+                  *(Column(h, overflow="fold") for h in ("queries", "errors", "energy (J)",
+                    "GPU-s", "out tokens", "J/token")),
+                  title="footprint demo (simulated GPUs)")  # fmt: skip
+    for name, m in summary["models"].items():
+        per_token = m["j_per_output_token"]
+        table.add_row(name, str(m["queries"]), str(m["errors"]), f"{m['energy_j']:.1f}",
+                      f"{m['gpu_seconds']:.2f}", str(m["output_tokens"]),
+                      f"{per_token:.3f}" if per_token is not None else "-")  # fmt: skip
+    console.print(table)
+    console.print(
+        f"measured {summary['measured_energy_j']:.1f} J = attributed "
+        f"{summary['attributed_energy_j']:.1f} J + idle {summary['idle_energy_j']:.1f} J "
+        f"(difference {summary['conservation_error_j']:.2e} J); records in {db}"
+    )
+    gpus = summary.get("gpus")
+    if gpus and gpus.get("utilization") is not None:
+        console.print(
+            f"GPU-hours held {gpus['held_gpu_hours']:.2f}, busy {gpus['busy_gpu_hours']:.2f} "
+            f"(utilisation {gpus['utilization']:.0%})"
+        )
+    html_files = [str(p) for p in written if p.suffix == ".html"]
+    console.print(f"Report: {html_files[0] if html_files else out} (and .md, .csv, .json)")
