@@ -45,7 +45,7 @@ from test_daemon_server import (
 
 from footprint.runtime import presence
 from footprint.runtime.protocol import MAX_LOSS_COUNT
-from footprint.storage.store import database_info
+from footprint.storage.info import database_info
 
 
 def token_path(sock: Path) -> Path:

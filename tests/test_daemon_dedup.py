@@ -47,8 +47,10 @@ from test_daemon_server import (
 import footprint
 from footprint.bench.ingest import make_records
 from footprint.runtime.protocol import ProtocolError, decode_batch, encode_acks
+from footprint.storage.engine import open_engine
+from footprint.storage.info import database_info
 from footprint.storage.models import SCHEMA_VERSION
-from footprint.storage.store import Store, database_info, open_engine
+from footprint.storage.store import Store
 
 SESSION = "5e55i0n-0f-a_client"
 

@@ -29,7 +29,7 @@ from footprint.reporting import (
 )
 from footprint.reporting import data as report_data
 from footprint.storage import rollups
-from footprint.storage.store import open_engine
+from footprint.storage.engine import open_engine
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from footprint.cli import main
 from footprint.reporting import accuracy
 from footprint.reporting.render import fmt, lookup
 from footprint.storage import rollups
-from footprint.storage.store import open_engine
+from footprint.storage.engine import open_engine
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "reports"

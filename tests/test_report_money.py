@@ -22,7 +22,7 @@ from footprint.bench.report import build_db
 from footprint.cli import main
 from footprint.reporting import ReportRequest, build_report, charts, tags
 from footprint.reporting.content import period_text
-from footprint.storage.store import open_engine
+from footprint.storage.engine import open_engine
 
 REPO = Path(__file__).resolve().parents[1]
 MINUTE = "2026-03-02 10:{:02d}:00.000000"

@@ -20,8 +20,9 @@ from sqlalchemy import insert, text
 from footprint.pricing import usd_per_unit
 from footprint.reporting import ReportRequest, build_report, grouped, parse_when, percentiles
 from footprint.storage import rollups
+from footprint.storage.engine import open_engine
 from footprint.storage.models import PRICING_COLUMNS, QueryRecord
-from footprint.storage.store import Store, open_engine
+from footprint.storage.store import Store
 
 UTC = dt.timezone.utc
 START = dt.datetime(2026, 4, 6, 21, tzinfo=UTC)  # the data crosses two midnights

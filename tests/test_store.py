@@ -24,8 +24,12 @@ from sqlalchemy import select, text
 from footprint.bench.ingest import make_records, time_footprint, time_raw
 from footprint.cli import main
 from footprint.storage import rollups
+from footprint.storage.engine import open_engine
+from footprint.storage.errors import StoreError
+from footprint.storage.info import database_info
+from footprint.storage.migrations import MIGRATIONS
 from footprint.storage.models import SCHEMA_VERSION, IdleEnergy, Loss, QueryRecord
-from footprint.storage.store import MIGRATIONS, Store, StoreError, database_info, open_engine
+from footprint.storage.store import Store
 from footprint.storage.writer import WriteFailed, Writer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -191,7 +195,7 @@ def test_older_schema_is_migrated_in_place(db_url, monkeypatch):
     def add_column(conn):
         conn.execute(text("ALTER TABLE queries ADD COLUMN migrated_flag INTEGER DEFAULT 7"))
 
-    monkeypatch.setattr("footprint.storage.store.SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setattr("footprint.storage.migrations.SCHEMA_VERSION", SCHEMA_VERSION + 1)
     monkeypatch.setitem(MIGRATIONS, SCHEMA_VERSION, add_column)
     engine = open_engine(db_url)
     with engine.connect() as conn:

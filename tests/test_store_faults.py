@@ -34,14 +34,11 @@ from test_store import _assert_same, _expected, _rollup_table, count_rows
 
 from footprint.bench.ingest import make_records
 from footprint.storage import sidefile
+from footprint.storage.engine import open_engine
+from footprint.storage.errors import MalformedDatabase, is_data_error
+from footprint.storage.info import database_info
 from footprint.storage.models import Loss, QueryRecord
-from footprint.storage.store import (
-    MalformedDatabase,
-    Store,
-    database_info,
-    is_data_error,
-    open_engine,
-)
+from footprint.storage.store import Store
 from footprint.storage.writer import WriteFailed, Writer
 
 REPO = Path(__file__).resolve().parent.parent

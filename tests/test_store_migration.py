@@ -22,8 +22,10 @@ from test_store import _assert_same, _expected, _random_records, _rollup_table
 from footprint.bench.ingest import make_records
 from footprint.reporting import ReportRequest, build_report
 from footprint.storage import rollups
+from footprint.storage.engine import open_engine
+from footprint.storage.info import database_info
 from footprint.storage.models import SCHEMA_VERSION, IdleEnergy, QueryRecord, QueryRollup
-from footprint.storage.store import Store, database_info, open_engine
+from footprint.storage.store import Store
 
 V1_SQL = Path(__file__).resolve().parent / "schema_v1"
 PRICE_KEYS = {"ownership", "gpu_price_source"}  # version 3: nullable, on records and rollups

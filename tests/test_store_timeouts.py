@@ -21,7 +21,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from footprint.bench.ingest import make_records
-from footprint.storage.store import Store, StoreError, _postgres_connect_args, open_engine
+from footprint.storage.engine import _postgres_connect_args, open_engine
+from footprint.storage.errors import StoreError
+from footprint.storage.store import Store
 
 BOUND_S = 10.0  # generous: the waits below are 1-2 s (libpq's connect timeout is >= 2 s)
 

@@ -31,7 +31,9 @@ from test_store_faults import _losses  # the losses table only, not the files
 
 from footprint.bench.ingest import make_records
 from footprint.storage import sidefile
-from footprint.storage.store import Store, database_info, open_engine
+from footprint.storage.engine import open_engine
+from footprint.storage.info import database_info
+from footprint.storage.store import Store
 from footprint.storage.writer import WriteFailed, Writer
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,7 +19,8 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from footprint.reporting.request import ReportError
 from footprint.storage import rollups
-from footprint.storage.store import StoreError, normalize_db_url, open_engine, sqlite_path
+from footprint.storage.engine import normalize_db_url, open_engine, sqlite_path
+from footprint.storage.errors import StoreError
 
 
 @dataclass

@@ -226,28 +226,44 @@ class Fold:
         self.measured[model] += sums["energy_n"]
         if sums["no_gpu_price"]:
             self.no_gpu_price_reasons[row.get("gpu_price_source") or ""] += sums["queries"]
+        spread = self._add_devices(row, sums)
+        self._add_sums(row, sums, spread)
+        self._add_day(row, sums)
+        self.by_source[row["energy_source"] or "missing"] += sums["queries"]
+        self._add_zone(row["zone"], sums)
+        self._add_factors(row)
 
+    def _add_devices(self, row: dict[str, Any], sums: dict[str, Any]) -> list[float] | None:
+        """Share a row's GPU-seconds and idle spread among its GPUs; the spread (None for a
+        row without GPUs or GPU-seconds)."""
         gpus = row["gpus"]
         uuids = self.gpu_sets.get(gpus)
         if uuids is None:
             uuids = self.gpu_sets[gpus] = split_gpus(gpus)
-        spread = None
-        if uuids and sums["gpu_seconds"]:
-            spread = self.spread_of(sums, row)
-            share = 1.0 / len(uuids)
-            group = self._group_name(row)
-            for uuid in uuids:
-                self.device_gs[uuid] += spread[0] * share
-                vector = self.devices.get(uuid)
-                if vector is None:
-                    self.devices[uuid] = [v * share for v in spread]
-                else:
-                    for i in range(SPREAD):
-                        vector[i] += spread[i] * share
-                if self.group_by in ("day", "host"):
-                    self.group_device_gs[(group, uuid)] += spread[0] * share
+        if not (uuids and sums["gpu_seconds"]):
+            return None
+        spread = self.spread_of(sums, row)
+        share = 1.0 / len(uuids)
+        group = self._group_name(row)
+        for uuid in uuids:
+            self.device_gs[uuid] += spread[0] * share
+            vector = self.devices.get(uuid)
+            if vector is None:
+                self.devices[uuid] = [v * share for v in spread]
+            else:
+                for i in range(SPREAD):
+                    vector[i] += spread[i] * share
+            if self.group_by in ("day", "host"):
+                self.group_device_gs[(group, uuid)] += spread[0] * share
+        return spread
 
-        targets = [self._acc(self.by_model, model), self.total]
+    def _add_sums(
+        self, row: dict[str, Any], sums: dict[str, Any], spread: list[float] | None
+    ) -> None:
+        """Add a row's sums (and idle spread, per GPU set) to its model's, its group's and
+        the total accumulators."""
+        gpus = row["gpus"]
+        targets = [self._acc(self.by_model, row["model"]), self.total]
         if self.group_by is not None and self.group_by != "model":
             targets.append(self._acc(self.by_group, self._group_name(row)))
         for acc in targets:
@@ -260,6 +276,8 @@ class Fold:
                     for i in range(SPREAD):
                         parts[i] += spread[i]
 
+    def _add_day(self, row: dict[str, Any], sums: dict[str, Any]) -> None:
+        """Add a row's figures to its model's on its day."""
         day = self.by_day.get(row["day"])
         if day is None:
             day = self.by_day[row["day"]] = {}
@@ -267,23 +285,24 @@ class Fold:
         cost_n = max(sums["compute_n"], sums["billed_energy_cost_n"])
         figures = (sums["queries"], sums["energy_j"], sums["energy_n"], sums["co2e_g"],
                    sums["co2e_n"], cost, cost_n, sums["gpu_seconds"])  # fmt: skip
-        found = day.get(model)
+        found = day.get(row["model"])
         if found is None:
-            day[model] = list(figures)
+            day[row["model"]] = list(figures)
         else:
             for i, value in enumerate(figures):
                 found[i] += value
-        self.by_source[row["energy_source"] or "missing"] += sums["queries"]
-        zone = row["zone"]
-        if zone:
-            z = self.zones.get(zone)
-            if z is None:
-                z = self.zones[zone] = [0.0, 0.0, 0.0, 0]
-            z[0] += sums["energy_j"]
-            z[1] += sums["facility_energy_j"] if sums["co2e_n"] else 0.0
-            z[2] += sums["co2e_g"]
-            z[3] += sums["co2e_n"]
-        self._add_factors(row)
+
+    def _add_zone(self, zone: str | None, sums: dict[str, Any]) -> None:
+        """Add a row's energy and CO2e to its zone's (none for a row without a zone)."""
+        if not zone:
+            return
+        z = self.zones.get(zone)
+        if z is None:
+            z = self.zones[zone] = [0.0, 0.0, 0.0, 0]
+        z[0] += sums["energy_j"]
+        z[1] += sums["facility_energy_j"] if sums["co2e_n"] else 0.0
+        z[2] += sums["co2e_g"]
+        z[3] += sums["co2e_n"]
 
     def _group_name(self, row: dict[str, Any]) -> Any:
         by = self.group_by

@@ -10,8 +10,9 @@ from typing import Any, TextIO
 
 from sqlalchemy import select
 
+from footprint.storage.engine import open_engine
+from footprint.storage.errors import StoreError
 from footprint.storage.models import QueryRecord
-from footprint.storage.store import StoreError, open_engine
 
 FORMATS = ("csv", "jsonl", "parquet")
 CHUNK_ROWS = 5_000

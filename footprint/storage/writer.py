@@ -7,7 +7,7 @@ are the oldest records dropped, counted, and the count written as a ``losses`` r
 soon as the database accepts writes again.
 
 A batch refused for what it holds (a value out of range, text that cannot be encoded: see
-``store.is_data_error``) is written in halves instead: the good rows at once, each row
+``errors.is_data_error``) is written in halves instead: the good rows at once, each row
 refused alone dropped and counted (``losses`` kind ``rejected:<error>``, ``rejected``).
 A SQLite file deleted or replaced while open is left for the one at the path; a
 malformed one is not written into until it changes. What is still buffered at exit is
@@ -173,7 +173,8 @@ class Writer:
     def journal_base(self) -> str | None:
         """What the call journal is named after: the SQLite file, else (a server database)
         a name under the runtime directory (``journal.server_base``)."""
-        from footprint.storage.store import journal_base, normalize_db_url
+        from footprint.storage.engine import normalize_db_url
+        from footprint.storage.info import journal_base
 
         try:
             url = getattr(self.store, "url", None) or (self.db and normalize_db_url(self.db))
@@ -183,7 +184,7 @@ class Writer:
 
     def _database_path(self) -> str | None:
         """The SQLite file of this writer's database (None for PostgreSQL or unknown)."""
-        from footprint.storage.store import normalize_db_url, sqlite_path
+        from footprint.storage.engine import normalize_db_url, sqlite_path
 
         try:
             url = getattr(self.store, "url", None) or (self.db and normalize_db_url(self.db))
@@ -298,7 +299,7 @@ class Writer:
 
     def _failed(self, exc: Exception) -> NoReturn:
         """The rows stay buffered: say why (once) and raise ``WriteFailed``."""
-        from footprint.storage.store import MalformedDatabase
+        from footprint.storage.errors import MalformedDatabase
 
         self.failed_flushes += 1
         self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -494,7 +495,7 @@ class Writer:
 
 
 def _is_data_error(exc: Exception) -> bool:
-    from footprint.storage.store import is_data_error
+    from footprint.storage.errors import is_data_error
 
     return is_data_error(exc)
 
@@ -503,7 +504,7 @@ def _unwritable(exc: BaseException) -> str | None:
     """``disk full``, ``folder removed``, ``read-only`` or ``cannot open`` when ``exc`` (or
     what it wraps) says the database stays unwritable; None for a lock, a timeout,
     anything else."""
-    from footprint.storage.store import StoreError
+    from footprint.storage.errors import StoreError
 
     seen: set[int] = set()
     current: BaseException | None = exc

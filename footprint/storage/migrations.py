@@ -1,0 +1,148 @@
+"""The schema's tables and versions: the version a database records, and the migrations
+that bring an older database up to this footprint's ``SCHEMA_VERSION`` in place."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import Connection, Engine, insert, select
+
+from footprint.storage.errors import StoreError
+from footprint.storage.models import (
+    SCHEMA_VERSION,
+    IdleEnergy,
+    Loss,
+    Meta,
+    QueryRecord,
+    QueryRollup,
+)
+
+log = logging.getLogger("footprint")
+
+TABLES = [
+    QueryRecord.__table__,
+    IdleEnergy.__table__,
+    Loss.__table__,
+    QueryRollup.__table__,
+    Meta.__table__,
+]
+
+# Migrations: MIGRATIONS[v] takes a database at schema version v to v + 1, in the same
+# transaction that records the new version. Each is written out in SQL, frozen: it must
+# not follow later changes of the models. Each is idempotent (it adds only what is
+# missing), so that several processes opening an old database at once all succeed, and
+# because SQLite's driver commits DDL statements by themselves.
+
+
+def _add_columns(conn: Connection, table: str, columns: list[tuple[str, str, str]]) -> None:
+    """``ALTER TABLE table ADD COLUMN`` each (name, SQLite DDL, PostgreSQL DDL) missing."""
+    if conn.dialect.name == "postgresql":
+        for name, _, ddl in columns:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {ddl}")
+        return
+    present = {row[1] for row in conn.exec_driver_sql(f"PRAGMA table_info({table})")}
+    for name, ddl, _ in columns:
+        if name not in present:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
+
+
+def _v1_to_v2(conn: Connection) -> None:
+    """Version 2: each record's energy uncertainty bound, and its sums in the rollups.
+
+    Records written before have no bound (NULL). Their rollup rows get a sum of 0 over 0
+    records that carry one: exactly the sums of those records, so no rollup is rebuilt,
+    and rows not yet rolled up (SQLite) are summed the same way when they are.
+    """
+    _add_columns(conn, "queries", [("energy_uncertainty_j", "FLOAT", "DOUBLE PRECISION")])
+    _add_columns(
+        conn,
+        "query_rollups",
+        [
+            ("energy_uncertainty_j", "FLOAT NOT NULL DEFAULT 0",
+             "DOUBLE PRECISION NOT NULL DEFAULT 0"),
+            ("uncertainty_queries", "BIGINT NOT NULL DEFAULT 0", "BIGINT NOT NULL DEFAULT 0"),
+        ],
+    )  # fmt: skip
+
+
+def _v2_to_v3(conn: Connection) -> None:
+    """Version 3: energy of calls never stored (running at exit, abandoned) per device and
+    minute, so that stored queries + idle + lost = measured. Older rows lost none they knew
+    of: 0. And 64-bit token counts on PostgreSQL (``integer`` before: a count over 2^31
+    refused its whole batch); SQLite's INTEGER is 64-bit already.
+
+    And who owns the GPU (``ownership``: rented | owned) with where its $/GPU-hour came
+    from (``gpu_price_source``), on records and as rollup key columns. Older records and
+    rollup rows get NULL (not known); their rollup rows keep their ``group_key`` (reports
+    group by the key columns, so a later row of the same key under the longer group_key
+    adds up with them)."""
+    _add_columns(
+        conn,
+        "idle_energy",
+        [("lost_energy_j", "FLOAT NOT NULL DEFAULT 0", "DOUBLE PRECISION NOT NULL DEFAULT 0"),
+         ("measured_s", "FLOAT NOT NULL DEFAULT 0", "DOUBLE PRECISION NOT NULL DEFAULT 0")],
+    )  # fmt: skip
+    for table in ("queries", "query_rollups"):
+        _add_columns(
+            conn,
+            table,
+            [("ownership", "VARCHAR", "VARCHAR"), ("gpu_price_source", "VARCHAR", "VARCHAR")],
+        )
+    if conn.dialect.name == "postgresql":
+        columns = conn.exec_driver_sql(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = 'queries'"
+            " AND column_name IN ('input_tokens', 'output_tokens') AND data_type = 'integer'"
+            " ORDER BY column_name"
+        )
+        narrow = columns.scalars().all()
+        if narrow:  # one rewrite of the table for both
+            alters = ", ".join(f"ALTER COLUMN {name} TYPE BIGINT" for name in narrow)
+            conn.exec_driver_sql(f"ALTER TABLE queries {alters}")
+
+
+def _v3_to_v4(conn: Connection) -> None:
+    """Version 4: the key a daemon's client gave each call (``span_key``, text: a random
+    session token of the client process and its span id), indexed, so that a daemon can
+    tell whether an end a client sent again after losing its connection (its
+    acknowledgement lost) is stored already. Older records and records written
+    in-process have none (NULL). Both dialects create the index only if it is missing."""
+    _add_columns(conn, "queries", [("span_key", "VARCHAR", "VARCHAR")])
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_queries_span_key ON queries (span_key)")
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+
+
+def schema_version(conn: Connection) -> int | None:
+    """The schema version the database records (None when it records none: a new one)."""
+    meta = Meta.__table__
+    row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
+    return None if row is None else int(row[0])
+
+
+def migrate(engine: Engine) -> None:
+    """Record ``SCHEMA_VERSION`` in a new database, or migrate an older one to it; raises
+    ``StoreError`` for a newer one, or one no migration leads from."""
+    meta = Meta.__table__
+    with engine.begin() as conn:
+        version = schema_version(conn)
+        if version is None:
+            conn.execute(insert(meta), [{"key": "schema_version", "value": str(SCHEMA_VERSION)}])
+            return
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"database schema version {version} is newer than this footprint "
+                f"(which knows up to {SCHEMA_VERSION}); upgrade footprint to use it"
+            )
+        if version == SCHEMA_VERSION:
+            return  # nothing to write: read-only databases open too
+        while version < SCHEMA_VERSION:
+            step = MIGRATIONS.get(version)
+            if step is None:
+                raise StoreError(f"no migration from schema version {version}")
+            step(conn)
+            version += 1
+            log.info("footprint: migrated database to schema version %d", version)
+        conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(version)))
