@@ -194,9 +194,9 @@ def test_the_real_client_posts_over_http_with_the_token_file(daemon, home, tmp_p
 
 # -- the token file, in-process ------------------------------------------------------------
 def _claim(folder: Path, token: str | None = None):
-    from footprint.daemon.server import _SocketClaim
+    from footprint.daemon.claim import SocketClaim
 
-    claim = _SocketClaim(folder / "d.sock", None, token=token, token_file=True)
+    claim = SocketClaim(folder / "d.sock", None, token=token, token_file=True)
     claim.claim()
     claim.release()
     return claim
@@ -223,7 +223,7 @@ def test_the_token_file_is_made_once_reused_and_replaced_when_unsafe(tmp_path):
 
 @pytest.mark.parametrize("name", ["d.sock.lock", "d.sock.token"])
 def test_a_symlink_at_the_lock_or_token_path_is_refused_in_process(tmp_path, name):
-    from footprint.daemon.server import StartError
+    from footprint.daemon.config import StartError
 
     folder = tmp_path / "run"
     folder.mkdir(mode=0o700)
@@ -239,7 +239,7 @@ def test_a_symlink_at_the_lock_or_token_path_is_refused_in_process(tmp_path, nam
 
 
 def test_the_socket_folder_must_be_a_real_folder_of_the_daemons_user(tmp_path, monkeypatch):
-    from footprint.daemon.server import StartError
+    from footprint.daemon.config import StartError
 
     real = tmp_path / "real"
     real.mkdir(mode=0o700)

@@ -339,7 +339,7 @@ def test_http_clients_that_hang_up_log_no_traceback(folder):
 
 
 def test_rate_limited_log_says_how_many_it_left_out(caplog):
-    from footprint.daemon.server import RateLimitedLog
+    from footprint.daemon.ratelog import RateLimitedLog
 
     limited = RateLimitedLog(interval_s=10.0, burst=2)
     with caplog.at_level("INFO", logger="footprint"):

@@ -126,7 +126,7 @@ class PowerTracker:
 class DaemonCollector:
     """Builds every footprint_* metric family when Prometheus scrapes."""
 
-    # The daemon's connection limits and what they refused (``Daemon.connection_limits``).
+    # The daemon's connection limits and what they refused (``ConnectionLimits.snapshot``).
     connection_limits: Callable[[], dict[str, Any]] | None = None
 
     def __init__(

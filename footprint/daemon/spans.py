@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from footprint.runtime.local import EndedSpan, Runtime
-from footprint.runtime.protocol import CLOCK_TOLERANCE_S, Batch, ProtocolError
+from footprint.runtime.protocol import CLOCK_TOLERANCE_S, Batch, ProtocolError, SpanEnd
 
 log = logging.getLogger("footprint")
 
@@ -253,110 +253,146 @@ class SpanIntake:
         """Check the clock, then start and end the batch's spans in the runtime.
 
         ``ClockMismatch`` (counted) when the sender's clock is not the daemon's."""
-        runtime = self.runtime
         try:
             self.check_clock(batch, conn, time.monotonic(), transit_s)
         except ClockMismatch:
             self.refused("clock", batch)
             raise
-        session = batch.session
-        stored = self._stored_keys(batch) if session is not None else None
+        stored = self._stored_keys(batch) if batch.session is not None else None
         if batch.ends:
             self._wait_for_room(len(batch.ends))
         if batch.lost:
             for kind, count in batch.lost.items():
-                runtime.writer.count_loss(kind, count, batch.host, batch.pid)
-        acking = batch.ack and conn is not None
-        settled_now: list[int] = []  # ends of this batch not taken: settled already
-        key = (batch.host, batch.pid)
-        pid, host = batch.pid, batch.host
-        inflight, ended = runtime.inflight, runtime.ended
-        drives = runtime.drives_simulator
-        max_pending = runtime.max_pending
+                self.runtime.writer.count_loss(kind, count, batch.host, batch.pid)
+        acking = conn if batch.ack else None  # the connection its ends are acknowledged on
         now_s = time.monotonic()
         with self._lock:
-            client = self._clients.get(key)
-            if client is None:
-                client = self._clients[key] = _Client(key, now_s)
-            client.last_seen_s = now_s
-            if conn is not None and key not in conn.keys:
-                conn.keys.add(key)
-                client.connections.add(conn.id)
-                client.idle_since_s = None
-                # The peer as our pid namespace sees it (None where the kernel cannot
-                # name it): the process whose exit closes the connection.
-                client.liveness_pid = conn.peer_pid
-            spans = client.spans
+            client = self._client_of(batch, conn, now_s)
             self.received["batches"] += 1
             self.received["starts"] += len(batch.starts)
             self.received["ends"] += len(batch.ends)
-            for start in batch.starts:
-                if start.id in spans:  # sent again after a reconnection: already known
-                    self.oddities["duplicate_start"] += 1
-                    continue
-                if client.abandoned and start.id in client.abandoned:
-                    self.oddities["started_after_abandoned"] += 1  # counted as lost already
-                    continue
-                if len(inflight) >= max_pending:  # its end will still make a record
-                    self.oddities["start_not_tracked"] += 1
-                    continue
-                sid = next(runtime.ids)
-                spans[start.id] = (sid, start.start_s, start.gpus)
-                inflight[sid] = (start.start_s, start.gpus)
-                if drives:
-                    runtime.begin_simulated_load(start.gpus, start.start_s)
-            for end in batch.ends:
-                if client.seen_end(end.id, now_s, max_pending):
-                    self.oddities["duplicate_end"] += 1  # sent again: it has its record
-                    if acking:
-                        settled_now.append(end.id)
-                    continue
-                span_key = None if session is None else f"{session}:{end.id}"
-                if stored and span_key in stored:  # a daemon before this one stored it
-                    self.oddities["duplicate_end_stored"] += 1
-                    entry = spans.pop(end.id, None)
-                    if entry is not None:  # started here too: closed, never a record
-                        runtime.abandon(entry[0])
-                        if drives:
-                            runtime.end_simulated_load(entry[2], end.end_s)
-                    if acking:
-                        settled_now.append(end.id)
-                    continue
-                entry = spans.pop(end.id, None)
-                if entry is None:
-                    if client.abandoned and end.id in client.abandoned:
-                        del client.abandoned[end.id]  # closed as abandoned: counted there
-                        self.oddities["ended_after_abandoned"] += 1
-                        if acking:
-                            settled_now.append(end.id)
-                        continue
-                    sid = next(runtime.ids)
-                    if drives:
-                        runtime.begin_simulated_load(end.gpus, end.start_s)
-                        runtime.end_simulated_load(end.gpus, end.end_s)
-                else:
-                    sid = entry[0]
-                    if drives:
-                        runtime.end_simulated_load(entry[2], end.end_s)
-                if len(ended) < max_pending:
-                    if acking:
-                        self._ack_of[sid] = (conn, end.id)
-                        conn.awaiting += 1
-                    ended.append(
-                        EndedSpan(sid, end.start_s, end.end_s, end.model, end.tags, end.status,
-                                  end.error_type, end.input_tokens, end.output_tokens,
-                                  end.ttft_s, end.gpus, pid, host, span_key)
-                    )  # fmt: skip
-                else:
-                    runtime.dropped_spans += 1  # counted: settled
-                    if acking:
-                        settled_now.append(end.id)
-                inflight.pop(sid, None)
+            self._start_spans(client, batch)
+            settled_now = self._end_spans(client, batch, stored, acking, now_s)
             if settled_now:
                 assert conn is not None
                 self._queue_acks(conn, settled_now)
         if settled_now and self.on_ack_due is not None:
             self.on_ack_due()
+
+    def _client_of(self, batch: Batch, conn: Connection | None, now_s: float) -> _Client:
+        """(Under ``_lock``.) The batch's client, known from now on on ``conn``."""
+        key = (batch.host, batch.pid)
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = _Client(key, now_s)
+        client.last_seen_s = now_s
+        if conn is not None and key not in conn.keys:
+            conn.keys.add(key)
+            client.connections.add(conn.id)
+            client.idle_since_s = None
+            # The peer as our pid namespace sees it (None where the kernel cannot
+            # name it): the process whose exit closes the connection.
+            client.liveness_pid = conn.peer_pid
+        return client
+
+    def _start_spans(self, client: _Client, batch: Batch) -> None:
+        """(Under ``_lock``.) The batch's starts, into the runtime's in-flight spans."""
+        runtime = self.runtime
+        spans, inflight = client.spans, runtime.inflight
+        for start in batch.starts:
+            if start.id in spans:  # sent again after a reconnection: already known
+                self.oddities["duplicate_start"] += 1
+                continue
+            if client.abandoned and start.id in client.abandoned:
+                self.oddities["started_after_abandoned"] += 1  # counted as lost already
+                continue
+            if len(inflight) >= runtime.max_pending:  # its end will still make a record
+                self.oddities["start_not_tracked"] += 1
+                continue
+            sid = next(runtime.ids)
+            spans[start.id] = (sid, start.start_s, start.gpus)
+            inflight[sid] = (start.start_s, start.gpus)
+            if runtime.drives_simulator:
+                runtime.begin_simulated_load(start.gpus, start.start_s)
+
+    def _end_spans(self, client: _Client, batch: Batch, stored: set[str] | None,
+                   acking: Connection | None, now_s: float) -> list[int]:  # fmt: skip
+        """(Under ``_lock``.) The batch's ends, into the runtime's ended queue; the client
+        span ids to acknowledge at once (``acking``: ends not taken, settled already)."""
+        settled_now: list[int] = []
+        for end in batch.ends:
+            span_key = None if batch.session is None else f"{batch.session}:{end.id}"
+            if not self._end_span(client, batch, end, span_key, stored, acking, now_s) and acking:
+                settled_now.append(end.id)
+        return settled_now
+
+    def _end_span(self, client: _Client, batch: Batch, end: SpanEnd, span_key: str | None,
+                  stored: set[str] | None, acking: Connection | None,
+                  now_s: float) -> bool:  # fmt: skip
+        """(Under ``_lock``.) One end: True if taken (its acknowledgement waits for its
+        record), False if settled now (one this daemon or a former one has, a late end
+        of an abandoned span, or one dropped for want of room: counted)."""
+        if client.seen_end(end.id, now_s, self.runtime.max_pending):
+            self.oddities["duplicate_end"] += 1  # sent again: it has its record
+            return False
+        if stored and span_key in stored:  # a daemon before this one stored it
+            self.oddities["duplicate_end_stored"] += 1
+            self._close_stored(client, end)
+            return False
+        sid = self._span_id_of_end(client, end)
+        if sid is None:
+            return False
+        return self._take_end(sid, batch, end, span_key, acking)
+
+    def _close_stored(self, client: _Client, end: SpanEnd) -> None:
+        """A span whose record a former daemon stored: started here too, it is closed,
+        never a record."""
+        runtime = self.runtime
+        entry = client.spans.pop(end.id, None)
+        if entry is not None:
+            runtime.abandon(entry[0])
+            if runtime.drives_simulator:
+                runtime.end_simulated_load(entry[2], end.end_s)
+
+    def _span_id_of_end(self, client: _Client, end: SpanEnd) -> int | None:
+        """The runtime's id of the span ``end`` ends: the one its start was given, or a
+        new one (its start never seen); None for a span closed as abandoned (counted)."""
+        runtime = self.runtime
+        drives = runtime.drives_simulator
+        entry = client.spans.pop(end.id, None)
+        if entry is not None:
+            if drives:
+                runtime.end_simulated_load(entry[2], end.end_s)
+            return entry[0]
+        if client.abandoned and end.id in client.abandoned:
+            del client.abandoned[end.id]  # closed as abandoned: counted there
+            self.oddities["ended_after_abandoned"] += 1
+            return None
+        sid = next(runtime.ids)
+        if drives:
+            runtime.begin_simulated_load(end.gpus, end.start_s)
+            runtime.end_simulated_load(end.gpus, end.end_s)
+        return sid
+
+    def _take_end(self, sid: int, batch: Batch, end: SpanEnd, span_key: str | None,
+                  acking: Connection | None) -> bool:  # fmt: skip
+        """Queue the ended span for the runtime's resolver (True), or drop it when the
+        queue is full (False: counted, settled)."""
+        runtime = self.runtime
+        taken = len(runtime.ended) < runtime.max_pending
+        if taken:
+            if acking is not None:
+                self._ack_of[sid] = (acking, end.id)
+                acking.awaiting += 1
+            runtime.ended.append(
+                EndedSpan(sid, end.start_s, end.end_s, end.model, end.tags, end.status,
+                          end.error_type, end.input_tokens, end.output_tokens,
+                          end.ttft_s, end.gpus, batch.pid, batch.host, span_key)
+            )  # fmt: skip
+        else:
+            runtime.dropped_spans += 1  # counted: settled
+        runtime.inflight.pop(sid, None)
+        return taken
 
     def _stored_keys(self, batch: Batch) -> set[str] | None:
         """The keys of the batch's ``resent`` ends that are stored already (one query on
