@@ -80,7 +80,8 @@ def daemon_command(
 ) -> None:
     """The host's sidecar daemon: one sampler for every GPU, spans from every process,
     Prometheus metrics. Runs until SIGTERM or Ctrl-C (SIGHUP re-reads the settings)."""
-    from footprint.daemon.server import DaemonConfig, run_daemon
+    from footprint.daemon.config import DaemonConfig
+    from footprint.daemon.main import run_daemon
 
     config = DaemonConfig(
         socket_path=socket_path, http=http, db=db, sampling_period_s=sampling_period,

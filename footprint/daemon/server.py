@@ -59,16 +59,6 @@ PRICING_FIELDS = (
 )  # fmt: skip
 
 
-def __getattr__(name: str) -> Any:
-    # ``run_daemon`` lives in footprint.daemon.main, which imports this module: callers
-    # that still import it from here get it at first use (no import cycle at load).
-    if name == "run_daemon":
-        from footprint.daemon.main import run_daemon
-
-        return run_daemon
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 class Daemon:
     """A runtime, the Unix socket and the HTTP server around it."""
 

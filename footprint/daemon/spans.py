@@ -40,8 +40,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from footprint.runtime.local import EndedSpan, Runtime
+from footprint.runtime.local import Runtime
 from footprint.runtime.protocol import CLOCK_TOLERANCE_S, Batch, ProtocolError, SpanEnd
+from footprint.runtime.spans import EndedSpan
 
 log = logging.getLogger("footprint")
 
