@@ -626,13 +626,6 @@ def test_a_forked_child_does_not_inherit_its_parents_claims(short_dir):
     assert f"another process (pid {parent}) is measuring GPU GPU-f" in child_line
 
 
-def _runtime_claims_gpus() -> bool:
-    import inspect
-
-    return "claim_gpus" in inspect.getsource(Runtime)
-
-
-@pytest.mark.skipif(not _runtime_claims_gpus(), reason="Runtime._open does not claim GPUs yet")
 def test_two_processes_measuring_one_simulated_gpu_in_process(tmp_path, short_dir):
     script = tmp_path / "measure.py"
     script.write_text(

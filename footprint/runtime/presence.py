@@ -29,12 +29,12 @@ import errno
 import os
 import re
 import stat
-import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from footprint._paths import runtime_dir
 from footprint.runtime import lifecycle
 
 try:
@@ -47,23 +47,6 @@ ROLES = ("process", "daemon")
 _lock = threading.Lock()
 _held: dict[str, list[int]] = {}  # uuid -> [fd, number of claims in this process]
 _owner_pid = os.getpid()
-
-
-def runtime_dir(environ: dict[str, str] | None = None) -> Path:
-    """``$XDG_RUNTIME_DIR/footprint``, else ``<tempdir>/footprint-<uid>``.
-
-    The temporary directory is read from the environment as ``tempfile`` does, without
-    calling ``tempfile.gettempdir()``: its first call holds a module lock that a process
-    forked meanwhile would inherit held."""
-    env = os.environ if environ is None else environ
-    base = env.get("XDG_RUNTIME_DIR")
-    if base:
-        return Path(base) / "footprint"
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    temp = tempfile.tempdir or next(
-        (env[k] for k in ("TMPDIR", "TEMP", "TMP") if env.get(k)), "/tmp"
-    )
-    return Path(temp) / f"footprint-{uid}"
 
 
 def lock_path(uuid: str, directory: Path | None = None) -> Path:

@@ -56,7 +56,7 @@ def server_base(url: str) -> str | None:
     does not parse, or no private folder there)."""
     from sqlalchemy.engine import make_url
 
-    from footprint.runtime.presence import runtime_dir
+    from footprint._paths import runtime_dir
     from footprint.storage.sidefile import _private_folder
 
     try:

@@ -90,7 +90,7 @@ def fallback_name(database_path: str) -> str:
 
 
 def _fallback_roots() -> list[Path]:
-    from footprint.runtime.presence import runtime_dir
+    from footprint._paths import runtime_dir
 
     uid = os.getuid() if hasattr(os, "getuid") else 0
     roots = [runtime_dir()]
