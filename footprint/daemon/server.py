@@ -49,6 +49,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from footprint.pricing.pricer import PRICER_SETTINGS
 from footprint.runtime.protocol import (
     MAX_BATCH_BYTES,
     ProtocolError,
@@ -83,11 +84,6 @@ DRAIN_DEADLINE_S = 1.0  # at stop, reading what clients had sent
 UNIX_PATH_MAX = 107  # bytes of sun_path, less the NUL
 # Settings that change what is measured: a new value needs a restart of the daemon.
 RESTART_FIELDS = ("sensor", "sampling_period_s", "cpu", "flush_interval_s", "max_pending_spans")
-PRICING_FIELDS = (
-    "region", "detect_cloud", "provider", "hourly_intensity_csv", "electricitymaps_token",
-    "price_per_kwh", "currency", "usd_per_gpu_hour", "pue", "market_intensity_g_per_kwh",
-    "embodied_kgco2e", "lifetime_years", "ownership",
-)  # fmt: skip
 
 
 class StartError(Exception):
@@ -1220,7 +1216,7 @@ class Daemon:
         if not applied:
             return
         target = replace(old, **applied)
-        if any(name in PRICING_FIELDS for name in applied):
+        if any(name in PRICER_SETTINGS for name in applied):
             from footprint.pricing.pricer import Pricer
 
             gpu_model = runtime.gpu_devices[0].name if runtime.gpu_devices else None
@@ -1228,7 +1224,7 @@ class Daemon:
                 runtime.pricer = Pricer(target, gpu_model)
             except Exception as exc:
                 log.warning("footprint daemon: SIGHUP: pricing kept as it was: %s", exc)
-                target = replace(target, **{n: getattr(old, n) for n in PRICING_FIELDS})
+                target = replace(target, **{n: getattr(old, n) for n in PRICER_SETTINGS})
         if target.db != old.db:
             runtime.flush()  # what has ended goes to the database it was measured for
             runtime.writer.switch_database(
