@@ -1,7 +1,16 @@
 """Settings: defaults < pyproject ``[tool.footprint]`` < ``footprint.toml`` < env < configure().
 
-Every setting is validated when it is set, so a bad value fails at ``configure()`` (or
-when the environment is read) with the allowed values, never inside tracked code.
+``Settings`` is plain values, checked when made without touching a file, so
+``dataclasses.replace`` is cheap and never fails on the file system. What needs files is
+done where they are used: ``resolve_settings`` finds the settings files and checks the
+region against the zone catalogue; the pricer reads the hourly intensity CSV when it starts.
+A bad value fails at ``configure()`` (or when the environment is read) with the allowed
+values, never inside tracked code.
+
+The settings files are found like ruff's and pytest's: from the working directory up, the
+first folder with a ``footprint.toml`` or a ``pyproject.toml`` with a ``[tool.footprint]``
+table is used (both files when it has both) and no folder above it is read.
+``Settings.config_files`` records which.
 """
 
 from __future__ import annotations
@@ -9,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +37,17 @@ MAX_SOCKET_PATH_BYTES = 107  # sun_path is 108 bytes with its NUL
 PROVIDERS = ("aws", "azure", "gcp", "on_premise")
 OWNERSHIP_CHOICES = ("rented", "owned")
 ENV_PREFIX = "FOOTPRINT_"
+PYPROJECT = "pyproject.toml"
+SETTINGS_FILE = "footprint.toml"
+# Seconds settings: the largest value each may take (all must be > 0).
+_SECONDS_MAXIMA = {
+    "sampling_period_s": 10.0,
+    "flush_interval_s": 60.0,
+    "exit_deadline_s": 600.0,
+    "db_timeout_s": 600.0,
+    "max_span_age_s": 7 * 86400.0,
+    "counter_window_s": 10.0,
+}
 
 
 @dataclass(frozen=True)
@@ -49,14 +69,17 @@ class Settings:
     # counter: A100/H100 power is reported to cover ~25 ms of each 100 ms); None: all of
     # it, or what the sensor says. Widens each record's bound by what it cannot see.
     counter_window_s: float | None = None
-    # Pricing: where it runs and the user's overrides of the shipped factors.
+    # Pricing: where it runs and the user's overrides of the shipped factors
+    # (footprint.pricing.PRICING_OVERRIDES names them).
     detect_cloud: bool = False
     provider: str | None = None  # aws | azure | gcp | on_premise (PUE); default: the zone's
     # rented | owned: who owns the GPUs (what $/GPU-hour means); None: rented in a cloud
     # region (aws:, gcp:, azure:), owned elsewhere.
     ownership: str | None = None
-    hourly_intensity_csv: str | None = None
+    hourly_intensity_csv: str | None = None  # read by the pricer when it starts
     electricitymaps_token: str | None = None
+    electricitymaps_url: str | None = None  # None: the public API
+    regions_dir: str | None = None  # the regions/*.csv tables; None: the shipped ones
     price_per_kwh: float | None = None
     currency: str | None = None
     usd_per_gpu_hour: float | None = None
@@ -64,18 +87,19 @@ class Settings:
     market_intensity_g_per_kwh: float | None = None
     embodied_kgco2e: float | None = None
     lifetime_years: float | None = None
+    # Recorded, not a setting: the files the settings came from (see the module's
+    # docstring); empty when none was found.
+    config_files: tuple[str, ...] = field(default=(), metadata={"settable": False})
 
     def __post_init__(self) -> None:
         validate_sensor(self.sensor)
         object.__setattr__(self, "daemon", validate_daemon(self.daemon))
         object.__setattr__(self, "ownership", validate_ownership(self.ownership))
-        _positive("sampling_period_s", self.sampling_period_s, maximum=10.0)
-        _positive("flush_interval_s", self.flush_interval_s, maximum=60.0)
-        _positive("exit_deadline_s", self.exit_deadline_s, maximum=600.0)
-        _positive("db_timeout_s", self.db_timeout_s, maximum=600.0)
-        _positive("max_span_age_s", self.max_span_age_s, maximum=7 * 86400.0)
-        if self.counter_window_s is not None:
-            _positive("counter_window_s", self.counter_window_s, maximum=10.0)
+        for name, maximum in _SECONDS_MAXIMA.items():
+            value = getattr(self, name)
+            if value is None and name == "counter_window_s":
+                continue  # None: the sensor's own window
+            _positive(name, value, maximum)
         if not isinstance(self.max_pending_spans, int) or self.max_pending_spans < 1:
             raise ValueError("max_pending_spans must be a positive integer")
         if not isinstance(self.db, str) or not self.db.strip():
@@ -83,26 +107,53 @@ class Settings:
         self._validate_pricing()
 
     def _validate_pricing(self) -> None:
-        from footprint.pricing import HourlyIntensity, lookup_zone, validate_overrides
-        from footprint.pricing.pricer import OVERRIDE_FIELDS
+        from footprint.pricing.overrides import PricingOverrides
 
-        validate_overrides(**{name: getattr(self, name) for name in OVERRIDE_FIELDS})
+        PricingOverrides.of(self)
         if self.price_per_kwh is not None and self.currency is None:
             raise ValueError("price_per_kwh needs currency (e.g. currency='EUR')")
         if self.provider is not None and self.provider not in PROVIDERS:
             raise ValueError(
                 f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}"
             )
-        if self.region is not None:
-            lookup_zone(self.region)  # UnknownZoneError names the closest known zones
-        if self.hourly_intensity_csv is not None:
-            HourlyIntensity.from_csv(self.hourly_intensity_csv)  # file/line/column errors
+        for name in ("hourly_intensity_csv", "regions_dir"):
+            _path_or_none(name, getattr(self, name))
+        validate_url("electricitymaps_url", self.electricitymaps_url)
+
+    @property
+    def config_source(self) -> str:
+        """Where the file settings came from, in words (for ``footprint devices`` and
+        ``footprint db info``)."""
+        if not self.config_files:
+            return "none found: defaults and FOOTPRINT_* variables only"
+        return ", ".join(self.config_files)
+
+
+def settable_names() -> tuple[str, ...]:
+    """The settings a file, ``FOOTPRINT_*`` or ``configure()`` may set."""
+    return tuple(f.name for f in fields(Settings) if f.metadata.get("settable", True))
 
 
 def _positive(name: str, value: object, maximum: float) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or not math.isfinite(value) or not 0 < value <= maximum:  # type: ignore[arg-type]
         raise ValueError(f"{name} must be a number of seconds in (0, {maximum:g}], got {value!r}")
+
+
+def _path_or_none(name: str, value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError(f"{name} must be a path, got {value!r}")
+
+
+def validate_url(name: str, value: object) -> None:
+    """``ValueError`` unless ``value`` is None or an ``http://`` or ``https://`` URL."""
+    if value is None:
+        return
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{name} must be an http:// or https:// URL, got {value!r}")
 
 
 def validate_sensor(spec: str) -> None:
@@ -186,35 +237,26 @@ def _daemon_url(text: str) -> str:
     return f"http://{host}:{port or 80}"
 
 
-_FLOAT_FIELDS = {
-    "sampling_period_s",
-    "flush_interval_s",
-    "exit_deadline_s",
-    "db_timeout_s",
-    "max_span_age_s",
-    "counter_window_s",
-    "price_per_kwh",
-    "usd_per_gpu_hour",
-    "pue",
-    "market_intensity_g_per_kwh",
-    "embodied_kgco2e",
-    "lifetime_years",
-}
-_INT_FIELDS = {"max_pending_spans"}
-_BOOL_FIELDS = {"cpu", "detect_cloud"}
+_TYPES = {f.name: f.type for f in fields(Settings)}  # annotations as text (__future__)
+
+
+def _field_kind(name: str) -> str:
+    """``float``, ``int``, ``bool``, ``str``…: a field's type without ``| None``."""
+    return str(_TYPES[name]).split("|")[0].strip()
 
 
 def _coerce(name: str, raw: Any) -> Any:
     if not isinstance(raw, str):
         return raw
+    kind = _field_kind(name)
     try:
-        if name in _FLOAT_FIELDS:
+        if kind == "float":
             return float(raw)
-        if name in _INT_FIELDS:
+        if kind == "int":
             return int(raw)
     except ValueError:
         raise ValueError(f"{name}: not a number: {raw!r}") from None
-    if name in _BOOL_FIELDS:
+    if kind == "bool":
         lowered = raw.strip().lower()
         if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
             raise ValueError(f"{name}: expected true or false, got {raw!r}")
@@ -223,7 +265,7 @@ def _coerce(name: str, raw: Any) -> Any:
 
 
 def _from_mapping(source: str, mapping: dict[str, Any]) -> dict[str, Any]:
-    known = {f.name for f in fields(Settings)}
+    known = settable_names()
     out: dict[str, Any] = {}
     for key, value in mapping.items():
         name = key.lower().replace("-", "_")
@@ -235,24 +277,56 @@ def _from_mapping(source: str, mapping: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_file_settings(directory: Path | None = None) -> dict[str, Any]:
-    """Settings from ``[tool.footprint]`` in pyproject.toml, then footprint.toml."""
-    directory = directory or Path.cwd()
-    merged: dict[str, Any] = {}
-    pyproject = directory / "pyproject.toml"
+@dataclass(frozen=True)
+class SettingsFile:
+    """A file settings are read from, and its footprint table."""
+
+    path: Path
+    table: dict[str, Any]  # footprint.toml whole, or pyproject.toml's [tool.footprint]
+
+
+def find_settings_files(directory: Path | None = None) -> tuple[SettingsFile, ...]:
+    """The settings files that apply in ``directory`` (default: the working directory):
+    those of the first folder from there up that has any (see the module's docstring),
+    pyproject.toml first; () when no folder has one."""
+    start = Path.cwd() if directory is None else Path(directory).absolute()
+    for folder in (start, *start.parents):
+        found = _settings_files_in(folder)
+        if found:
+            return found
+    return ()
+
+
+def _settings_files_in(folder: Path) -> tuple[SettingsFile, ...]:
+    found = []
+    pyproject = folder / PYPROJECT
     if pyproject.is_file():
-        table = tomllib.loads(pyproject.read_text()).get("tool", {}).get("footprint", {})
-        merged.update(_from_mapping(str(pyproject), table))
-    own = directory / "footprint.toml"
+        tool = tomllib.loads(pyproject.read_text()).get("tool", {})
+        if "footprint" in tool:
+            found.append(SettingsFile(pyproject, tool["footprint"]))
+    own = folder / SETTINGS_FILE
     if own.is_file():
-        merged.update(_from_mapping(str(own), tomllib.loads(own.read_text())))
+        found.append(SettingsFile(own, tomllib.loads(own.read_text())))
+    return tuple(found)
+
+
+def _read_files(files: tuple[SettingsFile, ...]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for found in files:
+        merged.update(_from_mapping(str(found.path), found.table))
     return merged
+
+
+def load_file_settings(directory: Path | None = None) -> dict[str, Any]:
+    """Settings from ``[tool.footprint]`` in pyproject.toml, then footprint.toml, of the
+    folder ``find_settings_files`` picks."""
+    return _read_files(find_settings_files(directory))
 
 
 def load_env_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
     """``FOOTPRINT_DB``, ``FOOTPRINT_SENSOR``, ``FOOTPRINT_REGION``, ``FOOTPRINT_DAEMON``…"""
     environ = dict(os.environ if environ is None else environ)
-    known = {f.name for f in fields(Settings)}
+    known = settable_names()
     picked = {}
     for key, value in environ.items():
         if key.startswith(ENV_PREFIX):
@@ -262,13 +336,25 @@ def load_env_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
     return _from_mapping("environment", picked)
 
 
+def check_region(settings: Settings) -> None:
+    """``UnknownZoneError`` (a ``ValueError`` naming the closest zones) for a region that
+    is not in the zone catalogue of ``settings.regions_dir``."""
+    if settings.region is not None:
+        from footprint.pricing.zones import lookup_zone
+
+        lookup_zone(settings.region, settings.regions_dir)
+
+
 def resolve_settings(
     overrides: dict[str, Any] | None = None,
     environ: dict[str, str] | None = None,
     directory: Path | None = None,
 ) -> Settings:
-    """Merge every source; later sources win."""
-    merged = load_file_settings(directory)
+    """Merge every source, later sources winning, and check the region."""
+    files = find_settings_files(directory)
+    merged = _read_files(files)
     merged.update(load_env_settings(environ))
     merged.update(_from_mapping("configure()", overrides or {}))
-    return replace(Settings(), **merged)
+    settings = Settings(**merged, config_files=tuple(str(f.path) for f in files))
+    check_region(settings)
+    return settings

@@ -94,3 +94,75 @@ def test_daemon_setting_defaults_to_auto_and_checks_its_form(tmp_path):
     )
     with pytest.raises(ValueError, match="auto .*, off .*, a Unix socket path .* http://host:port"):
         footprint.configure(daemon="ftp://x")
+
+
+# --- Settings are plain values; files are found from the working directory up ----------
+
+
+def test_replace_reads_no_file(tmp_path):
+    """The hourly CSV is the pricer's to read: a Settings outlives its file being moved."""
+    from dataclasses import replace
+
+    path = tmp_path / "hourly.csv"
+    path.write_text("timestamp,zone,gco2e_per_kwh\n2026-01-01T00:00:00Z,FRA,50\n")
+    settings = resolve_settings({"hourly_intensity_csv": str(path)}, environ={}, directory=tmp_path)
+    path.unlink()
+    moved = replace(settings, db="elsewhere.db", region="DEU")
+    assert (moved.hourly_intensity_csv, moved.db) == (str(path), "elsewhere.db")
+
+
+def test_settings_file_is_found_in_a_parent_folder(tmp_path, monkeypatch):
+    (tmp_path / "footprint.toml").write_text('region = "FRA"\nsensor = "none"\n')
+    below = tmp_path / "project" / "src"
+    below.mkdir(parents=True)
+    (tmp_path / "project" / "pyproject.toml").write_text('[project]\nname = "x"\n')  # no table
+    s = resolve_settings({}, environ={}, directory=below)
+    assert (s.region, s.sensor) == ("FRA", "none")
+    assert s.config_files == (str(tmp_path / "footprint.toml"),)
+    assert str(tmp_path / "footprint.toml") in s.config_source
+    monkeypatch.chdir(below)  # the default: from the working directory up
+    assert resolve_settings({}, environ={}).config_files == s.config_files
+
+
+def test_the_first_folder_with_settings_wins(tmp_path):
+    (tmp_path / "footprint.toml").write_text('region = "FRA"\n')
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[tool.footprint]\nsensor = "none"\n')
+    s = resolve_settings({}, environ={}, directory=project)
+    assert (s.region, s.sensor) == (None, "none")  # the parent's footprint.toml is not read
+    assert s.config_files == (str(project / "pyproject.toml"),)
+
+
+def test_no_settings_file_is_said(tmp_path):
+    s = resolve_settings({}, environ={}, directory=tmp_path)
+    assert s.config_files == () and s.config_source.startswith("none found")
+    with pytest.raises(ValueError, match="unknown setting 'config_files'"):
+        footprint.configure(config_files=("x",))
+
+
+def test_electricitymaps_url_and_regions_dir_are_settings(tmp_path):
+    env = {
+        "FOOTPRINT_ELECTRICITYMAPS_URL": "http://127.0.0.1:9/v3",
+        "FOOTPRINT_REGIONS_DIR": str(tmp_path / "regions"),
+    }
+    s = resolve_settings({}, environ=env, directory=tmp_path)
+    assert s.electricitymaps_url == "http://127.0.0.1:9/v3"
+    assert s.regions_dir == str(tmp_path / "regions")
+    (tmp_path / "footprint.toml").write_text('electricitymaps_url = "https://em.example/v3"\n')
+    s = resolve_settings({"regions_dir": "mine"}, environ={}, directory=tmp_path)
+    assert (s.electricitymaps_url, s.regions_dir) == ("https://em.example/v3", "mine")
+    with pytest.raises(ValueError, match="electricitymaps_url must be an http"):
+        footprint.configure(electricitymaps_url="ftp://em.example")
+
+
+def test_pricing_overrides_are_named_once():
+    from dataclasses import fields
+
+    from footprint.config import Settings
+    from footprint.pricing import PRICING_OVERRIDES
+    from footprint.pricing.pricer import PRICER_SETTINGS
+
+    names = {f.name for f in fields(Settings)}
+    assert len(PRICING_OVERRIDES) == 8 and set(PRICER_SETTINGS) <= names
+    assert set(PRICING_OVERRIDES) <= set(PRICER_SETTINGS)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from footprint.pricing import (
     Factors,
+    PricingOverrides,
     build_factors,
     embodied_for,
     gpu_price_for,
@@ -18,7 +19,6 @@ from footprint.pricing import (
     price_query,
     pue_for,
     static_intensity,
-    validate_overrides,
 )
 
 
@@ -130,7 +130,7 @@ def test_overrides_win_and_are_recorded():
 )
 def test_bad_settings_are_rejected_at_configuration_time(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        validate_overrides(**kwargs)
+        PricingOverrides(**kwargs)
     with pytest.raises(ValueError, match=message):
         build_factors("FRA", **kwargs)
 

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from footprint.config import Settings, resolve_settings
 from footprint.pricing import (
     ElectricityMapsClient,
     HourlyIntensity,
@@ -22,6 +23,7 @@ from footprint.pricing import (
     resolve_zone,
     static_intensity,
 )
+from footprint.pricing.pricer import Pricer, intensity_source
 
 Handler = Callable[[BaseHTTPRequestHandler], tuple[int, str]]
 
@@ -240,16 +242,27 @@ def test_hourly_file_beats_live(server, tmp_path):
 
 
 def test_client_needs_an_explicit_token():
-    assert ElectricityMapsClient.from_env({}) is None
-    client = ElectricityMapsClient.from_env(
-        {
-            "FOOTPRINT_ELECTRICITYMAPS_TOKEN": "t",
-            "FOOTPRINT_ELECTRICITYMAPS_URL": "http://127.0.0.1:9",
-        }
-    )
-    assert client is not None and client.base_url == "http://127.0.0.1:9"
     with pytest.raises(ValueError):
         ElectricityMapsClient("")
+    assert intensity_source(Settings()) is None  # no token, no file: static only
+    default = intensity_source(Settings(electricitymaps_token="t")).live
+    assert default.base_url == ElectricityMapsClient.DEFAULT_BASE_URL
+
+
+def test_the_pricer_asks_the_settings_url(server, tmp_path):
+    """``FOOTPRINT_ELECTRICITYMAPS_URL`` reaches the client through the settings."""
+    server.answer = _em_answer(42.0)
+    env = {
+        "FOOTPRINT_ELECTRICITYMAPS_TOKEN": "secret",
+        "FOOTPRINT_ELECTRICITYMAPS_URL": server.url + "/v3/",
+        "FOOTPRINT_REGION": "FRA",
+    }
+    settings = resolve_settings({}, environ=env, directory=tmp_path)
+    assert settings.electricitymaps_url == server.url + "/v3/"
+    record = {"started_at": dt.datetime.now(dt.timezone.utc), "energy_j": None}
+    Pricer(settings, None, env={}).apply(record)
+    assert (record["intensity_source"], record["intensity_g_per_kwh"]) == ("live", 42.0)
+    assert server.requests[0][1].startswith("/v3/carbon-intensity/latest?")
 
 
 def test_zone_codes():

@@ -13,7 +13,7 @@ from footprint.pricing import (
     lookup_zone,
     static_intensity,
 )
-from footprint.pricing.intensity import grid_factors
+from footprint.pricing.grid import grid_factors
 
 codecarbon_emissions = pytest.importorskip("codecarbon.core.emissions")
 from codecarbon.core.units import Energy  # noqa: E402

@@ -231,31 +231,42 @@ def test_a_match_that_is_not_whole_tokens_is_a_data_error(tmp_path, bad):
     assert (info.value.line, info.value.column) == (2, "match")
 
 
-def test_the_most_specific_row_wins(tmp_path, monkeypatch):
-    from footprint import pricing
+def _regions_with_gpu_prices(folder, *rows: str):
+    """A copy of the shipped regions folder whose gpu_prices.csv holds only ``rows``."""
     from footprint.pricing._data import regions_dir
 
-    folder = tmp_path / "regions"
     folder.mkdir()
-
     for name in ("cloud_regions.csv", "electricity_prices.csv", "pue.csv", "embodied.csv",
                  "exchange_rates.csv", "gpu_capex.csv"):  # fmt: skip
         (folder / name).write_bytes((regions_dir() / name).read_bytes())
     header = (regions_dir() / "gpu_prices.csv").read_text().splitlines()[0]
-    (folder / "gpu_prices.csv").write_text(
-        header + "\n"
-        "Generic,H100,1.0,aws,x,us-east-1,1,1.0,2026,generic row\n"
-        "SXM,H100 80GB HBM3,2.0,aws,y,us-east-1,1,2.0,2026,specific row\n"
+    (folder / "gpu_prices.csv").write_text("\n".join((header, *rows)) + "\n")
+    return folder
+
+
+def test_the_most_specific_row_wins(tmp_path):
+    folder = _regions_with_gpu_prices(
+        tmp_path / "regions",
+        "Generic,H100,1.0,aws,x,us-east-1,1,1.0,2026,generic row",
+        "SXM,H100 80GB HBM3,2.0,aws,y,us-east-1,1,2.0,2026,specific row",
     )
-    monkeypatch.setenv("FOOTPRINT_REGIONS_DIR", str(folder))
-    pricing.clear_caches()
-    try:
-        price, ref = gpu_price_for(H100, "aws")  # both rows match; the longer spec wins
-        assert price == 2.0 and "specific row" in ref
-        assert gpu_price_for("NVIDIA H100 PCIe", "aws")[0] == 1.0
-    finally:
-        monkeypatch.delenv("FOOTPRINT_REGIONS_DIR")
-        pricing.clear_caches()
+    price, ref = gpu_price_for(H100, "aws", folder)  # both rows match; the longer spec wins
+    assert price == 2.0 and "specific row" in ref
+    assert gpu_price_for("NVIDIA H100 PCIe", "aws", folder)[0] == 1.0
+    assert gpu_price_for(H100, "aws")[0] == pytest.approx(6.88)  # the shipped table
+
+
+def test_the_regions_dir_setting_reaches_the_pricer(tmp_path):
+    """``FOOTPRINT_REGIONS_DIR`` is the ``regions_dir`` setting, which the pricer reads."""
+    folder = _regions_with_gpu_prices(
+        tmp_path / "regions", "SXM,H100 80GB HBM3,2.5,aws,y,us-east-1,1,2.5,2026,my row"
+    )
+    env = {"FOOTPRINT_REGIONS_DIR": str(folder), "FOOTPRINT_REGION": "aws:us-east-1"}
+    settings = resolve_settings({}, environ=env, directory=tmp_path)
+    assert settings.regions_dir == str(folder)
+    record = {"started_at": dt.datetime(2026, 3, 1, 12, tzinfo=dt.timezone.utc), "energy_j": None}
+    Pricer(settings, H100, env={}).apply(record)
+    assert record["usd_per_gpu_hour"] == 2.5 and "my row" in record["gpu_price_source"]
 
 
 # --- records: unknown is unknown ----------------------------------------------------------

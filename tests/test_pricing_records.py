@@ -133,13 +133,16 @@ def test_unknown_region_error_names_closest(tmp_path):
         footprint.configure(region="Frnace")
 
 
-def test_malformed_hourly_csv_fails_at_configuration_with_line(tmp_path):
+def test_malformed_hourly_csv_is_reported_with_its_line_when_the_pricer_starts(tmp_path):
+    """The file is read once, by the pricer as the tracker starts (never by the settings:
+    configure() and replace() do not read it); calls are still recorded, unpriced."""
     path = tmp_path / "bad.csv"
     path.write_text(
         "timestamp,zone,gco2e_per_kwh\n2026-01-01T00:00:00Z,FRA,50\n2026-01-01T01:00:00Z,FRA,lots\n"
     )
-    with pytest.raises(ValueError, match=r"bad.csv.*3"):
-        footprint.configure(hourly_intensity_csv=str(path))
+    with pytest.warns(footprint.FootprintWarning, match=r"no CO2e or cost: .*bad.csv, line 3"):
+        row = _one_record(tmp_path, region="FRA", hourly_intensity_csv=str(path))
+    assert row["energy_j"] > 0 and row["co2e_g"] is None
 
 
 def test_regions_cli_lists_every_cloud_region(capsys):

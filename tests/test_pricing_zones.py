@@ -15,7 +15,7 @@ from footprint.pricing import (
     resolve_zone,
     static_intensity,
 )
-from footprint.pricing.intensity import grid_factors
+from footprint.pricing.grid import grid_factors
 from footprint.pricing.zones import _reset_default_warning
 
 

@@ -38,6 +38,7 @@ from footprint.daemon.http import DaemonHTTPServer, HttpAccess, make_http_server
 from footprint.daemon.limits import ConnectionLimits
 from footprint.daemon.ratelog import RateLimitedLog
 from footprint.daemon.unix import Peer, PeerHandlers, UnixServer
+from footprint.pricing.pricer import PRICER_SETTINGS
 from footprint.runtime.protocol import (
     Batch,
     ProtocolError,
@@ -52,11 +53,6 @@ log = logging.getLogger("footprint")
 STOP_DEADLINE_S = 5.0  # SIGTERM to exit, at most
 # Settings that change what is measured: a new value needs a restart of the daemon.
 RESTART_FIELDS = ("sensor", "sampling_period_s", "cpu", "flush_interval_s", "max_pending_spans")
-PRICING_FIELDS = (
-    "region", "detect_cloud", "provider", "hourly_intensity_csv", "electricitymaps_token",
-    "price_per_kwh", "currency", "usd_per_gpu_hour", "pue", "market_intensity_g_per_kwh",
-    "embodied_kgco2e", "lifetime_years", "ownership",
-)  # fmt: skip
 
 
 class Daemon:
@@ -301,7 +297,7 @@ class Daemon:
         if not applied:
             return
         target = replace(old, **applied)
-        if any(name in PRICING_FIELDS for name in applied):
+        if any(name in PRICER_SETTINGS for name in applied):
             target = self._reprice(target, old)
         if target.db != old.db:
             runtime.flush()  # what has ended goes to the database it was measured for
@@ -323,5 +319,5 @@ class Daemon:
             runtime.pricer = Pricer(target, gpu_model)
         except Exception as exc:
             log.warning("footprint daemon: SIGHUP: pricing kept as it was: %s", exc)
-            target = replace(target, **{n: getattr(old, n) for n in PRICING_FIELDS})
+            target = replace(target, **{n: getattr(old, n) for n in PRICER_SETTINGS})
         return target

@@ -9,9 +9,6 @@ carbon from ``regions/*.csv``.
 from ._data import DataFileError
 from .catalog import list_zones
 from .factors import (
-    OWNED,
-    OWNERSHIPS,
-    RENTED,
     Factors,
     bills_energy,
     build_factors,
@@ -24,17 +21,16 @@ from .factors import (
     price_query,
     pue_for,
     usd_per_unit,
-    validate_overrides,
 )
+from .grid import GridFactor, grid_factors
 from .intensity import (
     ElectricityMapsClient,
-    GridFactor,
     HourlyIntensity,
     Intensity,
     IntensitySource,
-    grid_factors,
     static_intensity,
 )
+from .overrides import OWNED, OWNERSHIPS, PRICING_OVERRIDES, RENTED, PricingOverrides
 from .zones import (
     DefaultZoneWarning,
     UnknownZoneError,
@@ -48,13 +44,13 @@ from .zones import (
 
 def clear_caches() -> None:
     """Forget every loaded table and index (for tests that swap the data folder)."""
-    from . import _data, factors, intensity, zones
+    from . import _data, factors, grid, zones
 
     _data.clear_caches()
     factors.clear_caches()
-    intensity.grid_factors.cache_clear()
-    intensity.gcp_factors.cache_clear()
-    zones._catalog.cache_clear()
+    grid.grid_factors.cache_clear()
+    grid.gcp_factors.cache_clear()
+    zones._catalog_at.cache_clear()
 
 
 __all__ = [
@@ -68,6 +64,8 @@ __all__ = [
     "IntensitySource",
     "OWNED",
     "OWNERSHIPS",
+    "PRICING_OVERRIDES",
+    "PricingOverrides",
     "RENTED",
     "UnknownZoneError",
     "Zone",
@@ -90,5 +88,4 @@ __all__ = [
     "resolve_zone",
     "static_intensity",
     "usd_per_unit",
-    "validate_overrides",
 ]

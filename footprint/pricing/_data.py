@@ -17,7 +17,10 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
+
+# A folder of ``regions/*.csv`` tables (the ``regions_dir`` setting); None: the shipped one.
+RegionsDir: TypeAlias = "str | os.PathLike[str] | None"
 
 # Years a sourced figure may carry; anything outside is a typo, not data.
 MIN_YEAR = 1990
@@ -34,22 +37,25 @@ class DataFileError(ValueError):
         super().__init__(f"{self.path}, line {line}, column {column!r}: {message}")
 
 
-def regions_dir() -> Path:
+def regions_dir(folder: RegionsDir = None) -> Path:
     """The folder holding our ``*.csv`` tables.
 
-    ``FOOTPRINT_REGIONS_DIR`` wins; then ``footprint/_regions`` (where the wheel puts the
-    repository's ``regions/``); then ``regions/`` at the source-tree root.
+    ``folder`` (the ``regions_dir`` setting, ``FOOTPRINT_REGIONS_DIR``) wins; then
+    ``footprint/_regions`` (where the wheel puts the repository's ``regions/``); then
+    ``regions/`` at the source-tree root.
     """
-    override = os.environ.get("FOOTPRINT_REGIONS_DIR")
-    if override:
-        return Path(override)
+    return Path(folder) if folder else _shipped_regions_dir()
+
+
+@functools.cache
+def _shipped_regions_dir() -> Path:
     here = Path(__file__).resolve().parent.parent  # footprint/
     for candidate in (here / "_regions", here.parent / "regions"):
         if (candidate / "cloud_regions.csv").is_file():
             return candidate
     raise FileNotFoundError(
         "footprint's region tables (regions/*.csv) are not installed; "
-        "set FOOTPRINT_REGIONS_DIR to the folder that holds them"
+        "set regions_dir (FOOTPRINT_REGIONS_DIR) to the folder that holds them"
     )
 
 
@@ -349,10 +355,15 @@ TABLES: dict[str, dict[str, Parser]] = {
 }
 
 
+def table(name: str, folder: RegionsDir = None) -> tuple[dict[str, Any], ...]:
+    """One ``regions/<name>`` table from ``folder`` (default: the shipped one), validated
+    and cached per folder."""
+    return _table_at(regions_dir(folder), name)
+
+
 @functools.cache
-def table(name: str) -> tuple[dict[str, Any], ...]:
-    """One shipped ``regions/<name>`` table, validated and cached."""
-    return read_table(regions_dir() / name, TABLES[name])
+def _table_at(folder: Path, name: str) -> tuple[dict[str, Any], ...]:
+    return read_table(folder / name, TABLES[name])
 
 
 def unique_exchange_rates(
@@ -371,6 +382,7 @@ def unique_exchange_rates(
 
 
 def clear_caches() -> None:
-    """Forget every loaded table (tests that swap ``FOOTPRINT_REGIONS_DIR`` use it)."""
-    table.cache_clear()
+    """Forget every loaded table (tests that edit a regions folder use it)."""
+    _shipped_regions_dir.cache_clear()
+    _table_at.cache_clear()
     load_json.cache_clear()

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._data import RegionsDir
 from .factors import price_for
-from .intensity import static_intensity, world_average
+from .grid import world_average
+from .intensity import static_intensity
 from .zones import KIND_WORLD, all_zones
 
 
-def list_zones(query: str | None = None) -> list[dict[str, Any]]:
+def list_zones(query: str | None = None, regions_dir: RegionsDir = None) -> list[dict[str, Any]]:
     """Every zone we know with its static intensity, electricity price and sources.
 
     ``query`` keeps zones whose id, name, provider, location, country or grid zone
     contains it (case-insensitive): ``"aws"`` lists AWS regions with their grid zones.
+    Cloud regions and prices come from ``regions_dir`` (default: the shipped tables).
     """
     needle = (query or "").strip().casefold()
     out: list[dict[str, Any]] = []
-    for zone in all_zones():
+    for zone in all_zones(regions_dir):
         haystack = " ".join(
             str(part)
             for part in (
@@ -38,7 +41,7 @@ def list_zones(query: str | None = None) -> list[dict[str, Any]]:
         else:
             found = static_intensity(zone)
             g, ref = found.g_per_kwh, found.ref
-        price = price_for(zone) if zone.kind != KIND_WORLD else None
+        price = price_for(zone, regions_dir) if zone.kind != KIND_WORLD else None
         out.append(
             {
                 "zone": zone.id,

@@ -23,13 +23,15 @@ import datetime as _dt
 import functools
 import math
 import os
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from . import _data
+from ._data import RegionsDir
 from .intensity import IntensitySource, static_intensity
+from .overrides import OWNED, PRICING_OVERRIDES, RENTED, PricingOverrides, check_number
 from .zones import Zone, resolve_zone
 
 JOULES_PER_KWH = 3_600_000.0
@@ -37,49 +39,7 @@ SECONDS_PER_HOUR = 3600.0
 SECONDS_PER_YEAR = 365.25 * 86400.0
 HOURS_PER_YEAR = 8760.0  # amortisation: purchase / (lifetime_years x 8760 h)
 ON_PREMISE = "on_premise"
-RENTED = "rented"
-OWNED = "owned"
-OWNERSHIPS = (RENTED, OWNED)
 CLOUD_PROVIDERS = _data.CLOUD_PROVIDERS
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
-
-
-def _check_number(name: str, value: float | None, *, minimum: float = 0.0) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if math.isnan(value) or math.isinf(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if value < minimum:
-        bound = "PUE must be >= 1" if name == "pue" else f"{name} must be >= {minimum:g}"
-        raise ValueError(f"{bound}, got {value!r}")
-
-
-def validate_overrides(
-    *,
-    price_per_kwh: float | None = None,
-    currency: str | None = None,
-    usd_per_gpu_hour: float | None = None,
-    pue: float | None = None,
-    market_intensity_g_per_kwh: float | None = None,
-    embodied_kgco2e: float | None = None,
-    lifetime_years: float | None = None,
-    ownership: str | None = None,
-) -> None:
-    """Reject bad user settings at configuration time with a ``ValueError`` saying which."""
-    if ownership is not None and ownership not in OWNERSHIPS:
-        raise ValueError(f"ownership must be one of {', '.join(OWNERSHIPS)}, got {ownership!r}")
-    _check_number("price_per_kwh", price_per_kwh)
-    _check_number("usd_per_gpu_hour", usd_per_gpu_hour)
-    _check_number("pue", pue, minimum=1.0)
-    _check_number("market_intensity_g_per_kwh", market_intensity_g_per_kwh)
-    _check_number("embodied_kgco2e", embodied_kgco2e)
-    _check_number("lifetime_years", lifetime_years)
-    if lifetime_years is not None and lifetime_years == 0:
-        raise ValueError("lifetime_years must be > 0")
-    if currency is not None and not _CURRENCY.match(currency):
-        raise ValueError(f"currency must be a 3-letter ISO 4217 code like 'EUR', got {currency!r}")
 
 
 @dataclass(frozen=True)
@@ -109,18 +69,9 @@ class Factors:
     exchange_rate_ref: str = ""
 
     def __post_init__(self) -> None:
-        _check_number("intensity_g_per_kwh", self.intensity_g_per_kwh)
-        _check_number("usd_per_kwh", self.usd_per_kwh)
-        validate_overrides(
-            price_per_kwh=self.price_per_kwh,
-            currency=self.currency,
-            usd_per_gpu_hour=self.usd_per_gpu_hour,
-            pue=self.pue,
-            market_intensity_g_per_kwh=self.market_intensity_g_per_kwh,
-            embodied_kgco2e=self.embodied_kgco2e,
-            lifetime_years=self.lifetime_years,
-            ownership=self.ownership,
-        )
+        check_number("intensity_g_per_kwh", self.intensity_g_per_kwh)
+        check_number("usd_per_kwh", self.usd_per_kwh)
+        PricingOverrides.of(self)  # the same checks as the user's values
         if self.price_per_kwh is not None and self.currency is None:
             raise ValueError("price_per_kwh needs a currency")
 
@@ -133,20 +84,20 @@ class Factors:
 
 
 @functools.cache
-def _pue_index() -> dict[str, dict[str, Any]]:
-    return {row["provider"].casefold(): row for row in _data.table("pue.csv")}
+def _pue_index(folder: Path) -> dict[str, dict[str, Any]]:
+    return {row["provider"].casefold(): row for row in _data.table("pue.csv", folder)}
 
 
 @functools.cache
-def _price_index() -> dict[str, dict[str, Any]]:
-    return {row["zone"].casefold(): row for row in _data.table("electricity_prices.csv")}
+def _price_index(folder: Path) -> dict[str, dict[str, Any]]:
+    return {row["zone"].casefold(): row for row in _data.table("electricity_prices.csv", folder)}
 
 
 @functools.cache
-def _rate_index() -> dict[str, dict[int, dict[str, Any]]]:
+def _rate_index(folder: Path) -> dict[str, dict[int, dict[str, Any]]]:
     """{currency: {year: row}} from ``exchange_rates.csv``."""
     rows = _data.unique_exchange_rates(
-        _data.table("exchange_rates.csv"), _data.regions_dir() / "exchange_rates.csv"
+        _data.table("exchange_rates.csv", folder), folder / "exchange_rates.csv"
     )
     out: dict[str, dict[int, dict[str, Any]]] = {}
     for (currency, year), row in rows.items():
@@ -161,15 +112,15 @@ def clear_caches() -> None:
     _rate_index.cache_clear()
 
 
-def pue_for(provider: str | None) -> tuple[float, str]:
+def pue_for(provider: str | None, regions_dir: RegionsDir = None) -> tuple[float, str]:
     """(PUE, source) for a cloud provider, or the on-premise default."""
-    rows = _pue_index()
+    rows = _pue_index(_data.regions_dir(regions_dir))
     row = rows.get((provider or ON_PREMISE).casefold()) or rows[ON_PREMISE]
     return row["pue"], f"{row['scope']} ({row['year']}): {row['source']}"
 
 
-def _price_row(zone: Zone) -> dict[str, Any] | None:
-    rows = _price_index()
+def _price_row(zone: Zone, regions_dir: RegionsDir) -> dict[str, Any] | None:
+    rows = _price_index(_data.regions_dir(regions_dir))
     for key in (zone.id, zone.grid_zone, zone.country_iso3):
         row = rows.get(key.casefold()) if key else None
         if row is not None:
@@ -177,16 +128,18 @@ def _price_row(zone: Zone) -> dict[str, Any] | None:
     return None
 
 
-def price_for(zone: Zone) -> tuple[float, str, str] | None:
+def price_for(zone: Zone, regions_dir: RegionsDir = None) -> tuple[float, str, str] | None:
     """(price per kWh, currency, source) for the zone, its grid zone or its country."""
-    row = _price_row(zone)
+    row = _price_row(zone, regions_dir)
     if row is None:
         return None
     ref = f"{row['zone']}: {row['sector']}, {row['period']}: {row['source']}"
     return row["price_per_kwh"], row["currency"], ref
 
 
-def usd_per_unit(currency: str, year: int | None = None) -> tuple[float, str] | None:
+def usd_per_unit(
+    currency: str, year: int | None = None, regions_dir: RegionsDir = None
+) -> tuple[float, str] | None:
     """(US dollars per one unit of ``currency``, source) from ``exchange_rates.csv``.
 
     Rates are annual averages. With ``year``, that year's rate, else the nearest year
@@ -196,7 +149,7 @@ def usd_per_unit(currency: str, year: int | None = None) -> tuple[float, str] | 
     code = currency.strip().upper()
     if code == "USD":
         return 1.0, "USD (no conversion)"
-    by_year = _rate_index().get(code)
+    by_year = _rate_index(_data.regions_dir(regions_dir)).get(code)
     if not by_year:
         return None
     wanted = year
@@ -221,7 +174,9 @@ def _best_match(rows: Any, gpu_model: str) -> dict[str, Any] | None:
     return best
 
 
-def gpu_price_for(gpu_model: str, provider: str | None = None) -> tuple[float, str] | None:
+def gpu_price_for(
+    gpu_model: str, provider: str | None = None, regions_dir: RegionsDir = None
+) -> tuple[float, str] | None:
     """(on-demand $/GPU-hour, source) to rent this exact GPU model from ``provider``.
 
     Only that provider's rows apply (an AWS price is never used on GCP, Azure or
@@ -233,7 +188,8 @@ def gpu_price_for(gpu_model: str, provider: str | None = None) -> tuple[float, s
     wanted = (provider or "").casefold()
     if wanted not in CLOUD_PROVIDERS:
         return None
-    rows = [row for row in _data.table("gpu_prices.csv") if row["provider"] == wanted]
+    shipped = _data.table("gpu_prices.csv", regions_dir)
+    rows = [row for row in shipped if row["provider"] == wanted]
     row = _best_match(rows, gpu_model)
     if row is None:
         return None
@@ -244,7 +200,7 @@ def gpu_price_for(gpu_model: str, provider: str | None = None) -> tuple[float, s
     return row["usd_per_gpu_hour"], ref
 
 
-def gpu_capex_for(gpu_model: str) -> tuple[float, str] | None:
+def gpu_capex_for(gpu_model: str, regions_dir: RegionsDir = None) -> tuple[float, str] | None:
     """(purchase price amortised per GPU-hour in USD, source) for an owned GPU.
 
     ``purchase_usd / (lifetime_years x 8760 h)`` from the best whole-token match in
@@ -253,7 +209,7 @@ def gpu_capex_for(gpu_model: str) -> tuple[float, str] | None:
     system's price per GPU), which the source text repeats; never network, building or
     staff.
     """
-    row = _best_match(_data.table("gpu_capex.csv"), gpu_model)
+    row = _best_match(_data.table("gpu_capex.csv", regions_dir), gpu_model)
     if row is None:
         return None
     per_hour = row["purchase_usd"] / (row["lifetime_years"] * HOURS_PER_YEAR)
@@ -278,31 +234,73 @@ def default_ownership(zone: Zone) -> str:
 
 
 def gpu_hour_price(
-    gpu_model: str | None, provider: str | None, ownership: str
+    gpu_model: str | None, provider: str | None, ownership: str, regions_dir: RegionsDir = None
 ) -> tuple[float | None, str]:
     """($/GPU-hour or None, its source or why it is unknown) for shipped data only."""
     if not gpu_model:
         return None, "no GPU model given"
     if ownership == OWNED:
-        found = gpu_capex_for(gpu_model)
+        found = gpu_capex_for(gpu_model, regions_dir)
         if found is None:
             return None, f"owned: no purchase price for {gpu_model!r} (set usd_per_gpu_hour)"
         return found
     where = (provider or ON_PREMISE).casefold()
     if where not in CLOUD_PROVIDERS:
         return None, f"rented on {where}: no shipped rental price (set usd_per_gpu_hour)"
-    found = gpu_price_for(gpu_model, where)
+    found = gpu_price_for(gpu_model, where, regions_dir)
     if found is None:
         return None, f"rented: no {where} price for {gpu_model!r} (set usd_per_gpu_hour)"
     return found
 
 
-def embodied_for(item: str = "gpu") -> tuple[float, float, str] | None:
+def embodied_for(
+    item: str = "gpu", regions_dir: RegionsDir = None
+) -> tuple[float, float, str] | None:
     """(kgCO2e, lifetime in years, source) for an ``embodied.csv`` item."""
-    for row in _data.table("embodied.csv"):
+    for row in _data.table("embodied.csv", regions_dir):
         if row["item"] == item:
             return row["kgco2e"], row["lifetime_years"], f"{row['scope']}: {row['source']}"
     return None
+
+
+@dataclass(frozen=True)
+class _Price:
+    """Electricity price per kWh, its currency, its USD value and their sources."""
+
+    per_kwh: float | None
+    currency: str | None
+    ref: str
+    usd_per_kwh: float | None = None
+    exchange_rate_ref: str = ""
+
+
+def _electricity_price(zone: Zone, user: PricingOverrides, regions_dir: RegionsDir) -> _Price:
+    """The user's price (which needs its currency), else the shipped one for the zone,
+    with its USD value at the rate of the price's year."""
+    year: int | None = None
+    if user.price_per_kwh is not None:
+        if user.currency is None:
+            raise ValueError("a price_per_kwh override needs a currency (e.g. currency='EUR')")
+        price = _Price(float(user.price_per_kwh), user.currency, "user override")
+    else:
+        shipped = price_for(zone, regions_dir)
+        if shipped is None:
+            price = _Price(None, None, f"no electricity price for {zone.id}")
+        else:
+            price = _Price(*shipped)
+            row = _price_row(zone, regions_dir)
+            year = row["year"] if row else None
+        if user.currency is not None and user.currency != price.currency:
+            raise ValueError(
+                f"currency {user.currency!r} given without price_per_kwh; the shipped price "
+                f"for {zone.id} is in {price.currency}"
+            )
+    if price.per_kwh is None or price.currency is None:
+        return price
+    rate = usd_per_unit(price.currency, year, regions_dir)
+    if rate is None:
+        return replace(price, exchange_rate_ref=f"no exchange rate for {price.currency}")
+    return replace(price, usd_per_kwh=price.per_kwh * rate[0], exchange_rate_ref=rate[1])
 
 
 def build_factors(
@@ -312,98 +310,50 @@ def build_factors(
     gpu_model: str | None = None,
     at: _dt.datetime | None = None,
     intensity: IntensitySource | None = None,
-    price_per_kwh: float | None = None,
-    currency: str | None = None,
-    usd_per_gpu_hour: float | None = None,
-    pue: float | None = None,
-    market_intensity_g_per_kwh: float | None = None,
-    embodied_kgco2e: float | None = None,
-    lifetime_years: float | None = None,
-    ownership: str | None = None,
     env: Mapping[str, str] = os.environ,
+    regions_dir: RegionsDir = None,
+    **overrides: Any,
 ) -> Factors:
     """The factors for ``zone`` (a ``Zone``, a spec, or None to resolve from ``env``).
 
     ``provider`` selects the PUE and whose rental prices apply (default: the zone's cloud
     provider, else on-premise); ``gpu_model`` (an NVML name) and ``ownership`` (default
     ``default_ownership(zone)``) select $/GPU-hour: the provider's price for that exact
-    model when rented, the purchase price amortised per hour when owned. Keyword
-    overrides win over the shipped data and are named in ``Factors.overrides``. Raises
-    ``ValueError`` on bad overrides and ``UnknownZoneError`` on an unknown zone.
+    model when rented, the purchase price amortised per hour when owned. ``overrides``
+    (the ``PricingOverrides`` fields, by keyword) win over the shipped data, read from
+    ``regions_dir`` (default: the shipped tables), and are named in ``Factors.overrides``.
+    Raises ``ValueError`` on bad overrides and ``UnknownZoneError`` on an unknown zone.
     """
-    validate_overrides(
-        price_per_kwh=price_per_kwh,
-        currency=currency,
-        usd_per_gpu_hour=usd_per_gpu_hour,
-        pue=pue,
-        market_intensity_g_per_kwh=market_intensity_g_per_kwh,
-        embodied_kgco2e=embodied_kgco2e,
-        lifetime_years=lifetime_years,
-        ownership=ownership,
-    )
+    user = PricingOverrides(**overrides)
     if not isinstance(zone, Zone):
-        zone = resolve_zone(zone, env=env)
-    overrides: list[str] = []
+        zone = resolve_zone(zone, env=env, regions_dir=regions_dir)
+    # A currency without a price only names the shipped price's: it overrides nothing.
+    given = {name for name in PRICING_OVERRIDES if getattr(user, name) is not None}
+    if user.price_per_kwh is None:
+        given.discard("currency")
+    overridden = tuple(name for name in PRICING_OVERRIDES if name in given)
 
     found = intensity.lookup(zone, at) if intensity else static_intensity(zone)
     provider = provider or zone.provider
-    if pue is None:
-        pue_value, pue_ref = pue_for(provider)
+    if user.pue is None:
+        pue_value, pue_ref = pue_for(provider, regions_dir)
     else:
-        pue_value, pue_ref = float(pue), "user override"
-        overrides.append("pue")
+        pue_value, pue_ref = float(user.pue), "user override"
+    price = _electricity_price(zone, user, regions_dir)
 
-    price_year: int | None = None
-    if price_per_kwh is not None:
-        if currency is None:
-            raise ValueError("a price_per_kwh override needs a currency (e.g. currency='EUR')")
-        price, price_currency, price_ref = float(price_per_kwh), currency, "user override"
-        overrides += ["price_per_kwh", "currency"]
+    ownership = user.ownership or default_ownership(zone)
+    if user.usd_per_gpu_hour is not None:
+        gpu_price, gpu_ref = float(user.usd_per_gpu_hour), f"user override ({ownership})"
     else:
-        shipped = price_for(zone)
-        if shipped is None:
-            price, price_currency, price_ref = None, None, f"no electricity price for {zone.id}"
-        else:
-            price, price_currency, price_ref = shipped
-            row = _price_row(zone)
-            price_year = row["year"] if row else None
-        if currency is not None and currency != price_currency:
-            raise ValueError(
-                f"currency {currency!r} given without price_per_kwh; the shipped price for "
-                f"{zone.id} is in {price_currency}"
-            )
+        gpu_price, gpu_ref = gpu_hour_price(gpu_model, provider, ownership, regions_dir)
 
-    usd_kwh, fx_ref = None, ""
-    if price is not None and price_currency is not None:
-        rate = usd_per_unit(price_currency, price_year)
-        if rate is None:
-            fx_ref = f"no exchange rate for {price_currency}"
-        else:
-            usd_kwh, fx_ref = price * rate[0], rate[1]
-
-    if ownership is None:
-        ownership = default_ownership(zone)
-    else:
-        overrides.append("ownership")
-    if usd_per_gpu_hour is not None:
-        gpu_price, gpu_ref = float(usd_per_gpu_hour), f"user override ({ownership})"
-        overrides.append("usd_per_gpu_hour")
-    else:
-        gpu_price, gpu_ref = gpu_hour_price(gpu_model, provider, ownership)
-
-    shipped_embodied = embodied_for("gpu")
+    shipped_embodied = embodied_for("gpu", regions_dir)
     emb_kg, emb_years, emb_ref = shipped_embodied if shipped_embodied else (None, None, "")
-    if embodied_kgco2e is not None:
-        emb_kg, emb_ref = float(embodied_kgco2e), "user override"
-        overrides.append("embodied_kgco2e")
-    if lifetime_years is not None:
-        emb_years = float(lifetime_years)
-        overrides.append("lifetime_years")
-
-    market_ref = ""
-    if market_intensity_g_per_kwh is not None:
-        market_ref = "user contractual factor (market-based)"
-        overrides.append("market_intensity_g_per_kwh")
+    if user.embodied_kgco2e is not None:
+        emb_kg, emb_ref = float(user.embodied_kgco2e), "user override"
+    if user.lifetime_years is not None:
+        emb_years = float(user.lifetime_years)
+    market = user.market_intensity_g_per_kwh
 
     return Factors(
         zone=zone.id,
@@ -412,21 +362,21 @@ def build_factors(
         intensity_ref=found.ref,
         pue=pue_value,
         pue_ref=pue_ref,
-        price_per_kwh=price,
-        currency=price_currency,
-        price_ref=price_ref,
+        price_per_kwh=price.per_kwh,
+        currency=price.currency,
+        price_ref=price.ref,
         usd_per_gpu_hour=gpu_price,
         gpu_price_ref=gpu_ref,
         ownership=ownership,
         embodied_kgco2e=emb_kg,
         lifetime_years=emb_years,
         embodied_ref=emb_ref,
-        market_intensity_g_per_kwh=market_intensity_g_per_kwh,
-        market_intensity_ref=market_ref,
+        market_intensity_g_per_kwh=market,
+        market_intensity_ref="" if market is None else "user contractual factor (market-based)",
         zone_is_default=zone.is_default,
-        overrides=tuple(overrides),
-        usd_per_kwh=usd_kwh,
-        exchange_rate_ref=fx_ref,
+        overrides=overridden,
+        usd_per_kwh=price.usd_per_kwh,
+        exchange_rate_ref=price.exchange_rate_ref,
     )
 
 

@@ -1,17 +1,13 @@
-"""Grid carbon intensity in gCO2e/kWh: static, hourly (user CSV) and live (Electricity Maps).
+"""Grid carbon intensity in gCO2e/kWh for a zone and hour: static, hourly, live.
 
-Static factors come from codecarbon's shipped data, computed the way codecarbon computes
-them (``codecarbon.core.emissions``): a country's ``carbon_intensity`` from its global
-energy mix (or the fuel-mix weighting when that field is missing), US states from eGRID
-lbs/MWh, Canadian provinces from the coal/petroleum/natural-gas share of their mix,
-Nordic bidding zones and Chinese provinces from their published factors, GCP regions from
-Google's per-region figures. They are loaded once; a lookup is a dict read.
+Static values come from ``grid``'s tables (codecarbon's data; GCP regions from Google's
+own figures), hourly ones from a user's CSV, live ones from the Electricity Maps API;
+``IntensitySource`` picks the first that has a value: hourly, then live, then static.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import json
 import math
 import os
@@ -19,46 +15,17 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from . import _data
 from ._data import DataFileError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .zones import Zone
+from .grid import NORDIC_FI, NORDIC_ZONES, gcp_factors, grid_factors, world_average
+from .zones import UnknownZoneError, Zone, lookup_zone
 
 SOURCE_STATIC = "static"
 SOURCE_HOURLY = "hourly"
 SOURCE_LIVE = "live"
-
-# codecarbon's factors for Canadian provinces (kgCO2/kWh per fuel), from
-# codecarbon.core.emissions.Emissions._region_energy_mix_to_emissions_rate.
-_CAN_FUEL_KG_PER_KWH = (
-    ("coal", 0.995725971),
-    ("petroleum", 0.8166885263),
-    ("naturalGas", 0.7438415916),
-)
-# codecarbon.core.units.EmissionsPerKWh.LBS_MWH_TO_KG_KWH
-_LBS_PER_MWH_TO_KG_PER_KWH = 0.00045359237
-# Nordic bidding zones codecarbon knows, by country (codecarbon.core.emissions).
-_NORDIC = {"SWE": ("SE1", "SE2", "SE3", "SE4"), "NOR": ("NO1", "NO2", "NO3", "NO4", "NO5")}
-_NORDIC_FI = ("FIN", "FI")
+# Electricity Maps spells a Nordic bidding zone with the ISO 3166 alpha-2 code: SE-SE3.
 _NORDIC_ISO2 = {"SWE": "SE", "NOR": "NO"}
-# codecarbon's GCP table spells one region wrongly; map its key to the real name.
-_GCP_REGION_FIXES = {"me-cenrtal1": "me-central1"}
-
-
-@dataclass(frozen=True)
-class GridFactor:
-    """A static grid intensity for one grid zone (country or sub-national)."""
-
-    zone: str  # "FRA", "USA/california", "SWE/SE3"
-    name: str
-    country_iso3: str
-    sub_region: str | None
-    g_per_kwh: float
-    ref: str  # where the figure comes from
-    aliases: tuple[str, ...] = ()  # other specs that name this zone ("USA/CA", "CN-BJ")
 
 
 @dataclass(frozen=True)
@@ -68,150 +35,6 @@ class Intensity:
     g_per_kwh: float
     source: str  # "static" | "hourly" | "live"
     ref: str
-
-
-def _cc(path: str) -> str:
-    return f"codecarbon {_data.codecarbon_version()} data/{path}"
-
-
-def country_g_per_kwh(energy_mix: Mapping[str, object], per_source: Mapping[str, object]) -> float:
-    """A country's gCO2e/kWh from its global-energy-mix entry, as codecarbon computes it.
-
-    The ``carbon_intensity`` field when present; otherwise each ``<fuel>_TWh`` share times
-    the fuel's factor, falling back to the world average when the shares do not add up.
-    """
-    direct = energy_mix.get("carbon_intensity")
-    if direct is not None:
-        return float(direct)  # type: ignore[arg-type]
-    total = energy_mix["total_TWh"]
-    weighted = 0.0
-    covered = 0
-    for key, twh in energy_mix.items():
-        if "_TWh" in key:
-            factor = per_source.get(key[: -len("_TWh")])
-            if factor is not None:
-                weighted += (twh / total) * factor  # type: ignore[operator]
-                covered += twh  # type: ignore[operator]
-    if covered != total:
-        return float(per_source["world_average"])  # type: ignore[arg-type]
-    return weighted
-
-
-def canada_g_per_kwh(mix: Mapping[str, float]) -> float:
-    """A Canadian province's gCO2e/kWh: fossil shares of its mix times codecarbon's factors."""
-    kg = sum([mix[fuel] / mix["total"] * factor for fuel, factor in _CAN_FUEL_KG_PER_KWH])
-    return kg * 1000.0
-
-
-def world_average() -> GridFactor:
-    """codecarbon's world-average intensity, used for the flagged default zone."""
-    per_source = _data.load_json("private_infra/carbon_intensity_per_source.json")
-    return GridFactor(
-        zone="WORLD",
-        name="World average",
-        country_iso3="",
-        sub_region=None,
-        g_per_kwh=float(per_source["world_average"]),
-        ref=(
-            f"{_cc('private_infra/carbon_intensity_per_source.json')} world_average "
-            f"({per_source.get('world_average_source', 'IEA')})"
-        ),
-    )
-
-
-@functools.cache
-def grid_factors() -> dict[str, GridFactor]:
-    """Every grid zone codecarbon has a static factor for, by zone id."""
-    out: dict[str, GridFactor] = {}
-    per_source = _data.load_json("private_infra/carbon_intensity_per_source.json")
-    mix = _data.load_json("private_infra/global_energy_mix.json")
-    mix_ref = _cc("private_infra/global_energy_mix.json")
-    for iso3, entry in mix.items():
-        out[iso3] = GridFactor(
-            zone=iso3,
-            name=str(entry.get("country_name", iso3)),
-            country_iso3=iso3,
-            sub_region=None,
-            g_per_kwh=country_g_per_kwh(entry, per_source),
-            ref=f"{mix_ref} carbon_intensity, year {entry.get('year', '?')}",
-        )
-
-    usa = _data.load_json("private_infra/2023/usa_emissions.json")
-    usa_src = usa.get("_source", {})
-    usa_ref = (
-        f"{_cc('private_infra/2023/usa_emissions.json')} "
-        f"({usa_src.get('name', 'EPA eGRID')}, {usa_src.get('year', '')}), lbs/MWh converted"
-    )
-    for state, entry in usa.items():
-        if state.startswith("_") or state == "usa":
-            continue
-        g = entry["emissions"] * _LBS_PER_MWH_TO_KG_PER_KWH * 1000.0
-        out[f"USA/{state}"] = GridFactor(
-            f"USA/{state}", f"{state.title()} (USA)", "USA", state, g, usa_ref,
-            aliases=(f"USA/{entry['regionCode']}",) if entry.get("regionCode") else (),
-        )  # fmt: skip
-
-    can = _data.load_json("private_infra/2023/canada_energy_mix.json")
-    can_ref = (
-        f"{_cc('private_infra/2023/canada_energy_mix.json')} fuel mix x codecarbon's "
-        "coal/petroleum/natural-gas factors"
-    )
-    for province, entry in can.items():
-        out[f"CAN/{province}"] = GridFactor(
-            f"CAN/{province}", f"{province.title()} (Canada)", "CAN", province,
-            canada_g_per_kwh(entry), can_ref,
-        )  # fmt: skip
-
-    nordic = _data.load_json("private_infra/nordic_emissions.json")
-    nordic_meta = nordic.get("metadata", {})
-    for code, entry in nordic["data"].items():
-        iso3 = next((c for c, codes in _NORDIC.items() if code in codes), None)
-        if iso3 is None and code == _NORDIC_FI[1]:
-            iso3 = _NORDIC_FI[0]
-        if iso3 is None:
-            continue
-        ref = (
-            f"{_cc('private_infra/nordic_emissions.json')} ({nordic_meta.get('source', '')}), "
-            f"year {entry.get('year', '?')}"
-        )
-        out[f"{iso3}/{code}"] = GridFactor(
-            f"{iso3}/{code}", f"{entry.get('description', code)}", iso3, code,
-            float(entry["emission_factor"]), ref,
-        )  # fmt: skip
-
-    china = _data.load_json("private_infra/2023/china_provincial_emissions.json")
-    china_meta = china.get("metadata", {})
-    china_ref = (
-        f"{_cc('private_infra/2023/china_provincial_emissions.json')} "
-        f"(MEE/NBS provincial factors, year {china_meta.get('year', 2023)}, CO2 only)"
-    )
-    for code, entry in china["data"].items():
-        names = list(entry["names"])
-        zone = f"CHN/{names[0]}"
-        out[zone] = GridFactor(
-            zone, f"{entry.get('description', names[0])} (China)", "CHN", names[0],
-            float(entry["emission_factor"]), china_ref,
-            aliases=tuple(f"CHN/{name}" for name in names[1:]) + (code,),
-        )  # fmt: skip
-    return out
-
-
-@functools.cache
-def gcp_factors() -> dict[str, tuple[float, str]]:
-    """GCP region -> (gCO2e/kWh, citation), from codecarbon's ``cloud/impact.csv``."""
-    path = _data.codecarbon_data_dir() / "cloud" / "impact.csv"
-    rows = _data.read_table(
-        path, {"provider": _data.text, "region": _data.text, "impact": _data.non_negative_float}
-    )
-    out: dict[str, tuple[float, str]] = {}
-    for row in rows:
-        if row["provider"] != "gcp":
-            continue
-        region = _GCP_REGION_FIXES.get(row["region"], row["region"])
-        spelled = "" if region == row["region"] else f", listed there as {row['region']!r}"
-        ref = f"{_cc('cloud/impact.csv')} ({row.get('source', 'Google Cloud')}{spelled})"
-        out[region] = (row["impact"], ref)
-    return out
 
 
 def static_intensity(zone: Zone) -> Intensity:
@@ -260,22 +83,23 @@ class HourlyIntensity:
         return len(self._values)
 
     @classmethod
-    def from_csv(cls, path: str | os.PathLike[str]) -> HourlyIntensity:
-        """Load ``timestamp,zone,gco2e_per_kwh`` rows (UTC ISO 8601, on the hour).
+    def from_csv(
+        cls, path: str | os.PathLike[str], regions_dir: _data.RegionsDir = None
+    ) -> HourlyIntensity:
+        """Load ``timestamp,zone,gco2e_per_kwh`` rows (UTC ISO 8601, on the hour); zones
+        are looked up with ``regions_dir``'s cloud regions (default: the shipped ones).
 
         Every row is checked before anything is returned: a bad timestamp, unknown zone,
         bad value or duplicate (zone, hour) raises ``DataFileError`` with file, line and
         column, and no partial table exists.
         """
-        from .zones import UnknownZoneError, lookup_zone
-
         zone_ids: dict[str, str] = {}
 
         def zone_id(value: str) -> str:
             spec = _data.text(value)
             if spec not in zone_ids:
                 try:
-                    zone_ids[spec] = lookup_zone(spec).id
+                    zone_ids[spec] = lookup_zone(spec, regions_dir).id
                 except UnknownZoneError as exc:
                     raise ValueError(str(exc)) from None
             return zone_ids[spec]
@@ -309,14 +133,13 @@ class HourlyIntensity:
 class ElectricityMapsClient:
     """Live grid intensity from the Electricity Maps API, cached per (zone, hour).
 
-    Only built with an explicit token. Any failure (network, HTTP error, bad JSON, no
-    mapping for the zone) returns None so callers fall back to the static factor; after a
-    failure the zone is not retried for ``cooldown_s`` seconds.
+    Only built with an explicit token (the ``electricitymaps_token`` setting), against
+    ``base_url`` (the ``electricitymaps_url`` setting). Any failure (network, HTTP error,
+    bad JSON, no mapping for the zone) returns None so callers fall back to the static
+    factor; after a failure the zone is not retried for ``cooldown_s`` seconds.
     """
 
     DEFAULT_BASE_URL = "https://api.electricitymaps.com/v3"
-    TOKEN_ENV = "FOOTPRINT_ELECTRICITYMAPS_TOKEN"
-    URL_ENV = "FOOTPRINT_ELECTRICITYMAPS_URL"
 
     def __init__(
         self,
@@ -341,14 +164,6 @@ class ElectricityMapsClient:
         self._lock = threading.Lock()
         self.requests_made = 0
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> ElectricityMapsClient | None:
-        """A client when ``FOOTPRINT_ELECTRICITYMAPS_TOKEN`` is set, else None."""
-        token = env.get(cls.TOKEN_ENV)
-        if not token:
-            return None
-        return cls(token, base_url=env.get(cls.URL_ENV) or cls.DEFAULT_BASE_URL)
-
     def zone_code(self, zone: Zone) -> str | None:
         """The Electricity Maps zone code for one of our zones, when there is one.
 
@@ -362,9 +177,9 @@ class ElectricityMapsClient:
         grid = zone.grid_zone
         if "/" in grid:
             iso3, sub = grid.split("/", 1)
-            if iso3 in _NORDIC:
+            if iso3 in NORDIC_ZONES:
                 return f"{_NORDIC_ISO2[iso3]}-{sub}"
-            if (iso3, sub) == _NORDIC_FI:
+            if (iso3, sub) == NORDIC_FI:
                 return "FI"
             return None
         try:

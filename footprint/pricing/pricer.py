@@ -14,18 +14,19 @@ from typing import Any
 
 from .factors import Factors, build_factors, price_query
 from .intensity import ElectricityMapsClient, HourlyIntensity, IntensitySource
+from .overrides import PRICING_OVERRIDES, PricingOverrides
 from .zones import Zone, resolve_zone
 
-# Settings fields that are passed to build_factors as user overrides.
-OVERRIDE_FIELDS = (
-    "price_per_kwh",
-    "currency",
-    "usd_per_gpu_hour",
-    "pue",
-    "market_intensity_g_per_kwh",
-    "embodied_kgco2e",
-    "lifetime_years",
-    "ownership",
+# The settings a Pricer reads: a change of any of them needs a new Pricer.
+PRICER_SETTINGS = (
+    "region",
+    "detect_cloud",
+    "provider",
+    "hourly_intensity_csv",
+    "electricitymaps_token",
+    "electricitymaps_url",
+    "regions_dir",
+    *PRICING_OVERRIDES,
 )
 
 
@@ -38,21 +39,20 @@ class Pricer:
         gpu_model: str | None,
         env: Mapping[str, str] = os.environ,
     ) -> None:
-        self.zone: Zone = resolve_zone(settings.region, env=env, detect_cloud=settings.detect_cloud)
-        hourly = (
-            HourlyIntensity.from_csv(settings.hourly_intensity_csv)
-            if settings.hourly_intensity_csv
-            else None
+        """``settings``: a ``footprint.config.Settings`` (its ``PRICER_SETTINGS``); ``env``:
+        where ``FOOTPRINT_REGION`` is read when ``settings.region`` is None. The hourly file
+        is read here, once."""
+        self.regions_dir = settings.regions_dir
+        self.zone: Zone = resolve_zone(
+            settings.region,
+            env=env,
+            detect_cloud=settings.detect_cloud,
+            regions_dir=self.regions_dir,
         )
-        live = (
-            ElectricityMapsClient(settings.electricitymaps_token)
-            if settings.electricitymaps_token
-            else ElectricityMapsClient.from_env(env)
-        )
-        self.intensity = IntensitySource(hourly=hourly, live=live) if hourly or live else None
+        self.intensity = intensity_source(settings)
         self.gpu_model = gpu_model
         self.provider = settings.provider
-        self.overrides = {name: getattr(settings, name) for name in OVERRIDE_FIELDS}
+        self.overrides = PricingOverrides.of(settings)
         self.env = env
         self._by_hour: dict[_dt.datetime, Factors] = {}
 
@@ -70,7 +70,8 @@ class Pricer:
                 at=hour,
                 intensity=self.intensity,
                 env=self.env,
-                **self.overrides,
+                regions_dir=self.regions_dir,
+                **self.overrides.as_dict(),
             )
             self._by_hour[hour] = factors
         return factors
@@ -103,3 +104,22 @@ class Pricer:
             energy_cost_usd=priced.get("energy_cost_usd"),
             compute_cost=priced["compute_cost_usd"],
         )
+
+
+def intensity_source(settings: Any) -> IntensitySource | None:
+    """The hourly file (read now) and the live API that ``settings`` name; None when they
+    name neither (static factors only)."""
+    hourly = (
+        HourlyIntensity.from_csv(settings.hourly_intensity_csv, settings.regions_dir)
+        if settings.hourly_intensity_csv
+        else None
+    )
+    live = (
+        ElectricityMapsClient(
+            settings.electricitymaps_token,
+            base_url=settings.electricitymaps_url or ElectricityMapsClient.DEFAULT_BASE_URL,
+        )
+        if settings.electricitymaps_token
+        else None
+    )
+    return IntensitySource(hourly=hourly, live=live) if hourly or live else None

@@ -15,10 +15,11 @@ import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import _data
-from ._data import DataFileError
-from .intensity import grid_factors, world_average
+from ._data import DataFileError, RegionsDir
+from .grid import grid_factors, world_average
 
 REGION_ENV = "FOOTPRINT_REGION"
 PROVIDERS = ("aws", "azure", "gcp")
@@ -72,8 +73,12 @@ class _Catalog:
     keys: dict[str, str]  # casefolded id or alias -> canonical id
 
 
+def _catalog(regions_dir: RegionsDir = None) -> _Catalog:
+    return _catalog_at(_data.regions_dir(regions_dir))
+
+
 @functools.cache
-def _catalog() -> _Catalog:
+def _catalog_at(folder: Path) -> _Catalog:
     zones: dict[str, Zone] = {}
     keys: dict[str, str] = {}
     zones["WORLD"] = Zone("WORLD", "World average", KIND_WORLD, "", "WORLD")
@@ -93,8 +98,8 @@ def _catalog() -> _Catalog:
         for alias in aliases:
             keys.setdefault(alias.casefold(), factor.zone)
     factors = grid_factors()
-    path = _data.regions_dir() / "cloud_regions.csv"
-    for row in _data.table("cloud_regions.csv"):
+    path = folder / "cloud_regions.csv"
+    for row in _data.table("cloud_regions.csv", folder):
         provider = row["provider"].casefold()
         iso3 = row["country_iso3"].upper()
         sub = row["sub_region"]
@@ -119,9 +124,9 @@ def _catalog() -> _Catalog:
     return _Catalog(zones, keys)
 
 
-def all_zones() -> list[Zone]:
+def all_zones(regions_dir: RegionsDir = None) -> list[Zone]:
     """Every zone we know, world average first."""
-    return list(_catalog().zones.values())
+    return list(_catalog(regions_dir).zones.values())
 
 
 def _suggest(spec: str, candidates: Mapping[str, str], n: int = 5) -> list[str]:
@@ -138,9 +143,10 @@ def _suggest(spec: str, candidates: Mapping[str, str], n: int = 5) -> list[str]:
     return ranked[:n]
 
 
-def lookup_zone(spec: str) -> Zone:
-    """The zone for an explicit spec (case-insensitive), or ``UnknownZoneError``."""
-    catalog = _catalog()
+def lookup_zone(spec: str, regions_dir: RegionsDir = None) -> Zone:
+    """The zone for an explicit spec (case-insensitive), or ``UnknownZoneError``; cloud
+    regions come from ``regions_dir``'s ``cloud_regions.csv`` (default: the shipped one)."""
+    catalog = _catalog(regions_dir)
     key = spec.strip().casefold()
     if key in catalog.keys:
         return catalog.zones[catalog.keys[key]]
@@ -172,9 +178,8 @@ def default_zone() -> Zone:
             DefaultZoneWarning,
             stacklevel=3,
         )
-    world = _catalog().zones["WORLD"]
     return Zone(
-        world.id, "World average (default: no region configured)", KIND_WORLD, "", "WORLD",
+        "WORLD", "World average (default: no region configured)", KIND_WORLD, "", "WORLD",
         is_default=True,
     )  # fmt: skip
 
@@ -193,6 +198,7 @@ def resolve_zone(
     detect_cloud: bool = False,
     metadata_url: str = DEFAULT_METADATA_URL,
     metadata_timeout_s: float = 0.5,
+    regions_dir: RegionsDir = None,
 ) -> Zone:
     """Resolve where we run: ``spec``, else ``FOOTPRINT_REGION``, else cloud metadata
     (only when ``detect_cloud``), else the flagged world-average default.
@@ -201,9 +207,11 @@ def resolve_zone(
     """
     for candidate in (spec, env.get(REGION_ENV)):
         if candidate is not None and candidate.strip():
-            return lookup_zone(candidate)
+            return lookup_zone(candidate, regions_dir)
     if detect_cloud:
-        zone = detect_cloud_zone(base_url=metadata_url, timeout_s=metadata_timeout_s)
+        zone = detect_cloud_zone(
+            base_url=metadata_url, timeout_s=metadata_timeout_s, regions_dir=regions_dir
+        )
         if zone is not None:
             return zone
     return default_zone()
@@ -250,7 +258,7 @@ def _azure_region(base: str, timeout_s: float) -> str:
 
 
 def detect_cloud_zone(
-    *, base_url: str = DEFAULT_METADATA_URL, timeout_s: float = 0.5
+    *, base_url: str = DEFAULT_METADATA_URL, timeout_s: float = 0.5, regions_dir: RegionsDir = None
 ) -> Zone | None:
     """Ask the instance metadata service (AWS IMDSv2, GCP, Azure) where we run.
 
@@ -267,7 +275,7 @@ def detect_cloud_zone(
         if not region:
             continue
         try:
-            return lookup_zone(f"{provider}:{region}")
+            return lookup_zone(f"{provider}:{region}", regions_dir)
         except UnknownZoneError as exc:
             warnings.warn(f"footprint: cloud metadata says {exc}", stacklevel=2)
             return None

@@ -63,7 +63,7 @@ def resolve_compare(names: list[str]) -> list[str]:
 def static_basis(zone: Any) -> tuple[str, str]:
     """The kind of a zone's static intensity, ``grid`` (codecarbon's figure for its grid
     zone or country) or ``provider`` (its cloud provider's own figure), and in words."""
-    from footprint.pricing.intensity import gcp_factors
+    from footprint.pricing.grid import gcp_factors
 
     if zone.provider == "gcp" and zone.cloud_region in gcp_factors():
         return "provider", f"Google's figure for {zone.cloud_region}"
