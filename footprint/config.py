@@ -358,3 +358,13 @@ def resolve_settings(
     settings = Settings(**merged, config_files=tuple(str(f.path) for f in files))
     check_region(settings)
     return settings
+
+
+def check_files(settings: Settings) -> None:
+    """Read the files ``settings`` name once, to refuse a bad one where the settings are
+    given (``configure()``, ``Tracker(...)``, the daemon's start): ``ValueError`` naming
+    the file and line. The pricer reads them again when a runtime starts."""
+    if settings.hourly_intensity_csv:
+        from footprint.pricing.intensity import HourlyIntensity
+
+        HourlyIntensity.from_csv(settings.hourly_intensity_csv, settings.regions_dir)

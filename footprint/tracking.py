@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 from footprint._calls import CallSite, Query, SyncFn, TokensFn, check_names, check_sync, gpu_tuple
 from footprint._calls import wrap as _wrap
 from footprint._clock import SYSTEM_CLOCK, Clock
-from footprint.config import Settings, resolve_settings
+from footprint.config import Settings, check_files, resolve_settings
 from footprint.runtime import lifecycle
 from footprint.runtime.local import Runtime
 from footprint.runtime.remote import DaemonClient, choose
@@ -64,6 +64,8 @@ class SettingsOverrides(TypedDict, total=False):
     ownership: str | None
     hourly_intensity_csv: str | None
     electricitymaps_token: str | None
+    electricitymaps_url: str | None
+    regions_dir: str | None
     price_per_kwh: float | None
     currency: str | None
     usd_per_gpu_hour: float | None
@@ -87,7 +89,7 @@ class Tracker:
 
     def __init__(self, *, clock: Clock | None = None, **settings: Unpack[SettingsOverrides]):
         if settings:
-            resolve_settings(dict(settings))  # validate before anything starts
+            _checked(dict(settings))  # validate before anything starts
         self._overrides: dict[str, Any] = dict(settings)
         self._clock = clock or SYSTEM_CLOCK
         self.runtime: SpanSink | None = None  # read by the hot path: ``runtime or ensure()``
@@ -135,7 +137,7 @@ class Tracker:
         """Change some settings (validated now): the running runtime is flushed and
         stopped; the next tracked call starts one with the new settings."""
         merged = {**self._overrides, **settings}
-        resolve_settings(merged)  # validate before changing anything
+        _checked(merged)  # validate before changing anything
         with self._lock:
             self._overrides = merged
             if clock is not None:
@@ -229,6 +231,14 @@ class Tracker:
         if self.runtime is not None:
             self._orphans.append(self.runtime)  # never flushed, closed or collected here
             self.runtime = None
+
+
+def _checked(overrides: dict[str, Any]) -> Settings:
+    """The settings ``overrides`` give, checked now with the files they name (the hourly
+    intensity CSV, read once here): ``ValueError`` naming the file and line."""
+    settings = resolve_settings(overrides)
+    check_files(settings)
+    return settings
 
 
 def _build(settings: Settings, clock: Clock) -> SpanSink:

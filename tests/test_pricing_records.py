@@ -133,15 +133,36 @@ def test_unknown_region_error_names_closest(tmp_path):
         footprint.configure(region="Frnace")
 
 
-def test_malformed_hourly_csv_is_reported_with_its_line_when_the_pricer_starts(tmp_path):
-    """The file is read once, by the pricer as the tracker starts (never by the settings:
-    configure() and replace() do not read it); calls are still recorded, unpriced."""
+def test_malformed_hourly_csv_fails_at_configuration_with_line(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text(
         "timestamp,zone,gco2e_per_kwh\n2026-01-01T00:00:00Z,FRA,50\n2026-01-01T01:00:00Z,FRA,lots\n"
     )
+    with pytest.raises(ValueError, match=r"bad.csv.*3"):
+        footprint.configure(hourly_intensity_csv=str(path))
+    with pytest.raises(ValueError, match=r"bad.csv.*3"):
+        footprint.Tracker(hourly_intensity_csv=str(path))
+
+
+def test_an_hourly_csv_spoiled_after_configuration_is_reported_when_the_pricer_starts(tmp_path):
+    """configure() reads the file once to check it; the pricer reads it again as the
+    tracker starts (never the settings: replace() reads nothing). Spoiled in between:
+    calls are still recorded, unpriced, with a warning naming the line."""
+    path = tmp_path / "bad.csv"
+    path.write_text("timestamp,zone,gco2e_per_kwh\n2026-01-01T00:00:00Z,FRA,50\n")
+    footprint.configure(db=str(tmp_path / "p.db"), sensor=SIM, cpu=False, region="FRA",
+                        hourly_intensity_csv=str(path))  # fmt: skip
+    with open(path, "a") as f:
+        f.write("2026-01-01T01:00:00Z,FRA,lots\n")
+
+    @footprint.track(model="m")
+    def infer():
+        get_runtime().gpu_sensor.run(0.2)
+
     with pytest.warns(footprint.FootprintWarning, match=r"no CO2e or cost: .*bad.csv, line 3"):
-        row = _one_record(tmp_path, region="FRA", hourly_intensity_csv=str(path))
+        infer()
+        footprint.flush()
+    (row,) = rows(tmp_path / "p.db")
     assert row["energy_j"] > 0 and row["co2e_g"] is None
 
 
@@ -226,3 +247,21 @@ def test_every_demo_record_has_co2e_and_cost(tmp_path):
             for k in ("co2e_g", "embodied_co2e_g", "energy_cost", "energy_cost_usd", "compute_cost")
         )
         assert row["zone"] == "aws:us-east-1" and row["pue"] >= 1
+
+
+def test_the_daemon_refuses_to_start_with_a_malformed_hourly_csv(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "bad.csv"
+    path.write_text("timestamp,zone,gco2e_per_kwh\n2026-01-01T00:00:00Z,FRA,lots\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOOTPRINT_")}
+    env.update(FOOTPRINT_HOURLY_INTENSITY_CSV=str(path), XDG_RUNTIME_DIR=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-m", "footprint", "daemon", "--socket", str(tmp_path / "d.sock"),
+         "--db", str(tmp_path / "d.db"), "--http", "off", "--sensor", "none"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert "bad.csv" in out.stderr and "2" in out.stderr

@@ -118,10 +118,11 @@ def check_config(config: DaemonConfig) -> tuple[str, int] | None:
 def daemon_settings(config: DaemonConfig) -> Any:
     """The runtime's settings: files and environment, then the command's options; the
     daemon never hands its spans to another daemon. ``StartError`` (exit 2) if invalid."""
-    from footprint.config import resolve_settings
+    from footprint.config import check_files, resolve_settings
 
     try:
         settings = resolve_settings(config.overrides())
+        check_files(settings)
     except ValueError as exc:
         raise StartError(str(exc), 2) from None
     for daemon in ("off", None):  # None where the setting takes any value (older config)
