@@ -166,3 +166,22 @@ def test_pricing_overrides_are_named_once():
     names = {f.name for f in fields(Settings)}
     assert len(PRICING_OVERRIDES) == 8 and set(PRICER_SETTINGS) <= names
     assert set(PRICING_OVERRIDES) <= set(PRICER_SETTINGS)
+
+
+def test_devices_and_db_info_say_which_settings_file_applies(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "footprint.toml").write_text('region = "FRA"\n')
+    below = tmp_path / "a" / "b"
+    below.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOOTPRINT_")}
+    env["FOOTPRINT_SENSOR"] = "none"
+    from footprint.storage.store import Store
+
+    Store(str(tmp_path / "x.db")).close()
+    for command in (["devices"], ["db", "info", "--db", str(tmp_path / "x.db")]):
+        out = subprocess.run([sys.executable, "-m", "footprint", *command], cwd=below, env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert str(tmp_path / "footprint.toml") in out.stdout, (command, out.stdout, out.stderr)

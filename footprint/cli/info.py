@@ -59,6 +59,17 @@ def _print_devices(result: dict[str, Any], gpu_reason: str, cpu_reason: str) -> 
         console.print(f"CPU energy (RAPL): {', '.join(c['uuid'] for c in result['cpus'])}")
     else:
         console.print(f"CPU energy: not available ({cpu_reason})")
+    console.print(f"Settings: {_settings_source()}", markup=False)
+
+
+def _settings_source() -> str:
+    """Which settings files apply here (found from the working directory up)."""
+    from footprint.config import resolve_settings
+
+    try:
+        return resolve_settings().config_source
+    except ValueError as exc:  # the settings are invalid: say so, the rest stands
+        return f"invalid: {exc}"
 
 
 def regions(
