@@ -31,7 +31,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from footprint._clock import SYSTEM_CLOCK
 from footprint.runtime.protocol import MAX_BATCH_BYTES, decode_batch, encode_batch
+from footprint.runtime.spans import SpanQueue
 
 HOST = socket.gethostname()
 SENSOR = "simulated:gpus=1,idle_w=60,busy_w=400,workload=spans"
@@ -721,19 +723,13 @@ def test_group_socket_and_sighup_reload(folder):
 
 
 # -- the intake, in-process ------------------------------------------------------------
-class FakeRuntime:
-    """What ``SpanIntake`` uses of a runtime."""
+class FakeRuntime(SpanQueue):
+    """What ``SpanIntake`` uses of a runtime: the span queue, and a few more fields."""
 
     def __init__(self) -> None:
-        import itertools
-        from collections import deque
         from types import SimpleNamespace
 
-        self.ids = itertools.count()
-        self.inflight: dict = {}
-        self.ended: deque = deque()
-        self.max_pending = 1000
-        self.dropped_spans = 0
+        super().__init__(SYSTEM_CLOCK, max_pending=1000)
         self.drives_simulator = False
         self.settings = SimpleNamespace(max_span_age_s=3600.0)
         self.host = HOST
@@ -743,7 +739,8 @@ class FakeRuntime:
         self.losses: dict[str, int] = {}
         self.writer = SimpleNamespace(count_loss=self._count_loss)
 
-    def _count_loss(self, kind: str, count: int) -> None:
+    def _count_loss(self, kind: str, count: int, host: str | None = None,
+                    pid: int | None = None) -> None:  # fmt: skip
         self.losses[kind] = self.losses.get(kind, 0) + count
 
     def abandon(self, span_id: int) -> None:

@@ -100,7 +100,7 @@ def test_numbers_in_range_are_taken():
     )
     (end,) = batch.ends
     assert end.ttft_s == 0.4 and end.end_s - end.start_s >= end.ttft_s
-    assert end.id == 2**63 - 1 and end.output_tokens == 2**40 - 1
+    assert end.span_id == 2**63 - 1 and end.output_tokens == 2**40 - 1
     # a time before the daemon's boot is another clock's: the clock check names it
     assert batch.starts[0].start_s == -3600.0 and batch.lost == {"record_failed": 7}
 

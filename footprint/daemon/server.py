@@ -171,7 +171,7 @@ class Daemon:
         try:
             self.intake.apply(batch, peer.conn, transit_s=max(0.0, waited_s))
         except ProtocolError as exc:  # counted by the intake
-            refused = [e.id for e in batch.ends] if batch.ack else None
+            refused = [e.span_id for e in batch.ends] if batch.ack else None
             self.unix.reply(peer, encode_reply(str(exc), exc.reason, refused))
 
     def _send_acks(self) -> None:

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from footprint.runtime.local import Runtime
-from footprint.runtime.protocol import CLOCK_TOLERANCE_S, Batch, ProtocolError, SpanEnd
+from footprint.runtime.protocol import CLOCK_TOLERANCE_S, Batch, ProtocolError
 from footprint.runtime.spans import EndedSpan
 
 log = logging.getLogger("footprint")
@@ -299,7 +299,7 @@ class SpanIntake:
     def _start_spans(self, client: _Client, batch: Batch) -> None:
         """(Under ``_lock``.) The batch's starts, into the runtime's in-flight spans."""
         runtime = self.runtime
-        spans, inflight = client.spans, runtime.inflight
+        spans = client.spans
         for start in batch.starts:
             if start.id in spans:  # sent again after a reconnection: already known
                 self.oddities["duplicate_start"] += 1
@@ -307,12 +307,11 @@ class SpanIntake:
             if client.abandoned and start.id in client.abandoned:
                 self.oddities["started_after_abandoned"] += 1  # counted as lost already
                 continue
-            if len(inflight) >= runtime.max_pending:  # its end will still make a record
+            sid = runtime.begin_at(start.start_s, start.gpus)
+            if sid is None:  # in flight already at the limit: its end still makes a record
                 self.oddities["start_not_tracked"] += 1
                 continue
-            sid = next(runtime.ids)
             spans[start.id] = (sid, start.start_s, start.gpus)
-            inflight[sid] = (start.start_s, start.gpus)
             if runtime.drives_simulator:
                 runtime.begin_simulated_load(start.gpus, start.start_s)
 
@@ -322,18 +321,18 @@ class SpanIntake:
         span ids to acknowledge at once (``acking``: ends not taken, settled already)."""
         settled_now: list[int] = []
         for end in batch.ends:
-            span_key = None if batch.session is None else f"{batch.session}:{end.id}"
+            span_key = None if batch.session is None else f"{batch.session}:{end.span_id}"
             if not self._end_span(client, batch, end, span_key, stored, acking, now_s) and acking:
-                settled_now.append(end.id)
+                settled_now.append(end.span_id)
         return settled_now
 
-    def _end_span(self, client: _Client, batch: Batch, end: SpanEnd, span_key: str | None,
+    def _end_span(self, client: _Client, batch: Batch, end: EndedSpan, span_key: str | None,
                   stored: set[str] | None, acking: Connection | None,
                   now_s: float) -> bool:  # fmt: skip
         """(Under ``_lock``.) One end: True if taken (its acknowledgement waits for its
         record), False if settled now (one this daemon or a former one has, a late end
         of an abandoned span, or one dropped for want of room: counted)."""
-        if client.seen_end(end.id, now_s, self.runtime.max_pending):
+        if client.seen_end(end.span_id, now_s, self.runtime.max_pending):
             self.oddities["duplicate_end"] += 1  # sent again: it has its record
             return False
         if stored and span_key in stored:  # a daemon before this one stored it
@@ -345,61 +344,53 @@ class SpanIntake:
             return False
         return self._take_end(sid, batch, end, span_key, acking)
 
-    def _close_stored(self, client: _Client, end: SpanEnd) -> None:
+    def _close_stored(self, client: _Client, end: EndedSpan) -> None:
         """A span whose record a former daemon stored: started here too, it is closed,
         never a record."""
         runtime = self.runtime
-        entry = client.spans.pop(end.id, None)
+        entry = client.spans.pop(end.span_id, None)
         if entry is not None:
             runtime.abandon(entry[0])
             if runtime.drives_simulator:
                 runtime.end_simulated_load(entry[2], end.end_s)
 
-    def _span_id_of_end(self, client: _Client, end: SpanEnd) -> int | None:
+    def _span_id_of_end(self, client: _Client, end: EndedSpan) -> int | None:
         """The runtime's id of the span ``end`` ends: the one its start was given, or a
         new one (its start never seen); None for a span closed as abandoned (counted)."""
         runtime = self.runtime
         drives = runtime.drives_simulator
-        entry = client.spans.pop(end.id, None)
+        entry = client.spans.pop(end.span_id, None)
         if entry is not None:
             if drives:
                 runtime.end_simulated_load(entry[2], end.end_s)
             return entry[0]
-        if client.abandoned and end.id in client.abandoned:
-            del client.abandoned[end.id]  # closed as abandoned: counted there
+        if client.abandoned and end.span_id in client.abandoned:
+            del client.abandoned[end.span_id]  # closed as abandoned: counted there
             self.oddities["ended_after_abandoned"] += 1
             return None
-        sid = next(runtime.ids)
+        sid = runtime.new_span_id()
         if drives:
             runtime.begin_simulated_load(end.gpus, end.start_s)
             runtime.end_simulated_load(end.gpus, end.end_s)
         return sid
 
-    def _take_end(self, sid: int, batch: Batch, end: SpanEnd, span_key: str | None,
+    def _take_end(self, sid: int, batch: Batch, end: EndedSpan, span_key: str | None,
                   acking: Connection | None) -> bool:  # fmt: skip
         """Queue the ended span for the runtime's resolver (True), or drop it when the
         queue is full (False: counted, settled)."""
-        runtime = self.runtime
-        taken = len(runtime.ended) < runtime.max_pending
-        if taken:
-            if acking is not None:
-                self._ack_of[sid] = (acking, end.id)
-                acking.awaiting += 1
-            runtime.ended.append(
-                EndedSpan(sid, end.start_s, end.end_s, end.model, end.tags, end.status,
-                          end.error_type, end.input_tokens, end.output_tokens,
-                          end.ttft_s, end.gpus, batch.pid, batch.host, span_key)
-            )  # fmt: skip
-        else:
-            runtime.dropped_spans += 1  # counted: settled
-        runtime.inflight.pop(sid, None)
+        span = end._replace(span_id=sid, pid=batch.pid, host=batch.host, key=span_key,
+                            resent=False)  # fmt: skip
+        taken = self.runtime.queue(span)  # full: counted in dropped_spans, settled
+        if taken and acking is not None:
+            self._ack_of[sid] = (acking, end.span_id)
+            acking.awaiting += 1
         return taken
 
     def _stored_keys(self, batch: Batch) -> set[str] | None:
         """The keys of the batch's ``resent`` ends that are stored already (one query on
         the runtime's open store, outside the intake's lock); None when there is nothing
         to look up, or the lookup failed (counted: those ends are applied)."""
-        keys = [f"{batch.session}:{end.id}" for end in batch.ends if end.resent]
+        keys = [f"{batch.session}:{end.span_id}" for end in batch.ends if end.resent]
         if not keys:
             return None
         store = getattr(self.runtime.writer, "store", None)  # never opened here: the writer's
@@ -457,11 +448,11 @@ class SpanIntake:
 
     def _wait_for_room(self, count: int) -> None:
         runtime = self.runtime
-        if len(runtime.ended) + count <= runtime.max_pending:
+        if runtime.has_room(count):
             return
         deadline_s = time.monotonic() + BACKPRESSURE_WAIT_S
         self.oddities["backpressure_waits"] += 1
-        while len(runtime.ended) + count > runtime.max_pending:
+        while not runtime.has_room(count):
             if time.monotonic() >= deadline_s:
                 return  # what does not fit is dropped and counted (dropped_spans)
             runtime.request_flush()

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from footprint._sanitize import MAX_TOKENS
+from footprint.runtime.spans import EndedSpan
 
 MAX_BATCH_BYTES = 1 << 20  # 1 MiB per line or request body
 MAX_SPANS_PER_BATCH = 20_000
@@ -119,28 +120,12 @@ class SpanStart:
 
 
 @dataclass(frozen=True)
-class SpanEnd:
-    id: int
-    start_s: float
-    end_s: float
-    model: str
-    tags: dict
-    status: str
-    error_type: str | None
-    input_tokens: int | None
-    output_tokens: int | None
-    ttft_s: float | None
-    gpus: tuple | None
-    resent: bool = False  # sent before, unacknowledged: perhaps stored already
-
-
-@dataclass(frozen=True)
 class Batch:
     pid: int
     host: str
     monotonic_s: float | None
     starts: list[SpanStart]
-    ends: list[SpanEnd]
+    ends: list[EndedSpan]  # span_id: the client's; pid, host and key not set yet
     ack: bool = False  # acknowledge its ends (on the socket)
     lost: dict[str, int] | None = None  # the client's own loss counts since its last batch
     session: str | None = None  # the client process's random token (its ends' span_key)
@@ -249,7 +234,7 @@ def _start(item: Any, n: int) -> SpanStart:
                      _gpus(item.get("gpus"), where))  # fmt: skip
 
 
-def _end(item: Any, n: int) -> SpanEnd:
+def _end(item: Any, n: int) -> EndedSpan:
     where = f"ends[{n}]"
     if not isinstance(item, dict):
         raise ProtocolError(f"{where} must be an object")
@@ -283,11 +268,11 @@ def _end(item: Any, n: int) -> SpanEnd:
     resent = item.get("resent", False)
     if not isinstance(resent, bool):
         raise ProtocolError(f"{where}.resent must be true or false")
-    return SpanEnd(
+    return EndedSpan(
         _id(item["id"], where), start_s, end_s, model, tags, status, error_type,
         _tokens(item.get("input_tokens"), f"{where}.input_tokens"),
         _tokens(item.get("output_tokens"), f"{where}.output_tokens"),
-        ttft_s, _gpus(item.get("gpus"), where), resent,
+        ttft_s, _gpus(item.get("gpus"), where), resent=resent,
     )  # fmt: skip
 
 

@@ -43,6 +43,7 @@ class EndedSpan(NamedTuple):
     # The daemon's clients: "<session>:<client span id>", stored as ``span_key`` (how the
     # next daemon recognises an end sent again); None in-process.
     key: str | None = None
+    resent: bool = False  # a client's end sent before, unacknowledged: perhaps stored already
 
 
 # Values replaced so that their record can be stored (``footprint._sanitize``).
@@ -131,6 +132,35 @@ class SpanQueue:
             self.warn_once("queue", "footprint: span queue full; dropping and counting spans")
         self.inflight.pop(span_id, None)
         return end_s
+
+    # -- spans made elsewhere (the daemon's intake of its clients' spans) ------------
+    def begin_at(self, start_s: float, gpus: tuple | None) -> int | None:
+        """A call that started at ``start_s`` in another process: its span id here, or
+        None when ``max_pending`` calls run already (its end will still be taken)."""
+        if len(self.inflight) >= self.max_pending:
+            return None
+        span_id = next(self.ids)
+        self.inflight[span_id] = (start_s, gpus)
+        return span_id
+
+    def new_span_id(self) -> int:
+        """An id for a span whose start was never seen here (its end comes alone)."""
+        return next(self.ids)
+
+    def has_room(self, count: int) -> bool:
+        """Whether ``count`` more ended spans fit in the queue now."""
+        return len(self.ended) + count <= self.max_pending
+
+    def queue(self, span: EndedSpan) -> bool:
+        """Queue a span that ended in another process; False (counted in
+        ``dropped_spans``) when the queue is full."""
+        taken = len(self.ended) < self.max_pending
+        if taken:
+            self.ended.append(span)
+        else:
+            self.dropped_spans += 1
+        self.inflight.pop(span.span_id, None)
+        return taken
 
     def warn_once(self, key: str, message: str) -> None:
         """One ``FootprintWarning`` per ``key`` for this runtime's life."""
