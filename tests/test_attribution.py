@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from footprint._clock import ManualClock
 from footprint.attribution import DeviceResolver
-from footprint.bench.accuracy import _truth_j
+from footprint.bench.accuracy_truth import truth_j
 from footprint.sampling import Sampler
 from footprint.sensors.simulated import SimulatedGpuSpec, SimulatedSensor
 
@@ -162,7 +162,7 @@ def _run_workload(spans, spec, poll_s=0.05, seed=3, start_s=5000.0):
 
 def _truth(gpu, spans):
     """The overlap rule at infinite resolution: each constant-set segment split equally."""
-    return _truth_j(spans, gpu.true_energy_j)
+    return truth_j(spans, gpu.true_energy_j)
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.05])

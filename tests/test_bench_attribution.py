@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from footprint.bench.accuracy import _truth_j
+from footprint.bench.accuracy_truth import truth_j
 from footprint.bench.attribution import resolve_cost
 from footprint.cli import main
 
@@ -28,7 +28,7 @@ def test_accuracy_truth_splits_each_stretch_among_the_spans_running():
     def energy_j(a, b):  # 100 W flat
         return 100.0 * (b - a)
 
-    truth = _truth_j([(0.0, 2.0), (1.0, 3.0), (1.5, 1.5)], energy_j)
+    truth = truth_j([(0.0, 2.0), (1.0, 3.0), (1.5, 1.5)], energy_j)
     assert truth == pytest.approx([150.0, 150.0, 0.0])
 
 

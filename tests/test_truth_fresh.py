@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from footprint.bench.accuracy import Scenario, run_scenario
+from footprint.bench.accuracy import run_scenario
+from footprint.bench.accuracy_scenarios import Scenario
 
 pytestmark = pytest.mark.slow
 

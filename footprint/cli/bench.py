@@ -176,8 +176,9 @@ def bench_accuracy(
     """Attribution error against exact energy, in fixed scenarios, each in fresh processes
     whose first footprint action is the call, on the simulated GPU and on the NVML code
     path (a fake pynvml with an ideal and a part-time counter)."""
-    from footprint.bench.accuracy import PATHS, SCENARIOS, run
+    from footprint.bench.accuracy import run
     from footprint.bench.accuracy import write as write_figures
+    from footprint.bench.accuracy_scenarios import PATHS, SCENARIOS
 
     known = [s.name for s in SCENARIOS]
     for name in scenario or []:

@@ -14,26 +14,30 @@ from typing import Any
 from footprint.reporting import units
 from footprint.reporting.charts import Chart, model_colors
 from footprint.reporting.content import (
-    FACTOR_HEADERS,
     TITLE,
     Change,
     Table,
-    capacity_table,
-    factor_rows,
     fmt,
-    group_table,
-    group_title,
     lookup,
-    model_tables,
     period_filters,
     period_text,
     pm,
-    sources,
     summary_cards,
+)
+from footprint.reporting.factor_tables import (
+    FACTOR_HEADERS,
+    factor_rows,
+    sources,
     what_if_table,
     what_if_words,
 )
 from footprint.reporting.methodology import methodology
+from footprint.reporting.tables import (
+    capacity_table,
+    group_table,
+    group_title,
+    model_tables,
+)
 
 CSS = """
 :root{--ink:#0f172a;--muted:#64748b;--line:#e2e8f0;--soft:#f8fafc;--accent:#0f766e;

@@ -8,26 +8,30 @@ from typing import Any
 from footprint.reporting import units
 from footprint.reporting.charts import Chart
 from footprint.reporting.content import (
-    FACTOR_HEADERS,
     TITLE,
     Change,
     Table,
-    capacity_table,
     cell,
     change_text,
-    factor_rows,
     fmt,
-    group_table,
-    group_title,
     lookup,
-    model_tables,
     period_filters,
-    sources,
     summary_cards,
+)
+from footprint.reporting.factor_tables import (
+    FACTOR_HEADERS,
+    factor_rows,
+    sources,
     what_if_table,
     what_if_words,
 )
 from footprint.reporting.methodology import methodology
+from footprint.reporting.tables import (
+    capacity_table,
+    group_table,
+    group_title,
+    model_tables,
+)
 
 
 def _md_cell(text: str) -> str:

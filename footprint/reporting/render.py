@@ -1,9 +1,9 @@
 """Writing a report: HTML (``html_report``), Markdown with PNG charts (``markdown_report``),
 CSV and JSON (``csv_report``), all from the data of ``build_report``.
 
-What the formats share (cards, tables, wording) is in ``content``, the method in
-``methodology``, the charts in ``charts``. No wall-clock date is written anywhere, so the
-same data gives the same files.
+What the formats share is in ``content`` (cards, wording), ``tables`` and
+``factor_tables``, the method in ``methodology``, the charts in ``charts``. No wall-clock
+date is written anywhere, so the same data gives the same files.
 """
 
 from __future__ import annotations

@@ -19,38 +19,32 @@ one that is only busy: the counts of records dropped meanwhile are kept at once 
 the next process finds them (the side file, else its reserve on a full disk, else a
 fallback file under the runtime directory: ``sidefile.save``), not only in memory, at
 most every ``SPILL_EVERY_S``. A full disk is said in one line (again at most every
-``DISK_FULL_LOG_EVERY_S``), naming where the counts go.
+``DISK_FULL_LOG_EVERY_S``), naming where the counts go. The loss counts and where they
+are kept are ``footprint.storage.losses``.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import errno
 import logging
 import threading
-import time
-from collections import Counter
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NoReturn
 
 from footprint._forksafe import no_fork
+from footprint.storage.losses import (
+    Backlog,
+    LossCounts,
+    LossKey,
+    counts_text,
+    loss_rows,
+    row_counts,
+)
 
 log = logging.getLogger("footprint")
 
 BATCH_ROWS = 5_000  # per transaction; also how long a fork may wait (~50 ms)
-SPILL_EVERY_S = 5.0  # counts of records dropped while the database stays unwritable
-DISK_FULL_LOG_EVERY_S = 600.0
 _FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
-
-
-class LossKey(NamedTuple):
-    """What a loss count is kept under: its kind and the process it belongs to (the
-    writer's own, or a daemon client's, so a client's counts are attributed to it)."""
-
-    kind: str
-    host: str
-    pid: int
 
 
 class Writer:
@@ -76,7 +70,7 @@ class Writer:
         self.db = db
         self.records: list[dict[str, Any]] = []
         self.idle_rows: list[dict[str, Any]] = []
-        self._losses: Counter[LossKey] = Counter()
+        self._losses = LossCounts(host, pid, self._database_path)
         self.written = 0
         self.dropped = 0
         self.rejected = 0  # records the database refused for their values, dropped
@@ -87,8 +81,6 @@ class Writer:
         self._written_since_open = 0
         self._warned: set[str] = set()
         self.unwritable: str | None = None  # why the last flush failed, if it stays so
-        self._spilled_at: float | None = None
-        self._disk_full_said_at: float | None = None
         self._lock = threading.RLock()
 
     def open_store(self) -> Any:
@@ -106,12 +98,11 @@ class Writer:
         Returns the records given up."""
         with self._lock:
             lost = len(self.records)
-            kinds = Counter(self._losses)
-            kinds[self._own("unsaved_at_exit")] += lost
-            kinds[self._own("unsaved_idle_rows")] += len(self.idle_rows)
+            kinds = self._losses.take_all()
+            kinds[self._losses.own("unsaved_at_exit")] += lost
+            kinds[self._losses.own("unsaved_idle_rows")] += len(self.idle_rows)
             self.records.clear()
             self.idle_rows.clear()
-            self._losses.clear()
             self.dropped += lost
             kinds = +kinds  # positive counts only
             if kinds:
@@ -125,49 +116,9 @@ class Writer:
         Returns that file, or None when there is none (PostgreSQL, nothing writable):
         then they are only logged. Takes no lock: the runtime may call it while a write
         still hangs at exit. Plain kinds are this writer's process's own."""
-        from footprint.storage import sidefile
-
-        keyed = self._keyed(kinds)
-        path = self._database_path()
-        where = self._save_side(path, keyed) if path is not None else None
-        if where is not None and path is not None:
-            self.losses_saved_to = str(where)
-            side = sidefile.side_path(path)
-            log.warning(
-                "footprint: could not store before exit: %s; counted in %s%s, moved into the "
-                "losses table when the database can be written",
-                _counts_text(keyed),
-                where,
-                "" if where == side else f" ({side} could not be written)",
-            )
-            return str(where)
-        log.warning(
-            "footprint: could not store before exit, nor count it in the database: %s",
-            _counts_text(keyed),
-        )
-        return None
-
-    def _own(self, kind: str) -> LossKey:
-        return LossKey(kind, self.host, self.pid)
-
-    def _keyed(self, kinds: Mapping[str, int] | Mapping[LossKey, int]) -> Counter[LossKey]:
-        return Counter(
-            {key if isinstance(key, LossKey) else self._own(key): n for key, n in kinds.items()}
-        )
-
-    def _save_side(self, path: str, counts: Counter[LossKey]) -> Path | None:
-        """``sidefile.save`` for each process the counts belong to; the last file written
-        (None when one of them could not be written anywhere)."""
-        from footprint.storage import sidefile
-
-        by_process: dict[tuple[str, int], dict[str, int]] = {}
-        for key, count in counts.items():
-            by_process.setdefault((key.host, key.pid), {})[key.kind] = count
-        where: Path | None = None
-        for (host, pid), kinds in by_process.items():
-            where = sidefile.save(path, kinds, host, pid)
-            if where is None:
-                return None
+        where = self._losses.save(kinds)
+        if where is not None:
+            self.losses_saved_to = where
         return where
 
     def journal_base(self) -> str | None:
@@ -219,11 +170,11 @@ class Writer:
             if overflow > 0:
                 del self.records[:overflow]
                 self.dropped += overflow
-                self._losses[self._own("write_failed")] += overflow
+                self._losses.add("write_failed", overflow)
             idle_overflow = len(self.idle_rows) - self.max_buffered
             if idle_overflow > 0:
                 del self.idle_rows[:idle_overflow]
-                self._losses[self._own("idle_rows_overflow")] += idle_overflow
+                self._losses.add("idle_rows_overflow", idle_overflow)
 
     def count_loss(
         self, kind: str, count: int, host: str | None = None, pid: int | None = None
@@ -231,11 +182,8 @@ class Writer:
         """Record ``count`` things lost for ``kind``; written with the next batch, under
         ``host`` and ``pid`` (a daemon client's) or else this writer's process."""
         if count > 0:
-            key = LossKey(
-                kind, self.host if host is None else host, self.pid if pid is None else pid
-            )
             with self._lock:
-                self._losses[key] += count
+                self._losses.add(kind, count, host, pid)
 
     def flush(self) -> int:
         """Write everything buffered; returns the number of records written.
@@ -252,8 +200,8 @@ class Writer:
             while self.records or self.idle_rows or self._losses:
                 records = self.records[:BATCH_ROWS]
                 idle = self.idle_rows[:BATCH_ROWS]
-                counts = +self._losses
-                losses = self._loss_rows(counts)
+                counts = self._losses.pending()
+                losses = loss_rows(counts)
                 try:
                     with no_fork():
                         self.open_store()  # failing to open is never about the rows
@@ -271,7 +219,7 @@ class Writer:
                     continue
                 del self.records[: len(records)]
                 del self.idle_rows[: len(idle)]
-                self._losses -= counts
+                self._losses.settle(counts)
                 self._count_written(len(records))
                 written += len(records)
             self.unwritable = None
@@ -286,12 +234,6 @@ class Writer:
         # locks held mid-write by this thread.
         with no_fork():
             self.open_store().insert(records, idle, losses)
-
-    def _loss_rows(self, counts: Counter[LossKey]) -> list[dict[str, Any]]:
-        now = _dt.datetime.now(_dt.timezone.utc)
-        return [
-            {"recorded_at": now, "count": count, **key._asdict()} for key, count in counts.items()
-        ]
 
     def _count_written(self, n: int) -> None:
         self.written += n
@@ -313,7 +255,9 @@ class Writer:
         else:
             spilled = self._spill() if reason is not None else None
             if reason == "disk full":
-                self._say_disk_full(exc, spilled)
+                backlog = Backlog(len(self.records), self.dropped, self.max_buffered)
+                url = getattr(self.store, "url", None) or self.db
+                self._losses.say_disk_full(exc, spilled, backlog, url)
             elif "write" not in self._warned:
                 self._warned.add("write")
                 log.warning("footprint: could not write records: %s", self.last_error)
@@ -321,53 +265,11 @@ class Writer:
 
     def _spill(self) -> str | None:
         """While the database stays unwritable: keep the counts of records dropped so far
-        where the next process finds them (``sidefile.save``), at most every
-        ``SPILL_EVERY_S``, instead of in memory only. Returns the file, if written."""
-        counts = +self._losses
-        now = time.monotonic()
-        if not counts or (self._spilled_at is not None and now - self._spilled_at < SPILL_EVERY_S):
-            return None
-        path = self._database_path()
-        if path is None:
-            return None
-        self._spilled_at = now
-        with no_fork():  # a child must not inherit the side file's lock
-            where = self._save_side(path, counts)
-        if where is None:
-            return None
-        self._losses -= counts
-        self.losses_saved_to = str(where)
-        return str(where)
-
-    def _say_disk_full(self, exc: Exception, spilled: str | None) -> None:
-        """One line for a full disk, again at most every ``DISK_FULL_LOG_EVERY_S``."""
-        from footprint.storage import sidefile
-
-        now = time.monotonic()
-        said = self._disk_full_said_at
-        if said is not None and now - said < DISK_FULL_LOG_EVERY_S:
-            return
-        self._disk_full_said_at = now
-        path = self._database_path()
-        if spilled is not None:
-            where = spilled
-        elif path is not None:
-            fallback = sidefile.fallback_paths(path)[0]
-            where = f"{sidefile.side_path(path)}, else {fallback}"
-        else:
-            where = "the log at exit"
-        orig = getattr(exc, "orig", None) or exc
-        log.warning(
-            "footprint: disk full at %s (%s): %d records not stored so far (%d kept in memory "
-            "to retry, up to %d; %d dropped); what is not stored is counted in %s",
-            path or _url_text(getattr(self.store, "url", None) or self.db),
-            str(orig).splitlines()[0] if str(orig) else type(orig).__name__,
-            len(self.records) + self.dropped,
-            len(self.records),
-            self.max_buffered,
-            self.dropped,
-            where,
-        )
+        where the next process finds them (``LossCounts.spill``). Returns the file."""
+        where = self._losses.spill()
+        if where is not None:
+            self.losses_saved_to = where
+        return where
 
     def _check_file(self) -> None:
         """Before a flush: is the SQLite file open still the one at its path?
@@ -399,7 +301,7 @@ class Writer:
         old = self.store
         self.close()
         getattr(old, "discard_old_log", lambda: None)()
-        self._losses[self._own("database_replaced")] += 1
+        self._losses.add("database_replaced", 1)
 
     def _isolate(
         self, records: list[dict], idle: list[dict], losses: list[dict], error: Exception
@@ -434,11 +336,11 @@ class Writer:
             except Exception as refused:
                 if not _is_data_error(refused):
                     raise
-                counts = _counts_text(_row_counts(losses))
+                counts = counts_text(row_counts(losses))
                 log.warning("footprint: loss counts refused, not stored: %s (%s)", counts, refused)
         else:
             del self.idle_rows[: len(idle)]
-        self._losses -= _row_counts(losses)
+        self._losses.settle(row_counts(losses))
         return written
 
     def _bisect(
@@ -479,7 +381,7 @@ class Writer:
     def _reject(self, kind: str, error: Exception) -> None:
         orig = getattr(error, "orig", None) or error
         name = f"{kind}:{type(orig).__name__}"
-        self._losses[self._own(name)] += 1
+        self._losses.add(name, 1)
         if kind == "rejected":
             self.rejected += 1
         if name not in self._warned:
@@ -528,28 +430,6 @@ def _unwritable(exc: BaseException) -> str | None:
             return "folder removed"
         current = getattr(current, "orig", None) or current.__cause__ or current.__context__
     return None
-
-
-def _url_text(url: str | None) -> str:
-    """A database URL as a message names it: no password."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url or "").render_as_string(hide_password=True)
-    except Exception:
-        return "the database"
-
-
-def _row_counts(rows: list[dict[str, Any]]) -> Counter[LossKey]:
-    return Counter({LossKey(row["kind"], row["host"], row["pid"]): row["count"] for row in rows})
-
-
-def _counts_text(counts: Mapping[LossKey, int]) -> str:
-    """``3 write_failed, 2 unsaved_at_exit``: the counts summed by kind."""
-    summed: Counter[str] = Counter()
-    for key, count in counts.items():
-        summed[key.kind] += count
-    return ", ".join(f"{count} {kind}" for kind, count in summed.items())
 
 
 class WriteFailed(RuntimeError):

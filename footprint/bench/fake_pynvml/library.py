@@ -1,0 +1,167 @@
+"""The fake ``pynvml`` library itself: ``make_fake_pynvml`` builds a module whose functions
+are those of a ``FakeNvmlState`` (GPUs, clock, init refcount, call log), with the codes
+and exceptions of ``errors``."""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Sequence
+
+from footprint.bench.fake_pynvml import errors
+from footprint.bench.fake_pynvml.errors import (
+    ERROR_STRINGS,
+    NVML_ERROR_INVALID_ARGUMENT,
+    NVML_ERROR_NOT_FOUND,
+    NVML_ERROR_UNINITIALIZED,
+    NVMLError,
+    nvmlExceptionClass,
+)
+from footprint.bench.fake_pynvml.gpu import FakeClock, FakeGpu, SystemClock
+
+
+class _Handle:
+    """An opaque device handle, like ``c_nvmlDevice_t``."""
+
+    __slots__ = ("_gpu", "_owner")
+
+    def __init__(self, gpu: FakeGpu, owner: FakeNvmlState) -> None:
+        self._gpu = gpu
+        self._owner = owner
+
+    def __repr__(self) -> str:
+        return f"<fake c_nvmlDevice_t at {id(self):#x}>"
+
+
+class FakeNvmlState:
+    """The library's state behind one fake module: GPUs, clock, init refcount, call log."""
+
+    def __init__(
+        self,
+        gpus: Sequence[FakeGpu],
+        clock: FakeClock | SystemClock,
+        init_error: int | None,
+        driver_version: str,
+    ) -> None:
+        self.gpus = list(gpus)
+        self.clock = clock
+        self.init_error = init_error
+        self.driver_version = driver_version
+        self.init_refcount = 0
+        self.init_calls = 0
+        self.shutdown_calls = 0
+        for gpu in self.gpus:
+            gpu.attach(clock)
+
+    def _require_init(self) -> None:
+        if self.init_refcount == 0:
+            raise NVMLError(NVML_ERROR_UNINITIALIZED)
+
+    def _gpu(self, handle: object) -> FakeGpu:
+        self._require_init()
+        if not isinstance(handle, _Handle) or handle._owner is not self:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        return handle._gpu
+
+    def nvmlInitWithFlags(self, flags: int) -> None:
+        self.init_calls += 1
+        if self.init_error is not None:
+            raise NVMLError(self.init_error)
+        self.init_refcount += 1
+
+    def nvmlInit(self) -> None:
+        self.nvmlInitWithFlags(0)
+
+    def nvmlShutdown(self) -> None:
+        self.shutdown_calls += 1
+        self._require_init()
+        self.init_refcount -= 1
+
+    def nvmlErrorString(self, code: int) -> str:
+        return ERROR_STRINGS.get(code, "Unknown Error")
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        self._require_init()
+        return self.driver_version
+
+    def nvmlDeviceGetCount(self) -> int:
+        self._require_init()
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:
+        self._require_init()
+        if not 0 <= index < len(self.gpus):
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        gpu = self.gpus[index]
+        gpu._check_alive("nvmlDeviceGetHandleByIndex")
+        return _Handle(gpu, self)
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str | bytes) -> _Handle:
+        self._require_init()
+        text = uuid.decode() if isinstance(uuid, bytes) else uuid
+        for gpu in self.gpus:
+            if gpu.uuid == text:
+                gpu._check_alive("nvmlDeviceGetHandleByUUID")
+                return _Handle(gpu, self)
+        raise NVMLError(NVML_ERROR_NOT_FOUND)
+
+    def nvmlDeviceGetUUID(self, handle: object) -> str:
+        gpu = self._gpu(handle)
+        gpu._check_alive("nvmlDeviceGetUUID")
+        return gpu.uuid
+
+    def nvmlDeviceGetName(self, handle: object) -> str:
+        gpu = self._gpu(handle)
+        gpu._check_alive("nvmlDeviceGetName")
+        return gpu.name
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: object) -> int:
+        return self._gpu(handle).read_energy_mj()
+
+    def nvmlDeviceGetPowerUsage(self, handle: object) -> int:
+        return self._gpu(handle).read_power_mw()
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: object) -> int:
+        return self._gpu(handle).read_power_limit_mw()
+
+
+_FUNCTIONS = (
+    "nvmlInit",
+    "nvmlInitWithFlags",
+    "nvmlShutdown",
+    "nvmlErrorString",
+    "nvmlSystemGetDriverVersion",
+    "nvmlDeviceGetCount",
+    "nvmlDeviceGetHandleByIndex",
+    "nvmlDeviceGetHandleByUUID",
+    "nvmlDeviceGetUUID",
+    "nvmlDeviceGetName",
+    "nvmlDeviceGetTotalEnergyConsumption",
+    "nvmlDeviceGetPowerUsage",
+    "nvmlDeviceGetEnforcedPowerLimit",
+)
+
+
+def make_fake_pynvml(
+    gpus: Sequence[FakeGpu],
+    *,
+    clock: FakeClock | SystemClock | None = None,
+    init_error: int | None = None,
+    driver_version: str = "550.54.15",
+) -> types.ModuleType:
+    """A module object named ``pynvml`` driving ``gpus`` on ``clock`` (a new one if None).
+
+    ``init_error`` (an ``NVML_ERROR_*`` code) makes ``nvmlInit`` raise it, e.g.
+    ``NVML_ERROR_LIBRARY_NOT_FOUND`` for a machine without the driver. The module's
+    ``fake_state`` (``FakeNvmlState``) and ``fake_clock`` are for the test.
+    """
+    state = FakeNvmlState(gpus, clock or FakeClock(), init_error, driver_version)
+    module = types.ModuleType("pynvml", "Fake nvidia-ml-py for tests.")
+    for name in dir(errors):
+        if name.startswith(("NVML_", "NVMLError")):
+            setattr(module, name, getattr(errors, name))
+    module.nvmlExceptionClass = nvmlExceptionClass
+    for name in _FUNCTIONS:
+        setattr(module, name, getattr(state, name))
+    module.fake_state = state
+    module.fake_clock = state.clock
+    return module

@@ -1,0 +1,167 @@
+"""The report's tables of figures: per model (energy, cost, intensity), per ``--by`` group,
+per GPU (capacity). Cells are JSON paths, rendered by the HTML and Markdown reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from footprint.reporting.content import Table
+from footprint.reporting.figures import TOP_MODELS, shown_models
+from footprint.reporting.request import group_key, tag_name
+
+
+def others_words(report: dict[str, Any]) -> str:
+    """How the per-model tables are cut, when they are (empty when every model is shown)."""
+    others = report.get("others")
+    if not others:
+        return ""
+    return (
+        f"; the {TOP_MODELS} models with the most CO2e, then the other "
+        f"{others['models']:,} added up (the JSON and CSV reports list every model)"
+    )
+
+
+ENERGY_COLUMNS = (
+    ("queries", "Queries", "count"),
+    ("errors", "Errors", "count"),
+    ("output_tokens", "Output tokens", "count"),
+    ("energy_kwh", "Energy (attributed)", "energy"),
+    ("energy_uncertainty_kwh", "± bound", "energy"),
+    ("idle_energy_kwh", "Idle share", "energy"),
+    ("fully_loaded_energy_kwh", "Energy (fully loaded)", "energy"),
+    ("co2e_g", "CO2e", "mass"),
+    ("fully_loaded_co2e_g", "CO2e (fully loaded)", "mass"),
+    ("fully_loaded_embodied_co2e_g", "Embodied (time held)", "mass"),
+)
+COST_COLUMNS = (
+    ("gpu_hours_busy", "GPU-hours busy", "number"),
+    ("gpu_hours_held", "GPU-hours held", "number"),
+    ("utilisation", "Utilisation", "percent"),
+    ("energy_cost_usd", "Electricity", "money"),
+    ("compute_cost_usd", "GPU time", "money"),
+    ("cost_usd", "Cost (attributed)", "money"),
+    ("fully_loaded_compute_cost_usd", "GPU time (fully loaded)", "money"),
+    ("fully_loaded_cost_usd", "Cost (fully loaded)", "money"),
+)
+INTENSITY_COLUMNS = (
+    ("per_query.energy_wh.mean", "Wh/query mean", "wh"),
+    ("per_query.energy_wh.p50", "p50", "wh"),
+    ("per_query.energy_wh.p95", "p95", "wh"),
+    ("per_query.co2e_g.mean", "gCO2e/query mean", "mass"),
+    ("per_query.co2e_g.p95", "p95", "mass"),
+    ("per_query.cost_usd.mean", "$/query mean", "money"),
+    ("per_query.cost_usd.p95", "p95", "money"),
+    ("per_1k_output_tokens.energy_wh", "Wh /1k tok", "wh"),
+    ("per_1k_output_tokens.co2e_g", "CO2e /1k tok", "mass"),
+    ("per_1k_output_tokens.cost_usd", "$ /1k tok", "money"),
+    ("j_per_output_token", "J/token", "number"),
+    ("sci.per_query_g", "SCI /query", "mass"),
+    ("sci.per_1k_output_tokens_g", "SCI /1k tok", "mass"),
+)
+GROUP_COLUMNS = (
+    ("queries", "Queries", "count"),
+    ("output_tokens", "Output tokens", "count"),
+    ("energy_kwh", "Energy (attributed)", "energy"),
+    ("energy_uncertainty_kwh", "± bound", "energy"),
+    ("idle_energy_kwh", "Idle", "energy"),
+    ("co2e_g", "CO2e", "mass"),
+    ("fully_loaded_co2e_g", "CO2e (fully loaded)", "mass"),
+    ("gpu_hours_busy", "GPU-hours busy", "number"),
+    ("gpu_hours_held", "GPU-hours held", "number"),
+    ("cost_usd", "Cost (attributed)", "money"),
+    ("fully_loaded_cost_usd", "Cost (fully loaded)", "money"),
+)
+
+
+def _model_table(report: dict[str, Any], columns: tuple, totals: bool) -> Table:
+    rows = shown_models(report)
+    table = Table(
+        headers=["Model"] + [label for _, label, _ in columns],
+        rows=[
+            [name] + [(f"{path}.{key}", kind) for key, _, kind in columns] for path, _, name in rows
+        ],  # fmt: skip
+        paths=[path for path, _, _ in rows],
+    )
+    if totals:
+        table.foot = ["All models"] + [(f"totals.{key}", kind) for key, _, kind in columns]
+    return table
+
+
+def model_tables(report: dict[str, Any]) -> list[tuple[str, str, Table]]:
+    """(title, lead, table) of the per-model section."""
+    energy_lead = (
+        f"Totals over the period, sorted by CO2e{others_words(report)}. Energy is GPU "
+        "energy; CO2e includes the data centre's PUE. ± bound: the sum of the queries' "
+        "uncertainty bounds on their attributed energy (see Measurement uncertainty). Idle "
+        "share: the idle energy of the GPUs held, spread over their queries. Embodied: the "
+        "GPUs' manufacturing footprint over the time they were held. – : not known."
+    )
+    cost_lead = (
+        "Attributed: the GPU time the queries used. Fully loaded: with the idle time of "
+        "the GPUs held, at the $/GPU-hour of their queries. Rented GPUs cost their GPU time "
+        "(the hourly price includes electricity, shown beside it, not added); owned ones "
+        "their GPU time (hardware amortised per hour) plus electricity. See Cost."
+    )
+    return [
+        ("Energy and CO2e", energy_lead, _model_table(report, ENERGY_COLUMNS, True)),
+        ("Cost and capacity", cost_lead, _model_table(report, COST_COLUMNS, True)),
+        (
+            "Per query and per 1,000 output tokens",
+            "",
+            _model_table(report, INTENSITY_COLUMNS, False),
+        ),
+    ]
+
+
+def group_title(report: dict[str, Any]) -> tuple[str, str]:
+    """(section title, first column's header) of the --by table."""
+    by = report["by"]
+    name = tag_name(by)
+    if name is not None:
+        return f"By {name} (tag)", name
+    titles = {"day": "By day", "region": "By region", "host": "By host"}
+    return titles[by], group_key(by)
+
+
+def group_label(report: dict[str, Any], value: Any) -> str:
+    """A group's value as shown: ``(no NAME)`` for the queries without the tag."""
+    name = tag_name(report["by"])
+    if value is None:
+        return f"(no {name})" if name is not None else "(none)"
+    return str(value)
+
+
+def group_table(report: dict[str, Any]) -> Table:
+    key = group_key(report["by"])
+    _, header = group_title(report)
+    return Table(
+        headers=[header] + [label for _, label, _ in GROUP_COLUMNS],
+        rows=[
+            [group_label(report, g[key])]
+            + [(f"groups.{i}.{col}", kind) for col, _, kind in GROUP_COLUMNS]
+            for i, g in enumerate(report["groups"])
+        ],
+        foot=["All"] + [(f"totals.{col}", kind) for col, _, kind in GROUP_COLUMNS],
+    )
+
+
+def capacity_table(report: dict[str, Any]) -> Table | None:
+    gpus = report.get("capacity", {}).get("gpus") or []
+    if not gpus:
+        return None
+    columns = (("gpu_hours_held", "number"), ("gpu_hours_busy", "number"),
+               ("utilisation", "percent"), ("idle_energy_kwh", "energy"))  # fmt: skip
+    return Table(
+        headers=["GPU", "GPU-hours held", "busy", "Utilisation", "Idle energy"],
+        rows=[
+            [g["gpu"]] + [(f"capacity.gpus.{i}.{key}", kind) for key, kind in columns]
+            for i, g in enumerate(gpus)
+        ],
+        foot=[
+            "All GPUs",
+            ("totals.gpu_hours_held", "number"),
+            ("totals.gpu_hours_busy", "number"),
+            ("totals.utilisation", "percent"),
+            ("totals.idle_energy_kwh", "energy"),
+        ],  # fmt: skip
+    )
