@@ -338,8 +338,9 @@ def test_a_daemon_with_a_symlinked_gpu_lock_still_starts_and_leaves_the_target(t
 
 def test_the_client_splits_a_large_loss_count_under_the_bound():
     from footprint.config import resolve_settings
+    from footprint.runtime.discovery import Target
     from footprint.runtime.protocol import decode_batch
-    from footprint.runtime.remote import DaemonClient, Target
+    from footprint.runtime.remote import DaemonClient
 
     client = DaemonClient(resolve_settings({"sensor": "none"}), target=Target("unix", "/none"))
     client.dropped_spans = 2 * MAX_LOSS_COUNT + 5

@@ -27,6 +27,7 @@ import pytest
 import footprint
 from footprint.config import resolve_settings
 from footprint.runtime import presence
+from footprint.runtime.discovery import Target, choose
 from footprint.runtime.local import Runtime
 from footprint.runtime.protocol import (
     decode_batch,
@@ -34,7 +35,7 @@ from footprint.runtime.protocol import (
     encode_acks,
     encode_reply,
 )
-from footprint.runtime.remote import DaemonClient, Target, choose
+from footprint.runtime.remote import DaemonClient
 from footprint.tracking import get_runtime
 
 WAIT_S = 10.0  # generous: a loaded CI machine; nothing here asserts a duration

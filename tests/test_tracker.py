@@ -22,7 +22,8 @@ import pytest
 
 import footprint
 from footprint.config import Settings
-from footprint.runtime.remote import DaemonClient, Target
+from footprint.runtime.discovery import Target
+from footprint.runtime.remote import DaemonClient
 from footprint.runtime.spans import CORE_STATS, FootprintWarning
 from footprint.tracking import SettingsOverrides, Tracker
 

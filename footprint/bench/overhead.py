@@ -101,7 +101,8 @@ def _daemon_client_us(
     """Tracked no-op calls with the client of a (fake) daemon in place; and what the
     ``auto`` check at start-up costs (a non-blocking connect to the default socket)."""
     from footprint.config import resolve_settings
-    from footprint.runtime.remote import DaemonClient, choose
+    from footprint.runtime.discovery import choose
+    from footprint.runtime.remote import DaemonClient
     from footprint.tracking import get_runtime
 
     path = os.path.join(folder, "daemon.sock")
