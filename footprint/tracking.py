@@ -21,8 +21,9 @@ from footprint._calls import wrap as _wrap
 from footprint._clock import SYSTEM_CLOCK, Clock
 from footprint.config import Settings, check_files, resolve_settings
 from footprint.runtime import lifecycle
+from footprint.runtime.discovery import choose
 from footprint.runtime.local import Runtime
-from footprint.runtime.remote import DaemonClient, choose
+from footprint.runtime.remote import DaemonClient
 from footprint.runtime.spans import FootprintWarning, SpanSink
 
 if TYPE_CHECKING:

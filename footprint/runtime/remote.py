@@ -55,13 +55,13 @@ from footprint._clock import SYSTEM_CLOCK, Clock
 from footprint.config import Settings
 from footprint.runtime import lifecycle
 from footprint.runtime.acks import AckLedger, Answer
-from footprint.runtime.discovery import Target, choose, default_target
+from footprint.runtime.discovery import Target, default_target
 from footprint.runtime.outbox import Outbox
 from footprint.runtime.protocol import MAX_BATCH_BYTES, MAX_LOSS_COUNT, encode_batch
 from footprint.runtime.spans import BAD_VALUES, SpanQueue
 from footprint.runtime.transport import BACKOFF_MAX_S, Outcome, Reply, Transport, transport_for
 
-__all__ = ["DaemonClient", "choose"]  # choose: for footprint.tracking
+__all__ = ["DaemonClient"]
 
 # Span ids of every client of this process: a client started again by configure() must
 # not reuse its predecessor's ids, which the daemon keeps (per host and pid) to ignore
