@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from footprint.runtime.spans import SpanSink
@@ -275,7 +275,7 @@ class Query:
         self._runtime, self._span_id, self._start_s = self._site.begin()
         return self
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
         runtime = self._runtime
         if runtime is not None:
             status = "ok" if exc is None else _status_of(exc)
@@ -288,7 +288,7 @@ class Query:
     async def __aenter__(self) -> Query:
         return self.__enter__()
 
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
         return self.__exit__(exc_type, exc, tb)
 
 

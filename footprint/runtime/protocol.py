@@ -47,6 +47,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,7 @@ class Batch:
     session: str | None = None  # the client process's random token (its ends' span_key)
 
 
-def default_socket_path(environ: dict[str, str] | None = None) -> Path:
+def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
     """``$XDG_RUNTIME_DIR/footprint/daemon.sock``, else ``/run/footprint/daemon.sock``."""
     env = os.environ if environ is None else environ
     base = env.get("XDG_RUNTIME_DIR") or "/run"
@@ -184,7 +185,7 @@ def decode_batch(data: bytes | str) -> Batch:
         raise ProtocolError("a batch is a JSON object")
     _no_unknown(raw, _BATCH_KEYS, "batch")
     pid = raw.get("pid")
-    if not _is_int(pid) or not 0 < pid < MAX_PID:
+    if not isinstance(pid, int) or not _is_int(pid) or not 0 < pid < MAX_PID:
         raise ProtocolError("batch.pid must be a positive integer below 2^31")
     host = raw.get("host")
     if not isinstance(host, str) or not 0 < len(host) <= 255:
