@@ -7,7 +7,9 @@ measure, and hands each event to every one of them:
 - **fork**: each tracker drops the runtime it inherited without touching it (the parent
   owns those spans, and its locks may be held by threads that do not exist in the child)
   and starts its own on first use, so its records carry the child's pid. Other modules
-  of the runtime register their own child-side resets here (``at_fork_child``). A
+  of the runtime register their own child-side resets here (``at_fork_child``); the one
+  other fork hook of the package is ``footprint._forksafe``'s lock, a leaf the storage
+  layer below uses (it cannot import this module). A
   ``multiprocessing`` child leaves through ``os._exit``, which skips ``atexit``: its
   trackers are flushed by a ``multiprocessing`` finalizer instead;
 - **signals**: SIGTERM (and SIGINT when Python's KeyboardInterrupt is not in charge) ask
