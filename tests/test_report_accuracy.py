@@ -78,9 +78,20 @@ def test_source_digest_is_the_sha256_of_the_attribution_code_in_order():
     joined = b"".join(
         (package / name).read_bytes()
         for name in (
-            "attribution.py",
-            "sampling.py",
-            "sensors/simulated.py",
+            "attribution/__init__.py",
+            "attribution/energy.py",
+            "attribution/idle.py",
+            "attribution/resolver.py",
+            "attribution/shares.py",
+            "sampling/__init__.py",
+            "sampling/sampler.py",
+            "sampling/ticks.py",
+            "sampling/timeline.py",
+            "sensors/simulated/__init__.py",
+            "sensors/simulated/gpu.py",
+            "sensors/simulated/loads.py",
+            "sensors/simulated/sensor.py",
+            "sensors/simulated/spec.py",
             "sensors/nvml.py",
             "runtime/local.py",
         )

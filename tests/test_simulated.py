@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from footprint._clock import ManualClock
-from footprint.sampling import TickEstimator
+from footprint.sampling.ticks import TickEstimator
 from footprint.sensors.simulated import SimulatedGpu, SimulatedGpuSpec, SimulatedSensor
 
 
@@ -107,7 +107,7 @@ def _poll_windows(period_s, poll_s, n_polls, seed=4):
 
 
 def test_period_learner_finds_an_unannounced_counter_period():
-    from footprint.sampling import PeriodLearner
+    from footprint.sampling.ticks import PeriodLearner
 
     learner = PeriodLearner(poll_period_s=0.05)
     learned = None
@@ -119,7 +119,7 @@ def test_period_learner_finds_an_unannounced_counter_period():
 
 
 def test_period_learner_gives_up_on_counters_faster_than_polls():
-    from footprint.sampling import PeriodLearner
+    from footprint.sampling.ticks import PeriodLearner
 
     learner = PeriodLearner(poll_period_s=0.05)
     assert all(learner.observe(lo, hi) is None for lo, hi in _poll_windows(0.02, 0.05, 400))

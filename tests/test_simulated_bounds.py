@@ -13,13 +13,8 @@ import math
 import pytest
 
 from footprint._clock import ManualClock
-from footprint.sensors.simulated import (
-    MAX_STEPS,
-    MAX_TIME_SKEW_S,
-    PRUNE_EVERY,
-    SimulatedGpuSpec,
-    SimulatedSensor,
-)
+from footprint.sensors.simulated import SimulatedGpuSpec, SimulatedSensor
+from footprint.sensors.simulated.gpu import MAX_STEPS, MAX_TIME_SKEW_S, PRUNE_EVERY
 
 IDLE_W, BUSY_W = 60.0, 400.0
 # One call: 1/32 s busy, then 1/32 s idle; ticks every 1/8 s (binary fractions: exact

@@ -38,9 +38,20 @@ __all__ = ["DIGEST_FILES", "accuracy_path", "published_accuracy", "source_digest
 # The files whose bytes, concatenated in this order, make ``source_digest``: the code
 # whose accuracy the benchmark measures (paths inside the ``footprint`` package).
 DIGEST_FILES = (
-    "attribution.py",
-    "sampling.py",
-    "sensors/simulated.py",
+    "attribution/__init__.py",
+    "attribution/energy.py",
+    "attribution/idle.py",
+    "attribution/resolver.py",
+    "attribution/shares.py",
+    "sampling/__init__.py",
+    "sampling/sampler.py",
+    "sampling/ticks.py",
+    "sampling/timeline.py",
+    "sensors/simulated/__init__.py",
+    "sensors/simulated/gpu.py",
+    "sensors/simulated/loads.py",
+    "sensors/simulated/sensor.py",
+    "sensors/simulated/spec.py",
     "sensors/nvml.py",
     "runtime/local.py",
 )

@@ -1,0 +1,302 @@
+"""The resolver: sweeps one device's sampling intervals and hands each one out.
+
+Intervals are resolved in time order once their neighbours are known; each one's
+energy is split into busy and idle parts (``footprint.attribution.energy``) and the busy
+part is shared among the spans running in it (``footprint.attribution.shares``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+
+from footprint.attribution.energy import BusyEnergy, EnergyPiece, Interval
+from footprint.attribution.idle import IdleEstimate, IdlePowerEstimator
+from footprint.attribution.shares import END, START, Event, OpenSpan, RunningShares, SpanShare
+from footprint.sampling.timeline import Sample
+
+# An interval shared by calls and idle time waits for up to this many later intervals
+# (and at most this long behind the resolution horizon) while the device's idle power is
+# not known (a process that just started), instead of splitting its energy by time.
+WAIT_FOR_IDLE = 10
+WAIT_FOR_IDLE_S = 1.0
+
+# Spans that began before the device's first sample (the runtime starts its sensors off
+# the caller's thread) are measured from their start when they began at most this long
+# before it: the counter is extended back at the power of the first interval.
+MAX_EXTRAPOLATION_S = 10.0
+
+
+class DeviceResolver:
+    """Streaming resolver for one device.
+
+    Feed it samples (``add_samples``) and spans (``begin``/``end``) in any order;
+    ``resolve`` hands out every interval whose neighbours are known and returns the spans
+    that are complete (a sample after their end exists). ``idle`` and ``measured``
+    collect the idle energy and the total counter delta per resolved interval. Odd input
+    (time going backwards, negative deltas, spans ending before they start, spans
+    announced after their start was resolved) never raises: it is counted in
+    ``oddities`` and energy stays conserved.
+    """
+
+    def __init__(
+        self,
+        estimator: IdlePowerEstimator | None = None,
+        extrapolate_start: bool = False,
+        *,
+        max_power_w: float | None = None,
+        counter_period_s: float | None = None,
+        counter_window_s: float | None = None,
+    ) -> None:
+        """``max_power_w``: the most the device draws (bounds extrapolated stretches);
+        ``counter_window_s`` of each ``counter_period_s``: how much of each period the
+        counter observes (None: all of it), which bounds what it cannot see."""
+        self._samples: list[Sample] = []
+        self.extrapolate_start = extrapolate_start
+        self._shares = RunningShares()
+        self._events: list[Event] = []  # sorted, not yet swept
+        self._new_events: list[Event] = []
+        self._seq = 0
+        self.estimator = estimator or IdlePowerEstimator(part_time=bool(counter_window_s))
+        self.first_sample_s: float | None = None
+        self.resolved_until_s: float | None = None
+        self.idle: list[EnergyPiece] = []
+        self.measured: list[EnergyPiece] = []
+        self.oddities: dict[str, int] = {
+            "non_increasing_samples": 0,
+            "negative_deltas": 0,
+            "below_idle_intervals": 0,
+            "unknown_idle_intervals": 0,
+            "ends_before_start": 0,
+            "late_starts": 0,
+            "extrapolated_starts": 0,  # began before the first sample, measured back to it
+            "late_ends": 0,
+            "expired_spans": 0,  # released because the device stopped reporting
+        }
+        self._busy = BusyEnergy(self.oddities, max_power_w, counter_period_s, counter_window_s)
+
+    @property
+    def timing_uncertainty_s(self) -> float:
+        """How far a sample's time may be off (the sampler's figure, set by the runtime)."""
+        return self._busy.timing_uncertainty_s
+
+    @timing_uncertainty_s.setter
+    def timing_uncertainty_s(self, value_s: float) -> None:
+        self._busy.timing_uncertainty_s = value_s
+
+    @property
+    def counter_period_s(self) -> float | None:
+        """The counter's update period (given, or learned by the sampler)."""
+        return self._busy.counter_period_s
+
+    @counter_period_s.setter
+    def counter_period_s(self, value_s: float | None) -> None:
+        self._busy.counter_period_s = value_s
+
+    # -- input ---------------------------------------------------------------------
+    def add_samples(self, samples: list[Sample]) -> None:
+        """Append samples (monotonic time, cumulative J); out-of-order ones are counted."""
+        for t_s, energy_j in samples:
+            if self._samples and t_s <= self._samples[-1][0]:
+                self.oddities["non_increasing_samples"] += 1
+                continue
+            if not (math.isfinite(t_s) and math.isfinite(energy_j)):
+                self.oddities["non_increasing_samples"] += 1
+                continue
+            if self.first_sample_s is None:
+                self.first_sample_s = t_s
+                self.resolved_until_s = t_s
+            self._samples.append((t_s, energy_j))
+
+    def begin(self, key: Hashable, start_s: float) -> None:
+        """A span started at ``start_s``; it takes its share of every interval from then."""
+        spans = self._shares.spans
+        if key in spans:
+            return
+        span = OpenSpan(key, start_s)
+        spans[key] = span
+        self._seq += 1
+        self._new_events.append((start_s, START, self._seq, span))
+
+    def end(self, key: Hashable, end_s: float) -> None:
+        """The span ended; it completes once intervals up to ``end_s`` are resolved."""
+        span = self._shares.spans.get(key)
+        if span is None or span.end_s != math.inf:
+            return
+        if end_s < span.start_s:
+            self.oddities["ends_before_start"] += 1
+            end_s = span.start_s
+        span.end_s = end_s
+        self._seq += 1
+        self._new_events.append((end_s, END, self._seq, span))
+
+    @property
+    def open_spans(self) -> int:
+        return len(self._shares.spans)
+
+    # -- resolving -----------------------------------------------------------------
+    def resolve(
+        self, until_s: float = math.inf, drain_all: bool = False, final: bool = False
+    ) -> dict[Hashable, SpanShare]:
+        """Attribute every interval ending by ``until_s`` that can be; return complete spans.
+
+        The caller guarantees that every span begun before ``until_s`` has been announced
+        with ``begin`` (and ``end`` if it ended). The last interval waits for the next
+        one (its power helps where idle power is not known yet), unless ``drain_all`` (a
+        flush). ``final`` (exit) also returns the spans that could not complete, as
+        partial, with what they had received so far.
+        """
+        done: dict[Hashable, SpanShare] = {}
+        self._extend_back()
+        self._merge_new_events()
+        last = len(self._samples) - (1 if drain_all or final else 2)
+        lookahead: list[Interval] | None = None
+        lookahead_from = 0
+        resolved = 0
+        for i in range(max(last, 0)):
+            (t0, e0), (t1, e1) = self._samples[i], self._samples[i + 1]
+            if t1 > until_s:
+                break
+            interval = Interval(t0, t1, e1 - e0)
+            start, _ = self._scan(interval)
+            estimate = self.estimator.estimate()
+            if estimate is None and 0 < interval.busy_s < t1 - t0:
+                if lookahead is None:
+                    lookahead, lookahead_from = self._lookahead(i), i
+                this_and_ahead = lookahead[i - lookahead_from :]
+                ahead = this_and_ahead[1:]
+                estimate = self.estimator.estimate(
+                    [(x.busy_fraction, x.power_w, x.end_s - x.start_s) for x in this_and_ahead]
+                )
+                waiting = len(ahead) < WAIT_FOR_IDLE and t1 > until_s - WAIT_FOR_IDLE_S
+                if estimate is None and waiting and not (drain_all or final):
+                    break  # idle power unknown yet: the next intervals may tell it
+                if estimate is None:
+                    neighbour = ahead[0] if ahead else None
+                    self._apply(interval, start, None, neighbour, done)
+                    resolved = i + 1
+                    continue
+            self._apply(interval, start, estimate, None, done)
+            resolved = i + 1
+        if resolved:
+            del self._samples[:resolved]
+        if final:  # the spans not complete get what they have so far, flagged partial
+            self._shares.finish_open(done)
+            self._events.clear()
+        return done
+
+    def _extend_back(self) -> None:
+        """With ``extrapolate_start``, before anything is resolved: spans that began
+        shortly before the first sample get a sample at the earliest of their starts,
+        extrapolated at the first interval's power. That interval's energy (in
+        ``measured`` too, so that conservation holds) is an estimate: its bound is all of it.
+        """
+        samples = self._samples
+        if (
+            not self.extrapolate_start
+            or len(samples) < 2
+            or self.resolved_until_s != self.first_sample_s
+        ):
+            return
+        (t0, e0), (t1, e1) = samples[0], samples[1]
+        starts = [t for t, kind, _, _ in self._new_events if kind == START and t < t0]
+        if not starts:
+            return
+        earliest_s = max(min(starts), t0 - MAX_EXTRAPOLATION_S)
+        power_w = max(e1 - e0, 0.0) / (t1 - t0)
+        samples.insert(0, (earliest_s, e0 - power_w * (t0 - earliest_s)))
+        self.first_sample_s = self.resolved_until_s = earliest_s
+        self._busy.extrapolated_until_s = t0
+        self.oddities["extrapolated_starts"] += sum(t >= earliest_s for t in starts)
+
+    def _merge_new_events(self) -> None:
+        if not self._new_events:
+            return
+        floor_s = self.resolved_until_s
+        if floor_s is not None:
+            for n, (t, kind, seq, span) in enumerate(self._new_events):
+                if t < floor_s:
+                    # Began (or ended) inside what is already resolved: it only takes
+                    # its share from here on, and says so.
+                    if kind == START:
+                        self.oddities["late_starts"] += 1
+                        span.partial = True
+                    else:
+                        self.oddities["late_ends"] += 1
+                    self._new_events[n] = (floor_s, kind, seq, span)
+        self._events.extend(self._new_events)
+        self._new_events.clear()
+        self._events.sort()
+
+    def _scan(self, interval: Interval, j: int = 0, active: int | None = None) -> tuple[int, int]:
+        """Fill ``interval``'s busy time and edge counts from the events from index ``j``
+        on, with ``active`` spans running at its start (default: the sweep's); returns the
+        index after its events and the spans running at its end. Nothing is swept."""
+        events, t1 = self._events, interval.end_s
+        active = self._shares.active if active is None else active
+        cursor, busy_s, changes, first = interval.start_s, 0.0, 0, j
+        n = len(events)
+        while j < n and events[j][0] <= t1:
+            t, kind = events[j][0], events[j][1]
+            if active > 0:
+                busy_s += t - cursor
+                changes += kind == START or active > 1
+            cursor = t
+            active += 1 if kind == START else -1
+            j += 1
+        if active > 0:
+            busy_s += t1 - cursor
+        interval.busy_s = busy_s
+        interval.edges = j - first
+        interval.busy_changes = changes
+        return j, active
+
+    def _lookahead(self, first: int) -> list[Interval]:
+        """Busy fractions of the buffered intervals from ``first`` on, without sweeping."""
+        out = []
+        j, active = 0, self._shares.active
+        for i in range(first, len(self._samples) - 1):
+            (t0, e0), (t1, e1) = self._samples[i], self._samples[i + 1]
+            interval = Interval(t0, t1, e1 - e0)
+            j, active = self._scan(interval, j, active)
+            out.append(interval)
+        return out
+
+    def _apply(
+        self,
+        interval: Interval,
+        end_index: int,
+        estimate: IdleEstimate | None,
+        neighbour: Interval | None,
+        done: dict[Hashable, SpanShare],
+    ) -> None:
+        """Hand ``interval`` out: its busy energy to the spans running in it (``end_index``
+        events inside it), the rest to idle; learn idle power from it."""
+        t0, t1 = interval.start_s, interval.end_s
+        busy_j, bound_j = self._busy.split(interval, estimate, neighbour)
+        extrapolated_until_s = self._busy.extrapolated_until_s
+        events = self._events
+        self._shares.sweep(interval, busy_j, bound_j, events, end_index, extrapolated_until_s, done)
+        del events[:end_index]
+        self.measured.append(EnergyPiece(t0, t1, interval.energy_j))
+        idle_j = interval.energy_j - busy_j
+        if idle_j:
+            self.idle.append(EnergyPiece(t0, t1, idle_j))
+        if interval.energy_j >= 0 and t1 > extrapolated_until_s:
+            # Extrapolated intervals are guesses: they never teach the idle power.
+            self.estimator.observe(interval.busy_fraction, interval.power_w, t1 - t0)
+        self._busy.handed_out(interval, busy_j)
+        self.resolved_until_s = t1
+
+    def expire(self, ended_by_s: float) -> dict[Hashable, SpanShare]:
+        """The device stopped reporting: release the spans that ended by ``ended_by_s``.
+
+        They get what they had received (flagged partial) and leave the sweep, so the
+        records of a call that also ran on other devices are not held back by this one.
+        """
+        self._merge_new_events()
+        done = self._shares.release(ended_by_s)
+        if done:
+            self._events = [e for e in self._events if e[3].key not in done]
+            self.oddities["expired_spans"] += len(done)
+        return done
