@@ -27,7 +27,7 @@ from footprint.runtime.remote import DaemonClient
 from footprint.runtime.spans import FootprintWarning, SpanSink
 
 if TYPE_CHECKING:
-    from typing_extensions import Unpack
+    from typing import Unpack  # 3.11; only read by type checkers (mypy runs as 3.11)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
