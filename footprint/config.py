@@ -135,8 +135,12 @@ def settable_names() -> tuple[str, ...]:
 
 
 def _positive(name: str, value: object, maximum: float) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or not 0 < value <= maximum:  # type: ignore[arg-type]
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 < value <= maximum
+    ):
         raise ValueError(f"{name} must be a number of seconds in (0, {maximum:g}], got {value!r}")
 
 

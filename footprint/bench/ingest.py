@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from footprint.storage.models import QueryRecord
+from footprint.storage.models import QueryRecord, table_of
 from footprint.storage.store import Store, _sqlite_datetime, open_engine
 from footprint.storage.writer import Writer
 
@@ -80,7 +80,7 @@ def make_records(rows: int, seed: int = 0) -> list[dict[str, Any]]:
 
 
 def _columns() -> list[str]:
-    return [c.name for c in QueryRecord.__table__.columns if c.name != "id"]
+    return [c.name for c in table_of(QueryRecord).columns if c.name != "id"]
 
 
 def _fresh_db(folder: Path, name: str) -> Path:

@@ -41,11 +41,12 @@ from pathlib import Path
 from typing import Any
 
 from footprint.storage import rollups
-from footprint.storage.models import IdleEnergy, QueryRecord
+from footprint.storage.models import IdleEnergy, QueryRecord, table_of
 from footprint.storage.store import open_engine
 
 # (model, GPUs it runs on, mean seconds, watts per GPU, share of traffic)
-BENCH_MODELS = (
+BenchModel = tuple[str, tuple[int, ...], float, float, float]
+BENCH_MODELS: tuple[BenchModel, ...] = (
     ("llama-3-8b", (0,), 1.2, 420.0, 0.34),
     ("llama-3-70b", (2, 3), 3.5, 610.0, 0.18),
     ("mixtral-8x7b", (0, 1), 2.4, 560.0, 0.16),
@@ -88,7 +89,7 @@ def _columns(table: Any) -> list[str]:
     return [c.name for c in table.columns if c.name != "id"]
 
 
-def synthetic_models(count: int) -> tuple[tuple[str, tuple[int, ...], float, float, float], ...]:
+def synthetic_models(count: int) -> tuple[BenchModel, ...]:
     """``count`` distinct models shaped like ``BENCH_MODELS``, with a long tail of traffic.
 
     Model ``i`` borrows the GPUs, duration and power of ``BENCH_MODELS[i % 6]``; its share
@@ -117,7 +118,7 @@ def build_db(path: Path, rows: int, seed: int = 0, models: int | None = None) ->
     cum_models = list(itertools.accumulate(m[4] for m in models_used))
     cum_zones = list(itertools.accumulate(z[7] for z in BENCH_ZONES))
     every_model = models is not None
-    present = set(_columns(QueryRecord.__table__))
+    present = set(_columns(table_of(QueryRecord)))
     columns = [c for c in QUERY_COLUMNS if c in present]
     placeholders = ", ".join("?" * len(columns))
     insert = f"INSERT INTO queries ({', '.join(columns)}) VALUES ({placeholders})"
@@ -168,7 +169,7 @@ def build_db(path: Path, rows: int, seed: int = 0, models: int | None = None) ->
             chunk.clear()
     if chunk:
         con.executemany(insert, chunk)
-    idle_columns = _columns(IdleEnergy.__table__)
+    idle_columns = _columns(table_of(IdleEnergy))
     idle_insert = (
         f"INSERT INTO idle_energy ({', '.join(idle_columns)}) "
         f"VALUES ({', '.join('?' * len(idle_columns))})"

@@ -193,12 +193,16 @@ def bench_accuracy(
         scale=scale,
         names=scenario or None,
         paths=path or None,
-        progress=lambda line: sys.stderr.write(f"{line}\n"),
+        progress=_progress,
     )
     if write:
         written = write_figures(result)
         sys.stderr.write(f"figures written to {written}\n")
     show(result, as_json, _print_accuracy)
+
+
+def _progress(line: str) -> None:
+    sys.stderr.write(f"{line}\n")
 
 
 def _pct(value: float | None) -> str:

@@ -87,7 +87,7 @@ def regions(
             raise InputError(f"no zone matches {query!r}: {exc}") from None
         raise InputError(f"no zone matches {query!r}")
     result = {"query": query, "count": len(zones), "zones": zones}
-    show(result, as_json, lambda r: _print_zones(r["zones"]))
+    show(result, as_json, lambda _: _print_zones(zones))
 
 
 def _print_zones(zones: list[dict[str, Any]]) -> None:

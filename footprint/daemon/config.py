@@ -125,13 +125,8 @@ def daemon_settings(config: DaemonConfig) -> Any:
         check_files(settings)
     except ValueError as exc:
         raise StartError(str(exc), 2) from None
-    for daemon in ("off", None):  # None where the setting takes any value (older config)
-        try:
-            settings = replace(settings, daemon=daemon)
-            break
-        except ValueError:
-            continue
-    return replace(settings, exit_deadline_s=min(settings.exit_deadline_s, EXIT_WRITE_DEADLINE_S))
+    deadline_s = min(settings.exit_deadline_s, EXIT_WRITE_DEADLINE_S)
+    return replace(settings, daemon="off", exit_deadline_s=deadline_s)
 
 
 # -- the daemon's own files --------------------------------------------------------------

@@ -221,7 +221,7 @@ class DaemonHandler(BaseHTTPRequestHandler):
             return True
         given = self.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
-        matches = bool(token) and hmac.compare_digest(value.strip().encode(), token.encode())
+        matches = bool(token and hmac.compare_digest(value.strip().encode(), token.encode()))
         if scheme.lower() == "bearer" and matches:  # no token known: nothing matches
             return True
         self.server.api.refused("unauthorized")

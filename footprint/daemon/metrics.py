@@ -322,7 +322,7 @@ def _connection_limit_metrics(limits: dict[str, Any]) -> Iterator[Metric]:
 def registry(collector: DaemonCollector) -> CollectorRegistry:
     """A registry of the daemon's metrics and its process's (CPU, memory, fds)."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(collector)  # type: ignore[arg-type]
+    reg.register(collector)
     ProcessCollector(registry=reg)
     return reg
 

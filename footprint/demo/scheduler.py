@@ -23,6 +23,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,7 +94,7 @@ class Scheduler:
 
     def run(self, requests: list[Request]) -> list[Replica]:
         """Serve ``requests`` (their times filled in); every replica window held."""
-        handlers = {
+        handlers: dict[str, Callable[[Any, float], None]] = {
             "arrive": self._on_arrive,
             "ready": self._on_ready,
             "step": self._on_step,

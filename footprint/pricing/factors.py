@@ -342,6 +342,7 @@ def build_factors(
     price = _electricity_price(zone, user, regions_dir)
 
     ownership = user.ownership or default_ownership(zone)
+    gpu_price: float | None
     if user.usd_per_gpu_hour is not None:
         gpu_price, gpu_ref = float(user.usd_per_gpu_hour), f"user override ({ownership})"
     else:

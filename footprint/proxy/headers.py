@@ -18,7 +18,7 @@ Headers = list[tuple[str, str]]
 
 def connection_tokens(headers: Any) -> set[str]:
     """The header names listed in ``Connection`` headers, lower-case."""
-    named = set()
+    named: set[str] = set()
     for value in headers.getall("Connection", ()):
         named.update(t.strip().lower() for t in value.split(",") if t.strip())
     return named

@@ -48,7 +48,7 @@ from footprint.reporting.request import (
 from footprint.reporting.sums import Fold, add, zero
 from footprint.reporting.tags import TagScan, reconcile
 from footprint.reporting.whatif import resolve_compare, what_if
-from footprint.storage.models import QueryRecord
+from footprint.storage.models import QueryRecord, table_of
 
 REPORT_SCHEMA = "footprint.report/1"
 ProgressFn = Callable[[str], None]
@@ -120,7 +120,7 @@ def build_report(
 def _check_models(conn: Any, models: list[str] | None) -> None:
     if not models:
         return
-    q = QueryRecord.__table__.c
+    q = table_of(QueryRecord).c
     known = {r[0] for r in conn.execute(select(q.model).distinct())}
     unknown = [m for m in models if m not in known]
     if unknown:

@@ -22,19 +22,19 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import ColumnElement, Engine, case, func, select
 
 from footprint.reporting.database import day_expr
 from footprint.reporting.request import ReportRequest
 from footprint.reporting.sums import Fold
-from footprint.storage.models import IdleEnergy
+from footprint.storage.models import IdleEnergy, table_of
 
 
 def idle_rows(conn: Any, engine: Engine, request: ReportRequest) -> list[dict[str, Any]]:
     """Idle and lost energy, measured energy and seconds held, per day, GPU and host."""
-    i = IdleEnergy.__table__.c
+    i = table_of(IdleEnergy).c
     day = day_expr(engine, i.minute).label("day")
-    filters = [~i.device_uuid.like("cpu-%")]
+    filters: list[ColumnElement[bool]] = [~i.device_uuid.like("cpu-%")]
     if request.since is not None:
         filters.append(i.minute >= request.since)
     if request.until is not None:

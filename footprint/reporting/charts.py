@@ -12,9 +12,12 @@ from __future__ import annotations
 import html
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from footprint.reporting.figures import shown_models
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 PALETTE = ("#0f766e", "#2563eb", "#7c3aed", "#db2777", "#0891b2", "#65a30d", "#9f1239", "#4338ca",
            "#c2410c", "#1e3a8a", "#86198f", "#854d0e")  # fmt: skip
@@ -47,7 +50,7 @@ def _scale(max_value: float, scales: tuple[tuple[float, str], ...]) -> tuple[flo
     return scales[-1]
 
 
-def _style() -> dict[str, Any]:
+def _style() -> dict[RcKeyType, Any]:
     return {
         "font.family": "DejaVu Sans",
         "font.size": 9.5,

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, cast, func, select
+from sqlalchemy import BigInteger, ColumnElement, Engine, cast, func, select
 
 from footprint.reporting.database import day_expr
 from footprint.reporting.request import (
@@ -30,10 +30,10 @@ from footprint.reporting.request import (
 )
 from footprint.reporting.sums import Fold, split_gpus
 from footprint.storage import rollups
-from footprint.storage.models import QueryRecord, QueryRollup
+from footprint.storage.models import QueryRecord, QueryRollup, table_of
 
-_QUERY_COLUMNS = QueryRecord.__table__.c
-_ROLLUP_COLUMNS = QueryRollup.__table__.c
+_QUERY_COLUMNS = table_of(QueryRecord).c
+_ROLLUP_COLUMNS = table_of(QueryRollup).c
 # What a grouped row is keyed on (plus ``host`` with --by host) and what it sums: the
 # rollups' key columns (those both tables have: a column of a newer schema may be absent).
 GROUP_KEYS = ("model", "day") + tuple(
@@ -148,7 +148,7 @@ def _iter_rows(conn: Any, stmt: Any, chunk: int = 2000) -> Iterator[dict[str, An
 
 def _hour_filters(request: ReportRequest, hours: Period, with_models: bool = True) -> list[Any]:
     r = _ROLLUP_COLUMNS
-    return time_filters(r.hour, r.model, *hours, with_models and request.models)
+    return time_filters(r.hour, r.model, *hours, request.models if with_models else None)
 
 
 def _rollup_rows(
@@ -162,7 +162,7 @@ def _rollup_rows(
     sums = []
     for name in GROUP_SUMS:
         column = r[name]
-        total = func.sum(column)
+        total: ColumnElement[Any] = func.sum(column)
         if isinstance(column.type, BigInteger):  # PostgreSQL sums BIGINT as NUMERIC
             total = cast(total, BigInteger)
         sums.append(total.label(name))
@@ -222,7 +222,7 @@ def _merged_stream(
 
 def count_queries(conn: Any, request: ReportRequest) -> int:
     """The period's queries counted in ``queries`` (index only): checks the rollups."""
-    stmt = select(func.count()).select_from(QueryRecord.__table__).where(*query_filters(request))
+    stmt = select(func.count()).select_from(table_of(QueryRecord)).where(*query_filters(request))
     return int(conn.execute(stmt).scalar_one())
 
 

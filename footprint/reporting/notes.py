@@ -17,7 +17,7 @@ JOULES_PER_KWH = 3_600_000.0
 def currency_notes(fold: Fold) -> list[str]:
     notes = []
     for currency, rate in sorted(fold.rate_refs.items(), key=lambda kv: kv[0] or ""):
-        if rate is not None and currency != "USD":
+        if currency is not None and rate is not None and currency != "USD":
             notes.append(
                 f"{fold.converted[currency]:,} queries priced in {currency} had no USD figure "
                 f"stored; their energy cost was converted here at {rate[1]}."

@@ -44,9 +44,9 @@ def overlapping_measurements(
 def _overlap_rows(conn: Any, since: Any, until: Any) -> list[Any]:
     from sqlalchemy import and_, func, select
 
-    from footprint.storage.models import IdleEnergy
+    from footprint.storage.models import IdleEnergy, table_of
 
-    table = IdleEnergy.__table__  # type: ignore[attr-defined]
+    table = table_of(IdleEnergy)
     c = table.c
     period = [c.minute >= since] if since is not None else []
     period += [c.minute < until] if until is not None else []

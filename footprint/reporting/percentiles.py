@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BigInteger, Float, and_, case, func, literal, or_, select
+from sqlalchemy import BigInteger, ColumnElement, Float, and_, case, func, literal, or_, select
 
 from footprint.reporting.request import ReportRequest, query_filters
-from footprint.storage.models import QueryRecord
+from footprint.storage.models import QueryRecord, table_of
 
 PERCENTILE_SAMPLE = 10_000  # queries per model above which percentiles use a sample
 PERCENTILES = (50, 95)
@@ -28,9 +28,10 @@ OTHER_MODEL_CHUNK = 10_000  # PostgreSQL: one scan per chunk; 65,535 parameters 
 def energy_cost_usd_expr(rates: dict[str, float]) -> Any:
     """A query's energy cost in USD: its USD figure, else its cost converted at ``rates``
     (USD per unit of each currency whose energy cost has no USD figure); NULL if neither."""
-    q = QueryRecord.__table__.c
+    q = table_of(QueryRecord).c
     if not rates:
         return q.energy_cost_usd
+    whens: list[tuple[ColumnElement[bool], ColumnElement[Any]]]
     whens = [(q.currency == "USD", q.energy_cost)]
     whens += [
         (q.currency == c, q.energy_cost * literal(r, Float)) for c, r in sorted(rates.items())
@@ -40,7 +41,7 @@ def energy_cost_usd_expr(rates: dict[str, float]) -> Any:
 
 def is_rented() -> Any:
     """``ownership = 'rented'`` (false where the column is absent or NULL)."""
-    q = QueryRecord.__table__.c
+    q = table_of(QueryRecord).c
     if "ownership" not in q:
         return literal(False)
     return func.coalesce(q.ownership, "") == "rented"
@@ -49,7 +50,7 @@ def is_rented() -> Any:
 def cost_expr(rates: dict[str, float]) -> Any:
     """A query's cost in USD: compute cost, plus its energy cost unless it is rented (the
     GPU-hour price includes the electricity). NULL when no term of it is known."""
-    q = QueryRecord.__table__.c
+    q = table_of(QueryRecord).c
     energy = energy_cost_usd_expr(rates)
     billed = case((is_rented(), None), else_=energy)
     unknown = and_(q.compute_cost.is_(None), billed.is_(None))
@@ -103,7 +104,7 @@ def _read(
     time. Other databases: one statement (one scan) per ``OTHER_MODEL_CHUNK`` models.
     Values are held for one statement's models at a time.
     """
-    q = QueryRecord.__table__.c
+    q = table_of(QueryRecord).c
     thresholds = {m: min(_HASH_MODULUS, -(-limit * _HASH_MODULUS // measured[m])) for m in models}
     sampled = {m for m, t in thresholds.items() if t < _HASH_MODULUS}
     bucket = (q.id * literal(_HASH_MULTIPLIER, BigInteger)) % _HASH_MODULUS

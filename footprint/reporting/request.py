@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from footprint.storage.models import QueryRecord
+from footprint.storage.models import QueryRecord, table_of
 
 BY_CHOICES = ("model", "day", "region", "host", "tag:NAME")
 TAG_PREFIX = "tag:"
@@ -137,6 +137,7 @@ def query_filters(
     request: ReportRequest, with_models: bool = True, period: Period | None = None
 ) -> list[Any]:
     """The filters of ``queries`` rows in the report (or in ``period``)."""
-    q = QueryRecord.__table__.c
+    q = table_of(QueryRecord).c
     since, until = period if period is not None else (request.since, request.until)
-    return time_filters(q.started_at, q.model, since, until, with_models and request.models)
+    models = request.models if with_models else None
+    return time_filters(q.started_at, q.model, since, until, models)

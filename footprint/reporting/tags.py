@@ -37,14 +37,26 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, Float, Text, any_, case, cast, func, literal, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Engine,
+    Float,
+    Text,
+    any_,
+    case,
+    cast,
+    func,
+    literal,
+    select,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSON
 from sqlalchemy.exc import DataError
 
 from footprint.reporting.percentiles import energy_cost_usd_expr, is_rented
 from footprint.reporting.request import ReportRequest, query_filters, tag_name
 from footprint.reporting.sums import Fold
-from footprint.storage.models import QueryRecord
+from footprint.storage.models import QueryRecord, table_of
 
 JOULES_PER_KWH = 3_600_000.0
 PARALLEL_ROWS = 200_000  # ids in the period from which the scan is cut into slices
@@ -60,12 +72,12 @@ _COUNTS = frozenset(
 def tag_expr(dialect: str, name: str, unreadable: tuple[int, ...] = ()) -> Any:
     """The text value of tag ``name`` of a query (NULL without it, or with tags that are
     not JSON: on PostgreSQL those queries' ids are given as ``unreadable``)."""
-    q = QueryRecord.__table__.c
+    q = table_of(QueryRecord).c
     if dialect == "sqlite":
         path = literal(f'$."{name}"')  # a member name in double quotes: any identifier
         # Booleans come back from json_extract as 1 and 0: spelled as JSON instead. Tags
         # that are not JSON (written around footprint's store) count as without the tag.
-        value = case(
+        value: ColumnElement[Any] = case(
             {"true": "true", "false": "false"},
             value=func.json_type(q.tags, path),
             else_=cast(func.json_extract(q.tags, path), Text),
@@ -81,7 +93,7 @@ def tag_expr(dialect: str, name: str, unreadable: tuple[int, ...] = ()) -> Any:
 
 def _unreadable_ids(engine: Engine, request: ReportRequest) -> tuple[int, ...]:
     """Ids of the period's queries whose tags are not a JSON text (read in Python)."""
-    q = QueryRecord.__table__.c
+    q = table_of(QueryRecord).c
     bad = []
     with engine.connect() as conn:
         rows = conn.execution_options(yield_per=10_000).execute(
@@ -97,7 +109,7 @@ def _unreadable_ids(engine: Engine, request: ReportRequest) -> tuple[int, ...]:
 
 def _factor_case(factors: dict[str | None, float]) -> Any:
     """A query's factor by its set of GPUs (``CASE gpus WHEN … END``), 0 for the others."""
-    q = QueryRecord.__table__.c
+    q = table_of(QueryRecord).c
     known = {g: f for g, f in factors.items() if g is not None and f}
     if not known:
         return literal(0.0, Float)
@@ -142,7 +154,7 @@ def _statement(
     name = tag_name(request.by)
     assert name is not None
     uniform = _uniform(fold)
-    q = QueryRecord.__table__.c
+    q = table_of(QueryRecord).c
     energy_cost = energy_cost_usd_expr(fold.rates)
     rented = is_rented()
     where = query_filters(request)
@@ -242,7 +254,7 @@ def _slices(conn: Any, request: ReportRequest, workers: int) -> list[tuple | Non
     """Id ranges [a, b) covering the period's queries, one per worker (one: no range)."""
     if workers <= 1:
         return [None]
-    q = QueryRecord.__table__.c
+    q = table_of(QueryRecord).c
     low, high = conn.execute(
         select(func.min(q.id), func.max(q.id)).where(*query_filters(request))
     ).one()

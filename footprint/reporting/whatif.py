@@ -108,11 +108,11 @@ def what_if(
         if grid is None:
             continue
         into = by_grid.setdefault(grid, [0.0, 0.0, 0.0])
-        gpu_j, facility_j, co2e, co2e_n = zones[zone_id]
-        if co2e_n:
-            into[0] += gpu_j
-            into[1] += facility_j
-            into[2] += co2e
+        zone_gpu_j, zone_facility_j, zone_co2e_g, zone_co2e_n = zones[zone_id]
+        if zone_co2e_n:
+            into[0] += zone_gpu_j
+            into[1] += zone_facility_j
+            into[2] += zone_co2e_g
     grid_intensity = {g: v[2] / (v[1] / JOULES_PER_KWH) for g, v in by_grid.items() if v[1] > 0}
     gpu_j = sum(v[0] for v in by_grid.values())
     facility_j = sum(v[1] for v in by_grid.values())

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from footprint.storage.engine import open_engine
 from footprint.storage.errors import StoreError
-from footprint.storage.models import QueryRecord
+from footprint.storage.models import QueryRecord, table_of
 
 FORMATS = ("csv", "jsonl", "parquet")
 CHUNK_ROWS = 5_000
@@ -39,7 +39,7 @@ def _iso(value: Any) -> Any:
 def iter_chunks(db: str) -> Iterator[tuple[list[str], list[tuple]]]:
     """(column names, rows) in chunks of ``CHUNK_ROWS``, with a server-side cursor."""
     engine = open_engine(db, create=False)
-    table = QueryRecord.__table__
+    table = table_of(QueryRecord)
     try:
         with engine.connect() as conn:
             result = conn.execution_options(yield_per=CHUNK_ROWS).execute(
@@ -72,7 +72,7 @@ def export_text(db: str, fmt: str, out: TextIO) -> int:
             out.writelines(json.dumps(dict(zip(columns, row))) + "\n" for row in rows)
         count += len(rows)
     if writer is not None and not header_done:
-        writer.writerow([c.name for c in QueryRecord.__table__.columns])
+        writer.writerow([c.name for c in table_of(QueryRecord).columns])
     return count
 
 

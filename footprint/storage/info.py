@@ -15,7 +15,7 @@ from footprint.storage import journal, rollups, sidefile
 from footprint.storage.engine import normalize_db_url, open_engine, sqlite_path
 from footprint.storage.errors import StoreError, error_reason, sqlite_integrity
 from footprint.storage.migrations import TABLES, schema_version
-from footprint.storage.models import Loss, QueryRecord
+from footprint.storage.models import Loss, QueryRecord, table_of
 
 
 def database_info(db: str) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def _database_info(db: str, url: str) -> dict[str, Any]:
                 count = select(func.count()).select_from(table)
                 info[f"{table.name}_rows"] = conn.execute(count).scalar_one()
             _add_losses(info, conn, engine, url)
-            queries = QueryRecord.__table__
+            queries = table_of(QueryRecord)
             first, last = conn.execute(
                 select(func.min(queries.c.started_at), func.max(queries.c.started_at))
             ).one()
@@ -90,7 +90,7 @@ def _database_info(db: str, url: str) -> dict[str, Any]:
 def _add_losses(info: dict[str, Any], conn: Connection, engine: Engine, url: str) -> None:
     """``losses`` (per kind: the table's, and counts not moved into it yet),
     ``lost_pending`` (``lost_pending_in``), ``rollup_pending_rows`` and ``lost_total``."""
-    losses = Loss.__table__
+    losses = table_of(Loss)
     by_kind = conn.execute(
         select(losses.c.kind, func.sum(losses.c.count)).group_by(losses.c.kind)
     ).all()

@@ -230,7 +230,8 @@ def move_into(database_path: str, insert: Callable[[list[dict[str, Any]]], None]
         names = [n for n in os.listdir(base.parent or ".") if n.startswith(prefix)]
     except OSError:
         return 0
-    rows, claimed = [], []
+    rows: list[dict[str, Any]] = []
+    claimed: list[Path] = []
     for name in names:
         if ".claimed-" in name:
             continue

@@ -16,16 +16,17 @@ from footprint.storage.models import (
     Meta,
     QueryRecord,
     QueryRollup,
+    table_of,
 )
 
 log = logging.getLogger("footprint")
 
 TABLES = [
-    QueryRecord.__table__,
-    IdleEnergy.__table__,
-    Loss.__table__,
-    QueryRollup.__table__,
-    Meta.__table__,
+    table_of(QueryRecord),
+    table_of(IdleEnergy),
+    table_of(Loss),
+    table_of(QueryRollup),
+    table_of(Meta),
 ]
 
 # Migrations: MIGRATIONS[v] takes a database at schema version v to v + 1, in the same
@@ -117,7 +118,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v
 
 def schema_version(conn: Connection) -> int | None:
     """The schema version the database records (None when it records none: a new one)."""
-    meta = Meta.__table__
+    meta = table_of(Meta)
     row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
     return None if row is None else int(row[0])
 
@@ -125,7 +126,7 @@ def schema_version(conn: Connection) -> int | None:
 def migrate(engine: Engine) -> None:
     """Record ``SCHEMA_VERSION`` in a new database, or migrate an older one to it; raises
     ``StoreError`` for a newer one, or one no migration leads from."""
-    meta = Meta.__table__
+    meta = table_of(Meta)
     with engine.begin() as conn:
         version = schema_version(conn)
         if version is None:

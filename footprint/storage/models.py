@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, UniqueConstraint, text
+from sqlalchemy import BigInteger, Column, DateTime, Index, Table, UniqueConstraint, inspect, text
 from sqlmodel import Field, SQLModel
 
 from footprint.storage.columns import PRICING_COLUMNS
@@ -22,6 +22,7 @@ __all__ = [
     "QueryRecord",
     "QueryRollup",
     "SCHEMA_VERSION",
+    "table_of",
 ]
 
 # 2: energy_uncertainty_j (queries, query_rollups); 3: lost_energy_j, and ownership and
@@ -231,3 +232,12 @@ class Meta(SQLModel, table=True):
 
     key: str = Field(primary_key=True)
     value: str
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The ``Table`` of a ``table=True`` model: its ``__table__``, which SQLModel sets when
+    the class is made but does not declare to type checkers."""
+    table = inspect(model).local_table
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not mapped to a table")
+    return table

@@ -21,10 +21,21 @@ from collections.abc import Iterable
 from operator import itemgetter, mul
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, case, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
-from footprint.storage.models import Meta, QueryRecord, QueryRollup
+from footprint.storage.models import Meta, QueryRecord, QueryRollup, table_of
 
 # ``ownership`` decides whether a group's energy cost is part of its cost (owned) or
 # already inside its GPU-hour price (rented); ``gpu_price_source`` is where that price
@@ -153,7 +164,7 @@ _row_order = itemgetter("hour", "group_key")
 def query_sums() -> list[Any]:
     """SQL sums over ``queries`` rows, labelled as the rollup columns (and min/max
     intensity): what the rollups hold, and what a report computes when it scans."""
-    q = QueryRecord.__table__.c
+    q = table_of(QueryRecord).c
     unconverted = and_(q.energy_cost_usd.is_(None), q.energy_cost.is_not(None))
     return [
         func.count().label("queries"),
@@ -174,7 +185,7 @@ def query_sums() -> list[Any]:
 
 def _sql_sums(where: Any, dialect: str) -> Any:
     """The same sums as ``aggregate``, computed by the database, per hour and key."""
-    q = QueryRecord.__table__.c
+    q = table_of(QueryRecord).c
     if dialect == "sqlite":  # SQLAlchemy's SQLite text: 'YYYY-MM-DD HH:MM:SS.ffffff'
         hour = func.substr(q.started_at, 1, 13)
     else:
@@ -193,10 +204,12 @@ def _from_sql_row(row: Any) -> dict[str, Any]:
 
 def upsert_statement(dialect: str) -> Any:
     """``INSERT INTO query_rollups … ON CONFLICT (hour, group_key)`` adding the sums."""
-    table = QueryRollup.__table__
+    table = table_of(QueryRollup)
     stmt = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(table)
     excluded = stmt.excluded
     updates: dict[str, Any] = {name: table.c[name] + excluded[name] for name in SUM_COLUMNS}
+    lo: ColumnElement[Any]
+    hi: ColumnElement[Any]
     if dialect == "sqlite":  # scalar min/max return NULL if either side is NULL
         lo = func.min(
             func.coalesce(table.c.intensity_min, excluded.intensity_min),
@@ -223,14 +236,14 @@ def rebuild(engine: Engine) -> int:
         if dialect == "sqlite":
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         try:
-            conn.execute(delete(QueryRollup.__table__))
-            top = _add_sums(conn, QueryRecord.__table__.c.id.is_not(None))
+            conn.execute(delete(table_of(QueryRollup)))
+            top = _add_sums(conn, table_of(QueryRecord).c.id.is_not(None))
             _set_watermark(conn, top)
             conn.commit()
         except BaseException:
             conn.rollback()
             raise
-        return conn.execute(select(func.count()).select_from(QueryRollup.__table__)).scalar_one()
+        return conn.execute(select(func.count()).select_from(table_of(QueryRollup))).scalar_one()
 
 
 def _add_sums(conn: Connection, where: Any) -> int:
@@ -239,18 +252,18 @@ def _add_sums(conn: Connection, where: Any) -> int:
     rows = [_from_sql_row(r) for r in conn.execute(_sql_sums(where, dialect)).mappings()]
     if rows:
         conn.execute(upsert_statement(dialect), rows)
-    ids = QueryRecord.__table__.c.id
+    ids = table_of(QueryRecord).c.id
     return conn.execute(select(func.coalesce(func.max(ids), 0)).where(where)).scalar_one()
 
 
 def _watermark(conn: Connection) -> int:
-    meta = Meta.__table__
+    meta = table_of(Meta)
     value = conn.execute(select(meta.c.value).where(meta.c.key == WATERMARK_KEY)).scalar()
     return int(value or 0)
 
 
 def _set_watermark(conn: Connection, last_id: int) -> None:
-    meta = Meta.__table__
+    meta = table_of(Meta)
     done = conn.execute(update(meta).where(meta.c.key == WATERMARK_KEY).values(value=str(last_id)))
     if done.rowcount == 0:
         conn.execute(insert(meta).values(key=WATERMARK_KEY, value=str(last_id)))
@@ -260,7 +273,7 @@ def pending_rows(engine: Engine) -> int:
     """Queries not yet in the rollups (always 0 on PostgreSQL)."""
     if engine.dialect.name != "sqlite":
         return 0
-    ids = QueryRecord.__table__.c.id
+    ids = table_of(QueryRecord).c.id
     with engine.connect() as conn:
         mark = _watermark(conn)
         return conn.execute(select(func.count()).where(ids > mark)).scalar_one()
@@ -274,7 +287,7 @@ def catch_up(engine: Engine) -> int:
     """
     if engine.dialect.name != "sqlite":
         return 0
-    ids = QueryRecord.__table__.c.id
+    ids = table_of(QueryRecord).c.id
     with engine.connect() as conn:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
         try:

@@ -374,20 +374,20 @@ def _parse(line: str) -> dict[str, Any] | None:
     """A ``losses`` row from one line, or None if the line is not one (torn, edited)."""
     try:
         raw = json.loads(line)
-        row = {
-            "recorded_at": _dt.datetime.fromisoformat(raw["recorded_at"]),
-            "kind": str(raw["kind"]),
-            "count": int(raw["count"]),
-            "host": str(raw["host"]),
-            "pid": int(raw["pid"]),
-        }
-        for name in ("kind", "host"):
-            row[name].encode("utf-8")  # a lone surrogate would be refused at every try
+        recorded_at = _dt.datetime.fromisoformat(raw["recorded_at"])
+        kind = str(raw["kind"])
+        count = int(raw["count"])
+        host = str(raw["host"])
+        pid = int(raw["pid"])
+        for text in (kind, host):
+            text.encode("utf-8")  # a lone surrogate would be refused at every try
     except (ValueError, TypeError, KeyError):
         return None
-    if row["recorded_at"].tzinfo is None:
-        row["recorded_at"] = row["recorded_at"].replace(tzinfo=_dt.timezone.utc)
-    return row if 0 < row["count"] < 2**63 else None
+    if recorded_at.tzinfo is None:
+        recorded_at = recorded_at.replace(tzinfo=_dt.timezone.utc)
+    if not 0 < count < 2**63:
+        return None
+    return {"recorded_at": recorded_at, "kind": kind, "count": count, "host": host, "pid": pid}
 
 
 def _split(text: str) -> list[str]:

@@ -38,7 +38,7 @@ from footprint.storage.errors import (
 from footprint.storage.info import database_info as database_info
 from footprint.storage.info import journal_base
 from footprint.storage.migrations import TABLES
-from footprint.storage.models import IdleEnergy, Loss, QueryRecord
+from footprint.storage.models import IdleEnergy, Loss, QueryRecord, table_of
 
 IDLE_KEY = ("device_uuid", "minute", "host", "pid")
 
@@ -206,7 +206,7 @@ class Store:
 
         SQLite keeps writing into a file that was deleted or renamed while open: without
         this check those records would go where nobody can read them."""
-        if self.identity is None:
+        if self.identity is None or self.path is None:
             return None
         now = file_identity(self.path)
         if now == self.identity:
@@ -252,7 +252,7 @@ class Store:
         datetimes = {c.name for c in table.columns if isinstance(c.type, DateTime)}
         placeholders = ", ".join("?" * len(columns))
         sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders})"
-        if table.name == IdleEnergy.__table__.name:
+        if table.name == table_of(IdleEnergy).name:
             sql += (
                 f" ON CONFLICT ({', '.join(IDLE_KEY)}) DO UPDATE SET"
                 " idle_energy_j = idle_energy_j + excluded.idle_energy_j,"
@@ -304,7 +304,7 @@ class Store:
         losses: list[dict[str, Any]],
     ) -> None:
         """One transaction: the records, their rollup sums, idle rows, loss rows."""
-        queries, idle = QueryRecord.__table__, IdleEnergy.__table__
+        queries, idle = table_of(QueryRecord), table_of(IdleEnergy)
         with self.engine.begin() as conn:
             if records:
                 conn.execute(insert(queries), _same_keys(records))
@@ -325,7 +325,7 @@ class Store:
                     idle_rows,
                 )
             if losses:
-                conn.execute(insert(Loss.__table__), list(losses))
+                conn.execute(insert(table_of(Loss)), list(losses))
 
     def _insert_sqlite(
         self,
@@ -359,7 +359,7 @@ class Store:
         chunks of ``SPAN_KEYS_PER_QUERY`` (under SQLite's limit on bound variables).
 
         Safe from any thread (the engine's pool is); raises what the database raises."""
-        table = QueryRecord.__table__
+        table = table_of(QueryRecord)
         column = table.c.span_key
         unique = list(dict.fromkeys(keys))
         found: set[str] = set()
