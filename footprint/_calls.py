@@ -247,6 +247,12 @@ class Query:
     def tags(self) -> dict[str, Any]:
         return self._site.tags
 
+    @tags.setter
+    def tags(self, tags: dict[str, Any]) -> None:
+        """Tags known only once the block ran (the proxy's ``tokens_estimated``): each
+        ``query()`` block has a site of its own, so no other call sees them."""
+        self._site.tags = tags
+
     @property
     def gpus(self) -> tuple | None:
         return self._site.gpus

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 from footprint._calls import CallSite, Query, SyncFn, TokensFn, check_names, check_sync, gpu_tuple
@@ -106,7 +106,7 @@ class Tracker:
         *args: Any,
         model: str | None = None,
         tokens: TokensFn | None = None,
-        gpus: list[int | str] | None = None,
+        gpus: Sequence[int | str] | None = None,
         sync: SyncFn | None = None,
         **tags: Any,
     ) -> Callable[[F], F]:
@@ -125,7 +125,7 @@ class Tracker:
         self,
         *,
         model: str,
-        gpus: list[int | str] | None = None,
+        gpus: Sequence[int | str] | None = None,
         sync: SyncFn | None = None,
         **tags: Any,
     ) -> Query:
@@ -270,7 +270,7 @@ def track(
     *args: Any,
     model: str | None = None,
     tokens: TokensFn | None = None,
-    gpus: list[int | str] | None = None,
+    gpus: Sequence[int | str] | None = None,
     sync: SyncFn | None = None,
     **tags: Any,
 ) -> Callable[[F], F]:
@@ -288,7 +288,7 @@ def track(
 def query(
     *,
     model: str,
-    gpus: list[int | str] | None = None,
+    gpus: Sequence[int | str] | None = None,
     sync: SyncFn | None = None,
     **tags: Any,
 ) -> Query:

@@ -151,7 +151,8 @@ def run_behind_daemon(scenario: Scenario, path: str, params: dict, seed: int,
         deadline_s = time.monotonic() + 30
         while not sock.exists():
             if daemon.poll() is not None or time.monotonic() > deadline_s:
-                raise RuntimeError(f"the daemon did not start: {daemon.stderr.read().decode()}")
+                said = daemon.stderr.read().decode() if daemon.stderr is not None else ""
+                raise RuntimeError(f"the daemon did not start: {said}")
             time.sleep(0.02)
         wall_offset_s = time.time() - time.monotonic()
         clients = []
@@ -177,5 +178,5 @@ def run_behind_daemon(scenario: Scenario, path: str, params: dict, seed: int,
     if path != "simulated":
         from footprint.bench.fake_pynvml import SharedLoadLog
 
-        steps = [tuple(s) for s in SharedLoadLog(str(log)).read_all()]
+        steps = [(int(s[0]), float(s[1]), float(s[2])) for s in SharedLoadLog(str(log)).read_all()]
     return Run(_read_rows(db), steps, wall_offset_s, _uuids(path, scenario.gpus, seed))

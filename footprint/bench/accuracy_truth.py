@@ -177,7 +177,8 @@ def _first_calls(judged: list[Judged]) -> dict[str, Any]:
     errors = [abs(e) for j in firsts if (e := _error_pct(j.measured_j, j.truth_j)) is not None]
     covered = [j.bound_j is not None and abs(j.measured_j - j.truth_j) <= j.bound_j + 1e-9
                for j in firsts]  # fmt: skip
-    out["first_10_median_error_pct"] = _percentiles(errors)["p50"] if errors else None
+    stats = _percentiles(errors)
+    out["first_10_median_error_pct"] = stats["p50"] if stats is not None else None
     out["first_10_within_bound_pct"] = (
         round(100 * sum(covered) / len(covered), 2) if covered else None
     )

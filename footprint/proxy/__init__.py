@@ -55,7 +55,7 @@ def make_config(
     import footprint
 
     try:  # the names footprint.query would refuse, refused now
-        footprint.query(model="check", gpus=config.gpus, **config.tags)  # type: ignore[arg-type]
+        footprint.query(model="check", gpus=config.gpus, **config.tags)
     except TypeError as exc:
         raise ProxyConfigError(str(exc)) from None
     return config

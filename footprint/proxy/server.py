@@ -358,7 +358,7 @@ class Proxy:
     def _open_query(self, model: str, kind: str) -> Any:
         self.stats.measured += 1
         try:
-            query = footprint.query(model=model, gpus=self.config.gpus,  # type: ignore[arg-type]
+            query = footprint.query(model=model, gpus=self.config.gpus,
                                     **{"endpoint": kind, **self.config.tags})  # fmt: skip
             query.__enter__()
             return query

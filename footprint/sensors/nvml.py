@@ -148,7 +148,9 @@ class NvmlSensor(Sensor):
         now_s: Callable[[], float] = time.monotonic,
     ) -> None:
         if nvml is None:
-            import pynvml as nvml
+            import pynvml
+
+            nvml = pynvml
         if visible_devices is None:
             visible_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
         self._nvml = nvml
@@ -327,7 +329,9 @@ def open_nvml(
     """
     if nvml is None:
         try:
-            import pynvml as nvml
+            import pynvml
+
+            nvml = pynvml
         except ImportError as err:
             return None, f"pynvml is not importable (install nvidia-ml-py): {err}"
     try:

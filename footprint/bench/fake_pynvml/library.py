@@ -159,9 +159,9 @@ def make_fake_pynvml(
     for name in dir(errors):
         if name.startswith(("NVML_", "NVMLError")):
             setattr(module, name, getattr(errors, name))
-    module.nvmlExceptionClass = nvmlExceptionClass
+    setattr(module, "nvmlExceptionClass", nvmlExceptionClass)  # noqa: B010 (a module built here)
     for name in _FUNCTIONS:
         setattr(module, name, getattr(state, name))
-    module.fake_state = state
-    module.fake_clock = state.clock
+    setattr(module, "fake_state", state)  # noqa: B010
+    setattr(module, "fake_clock", state.clock)  # noqa: B010
     return module
