@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from footprint.storage.models import QueryRecord, table_of
-from footprint.storage.store import Store, _sqlite_datetime, open_engine
+from footprint.storage.store import Store, open_engine, sqlite_datetime
 from footprint.storage.writer import Writer
 
 MODELS = ("llama-3-8b", "mixtral-8x7b", "whisper-large-v3", "qwen-2.5-72b")
@@ -107,7 +107,7 @@ def time_raw(records: list[dict[str, Any]], folder: Path, run: int) -> float:
     path = _fresh_db(folder, f"raw-{run}.db")
     columns = _columns()
     rows = [
-        tuple(_sqlite_datetime(r[c]) if c in ("started_at", "ended_at") else r[c] for c in columns)
+        tuple(sqlite_datetime(r[c]) if c in ("started_at", "ended_at") else r[c] for c in columns)
         for r in records
     ]
     sql = f"INSERT INTO queries ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"

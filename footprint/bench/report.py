@@ -249,7 +249,7 @@ SELECT * FROM (
 
 def raw_sql(path: Path) -> dict[str, Any]:
     """The report's aggregates straight from sqlite3 (same sums, same sampled percentiles)."""
-    from footprint.reporting.percentiles import _HASH_MODULUS, PERCENTILE_SAMPLE
+    from footprint.reporting.percentiles import HASH_MODULUS, PERCENTILE_SAMPLE
 
     con = sqlite3.connect(path)
     try:
@@ -263,13 +263,13 @@ def raw_sql(path: Path) -> dict[str, Any]:
         for row in grouped:
             counts[row[0]] = counts.get(row[0], 0) + row[17]
         limits = {
-            m: min(_HASH_MODULUS, -(-PERCENTILE_SAMPLE * _HASH_MODULUS // n))
+            m: min(HASH_MODULUS, -(-PERCENTILE_SAMPLE * HASH_MODULUS // n))
             for m, n in counts.items()
             if n
         }
         limit = " ".join(f"WHEN '{m}' THEN {t}" for m, t in sorted(limits.items()))
         percentiles = con.execute(
-            RAW_PERCENTILES.format(limit=f"CASE model {limit} ELSE {_HASH_MODULUS} END")
+            RAW_PERCENTILES.format(limit=f"CASE model {limit} ELSE {HASH_MODULUS} END")
         ).fetchall()
     finally:
         con.close()

@@ -36,11 +36,11 @@ def db_info(
 
 
 def _print_info(info: dict[str, object]) -> None:
-    from footprint.cli.info import _settings_source
+    from footprint.cli.info import settings_source
 
     for key, value in info.items():
         console.print(f"{key:>16}: {value}")
-    console.print(f"{'settings':>16}: {_settings_source()}", markup=False)
+    console.print(f"{'settings':>16}: {settings_source()}", markup=False)
 
 
 @db_app.command("rebuild-rollups")

@@ -59,10 +59,10 @@ def _print_devices(result: dict[str, Any], gpu_reason: str, cpu_reason: str) -> 
         console.print(f"CPU energy (RAPL): {', '.join(c['uuid'] for c in result['cpus'])}")
     else:
         console.print(f"CPU energy: not available ({cpu_reason})")
-    console.print(f"Settings: {_settings_source()}", markup=False)
+    console.print(f"Settings: {settings_source()}", markup=False)
 
 
-def _settings_source() -> str:
+def settings_source() -> str:
     """Which settings files apply here (found from the working directory up)."""
     from footprint.config import resolve_settings
 

@@ -20,7 +20,7 @@ PERCENTILE_SAMPLE = 10_000  # queries per model above which percentiles use a sa
 PERCENTILES = (50, 95)
 METRICS = ("energy", "co2e", "cost")
 _HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash: coprime to 10**6
-_HASH_MODULUS = 1_000_000
+HASH_MODULUS = 1_000_000
 SQLITE_MODEL_CHUNK = 500  # models per statement (bound parameters: SQLite allows 999+)
 OTHER_MODEL_CHUNK = 10_000  # PostgreSQL: one scan per chunk; 65,535 parameters at most
 
@@ -105,9 +105,9 @@ def _read(
     Values are held for one statement's models at a time.
     """
     q = table_of(QueryRecord).c
-    thresholds = {m: min(_HASH_MODULUS, -(-limit * _HASH_MODULUS // measured[m])) for m in models}
-    sampled = {m for m, t in thresholds.items() if t < _HASH_MODULUS}
-    bucket = (q.id * literal(_HASH_MULTIPLIER, BigInteger)) % _HASH_MODULUS
+    thresholds = {m: min(HASH_MODULUS, -(-limit * HASH_MODULUS // measured[m])) for m in models}
+    sampled = {m for m, t in thresholds.items() if t < HASH_MODULUS}
+    bucket = (q.id * literal(_HASH_MULTIPLIER, BigInteger)) % HASH_MODULUS
     filters = [
         *query_filters(request, with_models=False),
         or_(q.energy_j.is_not(None), q.co2e_g.is_not(None)),
@@ -130,7 +130,7 @@ def _read(
         else:
             where_model = q.model.in_(batch)
             if picked:
-                cut = case(*[(q.model == m, thresholds[m]) for m in picked], else_=_HASH_MODULUS)
+                cut = case(*[(q.model == m, thresholds[m]) for m in picked], else_=HASH_MODULUS)
                 sample.append(bucket < cut)
         stmt = select(*columns).where(where_model, *filters, *sample)
         values: dict[str, dict[str, list[float]]] = {m: {k: [] for k in METRICS} for m in batch}

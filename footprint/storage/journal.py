@@ -57,7 +57,7 @@ def server_base(url: str) -> str | None:
     from sqlalchemy.engine import make_url
 
     from footprint._paths import runtime_dir
-    from footprint.storage.sidefile import _private_folder
+    from footprint.storage.sidefile import private_folder
 
     try:
         parsed = make_url(url)
@@ -68,7 +68,7 @@ def server_base(url: str) -> str | None:
     digest = hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:32]
     folder = runtime_dir() / SERVER_FOLDER
     try:
-        _private_folder(folder)
+        private_folder(folder)
     except OSError as exc:
         log.debug("footprint: no call journal for %s: %s", backend, exc)
         return None

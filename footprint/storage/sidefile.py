@@ -160,7 +160,7 @@ def save(database_path: str, kinds: dict[str, int], host: str, pid: int) -> Path
     data = _lines(kinds, host, pid, database=os.path.abspath(database_path))
     for path in fallback_paths(database_path):
         try:
-            _private_folder(path.parent)
+            private_folder(path.parent)
             _append(path, data, 0o600)
             return path
         except OSError as exc:
@@ -355,7 +355,7 @@ def _allocate(fd: int) -> None:
     os.fsync(fd)
 
 
-def _private_folder(folder: Path) -> None:
+def private_folder(folder: Path) -> None:
     """Create ``folder`` (and its parent) mode 0700; OSError unless both are real
     folders owned by this user, not writable by others."""
     for each in (folder.parent, folder):

@@ -68,7 +68,7 @@ class _QuietAbortedPipeline(logging.Filter):
 _QUIET_PIPELINE = _QuietAbortedPipeline()
 
 
-def _sqlite_datetime(value: Any) -> Any:
+def sqlite_datetime(value: Any) -> Any:
     """The text SQLAlchemy's SQLite DateTime type writes (naive UTC, microseconds)."""
     if isinstance(value, _dt.datetime):
         if value.tzinfo is not None:
@@ -87,7 +87,7 @@ def _utc_text(value: Any) -> Any:
     each second is cached and only the microseconds are formatted per row.
     """
     if value.__class__ is not _dt.datetime or value.tzinfo is not _dt.timezone.utc:
-        return _sqlite_datetime(value)
+        return sqlite_datetime(value)
     second = int(value.timestamp())
     prefix = _SECOND_TEXT.get(second)
     if prefix is None:
