@@ -78,6 +78,11 @@ class Settings:
     ownership: str | None = None
     hourly_intensity_csv: str | None = None  # read by the pricer when it starts
     electricitymaps_token: str | None = None
+    # The bearer token sent to a daemon over HTTP (FOOTPRINT_DAEMON_TOKEN), else the one in
+    # this file (FOOTPRINT_DAEMON_TOKEN_FILE), else, for a loopback daemon, the file it
+    # writes beside the default socket.
+    daemon_token: str | None = None
+    daemon_token_file: str | None = None
     electricitymaps_url: str | None = None  # None: the public API
     regions_dir: str | None = None  # the regions/*.csv tables; None: the shipped ones
     price_per_kwh: float | None = None

@@ -66,6 +66,8 @@ class SettingsOverrides(TypedDict, total=False):
     hourly_intensity_csv: str | None
     electricitymaps_token: str | None
     electricitymaps_url: str | None
+    daemon_token: str | None
+    daemon_token_file: str | None
     regions_dir: str | None
     price_per_kwh: float | None
     currency: str | None

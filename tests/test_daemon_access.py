@@ -192,6 +192,32 @@ def test_the_real_client_posts_over_http_with_the_token_file(daemon, home, tmp_p
     assert records_of(daemon.db, "client-wrong-token") == []
 
 
+def test_the_token_is_a_setting_of_a_tracker_or_of_footprint_toml(daemon, tmp_path):
+    """Before: only the FOOTPRINT_DAEMON_TOKEN variable (read by the transport, beside
+    Settings) could give it; now ``daemon_token`` is a setting like the others."""
+    from footprint import Tracker
+
+    token = token_path(daemon.sock).read_text().strip()
+    url = f"http://127.0.0.1:{daemon.port}"
+    with Tracker(db=str(tmp_path / "t.db"), sensor="none", cpu=False, region="FRA", daemon=url,
+                 daemon_token=token) as tracker:  # fmt: skip
+        with tracker.query(model="token-setting"):
+            pass
+        tracker.flush()
+        assert tracker.stats()["daemon_refused_batches"] == 0
+    assert wait_for(lambda: records_of(daemon.db, "token-setting"))
+    (tmp_path / "footprint.toml").write_text(f'daemon_token = "{token}"\n')
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FOOTPRINT_")}
+    result = subprocess.run(
+        [sys.executable, "-c", CLIENT, str(tmp_path / "client.db"), url, "token-in-toml"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**environ, "XDG_RUNTIME_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "1"]
+    assert wait_for(lambda: records_of(daemon.db, "token-in-toml"))
+
+
 # -- the token file, in-process ------------------------------------------------------------
 def _claim(folder: Path, token: str | None = None):
     from footprint.daemon.claim import SocketClaim

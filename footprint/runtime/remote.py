@@ -106,7 +106,7 @@ class DaemonClient(SpanQueue):
         self.settings = settings
         self._limit = settings.max_pending_spans  # ``max_pending``: lowered while ends wait
         if transport is None:
-            transport = transport_for(target or default_target(settings), sock)
+            transport = transport_for(target or default_target(settings), sock, settings)
         self.transport = transport
         self.target = transport.target
         self.pid = os.getpid()

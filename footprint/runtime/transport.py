@@ -46,18 +46,17 @@ STABLE_CONNECTION_S = 5.0
 IO_TIMEOUT_S = 5.0
 MAX_REPLY_BYTES = 65536  # a partial reply line longer than this is dropped
 HTTP_PATH = "/v1/spans"
-TOKEN_ENV = "FOOTPRINT_DAEMON_TOKEN"  # sent as "Authorization: Bearer <token>" over HTTP
-TOKEN_FILE_ENV = "FOOTPRINT_DAEMON_TOKEN_FILE"  # else the token read from this file
 MAX_TOKEN_BYTES = 4096
 
 
-def token_file(url: str, environ: dict[str, str] | None = None) -> str | None:
-    """Where a client posting to ``url`` reads the daemon's token: the file named by
-    ``FOOTPRINT_DAEMON_TOKEN_FILE``, else, for a loopback address, the one the daemon
+def token_file(
+    url: str, named: str | None = None, environ: dict[str, str] | None = None
+) -> str | None:
+    """Where a client posting to ``url`` reads the daemon's token: ``named`` (the
+    ``daemon_token_file`` setting), else, for a loopback address, the one the daemon
     writes beside the default socket (``<socket>.token``); None: no file (a remote daemon's
     token is only sent when given, never this host's)."""
     env = os.environ if environ is None else environ
-    named = env.get(TOKEN_FILE_ENV)
     if named:
         return named
     host = urlsplit(url).hostname or ""
@@ -309,13 +308,16 @@ class UnixTransport(Transport):
 class HttpTransport(Transport):
     """Batches POSTed to the daemon's HTTP intake; a 2xx answer is the acknowledgement."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(
+        self, target: Target, token: str | None = None, token_file_path: str | None = None
+    ) -> None:
         super().__init__(target)
         import http.client  # noqa: F401  (here: the sender thread never imports)
 
         self._http: Any = None  # an http.client.HTTPConnection
         self._headers = {"Content-Type": "application/json"}
-        self._token_path = token_file(target.address)  # read at each connection
+        self._token = token  # the daemon_token setting: sent as is
+        self._token_path = token_file(target.address, token_file_path)  # read at each connection
 
     def _open(self) -> None:
         self._load_token()
@@ -351,10 +353,8 @@ class HttpTransport(Transport):
         return SENT
 
     def _load_token(self) -> None:
-        """The bearer token: ``FOOTPRINT_DAEMON_TOKEN``, else the token file."""
-        token = os.environ.get(TOKEN_ENV) or (
-            read_token(self._token_path) if self._token_path else None
-        )
+        """The bearer token: the ``daemon_token`` setting, else the token file."""
+        token = self._token or (read_token(self._token_path) if self._token_path else None)
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         else:
@@ -428,10 +428,14 @@ def _replies(lines: Iterable[bytes]) -> list[Reply]:
     return [Reply(line, line.startswith(b'{"acked":')) for line in lines if line.strip()]
 
 
-def transport_for(target: Target, sock: socket.socket | None = None) -> Transport:
-    """The transport to ``target`` (``sock``: a connection to it ``probe`` opened)."""
+def transport_for(
+    target: Target, sock: socket.socket | None = None, settings: Any = None
+) -> Transport:
+    """The transport to ``target`` (``sock``: a connection to it ``probe`` opened;
+    ``settings``: the token settings, for HTTP)."""
     if target.kind == "http":
-        return HttpTransport(target)
+        token = getattr(settings, "daemon_token", None)
+        return HttpTransport(target, token, getattr(settings, "daemon_token_file", None))
     return UnixTransport(target, sock)
 
 
