@@ -94,6 +94,14 @@ def test_source_digest_is_the_sha256_of_the_attribution_code_in_order():
             "sensors/simulated/spec.py",
             "sensors/nvml.py",
             "runtime/local.py",
+            "runtime/devices.py",
+            "runtime/idle.py",
+            "runtime/measuring.py",
+            "runtime/pending.py",
+            "runtime/records.py",
+            "runtime/settling.py",
+            "runtime/simload.py",
+            "runtime/worker.py",
         )
     )
     assert accuracy.source_digest() == hashlib.sha256(joined).hexdigest()

@@ -54,6 +54,14 @@ DIGEST_FILES = (
     "sensors/simulated/spec.py",
     "sensors/nvml.py",
     "runtime/local.py",
+    "runtime/devices.py",
+    "runtime/idle.py",
+    "runtime/measuring.py",
+    "runtime/pending.py",
+    "runtime/records.py",
+    "runtime/settling.py",
+    "runtime/simload.py",
+    "runtime/worker.py",
 )
 # Where the benchmark writes its figures, inside the package; tests point it elsewhere.
 ACCURACY_FILE: Path | None = None
