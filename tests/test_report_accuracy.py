@@ -94,6 +94,7 @@ def test_source_digest_is_the_sha256_of_the_attribution_code_in_order():
             "sensors/simulated/spec.py",
             "sensors/nvml.py",
             "runtime/local.py",
+            "runtime/spans.py",
             "runtime/devices.py",
             "runtime/idle.py",
             "runtime/measuring.py",

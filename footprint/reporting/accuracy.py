@@ -54,6 +54,7 @@ DIGEST_FILES = (
     "sensors/simulated/spec.py",
     "sensors/nvml.py",
     "runtime/local.py",
+    "runtime/spans.py",
     "runtime/devices.py",
     "runtime/idle.py",
     "runtime/measuring.py",
