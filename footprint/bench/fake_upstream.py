@@ -1,4 +1,5 @@
-"""A fake OpenAI-compatible model server, for ``footprint bench proxy`` and the tests.
+"""A fake OpenAI-compatible (and Ollama) model server, for ``footprint bench proxy`` and
+the tests.
 
 It answers like the OpenAI API (and vLLM, which copies it): ``/v1/chat/completions``,
 ``/v1/completions``, ``/v1/embeddings``, ``/v1/responses`` (JSON, or server-sent events
@@ -17,6 +18,13 @@ after two chunks), ``hang`` (no answer for an hour). ``refuse_stream_options=Tru
 it answer 400 to any request with ``stream_options``, as some servers do. ``latency_s``
 delays every inference answer (a model's compute time); a request's ``X-Fake-Latency-Ms``
 header sets it for that request, and ``X-Fake-Gzip: 1`` gzips a JSON answer.
+
+Ollama's native API too: ``/api/chat``, ``/api/generate`` (newline-delimited JSON streams,
+``application/x-ndjson``, unless the body says ``"stream": false``; the last object has
+``"done": true``, ``prompt_eval_count`` and ``eval_count``; output: ``options.num_predict``
+tokens, default 5), ``/api/embed`` (``prompt_eval_count``) and the older
+``/api/embeddings`` (no counts). Their errors are Ollama's ``{"error": "message"}``; model
+``long-context`` gives ``/api/generate`` a last object with a ``context`` over 1 MiB.
 
 Run alone: ``python -m footprint.bench.fake_upstream [--port 0] [--latency-ms N]`` prints
 ``listening on PORT`` and serves until killed.
@@ -39,6 +47,7 @@ from typing import Any
 from aiohttp import web
 
 CREATED = 1_700_000_000
+CREATED_AT = "2023-11-14T22:13:20Z"  # CREATED, as Ollama writes its times
 _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -77,6 +86,16 @@ class FakeUpstream:
         self.disconnects = 0  # streams whose client went away before the end
         self._runner: web.ServerRunner | None = None
         self.port = 0
+        self._routes = {
+            "/v1/chat/completions": self._chat,
+            "/v1/completions": self._completions,
+            "/v1/embeddings": self._embeddings,
+            "/v1/responses": self._responses,
+            "/api/chat": self._ollama_chat,
+            "/api/generate": self._ollama_generate,
+            "/api/embed": self._ollama_embed,
+            "/api/embeddings": self._ollama_embeddings,
+        }
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         server = web.Server(self._handle, access_log=None, handler_cancellation=True)
@@ -99,6 +118,43 @@ class FakeUpstream:
     # -- requests ----------------------------------------------------------------------
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        body, seen = await self._receive(request)
+        route = self._routes.get(request.path)
+        if request.method == "GET" and request.path == "/v1/models":
+            return self._json(200, {"object": "list", "data": [
+                {"id": "fake-model", "object": "model", "created": CREATED, "owned_by": "fake"}
+            ]})  # fmt: skip
+        if route is None or request.method != "POST":
+            return self._json(200, {**seen, "headers": dict(request.headers)})
+        error = self._ollama_error if request.path.startswith("/api/") else self._error
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            return error(400, "We could not parse the JSON body of your request.")
+        if not isinstance(obj, dict):
+            return error(400, "The request body must be a JSON object.")
+        seen["json"] = {k: v for k, v in obj.items() if k not in ("messages", "input", "prompt")}
+        model = obj.get("model")
+        if not isinstance(model, str):
+            return error(400, "you must provide a model parameter")
+        if self.refuse_stream_options and "stream_options" in obj:
+            return error(400, "Unrecognized request argument supplied: stream_options")
+        if model == "fail-500":
+            return error(500, "The server had an error processing your request.", "server_error")
+        if model == "fail-400":
+            return error(400, "This model's maximum context length is 8 tokens.")
+        await self._delay(request, model)
+        # From the request less stream_options: the same id with or without the option.
+        key = _dumps({k: v for k, v in obj.items() if k != "stream_options"})
+        ident = hashlib.sha1(key).hexdigest()[:16]
+        response = await route(request, obj, model, ident)
+        if request.headers.get("X-Fake-Gzip") and isinstance(response, web.Response):
+            response.body = gzip.compress(response.body, mtime=0)  # type: ignore[arg-type]
+            response.headers["Content-Encoding"] = "gzip"
+        return response
+
+    async def _receive(self, request: web.BaseRequest) -> tuple[bytes, dict]:
+        """The request's body, and what is kept of the request in ``requests``."""
         digest = hashlib.sha256()
         pieces = []
         size = 0
@@ -106,7 +162,6 @@ class FakeUpstream:
             digest.update(piece)
             pieces.append(piece)
             size += len(piece)
-        body = b"".join(pieces)
         seen = {
             "method": request.method,
             "path": request.path,
@@ -117,35 +172,10 @@ class FakeUpstream:
             "json": None,
         }
         self.requests.append(seen)
-        route = {
-            "/v1/chat/completions": self._chat,
-            "/v1/completions": self._completions,
-            "/v1/embeddings": self._embeddings,
-            "/v1/responses": self._responses,
-        }.get(request.path)
-        if request.method == "GET" and request.path == "/v1/models":
-            return self._json(200, {"object": "list", "data": [
-                {"id": "fake-model", "object": "model", "created": CREATED, "owned_by": "fake"}
-            ]})  # fmt: skip
-        if route is None or request.method != "POST":
-            return self._json(200, {**seen, "headers": dict(request.headers)})
-        try:
-            obj = json.loads(body)
-        except ValueError:
-            return self._error(400, "We could not parse the JSON body of your request.")
-        if not isinstance(obj, dict):
-            return self._error(400, "The request body must be a JSON object.")
-        seen["json"] = {k: v for k, v in obj.items() if k not in ("messages", "input", "prompt")}
-        model = obj.get("model")
-        if not isinstance(model, str):
-            return self._error(400, "you must provide a model parameter")
-        if self.refuse_stream_options and "stream_options" in obj:
-            return self._error(400, "Unrecognized request argument supplied: stream_options")
-        if model == "fail-500":
-            return self._error(500, "The server had an error processing your request.",
-                               "server_error")  # fmt: skip
-        if model == "fail-400":
-            return self._error(400, "This model's maximum context length is 8 tokens.")
+        return b"".join(pieces), seen
+
+    async def _delay(self, request: web.BaseRequest, model: str) -> None:
+        """The model's compute time: ``latency_s``, or the request's ``X-Fake-Latency-Ms``."""
         if model == "hang":
             await asyncio.sleep(3600)
         latency = self.latency_s
@@ -155,14 +185,6 @@ class FakeUpstream:
                 latency = max(0.0, min(float(asked), 60_000.0)) / 1000.0
         if latency:
             await asyncio.sleep(latency)
-        # From the request less stream_options: the same id with or without the option.
-        key = _dumps({k: v for k, v in obj.items() if k != "stream_options"})
-        ident = hashlib.sha1(key).hexdigest()[:16]
-        response = await route(request, obj, model, ident)
-        if request.headers.get("X-Fake-Gzip") and isinstance(response, web.Response):
-            response.body = gzip.compress(response.body, mtime=0)  # type: ignore[arg-type]
-            response.headers["Content-Encoding"] = "gzip"
-        return response
 
     @staticmethod
     def _json(status: int, obj: Any) -> web.Response:
@@ -172,6 +194,9 @@ class FakeUpstream:
         error = {"message": message, "type": kind, "param": None, "code": None}
         return self._json(status, {"error": error})
 
+    def _ollama_error(self, status: int, message: str, kind: str = ""):
+        return self._json(status, {"error": message})  # Ollama's shape: a message only
+
     @staticmethod
     def _output_tokens(obj: dict) -> int:
         for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
@@ -180,10 +205,14 @@ class FakeUpstream:
                 return value
         return 5
 
-    async def _stream(self, request: web.BaseRequest, model: str,
-                      events: list[bytes]) -> web.StreamResponse:  # fmt: skip
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "Cache-Control": "no-cache"})  # fmt: skip
+    async def _stream(
+        self, request: web.BaseRequest, model: str, events: list[bytes],
+        headers: dict[str, str] | None = None,
+    ) -> web.StreamResponse:  # fmt: skip
+        """``events`` written one by one (server-sent events unless ``headers`` say)."""
+        response = web.StreamResponse(
+            headers=headers or {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await response.prepare(request)
         delay = self.slow_chunk_s if model == "slow" else 0.0
         try:
@@ -306,6 +335,64 @@ class FakeUpstream:
         events.append(self._sse({"type": "response.completed", "sequence_number": n_out + 1,
                                  "response": done}, "response.completed"))  # fmt: skip
         return await self._stream(request, model, events)
+
+    # -- Ollama's native API -----------------------------------------------------------
+
+    async def _ollama_answer(self, request, obj, model, parts: list[dict], last: dict):
+        """A JSON answer (``"stream": false``), else the NDJSON stream of ``parts``
+        then ``last``: every object with ``model``, ``created_at`` and ``done``."""
+        head = {"model": model, "created_at": CREATED_AT}
+        if obj.get("stream") is False:
+            return self._json(200, {**head, **last})
+        lines = [_dumps({**head, **part, "done": False}) + b"\n" for part in parts]
+        lines.append(_dumps({**head, **last}) + b"\n")
+        return await self._stream(request, model, lines, {"Content-Type": "application/x-ndjson"})
+
+    @staticmethod
+    def _ollama_metrics(n_in: int, n_out: int) -> dict[str, int]:
+        return {"total_duration": 5_000_000, "load_duration": 1_000_000,
+                "prompt_eval_count": n_in, "prompt_eval_duration": 1_000_000,
+                "eval_count": n_out, "eval_duration": 3_000_000}  # fmt: skip
+
+    @staticmethod
+    def _predict(obj: dict) -> int:
+        options = obj.get("options")
+        value = options.get("num_predict") if isinstance(options, dict) else None
+        return value if isinstance(value, int) and value >= 0 else 5
+
+    async def _ollama_chat(self, request, obj, model, ident):
+        n_in, n_out = _words(obj.get("messages")), self._predict(obj)
+        tokens = [f"tok{i} " for i in range(n_out)]
+        parts = [{"message": {"role": "assistant", "content": t}} for t in tokens]
+        done = {"done_reason": "length", "done": True, **self._ollama_metrics(n_in, n_out)}
+        whole = "" if obj.get("stream") is not False else "".join(tokens)
+        last = {"message": {"role": "assistant", "content": whole}, **done}
+        return await self._ollama_answer(request, obj, model, parts, last)
+
+    async def _ollama_generate(self, request, obj, model, ident):
+        n_in, n_out = _words(obj.get("prompt")), self._predict(obj)
+        tokens = [f"tok{i} " for i in range(n_out)]
+        # The context (token ids) comes before the counts; model long-context makes it
+        # longer than the proxy holds of one line.
+        context = list(range(300_000 if model == "long-context" else n_in + n_out))
+        whole = "" if obj.get("stream") is not False else "".join(tokens)
+        last = {"response": whole, "done": True, "done_reason": "length", "context": context,
+                **self._ollama_metrics(n_in, n_out)}  # fmt: skip
+        parts = [{"response": t} for t in tokens]
+        return await self._ollama_answer(request, obj, model, parts, last)
+
+    async def _ollama_embed(self, request, obj, model, ident):
+        inputs = obj.get("input")
+        items = inputs if isinstance(inputs, list) else [inputs]
+        vectors = [[round(((i + 1) * (d + 1) % 7) / 7.0, 4) for d in range(8)]
+                   for i in range(len(items))]  # fmt: skip
+        metrics = self._ollama_metrics(_words(inputs), 0)
+        del metrics["eval_count"], metrics["eval_duration"]
+        return self._json(200, {"model": model, "embeddings": vectors, **metrics})
+
+    async def _ollama_embeddings(self, request, obj, model, ident):
+        vector = [round(((d + 1) % 7) / 7.0, 4) for d in range(8)]
+        return self._json(200, {"embedding": vector})  # the older API: no counts
 
 
 async def _main(port: int, latency_s: float) -> None:

@@ -117,6 +117,36 @@ def proxy_command(
     grace: Annotated[
         float, typer.Option(min=0, help="Seconds requests in flight get to finish on SIGTERM.")
     ] = 15.0,
+    tag_header: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tag-header",
+            help="HEADER=TAG: a request's HEADER value stored as tag TAG (cut to 128 "
+            "characters); repeatable. No other header is stored.",
+        ),
+    ] = None,
+    tag_user: Annotated[
+        bool,
+        typer.Option(
+            "--tag-user", help="Store the request body's OpenAI 'user' field as tag user."
+        ),
+    ] = False,
+    tag_api_key_hash: Annotated[
+        bool,
+        typer.Option(
+            "--tag-api-key-hash",
+            help="Store a keyed hash of the 'Authorization: Bearer' API key as tag "
+            "api_key_hash (16 hex digits; never the key).",
+        ),
+    ] = False,
+    api_key_secret_file: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key-secret-file",
+            help="File holding this deployment's secret key for --tag-api-key-hash "
+            "(default: a fixed, public salt).",
+        ),
+    ] = None,
 ) -> None:
     """Measure an OpenAI-compatible model server (vLLM, TGI, SGLang, llama.cpp, Ollama) with
     no code change: forward every request to --upstream, record each inference request."""
@@ -128,7 +158,11 @@ def proxy_command(
         sys.stderr.flush()
 
     try:
-        config = make_config(upstream, listen, gpus, tag, read_timeout_s=timeout, grace_s=grace)
+        config = make_config(
+            upstream, listen, gpus, tag, tag_headers=tag_header, tag_user=tag_user,
+            tag_api_key_hash=tag_api_key_hash, api_key_secret_file=api_key_secret_file,
+            read_timeout_s=timeout, grace_s=grace,
+        )  # fmt: skip
         if db is not None:
             footprint.configure(db=db)
         stopped_by = serve(config, on_ready=ready)

@@ -13,18 +13,19 @@ import contextlib
 import signal
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from footprint.proxy.config import (
     DEFAULT_LISTEN,
     ProxyConfig,
     ProxyConfigError,
+    parse_caller_tagging,
     parse_gpus,
     parse_listen,
     parse_tags,
     parse_upstream,
 )
-from footprint.proxy.openai import ENDPOINTS
-from footprint.proxy.server import Proxy
+from footprint.proxy.server import ENDPOINTS, Proxy
 
 SWITCH_INTERVAL_S = 0.0005
 
@@ -44,18 +45,28 @@ def make_config(
     listen: str = DEFAULT_LISTEN,
     gpus: str | None = None,
     tags: list[str] | None = None,
+    *,
+    tag_headers: list[str] | None = None,
+    tag_user: bool = False,
+    tag_api_key_hash: bool = False,
+    api_key_secret_file: str | None = None,
     **options: float,
 ) -> ProxyConfig:
     """The settings from command-line text; ``ProxyConfigError`` names what is wrong."""
     host, port = parse_listen(listen)
+    static_tags = parse_tags(tags)
+    callers = parse_caller_tagging(
+        tag_headers, tag_user, tag_api_key_hash, api_key_secret_file, static_tags
+    )
     config = ProxyConfig(
         upstream=parse_upstream(upstream), host=host, port=port, gpus=parse_gpus(gpus),
-        tags=parse_tags(tags), **options,  # type: ignore[arg-type]
+        tags=static_tags, callers=callers, **options,  # type: ignore[arg-type]
     )  # fmt: skip
     import footprint
 
     try:  # the names footprint.query would refuse, refused now
-        footprint.query(model="check", gpus=config.gpus, **config.tags)
+        names: dict[str, Any] = dict.fromkeys(callers.tag_names, "")
+        footprint.query(model="check", gpus=config.gpus, **config.tags, **names)
     except TypeError as exc:
         raise ProxyConfigError(str(exc)) from None
     return config

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 WINDOW = 64 * 1024  # bytes of a body (head and tail) or of an oversized event kept
@@ -108,13 +109,21 @@ class Inflater:
         return b"".join(out)
 
 
+TokensReader = Callable[[bytes | bytearray, str], tuple[int | None, int | None] | None]
+
+
 class BodyAccountant:
-    """Usage from a JSON body, keeping only its first and last ``WINDOW`` bytes."""
+    """Usage from a JSON body, keeping only its first and last ``WINDOW`` bytes.
 
-    __slots__ = ("kind", "_head", "_tail", "_dropped")
+    ``read_tokens(data, kind)``, when given, reads the tokens of another API than
+    OpenAI's (whose ``usage`` object is read otherwise) out of what was kept.
+    """
 
-    def __init__(self, kind: str) -> None:
+    __slots__ = ("kind", "_read_tokens", "_head", "_tail", "_dropped")
+
+    def __init__(self, kind: str, read_tokens: TokensReader | None = None) -> None:
         self.kind = kind
+        self._read_tokens = read_tokens
         self._head = bytearray()
         self._tail = bytearray()
         self._dropped = False
@@ -131,6 +140,11 @@ class BodyAccountant:
                 self._dropped = True
 
     def tokens(self) -> tuple[int | None, int | None] | None:
+        read = self._read_tokens
+        if read is not None:
+            if not self._dropped:
+                return read(self._head + self._tail, self.kind)
+            return read(self._tail, self.kind) or read(self._head, self.kind)
         if not self._dropped:
             usage = find_usage(self._head + self._tail)
         else:

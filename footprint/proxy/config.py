@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from yarl import URL
 
+from footprint.proxy.callers import API_KEY_HASH_TAG, USER_TAG, CallerTagging, TagHeader
+
 DEFAULT_LISTEN = "127.0.0.1:8001"
 MAX_PARSED_BODY = 10 * 1024 * 1024  # request bodies beyond this are forwarded, not parsed
 RESERVED_TAGS = frozenset({"model", "tokens", "gpus", "sync"})
+# Tags the proxy sets itself: a --tag-header may not take their names.
+PROXY_TAGS = frozenset({"endpoint", "tokens_estimated", USER_TAG, API_KEY_HASH_TAG})
+# Headers that carry credentials: never stored (--tag-api-key-hash stores a keyed hash).
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key",
+                            "api-key"})  # fmt: skip
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 class ProxyConfigError(ValueError):
@@ -29,6 +39,7 @@ class ProxyConfig:
     read_timeout_s: float = 600.0  # the longest wait for the next byte from the upstream
     grace_s: float = 15.0  # on SIGTERM/SIGINT, how long requests in flight may finish
     max_parsed_body: int = MAX_PARSED_BODY
+    callers: CallerTagging = field(default_factory=CallerTagging)
 
     @property
     def listen_url(self) -> str:
@@ -127,3 +138,55 @@ def parse_tags(items: list[str] | None) -> dict[str, str]:
             raise ProxyConfigError(f"--tag {key!r} is reserved; choose another name")
         tags[key] = value
     return tags
+
+
+def parse_tag_headers(items: list[str] | None, tags: dict[str, str]) -> tuple[TagHeader, ...]:
+    """``--tag-header X-Footprint-Team=team``: the header whose value is stored as tag
+    ``team``. Not a credential header, nor a tag name the proxy or ``--tag`` sets."""
+    out: list[TagHeader] = []
+    for item in items or []:
+        header, sep, tag = (part.strip() for part in item.partition("="))
+        example = "e.g. --tag-header X-Footprint-Team=team"
+        if not sep or not tag or not _HEADER_NAME.fullmatch(header):
+            raise ProxyConfigError(f"--tag-header {item!r} must be HEADER=TAG; {example}")
+        if header.lower() in SECRET_HEADERS:
+            raise ProxyConfigError(
+                f"--tag-header {header!r} carries credentials and is never stored "
+                "(--tag-api-key-hash stores a hash of the API key)"
+            )
+        if tag in RESERVED_TAGS or tag in PROXY_TAGS or tag in tags:
+            raise ProxyConfigError(f"--tag-header tag {tag!r} is reserved or already a --tag")
+        if any(h.header.lower() == header.lower() or h.tag == tag for h in out):
+            raise ProxyConfigError(f"--tag-header {item!r} repeats a header or a tag")
+        out.append(TagHeader(header, tag))
+    return tuple(out)
+
+
+def read_secret(path: str | None) -> bytes | None:
+    """The per-deployment secret of the API key hash: a file's bytes, less the line end."""
+    if path is None:
+        return None
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ProxyConfigError(f"--api-key-secret-file {path!r}: {reason}") from None
+    if not secret:
+        raise ProxyConfigError(f"--api-key-secret-file {path!r} is empty")
+    return secret
+
+
+def parse_caller_tagging(
+    tag_headers: list[str] | None, tag_user: bool, tag_api_key_hash: bool,
+    api_key_secret_file: str | None, tags: dict[str, str],
+) -> CallerTagging:  # fmt: skip
+    """The caller tags asked for on the command line."""
+    if api_key_secret_file is not None and not tag_api_key_hash:
+        raise ProxyConfigError("--api-key-secret-file needs --tag-api-key-hash")
+    for name in (USER_TAG, API_KEY_HASH_TAG):
+        if name in tags and (tag_user if name == USER_TAG else tag_api_key_hash):
+            raise ProxyConfigError(f"--tag {name!r} is set by the proxy from each request")
+    return CallerTagging(
+        headers=parse_tag_headers(tag_headers, tags), user=tag_user,
+        api_key_hash=tag_api_key_hash, api_key_secret=read_secret(api_key_secret_file),
+    )  # fmt: skip

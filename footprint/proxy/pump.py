@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -22,8 +23,12 @@ from footprint.proxy.errors import (
 )
 from footprint.proxy.exchange import Exchange, ProxyStats
 from footprint.proxy.headers import Headers
+from footprint.proxy.ollama import KINDS as OLLAMA_KINDS
+from footprint.proxy.ollama import NDJSONAccountant, is_ndjson, ollama_tokens
 from footprint.proxy.openai import is_event_stream
 
+# Accountants of a stream: closed at its end, with a stream's errors and oversized events.
+STREAM_ACCOUNTANTS = (SSEAccountant, NDJSONAccountant)
 WHOLE_BODY_MAX = 1024 * 1024  # a body this small, of known length, is sent in one write
 ERROR_PEEK = 64 * 1024  # of a 4xx body read to see whether it refuses stream_options
 
@@ -74,7 +79,7 @@ async def peek(upstream: aiohttp.ClientResponse) -> bytes:
 class Reading:
     """How a response is read on the side; the accountant is dropped if it fails."""
 
-    accountant: SSEAccountant | BodyAccountant | None = None
+    accountant: SSEAccountant | NDJSONAccountant | BodyAccountant | None = None
     inflater: Inflater | None = None
     strip_usage: bool = False  # the accountant gives back the bytes to forward
 
@@ -88,24 +93,38 @@ def choose_reading(
         return Reading()
     headers = upstream.headers
     encoding = headers.get("Content-Encoding", "identity").strip().lower()
-    accountant: SSEAccountant | BodyAccountant | None
-    if is_event_stream(headers.get("Content-Type", "")):
+    content_type = headers.get("Content-Type", "")
+    first_token = exchange.query.first_token if exchange.query else None
+    accountant: SSEAccountant | NDJSONAccountant | BodyAccountant | None
+    if is_event_stream(content_type):
         if strip_usage and encoding not in ("", "identity"):
             strip_usage = False  # the upstream compressed anyway: forward as is
         accountant = SSEAccountant(
             exchange.kind, strip_usage=strip_usage, count_chunks=count_chunks,
-            on_first_content=exchange.query.first_token if exchange.query else None,
+            on_first_content=first_token,
         )  # fmt: skip
         exchange.tokens_estimated = count_chunks
     else:
         strip_usage = False
-        accountant = BodyAccountant(exchange.kind)
+        accountant = _body_accountant(exchange.kind, content_type, first_token)
     inflater = None
     if encoding in ("gzip", "x-gzip", "deflate"):
         inflater = Inflater("deflate" if encoding == "deflate" else "gzip")
     elif encoding not in ("", "identity"):
         accountant = None  # br, zstd: forwarded, not read
     return Reading(accountant, inflater, strip_usage)
+
+
+def _body_accountant(
+    kind: str, content_type: str, first_token: Callable[[], Any] | None
+) -> NDJSONAccountant | BodyAccountant:
+    """The accountant of a body that is not server-sent events: an Ollama stream, or a
+    JSON body (Ollama's or OpenAI's)."""
+    if kind not in OLLAMA_KINDS:
+        return BodyAccountant(kind)
+    if is_ndjson(content_type):
+        return NDJSONAccountant(kind, on_first_content=first_token)
+    return BodyAccountant(kind, ollama_tokens)
 
 
 def _fits_one_write(
@@ -177,7 +196,7 @@ class Pump:
             inflater = reading.inflater
             try:
                 accountant.feed(inflater.decode(body) if inflater is not None else body)
-                if isinstance(accountant, SSEAccountant):
+                if isinstance(accountant, STREAM_ACCOUNTANTS):
                     accountant.close()
             except Exception as exc:  # accounting never breaks a response
                 self._accounting_failed(exc)
@@ -253,7 +272,7 @@ class Pump:
     def _close(self, reading: Reading) -> bytes:
         """The end of a stream: what the accountant still held, to forward."""
         accountant = reading.accountant
-        if not isinstance(accountant, SSEAccountant):
+        if not isinstance(accountant, STREAM_ACCOUNTANTS):
             return b""
         try:
             rest = accountant.close()
@@ -263,15 +282,16 @@ class Pump:
         return rest if reading.strip_usage else b""
 
     def finish_accounting(
-        self, exchange: Exchange, accountant: SSEAccountant | BodyAccountant | None
-    ) -> None:
+        self, exchange: Exchange,
+        accountant: SSEAccountant | NDJSONAccountant | BodyAccountant | None,
+    ) -> None:  # fmt: skip
         """The tokens the accountant found, on the exchange's query."""
         query = exchange.query
         if accountant is None or query is None:
             return
         try:
             tokens = accountant.tokens()
-            if isinstance(accountant, SSEAccountant):
+            if isinstance(accountant, STREAM_ACCOUNTANTS):
                 tokens = self._stream_tokens(exchange, accountant, tokens)
             if tokens is None:
                 if exchange.error is None:
@@ -282,7 +302,7 @@ class Pump:
             self._accounting_failed(exc)
 
     def _stream_tokens(
-        self, exchange: Exchange, accountant: SSEAccountant,
+        self, exchange: Exchange, accountant: SSEAccountant | NDJSONAccountant,
         tokens: tuple[int | None, int | None] | None,
     ) -> tuple[int | None, int | None] | None:  # fmt: skip
         """A stream's tokens: its usage, else its content chunks counted when estimating."""

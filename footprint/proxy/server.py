@@ -21,7 +21,10 @@ completions) is sent upstream with ``stream_options.include_usage`` and
 receives (see :mod:`footprint.proxy.accounting`). An upstream that refuses the option
 (a 4xx naming it) gets the request again without it, and is not asked again; its
 streams' output tokens are the number of content chunks, tagged
-``tokens_estimated=true``.
+``tokens_estimated=true``. Ollama's ``/api/chat``, ``/api/generate``, ``/api/embed`` and
+``/api/embeddings`` are measured too, their tokens read from ``prompt_eval_count`` and
+``eval_count`` (see :mod:`footprint.proxy.ollama`). The caller tags asked for (allowed
+headers, ``user``, the API key's hash: :mod:`footprint.proxy.callers`) join the record's.
 
 Records: status ``ok``; ``error`` with ``error_type`` ``HTTP<status>`` (the upstream
 answered 4xx/5xx), ``UpstreamUnreachable``, ``UpstreamTimeout``, ``UpstreamDisconnected``
@@ -48,6 +51,7 @@ from aiohttp import web
 from yarl import URL
 
 import footprint
+from footprint.proxy.callers import caller_tags
 from footprint.proxy.config import ProxyConfig, ProxyConfigError, upstream_url
 from footprint.proxy.errors import (
     UPSTREAM_ERRORS,
@@ -66,8 +70,9 @@ from footprint.proxy.headers import (
     response_headers,
     skip_auto_headers,
 )
+from footprint.proxy.ollama import ENDPOINTS as OLLAMA_ENDPOINTS
+from footprint.proxy.openai import ENDPOINTS as OPENAI_ENDPOINTS
 from footprint.proxy.openai import (
-    ENDPOINTS,
     model_of,
     parse_body,
     plain_stream_options,
@@ -79,6 +84,7 @@ from footprint.proxy.pump import Pump, choose_reading, peek, read_body, rest_of_
 
 log = logging.getLogger("footprint.proxy")
 
+ENDPOINTS = {**OPENAI_ENDPOINTS, **OLLAMA_ENDPOINTS}  # measured paths: their kind
 INLINE_PARSE_MAX = 256 * 1024  # larger request bodies are parsed off the event loop
 REFUSAL_LOG_INTERVAL_S = 60.0  # refused request targets: one warning at most this often
 
@@ -273,7 +279,8 @@ class Proxy:
             else:
                 obj = await asyncio.get_running_loop().run_in_executor(None, parse_body, body)
         self.stats.unparsed_bodies += obj is None
-        exchange = Exchange(self._open_query(model_of(obj), kind), kind)
+        callers = caller_tags(self.config.callers, request.headers, obj)
+        exchange = Exchange(self._open_query(model_of(obj), kind, callers), kind)
         try:
             response = await self._forward_measured(request, exchange, obj, body, pieces, complete)
         except asyncio.CancelledError as exc:  # the client went away (or shutdown)
@@ -355,11 +362,11 @@ class Proxy:
 
     # -- footprint -----------------------------------------------------------------------
 
-    def _open_query(self, model: str, kind: str) -> Any:
+    def _open_query(self, model: str, kind: str, callers: dict[str, str]) -> Any:
         self.stats.measured += 1
         try:
-            query = footprint.query(model=model, gpus=self.config.gpus,
-                                    **{"endpoint": kind, **self.config.tags})  # fmt: skip
+            tags = {"endpoint": kind, **self.config.tags, **callers}
+            query = footprint.query(model=model, gpus=self.config.gpus, **tags)
             query.__enter__()
             return query
         except Exception as exc:
