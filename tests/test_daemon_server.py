@@ -524,7 +524,7 @@ def test_healthz(daemon):
     status, body = http_get(daemon.url("/healthz"))
     assert status == 200
     health = json.loads(body)
-    assert health["status"] == "ok"
+    assert health["status"] == "ok" and health["message"] is None
     assert health["pid"] == daemon.proc.pid
     assert health["uptime_s"] > 0
     assert health["last_sample_age_s"] < 5

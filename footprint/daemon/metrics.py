@@ -1,14 +1,15 @@
 """The daemon's Prometheus metrics (``GET /metrics``), in base units.
 
-Counters of queries, energy, CO2e and cost are fed by the records the runtime hands to
-its writer (``RecordTotals.observe``, a ``Runtime.on_records`` observer); gauges are read from
-the runtime, its sampler and the intake when Prometheus scrapes.
+Counters of queries, energy, tokens, CO2e and cost are fed by the records the runtime hands
+to its writer (``RecordTotals.observe``, a ``Runtime.on_records`` observer); gauges are read
+from the runtime, its sampler and the intake when Prometheus scrapes.
 
-Labels: ``gpu`` is the GPU's index (``nvidia-smi``'s); a query that ran on several GPUs
-counts under the comma-separated indices of all of them (``gpu="0,1"``), so summing over
-``gpu`` gives a model's energy exactly. ``footprint_gpu_info{gpu,uuid,name}`` maps the
-indices to the devices. Past ``MAX_MODELS`` distinct models, the others are summed
-under ``model="_other"`` (the database keeps every one).
+Labels: ``gpu`` is one GPU's index (``nvidia-smi``'s). A record holds its GPUs and its
+energy summed over them, not each GPU's part, so a query that ran on several GPUs has its
+energy and tokens split evenly among them: summing over ``gpu`` still gives a model's
+totals exactly. ``footprint_gpu_info{gpu,uuid,name}`` maps the indices to the devices.
+Past ``MAX_MODELS`` distinct models, the others are summed under ``model="_other"`` (the
+database keeps every one). A model whose cost is unknown has no cost sample (not 0).
 """
 
 from __future__ import annotations
@@ -35,8 +36,27 @@ if TYPE_CHECKING:
 # clients send); the others are summed under ``model="_other"``.
 MAX_MODELS = 1000
 OTHER_MODELS = "_other"
+MAX_GPU_SETS = 4096  # distinct ``gpus`` JSON strings whose labels are cached
+NO_GPU = ""  # the gpu label of a record measured on no GPU
 
-__all__ = ["CONTENT_TYPE_LATEST", "DaemonCollector", "PowerTracker", "RecordTotals", "registry"]
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "DaemonCollector",
+    "PowerTracker",
+    "RecordTotals",
+    "record_cost_usd",
+    "registry",
+]
+
+
+def record_cost_usd(record: dict[str, Any]) -> float | None:
+    """What a record cost in USD, where known: its GPU time, plus its energy unless the GPU
+    is rented (its hourly price pays for its power). None when no part of it is known."""
+    parts = [record.get("compute_cost")]
+    if bills_energy(record.get("ownership")):
+        parts.append(record.get("energy_cost_usd"))
+    known = [part for part in parts if part is not None]
+    return sum(known) if known else None
 
 
 class RecordTotals:
@@ -44,49 +64,68 @@ class RecordTotals:
 
     def __init__(self, gpu_labels: dict[str, str]) -> None:
         self._gpu_labels = gpu_labels  # device UUID -> index label
-        self._sets: dict[str, str] = {}  # a record's ``gpus`` JSON -> its label
+        self._sets: dict[str, tuple[str, ...]] = {}  # a record's ``gpus`` JSON -> its labels
         self._models: set[str] = set()
         self._lock = threading.Lock()
         self.energy_j: defaultdict[tuple[str, str], float] = defaultdict(float)
+        self.input_tokens: defaultdict[tuple[str, str], float] = defaultdict(float)
+        self.output_tokens: defaultdict[tuple[str, str], float] = defaultdict(float)
         self.queries: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.co2e_g: defaultdict[str, float] = defaultdict(float)
-        self.cost_usd: defaultdict[str, float] = defaultdict(float)
+        self.cost_usd: defaultdict[str, float] = defaultdict(float)  # known costs only
         self.idle_j: defaultdict[str, float] = defaultdict(float)
         self.records = 0
 
-    def _gpu_label(self, gpus_json: str | None) -> str:
-        label = self._sets.get(gpus_json or "")
-        if label is None:
+    def _gpu_set(self, gpus_json: str | None) -> tuple[str, ...]:
+        """The index labels of a record's GPUs (its ``gpus``: a JSON list of UUIDs)."""
+        key = gpus_json or ""
+        labels = self._sets.get(key)
+        if labels is None:
             try:
                 uuids = json.loads(gpus_json) if gpus_json else []
             except ValueError:
                 uuids = []
-            label = ",".join(self._gpu_labels.get(u, str(u)) for u in uuids)
-            if len(self._sets) < 4096:
-                self._sets[gpus_json or ""] = label
-        return label
+            labels = tuple(self._gpu_labels.get(u, str(u)) for u in uuids)
+            if len(self._sets) < MAX_GPU_SETS:
+                self._sets[key] = labels
+        return labels
+
+    def _model(self, model: str) -> str:
+        if model not in self._models:
+            if len(self._models) >= MAX_MODELS:
+                return OTHER_MODELS  # bounded series: the database has them all
+            self._models.add(model)
+        return model
+
+    @staticmethod
+    def _split(
+        table: defaultdict[tuple[str, str], float], model: str, gpus: tuple[str, ...], value: Any
+    ) -> None:
+        """Add ``value`` under ``model``, split evenly among ``gpus`` (none: ``NO_GPU``)."""
+        if value is None:
+            return
+        if not gpus:
+            table[model, NO_GPU] += value
+            return
+        share = value / len(gpus)
+        for gpu in gpus:
+            table[model, gpu] += share
 
     def observe(self, records: list[dict[str, Any]], idle_rows: list[dict[str, Any]]) -> None:
         with self._lock:
             for record in records:
-                model = record["model"]
-                if model not in self._models:
-                    if len(self._models) >= MAX_MODELS:
-                        model = OTHER_MODELS  # bounded series: the database has them all
-                    else:
-                        self._models.add(model)
+                model = self._model(record["model"])
                 self.queries[model, record["status"]] += 1
-                energy_j = record.get("energy_j")
-                if energy_j is not None:
-                    self.energy_j[model, self._gpu_label(record.get("gpus"))] += energy_j
+                gpus = self._gpu_set(record.get("gpus"))
+                self._split(self.energy_j, model, gpus, record.get("energy_j"))
+                self._split(self.input_tokens, model, gpus, record.get("input_tokens"))
+                self._split(self.output_tokens, model, gpus, record.get("output_tokens"))
                 co2e_g = record.get("co2e_g")
                 if co2e_g is not None:
                     self.co2e_g[model] += co2e_g
-                cost = record.get("compute_cost") or 0.0
-                if bills_energy(record.get("ownership")):  # a rented GPU's price has power
-                    cost += record.get("energy_cost_usd") or 0.0
-                if cost or model not in self.cost_usd:
-                    self.cost_usd[model] += cost
+                cost_usd = record_cost_usd(record)
+                if cost_usd is not None:  # unknown: no sample, rather than a false 0
+                    self.cost_usd[model] += cost_usd
             self.records += len(records)
             for row in idle_rows:
                 label = self._gpu_labels.get(row["device_uuid"])
@@ -97,6 +136,8 @@ class RecordTotals:
         with self._lock:
             return {
                 "energy_j": dict(self.energy_j),
+                "input_tokens": dict(self.input_tokens),
+                "output_tokens": dict(self.output_tokens),
                 "queries": dict(self.queries),
                 "co2e_g": dict(self.co2e_g),
                 "cost_usd": dict(self.cost_usd),
@@ -144,52 +185,14 @@ class DaemonCollector:
         self.started_s = started_s
 
     def collect(self) -> Iterator[Metric]:
-        runtime, intake = self.runtime, self.intake
-        snap = self.totals.snapshot()
-        devices = runtime.gpu_devices
-        labels = [str(d.index) for d in devices]
+        yield from _record_metrics(self.totals.snapshot(), self.runtime.gpu_devices)
+        yield from self._gpu_metrics()
+        yield from self._intake_metrics()
 
-        family = CounterMetricFamily(
-            "footprint_energy_joules",
-            "GPU energy attributed to queries (written records), by model and GPU(s).",
-            labels=["model", "gpu"],
-        )
-        for (model, gpu), value in snap["energy_j"].items():
-            family.add_metric([model, gpu], value)
-        yield family
-        family = CounterMetricFamily(
-            "footprint_idle_energy_joules",
-            "GPU energy spent while no query ran on the GPU.",
-            labels=["gpu"],
-        )
-        for gpu in labels:
-            family.add_metric([gpu], snap["idle_j"].get(gpu, 0.0))
-        yield family
-        family = CounterMetricFamily(
-            "footprint_queries", "Queries recorded, by model and status.",
-            labels=["model", "status"],
-        )  # fmt: skip
-        for (model, status), value in snap["queries"].items():
-            family.add_metric([model, status], value)
-        yield family
-        family = CounterMetricFamily(
-            "footprint_co2e_grams", "Location-based CO2e of the queries' energy, in grams.",
-            labels=["model"],
-        )  # fmt: skip
-        for model, value in snap["co2e_g"].items():
-            family.add_metric([model], value)
-        yield family
-        family = CounterMetricFamily(
-            "footprint_cost_usd",
-            "Cost of the queries in USD, where known: GPU time, plus energy on owned GPUs.",
-            labels=["model"],
-        )
-        for model, value in snap["cost_usd"].items():
-            family.add_metric([model], value)
-        yield family
-
+    def _gpu_metrics(self) -> Iterator[Metric]:
+        devices = self.runtime.gpu_devices
         now_s = time.monotonic()
-        latest = runtime.gpu_sampler.latest_sample_times_s()
+        latest = self.runtime.gpu_sampler.latest_sample_times_s()
         power = GaugeMetricFamily(
             "footprint_gpu_power_watts",
             "Average GPU power over the last flush interval, from its energy counter.",
@@ -205,16 +208,19 @@ class DaemonCollector:
             labels=["gpu", "uuid", "name"],
         )  # fmt: skip
         for index, device in enumerate(devices):
+            label = str(device.index)
             watts = self.power.power_w[index] if index < len(self.power.power_w) else None
             if watts is not None:
-                power.add_metric([labels[index]], watts)
+                power.add_metric([label], watts)
             t_s = latest[index] if index < len(latest) else None
-            age.add_metric([labels[index]], now_s - (self.started_s if t_s is None else t_s))
-            info.add_metric([labels[index], device.uuid, device.name], 1.0)
+            age.add_metric([label], now_s - (self.started_s if t_s is None else t_s))
+            info.add_metric([label, device.uuid, device.name], 1.0)
         yield power
         yield age
         yield info
 
+    def _intake_metrics(self) -> Iterator[Metric]:
+        runtime, intake = self.runtime, self.intake
         yield GaugeMetricFamily(
             "footprint_spans_in_flight", "Spans started and not ended yet.",
             value=len(runtime.inflight),
@@ -285,6 +291,54 @@ class DaemonCollector:
             "Client processes that went away with spans running (spans closed as abandoned).",
             value=intake.abandoned_clients,
         )
+
+
+def _record_metrics(snap: dict[str, dict], devices: list[Any]) -> Iterator[Metric]:
+    """The counters fed by the records written (``RecordTotals.snapshot``)."""
+    split = " A query on several GPUs counts under each of them an even share of its total."
+    for key, name, text in (
+        ("energy_j", "footprint_energy_joules",
+         "GPU energy attributed to queries (written records), by model and GPU."),
+        ("input_tokens", "footprint_input_tokens",
+         "Input tokens of the queries, by model and GPU."),
+        ("output_tokens", "footprint_output_tokens",
+         "Output tokens of the queries, by model and GPU."),
+    ):  # fmt: skip
+        family = CounterMetricFamily(name, text + split, labels=["model", "gpu"])
+        for (model, gpu), value in snap[key].items():
+            family.add_metric([model, gpu], value)
+        yield family
+    family = CounterMetricFamily(
+        "footprint_idle_energy_joules",
+        "GPU energy spent while no query ran on the GPU.",
+        labels=["gpu"],
+    )
+    for device in devices:
+        family.add_metric([str(device.index)], snap["idle_j"].get(str(device.index), 0.0))
+    yield family
+    family = CounterMetricFamily(
+        "footprint_queries", "Queries recorded, by model and status.",
+        labels=["model", "status"],
+    )  # fmt: skip
+    for (model, status), value in snap["queries"].items():
+        family.add_metric([model, status], value)
+    yield family
+    family = CounterMetricFamily(
+        "footprint_co2e_grams", "Location-based CO2e of the queries' energy, in grams.",
+        labels=["model"],
+    )  # fmt: skip
+    for model, value in snap["co2e_g"].items():
+        family.add_metric([model], value)
+    yield family
+    family = CounterMetricFamily(
+        "footprint_cost_usd",
+        "Cost of the queries in USD, where known: GPU time, plus energy on owned GPUs. "
+        "No sample for a model whose cost is unknown (no price), rather than 0.",
+        labels=["model"],
+    )
+    for model, value in snap["cost_usd"].items():
+        family.add_metric([model], value)
+    yield family
 
 
 def _connection_limit_metrics(limits: dict[str, Any]) -> Iterator[Metric]:

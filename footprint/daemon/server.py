@@ -190,11 +190,15 @@ class Daemon:
         worst = max(ages, default=None)
         # status: "ok"; "stale_samples" (alone, as before); else "degraded" (see reasons)
         reasons = [] if worst is None or worst <= stale_s else ["stale_samples"]
+        no_gpu = self.no_gpu_message()
+        if no_gpu is not None:
+            reasons.append("no_gpu")
         reasons += self.limits.reasons(self.unix.open_connections(), now_s)
         status = "ok" if not reasons else reasons[0] if reasons == ["stale_samples"] else "degraded"
         return {
             "status": status,
             "reasons": reasons,
+            "message": no_gpu,
             "pid": os.getpid(),
             "uptime_s": round(now_s - self.started_s, 3),
             "socket": str(self.socket_path),
@@ -210,6 +214,14 @@ class Daemon:
             "protocol_errors": sum(self.intake.protocol_errors.values()),
             "stats": runtime.stats(),
         }
+
+    def no_gpu_message(self) -> str | None:
+        """Why the daemon measures no GPU (the sensor's reason), or None when it measures
+        one: its records then have no energy, which a readiness probe should see."""
+        if self.runtime.gpu_devices:
+            return None
+        reason = getattr(self.runtime.gpu_sensor, "reason", "") or "the sensor found no GPU"
+        return f"no GPU measured: {reason}"
 
     def metrics_text(self) -> bytes:
         from footprint.daemon.metrics import render
