@@ -157,6 +157,7 @@ def test_a_daemon_on_two_gpus_counts_each_gpu_apart(folder):
             )
         )
         client.close()
+        assert wait_for(lambda: http_get(daemon.url("/readyz"))[0] == 200)  # GPUs measured
     finally:
         daemon.stop()
     energy = {x[0]["gpu"]: x[1] for x in found["footprint_energy_joules_total"]
@@ -174,9 +175,11 @@ def test_healthz_is_degraded_when_no_gpu_is_measured(folder):
     daemon = spawn(folder, "--sensor", "none", name="nogpu")
     try:
         status, body = http_get(daemon.url("/healthz"))
+        ready_status, ready_body = http_get(daemon.url("/readyz"))
     finally:
         daemon.stop()
-    assert status == 200
+    assert status == 200  # liveness: up and answering
+    assert ready_status == 503 and json.loads(ready_body)["reasons"] == ["no_gpu"]  # not ready
     health = json.loads(body)
     assert health["status"] == "degraded" and health["reasons"] == ["no_gpu"], health
     assert health["message"] == "no GPU measured: GPU measurement disabled (sensor=none)"

@@ -1,4 +1,4 @@
-"""The daemon's HTTP server: ``GET /metrics``, ``GET /healthz``, ``POST /v1/spans``.
+"""The daemon's HTTP server: ``GET /metrics``, ``/healthz``, ``/readyz``, ``POST /v1/spans``.
 
 It knows the daemon only through ``DaemonApi``. At most ``--max-http-connections`` are
 served at once (a thread each; one more gets 503); at the open-files limit a request is
@@ -258,15 +258,19 @@ class DaemonHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         path = self.path.split("?", 1)[0]
-        if path == "/healthz":
+        if path == "/healthz":  # liveness: answers 200 whatever the status says
             self._json(200, self.server.api.health())
+        elif path == "/readyz":  # readiness: 503 unless the status is "ok"
+            health = self.server.api.health()
+            self._json(200 if health["status"] == "ok" else 503, health)
         elif path == "/metrics":
             if self._authorized():
                 from footprint.daemon.metrics import CONTENT_TYPE_LATEST
 
                 self._send(200, self.server.api.metrics_text(), CONTENT_TYPE_LATEST)
         else:
-            self._error(404, f"no such page: {path}; try /metrics, /healthz, POST /v1/spans",
+            self._error(404, f"no such page: {path}; try /metrics, /healthz, /readyz, "
+                        "POST /v1/spans",
                         "not_found")  # fmt: skip
 
     do_HEAD = do_GET
