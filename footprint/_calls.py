@@ -69,8 +69,18 @@ class CallSite:
         """The call is over: wait for its GPU work (``sync``), then queue its end."""
         if self.sync is not None:  # no call at all on the hot path without it
             _run_sync(runtime, self.sync)
-        runtime.end(span_id, start_s, self.model, self.tags, status, error_type, tokens_in,
-                    tokens_out, ttft_s, self.gpus)  # fmt: skip
+        runtime.end(
+            span_id,
+            start_s,
+            self.model,
+            self.tags,
+            status,
+            error_type,
+            tokens_in,
+            tokens_out,
+            ttft_s,
+            self.gpus,
+        )
 
     def failed(self, runtime: SpanSink, span_id: int, start_s: float, exc: BaseException) -> None:
         self.end(runtime, span_id, start_s, _status_of(exc), type(exc).__name__)
@@ -92,12 +102,17 @@ class CallSite:
             tokens_out,
             None,
             self.gpus,
-        )  # fmt: skip (``end`` inlined: the common case's hot path)
+        )  # (``end`` inlined: the common case's hot path)
 
     def streamed(
-        self, runtime: SpanSink, span_id: int, start_s: float, items: int,
-        ttft_s: float | None, exc: BaseException | None,
-    ) -> None:  # fmt: skip
+        self,
+        runtime: SpanSink,
+        span_id: int,
+        start_s: float,
+        items: int,
+        ttft_s: float | None,
+        exc: BaseException | None,
+    ) -> None:
         """A generator's end: ``items`` yielded; ``exc`` what ended it, if anything."""
         tokens_in = tokens_out = None
         if exc is None or isinstance(exc, GeneratorExit):
@@ -227,8 +242,15 @@ def _wrap_async_gen(fn: Callable, site: CallSite) -> Callable:
 class Query:
     """A tracked block: ``with footprint.query(model=...) as q: q.set_tokens(...)``."""
 
-    __slots__ = ("_site", "input_tokens", "output_tokens", "_ttft_s", "_runtime", "_span_id",
-                 "_start_s")  # fmt: skip
+    __slots__ = (
+        "_site",
+        "input_tokens",
+        "output_tokens",
+        "_ttft_s",
+        "_runtime",
+        "_span_id",
+        "_start_s",
+    )
 
     def __init__(self, site: CallSite) -> None:
         self._site = site
@@ -286,8 +308,16 @@ class Query:
         if runtime is not None:
             status = "ok" if exc is None else _status_of(exc)
             error_type = None if exc is None else type(exc).__name__
-            self._site.end(runtime, self._span_id, self._start_s, status, error_type,
-                           self.input_tokens, self.output_tokens, self._ttft_s)  # fmt: skip
+            self._site.end(
+                runtime,
+                self._span_id,
+                self._start_s,
+                status,
+                error_type,
+                self.input_tokens,
+                self.output_tokens,
+                self._ttft_s,
+            )
             self._runtime = None
         return False
 

@@ -196,8 +196,11 @@ class Tracker:
             if self.runtime is None and not self._failed:
                 if self._closed:
                     self._failed = True
-                    warnings.warn("footprint: this Tracker is closed; calls run untracked",
-                                  FootprintWarning, stacklevel=4)  # fmt: skip
+                    warnings.warn(
+                        "footprint: this Tracker is closed; calls run untracked",
+                        FootprintWarning,
+                        stacklevel=4,
+                    )
                     return None
                 try:
                     started = _build(resolve_settings(self._overrides), self._clock)

@@ -39,8 +39,16 @@ class SpanShare:
 class OpenSpan:
     """A span the resolver knows of, with the running integrals' values at its start."""
 
-    __slots__ = ("key", "start_s", "end_s", "energy_at_start_j", "gpu_s_at_start",
-                 "bound_at_start_j", "started", "partial")  # fmt: skip
+    __slots__ = (
+        "key",
+        "start_s",
+        "end_s",
+        "energy_at_start_j",
+        "gpu_s_at_start",
+        "bound_at_start_j",
+        "started",
+        "partial",
+    )
 
     def __init__(self, key: Hashable, start_s: float) -> None:
         self.key = key

@@ -49,8 +49,10 @@ from footprint.bench.accuracy_truth import Judged, figures, judge
 
 def run_scenario(scenario: Scenario, path: str, scale: float = 1.0) -> dict[str, Any]:
     """Run one scenario on one path (``repeats`` fresh processes); its figures."""
-    params = {k: (type(v)(max(1, v * scale)) if k in scenario.scaled else v)
-              for k, v in scenario.params.items()}  # fmt: skip
+    params = {
+        k: (type(v)(max(1, v * scale)) if k in scenario.scaled else v)
+        for k, v in scenario.params.items()
+    }
     judged: list[Judged] = []
     for repeat in range(scenario.repeats):
         seed = 1 + repeat
@@ -102,7 +104,7 @@ def run(
             "long_query_error_pct_max": 1.0,
             "within_bound_pct_min": 95.0,
             "part_time_total_error_pct_over_1000_calls": 3.0,
-        },  # fmt: skip
+        },
     }
 
 

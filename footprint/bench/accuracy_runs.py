@@ -40,10 +40,14 @@ class Run:
 def _environment(folder: Path, path: str, db: Path, daemon: str = "off") -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOOTPRINT_")}
     env.update(
-        FOOTPRINT_DB=str(db), FOOTPRINT_CPU="0", FOOTPRINT_REGION="FRA",
-        FOOTPRINT_DAEMON=daemon, FOOTPRINT_SAMPLING_PERIOD_S=str(SAMPLING_PERIOD_S),
-        XDG_RUNTIME_DIR=str(folder), PYTHONUNBUFFERED="1",
-    )  # fmt: skip
+        FOOTPRINT_DB=str(db),
+        FOOTPRINT_CPU="0",
+        FOOTPRINT_REGION="FRA",
+        FOOTPRINT_DAEMON=daemon,
+        FOOTPRINT_SAMPLING_PERIOD_S=str(SAMPLING_PERIOD_S),
+        XDG_RUNTIME_DIR=str(folder),
+        PYTHONUNBUFFERED="1",
+    )
     if path == "nvml-part-time":
         env["FOOTPRINT_COUNTER_WINDOW_S"] = str(PART_TIME_WINDOW_S)
     return env
@@ -51,9 +55,12 @@ def _environment(folder: Path, path: str, db: Path, daemon: str = "off") -> dict
 
 def _fake_options(path: str, gpus: int, seed: int) -> dict[str, Any]:
     options: dict[str, Any] = {
-        "gpus": gpus, "idle_w": IDLE_W, "busy_w": BUSY_W,
-        "counter_update_period_s": UPDATE_PERIOD_S, "seed": seed,
-    }  # fmt: skip
+        "gpus": gpus,
+        "idle_w": IDLE_W,
+        "busy_w": BUSY_W,
+        "counter_update_period_s": UPDATE_PERIOD_S,
+        "seed": seed,
+    }
     if path == "nvml-part-time":
         options["counter_window_s"] = PART_TIME_WINDOW_S
     # A real counter's tick phase is unrelated to the process: a different one each run.
@@ -63,8 +70,10 @@ def _fake_options(path: str, gpus: int, seed: int) -> dict[str, Any]:
 
 def _sensor(path: str, gpus: int, seed: int) -> str:
     if path == "simulated":
-        return (f"simulated:gpus={gpus},idle_w={IDLE_W:g},busy_w={BUSY_W:g},"
-                f"update_period_s={UPDATE_PERIOD_S:g},seed={seed}")  # fmt: skip
+        return (
+            f"simulated:gpus={gpus},idle_w={IDLE_W:g},busy_w={BUSY_W:g},"
+            f"update_period_s={UPDATE_PERIOD_S:g},seed={seed}"
+        )
     return "nvml"
 
 
@@ -81,8 +90,7 @@ def _uuids(path: str, gpus: int, seed: int) -> list[str]:
 
 def _child(spec: dict[str, Any], env: dict[str, str]) -> subprocess.Popen:
     command = [sys.executable, "-m", "footprint.bench.accuracy_child", json.dumps(spec)]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _wait(proc: subprocess.Popen, what: str) -> None:
@@ -101,25 +109,38 @@ def _read_rows(db: Path) -> list[dict[str, Any]]:
     con = sqlite3.connect(db)
     con.row_factory = sqlite3.Row
     try:
-        return [dict(row) for row in con.execute(
-            "SELECT model, started_at, ended_at, gpus, energy_j, energy_uncertainty_j, "
-            "energy_source FROM queries ORDER BY started_at")]  # fmt: skip
+        return [
+            dict(row)
+            for row in con.execute(
+                "SELECT model, started_at, ended_at, gpus, energy_j, energy_uncertainty_j, "
+                "energy_source FROM queries ORDER BY started_at"
+            )
+        ]
     finally:
         con.close()
 
 
-def run_in_process(scenario: Scenario, path: str, params: dict, seed: int,
-                    folder: Path) -> Run:  # fmt: skip
+def run_in_process(scenario: Scenario, path: str, params: dict, seed: int, folder: Path) -> Run:
     db, out = folder / f"run-{seed}.db", folder / f"run-{seed}.json"
-    spec = {"workload": scenario.workload, "params": params, "seed": seed, "out": str(out),
-            "path": "simulated" if path == "simulated" else "nvml", "gpus": scenario.gpus,
-            "fake": _fake_options(path, scenario.gpus, seed)}  # fmt: skip
+    spec = {
+        "workload": scenario.workload,
+        "params": params,
+        "seed": seed,
+        "out": str(out),
+        "path": "simulated" if path == "simulated" else "nvml",
+        "gpus": scenario.gpus,
+        "fake": _fake_options(path, scenario.gpus, seed),
+    }
     env = _environment(folder, path, db)
     env["FOOTPRINT_SENSOR"] = _sensor(path, scenario.gpus, seed)
     _wait(_child(spec, env), f"{scenario.name} on {path}")
     written = json.loads(out.read_text())
-    return Run(_read_rows(db), [tuple(s) for s in written["steps"]], written["wall_offset_s"],
-                _uuids(path, scenario.gpus, seed))  # fmt: skip
+    return Run(
+        _read_rows(db),
+        [tuple(s) for s in written["steps"]],
+        written["wall_offset_s"],
+        _uuids(path, scenario.gpus, seed),
+    )
 
 
 _DAEMON_BOOT = (
@@ -131,22 +152,29 @@ _DAEMON_BOOT = (
 )
 
 
-def run_behind_daemon(scenario: Scenario, path: str, params: dict, seed: int,
-                       folder: Path) -> Run:  # fmt: skip
+def run_behind_daemon(scenario: Scenario, path: str, params: dict, seed: int, folder: Path) -> Run:
     """A daemon measures the GPUs; ``clients`` processes make the calls through it."""
     db, sock, log = folder / "daemon.db", folder / "daemon.sock", folder / "loads.bin"
     env = _environment(folder, path, db)
-    args = ["daemon", "--socket", str(sock), "--http", "off", "--db", str(db),
-            "--sensor", _sensor(path, scenario.gpus, seed) + (
-                ",workload=spans" if path == "simulated" else ""),
-            "--sampling-period", str(SAMPLING_PERIOD_S)]  # fmt: skip
+    args = [
+        "daemon",
+        "--socket",
+        str(sock),
+        "--http",
+        "off",
+        "--db",
+        str(db),
+        "--sensor",
+        _sensor(path, scenario.gpus, seed) + (",workload=spans" if path == "simulated" else ""),
+        "--sampling-period",
+        str(SAMPLING_PERIOD_S),
+    ]
     if path == "simulated":
         command = [sys.executable, "-m", "footprint.cli", *args]
     else:
         fake = {**_fake_options(path, scenario.gpus, seed), "shared_load_log": str(log)}
         command = [sys.executable, "-c", _DAEMON_BOOT, json.dumps(fake), *args]
-    daemon = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)  # fmt: skip
+    daemon = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline_s = time.monotonic() + 30
         while not sock.exists():
@@ -158,10 +186,15 @@ def run_behind_daemon(scenario: Scenario, path: str, params: dict, seed: int,
         clients = []
         for n in range(scenario.clients):
             out = folder / f"client-{n}.json"
-            spec = {"workload": scenario.workload, "params": params, "seed": seed * 100 + n,
-                    "out": str(out), "gpus": scenario.gpus,
-                    "path": "simulated" if path == "simulated" else "nvml",
-                    "shared_load_log": None if path == "simulated" else str(log)}  # fmt: skip
+            spec = {
+                "workload": scenario.workload,
+                "params": params,
+                "seed": seed * 100 + n,
+                "out": str(out),
+                "gpus": scenario.gpus,
+                "path": "simulated" if path == "simulated" else "nvml",
+                "shared_load_log": None if path == "simulated" else str(log),
+            }
             client_env = _environment(folder, path, db, daemon=str(sock))
             client_env["FOOTPRINT_SENSOR"] = _sensor(path, scenario.gpus, seed)
             clients.append(_child(spec, client_env))

@@ -57,8 +57,9 @@ def _own_energy_j(spans: list[tuple[float, float]], loads: list[float], gpu: Any
 def _gpu_model(seed: int, noise: float = 0.0) -> Any:
     from footprint.sensors.simulated import SimulatedGpu, SimulatedGpuSpec
 
-    spec = SimulatedGpuSpec(idle_w=IDLE_W, busy_w=BUSY_W, update_period_s=UPDATE_PERIOD_S,
-                            noise=noise, seed=seed)  # fmt: skip
+    spec = SimulatedGpuSpec(
+        idle_w=IDLE_W, busy_w=BUSY_W, update_period_s=UPDATE_PERIOD_S, noise=noise, seed=seed
+    )
     return lambda index: SimulatedGpu(index, spec)
 
 
@@ -99,13 +100,23 @@ def judge(run: Run, path: str, seed: int) -> list[Judged]:
     """Every record of a run beside its true energy (and its own, where loads differ)."""
     gpu_of = _gpu_model(seed)
     rows = run.rows
-    spans = [(_epoch_s(r["started_at"]) - run.wall_offset_s,
-              _epoch_s(r["ended_at"]) - run.wall_offset_s) for r in rows]  # fmt: skip
+    spans = [
+        (_epoch_s(r["started_at"]) - run.wall_offset_s, _epoch_s(r["ended_at"]) - run.wall_offset_s)
+        for r in rows
+    ]
     judged = [
-        Judged(r["model"], a, b, r["energy_j"] or 0.0, 0.0, r["energy_uncertainty_j"],
-                r["energy_source"], 0.0)
+        Judged(
+            r["model"],
+            a,
+            b,
+            r["energy_j"] or 0.0,
+            0.0,
+            r["energy_uncertainty_j"],
+            r["energy_source"],
+            0.0,
+        )
         for r, (a, b) in zip(rows, spans)
-    ]  # fmt: skip
+    ]
     for index, uuid in enumerate(run.uuids):
         mine = [k for k, r in enumerate(rows) if uuid in json.loads(r["gpus"] or "[]")]
         gpu = gpu_of(index)
@@ -131,10 +142,14 @@ def _error_pct(measured: float, truth: float) -> float | None:
 
 def figures(scenario: Scenario, path: str, judged: list[Judged]) -> dict[str, Any]:
     errors = [abs(e) for j in judged if (e := _error_pct(j.measured_j, j.truth_j)) is not None]
-    long_errors = [abs(e) for j in judged if j.end_s - j.start_s >= 1.0
-                   and (e := _error_pct(j.measured_j, j.truth_j)) is not None]  # fmt: skip
-    covered = [j.bound_j is not None and abs(j.measured_j - j.truth_j) <= j.bound_j + 1e-9
-               for j in judged]  # fmt: skip
+    long_errors = [
+        abs(e)
+        for j in judged
+        if j.end_s - j.start_s >= 1.0 and (e := _error_pct(j.measured_j, j.truth_j)) is not None
+    ]
+    covered = [
+        j.bound_j is not None and abs(j.measured_j - j.truth_j) <= j.bound_j + 1e-9 for j in judged
+    ]
     measured = sum(j.measured_j for j in judged)
     truth = sum(j.truth_j for j in judged)
     signed = _error_pct(measured, truth)
@@ -175,8 +190,9 @@ def _first_calls(judged: list[Judged]) -> dict[str, Any]:
         out[f"first_{n}_total_signed_error_pct"] = None if signed is None else round(signed, 4)
     firsts = [j for run in runs for j in run[:10]]
     errors = [abs(e) for j in firsts if (e := _error_pct(j.measured_j, j.truth_j)) is not None]
-    covered = [j.bound_j is not None and abs(j.measured_j - j.truth_j) <= j.bound_j + 1e-9
-               for j in firsts]  # fmt: skip
+    covered = [
+        j.bound_j is not None and abs(j.measured_j - j.truth_j) <= j.bound_j + 1e-9 for j in firsts
+    ]
     stats = _percentiles(errors)
     out["first_10_median_error_pct"] = stats["p50"] if stats is not None else None
     out["first_10_within_bound_pct"] = (

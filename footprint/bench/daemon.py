@@ -59,10 +59,23 @@ class _Daemon:
         self.db = folder / f"{name}.db"
         self.stderr = folder / f"{name}.stderr"
         command = [
-            sys.executable, "-m", "footprint.cli", "daemon", "--socket", str(self.sock),
-            "--http", "127.0.0.1:0", "--db", str(self.db), "--sensor", sensor,
-            "--region", "FRA", "--sampling-period", str(period_s),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "footprint.cli",
+            "daemon",
+            "--socket",
+            str(self.sock),
+            "--http",
+            "127.0.0.1:0",
+            "--db",
+            str(self.db),
+            "--sensor",
+            sensor,
+            "--region",
+            "FRA",
+            "--sampling-period",
+            str(period_s),
+        ]
         with open(self.stderr, "wb") as err:
             self.proc = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=err, cwd=folder, env=_environment(folder)
@@ -154,8 +167,9 @@ class _Acks:
             timeout_s = 0.0
 
 
-def _sender(path: str, rate_per_s: float, seconds: float, index: int, gpus: int,
-            ack: bool = True) -> None:  # fmt: skip
+def _sender(
+    path: str, rate_per_s: float, seconds: float, index: int, gpus: int, ack: bool = True
+) -> None:
     """One client process: connect, say ready, wait for "go", send, print a JSON result."""
     import socket
 
@@ -187,11 +201,18 @@ def _sender(path: str, rate_per_s: float, seconds: float, index: int, gpus: int,
         for first in range(0, max(len(starts), len(ends)), MAX_PER_BATCH):
             # a sender held back catches up in bigger batches: split them, as a client
             # does, to stay under MAX_BATCH_BYTES
-            sock.sendall(encode_batch({
-                "pid": pid, "host": host, "monotonic_s": now,
-                "starts": starts[first : first + MAX_PER_BATCH],
-                "ends": ends[first : first + MAX_PER_BATCH], "ack": ack,
-            }))  # fmt: skip
+            sock.sendall(
+                encode_batch(
+                    {
+                        "pid": pid,
+                        "host": host,
+                        "monotonic_s": now,
+                        "starts": starts[first : first + MAX_PER_BATCH],
+                        "ends": ends[first : first + MAX_PER_BATCH],
+                        "ack": ack,
+                    }
+                )
+            )
             batches += 1
             if starts:
                 last_start_sent_s = time.monotonic() - started
@@ -208,22 +229,48 @@ def _sender(path: str, rate_per_s: float, seconds: float, index: int, gpus: int,
     while ack and acks.count < made and time.monotonic() < wait_until_s:
         acks.read(timeout_s=0.1)
     sock.close()
-    result = {"spans": made, "seconds": sent_s, "batches": batches, "acknowledged": acks.count,
-              "last_start_sent_s": last_start_sent_s}  # fmt: skip
+    result = {
+        "spans": made,
+        "seconds": sent_s,
+        "batches": batches,
+        "acknowledged": acks.count,
+        "last_start_sent_s": last_start_sent_s,
+    }
     sys.stdout.write(json.dumps(result) + "\n")
 
 
-def _traffic(folder: Path, name: str, rate_per_s: int, seconds: float, senders: int,
-             gpus: int, period_s: float, ack: bool = True) -> dict[str, Any]:  # fmt: skip
+def _traffic(
+    folder: Path,
+    name: str,
+    rate_per_s: int,
+    seconds: float,
+    senders: int,
+    gpus: int,
+    period_s: float,
+    ack: bool = True,
+) -> dict[str, Any]:
     daemon = _Daemon(folder, name, f"simulated:gpus={gpus},workload=spans", period_s)
     procs = []
     try:
         for index in range(senders):
-            procs.append(subprocess.Popen(
-                [sys.executable, "-c", SENDER, str(daemon.sock), str(rate_per_s / senders),
-                 str(seconds), str(index), str(gpus), "1" if ack else "0"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_environment(folder),
-            ))  # fmt: skip
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-c",
+                        SENDER,
+                        str(daemon.sock),
+                        str(rate_per_s / senders),
+                        str(seconds),
+                        str(index),
+                        str(gpus),
+                        "1" if ack else "0",
+                    ],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    env=_environment(folder),
+                )
+            )
         for proc in procs:
             assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
         cpu0, t0 = daemon.cpu_s(), time.monotonic()
@@ -292,9 +339,16 @@ def _traffic(folder: Path, name: str, rate_per_s: int, seconds: float, senders: 
     }
 
 
-def run(rate_per_s: int = TARGET_SPANS_PER_S, seconds: float = 10.0, senders: int = 8,
-        idle_seconds: float = 5.0, gpus: int = 8, period_s: float = 0.05,
-        saturate: bool = True, ack: bool = True) -> dict[str, Any]:  # fmt: skip
+def run(
+    rate_per_s: int = TARGET_SPANS_PER_S,
+    seconds: float = 10.0,
+    senders: int = 8,
+    idle_seconds: float = 5.0,
+    gpus: int = 8,
+    period_s: float = 0.05,
+    saturate: bool = True,
+    ack: bool = True,
+) -> dict[str, Any]:
     """The measurements, as one JSON-able dict: ``traffic`` at ``rate_per_s``,
     ``saturation`` (``saturate``) at ``SATURATION_FACTOR`` times it, to see how much the
     daemon takes on this machine, and ``idle``; senders ask for acknowledgements

@@ -121,9 +121,20 @@ class FakeUpstream:
         body, seen = await self._receive(request)
         route = self._routes.get(request.path)
         if request.method == "GET" and request.path == "/v1/models":
-            return self._json(200, {"object": "list", "data": [
-                {"id": "fake-model", "object": "model", "created": CREATED, "owned_by": "fake"}
-            ]})  # fmt: skip
+            return self._json(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": "fake-model",
+                            "object": "model",
+                            "created": CREATED,
+                            "owned_by": "fake",
+                        }
+                    ],
+                },
+            )
         if route is None or request.method != "POST":
             return self._json(200, {**seen, "headers": dict(request.headers)})
         error = self._ollama_error if request.path.startswith("/api/") else self._error
@@ -206,9 +217,12 @@ class FakeUpstream:
         return 5
 
     async def _stream(
-        self, request: web.BaseRequest, model: str, events: list[bytes],
+        self,
+        request: web.BaseRequest,
+        model: str,
+        events: list[bytes],
         headers: dict[str, str] | None = None,
-    ) -> web.StreamResponse:  # fmt: skip
+    ) -> web.StreamResponse:
         """``events`` written one by one (server-sent events unless ``headers`` say)."""
         response = web.StreamResponse(
             headers=headers or {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -247,8 +261,7 @@ class FakeUpstream:
         n_out = self._output_tokens(obj)
         n_in = _words(obj.get("messages") if chat else obj.get("prompt"))
         tokens = [f"tok{i} " for i in range(n_out)]
-        usage = {"prompt_tokens": n_in, "completion_tokens": n_out,
-                 "total_tokens": n_in + n_out}  # fmt: skip
+        usage = {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
         base: dict[str, Any] = {
             "id": ident,
             "object": "chat.completion" if chat else "text_completion",
@@ -259,11 +272,19 @@ class FakeUpstream:
         if not obj.get("stream"):
             if chat:
                 message = {"role": "assistant", "content": "".join(tokens), "refusal": None}
-                choice = {"index": 0, "message": message, "logprobs": None,
-                          "finish_reason": "length"}  # fmt: skip
+                choice = {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": "length",
+                }
             else:
-                choice = {"index": 0, "text": "".join(tokens), "logprobs": None,
-                          "finish_reason": "length"}  # fmt: skip
+                choice = {
+                    "index": 0,
+                    "text": "".join(tokens),
+                    "logprobs": None,
+                    "finish_reason": "length",
+                }
             return self._json(200, {**base, "choices": [choice], "usage": usage})
         options = obj.get("stream_options")
         with_usage = isinstance(options, dict) and bool(options.get("include_usage"))
@@ -291,8 +312,11 @@ class FakeUpstream:
 
     async def _embeddings(self, request, obj, model, ident):
         inputs = obj.get("input")
-        items = inputs if isinstance(inputs, list) and inputs and not isinstance(
-            inputs[0], int) else [inputs]  # fmt: skip
+        items = (
+            inputs
+            if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int)
+            else [inputs]
+        )
         as_base64 = obj.get("encoding_format") == "base64"
         data = []
         for index in range(len(items)):
@@ -313,27 +337,55 @@ class FakeUpstream:
         n_in = _words(obj.get("input"))
         tokens = [f"tok{i} " for i in range(n_out)]
         message_id = f"msg_{ident}"
-        usage = {"input_tokens": n_in, "input_tokens_details": {"cached_tokens": 0},
-                 "output_tokens": n_out, "output_tokens_details": {"reasoning_tokens": 0},
-                 "total_tokens": n_in + n_out}  # fmt: skip
+        usage = {
+            "input_tokens": n_in,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": n_out,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": n_in + n_out,
+        }
         text = {"type": "output_text", "text": "".join(tokens), "annotations": []}
-        message = {"type": "message", "id": message_id, "status": "completed",
-                   "role": "assistant", "content": [text]}  # fmt: skip
-        done = {"id": f"resp_{ident}", "object": "response", "created_at": CREATED,
-                "status": "completed", "model": model, "output": [message],
-                "usage": usage}  # fmt: skip
+        message = {
+            "type": "message",
+            "id": message_id,
+            "status": "completed",
+            "role": "assistant",
+            "content": [text],
+        }
+        done = {
+            "id": f"resp_{ident}",
+            "object": "response",
+            "created_at": CREATED,
+            "status": "completed",
+            "model": model,
+            "output": [message],
+            "usage": usage,
+        }
         if not obj.get("stream"):
             return self._json(200, done)
         started = {**done, "status": "in_progress", "output": [], "usage": None}
-        events = [self._sse({"type": "response.created", "sequence_number": 0,
-                             "response": started}, "response.created")]  # fmt: skip
+        events = [
+            self._sse(
+                {"type": "response.created", "sequence_number": 0, "response": started},
+                "response.created",
+            )
+        ]
         for i, token in enumerate(tokens):
-            delta = {"type": "response.output_text.delta", "sequence_number": i + 1,
-                     "item_id": message_id, "output_index": 0, "content_index": 0,
-                     "delta": token}  # fmt: skip
+            delta = {
+                "type": "response.output_text.delta",
+                "sequence_number": i + 1,
+                "item_id": message_id,
+                "output_index": 0,
+                "content_index": 0,
+                "delta": token,
+            }
             events.append(self._sse(delta, "response.output_text.delta"))
-        events.append(self._sse({"type": "response.completed", "sequence_number": n_out + 1,
-                                 "response": done}, "response.completed"))  # fmt: skip
+        events.append(
+            self._sse(
+                {"type": "response.completed", "sequence_number": n_out + 1, "response": done},
+                "response.completed",
+            )
+        )
         return await self._stream(request, model, events)
 
     # -- Ollama's native API -----------------------------------------------------------
@@ -350,9 +402,14 @@ class FakeUpstream:
 
     @staticmethod
     def _ollama_metrics(n_in: int, n_out: int) -> dict[str, int]:
-        return {"total_duration": 5_000_000, "load_duration": 1_000_000,
-                "prompt_eval_count": n_in, "prompt_eval_duration": 1_000_000,
-                "eval_count": n_out, "eval_duration": 3_000_000}  # fmt: skip
+        return {
+            "total_duration": 5_000_000,
+            "load_duration": 1_000_000,
+            "prompt_eval_count": n_in,
+            "prompt_eval_duration": 1_000_000,
+            "eval_count": n_out,
+            "eval_duration": 3_000_000,
+        }
 
     @staticmethod
     def _predict(obj: dict) -> int:
@@ -376,16 +433,22 @@ class FakeUpstream:
         # longer than the proxy holds of one line.
         context = list(range(300_000 if model == "long-context" else n_in + n_out))
         whole = "" if obj.get("stream") is not False else "".join(tokens)
-        last = {"response": whole, "done": True, "done_reason": "length", "context": context,
-                **self._ollama_metrics(n_in, n_out)}  # fmt: skip
+        last = {
+            "response": whole,
+            "done": True,
+            "done_reason": "length",
+            "context": context,
+            **self._ollama_metrics(n_in, n_out),
+        }
         parts = [{"response": t} for t in tokens]
         return await self._ollama_answer(request, obj, model, parts, last)
 
     async def _ollama_embed(self, request, obj, model, ident):
         inputs = obj.get("input")
         items = inputs if isinstance(inputs, list) else [inputs]
-        vectors = [[round(((i + 1) * (d + 1) % 7) / 7.0, 4) for d in range(8)]
-                   for i in range(len(items))]  # fmt: skip
+        vectors = [
+            [round(((i + 1) * (d + 1) % 7) / 7.0, 4) for d in range(8)] for i in range(len(items))
+        ]
         metrics = self._ollama_metrics(_words(inputs), 0)
         del metrics["eval_count"], metrics["eval_duration"]
         return self._json(200, {"model": model, "embeddings": vectors, **metrics})

@@ -42,7 +42,7 @@ BODY = json.dumps(
         "model": "bench-model",
         "messages": [{"role": "user", "content": "Say hello."}],
         "max_tokens": 5,
-    }  # fmt: skip
+    }
 ).encode()
 HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer bench"}
 START_TIMEOUT_S = 30.0
@@ -73,8 +73,9 @@ def _wait_line(proc: subprocess.Popen, stream: Any, pattern: str) -> re.Match:
 def _start_upstream() -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "footprint.bench.fake_upstream", "--port", "0"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     match = _wait_line(proc, proc.stdout, r"listening on (\d+)")
     return proc, f"http://127.0.0.1:{match.group(1)}"
 
@@ -88,10 +89,24 @@ def _start_proxy(upstream: str, db: Path) -> tuple[subprocess.Popen, str]:
         "FOOTPRINT_DAEMON": "off",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "footprint.cli", "proxy", "--upstream", upstream,
-         "--listen", "127.0.0.1:0", "--db", str(db), "--grace", "5"],
-        stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "footprint.cli",
+            "proxy",
+            "--upstream",
+            upstream,
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            str(db),
+            "--grace",
+            "5",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     match = _wait_line(proc, proc.stderr, r"listening on (http://[^,\s]+)")
     return proc, match.group(1)
 
@@ -103,8 +118,9 @@ async def _one(session: Any, url: str, headers: dict[str, str]) -> None:
             raise RuntimeError(f"{url} answered {response.status}")
 
 
-async def _latencies(session: Any, direct: str, proxied: str, requests: int,
-                     block: int = 50) -> tuple[list[float], list[float]]:  # fmt: skip
+async def _latencies(
+    session: Any, direct: str, proxied: str, requests: int, block: int = 50
+) -> tuple[list[float], list[float]]:
     out: dict[str, list[float]] = {direct: [], proxied: []}
     timer = time.perf_counter_ns
     for _ in range(0, requests, block):
@@ -116,8 +132,9 @@ async def _latencies(session: Any, direct: str, proxied: str, requests: int,
     return out[direct], out[proxied]
 
 
-async def _throughput(session: Any, url: str, concurrency: int, seconds: float,
-                      headers: dict[str, str]) -> int:  # fmt: skip
+async def _throughput(
+    session: Any, url: str, concurrency: int, seconds: float, headers: dict[str, str]
+) -> int:
     done = 0
     stop_at = time.perf_counter() + seconds
 
@@ -131,21 +148,22 @@ async def _throughput(session: Any, url: str, concurrency: int, seconds: float,
     return done
 
 
-async def _side_by_side(session: Any, direct: str, proxied: str, concurrency: int,
-                        seconds: float, latency_ms: float) -> tuple[int, int]:  # fmt: skip
+async def _side_by_side(
+    session: Any, direct: str, proxied: str, concurrency: int, seconds: float, latency_ms: float
+) -> tuple[int, int]:
     """Requests done straight and through the proxy, in alternating halves of ``seconds``."""
     headers = {**HEADERS, "X-Fake-Latency-Ms": str(latency_ms)}
     counts = {direct: 0, proxied: 0}
     rounds = 2
     for _ in range(rounds):
         for url in (direct, proxied):
-            counts[url] += await _throughput(session, url, concurrency, seconds / rounds,
-                                             headers)  # fmt: skip
+            counts[url] += await _throughput(session, url, concurrency, seconds / rounds, headers)
     return counts[direct], counts[proxied]
 
 
-async def _measure(direct: str, proxied: str, requests: int, seconds: float,
-                   concurrency: int, latency_ms: float) -> dict[str, Any]:  # fmt: skip
+async def _measure(
+    direct: str, proxied: str, requests: int, seconds: float, concurrency: int, latency_ms: float
+) -> dict[str, Any]:
     import aiohttp
 
     connector = aiohttp.TCPConnector(limit=0)
@@ -157,8 +175,13 @@ async def _measure(direct: str, proxied: str, requests: int, seconds: float,
         rps = await _side_by_side(session, direct, proxied, concurrency, seconds, latency_ms)
         rps_zero = await _side_by_side(session, direct, proxied, concurrency, seconds, 0.0)
     sent = WARM_UP + len(proxy_ms) + rps[1] + rps_zero[1]
-    return {"direct_ms": direct_ms, "proxy_ms": proxy_ms, "rps": rps, "rps_zero": rps_zero,
-            "sent_through_proxy": sent}  # fmt: skip
+    return {
+        "direct_ms": direct_ms,
+        "proxy_ms": proxy_ms,
+        "rps": rps,
+        "rps_zero": rps_zero,
+        "sent_through_proxy": sent,
+    }
 
 
 def run(
@@ -176,9 +199,15 @@ def run(
             proxy_proc, proxy = _start_proxy(upstream, db)
             path = "/v1/chat/completions"
             figures = asyncio.run(
-                _measure(upstream + path, proxy + path, requests, seconds, concurrency,
-                         upstream_latency_ms)
-            )  # fmt: skip
+                _measure(
+                    upstream + path,
+                    proxy + path,
+                    requests,
+                    seconds,
+                    concurrency,
+                    upstream_latency_ms,
+                )
+            )
             proxy_proc.send_signal(signal.SIGTERM)
             proxy_proc.communicate(timeout=60)
             proxy_proc = None

@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from footprint.bench.report_raw import BENCH_TAG, raw_sql, raw_tag_counts
 from footprint.storage import rollups
 from footprint.storage.models import IdleEnergy, QueryRecord, table_of
 from footprint.storage.store import open_engine
@@ -69,18 +70,45 @@ BENCH_TAGS = (
     {"team": "search", "env": "staging"},
     {"env": "prod"},
 )
-BENCH_TAG = "team"
 BENCH_GPU_PRICE_SOURCE = "bench: AWS on-demand price of the bench GPUs (synthetic)"
 # The columns the bench writes (those the schema has: an older one lacks the newest).
 QUERY_COLUMNS = (
-    "model", "tags", "started_at", "ended_at", "duration_s", "time_to_first_token_s",
-    "status", "error_type", "input_tokens", "output_tokens", "gpus", "gpu_seconds",
-    "energy_j", "energy_source", "energy_uncertainty_j", "cpu_energy_j", "cpu_energy_source",
-    "host", "pid", "zone", "intensity_g_per_kwh", "intensity_source",
-    "market_intensity_g_per_kwh", "pue", "price_per_kwh", "currency", "usd_per_gpu_hour",
-    "gpu_price_source", "ownership", "co2e_g", "market_co2e_g", "embodied_co2e_g",
-    "energy_cost", "energy_cost_usd", "compute_cost",
-)  # fmt: skip
+    "model",
+    "tags",
+    "started_at",
+    "ended_at",
+    "duration_s",
+    "time_to_first_token_s",
+    "status",
+    "error_type",
+    "input_tokens",
+    "output_tokens",
+    "gpus",
+    "gpu_seconds",
+    "energy_j",
+    "energy_source",
+    "energy_uncertainty_j",
+    "cpu_energy_j",
+    "cpu_energy_source",
+    "host",
+    "pid",
+    "zone",
+    "intensity_g_per_kwh",
+    "intensity_source",
+    "market_intensity_g_per_kwh",
+    "pue",
+    "price_per_kwh",
+    "currency",
+    "usd_per_gpu_hour",
+    "gpu_price_source",
+    "ownership",
+    "co2e_g",
+    "market_co2e_g",
+    "embodied_co2e_g",
+    "energy_cost",
+    "energy_cost_usd",
+    "compute_cost",
+)
 EPOCH = _dt.datetime(2026, 1, 1, tzinfo=_dt.timezone.utc)
 DAYS = 30
 
@@ -146,23 +174,42 @@ def build_db(path: Path, rows: int, seed: int = 0, models: int | None = None) ->
         out_tokens = None if error else rng.randint(5, 900)
         cost = kwh * price
         values = {
-            "model": name, "tags": tag_texts[i % len(tag_texts)], "started_at": _text(began_s),
-            "ended_at": _text(began_s + duration), "duration_s": duration,
-            "time_to_first_token_s": duration * 0.1, "status": "error" if error else "ok",
+            "model": name,
+            "tags": tag_texts[i % len(tag_texts)],
+            "started_at": _text(began_s),
+            "ended_at": _text(began_s + duration),
+            "duration_s": duration,
+            "time_to_first_token_s": duration * 0.1,
+            "status": "error" if error else "ok",
             "error_type": "TimeoutError" if error else None,
-            "input_tokens": rng.randint(10, 3000), "output_tokens": out_tokens,
-            "gpus": gpu_lists[gpus], "gpu_seconds": gpu_seconds, "energy_j": energy_j,
-            "energy_source": "counter", "energy_uncertainty_j": energy_j * 0.004 + 0.05,
-            "cpu_energy_j": None, "cpu_energy_source": "missing",
-            "host": f"gpu-node-{gpus[0] // 4}", "pid": 4242, "zone": zone,
-            "intensity_g_per_kwh": intensity, "intensity_source": "static",
-            "market_intensity_g_per_kwh": None, "pue": pue, "price_per_kwh": price,
-            "currency": currency, "usd_per_gpu_hour": gpu_hour,
-            "gpu_price_source": BENCH_GPU_PRICE_SOURCE, "ownership": "rented",
-            "co2e_g": kwh * intensity, "market_co2e_g": None,
-            "embodied_co2e_g": gpu_seconds * 7.9e-4, "energy_cost": cost,
-            "energy_cost_usd": cost * usd, "compute_cost": gpu_seconds * gpu_hour / 3600.0,
-        }  # fmt: skip
+            "input_tokens": rng.randint(10, 3000),
+            "output_tokens": out_tokens,
+            "gpus": gpu_lists[gpus],
+            "gpu_seconds": gpu_seconds,
+            "energy_j": energy_j,
+            "energy_source": "counter",
+            "energy_uncertainty_j": energy_j * 0.004 + 0.05,
+            "cpu_energy_j": None,
+            "cpu_energy_source": "missing",
+            "host": f"gpu-node-{gpus[0] // 4}",
+            "pid": 4242,
+            "zone": zone,
+            "intensity_g_per_kwh": intensity,
+            "intensity_source": "static",
+            "market_intensity_g_per_kwh": None,
+            "pue": pue,
+            "price_per_kwh": price,
+            "currency": currency,
+            "usd_per_gpu_hour": gpu_hour,
+            "gpu_price_source": BENCH_GPU_PRICE_SOURCE,
+            "ownership": "rented",
+            "co2e_g": kwh * intensity,
+            "market_co2e_g": None,
+            "embodied_co2e_g": gpu_seconds * 7.9e-4,
+            "energy_cost": cost,
+            "energy_cost_usd": cost * usd,
+            "compute_cost": gpu_seconds * gpu_hour / 3600.0,
+        }
         chunk.append(tuple(values[c] for c in columns))
         if len(chunk) >= 100_000:
             con.executemany(insert, chunk)
@@ -176,11 +223,19 @@ def build_db(path: Path, rows: int, seed: int = 0, models: int | None = None) ->
     )
     minutes = DAYS * 1440
     idle_rows = (
-        (uuid, _text(epoch_s + m * 60.0), 60.0 * 70.0 * 0.4, 60.0 * 70.0 * 0.4 + 9000.0,
-         0.0, 60.0, f"gpu-node-{g // 4}", 4242)
+        (
+            uuid,
+            _text(epoch_s + m * 60.0),
+            60.0 * 70.0 * 0.4,
+            60.0 * 70.0 * 0.4 + 9000.0,
+            0.0,
+            60.0,
+            f"gpu-node-{g // 4}",
+            4242,
+        )
         for g, uuid in enumerate(GPU_UUIDS)
         for m in range(0, minutes, max(1, minutes * 8 // max(rows, 1) or 1))
-    )  # fmt: skip
+    )
     con.executemany(idle_insert, idle_rows)
     con.commit()
     con.close()
@@ -200,101 +255,6 @@ def _text(epoch_s: float) -> str:
     if micro == 1_000_000:
         whole, micro = whole + 1, 0
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole)) + f".{micro:06d}"
-
-
-# The hand-written side: the aggregates ``footprint report`` computes, as plain SQL.
-RAW_GROUPED = """
-SELECT model, substr(started_at, 1, 10) AS day, gpus, zone, currency, intensity_source, pue,
-       price_per_kwh, usd_per_gpu_hour, market_intensity_g_per_kwh, energy_source,
-       count(*), sum(CASE WHEN status != 'ok' THEN 1 ELSE 0 END),
-       coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),
-       coalesce(sum(gpu_seconds), 0.0), coalesce(sum(energy_j), 0.0), count(energy_j),
-       coalesce(sum(energy_uncertainty_j), 0.0), count(energy_uncertainty_j),
-       coalesce(sum(energy_j * pue), 0.0), coalesce(sum(co2e_g), 0.0),
-       coalesce(sum(market_co2e_g), 0.0), count(market_co2e_g),
-       coalesce(sum(embodied_co2e_g), 0.0), coalesce(sum(energy_cost_usd), 0.0),
-       coalesce(sum(CASE WHEN energy_cost_usd IS NULL AND energy_cost IS NOT NULL
-                         THEN energy_cost END), 0.0),
-       count(CASE WHEN energy_cost_usd IS NULL AND energy_cost IS NOT NULL THEN 1 END),
-       coalesce(sum(compute_cost), 0.0), coalesce(sum(duration_s), 0.0),
-       min(intensity_g_per_kwh), max(intensity_g_per_kwh), ownership, gpu_price_source
-FROM queries
-GROUP BY model, substr(started_at, 1, 10), gpus, zone, currency, intensity_source, pue,
-         price_per_kwh, usd_per_gpu_hour, market_intensity_g_per_kwh, energy_source, ownership,
-         gpu_price_source
-"""
-RAW_IDLE = """
-SELECT device_uuid, substr(minute, 1, 10), host, sum(idle_energy_j + lost_energy_j),
-       sum(measured_energy_j)
-FROM idle_energy WHERE device_uuid NOT LIKE 'cpu-%'
-GROUP BY device_uuid, substr(minute, 1, 10), host
-"""
-RAW_PERCENTILES = """
-SELECT * FROM (
-  SELECT model, count(*) OVER (PARTITION BY model) AS n,
-         e, row_number() OVER (PARTITION BY model ORDER BY e) AS re,
-         c, row_number() OVER (PARTITION BY model ORDER BY c) AS rc,
-         k, row_number() OVER (PARTITION BY model ORDER BY k) AS rk
-  FROM (SELECT model, energy_j AS e, co2e_g AS c,
-               CASE WHEN ownership = 'rented' THEN 0.0 ELSE coalesce(energy_cost_usd,
-                 CASE WHEN currency = 'USD' THEN energy_cost END, 0.0) END
-               + coalesce(compute_cost, 0.0) AS k
-        FROM queries
-        WHERE energy_j IS NOT NULL AND (id * 2654435761) % 1000000 < {limit})
-) WHERE re IN ((n * 50 + 99) / 100, (n * 95 + 99) / 100)
-     OR rc IN ((n * 50 + 99) / 100, (n * 95 + 99) / 100)
-     OR rk IN ((n * 50 + 99) / 100, (n * 95 + 99) / 100)
-"""
-
-
-def raw_sql(path: Path) -> dict[str, Any]:
-    """The report's aggregates straight from sqlite3 (same sums, same sampled percentiles)."""
-    from footprint.reporting.percentiles import HASH_MODULUS, PERCENTILE_SAMPLE
-
-    con = sqlite3.connect(path)
-    try:
-        con.execute("PRAGMA temp_store=MEMORY")
-        con.execute("PRAGMA cache_size=-262144")
-        models = sorted({r[0] for r in con.execute("SELECT DISTINCT model FROM queries")})
-        grouped = con.execute(RAW_GROUPED).fetchall()
-        first_last = con.execute("SELECT min(started_at), max(started_at) FROM queries").fetchone()
-        idle = con.execute(RAW_IDLE).fetchall()
-        counts: dict[str, int] = {}
-        for row in grouped:
-            counts[row[0]] = counts.get(row[0], 0) + row[17]
-        limits = {
-            m: min(HASH_MODULUS, -(-PERCENTILE_SAMPLE * HASH_MODULUS // n))
-            for m, n in counts.items()
-            if n
-        }
-        limit = " ".join(f"WHEN '{m}' THEN {t}" for m, t in sorted(limits.items()))
-        percentiles = con.execute(
-            RAW_PERCENTILES.format(limit=f"CASE model {limit} ELSE {HASH_MODULUS} END")
-        ).fetchall()
-    finally:
-        con.close()
-    return {
-        "models": models,
-        "groups": len(grouped),
-        "queries": sum(r[11] for r in grouped),
-        "energy_j": sum(r[16] for r in grouped),
-        "co2e_g": sum(r[21] for r in grouped),  # after the two uncertainty columns
-        "idle_j": sum(r[3] for r in idle),
-        "first_last": first_last,
-        "percentile_rows": len(percentiles),
-    }
-
-
-def raw_tag_counts(path: Path) -> dict[str | None, int]:
-    """Queries per value of the bench's tag, straight from sqlite3."""
-    con = sqlite3.connect(path)
-    try:
-        rows = con.execute(
-            f"SELECT json_extract(tags, '$.{BENCH_TAG}') AS t, count(*) FROM queries GROUP BY t"
-        ).fetchall()
-    finally:
-        con.close()
-    return {team: n for team, n in rows}
 
 
 def time_report(path: Path, by: str | None = None) -> tuple[float, dict[str, Any]]:

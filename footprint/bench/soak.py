@@ -75,10 +75,14 @@ class _Setup:
         self.script.write_text(WORKER)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("FOOTPRINT_")}
         self.env.update(
-            FOOTPRINT_SENSOR="simulated", FOOTPRINT_REGION="FRA", FOOTPRINT_CPU="0",
-            FOOTPRINT_DB=str(self.db), XDG_RUNTIME_DIR=str(folder), PYTHONUNBUFFERED="1",
+            FOOTPRINT_SENSOR="simulated",
+            FOOTPRINT_REGION="FRA",
+            FOOTPRINT_CPU="0",
+            FOOTPRINT_DB=str(self.db),
+            XDG_RUNTIME_DIR=str(folder),
+            PYTHONUNBUFFERED="1",
             FOOTPRINT_DAEMON=str(self.sock) if mode == "daemon" else "off",
-        )  # fmt: skip
+        )
         self.daemon: subprocess.Popen | None = None
         # Logs for the life of the setup (closed with the folder).
         self.daemon_log = open(folder / "daemon.log", "ab")  # noqa: SIM115
@@ -94,10 +98,24 @@ class _Setup:
 
     def _start_daemon(self) -> None:
         self.daemon = subprocess.Popen(
-            [sys.executable, "-m", "footprint", "daemon", "--socket", str(self.sock),
-             "--db", str(self.db), "--sensor", "simulated", "--http", "off"],
-            env=self.env, stdout=subprocess.PIPE, stderr=self.daemon_log,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "footprint",
+                "daemon",
+                "--socket",
+                str(self.sock),
+                "--db",
+                str(self.db),
+                "--sensor",
+                "simulated",
+                "--http",
+                "off",
+            ],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=self.daemon_log,
+        )
         assert self.daemon.stdout is not None
         self.daemon.stdout.readline()  # "listening on ..."
 
@@ -106,8 +124,10 @@ class _Setup:
         self.ends.append(ends)
         proc = subprocess.Popen(
             [sys.executable, str(self.script), ends.name, str(ends)],
-            env=self.env, stdout=subprocess.PIPE, stderr=self.worker_log,
-        )  # fmt: skip
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=self.worker_log,
+        )
         assert proc.stdout is not None
         proc.stdout.readline()
         return proc
@@ -171,13 +191,16 @@ class _Setup:
             "losses": info["losses"],
             "unaccounted": made - distinct - (counted - not_ended),
             "rss_mib": {
-                role: None if not values else {
-                    "first": round(values[0], 1), "max": round(max(values), 1),
+                role: None
+                if not values
+                else {
+                    "first": round(values[0], 1),
+                    "max": round(max(values), 1),
                     "last": round(values[-1], 1),
                 }
                 for role, values in self.rss.items()
             },
-        }  # fmt: skip
+        }
 
 
 def _run_setup(mode: str, minutes: float, workers: int, rng: random.Random) -> dict[str, Any]:

@@ -244,8 +244,14 @@ def bench_daemon(
     the daemon's CPU use sampling 8 simulated GPUs at 20 Hz with no traffic."""
     from footprint.bench.daemon import run
 
-    result = run(rate_per_s=rate, seconds=seconds, senders=senders, idle_seconds=idle_seconds,
-                 saturate=saturate, ack=ack)  # fmt: skip
+    result = run(
+        rate_per_s=rate,
+        seconds=seconds,
+        senders=senders,
+        idle_seconds=idle_seconds,
+        saturate=saturate,
+        ack=ack,
+    )
     show(result, as_json, _print_daemon)
 
 
@@ -321,8 +327,12 @@ def bench_proxy(
     `footprint proxy`, side by side: added latency (median, p99) and requests/s."""
     from footprint.bench.proxy import run
 
-    result = run(requests=requests, seconds=seconds, concurrency=concurrency,
-                 upstream_latency_ms=upstream_latency_ms)  # fmt: skip
+    result = run(
+        requests=requests,
+        seconds=seconds,
+        concurrency=concurrency,
+        upstream_latency_ms=upstream_latency_ms,
+    )
     show(result, as_json, _print_proxy)
 
 

@@ -39,9 +39,12 @@ def demo(
     try:
         summary = run_demo(db, queries=queries, seed=seed, concurrency=concurrency, days=days)
         _, written, _ = run_report(
-            ReportRequest(db=db), ["html", "md", "csv", "json"], out, __version__,
+            ReportRequest(db=db),
+            ["html", "md", "csv", "json"],
+            out,
+            __version__,
             show_progress=not as_json,
-        )  # fmt: skip
+        )
     except (ValueError, RuntimeError, StoreError, ReportError, OSError) as exc:
         raise InputError(str(exc)) from None
     summary["report"] = {"dir": out, "files": [str(p) for p in written]}
@@ -52,15 +55,25 @@ def _print_summary(summary: dict[str, Any], db: str, out: str, written: Sequence
     """Per model: queries, energy, GPU time and tokens; then the energy balance, the GPU-hours
     and where the report is."""
     names = [str(name) for name in summary["models"]] or [""]  # never cut: the others wrap
-    table = Table(Column("model", no_wrap=True, min_width=max(map(len, names))),
-                  *(Column(h, overflow="fold") for h in ("queries", "errors", "energy (J)",
-                    "GPU-s", "out tokens", "J/token")),
-                  title="footprint demo (simulated GPUs)")  # fmt: skip
+    table = Table(
+        Column("model", no_wrap=True, min_width=max(map(len, names))),
+        *(
+            Column(h, overflow="fold")
+            for h in ("queries", "errors", "energy (J)", "GPU-s", "out tokens", "J/token")
+        ),
+        title="footprint demo (simulated GPUs)",
+    )
     for name, m in summary["models"].items():
         per_token = m["j_per_output_token"]
-        table.add_row(name, str(m["queries"]), str(m["errors"]), f"{m['energy_j']:.1f}",
-                      f"{m['gpu_seconds']:.2f}", str(m["output_tokens"]),
-                      f"{per_token:.3f}" if per_token is not None else "-")  # fmt: skip
+        table.add_row(
+            name,
+            str(m["queries"]),
+            str(m["errors"]),
+            f"{m['energy_j']:.1f}",
+            f"{m['gpu_seconds']:.2f}",
+            str(m["output_tokens"]),
+            f"{per_token:.3f}" if per_token is not None else "-",
+        )
     console.print(table)
     console.print(
         f"measured {summary['measured_energy_j']:.1f} J = attributed "

@@ -84,11 +84,18 @@ def daemon_command(
     from footprint.daemon.main import run_daemon
 
     config = DaemonConfig(
-        socket_path=socket_path, http=http, db=db, sampling_period_s=sampling_period,
-        sensor=sensor, region=region, group=group, token=token,
-        max_connections=max_connections, max_connections_per_peer=max_connections_per_peer,
+        socket_path=socket_path,
+        http=http,
+        db=db,
+        sampling_period_s=sampling_period,
+        sensor=sensor,
+        region=region,
+        group=group,
+        token=token,
+        max_connections=max_connections,
+        max_connections_per_peer=max_connections_per_peer,
         max_http_connections=max_http_connections,
-    )  # fmt: skip
+    )
     code = run_daemon(config)
     if code:
         raise typer.Exit(code)
@@ -159,10 +166,17 @@ def proxy_command(
 
     try:
         config = make_config(
-            upstream, listen, gpus, tag, tag_headers=tag_header, tag_user=tag_user,
-            tag_api_key_hash=tag_api_key_hash, api_key_secret_file=api_key_secret_file,
-            read_timeout_s=timeout, grace_s=grace,
-        )  # fmt: skip
+            upstream,
+            listen,
+            gpus,
+            tag,
+            tag_headers=tag_header,
+            tag_user=tag_user,
+            tag_api_key_hash=tag_api_key_hash,
+            api_key_secret_file=api_key_secret_file,
+            read_timeout_s=timeout,
+            grace_s=grace,
+        )
         if db is not None:
             footprint.configure(db=db)
         stopped_by = serve(config, on_ready=ready)

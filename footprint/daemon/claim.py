@@ -30,8 +30,9 @@ class SocketClaim:
     left as it was). ``token_file``: the HTTP intake's token is ``token`` (--token), else
     one generated at the first start into ``PATH.token`` (0600) and reused after."""
 
-    def __init__(self, path: Path, group: str | None, token: str | None = None,
-                 token_file: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, path: Path, group: str | None, token: str | None = None, token_file: bool = False
+    ) -> None:
         self.path = path
         self.lock_path = path.with_name(path.name + ".lock")
         self.token_path = path.with_name(path.name + ".token")
@@ -140,8 +141,9 @@ class SocketClaim:
         problem = not_own_file(os.fstat(fd))
         if problem is not None:
             os.close(fd)
-            raise StartError(f"{path} {problem}: not this daemon's {what}; refusing to write it "
-                             "(remove it)")  # fmt: skip
+            raise StartError(
+                f"{path} {problem}: not this daemon's {what}; refusing to write it (remove it)"
+            )
         return fd
 
     def _lock(self) -> None:

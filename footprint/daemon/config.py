@@ -194,8 +194,9 @@ class TokenFile:
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
-                raise StartError(f"{path} is not a regular file: not this daemon's token "
-                                 "file (remove it)")  # fmt: skip
+                raise StartError(
+                    f"{path} is not a regular file: not this daemon's token file (remove it)"
+                )
             problem = not_own_file(info)
             if problem is None and stat.S_IMODE(info.st_mode) != 0o600:
                 problem = f"has mode {stat.S_IMODE(info.st_mode):04o}, not 0600"

@@ -77,8 +77,14 @@ class DaemonHTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 64  # listen backlog (socketserver's 5 drops connections under load)
 
-    def __init__(self, address: tuple[str, int], api: DaemonApi, access: HttpAccess,
-                 limits: ConnectionLimits, limited_log: RateLimitedLog) -> None:  # fmt: skip
+    def __init__(
+        self,
+        address: tuple[str, int],
+        api: DaemonApi,
+        access: HttpAccess,
+        limits: ConnectionLimits,
+        limited_log: RateLimitedLog,
+    ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.api = api
         self.access = access
@@ -100,9 +106,10 @@ class DaemonHTTPServer(ThreadingHTTPServer):
                 with contextlib.suppress(OSError):
                     return super().get_request()
             self.limited_log.warning(
-                f"http-accept:{reason}", "footprint daemon: http: cannot accept: %s",
+                f"http-accept:{reason}",
+                "footprint daemon: http: cannot accept: %s",
                 exc.strerror,
-            )  # fmt: skip
+            )
             time.sleep(ACCEPT_BACKOFF_MIN_S)  # no spare either: try again later, not at once
             raise
 
@@ -130,8 +137,9 @@ class DaemonHTTPServer(ThreadingHTTPServer):
         cap = limits.max_http_connections
         body = encode_reply(
             f"too many HTTP connections to the daemon (at most {cap}): this one is closed, "
-            "try again later", "overloaded"
-        )  # fmt: skip
+            "try again later",
+            "overloaded",
+        )
         head = (
             "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
@@ -142,9 +150,10 @@ class DaemonHTTPServer(ThreadingHTTPServer):
         super().shutdown_request(request)
         limits.restore_spare()
         self.limited_log.warning(
-            "refused:http", "footprint daemon: refused an HTTP connection: over "
-            "--max-http-connections %d", cap,
-        )  # fmt: skip
+            "refused:http",
+            "footprint daemon: refused an HTTP connection: over --max-http-connections %d",
+            cap,
+        )
 
     def shutdown_request(self, request: Any) -> None:
         with self._open_lock:
@@ -157,19 +166,31 @@ class DaemonHTTPServer(ThreadingHTTPServer):
         who = client_address[0] if isinstance(client_address, tuple) else client_address
         if isinstance(exc, _HANGUP_ERRORS):
             self.limited_log.log(
-                logging.DEBUG, "http-hangup", "footprint daemon: http client %s went away: %r",
-                who, exc,
-            )  # fmt: skip
+                logging.DEBUG,
+                "http-hangup",
+                "footprint daemon: http client %s went away: %r",
+                who,
+                exc,
+            )
         else:  # a bug of the daemon's: its traceback, a few times per interval
             self.limited_log.log(
-                logging.ERROR, "http-error", "footprint daemon: http request of %s failed: %r",
-                who, exc, exc_info=True,
-            )  # fmt: skip
+                logging.ERROR,
+                "http-error",
+                "footprint daemon: http request of %s failed: %r",
+                who,
+                exc,
+                exc_info=True,
+            )
 
 
-def make_http_server(host: str, port: int, api: DaemonApi, access: HttpAccess,
-                     limits: ConnectionLimits, limited_log: RateLimitedLog,
-                     ) -> DaemonHTTPServer:  # fmt: skip
+def make_http_server(
+    host: str,
+    port: int,
+    api: DaemonApi,
+    access: HttpAccess,
+    limits: ConnectionLimits,
+    limited_log: RateLimitedLog,
+) -> DaemonHTTPServer:
     """The server, bound and listening (not serving yet); ``StartError`` if it cannot."""
     try:
         return DaemonHTTPServer((host, port), api, access, limits, limited_log)
@@ -191,8 +212,13 @@ class DaemonHandler(BaseHTTPRequestHandler):
                 logging.DEBUG, "http", "footprint daemon: http %s", format % args
             )
 
-    def _send(self, code: int, body: bytes, content_type: str = "application/json",
-              headers: dict[str, str] | None = None) -> None:  # fmt: skip
+    def _send(
+        self,
+        code: int,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -227,10 +253,10 @@ class DaemonHandler(BaseHTTPRequestHandler):
         self.server.api.refused("unauthorized")
         where = "" if access.metrics_token else f" (its token is in {access.token_path})"
         self._send(
-            401, encode_reply(f"this daemon wants 'Authorization: Bearer TOKEN'{where}",
-                              "unauthorized"),
+            401,
+            encode_reply(f"this daemon wants 'Authorization: Bearer TOKEN'{where}", "unauthorized"),
             headers={"WWW-Authenticate": 'Bearer realm="footprint"'},
-        )  # fmt: skip
+        )
         return False
 
     def handle_expect_100(self) -> bool:
@@ -269,9 +295,11 @@ class DaemonHandler(BaseHTTPRequestHandler):
 
                 self._send(200, self.server.api.metrics_text(), CONTENT_TYPE_LATEST)
         else:
-            self._error(404, f"no such page: {path}; try /metrics, /healthz, /readyz, "
-                        "POST /v1/spans",
-                        "not_found")  # fmt: skip
+            self._error(
+                404,
+                f"no such page: {path}; try /metrics, /healthz, /readyz, POST /v1/spans",
+                "not_found",
+            )
 
     do_HEAD = do_GET
 
@@ -280,8 +308,9 @@ class DaemonHandler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path != "/v1/spans":
             self.close_connection = True
-            self._error(404, f"no such endpoint: POST {path}; spans go to POST /v1/spans",
-                        "not_found")  # fmt: skip
+            self._error(
+                404, f"no such endpoint: POST {path}; spans go to POST /v1/spans", "not_found"
+            )
             return
         length = self._body_length()
         if length is None or not self._authorized(intake=True):
@@ -300,8 +329,7 @@ class DaemonHandler(BaseHTTPRequestHandler):
         length_text = self.headers.get("Content-Length")
         self.close_connection = True  # until the body is read: refused unread, then closed
         if self.headers.get("Transfer-Encoding") or length_text is None:
-            self._error(411, "POST /v1/spans needs a Content-Length (no chunked bodies)",
-                        "invalid")  # fmt: skip
+            self._error(411, "POST /v1/spans needs a Content-Length (no chunked bodies)", "invalid")
             return None
         try:
             length = int(length_text)
@@ -312,8 +340,9 @@ class DaemonHandler(BaseHTTPRequestHandler):
             return None
         if length > MAX_BATCH_BYTES:  # refused unread: the connection is closed after it
             self.server.api.refused("too_large")
-            self._error(413, f"a body of {length:,} bytes; at most {MAX_BATCH_BYTES:,}",
-                        "too_large")  # fmt: skip
+            self._error(
+                413, f"a body of {length:,} bytes; at most {MAX_BATCH_BYTES:,}", "too_large"
+            )
             self._discard_some(length)
             return None
         return length

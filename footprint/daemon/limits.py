@@ -81,8 +81,10 @@ class ConnectionLimits:
             log.warning(
                 "footprint daemon: at most %d client connections (the open-files limit is "
                 "%d; raise it, e.g. LimitNOFILE= in systemd, for --max-connections %d)",
-                self.fd_budget, soft, self.max_connections,
-            )  # fmt: skip
+                self.fd_budget,
+                soft,
+                self.max_connections,
+            )
 
     def restore_spare(self) -> None:
         """Hold the spare descriptor again, if one is free."""

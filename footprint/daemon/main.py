@@ -20,8 +20,14 @@ from footprint.daemon.server import Daemon
 log = logging.getLogger("footprint")
 
 
-def _show_warning(message: Any, category: Any, filename: str, lineno: int,
-                  file: Any = None, line: str | None = None) -> None:  # fmt: skip
+def _show_warning(
+    message: Any,
+    category: Any,
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
     log.warning("%s", message)
 
 
@@ -121,9 +127,11 @@ def _stop(daemon: Daemon) -> None:
     log.warning(
         "footprint daemon: stopped in %.2f s; %d records written, %d spans were still "
         "running, %d not stored",
-        time.monotonic() - stopping_s, stats["records_written"], stats["running_at_exit"],
+        time.monotonic() - stopping_s,
+        stats["records_written"],
+        stats["running_at_exit"],
         stats["unsaved_records"] + stats["unsaved_at_exit"],
-    )  # fmt: skip
+    )
 
 
 def run_daemon(config: DaemonConfig, ready: Any = None) -> int:
@@ -131,9 +139,11 @@ def run_daemon(config: DaemonConfig, ready: Any = None) -> int:
     input, the line saying why already on stderr). ``ready`` (default: stdout) gets one
     line when the daemon listens: its socket and HTTP address."""
     logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(message)s",
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S",
-    )  # fmt: skip
+    )
     warnings.showwarning = _show_warning
     files_limit = raise_open_files_limit()
     daemon = _start(config)
@@ -142,9 +152,11 @@ def run_daemon(config: DaemonConfig, ready: Any = None) -> int:
     if files_limit is not None:
         soft, was = files_limit
         log.info(
-            "footprint daemon: open-files limit %d%s; at most %d client connections", soft,
-            f" (raised from {was})" if soft != was else "", daemon.limits.cap(),
-        )  # fmt: skip
+            "footprint daemon: open-files limit %d%s; at most %d client connections",
+            soft,
+            f" (raised from {was})" if soft != was else "",
+            daemon.limits.cap(),
+        )
     signals = _Signals()
     signals.install()
     out = ready or sys.stdout

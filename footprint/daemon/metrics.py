@@ -204,9 +204,10 @@ class DaemonCollector:
             labels=["gpu"],
         )
         info = GaugeMetricFamily(
-            "footprint_gpu_info", "The GPUs the daemon measures (value 1).",
+            "footprint_gpu_info",
+            "The GPUs the daemon measures (value 1).",
             labels=["gpu", "uuid", "name"],
-        )  # fmt: skip
+        )
         for index, device in enumerate(devices):
             label = str(device.index)
             watts = self.power.power_w[index] if index < len(self.power.power_w) else None
@@ -222,18 +223,20 @@ class DaemonCollector:
     def _intake_metrics(self) -> Iterator[Metric]:
         runtime, intake = self.runtime, self.intake
         yield GaugeMetricFamily(
-            "footprint_spans_in_flight", "Spans started and not ended yet.",
+            "footprint_spans_in_flight",
+            "Spans started and not ended yet.",
             value=len(runtime.inflight),
-        )  # fmt: skip
+        )
         yield GaugeMetricFamily(
             "footprint_queue_depth",
             "Spans ended and waiting to be resolved, plus records waiting to be written.",
             value=len(runtime.ended) + runtime.writer.buffered,
         )
         yield GaugeMetricFamily(
-            "footprint_client_connections", "Open client connections on the Unix socket.",
+            "footprint_client_connections",
+            "Open client connections on the Unix socket.",
             value=len(intake.connections),
-        )  # fmt: skip
+        )
         if self.connection_limits is not None:
             yield from _connection_limit_metrics(self.connection_limits())
 
@@ -263,9 +266,10 @@ class DaemonCollector:
             errors.add_metric([reason], intake.protocol_errors.get(reason, 0))
         yield errors
         received = CounterMetricFamily(
-            "footprint_spans_received", "Span starts and ends received from clients.",
+            "footprint_spans_received",
+            "Span starts and ends received from clients.",
             labels=["kind"],
-        )  # fmt: skip
+        )
         received.add_metric(["start"], intake.received.get("starts", 0))
         received.add_metric(["end"], intake.received.get("ends", 0))
         yield received
@@ -277,15 +281,21 @@ class DaemonCollector:
             "as abandoned, or a start past max_pending_spans (its end still makes a record).",
             labels=["kind"],
         )
-        for kind in ("duplicate_start", "duplicate_end", "duplicate_end_stored",
-                     "started_after_abandoned", "ended_after_abandoned",
-                     "start_not_tracked"):  # fmt: skip
+        for kind in (
+            "duplicate_start",
+            "duplicate_end",
+            "duplicate_end_stored",
+            "started_after_abandoned",
+            "ended_after_abandoned",
+            "start_not_tracked",
+        ):
             ignored.add_metric([kind], intake.oddities.get(kind, 0))
         yield ignored
         yield CounterMetricFamily(
-            "footprint_records_written", "Query records written to the database.",
+            "footprint_records_written",
+            "Query records written to the database.",
             value=stats["records_written"],
-        )  # fmt: skip
+        )
         yield CounterMetricFamily(
             "footprint_clients_gone",
             "Client processes that went away with spans running (spans closed as abandoned).",
@@ -297,13 +307,22 @@ def _record_metrics(snap: dict[str, dict], devices: list[Any]) -> Iterator[Metri
     """The counters fed by the records written (``RecordTotals.snapshot``)."""
     split = " A query on several GPUs counts under each of them an even share of its total."
     for key, name, text in (
-        ("energy_j", "footprint_energy_joules",
-         "GPU energy attributed to queries (written records), by model and GPU."),
-        ("input_tokens", "footprint_input_tokens",
-         "Input tokens of the queries, by model and GPU."),
-        ("output_tokens", "footprint_output_tokens",
-         "Output tokens of the queries, by model and GPU."),
-    ):  # fmt: skip
+        (
+            "energy_j",
+            "footprint_energy_joules",
+            "GPU energy attributed to queries (written records), by model and GPU.",
+        ),
+        (
+            "input_tokens",
+            "footprint_input_tokens",
+            "Input tokens of the queries, by model and GPU.",
+        ),
+        (
+            "output_tokens",
+            "footprint_output_tokens",
+            "Output tokens of the queries, by model and GPU.",
+        ),
+    ):
         family = CounterMetricFamily(name, text + split, labels=["model", "gpu"])
         for (model, gpu), value in snap[key].items():
             family.add_metric([model, gpu], value)
@@ -317,16 +336,18 @@ def _record_metrics(snap: dict[str, dict], devices: list[Any]) -> Iterator[Metri
         family.add_metric([str(device.index)], snap["idle_j"].get(str(device.index), 0.0))
     yield family
     family = CounterMetricFamily(
-        "footprint_queries", "Queries recorded, by model and status.",
+        "footprint_queries",
+        "Queries recorded, by model and status.",
         labels=["model", "status"],
-    )  # fmt: skip
+    )
     for (model, status), value in snap["queries"].items():
         family.add_metric([model, status], value)
     yield family
     family = CounterMetricFamily(
-        "footprint_co2e_grams", "Location-based CO2e of the queries' energy, in grams.",
+        "footprint_co2e_grams",
+        "Location-based CO2e of the queries' energy, in grams.",
         labels=["model"],
-    )  # fmt: skip
+    )
     for model, value in snap["co2e_g"].items():
         family.add_metric([model], value)
     yield family

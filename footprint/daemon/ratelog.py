@@ -24,8 +24,16 @@ class RateLimitedLog:
         self._lock = threading.Lock()
         self._windows: dict[str, list[float]] = {}  # key -> [start_s, logged, left out, level]
 
-    def log(self, level: int, key: str, message: str, *args: Any, exc_info: bool = False,
-            now_s: float | None = None, burst: int | None = None) -> None:  # fmt: skip
+    def log(
+        self,
+        level: int,
+        key: str,
+        message: str,
+        *args: Any,
+        exc_info: bool = False,
+        now_s: float | None = None,
+        burst: int | None = None,
+    ) -> None:
         now_s = time.monotonic() if now_s is None else now_s
         with self._lock:
             window = self._windows.get(key)
@@ -57,5 +65,10 @@ class RateLimitedLog:
             self._summary(level, key, count)
 
     def _summary(self, level: int, key: str, count: int) -> None:
-        log.log(level, "footprint daemon: %d more like it (%s) in the last %g s, not logged",
-                count, key, self.interval_s)  # fmt: skip
+        log.log(
+            level,
+            "footprint daemon: %d more like it (%s) in the last %g s, not logged",
+            count,
+            key,
+            self.interval_s,
+        )

@@ -69,12 +69,20 @@ class Daemon:
         self.intake: Any = None
         self.limits = ConnectionLimits(config)
         self.limited_log = RateLimitedLog()
-        self._claim = SocketClaim(self.socket_path, config.group, token=config.token,
-                                  token_file=self.http_bind is not None)  # fmt: skip
+        self._claim = SocketClaim(
+            self.socket_path,
+            config.group,
+            token=config.token,
+            token_file=self.http_bind is not None,
+        )
         handlers = PeerHandlers(
-            on_connect=self._connected, on_line=self._line, on_disconnect=self._disconnected,
-            on_refused=self.refused, on_wake=self._send_acks, on_error=self.internal_error,
-        )  # fmt: skip
+            on_connect=self._connected,
+            on_line=self._line,
+            on_disconnect=self._disconnected,
+            on_refused=self.refused,
+            on_wake=self._send_acks,
+            on_error=self.internal_error,
+        )
         self.unix = UnixServer(self._claim, handlers, self.limits, self.limited_log)
         self._peer_of_conn: dict[int, Peer] = {}  # by intake connection id
         self._http: DaemonHTTPServer | None = None
@@ -98,9 +106,11 @@ class Daemon:
         self.unix.start()
         if self._http is not None:
             self._http_thread = threading.Thread(
-                target=self._http.serve_forever, kwargs={"poll_interval": 0.5},
-                name="footprint-daemon-http", daemon=True,
-            )  # fmt: skip
+                target=self._http.serve_forever,
+                kwargs={"poll_interval": 0.5},
+                name="footprint-daemon-http",
+                daemon=True,
+            )
             self._http_thread.start()
 
     def _make_http(self, host: str, port: int) -> DaemonHTTPServer:
@@ -239,8 +249,7 @@ class Daemon:
         traceback (call it in the ``except``), all are counted."""
         self.internal_errors += 1
         if self.internal_errors == 1:
-            log.exception("footprint daemon: internal error (the client is disconnected): %r",
-                          exc)  # fmt: skip
+            log.exception("footprint daemon: internal error (the client is disconnected): %r", exc)
 
     # -- control ---------------------------------------------------------------------
     def sweep(self) -> None:

@@ -83,8 +83,17 @@ class Connection:
 class _Client:
     """A client process (``host``, ``pid``) and its spans still running."""
 
-    __slots__ = ("key", "spans", "connections", "liveness_pid", "idle_since_s", "abandoned",
-                 "last_seen_s", "spans_checked_s", "ended")  # fmt: skip
+    __slots__ = (
+        "key",
+        "spans",
+        "connections",
+        "liveness_pid",
+        "idle_since_s",
+        "abandoned",
+        "last_seen_s",
+        "spans_checked_s",
+        "ended",
+    )
 
     def __init__(self, key: tuple[str, int], now_s: float) -> None:
         self.key = key
@@ -176,8 +185,9 @@ class SpanIntake:
                 if client.spans and now_s - client.spans_checked_s > 60.0:
                     # Running past max_span_age: the runtime closed them; forget them.
                     client.spans_checked_s = now_s
-                    for cid in [cid for cid, (_, start_s, _) in client.spans.items()
-                                if start_s < too_old_s]:  # fmt: skip
+                    for cid in [
+                        cid for cid, (_, start_s, _) in client.spans.items() if start_s < too_old_s
+                    ]:
                         _, _, gpus = client.spans.pop(cid)
                         if self.runtime.drives_simulator:
                             self.runtime.end_simulated_load(gpus, now_s)
@@ -208,8 +218,9 @@ class SpanIntake:
             del client.abandoned[next(iter(client.abandoned))]
 
     # -- batches ---------------------------------------------------------------------
-    def check_clock(self, batch: Batch, conn: Connection | None, now_s: float,
-                    transit_s: float = 0.0) -> None:  # fmt: skip
+    def check_clock(
+        self, batch: Batch, conn: Connection | None, now_s: float, transit_s: float = 0.0
+    ) -> None:
         """Refuse a batch whose times are not the daemon's monotonic clock.
 
         ``monotonic_s`` (the sender's clock when it sent the batch) may not be ahead of
@@ -249,8 +260,7 @@ class SpanIntake:
             if batch is not None and reason == "clock":
                 self.lost["clock_mismatch"] += len(batch.starts) + len(batch.ends)
 
-    def apply(self, batch: Batch, conn: Connection | None = None,
-              transit_s: float = 0.0) -> None:  # fmt: skip
+    def apply(self, batch: Batch, conn: Connection | None = None, transit_s: float = 0.0) -> None:
         """Check the clock, then start and end the batch's spans in the runtime.
 
         ``ClockMismatch`` (counted) when the sender's clock is not the daemon's."""
@@ -315,8 +325,14 @@ class SpanIntake:
             if runtime.drives_simulator:
                 runtime.begin_simulated_load(start.gpus, start.start_s)
 
-    def _end_spans(self, client: _Client, batch: Batch, stored: set[str] | None,
-                   acking: Connection | None, now_s: float) -> list[int]:  # fmt: skip
+    def _end_spans(
+        self,
+        client: _Client,
+        batch: Batch,
+        stored: set[str] | None,
+        acking: Connection | None,
+        now_s: float,
+    ) -> list[int]:
         """(Under ``_lock``.) The batch's ends, into the runtime's ended queue; the client
         span ids to acknowledge at once (``acking``: ends not taken, settled already)."""
         settled_now: list[int] = []
@@ -326,9 +342,16 @@ class SpanIntake:
                 settled_now.append(end.span_id)
         return settled_now
 
-    def _end_span(self, client: _Client, batch: Batch, end: EndedSpan, span_key: str | None,
-                  stored: set[str] | None, acking: Connection | None,
-                  now_s: float) -> bool:  # fmt: skip
+    def _end_span(
+        self,
+        client: _Client,
+        batch: Batch,
+        end: EndedSpan,
+        span_key: str | None,
+        stored: set[str] | None,
+        acking: Connection | None,
+        now_s: float,
+    ) -> bool:
         """(Under ``_lock``.) One end: True if taken (its acknowledgement waits for its
         record), False if settled now (one this daemon or a former one has, a late end
         of an abandoned span, or one dropped for want of room: counted)."""
@@ -374,12 +397,17 @@ class SpanIntake:
             runtime.end_simulated_load(end.gpus, end.end_s)
         return sid
 
-    def _take_end(self, sid: int, batch: Batch, end: EndedSpan, span_key: str | None,
-                  acking: Connection | None) -> bool:  # fmt: skip
+    def _take_end(
+        self,
+        sid: int,
+        batch: Batch,
+        end: EndedSpan,
+        span_key: str | None,
+        acking: Connection | None,
+    ) -> bool:
         """Queue the ended span for the runtime's resolver (True), or drop it when the
         queue is full (False: counted, settled)."""
-        span = end._replace(span_id=sid, pid=batch.pid, host=batch.host, key=span_key,
-                            resent=False)  # fmt: skip
+        span = end._replace(span_id=sid, pid=batch.pid, host=batch.host, key=span_key, resent=False)
         taken = self.runtime.queue(span)  # full: counted in dropped_spans, settled
         if taken and acking is not None:
             self._ack_of[sid] = (acking, end.span_id)

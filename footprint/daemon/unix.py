@@ -62,8 +62,13 @@ class Peer:
 
     __slots__ = ("sock", "pid", "conn", "partial", "key", "last_recv_s", "connected_after_s")
 
-    def __init__(self, sock: socket.socket, pid: int | None = None,
-                 key: tuple[str, int] | None = None, now_s: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        sock: socket.socket,
+        pid: int | None = None,
+        key: tuple[str, int] | None = None,
+        now_s: float = 0.0,
+    ) -> None:
         self.sock = sock
         self.pid = pid  # in the daemon's pid namespace (None: unknown)
         self.conn: Any = None
@@ -100,8 +105,13 @@ class UnixServer:
     """Accepts the clients of ``claim``'s listener and reads their lines on a thread of
     its own, from ``start`` until ``finish``."""
 
-    def __init__(self, claim: SocketClaim, handlers: PeerHandlers, limits: ConnectionLimits,
-                 limited_log: RateLimitedLog) -> None:  # fmt: skip
+    def __init__(
+        self,
+        claim: SocketClaim,
+        handlers: PeerHandlers,
+        limits: ConnectionLimits,
+        limited_log: RateLimitedLog,
+    ) -> None:
         self._claim = claim
         self._handlers = handlers
         self._limits = limits
@@ -228,7 +238,7 @@ class UnixServer:
             # have connected and may send) until a connection closes; none is refused.
             if len(self._peers) >= limits.fd_budget and not self._accept_blocked(
                 "fd_limit", f"the open-files limit leaves room for {limits.fd_budget}"
-            ):  # fmt: skip
+            ):
                 return
             try:
                 sock, _addr = listener.accept()
@@ -279,8 +289,7 @@ class UnixServer:
             cap = limits.max_connections
             message = f"too many connections to the daemon (at most {cap})"
         with contextlib.suppress(OSError):
-            sock.send(encode_reply(message + ": this one is closed, try again later",
-                                   "overloaded"))  # fmt: skip
+            sock.send(encode_reply(message + ": this one is closed, try again later", "overloaded"))
         sock.close()
         self._limited_log.warning(
             f"refused:{reason}", "footprint daemon: refused a client connection: %s", message
@@ -297,10 +306,12 @@ class UnixServer:
         closed = min(count, len(idle))
         self._limits.reclaimed += closed
         self._limited_log.log(
-            logging.INFO, "reclaimed",
-            "footprint daemon: at the connection limit: closed %d idle connection(s)", closed,
+            logging.INFO,
+            "reclaimed",
+            "footprint daemon: at the connection limit: closed %d idle connection(s)",
+            closed,
             burst=1,
-        )  # fmt: skip
+        )
         return closed
 
     def _accept_blocked(self, reason: str, detail: str) -> bool:
@@ -317,12 +328,15 @@ class UnixServer:
         )
         self._pause_accept(now_s + self._accept_backoff_s)
         self._limited_log.log(
-            logging.WARNING, f"accept:{reason}",
+            logging.WARNING,
+            f"accept:{reason}",
             "footprint daemon: no room for another client (%s; %d connections open, none "
             "idle): new ones wait until one closes (raise the open-files limit, e.g. "
             "LimitNOFILE= in systemd)",
-            detail, len(self._peers), burst=1,
-        )  # fmt: skip
+            detail,
+            len(self._peers),
+            burst=1,
+        )
         return False
 
     def _pause_accept(self, until_s: float) -> None:
@@ -397,10 +411,11 @@ class UnixServer:
 
     def _too_large(self, peer: Peer, size: int) -> bool:
         self._refuse(
-            peer, "too_large",
+            peer,
+            "too_large",
             f"a line of more than {size:,} bytes; at most {MAX_BATCH_BYTES:,}: the connection "
             "is closed (send smaller batches)",
-        )  # fmt: skip
+        )
         self.close_peer(peer)
         return False
 

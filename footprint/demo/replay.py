@@ -142,8 +142,9 @@ class Replay:
             window.advance_to(CLOCK_ORIGIN_S + event.t_s)
             request = event.request
             if event.kind == "start":
-                handle = tracking.query(model=model.name, gpus=gpus, demo=True,
-                                        replica=replica.slot)  # fmt: skip
+                handle = tracking.query(
+                    model=model.name, gpus=gpus, demo=True, replica=replica.slot
+                )
                 handle.__enter__()
                 handles[request.id] = handle
                 window.running += 1
@@ -160,9 +161,12 @@ class Replay:
         """The window's runtime, installed, its simulated GPUs loaded as the batch was."""
         model = replica.model
         sensor_spec = DEMO_SENSOR.format(
-            gpus=model.gpus_per_replica, idle=GPU_IDLE_W, tdp=GPU_TDP_W,
-            seed=self.seed * 100 + replica.slot, name=GPU_NAME,
-        )  # fmt: skip
+            gpus=model.gpus_per_replica,
+            idle=GPU_IDLE_W,
+            tdp=GPU_TDP_W,
+            seed=self.seed * 100 + replica.slot,
+            name=GPU_NAME,
+        )
         runtime = Runtime(replace(self.settings, sensor=sensor_spec), clock)
         if runtime.store is None:
             raise RuntimeError(f"cannot open the demo database {self.settings.db}")

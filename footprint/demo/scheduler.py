@@ -213,10 +213,15 @@ class Scheduler:
         if self.free_gpus >= gpus:
             return True
         idle = sorted(
-            (r for name, live in self.live.items() if name != model.name for r in live
-             if r.ready and not r.batch),
+            (
+                r
+                for name, live in self.live.items()
+                if name != model.name
+                for r in live
+                if r.ready and not r.batch
+            ),
             key=lambda r: (r.idle_since_s, r.slot),
-        )  # fmt: skip
+        )
         for replica in idle:
             self._release(replica, t)
             if self.free_gpus >= gpus:

@@ -147,8 +147,12 @@ def _model_serving(
         peak_replicas=_peak_overlap(mine),
         mean_batch_size=_mean_batch(mine),
         # From arrival: queueing (and a cold start, for the first of a burst) included.
-        first_token_after_arrival_s={"p50": _percentile(waits, 0.5),
-                                     "p95": _percentile(waits, 0.95)} if waits else None,
+        first_token_after_arrival_s={
+            "p50": _percentile(waits, 0.5),
+            "p95": _percentile(waits, 0.95),
+        }
+        if waits
+        else None,
         held_gpu_hours=held_h,
         busy_gpu_hours=busy_h,
         idle_energy_j=idle_j,
@@ -157,7 +161,7 @@ def _model_serving(
             "busy": busy_h * USD_PER_GPU_HOUR / tokens * 1e6 if tokens else None,
             "held": held_h * USD_PER_GPU_HOUR / tokens * 1e6 if tokens else None,
         },
-    )  # fmt: skip
+    )
     return held_h
 
 

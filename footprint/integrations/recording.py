@@ -113,8 +113,18 @@ class RequestRecord:
     application returns, to learn the exception behind it), when the application fails,
     or when the client goes away."""
 
-    __slots__ = ("_query", "_options", "_route_of", "_route", "_tags", "status_code",
-                 "_complete", "_client_gone", "_chunks", "_ended")  # fmt: skip
+    __slots__ = (
+        "_query",
+        "_options",
+        "_route_of",
+        "_route",
+        "_tags",
+        "status_code",
+        "_complete",
+        "_client_gone",
+        "_chunks",
+        "_ended",
+    )
 
     def __init__(
         self, query: Query, options: Options, route_of: Callable[[], str], tags: dict[str, Any]
@@ -132,9 +142,12 @@ class RequestRecord:
 
     @classmethod
     def open(
-        cls, options: Options, request: Any, header_tags: dict[str, Any],
+        cls,
+        options: Options,
+        request: Any,
+        header_tags: dict[str, Any],
         route_of: Callable[[], str],
-    ) -> RequestRecord | None:  # fmt: skip
+    ) -> RequestRecord | None:
         """The request's record, its query started; None when it is not tracked."""
         model = options.model_of(request)
         if model is None:

@@ -123,9 +123,14 @@ def grid_factors() -> dict[str, GridFactor]:
             continue
         g = entry["emissions"] * _LBS_PER_MWH_TO_KG_PER_KWH * 1000.0
         out[f"USA/{state}"] = GridFactor(
-            f"USA/{state}", f"{state.title()} (USA)", "USA", state, g, usa_ref,
+            f"USA/{state}",
+            f"{state.title()} (USA)",
+            "USA",
+            state,
+            g,
+            usa_ref,
             aliases=(f"USA/{entry['regionCode']}",) if entry.get("regionCode") else (),
-        )  # fmt: skip
+        )
 
     can = _data.load_json("private_infra/2023/canada_energy_mix.json")
     can_ref = (
@@ -134,9 +139,13 @@ def grid_factors() -> dict[str, GridFactor]:
     )
     for province, entry in can.items():
         out[f"CAN/{province}"] = GridFactor(
-            f"CAN/{province}", f"{province.title()} (Canada)", "CAN", province,
-            canada_g_per_kwh(entry), can_ref,
-        )  # fmt: skip
+            f"CAN/{province}",
+            f"{province.title()} (Canada)",
+            "CAN",
+            province,
+            canada_g_per_kwh(entry),
+            can_ref,
+        )
 
     nordic = _data.load_json("private_infra/nordic_emissions.json")
     nordic_meta = nordic.get("metadata", {})
@@ -151,9 +160,13 @@ def grid_factors() -> dict[str, GridFactor]:
             f"year {entry.get('year', '?')}"
         )
         out[f"{iso3}/{code}"] = GridFactor(
-            f"{iso3}/{code}", f"{entry.get('description', code)}", iso3, code,
-            float(entry["emission_factor"]), ref,
-        )  # fmt: skip
+            f"{iso3}/{code}",
+            f"{entry.get('description', code)}",
+            iso3,
+            code,
+            float(entry["emission_factor"]),
+            ref,
+        )
 
     china = _data.load_json("private_infra/2023/china_provincial_emissions.json")
     china_meta = china.get("metadata", {})
@@ -165,10 +178,14 @@ def grid_factors() -> dict[str, GridFactor]:
         names = list(entry["names"])
         zone = f"CHN/{names[0]}"
         out[zone] = GridFactor(
-            zone, f"{entry.get('description', names[0])} (China)", "CHN", names[0],
-            float(entry["emission_factor"]), china_ref,
+            zone,
+            f"{entry.get('description', names[0])} (China)",
+            "CHN",
+            names[0],
+            float(entry["emission_factor"]),
+            china_ref,
             aliases=tuple(f"CHN/{name}" for name in names[1:]) + (code,),
-        )  # fmt: skip
+        )
     return out
 
 

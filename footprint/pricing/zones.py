@@ -179,9 +179,13 @@ def default_zone() -> Zone:
             stacklevel=3,
         )
     return Zone(
-        "WORLD", "World average (default: no region configured)", KIND_WORLD, "", "WORLD",
+        "WORLD",
+        "World average (default: no region configured)",
+        KIND_WORLD,
+        "",
+        "WORLD",
         is_default=True,
-    )  # fmt: skip
+    )
 
 
 def _reset_default_warning() -> None:

@@ -59,9 +59,14 @@ def make_config(
         tag_headers, tag_user, tag_api_key_hash, api_key_secret_file, static_tags
     )
     config = ProxyConfig(
-        upstream=parse_upstream(upstream), host=host, port=port, gpus=parse_gpus(gpus),
-        tags=static_tags, callers=callers, **options,  # type: ignore[arg-type]
-    )  # fmt: skip
+        upstream=parse_upstream(upstream),
+        host=host,
+        port=port,
+        gpus=parse_gpus(gpus),
+        tags=static_tags,
+        callers=callers,
+        **options,  # type: ignore[arg-type]
+    )
     import footprint
 
     try:  # the names footprint.query would refuse, refused now

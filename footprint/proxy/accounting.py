@@ -159,14 +159,31 @@ class SSEAccountant:
     a partial one waits for its end), else ``b""`` (the caller forwards what it received).
     """
 
-    __slots__ = ("kind", "strip_usage", "count_chunks", "on_first_content", "usage",
-                 "content_chunks", "first_seen", "stream_error", "oversized_events",
-                 "_buf", "_scan", "_sep", "_oversized", "_tail")  # fmt: skip
+    __slots__ = (
+        "kind",
+        "strip_usage",
+        "count_chunks",
+        "on_first_content",
+        "usage",
+        "content_chunks",
+        "first_seen",
+        "stream_error",
+        "oversized_events",
+        "_buf",
+        "_scan",
+        "_sep",
+        "_oversized",
+        "_tail",
+    )
 
     def __init__(
-        self, kind: str, *, strip_usage: bool = False, count_chunks: bool = False,
+        self,
+        kind: str,
+        *,
+        strip_usage: bool = False,
+        count_chunks: bool = False,
         on_first_content: Any = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.kind = kind
         self.strip_usage = strip_usage
         self.count_chunks = count_chunks

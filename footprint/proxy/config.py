@@ -19,8 +19,9 @@ RESERVED_TAGS = frozenset({"model", "tokens", "gpus", "sync"})
 # Tags the proxy sets itself: a --tag-header may not take their names.
 PROXY_TAGS = frozenset({"endpoint", "tokens_estimated", USER_TAG, API_KEY_HASH_TAG})
 # Headers that carry credentials: never stored (--tag-api-key-hash stores a keyed hash).
-SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key",
-                            "api-key"})  # fmt: skip
+SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key"}
+)
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
@@ -177,9 +178,12 @@ def read_secret(path: str | None) -> bytes | None:
 
 
 def parse_caller_tagging(
-    tag_headers: list[str] | None, tag_user: bool, tag_api_key_hash: bool,
-    api_key_secret_file: str | None, tags: dict[str, str],
-) -> CallerTagging:  # fmt: skip
+    tag_headers: list[str] | None,
+    tag_user: bool,
+    tag_api_key_hash: bool,
+    api_key_secret_file: str | None,
+    tags: dict[str, str],
+) -> CallerTagging:
     """The caller tags asked for on the command line."""
     if api_key_secret_file is not None and not tag_api_key_hash:
         raise ProxyConfigError("--api-key-secret-file needs --tag-api-key-hash")
@@ -187,6 +191,8 @@ def parse_caller_tagging(
         if name in tags and (tag_user if name == USER_TAG else tag_api_key_hash):
             raise ProxyConfigError(f"--tag {name!r} is set by the proxy from each request")
     return CallerTagging(
-        headers=parse_tag_headers(tag_headers, tags), user=tag_user,
-        api_key_hash=tag_api_key_hash, api_key_secret=read_secret(api_key_secret_file),
-    )  # fmt: skip
+        headers=parse_tag_headers(tag_headers, tags),
+        user=tag_user,
+        api_key_hash=tag_api_key_hash,
+        api_key_secret=read_secret(api_key_secret_file),
+    )

@@ -36,8 +36,12 @@ class ClientGone(Exception):
 
 UPSTREAM_ERRORS = (UpstreamUnreachable, UpstreamTimeout, UpstreamDisconnected)
 # What reading an upstream body raises when the upstream stops or cuts it short.
-READ_ERRORS = (asyncio.TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
-               OSError)  # fmt: skip
+READ_ERRORS = (
+    asyncio.TimeoutError,
+    aiohttp.ClientPayloadError,
+    aiohttp.ClientConnectionError,
+    OSError,
+)
 
 _STATUS_ERRORS: dict[int, type[UpstreamStatus]] = {}
 
@@ -75,9 +79,10 @@ def gateway_reply(exc: Exception) -> web.Response:
 def target_refused_reply() -> web.Response:
     """400 to a request target that is not a path; the connection is closed after it."""
     response = error_reply(
-        400, "invalid_request_target",
+        400,
+        "invalid_request_target",
         "the request target must be a path such as /v1/chat/completions: the proxy "
         "forwards no CONNECT, absolute URL, //host path or *",
-    )  # fmt: skip
+    )
     response.force_close()
     return response

@@ -62,9 +62,18 @@ class NDJSONAccountant:
     (the stream is forwarded as received).
     """
 
-    __slots__ = ("kind", "on_first_content", "first_seen", "stream_error",
-                 "oversized_events", "content_chunks", "_tokens", "_buf", "_scan",
-                 "_oversized")  # fmt: skip
+    __slots__ = (
+        "kind",
+        "on_first_content",
+        "first_seen",
+        "stream_error",
+        "oversized_events",
+        "content_chunks",
+        "_tokens",
+        "_buf",
+        "_scan",
+        "_oversized",
+    )
 
     def __init__(self, kind: str, *, on_first_content: Any = None) -> None:
         self.kind = kind

@@ -60,8 +60,10 @@ def with_include_usage(body: bytes, obj: dict) -> bytes:
         start = body.index(b"{") + 1
         return body[:start] + b'"stream_options":{"include_usage":true},' + body[start:]
     merged = dict(obj)
-    merged["stream_options"] = {**(options if isinstance(options, dict) else {}),
-                                "include_usage": True}  # fmt: skip
+    merged["stream_options"] = {
+        **(options if isinstance(options, dict) else {}),
+        "include_usage": True,
+    }
     return json.dumps(merged, ensure_ascii=False, separators=(",", ":")).encode()
 
 

@@ -85,9 +85,11 @@ class Reading:
 
 
 def choose_reading(
-    exchange: Exchange | None, upstream: aiohttp.ClientResponse, strip_usage: bool,
+    exchange: Exchange | None,
+    upstream: aiohttp.ClientResponse,
+    strip_usage: bool,
     count_chunks: bool,
-) -> Reading:  # fmt: skip
+) -> Reading:
     """The accountant of a measured, successful response; none for the others."""
     if exchange is None or upstream.status >= 400:
         return Reading()
@@ -100,9 +102,11 @@ def choose_reading(
         if strip_usage and encoding not in ("", "identity"):
             strip_usage = False  # the upstream compressed anyway: forward as is
         accountant = SSEAccountant(
-            exchange.kind, strip_usage=strip_usage, count_chunks=count_chunks,
+            exchange.kind,
+            strip_usage=strip_usage,
+            count_chunks=count_chunks,
             on_first_content=first_token,
-        )  # fmt: skip
+        )
         exchange.tokens_estimated = count_chunks
     else:
         strip_usage = False
@@ -132,10 +136,14 @@ def _fits_one_write(
 ) -> bool:
     length = upstream.content_length
     return (
-        length is not None and length <= WHOLE_BODY_MAX and not reading.strip_usage
-        and "Content-Type" in upstream.headers and request.method != "HEAD"
-        and upstream.status not in (204, 304) and not prefix
-    )  # fmt: skip
+        length is not None
+        and length <= WHOLE_BODY_MAX
+        and not reading.strip_usage
+        and "Content-Type" in upstream.headers
+        and request.method != "HEAD"
+        and upstream.status not in (204, 304)
+        and not prefix
+    )
 
 
 def _cancelled(exchange: Exchange | None) -> None:
@@ -162,18 +170,26 @@ class Pump:
         self._accounting_failed = accounting_failed
 
     async def send(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse,
-        exchange: Exchange | None, reading: Reading, headers: Headers, prefix: bytes,
-    ) -> web.StreamResponse:  # fmt: skip
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        exchange: Exchange | None,
+        reading: Reading,
+        headers: Headers,
+        prefix: bytes,
+    ) -> web.StreamResponse:
         """The response: ``prefix`` (bytes already read of the body), then the rest."""
         if _fits_one_write(request, upstream, reading, prefix):
             return await self._whole(upstream, exchange, reading, headers)
         return await self._stream(request, upstream, exchange, reading, headers, prefix)
 
     async def _whole(
-        self, upstream: aiohttp.ClientResponse, exchange: Exchange | None, reading: Reading,
+        self,
+        upstream: aiohttp.ClientResponse,
+        exchange: Exchange | None,
+        reading: Reading,
         headers: Headers,
-    ) -> web.StreamResponse:  # fmt: skip
+    ) -> web.StreamResponse:
         """A small body of known length, read and sent with its headers in one write."""
         try:
             body = await upstream.read()
@@ -204,9 +220,14 @@ class Pump:
         self.finish_accounting(exchange, accountant)
 
     async def _stream(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse,
-        exchange: Exchange | None, reading: Reading, headers: Headers, prefix: bytes,
-    ) -> web.StreamResponse:  # fmt: skip
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        exchange: Exchange | None,
+        reading: Reading,
+        headers: Headers,
+        prefix: bytes,
+    ) -> web.StreamResponse:
         """Headers first, then the body as it comes."""
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(headers)
@@ -237,9 +258,12 @@ class Pump:
         return response
 
     async def _pump(
-        self, response: web.StreamResponse, upstream: aiohttp.ClientResponse, reading: Reading,
+        self,
+        response: web.StreamResponse,
+        upstream: aiohttp.ClientResponse,
+        reading: Reading,
         prefix: bytes,
-    ) -> None:  # fmt: skip
+    ) -> None:
         piece = prefix
         content = upstream.content
         while True:
@@ -282,9 +306,10 @@ class Pump:
         return rest if reading.strip_usage else b""
 
     def finish_accounting(
-        self, exchange: Exchange,
+        self,
+        exchange: Exchange,
         accountant: SSEAccountant | NDJSONAccountant | BodyAccountant | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """The tokens the accountant found, on the exchange's query."""
         query = exchange.query
         if accountant is None or query is None:
@@ -302,9 +327,11 @@ class Pump:
             self._accounting_failed(exc)
 
     def _stream_tokens(
-        self, exchange: Exchange, accountant: SSEAccountant | NDJSONAccountant,
+        self,
+        exchange: Exchange,
+        accountant: SSEAccountant | NDJSONAccountant,
         tokens: tuple[int | None, int | None] | None,
-    ) -> tuple[int | None, int | None] | None:  # fmt: skip
+    ) -> tuple[int | None, int | None] | None:
         """A stream's tokens: its usage, else its content chunks counted when estimating."""
         query = exchange.query
         self._stats.oversized_events += accountant.oversized_events

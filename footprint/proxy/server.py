@@ -93,9 +93,11 @@ def is_origin_form(method: str, target: str) -> bool:
     """Whether a request target is a path (``/v1/models?x=1``): not ``CONNECT host:port``,
     an absolute URL, ``*``, nor a ``//host`` path (a network-path reference)."""
     return (
-        method != "CONNECT" and target.startswith("/") and not target.startswith("//")
+        method != "CONNECT"
+        and target.startswith("/")
+        and not target.startswith("//")
         and "#" not in target
-    )  # fmt: skip
+    )
 
 
 def upstream_target(base: URL, target: str) -> URL:
@@ -103,9 +105,12 @@ def upstream_target(base: URL, target: str) -> URL:
     path then the target's (still encoded, as received). The host is never the target's."""
     path, _, query = target.partition("?")
     return URL.build(
-        scheme=base.scheme, authority=base.raw_authority,
-        path=base.raw_path.rstrip("/") + path, query_string=query, encoded=True,
-    )  # fmt: skip
+        scheme=base.scheme,
+        authority=base.raw_authority,
+        path=base.raw_path.rstrip("/") + path,
+        query_string=query,
+        encoded=True,
+    )
 
 
 class _Sent(NamedTuple):
@@ -236,10 +241,14 @@ class Proxy:
         assert self._session is not None
         try:
             return await self._session.request(
-                request.method, upstream_target(self._base, request.raw_path), headers=headers,
-                data=data, skip_auto_headers=skip_auto_headers(request.headers),
-                allow_redirects=False, compress=None,
-            )  # fmt: skip
+                request.method,
+                upstream_target(self._base, request.raw_path),
+                headers=headers,
+                data=data,
+                skip_auto_headers=skip_auto_headers(request.headers),
+                allow_redirects=False,
+                compress=None,
+            )
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamUnreachable(f"cannot reach the upstream {self._upstream}: {exc}") from exc
         except asyncio.TimeoutError as exc:
@@ -296,18 +305,25 @@ class Proxy:
         return response
 
     async def _forward_measured(
-        self, request: web.BaseRequest, exchange: Exchange, obj: dict | None, body: bytes,
-        pieces: list[bytes], complete: bool,
-    ) -> web.StreamResponse:  # fmt: skip
+        self,
+        request: web.BaseRequest,
+        exchange: Exchange,
+        obj: dict | None,
+        body: bytes,
+        pieces: list[bytes],
+        complete: bool,
+    ) -> web.StreamResponse:
         # A stream that did not ask for usage: ask for it, or count its chunks.
         needs_usage = obj is not None and stream_without_usage(obj, exchange.kind)
         headers = request_headers(request.headers, keep_length=not complete)
         data: Any = body if complete else rest_of_body(pieces, request)
         try:
             if (
-                obj is not None and needs_usage and request.path not in self._no_stream_options
+                obj is not None
+                and needs_usage
+                and request.path not in self._no_stream_options
                 and plain_stream_options(obj)
-            ):  # fmt: skip
+            ):
                 sent = await self._send_asking_usage(request, headers, body, obj)
             else:
                 sent = _Sent(await self._send(request, headers, data), count_chunks=needs_usage)
@@ -351,10 +367,14 @@ class Proxy:
         return _Sent(await self._send(request, headers, body), count_chunks=True)
 
     async def _relay(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse,
-        exchange: Exchange | None, prefix: bytes, strip_usage: bool = False,
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        exchange: Exchange | None,
+        prefix: bytes,
+        strip_usage: bool = False,
         count_chunks: bool = False,
-    ) -> web.StreamResponse:  # fmt: skip
+    ) -> web.StreamResponse:
         """Send the upstream's response to the client as it comes, accounting on the side."""
         reading = choose_reading(exchange, upstream, strip_usage, count_chunks)
         headers = response_headers(upstream.headers, drop_length=reading.strip_usage)

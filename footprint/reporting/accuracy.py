@@ -125,11 +125,14 @@ def _valid(data: Any) -> bool:
         if not all(_number(s.get(k)) for k in ("queries", "long_queries")):
             return False
         # Figures a scenario may lack (no query, no true energy): null, shown as such.
-        if not all(s.get(k) is None or _number(s.get(k))
-                   for k in ("total_error_pct", "within_bound_pct")):  # fmt: skip
+        if not all(
+            s.get(k) is None or _number(s.get(k)) for k in ("total_error_pct", "within_bound_pct")
+        ):
             return False
-        if not all(s.get(k) is None or _stats(s.get(k))
-                   for k in ("per_query_error_pct", "long_query_error_pct")):  # fmt: skip
+        if not all(
+            s.get(k) is None or _stats(s.get(k))
+            for k in ("per_query_error_pct", "long_query_error_pct")
+        ):
             return False
     return True
 

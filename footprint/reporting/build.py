@@ -113,8 +113,9 @@ def build_report(
             + " (use --allow-empty for an explicit empty report)"
         )
     step("rolling up")
-    return assemble(request, fold, capacity, unallocated, found, compare_zones, period, notes,
-                    tagged)  # fmt: skip
+    return assemble(
+        request, fold, capacity, unallocated, found, compare_zones, period, notes, tagged
+    )
 
 
 def _check_models(conn: Any, models: list[str] | None) -> None:
@@ -187,8 +188,14 @@ def assemble(
 
     first, last = period
     days = sorted(set(fold.by_day) | set(capacity.day_idle_j))
-    series = daily(days, fold.by_day, capacity.day_idle_j, capacity.day_held_s,
-                   [name for name, _ in ranked], held_known)  # fmt: skip
+    series = daily(
+        days,
+        fold.by_day,
+        capacity.day_idle_j,
+        capacity.day_held_s,
+        [name for name, _ in ranked],
+        held_known,
+    )
 
     bounded, measured_n = int(fold.total["uncertainty_n"]), int(fold.total["energy_n"])
     notes = list(notes or [])

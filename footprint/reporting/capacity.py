@@ -132,9 +132,17 @@ class Capacity:
         energy, and its idle GPU-seconds (held − busy per GPU), priced with each GPU's
         rates (``Fold.device_rates``)."""
         out = dict.fromkeys(
-            ("idle_j", "idle_co2e_g", "idle_energy_cost_usd", "idle_billed_energy_cost_usd",
-             "idle_gpu_s", "idle_compute_cost_usd", "idle_embodied_co2e_g"), 0.0,
-        )  # fmt: skip
+            (
+                "idle_j",
+                "idle_co2e_g",
+                "idle_energy_cost_usd",
+                "idle_billed_energy_cost_usd",
+                "idle_gpu_s",
+                "idle_compute_cost_usd",
+                "idle_embodied_co2e_g",
+            ),
+            0.0,
+        )
         held = self.group_held_s[by]
         idle_j = self.group_idle_j[by]
         for (group, uuid), seconds in held.items():

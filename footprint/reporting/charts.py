@@ -19,8 +19,20 @@ from footprint.reporting.figures import shown_models
 if TYPE_CHECKING:
     from matplotlib.typing import RcKeyType
 
-PALETTE = ("#0f766e", "#2563eb", "#7c3aed", "#db2777", "#0891b2", "#65a30d", "#9f1239", "#4338ca",
-           "#c2410c", "#1e3a8a", "#86198f", "#854d0e")  # fmt: skip
+PALETTE = (
+    "#0f766e",
+    "#2563eb",
+    "#7c3aed",
+    "#db2777",
+    "#0891b2",
+    "#65a30d",
+    "#9f1239",
+    "#4338ca",
+    "#c2410c",
+    "#1e3a8a",
+    "#86198f",
+    "#854d0e",
+)
 OTHERS_COLOR = "#78716c"  # the "all others (K models)" row and series
 IDLE_COLOR = "#cbd5e1"
 INK = "#1e293b"
@@ -187,8 +199,15 @@ def _daily_chart(report: dict[str, Any], Figure: Any) -> Any:
     ax_c.set_title("CO2e per day (attributed, location-based)")
     ax_c.set_ylabel(f"{munit} CO2e")
     if not any(_known(d["models"].values(), "co2e_g") for d in daily):
-        ax_c.text(0.5, 0.5, "not known (no grid intensity)", transform=ax_c.transAxes,
-                  ha="center", va="center", color=MUTED)  # fmt: skip
+        ax_c.text(
+            0.5,
+            0.5,
+            "not known (no grid intensity)",
+            transform=ax_c.transAxes,
+            ha="center",
+            va="center",
+            color=MUTED,
+        )
     step = max(1, -(-len(days) // 8))  # at most 8 day labels: they are two lines wide
     for ax in (ax_e, ax_c):
         ax.set_xticks(x[::step], labels[::step])
@@ -196,8 +215,7 @@ def _daily_chart(report: dict[str, Any], Figure: Any) -> Any:
         ax.margins(x=0.01)
     handles, names = ax_e.get_legend_handles_labels()
     if len(names) <= 5:
-        fig.legend(handles, names, loc="lower center", ncol=len(names),
-                   bbox_to_anchor=(0.5, -0.1))  # fmt: skip
+        fig.legend(handles, names, loc="lower center", ncol=len(names), bbox_to_anchor=(0.5, -0.1))
     else:  # several rows: below the day labels
         fig.legend(handles, names, loc="upper center", ncol=4, bbox_to_anchor=(0.5, 0.0))
     alt = "Stacked bars per day of GPU energy and of CO2e, one colour per model"
@@ -219,8 +237,10 @@ def _models_chart(report: dict[str, Any], Figure: Any) -> Any:
     if not _known([entry for _, entry, _ in shown], "fully_loaded_co2e_g"):
         return None
     names = [name for _, _, name in shown]
-    rows = [{k: v or 0.0 for k, v in entry.items() if not isinstance(v, (str, dict))}
-            for _, entry, _ in shown]  # fmt: skip
+    rows = [
+        {k: v or 0.0 for k, v in entry.items() if not isinstance(v, (str, dict))}
+        for _, entry, _ in shown
+    ]
     bar_colors = [colors[path] for path, _, _ in shown]
     y = list(range(len(rows)))
     height = max(2.6, 0.55 * len(rows) + 1.4)
@@ -284,8 +304,10 @@ def _what_if_chart(report: dict[str, Any], Figure: Any) -> Any:
     as_run = what_if["as_run"]
     label = "as run: " + (", ".join(as_run["zones"]) or "no zone")
     entries = [(label, as_run["co2e_g"], True)]
-    entries += [(f"{z['zone']} ({z['name']})" if z["name"] else z["zone"], z["co2e_g"], False)
-                for z in zones]  # fmt: skip
+    entries += [
+        (f"{z['zone']} ({z['name']})" if z["name"] else z["zone"], z["co2e_g"], False)
+        for z in zones
+    ]
     entries = [e for e in entries[::-1] if e[1] is not None]
     if not entries or not max(v for _, v, _ in entries):
         return None
@@ -294,11 +316,16 @@ def _what_if_chart(report: dict[str, Any], Figure: Any) -> Any:
     fig = Figure(figsize=(10, max(2.4, 0.42 * len(entries) + 1.0)))
     ax = fig.subplots()
     y = list(range(len(entries)))
-    ax.barh(y, [v / factor for _, v, _ in entries], 0.6,
-            color=[INK if current else PALETTE[0] for _, _, current in entries])  # fmt: skip
+    ax.barh(
+        y,
+        [v / factor for _, v, _ in entries],
+        0.6,
+        color=[INK if current else PALETTE[0] for _, _, current in entries],
+    )
     for yi, (_, v, _) in zip(y, entries):
-        ax.text(v / factor, yi, f"  {v / factor:,.3g} {unit}", va="center", fontsize=8.5,
-                color=MUTED)  # fmt: skip
+        ax.text(
+            v / factor, yi, f"  {v / factor:,.3g} {unit}", va="center", fontsize=8.5, color=MUTED
+        )
     ax.set_yticks(y, [n for n, _, _ in entries])
     ax.set_xlabel(f"{unit} CO2e for the same fully loaded energy")
     ax.set_title("What if the same work had run elsewhere")

@@ -146,7 +146,7 @@ def summary_cards(report: dict[str, Any]) -> list[dict[str, Any]]:
             "subs": [
                 ("totals.errors", "count", "errors"),
                 ("totals.output_tokens", "count", "output tokens"),
-            ],  # fmt: skip
+            ],
         },
         {
             "label": "GPU energy (attributed)",
@@ -160,7 +160,7 @@ def summary_cards(report: dict[str, Any]) -> list[dict[str, Any]]:
             "subs": [
                 ("totals.fully_loaded_co2e_g", "mass", "fully loaded"),
                 ("totals.fully_loaded_embodied_co2e_g", "mass", "embodied (time held)"),
-            ],  # fmt: skip
+            ],
         },
         {
             "label": "Cost (attributed)",
@@ -169,7 +169,7 @@ def summary_cards(report: dict[str, Any]) -> list[dict[str, Any]]:
                 ("totals.fully_loaded_cost_usd", "money", "fully loaded"),
                 ("totals.compute_cost_usd", "money", "GPU time"),
                 ("totals.energy_cost_usd", "money", electricity),
-            ],  # fmt: skip
+            ],
         },
         {
             "label": "GPU-hours held",
@@ -177,7 +177,7 @@ def summary_cards(report: dict[str, Any]) -> list[dict[str, Any]]:
             "subs": [
                 ("totals.gpu_hours_busy", "number", "busy"),
                 ("totals.utilisation", "percent", "utilisation"),
-            ],  # fmt: skip
+            ],
         },
         {
             "label": "SCI per 1k output tokens",

@@ -61,7 +61,7 @@ def what_if_table(report: dict[str, Any]) -> Table:
             "vs as run",
             "Electricity",
             "vs as run",
-        ],  # fmt: skip
+        ],
         rows=rows,
     )
 
@@ -92,9 +92,16 @@ def what_if_words(report: dict[str, Any]) -> list[str]:
 # --- factors ---------------------------------------------------------------------------------
 
 FACTOR_HEADERS = [
-    "Zone", "Grid gCO2e/kWh", "Intensity source", "Market gCO2e/kWh", "PUE",
-    "Electricity /kWh", "Ownership", "GPU-hour", "Queries",
-]  # fmt: skip
+    "Zone",
+    "Grid gCO2e/kWh",
+    "Intensity source",
+    "Market gCO2e/kWh",
+    "PUE",
+    "Electricity /kWh",
+    "Ownership",
+    "GPU-hour",
+    "Queries",
+]
 SOURCE_LABELS = (
     ("intensity_ref", "Grid intensity"),
     ("pue_ref", "PUE"),

@@ -245,9 +245,17 @@ def factor_list(sets: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _key_of(entry: dict[str, Any]) -> tuple:
-    return (entry["zone"], entry["intensity_source"], entry["pue"], entry["price_per_kwh"],
-            entry["currency"], entry["usd_per_gpu_hour"], entry["market_intensity_g_per_kwh"],
-            entry.get("ownership"), entry.get("gpu_price_source"))  # fmt: skip
+    return (
+        entry["zone"],
+        entry["intensity_source"],
+        entry["pue"],
+        entry["price_per_kwh"],
+        entry["currency"],
+        entry["usd_per_gpu_hour"],
+        entry["market_intensity_g_per_kwh"],
+        entry.get("ownership"),
+        entry.get("gpu_price_source"),
+    )
 
 
 def _none_first(value: Any) -> tuple:

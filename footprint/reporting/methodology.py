@@ -14,9 +14,16 @@ from footprint.reporting.content import Table
 from footprint.reporting.percentiles import PERCENTILE_SAMPLE
 
 ACCURACY_HEADERS = [
-    "Scenario", "Queries", "Total error", "Per query p50", "p95", "max", "Queries ≥ 1 s",
-    "≥ 1 s max", "Within bound",
-]  # fmt: skip
+    "Scenario",
+    "Queries",
+    "Total error",
+    "Per query p50",
+    "p95",
+    "max",
+    "Queries ≥ 1 s",
+    "≥ 1 s max",
+    "Within bound",
+]
 
 
 def _scenario_cell(scenario: dict[str, Any], path: str, key: str, kind: str) -> Any:
@@ -56,13 +63,21 @@ def _accuracy_section(report: dict[str, Any]) -> list[str | Table]:
     rows: list[list[str | tuple[str, str]]] = []
     for i, sc in enumerate(acc["scenarios"]):
         rows.append(
-            [sc["name"]] + [_scenario_cell(sc, f"{base}.{i}", key, kind) for key, kind in (
-                ("queries", "count"), ("total_error_pct", "pct"),
-                ("per_query_error_pct.p50", "pct"), ("per_query_error_pct.p95", "pct"),
-                ("per_query_error_pct.max", "pct"), ("long_queries", "count"),
-                ("long_query_error_pct.max", "pct"), ("within_bound_pct", "pct"),
-            )]
-        )  # fmt: skip
+            [sc["name"]]
+            + [
+                _scenario_cell(sc, f"{base}.{i}", key, kind)
+                for key, kind in (
+                    ("queries", "count"),
+                    ("total_error_pct", "pct"),
+                    ("per_query_error_pct.p50", "pct"),
+                    ("per_query_error_pct.p95", "pct"),
+                    ("per_query_error_pct.max", "pct"),
+                    ("long_queries", "count"),
+                    ("long_query_error_pct.max", "pct"),
+                    ("within_bound_pct", "pct"),
+                )
+            ]
+        )
     described_once: dict[str, str] = {}
     for sc in acc["scenarios"]:
         name = sc.get("scenario") if isinstance(sc.get("scenario"), str) else sc["name"]

@@ -37,16 +37,43 @@ from footprint.reporting.request import ReportRequest
 JOULES_PER_KWH = 3_600_000.0
 
 SUM_KEYS = (
-    "queries", "errors", "input_tokens", "output_tokens", "gpu_seconds", "duration_s",
-    "energy_j", "energy_n", "energy_uncertainty_j", "uncertainty_n", "facility_energy_j",
-    "co2e_g", "co2e_n", "market_co2e_g", "market_n", "embodied_co2e_g", "embodied_n",
-    "energy_cost_usd", "energy_cost_n", "billed_energy_cost_usd", "billed_energy_cost_n",
-    "compute_cost_usd", "compute_n",
-    "no_energy", "no_electricity_price", "no_gpu_price", "rented_queries", "owned_queries",
+    "queries",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "gpu_seconds",
+    "duration_s",
+    "energy_j",
+    "energy_n",
+    "energy_uncertainty_j",
+    "uncertainty_n",
+    "facility_energy_j",
+    "co2e_g",
+    "co2e_n",
+    "market_co2e_g",
+    "market_n",
+    "embodied_co2e_g",
+    "embodied_n",
+    "energy_cost_usd",
+    "energy_cost_n",
+    "billed_energy_cost_usd",
+    "billed_energy_cost_n",
+    "compute_cost_usd",
+    "compute_n",
+    "no_energy",
+    "no_electricity_price",
+    "no_gpu_price",
+    "rented_queries",
+    "owned_queries",
     # shares of the idle time of the GPUs, filled by ``Fold.settle`` (or a group's own)
-    "idle_j", "idle_co2e_g", "idle_energy_cost_usd", "idle_billed_energy_cost_usd",
-    "idle_gpu_s", "idle_compute_cost_usd", "idle_embodied_co2e_g",
-)  # fmt: skip
+    "idle_j",
+    "idle_co2e_g",
+    "idle_energy_cost_usd",
+    "idle_billed_energy_cost_usd",
+    "idle_gpu_s",
+    "idle_compute_cost_usd",
+    "idle_embodied_co2e_g",
+)
 # Per set of GPUs, what idle shares are computed from: GPU-seconds, GPU-seconds × CO2e per
 # joule, × energy cost per joule, × billed energy cost per joule; compute cost; embodied.
 SPREAD = 6
@@ -74,9 +101,17 @@ def split_gpus(gpus: str | None) -> list[str]:
     return [str(u) for u in uuids] if isinstance(uuids, list) else []
 
 
-FACTOR_NAMES = ("zone", "intensity_source", "pue", "price_per_kwh", "currency",
-                "usd_per_gpu_hour", "market_intensity_g_per_kwh", "ownership",
-                "gpu_price_source")  # fmt: skip
+FACTOR_NAMES = (
+    "zone",
+    "intensity_source",
+    "pue",
+    "price_per_kwh",
+    "currency",
+    "usd_per_gpu_hour",
+    "market_intensity_g_per_kwh",
+    "ownership",
+    "gpu_price_source",
+)
 
 
 class Fold:
@@ -283,8 +318,16 @@ class Fold:
             day = self.by_day[row["day"]] = {}
         cost = sums["compute_cost_usd"] + sums["billed_energy_cost_usd"]
         cost_n = max(sums["compute_n"], sums["billed_energy_cost_n"])
-        figures = (sums["queries"], sums["energy_j"], sums["energy_n"], sums["co2e_g"],
-                   sums["co2e_n"], cost, cost_n, sums["gpu_seconds"])  # fmt: skip
+        figures = (
+            sums["queries"],
+            sums["energy_j"],
+            sums["energy_n"],
+            sums["co2e_g"],
+            sums["co2e_n"],
+            cost,
+            cost_n,
+            sums["gpu_seconds"],
+        )
         found = day.get(row["model"])
         if found is None:
             day[row["model"]] = list(figures)
@@ -390,5 +433,10 @@ class Fold:
         if not vector or vector[0] <= 0:
             return None
         seconds = vector[0]
-        return [vector[1] / seconds, vector[2] / seconds, vector[3] / seconds,
-                vector[4] / seconds, vector[5] / seconds]  # fmt: skip
+        return [
+            vector[1] / seconds,
+            vector[2] / seconds,
+            vector[3] / seconds,
+            vector[4] / seconds,
+            vector[5] / seconds,
+        ]

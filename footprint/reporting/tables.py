@@ -79,7 +79,7 @@ def _model_table(report: dict[str, Any], columns: tuple, totals: bool) -> Table:
         headers=["Model"] + [label for _, label, _ in columns],
         rows=[
             [name] + [(f"{path}.{key}", kind) for key, _, kind in columns] for path, _, name in rows
-        ],  # fmt: skip
+        ],
         paths=[path for path, _, _ in rows],
     )
     if totals:
@@ -149,8 +149,12 @@ def capacity_table(report: dict[str, Any]) -> Table | None:
     gpus = report.get("capacity", {}).get("gpus") or []
     if not gpus:
         return None
-    columns = (("gpu_hours_held", "number"), ("gpu_hours_busy", "number"),
-               ("utilisation", "percent"), ("idle_energy_kwh", "energy"))  # fmt: skip
+    columns = (
+        ("gpu_hours_held", "number"),
+        ("gpu_hours_busy", "number"),
+        ("utilisation", "percent"),
+        ("idle_energy_kwh", "energy"),
+    )
     return Table(
         headers=["GPU", "GPU-hours held", "busy", "Utilisation", "Idle energy"],
         rows=[
@@ -163,5 +167,5 @@ def capacity_table(report: dict[str, Any]) -> Table | None:
             ("totals.gpu_hours_busy", "number"),
             ("totals.utilisation", "percent"),
             ("totals.idle_energy_kwh", "energy"),
-        ],  # fmt: skip
+        ],
     )

@@ -63,10 +63,26 @@ PARALLEL_ROWS = 200_000  # ids in the period from which the scan is cut into sli
 MAX_WORKERS = 4
 ERROR, NO_PRICE, NO_GPU_PRICE, RENTED, OWNED = 1, 2, 4, 8, 16  # bits of ``flags``
 _COUNTS = frozenset(
-    {"queries", "errors", "input_tokens", "output_tokens", "energy_n", "uncertainty_n",
-     "co2e_n", "market_n", "embodied_n", "energy_cost_n", "billed_energy_cost_n", "compute_n",
-     "no_energy", "no_electricity_price", "no_gpu_price", "rented_queries", "owned_queries"}
-)  # fmt: skip
+    {
+        "queries",
+        "errors",
+        "input_tokens",
+        "output_tokens",
+        "energy_n",
+        "uncertainty_n",
+        "co2e_n",
+        "market_n",
+        "embodied_n",
+        "energy_cost_n",
+        "billed_energy_cost_n",
+        "compute_n",
+        "no_energy",
+        "no_electricity_price",
+        "no_gpu_price",
+        "rented_queries",
+        "owned_queries",
+    }
+)
 
 
 def tag_expr(dialect: str, name: str, unreadable: tuple[int, ...] = ()) -> Any:
@@ -161,8 +177,13 @@ def _statement(
     if ids is not None:
         where += [q.id >= ids[0], q.id < ids[1]]
     owned = (q.ownership == "owned") if "ownership" in q else literal(False)
-    tests = {ERROR: q.status != "ok", NO_PRICE: q.price_per_kwh.is_(None),
-             NO_GPU_PRICE: q.usd_per_gpu_hour.is_(None), RENTED: rented, OWNED: owned}  # fmt: skip
+    tests = {
+        ERROR: q.status != "ok",
+        NO_PRICE: q.price_per_kwh.is_(None),
+        NO_GPU_PRICE: q.usd_per_gpu_hour.is_(None),
+        RENTED: rented,
+        OWNED: owned,
+    }
     # One small integer for the yes/no facts of a query (fewer columns to sort), of those
     # that differ between its queries.
     counted = [(bit, key) for bit, key in FLAG_SUMS if key not in uniform]

@@ -74,16 +74,34 @@ _SESSION = re.compile(rf"[0-9A-Za-z_-]{{1,{MAX_SESSION_CHARS}}}")
 # What a client counts on its side and reports in ``lost``: the same kinds an in-process
 # runtime writes to ``losses``.
 CLIENT_LOSS_KINDS = frozenset(
-    {"span_queue_full", "record_failed", "invalid_tokens", "invalid_ttft", "sanitized_models",
-     "unserializable_tags"}
-)  # fmt: skip
+    {
+        "span_queue_full",
+        "record_failed",
+        "invalid_tokens",
+        "invalid_ttft",
+        "sanitized_models",
+        "unserializable_tags",
+    }
+)
 # Per kind in one batch, exclusive: a client sends what it lost since its previous batch
 # (every 20 ms), a larger count split over several batches; a count near 2^31 is a
 # forgery, refused before it reaches the losses table.
 MAX_LOSS_COUNT = 2**20
 _START_KEYS = {"id", "start_s", "gpus"}
-_END_KEYS = {"id", "start_s", "end_s", "model", "tags", "status", "error_type",
-             "input_tokens", "output_tokens", "ttft_s", "gpus", "resent"}  # fmt: skip
+_END_KEYS = {
+    "id",
+    "start_s",
+    "end_s",
+    "model",
+    "tags",
+    "status",
+    "error_type",
+    "input_tokens",
+    "output_tokens",
+    "ttft_s",
+    "gpus",
+    "resent",
+}
 _END_REQUIRED = {"id", "start_s", "end_s", "model"}
 
 
@@ -231,8 +249,11 @@ def _start(item: Any, n: int) -> SpanStart:
     if not isinstance(item, dict):
         raise ProtocolError(f"{where} must be an object")
     _no_unknown(item, _START_KEYS, where)
-    return SpanStart(_id(item.get("id"), where), _time(item.get("start_s"), f"{where}.start_s"),
-                     _gpus(item.get("gpus"), where))  # fmt: skip
+    return SpanStart(
+        _id(item.get("id"), where),
+        _time(item.get("start_s"), f"{where}.start_s"),
+        _gpus(item.get("gpus"), where),
+    )
 
 
 def _end(item: Any, n: int) -> EndedSpan:
@@ -270,11 +291,19 @@ def _end(item: Any, n: int) -> EndedSpan:
     if not isinstance(resent, bool):
         raise ProtocolError(f"{where}.resent must be true or false")
     return EndedSpan(
-        _id(item["id"], where), start_s, end_s, model, tags, status, error_type,
+        _id(item["id"], where),
+        start_s,
+        end_s,
+        model,
+        tags,
+        status,
+        error_type,
         _tokens(item.get("input_tokens"), f"{where}.input_tokens"),
         _tokens(item.get("output_tokens"), f"{where}.output_tokens"),
-        ttft_s, _gpus(item.get("gpus"), where), resent=resent,
-    )  # fmt: skip
+        ttft_s,
+        _gpus(item.get("gpus"), where),
+        resent=resent,
+    )
 
 
 def _no_unknown(item: dict, known: set[str], where: str) -> None:

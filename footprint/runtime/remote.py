@@ -74,8 +74,12 @@ _SESSION = secrets.token_hex(16)
 
 # stats() counters reported to the daemon's ``losses`` (``lost`` of a batch), by kind.
 _LOSS_COUNTERS = (
-    "record_failed", "invalid_tokens", "sanitized_models", "unserializable_tags", "invalid_ttft",
-)  # fmt: skip
+    "record_failed",
+    "invalid_tokens",
+    "sanitized_models",
+    "unserializable_tags",
+    "invalid_ttft",
+)
 
 log = logging.getLogger("footprint")
 
@@ -389,8 +393,14 @@ class DaemonClient(SpanQueue):
     def _encode(
         self, starts: list, ends: list, ack: bool = False, lost: dict | None = None
     ) -> bytes | None:
-        batch = {"pid": self.pid, "host": self.host, "monotonic_s": self.now(),
-                 "session": self.session, "starts": starts, "ends": ends}  # fmt: skip
+        batch = {
+            "pid": self.pid,
+            "host": self.host,
+            "monotonic_s": self.now(),
+            "session": self.session,
+            "starts": starts,
+            "ends": ends,
+        }
         if ack and ends:
             batch["ack"] = True
         if lost:

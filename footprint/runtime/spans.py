@@ -124,9 +124,20 @@ class SpanQueue:
         if len(self.ended) < self.max_pending:
             self.journal.ended()  # before the append: the writer may settle it at once
             self.ended.append(
-                EndedSpan(span_id, start_s, end_s, model, tags, status, error_type, tokens_in,
-                          tokens_out, ttft_s, gpus)
-            )  # fmt: skip
+                EndedSpan(
+                    span_id,
+                    start_s,
+                    end_s,
+                    model,
+                    tags,
+                    status,
+                    error_type,
+                    tokens_in,
+                    tokens_out,
+                    ttft_s,
+                    gpus,
+                )
+            )
         else:
             self.dropped_spans += 1
             self.warn_once("queue", "footprint: span queue full; dropping and counting spans")

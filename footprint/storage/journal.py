@@ -150,9 +150,14 @@ class CallJournal:
     def _store(self) -> None:
         if self._map is not None:
             _LAYOUT.pack_into(
-                self._map, 0, _MAGIC, self._pid, self._start_ticks,
-                self.ended_count, self.settled_count,
-            )  # fmt: skip
+                self._map,
+                0,
+                _MAGIC,
+                self._pid,
+                self._start_ticks,
+                self.ended_count,
+                self.settled_count,
+            )
 
     def ended(self) -> None:
         """One call ended (the hot path)."""
@@ -253,13 +258,15 @@ def move_into(database_path: str, insert: Callable[[list[dict[str, Any]]], None]
         except OSError:
             mtime_s = 0.0
         if ended > settled:
-            rows.append({
-                "recorded_at": _dt.datetime.fromtimestamp(mtime_s, _dt.timezone.utc),
-                "kind": UNSAVED_KIND,
-                "count": ended - settled,
-                "host": socket.gethostname(),
-                "pid": pid,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "recorded_at": _dt.datetime.fromtimestamp(mtime_s, _dt.timezone.utc),
+                    "kind": UNSAVED_KIND,
+                    "count": ended - settled,
+                    "host": socket.gethostname(),
+                    "pid": pid,
+                }
+            )
     try:
         if rows:
             insert(rows)

@@ -60,11 +60,14 @@ def _v1_to_v2(conn: Connection) -> None:
         conn,
         "query_rollups",
         [
-            ("energy_uncertainty_j", "FLOAT NOT NULL DEFAULT 0",
-             "DOUBLE PRECISION NOT NULL DEFAULT 0"),
+            (
+                "energy_uncertainty_j",
+                "FLOAT NOT NULL DEFAULT 0",
+                "DOUBLE PRECISION NOT NULL DEFAULT 0",
+            ),
             ("uncertainty_queries", "BIGINT NOT NULL DEFAULT 0", "BIGINT NOT NULL DEFAULT 0"),
         ],
-    )  # fmt: skip
+    )
 
 
 def _v2_to_v3(conn: Connection) -> None:
@@ -81,9 +84,11 @@ def _v2_to_v3(conn: Connection) -> None:
     _add_columns(
         conn,
         "idle_energy",
-        [("lost_energy_j", "FLOAT NOT NULL DEFAULT 0", "DOUBLE PRECISION NOT NULL DEFAULT 0"),
-         ("measured_s", "FLOAT NOT NULL DEFAULT 0", "DOUBLE PRECISION NOT NULL DEFAULT 0")],
-    )  # fmt: skip
+        [
+            ("lost_energy_j", "FLOAT NOT NULL DEFAULT 0", "DOUBLE PRECISION NOT NULL DEFAULT 0"),
+            ("measured_s", "FLOAT NOT NULL DEFAULT 0", "DOUBLE PRECISION NOT NULL DEFAULT 0"),
+        ],
+    )
     for table in ("queries", "query_rollups"):
         _add_columns(
             conn,

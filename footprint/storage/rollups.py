@@ -41,16 +41,41 @@ from footprint.storage.models import Meta, QueryRecord, QueryRollup, table_of
 # already inside its GPU-hour price (rented); ``gpu_price_source`` is where that price
 # came from, for the report's factors table. Both last: keys of schema version 3.
 KEY_COLUMNS = (
-    "model", "host", "gpus", "zone", "currency", "intensity_source", "pue", "price_per_kwh",
-    "usd_per_gpu_hour", "market_intensity_g_per_kwh", "energy_source", "ownership",
+    "model",
+    "host",
+    "gpus",
+    "zone",
+    "currency",
+    "intensity_source",
+    "pue",
+    "price_per_kwh",
+    "usd_per_gpu_hour",
+    "market_intensity_g_per_kwh",
+    "energy_source",
+    "ownership",
     "gpu_price_source",
-)  # fmt: skip
+)
 SUM_COLUMNS = (
-    "queries", "errors", "input_tokens", "output_tokens", "gpu_seconds", "energy_j",
-    "measured_queries", "facility_energy_j", "co2e_g", "market_co2e_g", "market_queries",
-    "embodied_co2e_g", "energy_cost_usd", "unconverted_energy_cost", "unconverted_queries",
-    "compute_cost_usd", "duration_s", "energy_uncertainty_j", "uncertainty_queries",
-)  # fmt: skip
+    "queries",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "gpu_seconds",
+    "energy_j",
+    "measured_queries",
+    "facility_energy_j",
+    "co2e_g",
+    "market_co2e_g",
+    "market_queries",
+    "embodied_co2e_g",
+    "energy_cost_usd",
+    "unconverted_energy_cost",
+    "unconverted_queries",
+    "compute_cost_usd",
+    "duration_s",
+    "energy_uncertainty_j",
+    "uncertainty_queries",
+)
 _PLAIN_SUMS = {  # rollup column <- queries column, NULLs skipped
     "input_tokens": "input_tokens",
     "output_tokens": "output_tokens",

@@ -105,10 +105,11 @@ def _row_builder(columns: list[str], datetimes: set[str]) -> Callable[[dict], tu
 
     def source(lookup: str) -> str:
         parts = [
-            f"utc({lookup.format(name=repr(name))})" if name in datetimes
+            f"utc({lookup.format(name=repr(name))})"
+            if name in datetimes
             else lookup.format(name=repr(name))
             for name in columns
-        ]  # fmt: skip
+        ]
         return f"lambda row: ({', '.join(parts)},)"
 
     namespace = {"utc": _utc_text}

@@ -43,8 +43,9 @@ class FakeInstallSpec:
         ValueError."""
         if isinstance(spec, str):
             pairs = [item.partition("=") for item in spec.split(",") if item.strip()]
-            given: dict[str, object] = {k.strip(): v.strip() if sep else None
-                                        for k, sep, v in pairs}  # fmt: skip
+            given: dict[str, object] = {
+                k.strip(): v.strip() if sep else None for k, sep, v in pairs
+            }
         else:
             given = dict(spec)
         known = [f.name for f in fields(cls)]
@@ -63,8 +64,12 @@ class FakeInstallSpec:
 
 def _option_value(key: str, value: object) -> object:
     if value is None or value == "" or (isinstance(value, str) and value.lower() == "none"):
-        if key in ("counter_window_s", "counter_window_offset_s", "shared_load_log",
-                   "power_limit_w"):  # fmt: skip
+        if key in (
+            "counter_window_s",
+            "counter_window_offset_s",
+            "shared_load_log",
+            "power_limit_w",
+        ):
             return None
         raise ValueError(key)
     if key in ("name", "shared_load_log"):
