@@ -14,9 +14,14 @@ import footprint
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch, tmp_path):
-    """No FOOTPRINT_* from the outside, no footprint.toml from the checkout."""
+    """No FOOTPRINT_* from the outside, no footprint.toml from the checkout; the
+    once-per-process "no region configured" warning armed again, so that every test that
+    prices without a region says so (warnings are errors), whatever ran before it."""
     import os
 
+    from footprint.pricing.zones import _reset_default_warning
+
+    _reset_default_warning()
     for key in list(os.environ):
         if key.startswith("FOOTPRINT_"):
             monkeypatch.delenv(key)

@@ -9,6 +9,7 @@ in ``losses``.
 from __future__ import annotations
 
 import sqlite3
+import warnings
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -88,14 +89,20 @@ def _simulate(db: str, calls: list, max_span_age_s: float, cycle_s: float = 1.0)
 @given(calls=st.lists(CALL, min_size=1, max_size=25), max_age_s=st.sampled_from([3.0, 1e4]))
 def test_queries_plus_idle_plus_lost_is_what_was_measured(tmp_path_factory, calls, max_age_s):
     db = str(tmp_path_factory.mktemp("conservation") / "fp.db")
-    try:
-        runtime = _simulate(db, calls, max_age_s)
-    finally:
-        footprint.reset_configuration()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            runtime = _simulate(db, calls, max_age_s)
+        finally:
+            footprint.reset_configuration()
     queries_j, idle_j, lost_j, measured_j, losses = _sums(db)
     assert measured_j > 0
     assert queries_j + idle_j + lost_j == pytest.approx(measured_j, rel=1e-9, abs=1e-6)
     stats = runtime.stats()
+    # The one warning: abandoned calls, once per runtime, when there were any.
+    said = [f"{w.category.__name__}: {w.message}" for w in caught]
+    abandoned = [m for m in said if m.startswith("FootprintWarning: ") and "abandoned" in m]
+    assert len(abandoned) == (1 if stats["abandoned_spans"] else 0) == len(said), said
     not_closed = sum(fate != "ends" for *_, fate in calls)
     # Every call that did not end is counted once: abandoned or running at exit.
     assert stats["abandoned_spans"] + stats["running_at_exit"] == not_closed

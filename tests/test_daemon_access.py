@@ -286,16 +286,19 @@ def test_the_socket_folder_must_be_a_real_folder_of_the_daemons_user(tmp_path, m
 def _start_expecting_refusal(folder: Path, name: str) -> tuple[int, str]:
     daemon = spawn(folder, name=name, wait=False)
     deadline = time.monotonic() + START_TIMEOUT_S
-    while daemon.proc.poll() is None and time.monotonic() < deadline:
-        assert daemon.proc.stdout is not None
-        line = daemon.proc.stdout.readline().decode()
-        if line.startswith("footprint daemon: listening"):
-            daemon.proc.send_signal(signal.SIGTERM)
-            daemon.proc.wait(10)
-            return 0, daemon.stderr
-    if daemon.proc.poll() is None:
-        daemon.proc.kill()
-    return daemon.proc.wait(10), daemon.stderr
+    try:
+        while daemon.proc.poll() is None and time.monotonic() < deadline:
+            assert daemon.proc.stdout is not None
+            line = daemon.proc.stdout.readline().decode()
+            if line.startswith("footprint daemon: listening"):
+                daemon.proc.send_signal(signal.SIGTERM)
+                daemon.proc.wait(10)
+                return 0, daemon.stderr
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+        return daemon.proc.wait(10), daemon.stderr
+    finally:
+        daemon.close()
 
 
 def test_a_symlinked_lock_file_leaves_its_target_alone(tmp_path):

@@ -19,6 +19,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -184,12 +185,19 @@ def test_short_calls_go_as_ends_only_with_values_the_daemon_takes(tmp_path, daem
     def boom():
         raise KeyError("x")
 
-    for i in range(20):
-        call(i)
-    with pytest.raises(KeyError):
-        boom()
-    footprint.flush()
-    assert wait_for(lambda: len(daemon.ends()) == 21)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(20):
+            call(i)
+        with pytest.raises(KeyError):
+            boom()
+        footprint.flush()
+        assert wait_for(lambda: len(daemon.ends()) == 21)
+    said = [str(w.message) for w in caught]
+    assert {w.category for w in caught} == {footprint.FootprintWarning}, said
+    kinds = ("sanitized_models", "invalid_tokens", "unserializable_tags")
+    assert sorted(k for k in kinds for m in said if f"['{k}']" in m) == sorted(kinds), said
+    assert len(said) == 3, said  # each once
     assert daemon.invalid == []
     assert daemon.starts() == []  # each started and ended between two batches
     ends = sorted(daemon.ends(), key=lambda e: e["id"])
@@ -232,10 +240,11 @@ def test_a_daemon_restart_gets_the_running_calls_again(tmp_path, daemon):
     _configure(tmp_path, daemon.path)
     with footprint.query(model="long"):
         assert wait_for(lambda: len(daemon.starts()) == 1)
-        daemon.stop()
-        daemon.start()
-        # The new connection begins with every call still running.
-        assert wait_for(lambda: len(daemon.starts()) == 2)
+        with pytest.warns(footprint.FootprintWarning, match="lost the connection"):
+            daemon.stop()
+            daemon.start()
+            # The new connection begins with every call still running.
+            assert wait_for(lambda: len(daemon.starts()) == 2)
     assert wait_for(lambda: len(daemon.ends()) == 1)
     assert footprint.stats()["daemon_reconnects"] >= 1
 
@@ -255,10 +264,11 @@ def test_ends_the_daemon_did_not_acknowledge_are_sent_again_on_the_next_connecti
     assert wait_for(lambda: footprint.stats()["spans_confirmed"] == 2)
     assert footprint.stats()["spans_unconfirmed"] == 2
     assert all(b.get("ack") is True for b in daemon.batches if b.get("ends"))
-    daemon.stop()
-    daemon.batches.clear()
-    daemon.start()
-    assert wait_for(lambda: len(daemon.ends()) == 2)
+    with pytest.warns(footprint.FootprintWarning, match="lost the connection"):
+        daemon.stop()
+        daemon.batches.clear()
+        daemon.start()
+        assert wait_for(lambda: len(daemon.ends()) == 2)
     assert [e["model"] for e in daemon.ends()] == ["unwritten", "unwritten"]
     stats = footprint.stats()
     assert stats["daemon_resent_spans"] == 2 and stats["spans_confirmed"] == 2
@@ -291,11 +301,12 @@ def test_unacknowledged_ends_count_against_max_pending_spans_and_drops_reach_the
     def call(i):
         return i
 
-    for i in range(200):
-        assert call(i) == i
-        if i % 20 == 0:
-            time.sleep(0.05)  # let the sender send (and keep) what has ended
-    assert wait_for(lambda: footprint.stats()["pending_spans"] == 0)
+    with pytest.warns(footprint.FootprintWarning, match="span queue full"):
+        for i in range(200):
+            assert call(i) == i
+            if i % 20 == 0:
+                time.sleep(0.05)  # let the sender send (and keep) what has ended
+        assert wait_for(lambda: footprint.stats()["pending_spans"] == 0)
     stats = footprint.stats()
     assert stats["spans_unconfirmed"] <= 52  # bounded (give or take a race)
     assert stats["spans_unconfirmed"] + stats["dropped_spans"] == 200
@@ -356,10 +367,11 @@ def test_a_refused_batch_is_counted_and_warned_about(tmp_path, sock_path):
         def call():
             return 1
 
-        call()
-        footprint.flush()
-        runtime = get_runtime()
-        assert wait_for(lambda: (call(), runtime.flush(), runtime.refused_batches)[2] >= 1)
+        with pytest.warns(footprint.FootprintWarning, match=r"refused a batch .*odd \[invalid\]"):
+            call()
+            footprint.flush()
+            runtime = get_runtime()
+            assert wait_for(lambda: (call(), runtime.flush(), runtime.refused_batches)[2] >= 1)
         assert footprint.stats()["daemon_refused_batches"] >= 1
         assert "daemon-refused" in runtime.warnings_issued
     finally:
@@ -404,9 +416,10 @@ def test_http_daemon_gets_the_same_batches(tmp_path):
         for _, body in _Recorder.bodies:
             decode_batch(body)
         _Recorder.status = 400
-        call(0)
-        footprint.flush()
-        assert wait_for(lambda: footprint.stats()["daemon_refused_batches"] >= 1)
+        with pytest.warns(footprint.FootprintWarning, match=r"refused a batch .*no \[invalid\]"):
+            call(0)
+            footprint.flush()
+            assert wait_for(lambda: footprint.stats()["daemon_refused_batches"] >= 1)
     finally:
         footprint.shutdown()
         server.shutdown()

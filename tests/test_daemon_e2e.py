@@ -118,8 +118,7 @@ def test_a_daemon_killed_and_restarted_mid_run(folder):
     workers = _workers(folder, daemon.sock, n=2, calls=300, kind="numbered")
     try:
         time.sleep(1.5)
-        daemon.proc.kill()
-        daemon.proc.wait()
+        daemon.kill()
         second = spawn(folder, http="off", name="a")  # same socket, same database
         for w in workers:
             _, err = w.communicate(timeout=120)
@@ -128,6 +127,7 @@ def test_a_daemon_killed_and_restarted_mid_run(folder):
         for w in workers:
             if w.poll() is None:
                 w.kill()
+                w.communicate()  # its pipes closed
     assert second.stop(timeout=15) == 0, second.stderr
     con = sqlite3.connect(second.db)
     rows = con.execute("SELECT model, tags FROM queries").fetchall()

@@ -72,7 +72,7 @@ def spawn_limited(folder: Path, nofile: int, *extra: str) -> DaemonProcess:
     daemon = DaemonProcess(proc, folder, sock, db, None, stderr)
     line = _first_line(proc, 90)
     if not line.startswith("footprint daemon: listening on"):
-        proc.kill()
+        daemon.kill()
         raise AssertionError(f"daemon did not start: {line!r}; stderr: {daemon.stderr}")
     daemon.port = int(line.rsplit("http://127.0.0.1:", 1)[1].split()[0])
     return daemon
@@ -228,7 +228,7 @@ def test_connection_caps_per_peer_and_overall(folder):
     finally:
         if child is not None:
             child.kill()
-            child.wait()
+            child.communicate()  # waits; its pipes closed
         for sock in mine:
             sock.close()
         assert daemon.stop() == 0, daemon.stderr
@@ -301,7 +301,7 @@ def test_a_client_refused_as_overloaded_backs_off(folder):
         assert 2 <= refusals <= 10, refusals  # 0.05 + 0.1 + ... + 1.6 s: about 6 in 3 s
     finally:
         child.kill()
-        child.wait()
+        child.communicate()  # waits; its pipes closed
         holder.close()
         assert daemon.stop() == 0, daemon.stderr
 

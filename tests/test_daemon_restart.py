@@ -9,7 +9,6 @@ connections are still open, and its acknowledgements are sent before they close.
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
 import time
 
@@ -24,8 +23,7 @@ def test_sigterm_restart_mid_run_stores_every_call_once(folder):  # noqa: F811
     workers = _workers(folder, daemon.sock, n=3, calls=CALLS, kind="numbered")
     try:
         time.sleep(2.0)
-        daemon.proc.send_signal(signal.SIGTERM)
-        assert daemon.proc.wait(30) == 0
+        assert daemon.stop(timeout=30) == 0  # SIGTERM
         second = spawn(folder, http="off", name="a")  # same socket, same database
         for w in workers:
             _, err = w.communicate(timeout=120)
@@ -34,6 +32,7 @@ def test_sigterm_restart_mid_run_stores_every_call_once(folder):  # noqa: F811
         for w in workers:
             if w.poll() is None:
                 w.kill()
+                w.communicate()  # its pipes closed
     assert second.stop(timeout=15) == 0, second.stderr
     con = sqlite3.connect(second.db)
     rows = con.execute("SELECT model, tags FROM queries").fetchall()

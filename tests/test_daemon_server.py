@@ -63,14 +63,30 @@ class DaemonProcess:
         return self.sock.with_name(self.sock.name + ".token").read_text().strip()
 
     def stop(self, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        """SIGTERM (unless it has exited), its exit code, its stdout pipe closed."""
         try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        finally:
+            self.close()
+
+    def kill(self) -> int:
+        """SIGKILL, its exit code, its stdout pipe closed."""
+        self.proc.kill()
+        try:
+            return self.proc.wait()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def _command(sock: Path, db: Path, *extra: str) -> list[str]:
@@ -98,7 +114,7 @@ def spawn(folder: Path, *extra: str, name: str = "d", http: str = "127.0.0.1:0",
         return daemon
     line = _first_line(proc, START_TIMEOUT_S)
     if not line.startswith("footprint daemon: listening on"):
-        proc.kill()
+        daemon.kill()
         raise AssertionError(f"daemon did not start: {line!r}; stderr: {daemon.stderr}")
     match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
     daemon.port = int(match.group(1)) if match else None
@@ -169,6 +185,12 @@ class Client:
 
     def close(self) -> None:
         self.sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def batch(pid: int, starts: list | None = None, ends: list | None = None, **extra) -> dict:
@@ -623,15 +645,15 @@ def test_a_second_daemon_on_the_same_socket_is_refused(daemon, folder):
         f"footprint daemon: another daemon is listening on {daemon.sock}"
     )
     assert daemon.proc.poll() is None
-    assert Client(daemon.sock).no_reply(0.1)  # the first one still answers
+    with Client(daemon.sock) as client:
+        assert client.no_reply(0.1)  # the first one still answers
 
 
 def test_a_stale_socket_is_removed_and_sigterm_writes_everything(folder):
     """A daemon killed with SIGKILL leaves its socket file: the next one takes it over.
     SIGTERM then exits 0 within 5 s, every ended span written."""
     first = spawn(folder, name="stale", http="off")
-    first.proc.kill()
-    first.proc.wait()
+    first.kill()
     assert first.sock.exists()  # left behind
     second = spawn(folder, name="stale", http="off")
     try:
@@ -648,6 +670,7 @@ def test_a_stale_socket_is_removed_and_sigterm_writes_everything(folder):
     finally:
         if second.proc.poll() is None:
             second.proc.kill()
+        second.stop()
     assert code == 0, second.stderr
     assert took_s < 5.0
     assert len(records_of(second.db, "at-sigterm")) == 50
@@ -720,6 +743,8 @@ def test_group_socket_and_sighup_reload(folder):
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+        proc.stdout.close()
 
 
 # -- the intake, in-process ------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import warnings
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -92,7 +93,6 @@ def _run(kind: str, model: str, tags: dict, tokens_in, tokens_out) -> None:
             q.set_tokens(tokens_in, tokens_out)
 
 
-@pytest.mark.filterwarnings("ignore::footprint.FootprintWarning")
 def test_user_code_never_sees_footprints_exception_and_every_call_is_a_record(db_url):
     from footprint.storage.store import Store
 
@@ -115,7 +115,13 @@ def test_user_code_never_sees_footprints_exception_and_every_call_is_a_record(db
         assert after["invalid_tokens"] - stats_before.get("invalid_tokens", 0) == bad_tokens
         assert after["unsaved_records"] == 0
 
-    check()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check()
+    # The only warnings: a value replaced, and counted (each kind once per runtime).
+    said = [f"{w.category.__name__}: {w.message}" for w in caught]
+    assert all(m.startswith("FootprintWarning: ") and "(counted in stats()[" in m
+               for m in said), said  # fmt: skip
 
 
 def test_model_names_become_storable_text():
@@ -144,9 +150,10 @@ def test_tags_that_cannot_be_json_are_replaced_and_counted():
 
 
 def test_set_tokens_never_raises_in_the_users_block(tracked_db):
-    with footprint.query(model="m") as q:
-        q.set_tokens(math.nan, "many")  # on main: ValueError inside the block
-    footprint.flush()
+    with pytest.warns(footprint.FootprintWarning, match=r"token count .*\['invalid_tokens'\]"):
+        with footprint.query(model="m") as q:
+            q.set_tokens(math.nan, "many")  # on main: ValueError inside the block
+        footprint.flush()
     con = sqlite3.connect(tracked_db)
     row = con.execute("SELECT input_tokens, output_tokens FROM queries").fetchone()
     losses = dict(con.execute("SELECT kind, SUM(count) FROM losses GROUP BY kind"))

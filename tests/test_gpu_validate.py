@@ -195,6 +195,13 @@ def _no_cuda_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _region(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The script checks energy, not prices: a region keeps footprint's no-region warning
+    out of its runs."""
+    monkeypatch.setenv("FOOTPRINT_REGION", "FRA")
+
+
 @pytest.fixture
 def fake_gpu(monkeypatch: pytest.MonkeyPatch):
     gpu = FakeGpu(UUID, power_w=IDLE_W, counter_update_period_s=PERIOD_S, counter_start_mj=123_456)

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from footprint.pricing import (
+    DefaultZoneWarning,
     Factors,
     PricingOverrides,
     build_factors,
@@ -55,7 +56,7 @@ def test_missing_price_is_none_not_invented():
 
 def test_zone_from_env_and_default_flag():
     assert build_factors(env={"FOOTPRINT_REGION": "gcp:europe-west9"}).zone == "gcp:europe-west9"
-    with pytest.warns(UserWarning):
+    with pytest.warns(DefaultZoneWarning, match="no region configured"):
         from footprint.pricing.zones import _reset_default_warning
 
         _reset_default_warning()

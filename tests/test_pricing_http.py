@@ -14,6 +14,7 @@ import pytest
 
 from footprint.config import Settings, resolve_settings
 from footprint.pricing import (
+    DefaultZoneWarning,
     ElectricityMapsClient,
     HourlyIntensity,
     IntensitySource,
@@ -143,7 +144,7 @@ def test_detection_only_when_asked_and_after_env(server):
     assert resolve_zone(None, env={"FOOTPRINT_REGION": "FRA"}, detect_cloud=True,
                         metadata_url=server.url).id == "FRA"  # fmt: skip
     before = len(server.requests)
-    with pytest.warns(UserWarning):
+    with pytest.warns(DefaultZoneWarning, match="no region configured"):
         from footprint.pricing.zones import _reset_default_warning
 
         _reset_default_warning()

@@ -15,7 +15,12 @@ from conftest import rows
 
 import footprint
 from footprint.cli import main
-from footprint.pricing import UnknownZoneError, lookup_zone, static_intensity
+from footprint.pricing import (
+    DefaultZoneWarning,
+    UnknownZoneError,
+    lookup_zone,
+    static_intensity,
+)
 from footprint.tracking import get_runtime
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,7 +111,7 @@ def test_no_region_uses_the_flagged_default_and_warns(tmp_path):
     from footprint.pricing.zones import _reset_default_warning
 
     _reset_default_warning()  # the warning is once per process
-    with pytest.warns(UserWarning, match="(?i)world"):
+    with pytest.warns(DefaultZoneWarning, match="(?i)world"):
         row = _one_record(tmp_path)
     assert row["zone"] == "WORLD"
     assert row["co2e_g"] > 0

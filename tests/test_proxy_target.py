@@ -114,12 +114,14 @@ def proxy_process(upstream: str, parser: str, home: Path) -> Iterator[int]:
         stderr=subprocess.PIPE, text=True, env=proxy_env(parser, home), cwd=home,
     )  # fmt: skip
     assert proc.stderr is not None
+    reader = None
     try:
         line = proc.stderr.readline()
         match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
         assert match, line
         # Keep reading its stderr so that it never blocks on a full pipe.
-        threading.Thread(target=proc.stderr.read, daemon=True).start()
+        reader = threading.Thread(target=proc.stderr.read, daemon=True)
+        reader.start()
         yield int(match.group(1))
     finally:
         proc.terminate()
@@ -128,6 +130,9 @@ def proxy_process(upstream: str, parser: str, home: Path) -> Iterator[int]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if reader is not None:
+            reader.join(10)  # at the end of the pipe now: the process is gone
+        proc.stderr.close()
 
 
 # -- fixtures: one upstream, one canary, one proxy per (parser, upstream) ----------------

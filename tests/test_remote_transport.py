@@ -8,7 +8,6 @@ No thread: each ``flush()`` runs one send round in the test's thread.
 from __future__ import annotations
 
 import socket
-import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -34,9 +33,7 @@ def daemon() -> MemoryTransport:
 @pytest.fixture
 def client(daemon: MemoryTransport) -> Iterator[DaemonClient]:
     settings = resolve_settings({"sensor": "none", "max_pending_spans": 10})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FootprintWarning)
-        yield DaemonClient(settings, transport=daemon)
+    yield DaemonClient(settings, transport=daemon)
 
 
 def call(client: DaemonClient, model: str = "m") -> int:
@@ -71,7 +68,8 @@ def test_a_disconnect_sends_the_unacknowledged_ends_again_marked_resent(client, 
     client.flush()
     daemon.ack([first])
     daemon.disconnect()
-    client.flush()  # reads the acknowledgement, then finds the connection gone
+    with pytest.warns(FootprintWarning, match="lost the connection .* at memory"):
+        client.flush()  # reads the acknowledgement, then finds the connection gone
     stats = client.stats()
     assert stats["spans_confirmed"] == 1 and stats["spans_unconfirmed"] == 0
     assert stats["daemon_resent_spans"] == 1 and stats["pending_spans"] == 1
@@ -90,7 +88,8 @@ def test_acknowledgements_read_as_the_connection_fails_are_not_sent_again(client
     third = call(client)
     daemon.ack([first, second])
     daemon.disconnect()
-    client.flush()  # the send fails; the acknowledgements still waiting are read first
+    with pytest.warns(FootprintWarning, match="lost the connection .* at memory"):
+        client.flush()  # the send fails; the acknowledgements still waiting are read first
     stats = client.stats()
     assert stats["spans_confirmed"] == 2 and stats["daemon_resent_spans"] == 0
     client.flush()
@@ -112,14 +111,16 @@ def test_a_refused_batch_drops_its_ends_and_counts_them(client, daemon):
     assert client.max_pending == 10
 
     daemon.disconnect()
-    client.flush()
+    with pytest.warns(FootprintWarning, match="lost the connection .* at memory"):
+        client.flush()
     assert client.stats()["daemon_resent_spans"] == 0  # nothing refused goes again
 
 
 def test_a_daemon_that_is_down_keeps_the_ends_until_it_is_back(client, daemon):
     daemon.down = True
     span_id = call(client)
-    assert client.flush() == 0
+    with pytest.warns(FootprintWarning, match="cannot reach the footprint daemon at memory"):
+        assert client.flush() == 0
     stats = client.stats()
     assert stats["daemon_connect_failures"] == 1 and stats["pending_spans"] == 1
     assert daemon.backoff.down_since_s is not None
@@ -170,8 +171,9 @@ def test_a_connection_resets_the_backoff_only_once_it_proved_itself():
 def test_an_acknowledgement_resets_the_clients_backoff(client, daemon):
     daemon.down = True
     call(client)
-    for _ in range(3):
-        client.flush()
+    with pytest.warns(FootprintWarning, match="cannot reach the footprint daemon at memory"):
+        for _ in range(3):
+            client.flush()
     daemon.down = False
     call(client)
     assert client.flush() == 2

@@ -47,23 +47,22 @@ def _info(tmp_path: Path) -> dict:
 
 
 def test_sigterm_default_action_stores_every_call(tmp_path: Path) -> None:
-    proc = _start(tmp_path, 1000)
-    sent_s = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
-    waited_s = time.monotonic() - sent_s
-    assert proc.returncode == -signal.SIGTERM  # the default action still ends it
-    info = _info(tmp_path)
-    assert info["queries_rows"] == 1000, (info, proc.stderr.read().decode()[-2000:])
+    with _start(tmp_path, 1000) as proc:  # its pipes closed on the way out
+        sent_s = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        waited_s = time.monotonic() - sent_s
+        assert proc.returncode == -signal.SIGTERM  # the default action still ends it
+        info = _info(tmp_path)
+        assert info["queries_rows"] == 1000, (info, proc.stderr.read().decode()[-2000:])
     assert info["lost_total"] == 0
     assert waited_s < 10  # bounded by the flush deadline (2 s) plus start-up of the check
     assert not list(tmp_path.glob("calls.db.calls-*"))  # a clean end leaves no journal
 
 
 def test_sigkill_leaves_a_count_of_what_was_not_stored(tmp_path: Path) -> None:
-    proc = _start(tmp_path, 3000)
-    proc.kill()
-    proc.wait(30)
+    with _start(tmp_path, 3000) as proc:  # its pipes closed on the way out
+        proc.kill()
     assert list(tmp_path.glob("calls.db.calls-*"))  # the journal outlives the process
     Store(str(tmp_path / "calls.db")).close()  # the next writer (made now if none was)
     info = _info(tmp_path)
@@ -81,13 +80,13 @@ def test_sigkill_on_postgresql_leaves_a_count_too(tmp_path: Path, monkeypatch) -
         env = dict(os.environ, FOOTPRINT_DB=url, FOOTPRINT_SENSOR="simulated",
                    FOOTPRINT_DAEMON="off", FOOTPRINT_REGION="FRA",
                    XDG_RUNTIME_DIR=str(tmp_path))  # fmt: skip
-        proc = subprocess.Popen([sys.executable, "-c", SCRIPT, "3000"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-        assert proc.stdout.readline() == b"done\n"
-        proc.kill()
-        proc.wait(30)
-        journals = list((tmp_path / "footprint" / "calls").glob("postgresql-*.calls-*"))
-        assert journals, proc.stderr.read().decode()[-2000:]  # it outlives the process
+        with subprocess.Popen([sys.executable, "-c", SCRIPT, "3000"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:  # fmt: skip
+            assert proc.stdout.readline() == b"done\n"
+            proc.kill()
+            proc.wait(30)
+            journals = list((tmp_path / "footprint" / "calls").glob("postgresql-*.calls-*"))
+            assert journals, proc.stderr.read().decode()[-2000:]  # it outlives the process
         mode = journals[0].stat().st_mode & 0o777
         assert mode == 0o600
         out = subprocess.run([sys.executable, "-m", "footprint", "db", "info", "--db", url,

@@ -257,7 +257,9 @@ def test_four_processes_lose_nothing(db_url, tmp_path):
         ).one()
     engine.dispose()
     assert (total, distinct, pids) == (20_000, 20_000, 4), errors
-    Store(db_url).catch_up_rollups()
+    store = Store(db_url)
+    store.catch_up_rollups()
+    store.close()
     assert count_rows(db_url, "query_rollups") >= 1
     engine = open_engine(db_url, create=False)
     with engine.connect() as conn:
@@ -269,16 +271,16 @@ def test_four_processes_lose_nothing(db_url, tmp_path):
 def test_sigkill_mid_load_leaves_a_sound_database(tmp_path):
     db = tmp_path / "crash.db"
     flush_s, pause_s = 0.2, 0.001
-    proc = _spawn(tmp_path, str(db), 100_000, flush_s=flush_s, pause_s=pause_s)
-    started = time.monotonic()
-    reported = 0
-    while reported < 2000:
-        line = proc.stdout.readline()
-        assert line, proc.stderr.read()
-        reported = int(line)
-    elapsed = time.monotonic() - started
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    with _spawn(tmp_path, str(db), 100_000, flush_s=flush_s, pause_s=pause_s) as proc:
+        started = time.monotonic()
+        reported = 0
+        while reported < 2000:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            reported = int(line)
+        elapsed = time.monotonic() - started
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
     rate_per_s = reported / elapsed
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -295,12 +297,12 @@ def test_sigkill_mid_load_leaves_a_sound_database(tmp_path):
 @pytest.mark.slow
 def test_sigterm_flushes_everything(tmp_path):
     db = tmp_path / "term.db"
-    proc = _spawn(tmp_path, str(db), 100_000, flush_s=60.0, pause_s=0.0005)
-    reported = 0
-    while reported < 1000:
-        reported = int(proc.stdout.readline())
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
+    with _spawn(tmp_path, str(db), 100_000, flush_s=60.0, pause_s=0.0005) as proc:
+        reported = 0
+        while reported < 1000:
+            reported = int(proc.stdout.readline())
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGTERM  # the default action still happens
     stored = count_rows(str(db))
     assert stored >= reported  # nothing flushed by the timer (60 s): all by the handler

@@ -15,6 +15,7 @@ Tests taking ``db_url`` run on SQLite, and on PostgreSQL when
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -117,7 +118,9 @@ def test_one_poison_record_never_stops_the_others(db_url, poison):
     else:
         assert losses == {}
     stored = [r for i, r in enumerate(records) if not (refused and i == 1234)]
-    Store(db_url).catch_up_rollups()
+    store = Store(db_url)
+    store.catch_up_rollups()
+    store.close()
     _assert_same(_rollup_table(db_url), _expected(stored))
 
 
@@ -285,8 +288,11 @@ def test_malformed_while_open_stops_the_writes(tmp_path, monkeypatch):
     store.close()
     _corrupt(db, 2, 300)
     monkeypatch.setattr("footprint.storage.store.sqlite_integrity", lambda *a: "ok")
-    with pytest.raises(MalformedDatabase, match="malformed"):
-        Store(db).insert(make_records(5))
+    with (
+        pytest.raises(MalformedDatabase, match="malformed"),
+        contextlib.closing(Store(db)) as store,
+    ):
+        store.insert(make_records(5))
 
 
 # -- losses at exit -------------------------------------------------------------------------

@@ -202,7 +202,7 @@ def test_tokens_callable_failure_does_not_break_the_call(tracked_db):
 
 def test_no_gpu_auto_records_missing_and_warns_once(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "pynvml", None)  # import fails
-    footprint.configure(db=str(tmp_path / "x.db"), sensor="auto", cpu=False)
+    footprint.configure(db=str(tmp_path / "x.db"), sensor="auto", cpu=False, region="FRA")
 
     @footprint.track(model="m")
     def f():
@@ -220,7 +220,8 @@ def test_no_gpu_auto_records_missing_and_warns_once(tmp_path, monkeypatch):
 
 
 def test_unwritable_database_never_raises_into_user_code(tmp_path):
-    footprint.configure(db=str(tmp_path / "no" / "such" / "dir" / "x.db"), sensor="none", cpu=False)
+    footprint.configure(db=str(tmp_path / "no" / "such" / "dir" / "x.db"), sensor="none",
+                        cpu=False, region="FRA")  # fmt: skip
 
     @footprint.track(model="m")
     def f():
@@ -234,8 +235,8 @@ def test_unwritable_database_never_raises_into_user_code(tmp_path):
 
 
 def test_full_span_queue_counts_drops(tmp_path):
-    footprint.configure(db=str(tmp_path / "q.db"), sensor="none", cpu=False, max_pending_spans=3,
-                        flush_interval_s=60)  # fmt: skip
+    footprint.configure(db=str(tmp_path / "q.db"), sensor="none", cpu=False, region="FRA",
+                        max_pending_spans=3, flush_interval_s=60)  # fmt: skip
 
     @footprint.track(model="m")
     def f():

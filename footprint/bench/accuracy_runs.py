@@ -98,6 +98,7 @@ def _wait(proc: subprocess.Popen, what: str) -> None:
         _, err = proc.communicate(timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.communicate()  # reaps it and closes its stderr pipe
         raise RuntimeError(f"{what} did not finish in {CHILD_TIMEOUT_S:g} s") from None
     if proc.returncode != 0:
         raise RuntimeError(f"{what} failed ({proc.returncode}): {err.decode()[-2000:]}")
@@ -202,11 +203,11 @@ def run_behind_daemon(scenario: Scenario, path: str, params: dict, seed: int, fo
             _wait(proc, f"{scenario.name} client {n} on {path}")
     finally:
         daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(30)
+        try:  # communicate, not wait: its stderr pipe is drained and closed
+            daemon.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             daemon.kill()
-            daemon.wait()
+            daemon.communicate()
     steps: list[tuple[int, float, float]] = []
     if path != "simulated":
         from footprint.bench.fake_pynvml import SharedLoadLog

@@ -67,6 +67,7 @@ def _wait_line(proc: subprocess.Popen, stream: Any, pattern: str) -> re.Match:
         if match:
             return match
     proc.kill()
+    proc.communicate()  # reaps it and closes its pipes
     raise RuntimeError(f"process did not start: {''.join(seen)[-2000:]}")
 
 
@@ -213,9 +214,10 @@ def run(
             proxy_proc = None
         finally:
             for proc in (proxy_proc, upstream_proc):
-                if proc is not None and proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+                if proc is not None:
+                    if proc.poll() is None:
+                        proc.kill()
+                    proc.communicate()  # reaps it and closes its pipes
         con = sqlite3.connect(db)
         try:
             records, measured = con.execute(
