@@ -215,8 +215,9 @@ def _sequential(rng, count, call_s, gap_s, t=5002.0):
     return spans
 
 
-@pytest.mark.parametrize(("gap_s", "noise"), [((0.02, 0.05), 0.0), ((0.0, 0.005), 0.0),
-                                              ((0.005, 0.05), 0.02)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("gap_s", "noise"), [((0.02, 0.05), 0.0), ((0.0, 0.005), 0.0), ((0.005, 0.05), 0.02)]
+)
 def test_short_bursty_calls_total_within_one_percent(gap_s, noise):
     """1–20 ms calls, gaps shorter than the 100 ms counter: no interval is idle or full."""
     spec = SimulatedGpuSpec(idle_w=60, busy_w=400, update_period_s=0.1, noise=noise, seed=4)
@@ -225,8 +226,9 @@ def test_short_bursty_calls_total_within_one_percent(gap_s, noise):
     truth = _truth(gpu, spans)
     measured = sum(shares[k].energy_j for k in range(len(spans)))
     assert measured == pytest.approx(sum(truth), rel=0.01)
-    within = sum(abs(shares[k].energy_j - t) <= shares[k].uncertainty_j + 1e-9
-                 for k, t in enumerate(truth))  # fmt: skip
+    within = sum(
+        abs(shares[k].energy_j - t) <= shares[k].uncertainty_j + 1e-9 for k, t in enumerate(truth)
+    )
     assert within >= 0.95 * len(spans)
 
 

@@ -82,9 +82,14 @@ def test_db_export_into_a_closed_pipe_ends_quietly_with_0(tmp_path):
 
 def test_ctrl_c_during_the_demo_exits_130_with_one_line(tmp_path):
     proc = footprint_process(
-        "demo", "--db", str(tmp_path / "d.db"), "--out", str(tmp_path / "r"),
-        "--queries", "100000",
-    )  # fmt: skip
+        "demo",
+        "--db",
+        str(tmp_path / "d.db"),
+        "--out",
+        str(tmp_path / "r"),
+        "--queries",
+        "100000",
+    )
     try:
         first = proc.stdout.readline()  # type: ignore[union-attr]
         assert first.startswith(b"Simulating"), first  # main() is running the command

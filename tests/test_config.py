@@ -72,8 +72,14 @@ def test_daemon_setting_is_not_silently_ignored(tmp_path):
     from footprint.runtime.remote import DaemonClient
     from footprint.tracking import get_runtime
 
-    footprint.configure(db=str(tmp_path / "d.db"), sensor="none", cpu=False, region="FRA",
-                        daemon="/nonexistent-footprint/d.sock", exit_deadline_s=0.5)  # fmt: skip
+    footprint.configure(
+        db=str(tmp_path / "d.db"),
+        sensor="none",
+        cpu=False,
+        region="FRA",
+        daemon="/nonexistent-footprint/d.sock",
+        exit_deadline_s=0.5,
+    )
 
     @footprint.track(model="m")
     def f():
@@ -182,6 +188,12 @@ def test_devices_and_db_info_say_which_settings_file_applies(tmp_path):
 
     Store(str(tmp_path / "x.db")).close()
     for command in (["devices"], ["db", "info", "--db", str(tmp_path / "x.db")]):
-        out = subprocess.run([sys.executable, "-m", "footprint", *command], cwd=below, env=env,
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-m", "footprint", *command],
+            cwd=below,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert str(tmp_path / "footprint.toml") in out.stdout, (command, out.stdout, out.stderr)

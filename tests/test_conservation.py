@@ -48,12 +48,18 @@ def _simulate(db: str, calls: list, max_span_age_s: float, cycle_s: float = 1.0)
     blocks at their simulated instants; some never leave."""
     clock = ManualClock(monotonic_s=1000.0)
     runtime = Runtime(
-        resolve_settings({
-            "db": db, "sensor": "simulated:gpus=2,noise=0.02,seed=4", "cpu": False,
-            "region": "FRA", "max_span_age_s": max_span_age_s, "exit_deadline_s": 60.0,
-        }),
+        resolve_settings(
+            {
+                "db": db,
+                "sensor": "simulated:gpus=2,noise=0.02,seed=4",
+                "cpu": False,
+                "region": "FRA",
+                "max_span_age_s": max_span_age_s,
+                "exit_deadline_s": 60.0,
+            }
+        ),
         clock,
-    )  # fmt: skip
+    )
     footprint.tracking.install_runtime(runtime)
     events = []
     for n, (offset_s, duration_s, _gpus, fate) in enumerate(calls):

@@ -72,8 +72,9 @@ def _check_cells(rows: list[dict[str, str]], text_columns: set[str]) -> None:
 def test_report_csv_escapes_text_cells(tmp_path, by):
     db = _db(tmp_path)
     out = tmp_path / "out"
-    main(["report", "--db", db, "--format", "csv", "--out", str(out),
-          *(["--by", by] if by else [])])  # fmt: skip
+    main(
+        ["report", "--db", db, "--format", "csv", "--out", str(out), *(["--by", by] if by else [])]
+    )
     rows = _rows(out / "footprint-report.csv")
     label = {None: "model", "tag:team": "tag:team", "host": "host"}[by]
     if label not in rows[0]:  # the group column's name
@@ -107,12 +108,24 @@ def test_numbers_stay_numbers_negative_ones_included():
     report = {
         "by": None,
         "models": [
-            {"model": "=1+1", "queries": 3, "co2e_change": -0.892, "saving": {"usd": -12},
-             "note": "-not a number", "missing": None},
-            {"model": "-5", "queries": 1, "co2e_change": -1e-9, "saving": {"usd": 0},
-             "note": "ok", "missing": None},
+            {
+                "model": "=1+1",
+                "queries": 3,
+                "co2e_change": -0.892,
+                "saving": {"usd": -12},
+                "note": "-not a number",
+                "missing": None,
+            },
+            {
+                "model": "-5",
+                "queries": 1,
+                "co2e_change": -1e-9,
+                "saving": {"usd": 0},
+                "note": "ok",
+                "missing": None,
+            },
         ],
-    }  # fmt: skip
+    }
     rows = list(csv.DictReader(io.StringIO(render_csv(report))))
     assert rows[0] == {
         "model": "'=1+1",

@@ -83,8 +83,9 @@ def test_the_http_intake_wants_the_token_of_the_token_file(daemon):
     assert len(token) >= 32
 
     t = time.monotonic()
-    forged = json.dumps(batch(97001, ends=[end(1, t - 0.1, t, "forged-record")],
-                              lost={"span_queue_full": 5})).encode()  # fmt: skip
+    forged = json.dumps(
+        batch(97001, ends=[end(1, t - 0.1, t, "forged-record")], lost={"span_queue_full": 5})
+    ).encode()
     status, reply = http_post(daemon.url("/v1/spans"), forged)
     assert status == 401 and reply["reason"] == "unauthorized", reply
     assert http_post(daemon.url("/v1/spans"), forged, token="not-the-token")[0] == 401
@@ -96,8 +97,9 @@ def test_the_http_intake_wants_the_token_of_the_token_file(daemon):
     assert status == 202, reply
     assert wait_for(lambda: records_of(daemon.db, "allowed-record"))
     assert records_of(daemon.db, "forged-record") == []
-    assert query_rows(daemon.db, "SELECT COUNT(*) FROM losses WHERE kind = 'span_queue_full'") \
-        == [(0,)]  # fmt: skip
+    assert query_rows(daemon.db, "SELECT COUNT(*) FROM losses WHERE kind = 'span_queue_full'") == [
+        (0,)
+    ]
 
     # Metrics and health stay open on loopback (no --token given).
     assert http_get(daemon.url("/metrics"))[0] == 200
@@ -134,8 +136,15 @@ def test_a_clients_loss_counts_are_stored_under_its_pid_and_host(daemon):
     client = Client(daemon.sock)
     try:
         t = time.monotonic()
-        client.send(batch(97201, ends=[end(1, t - 0.1, t, "with-losses")], ack=True,
-                          host="client-host-7", lost={"record_failed": 3}))  # fmt: skip
+        client.send(
+            batch(
+                97201,
+                ends=[end(1, t - 0.1, t, "with-losses")],
+                ack=True,
+                host="client-host-7",
+                lost={"record_failed": 3},
+            )
+        )
         assert client.reply(timeout=30) == {"acked": [1]}
     finally:
         client.close()
@@ -163,10 +172,20 @@ def run_client(daemon, folder: Path, model: str, **env: str) -> tuple[int, int]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FOOTPRINT_")}
     environ.update(env)
     result = subprocess.run(
-        [sys.executable, "-c", CLIENT, str(folder / "client.db"),
-         f"http://127.0.0.1:{daemon.port}", model],
-        capture_output=True, text=True, timeout=120, cwd=folder, env=environ,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            CLIENT,
+            str(folder / "client.db"),
+            f"http://127.0.0.1:{daemon.port}",
+            model,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=folder,
+        env=environ,
+    )
     assert result.returncode == 0, result.stderr
     refused, sent = result.stdout.split()
     return int(refused), int(sent)
@@ -178,8 +197,10 @@ def test_the_real_client_posts_over_http_with_the_token_file(daemon, home, tmp_p
     assert wait_for(lambda: records_of(daemon.db, "client-default"))
 
     # A daemon elsewhere: FOOTPRINT_DAEMON_TOKEN_FILE names its token file.
-    named = {"XDG_RUNTIME_DIR": str(tmp_path), "FOOTPRINT_DAEMON_TOKEN_FILE":
-             str(token_path(daemon.sock))}  # fmt: skip
+    named = {
+        "XDG_RUNTIME_DIR": str(tmp_path),
+        "FOOTPRINT_DAEMON_TOKEN_FILE": str(token_path(daemon.sock)),
+    }
     assert run_client(daemon, tmp_path, "client-token-file", **named) == (0, 1)
     assert wait_for(lambda: records_of(daemon.db, "client-token-file"))
 
@@ -199,8 +220,14 @@ def test_the_token_is_a_setting_of_a_tracker_or_of_footprint_toml(daemon, tmp_pa
 
     token = token_path(daemon.sock).read_text().strip()
     url = f"http://127.0.0.1:{daemon.port}"
-    with Tracker(db=str(tmp_path / "t.db"), sensor="none", cpu=False, region="FRA", daemon=url,
-                 daemon_token=token) as tracker:  # fmt: skip
+    with Tracker(
+        db=str(tmp_path / "t.db"),
+        sensor="none",
+        cpu=False,
+        region="FRA",
+        daemon=url,
+        daemon_token=token,
+    ) as tracker:
         with tracker.query(model="token-setting"):
             pass
         tracker.flush()
@@ -210,9 +237,12 @@ def test_the_token_is_a_setting_of_a_tracker_or_of_footprint_toml(daemon, tmp_pa
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FOOTPRINT_")}
     result = subprocess.run(
         [sys.executable, "-c", CLIENT, str(tmp_path / "client.db"), url, "token-in-toml"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
         env={**environ, "XDG_RUNTIME_DIR": str(tmp_path)},
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["0", "1"]
     assert wait_for(lambda: records_of(daemon.db, "token-in-toml"))

@@ -141,8 +141,14 @@ def daemon(sock_path) -> Iterator[FakeDaemon]:
 
 
 def _configure(tmp_path: Path, daemon_setting: str, **more) -> None:
-    footprint.configure(db=str(tmp_path / "fp.db"), sensor="none", cpu=False, region="FRA",
-                        daemon=daemon_setting, **more)  # fmt: skip
+    footprint.configure(
+        db=str(tmp_path / "fp.db"),
+        sensor="none",
+        cpu=False,
+        region="FRA",
+        daemon=daemon_setting,
+        **more,
+    )
 
 
 # -- the client ---------------------------------------------------------------------
@@ -399,8 +405,9 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 def test_http_daemon_gets_the_same_batches(tmp_path):
     _Recorder.bodies, _Recorder.status = [], 202
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
-                     daemon=True).start()  # fmt: skip
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    ).start()
     try:
         _configure(tmp_path, f"http://127.0.0.1:{server.server_address[1]}")
 
@@ -451,8 +458,9 @@ def test_a_forked_child_sends_its_own_spans(tmp_path, daemon):
         print(os.getpid(), pid)
     """)
     )
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     parent, child = map(int, done.stdout.split())
     assert wait_for(lambda: len(daemon.ends()) == 3)
@@ -524,19 +532,33 @@ def test_choose_reads_the_setting(short_dir):
 
 @pytest.mark.parametrize(
     "value, normal",
-    [(None, "auto"), ("", "auto"), ("AUTO", "auto"), ("Off", "off"), ("/run/fp/d.sock",
-     "/run/fp/d.sock"), ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
-     ("http://[::1]:9000/", "http://[::1]:9000"), ("http://gpu-host", "http://gpu-host:80")],
-)  # fmt: skip
+    [
+        (None, "auto"),
+        ("", "auto"),
+        ("AUTO", "auto"),
+        ("Off", "off"),
+        ("/run/fp/d.sock", "/run/fp/d.sock"),
+        ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
+        ("http://[::1]:9000/", "http://[::1]:9000"),
+        ("http://gpu-host", "http://gpu-host:80"),
+    ],
+)
 def test_daemon_setting_forms(value, normal):
     assert resolve_settings({"daemon": value}).daemon == normal
 
 
 @pytest.mark.parametrize(
     "value",
-    ["ftp://x", "https://host:1", "http://host:notaport", "http://host:1/v1/spans",
-     "http://user:pw@host:1", "/" + "x" * 200, 7],
-)  # fmt: skip
+    [
+        "ftp://x",
+        "https://host:1",
+        "http://host:notaport",
+        "http://host:1/v1/spans",
+        "http://user:pw@host:1",
+        "/" + "x" * 200,
+        7,
+    ],
+)
 def test_bad_daemon_setting_names_the_allowed_forms(value):
     with pytest.raises(ValueError, match=r"daemon") as caught:
         footprint.configure(daemon=value)
@@ -565,8 +587,12 @@ sys.stdin.readline()
 
 
 def _holder(short_dir: Path, uuid: str, role: str = "process") -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, uuid, str(short_dir), role],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, uuid, str(short_dir), role],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -576,8 +602,7 @@ def test_a_second_process_measuring_one_gpu_is_warned(short_dir):
     holder = _holder(short_dir, uuid)
     try:
         said: list[tuple[str, str]] = []
-        claims = presence.claim_gpus([uuid], lambda k, m: said.append((k, m)),
-                                     directory=short_dir)  # fmt: skip
+        claims = presence.claim_gpus([uuid], lambda k, m: said.append((k, m)), directory=short_dir)
         assert claims.claimed == [] and claims.others[0].pid == holder.pid
         ((key, message),) = said
         assert key == "double-count"
@@ -606,8 +631,9 @@ def test_a_process_beside_the_daemon_is_told_so(short_dir):
 
 
 def test_runtimes_of_one_process_share_their_claims(short_dir):
-    first = presence.claim_gpus(["GPU-a", "GPU-b"], lambda k, m: pytest.fail(m),
-                                directory=short_dir)  # fmt: skip
+    first = presence.claim_gpus(
+        ["GPU-a", "GPU-b"], lambda k, m: pytest.fail(m), directory=short_dir
+    )
     second = presence.claim_gpus(["GPU-a"], lambda k, m: pytest.fail(m), directory=short_dir)
     assert first.claimed == ["GPU-a", "GPU-b"] and second.claimed == ["GPU-a"]
     first.release()
@@ -633,8 +659,9 @@ def test_a_forked_child_does_not_inherit_its_parents_claims(short_dir):
         os.waitpid(pid, 0)
         print(os.getpid())
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     child_line, parent = done.stdout.splitlines()
     assert f"another process (pid {parent}) is measuring GPU GPU-f" in child_line
@@ -655,13 +682,26 @@ def test_two_processes_measuring_one_simulated_gpu_in_process(tmp_path, short_di
     """)
     )
     env = {**os.environ, "XDG_RUNTIME_DIR": str(short_dir)}
-    first = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=env, cwd=tmp_path)  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     try:
         assert first.stdout.readline().strip() == "measuring"
-        second = subprocess.run([sys.executable, str(script)], input="\n", capture_output=True,
-                                text=True, env=env, cwd=tmp_path, timeout=60)  # fmt: skip
+        second = subprocess.run(
+            [sys.executable, str(script)],
+            input="\n",
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+        )
     finally:
         _, first_err = first.communicate("\n", timeout=60)
     assert f"another process (pid {first.pid}) is measuring GPU GPU-sim0003" in second.stderr

@@ -204,8 +204,7 @@ def _intake(store: FakeStore | None):
 
 
 def _batch(pid: int, ends: list[dict], session: str | None = SESSION, ack: bool = True):
-    raw = {"pid": pid, "host": HOST, "monotonic_s": time.monotonic(), "ends": ends,
-           "ack": ack}  # fmt: skip
+    raw = {"pid": pid, "host": HOST, "monotonic_s": time.monotonic(), "ends": ends, "ack": ack}
     if session is not None:
         raw["session"] = session
     return decode_batch(json.dumps(raw))
@@ -219,8 +218,10 @@ def test_intake_acknowledges_resent_ends_stored_before_and_applies_the_others():
     ends = [end(i, t - 0.2, t - 0.1, "m", resent=i != 4) for i in (1, 2, 3, 4)]
     intake.apply(_batch(5001, ends), conn)
     assert store.asked == [[f"{SESSION}:1", f"{SESSION}:2", f"{SESSION}:3"]]  # one query
-    assert [(s.key, s.pid) for s in runtime.ended] == [(f"{SESSION}:3", 5001),
-                                                        (f"{SESSION}:4", 5001)]  # fmt: skip
+    assert [(s.key, s.pid) for s in runtime.ended] == [
+        (f"{SESSION}:3", 5001),
+        (f"{SESSION}:4", 5001),
+    ]
     assert intake.oddities["duplicate_end_stored"] == 2
     ((_, acked),) = intake.take_acks()
     assert acked == [1, 2]  # at once; 3 and 4 once written
@@ -253,8 +254,11 @@ def test_intake_a_stored_end_whose_start_came_here_is_closed_without_a_record():
     runtime, intake = _intake(FakeStore({f"{SESSION}:7"}))
     conn = intake.connect(peer_pid=None)
     t = time.monotonic()
-    start = decode_batch(json.dumps({"pid": 7001, "host": HOST, "monotonic_s": t,
-                                     "starts": [{"id": 7, "start_s": t - 0.2}]}))  # fmt: skip
+    start = decode_batch(
+        json.dumps(
+            {"pid": 7001, "host": HOST, "monotonic_s": t, "starts": [{"id": 7, "start_s": t - 0.2}]}
+        )
+    )
     intake.apply(start, conn)
     (sid,) = runtime.inflight
     intake.apply(_batch(7001, [end(7, t - 0.2, t - 0.1, "m", resent=True)]), conn)
@@ -318,8 +322,9 @@ def test_a_forked_child_draws_its_own_session(tmp_path, fake_daemon):
             pass
     """)
     )
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     assert wait_until(lambda: len(fake_daemon.ends()) == 3)
     by_model: dict[str, set[str]] = {}
@@ -457,9 +462,14 @@ def test_a_real_client_whose_acknowledgements_were_lost_is_stored_once(folder):
     relay = AckEater(folder / "relay.sock", first.sock)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOOTPRINT_")}
     env.update(FOOTPRINT_DAEMON=relay.path, XDG_RUNTIME_DIR=str(folder))
-    worker = subprocess.Popen([sys.executable, "-c", WORKER, str(calls)], env=env, text=True,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)  # fmt: skip
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(calls)],
+        env=env,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     second = None
     try:
         assert worker.stdout is not None and worker.stdout.readline().strip() == "sent"
@@ -473,8 +483,9 @@ def test_a_real_client_whose_acknowledgements_were_lost_is_stored_once(folder):
         assert worker.returncode == 0, err
         stats = json.loads(out.splitlines()[-1])
         assert stats["spans_confirmed"] == calls and stats["daemon_resent_spans"] >= calls
-        ignored = metric(metrics_text(second), "footprint_spans_ignored_total",
-                         kind="duplicate_end_stored")  # fmt: skip
+        ignored = metric(
+            metrics_text(second), "footprint_spans_ignored_total", kind="duplicate_end_stored"
+        )
         assert ignored == calls
     finally:
         if worker.poll() is None:
@@ -489,8 +500,9 @@ def test_a_real_client_whose_acknowledgements_were_lost_is_stored_once(folder):
 
 
 def test_records_written_in_process_have_no_span_key(tmp_path):
-    footprint.configure(db=str(tmp_path / "in.db"), sensor="none", cpu=False, region="FRA",
-                        daemon="off")  # fmt: skip
+    footprint.configure(
+        db=str(tmp_path / "in.db"), sensor="none", cpu=False, region="FRA", daemon="off"
+    )
     try:
         for _ in range(3):
             with footprint.query(model="local"):

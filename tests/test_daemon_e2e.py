@@ -56,10 +56,15 @@ def _workers(
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOOTPRINT_")}
     env.update(FOOTPRINT_DAEMON=str(sock), XDG_RUNTIME_DIR=str(folder))
     return [
-        subprocess.Popen([sys.executable, str(script), f"w{k}", str(calls), kind], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, str(script), f"w{k}", str(calls), kind],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for k in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def _union_s(intervals: list[tuple[float, float]]) -> float:

@@ -66,9 +66,13 @@ def spawn_limited(folder: Path, nofile: int, *extra: str) -> DaemonProcess:
 
     with open(stderr, "wb") as err:
         proc = subprocess.Popen(
-            _command(sock, db, "--http", "127.0.0.1:0", *extra), stdout=subprocess.PIPE,
-            stderr=err, cwd=folder, env=_environment(folder), preexec_fn=limit,
-        )  # fmt: skip
+            _command(sock, db, "--http", "127.0.0.1:0", *extra),
+            stdout=subprocess.PIPE,
+            stderr=err,
+            cwd=folder,
+            env=_environment(folder),
+            preexec_fn=limit,
+        )
     daemon = DaemonProcess(proc, folder, sock, db, None, stderr)
     line = _first_line(proc, 90)
     if not line.startswith("footprint daemon: listening on"):
@@ -102,8 +106,9 @@ def connect_unix(path: Path) -> socket.socket | None:
 
 def stored(db: Path, model: str) -> int:
     with contextlib.suppress(Exception):
-        return query_rows(db, "SELECT COUNT(DISTINCT tags) FROM queries WHERE model = ?",
-                          (model,))[0][0]  # fmt: skip
+        return query_rows(db, "SELECT COUNT(DISTINCT tags) FROM queries WHERE model = ?", (model,))[
+            0
+        ][0]
     return 0
 
 
@@ -111,10 +116,16 @@ def run_worker(folder: Path, sock: Path, model: str, calls: int) -> subprocess.P
     script = folder / "worker.py"
     script.write_text(WORKER)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOOTPRINT_")}
-    env.update(FOOTPRINT_DAEMON=str(sock), XDG_RUNTIME_DIR=str(folder),
-               FOOTPRINT_EXIT_DEADLINE_S="30")  # fmt: skip
-    return subprocess.Popen([sys.executable, str(script), model, str(calls)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    env.update(
+        FOOTPRINT_DAEMON=str(sock), XDG_RUNTIME_DIR=str(folder), FOOTPRINT_EXIT_DEADLINE_S="30"
+    )
+    return subprocess.Popen(
+        [sys.executable, str(script), model, str(calls)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
@@ -188,8 +199,12 @@ def _open_from_child(path: Path, count: int) -> tuple[subprocess.Popen, list[str
         print(repr(replies), flush=True)
         sys.stdin.read()
     """)
-    child = subprocess.Popen([sys.executable, "-c", code, str(path), str(count)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(path), str(count)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert child.stdout is not None
     import ast
 
@@ -292,8 +307,13 @@ def test_a_client_refused_as_overloaded_backs_off(folder):
     holder.sendall(b'{"pid"')  # a partial line: this connection is never idle, never reclaimed
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOOTPRINT_")}
     env.update(FOOTPRINT_DAEMON=str(daemon.sock), XDG_RUNTIME_DIR=str(folder))
-    child = subprocess.Popen([sys.executable, "-c", BUSY_CLIENT, "3"], env=env, text=True,
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-c", BUSY_CLIENT, "3"],
+        env=env,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     try:
         assert child.stdout is not None and child.stdout.readline() == "done\n"
         text = metrics_text(daemon)

@@ -54,12 +54,24 @@ def fake_collector(totals: RecordTotals, gpus: int = 2) -> DaemonCollector:
     runtime = SimpleNamespace(
         gpu_devices=devices,
         gpu_sampler=SimpleNamespace(latest_sample_times_s=lambda: [time.monotonic()] * gpus),
-        inflight={}, ended=[], writer=SimpleNamespace(buffered=0),
-        stats=lambda: dict.fromkeys(("dropped_spans", "abandoned_spans", "running_at_exit",
-                                     "unsaved_records", "rejected_records", "records_written"), 0),
-    )  # fmt: skip
-    intake = SimpleNamespace(connections={}, lost={}, protocol_errors={}, received={},
-                             oddities={}, abandoned_clients=0)  # fmt: skip
+        inflight={},
+        ended=[],
+        writer=SimpleNamespace(buffered=0),
+        stats=lambda: dict.fromkeys(
+            (
+                "dropped_spans",
+                "abandoned_spans",
+                "running_at_exit",
+                "unsaved_records",
+                "rejected_records",
+                "records_written",
+            ),
+            0,
+        ),
+    )
+    intake = SimpleNamespace(
+        connections={}, lost={}, protocol_errors={}, received={}, oddities={}, abandoned_clients=0
+    )
     return DaemonCollector(runtime, intake, totals, PowerTracker(gpus), time.monotonic())  # type: ignore[arg-type]
 
 
@@ -70,9 +82,18 @@ def exposition(records: list[dict], gpus: int = 2) -> dict[str, list]:
 
 
 def record(model: str, gpus: list[str], **extra) -> dict:
-    base = {"model": model, "status": "ok", "gpus": json.dumps(gpus), "energy_j": 10.0,
-            "input_tokens": 4, "output_tokens": 8, "co2e_g": 0.5, "ownership": "owned",
-            "compute_cost": 0.25, "energy_cost_usd": 0.5}  # fmt: skip
+    base = {
+        "model": model,
+        "status": "ok",
+        "gpus": json.dumps(gpus),
+        "energy_j": 10.0,
+        "input_tokens": 4,
+        "output_tokens": 8,
+        "co2e_g": 0.5,
+        "ownership": "owned",
+        "compute_cost": 0.25,
+        "energy_cost_usd": 0.5,
+    }
     return {**base, **extra}
 
 
@@ -87,33 +108,41 @@ def test_a_multi_gpu_query_is_split_among_its_gpus():
 
 
 def test_token_counters_per_model_and_gpu():
-    found = exposition([
-        record("a", UUIDS[:1], input_tokens=12, output_tokens=80),
-        record("a", UUIDS[:1], input_tokens=3, output_tokens=None),  # unknown: adds nothing
-        record("b", UUIDS, input_tokens=10, output_tokens=6),
-    ])  # fmt: skip
+    found = exposition(
+        [
+            record("a", UUIDS[:1], input_tokens=12, output_tokens=80),
+            record("a", UUIDS[:1], input_tokens=3, output_tokens=None),  # unknown: adds nothing
+            record("b", UUIDS, input_tokens=10, output_tokens=6),
+        ]
+    )
 
     def tokens(name: str) -> dict[tuple[str, str], float]:
         return {(s[0]["model"], s[0]["gpu"]): s[1] for s in found[name]}
 
     assert tokens("footprint_input_tokens_total") == {
-        ("a", "0"): 15.0, ("b", "0"): 5.0, ("b", "1"): 5.0,
-    }  # fmt: skip
+        ("a", "0"): 15.0,
+        ("b", "0"): 5.0,
+        ("b", "1"): 5.0,
+    }
     assert tokens("footprint_output_tokens_total") == {
-        ("a", "0"): 80.0, ("b", "0"): 3.0, ("b", "1"): 3.0,
-    }  # fmt: skip
+        ("a", "0"): 80.0,
+        ("b", "0"): 3.0,
+        ("b", "1"): 3.0,
+    }
 
 
 def test_no_cost_sample_where_the_price_is_unknown():
     unknown = {"compute_cost": None, "energy_cost_usd": None}
-    found = exposition([
-        record("priced", UUIDS[:1]),
-        record("priced", UUIDS[:1], **unknown),  # adds nothing
-        record("unpriced", UUIDS[:1], **unknown),
-        record("unmeasured", UUIDS[:1], energy_j=None, co2e_g=None, **unknown),
-        record("rented-no-gpu-price", UUIDS[:1], ownership="rented", compute_cost=None),
-        record("free", UUIDS[:1], compute_cost=0.0, energy_cost_usd=0.0),
-    ])  # fmt: skip
+    found = exposition(
+        [
+            record("priced", UUIDS[:1]),
+            record("priced", UUIDS[:1], **unknown),  # adds nothing
+            record("unpriced", UUIDS[:1], **unknown),
+            record("unmeasured", UUIDS[:1], energy_j=None, co2e_g=None, **unknown),
+            record("rented-no-gpu-price", UUIDS[:1], ownership="rented", compute_cost=None),
+            record("free", UUIDS[:1], compute_cost=0.0, energy_cost_usd=0.0),
+        ]
+    )
     cost = {s[0]["model"]: s[1] for s in found["footprint_cost_usd_total"]}
     assert cost == {"priced": 0.75, "free": 0.0}
     queries = {s[0]["model"] for s in found["footprint_queries_total"]}
@@ -122,8 +151,9 @@ def test_no_cost_sample_where_the_price_is_unknown():
 
 def test_record_cost_usd():
     assert record_cost_usd({"compute_cost": 1.0, "energy_cost_usd": 2.0}) == 3.0
-    assert record_cost_usd({"compute_cost": 1.0, "energy_cost_usd": 2.0,
-                            "ownership": "rented"}) == 1.0  # fmt: skip
+    assert (
+        record_cost_usd({"compute_cost": 1.0, "energy_cost_usd": 2.0, "ownership": "rented"}) == 1.0
+    )
     assert record_cost_usd({"compute_cost": None, "energy_cost_usd": 2.0}) == 2.0
     assert record_cost_usd({"compute_cost": None, "energy_cost_usd": None}) is None
     assert record_cost_usd({"energy_cost_usd": 2.0, "ownership": "rented"}) is None
@@ -144,8 +174,9 @@ def test_a_daemon_on_two_gpus_counts_each_gpu_apart(folder):
         t = time.monotonic()
         client.send(batch(96001, starts=[{"id": 1, "start_s": t, "gpus": [0, 1]}]))
         time.sleep(0.4)
-        span = end(1, t, time.monotonic(), "two-gpus", gpus=[0, 1], input_tokens=6,
-                   output_tokens=10)  # fmt: skip
+        span = end(
+            1, t, time.monotonic(), "two-gpus", gpus=[0, 1], input_tokens=6, output_tokens=10
+        )
         client.send(batch(96001, ends=[span]))
         assert wait_for(lambda: records_of(daemon.db, "two-gpus"))
         stored_j = records_of(daemon.db, "two-gpus")[0][6]
@@ -160,13 +191,19 @@ def test_a_daemon_on_two_gpus_counts_each_gpu_apart(folder):
         assert wait_for(lambda: http_get(daemon.url("/readyz"))[0] == 200)  # GPUs measured
     finally:
         daemon.stop()
-    energy = {x[0]["gpu"]: x[1] for x in found["footprint_energy_joules_total"]
-              if x[0]["model"] == "two-gpus"}  # fmt: skip
+    energy = {
+        x[0]["gpu"]: x[1]
+        for x in found["footprint_energy_joules_total"]
+        if x[0]["model"] == "two-gpus"
+    }
     assert set(energy) == {"0", "1"}
     assert energy["0"] == pytest.approx(energy["1"])
     assert sum(energy.values()) == pytest.approx(stored_j)
-    tokens = {x[0]["gpu"]: x[1] for x in found["footprint_output_tokens_total"]
-              if x[0]["model"] == "two-gpus"}  # fmt: skip
+    tokens = {
+        x[0]["gpu"]: x[1]
+        for x in found["footprint_output_tokens_total"]
+        if x[0]["model"] == "two-gpus"
+    }
     assert tokens == {"0": 5.0, "1": 5.0}
     assert {x[0]["gpu"] for x in found["footprint_gpu_info"]} == {"0", "1"}
 

@@ -67,8 +67,13 @@ def test_a_client_configured_again_keeps_its_span_ids_apart(folder):  # noqa: F8
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FOOTPRINT_")}
         env.update(FOOTPRINT_DAEMON=str(daemon.sock), XDG_RUNTIME_DIR=str(folder))
-        done = subprocess.run([sys.executable, "-c", RECONFIGURED, str(daemon.sock)], env=env,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", RECONFIGURED, str(daemon.sock)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
     finally:
         assert daemon.stop(timeout=15) == 0, daemon.stderr

@@ -41,8 +41,15 @@ START_TIMEOUT_S = 90  # imports and the first samples, on a loaded 2-core machin
 
 
 class DaemonProcess:
-    def __init__(self, proc: subprocess.Popen, folder: Path, sock: Path, db: Path,
-                 port: int | None, stderr: Path) -> None:  # fmt: skip
+    def __init__(
+        self,
+        proc: subprocess.Popen,
+        folder: Path,
+        sock: Path,
+        db: Path,
+        port: int | None,
+        stderr: Path,
+    ) -> None:
         self.proc = proc
         self.folder = folder
         self.sock = sock
@@ -90,8 +97,21 @@ class DaemonProcess:
 
 
 def _command(sock: Path, db: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "footprint.cli", "daemon", "--socket", str(sock),
-            "--db", str(db), "--sensor", SENSOR, "--region", "FRA", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "footprint.cli",
+        "daemon",
+        "--socket",
+        str(sock),
+        "--db",
+        str(db),
+        "--sensor",
+        SENSOR,
+        "--region",
+        "FRA",
+        *extra,
+    ]
 
 
 def _environment(folder: Path) -> dict[str, str]:
@@ -100,15 +120,19 @@ def _environment(folder: Path) -> dict[str, str]:
     return env
 
 
-def spawn(folder: Path, *extra: str, name: str = "d", http: str = "127.0.0.1:0",
-          wait: bool = True) -> DaemonProcess:  # fmt: skip
+def spawn(
+    folder: Path, *extra: str, name: str = "d", http: str = "127.0.0.1:0", wait: bool = True
+) -> DaemonProcess:
     sock, db = folder / f"{name}.sock", folder / f"{name}.db"
     stderr = folder / f"{name}.stderr"
     with open(stderr, "wb") as err:
         proc = subprocess.Popen(
-            _command(sock, db, "--http", http, *extra), stdout=subprocess.PIPE, stderr=err,
-            cwd=folder, env=_environment(folder),
-        )  # fmt: skip
+            _command(sock, db, "--http", http, *extra),
+            stdout=subprocess.PIPE,
+            stderr=err,
+            cwd=folder,
+            env=_environment(folder),
+        )
     daemon = DaemonProcess(proc, folder, sock, db, None, stderr)
     if not wait:
         return daemon
@@ -204,8 +228,7 @@ def batch(pid: int, starts: list | None = None, ends: list | None = None, **extr
 
 
 def end(span_id: int, start_s: float, end_s: float, model: str, **extra) -> dict:
-    return {"id": span_id, "start_s": start_s, "end_s": end_s, "model": model, "gpus": [0],
-            **extra}  # fmt: skip
+    return {"id": span_id, "start_s": start_s, "end_s": end_s, "model": model, "gpus": [0], **extra}
 
 
 def query_rows(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
@@ -228,9 +251,11 @@ def wait_for(predicate, timeout: float = 20.0, step: float = 0.1):
 def records_of(db: Path, model: str) -> list[tuple]:
     with contextlib.suppress(sqlite3.OperationalError):  # before the first write
         return query_rows(
-            db, "SELECT pid, host, model, input_tokens, output_tokens, status, energy_j, "
-            "tags, duration_s FROM queries WHERE model = ? ORDER BY pid", (model,),
-        )  # fmt: skip
+            db,
+            "SELECT pid, host, model, input_tokens, output_tokens, status, energy_j, "
+            "tags, duration_s FROM queries WHERE model = ? ORDER BY pid",
+            (model,),
+        )
     return []
 
 
@@ -245,8 +270,9 @@ def http_get(url: str, token: str | None = None) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def http_post(url: str, body: bytes, token: str | None = None,
-              headers: dict | None = None) -> tuple[int, dict]:  # fmt: skip
+def http_post(
+    url: str, body: bytes, token: str | None = None, headers: dict | None = None
+) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=body, method="POST")
     request.add_header("Content-Type", "application/json")
     for name, value in (headers or {}).items():
@@ -289,14 +315,30 @@ def test_spans_from_several_pids_land_with_their_pid_model_and_tokens(daemon):
     time.sleep(0.3)
     t1 = time.monotonic()
     for n, (pid, client) in enumerate(clients.items()):
-        client.send(batch(pid, ends=[
-            end(1, t0, t1, "pids-model", input_tokens=10 + n, output_tokens=100 + n,
-                tags={"team": f"t{n}"}),
-            # started and ended between two batches: only sent as an end
-            end(2, t1 - 0.01, t1, "pids-model-short", status="error", error_type="Boom"),
-        ]))  # fmt: skip
-    rows = wait_for(lambda: len(records_of(daemon.db, "pids-model")) == 3 and records_of(
-        daemon.db, "pids-model-short"))  # fmt: skip
+        client.send(
+            batch(
+                pid,
+                ends=[
+                    end(
+                        1,
+                        t0,
+                        t1,
+                        "pids-model",
+                        input_tokens=10 + n,
+                        output_tokens=100 + n,
+                        tags={"team": f"t{n}"},
+                    ),
+                    # started and ended between two batches: only sent as an end
+                    end(2, t1 - 0.01, t1, "pids-model-short", status="error", error_type="Boom"),
+                ],
+            )
+        )
+    rows = wait_for(
+        lambda: (
+            len(records_of(daemon.db, "pids-model")) == 3
+            and records_of(daemon.db, "pids-model-short")
+        )
+    )
     assert rows, daemon.stderr
     rows = records_of(daemon.db, "pids-model")
     assert [r[0] for r in rows] == [91001, 91002, 91003]
@@ -465,8 +507,9 @@ def test_a_line_over_the_limit_closes_that_connection_only(daemon):
 def test_a_sender_with_another_monotonic_clock_is_refused(daemon):
     client = Client(daemon.sock)
     t = time.monotonic() + 3600.0  # another time namespace: an hour ahead
-    client.send({"pid": 96001, "host": HOST, "monotonic_s": t,
-                 "ends": [end(1, t - 1, t, "other-clock")]})  # fmt: skip
+    client.send(
+        {"pid": 96001, "host": HOST, "monotonic_s": t, "ends": [end(1, t - 1, t, "other-clock")]}
+    )
     reply = client.reply()
     assert reply is not None and reply["reason"] == "clock"
     assert "time namespace" in reply["error"]
@@ -527,8 +570,9 @@ def test_metrics_show_energy_queries_co2e_and_cost_per_model(daemon):
             and m
         )
     )
-    assert metric(text, "footprint_energy_joules_total", model="metrics-model",
-                  gpu="0") == pytest.approx(stored)  # fmt: skip
+    assert metric(
+        text, "footprint_energy_joules_total", model="metrics-model", gpu="0"
+    ) == pytest.approx(stored)
     assert metric(text, "footprint_queries_total", model="metrics-model", status="ok") == 1
     assert metric(text, "footprint_co2e_grams_total", model="metrics-model") > 0
     assert metric(text, "footprint_cost_usd_total", model="metrics-model") >= 0
@@ -611,8 +655,12 @@ def test_a_token_is_required_when_configured(token_daemon):
 def test_http_off_loopback_needs_a_token(folder):
     result = subprocess.run(
         _command(folder / "x.sock", folder / "x.db", "--http", "0.0.0.0:0"),
-        capture_output=True, text=True, timeout=120, cwd=folder, env=_environment(folder),
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=folder,
+        env=_environment(folder),
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--token" in lines[0] and "loopback" in lines[0], result.stderr
@@ -622,8 +670,12 @@ def test_http_off_loopback_needs_a_token(folder):
 def test_a_database_that_cannot_be_opened_stops_the_start(folder):
     result = subprocess.run(
         _command(folder / "nodb.sock", folder / "missing" / "x.db", "--http", "off"),
-        capture_output=True, text=True, timeout=120, cwd=folder, env=_environment(folder),
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=folder,
+        env=_environment(folder),
+    )
     assert result.returncode == 1
     assert (
         result.stderr.strip()
@@ -638,8 +690,12 @@ def test_a_database_that_cannot_be_opened_stops_the_start(folder):
 def test_a_second_daemon_on_the_same_socket_is_refused(daemon, folder):
     result = subprocess.run(
         _command(daemon.sock, folder / "second.db", "--http", "off"),
-        capture_output=True, text=True, timeout=120, cwd=folder, env=_environment(folder),
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=folder,
+        env=_environment(folder),
+    )
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"footprint daemon: another daemon is listening on {daemon.sock}"
@@ -675,8 +731,9 @@ def test_a_stale_socket_is_removed_and_sigterm_writes_everything(folder):
     assert took_s < 5.0
     assert len(records_of(second.db, "at-sigterm")) == 50
     assert not second.sock.exists()
-    (lost,) = query_rows(second.db, "SELECT COALESCE(SUM(count), 0) FROM losses "
-                                    "WHERE kind = 'running_at_exit'")[0]  # fmt: skip
+    (lost,) = query_rows(
+        second.db, "SELECT COALESCE(SUM(count), 0) FROM losses WHERE kind = 'running_at_exit'"
+    )[0]
     assert lost == 0 or lost == 1  # the span still running at exit is counted, if seen
 
 
@@ -689,9 +746,9 @@ def test_energy_is_conserved_in_the_store(daemon):
     time.sleep(1.5)  # the idle rows of the same cycle
     ((queries_j,),) = query_rows(daemon.db, "SELECT COALESCE(SUM(energy_j), 0) FROM queries")
     ((idle_j, lost_j, measured_j),) = query_rows(
-        daemon.db, "SELECT SUM(idle_energy_j), SUM(lost_energy_j), SUM(measured_energy_j) "
-        "FROM idle_energy",
-    )  # fmt: skip
+        daemon.db,
+        "SELECT SUM(idle_energy_j), SUM(lost_energy_j), SUM(measured_energy_j) FROM idle_energy",
+    )
     # what is measured but not yet resolved (the last cycle) is in neither side
     assert queries_j + idle_j + lost_j == pytest.approx(measured_j, rel=1e-9, abs=1e-6)
     client.close()
@@ -716,10 +773,23 @@ def test_group_socket_and_sighup_reload(folder):
     stderr = home / "stderr"
     with open(stderr, "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "footprint.cli", "daemon", "--socket", str(sock),
-             "--http", "off", "--group", group],
-            stdout=subprocess.PIPE, stderr=err, cwd=home, env=_environment(home),
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "footprint.cli",
+                "daemon",
+                "--socket",
+                str(sock),
+                "--http",
+                "off",
+                "--group",
+                group,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            cwd=home,
+            env=_environment(home),
+        )
     try:
         line = _first_line(proc, START_TIMEOUT_S)
         assert line.startswith("footprint daemon: listening on"), stderr.read_text()
@@ -764,8 +834,9 @@ class FakeRuntime(SpanQueue):
         self.losses: dict[str, int] = {}
         self.writer = SimpleNamespace(count_loss=self._count_loss)
 
-    def _count_loss(self, kind: str, count: int, host: str | None = None,
-                    pid: int | None = None) -> None:  # fmt: skip
+    def _count_loss(
+        self, kind: str, count: int, host: str | None = None, pid: int | None = None
+    ) -> None:
         self.losses[kind] = self.losses.get(kind, 0) + count
 
     def abandon(self, span_id: int) -> None:
@@ -778,8 +849,13 @@ class FakeRuntime(SpanQueue):
 def _decoded(pid: int, starts=(), ends=(), sent_s: float | None = None):
     from footprint.runtime.protocol import decode_batch
 
-    raw = {"pid": pid, "host": HOST, "monotonic_s": sent_s or time.monotonic(),
-           "starts": list(starts), "ends": list(ends)}  # fmt: skip
+    raw = {
+        "pid": pid,
+        "host": HOST,
+        "monotonic_s": sent_s or time.monotonic(),
+        "starts": list(starts),
+        "ends": list(ends),
+    }
     return decode_batch(json.dumps(raw))
 
 
@@ -832,8 +908,12 @@ def test_intake_spans_of_a_dead_client_are_abandoned_once():
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["call", "write", "reconnect", "lose acks"]),
-                          st.integers(1, 4)), max_size=40))  # fmt: skip
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["call", "write", "reconnect", "lose acks"]), st.integers(1, 4)),
+        max_size=40,
+    )
+)
 def test_intake_every_end_makes_one_record_whatever_the_reconnections(steps):
     """A client that keeps its ends until acknowledged and sends the rest again on each
     new connection; a runtime that writes some of them at a time; connections that drop
@@ -848,8 +928,13 @@ def test_intake_every_end_makes_one_record_whatever_the_reconnections(steps):
     next_id, unacked, records = 0, {}, []  # client span id -> end sent; what is written
 
     def send(ends):
-        raw = {"pid": 4100, "host": HOST, "monotonic_s": time.monotonic(), "ends": ends,
-               "ack": True}  # fmt: skip
+        raw = {
+            "pid": 4100,
+            "host": HOST,
+            "monotonic_s": time.monotonic(),
+            "ends": ends,
+            "ack": True,
+        }
         intake.apply(decode_batch(json.dumps(raw)), conn)
 
     def deliver_acks():
@@ -930,8 +1015,19 @@ def test_cost_metric_follows_the_cost_model():
     from footprint.daemon.metrics import RecordTotals
 
     totals = RecordTotals({})
-    base = {"status": "ok", "gpus": "[]", "energy_j": 1.0, "co2e_g": 0.1,
-            "energy_cost_usd": 1.0, "compute_cost": 2.0}  # fmt: skip
-    totals.observe([{**base, "model": "rented", "ownership": "rented"},
-                    {**base, "model": "owned", "ownership": "owned"}], [])  # fmt: skip
+    base = {
+        "status": "ok",
+        "gpus": "[]",
+        "energy_j": 1.0,
+        "co2e_g": 0.1,
+        "energy_cost_usd": 1.0,
+        "compute_cost": 2.0,
+    }
+    totals.observe(
+        [
+            {**base, "model": "rented", "ownership": "rented"},
+            {**base, "model": "owned", "ownership": "owned"},
+        ],
+        [],
+    )
     assert totals.cost_usd == {"rented": 2.0, "owned": 3.0}

@@ -51,15 +51,18 @@ def test_same_seed_same_report_and_simulated_dates(tmp_path, capsys):
     _, out_b = _demo(tmp_path, "b", "--queries", "40", "--days", "2", capsys=capsys)
     assert first["queries"] == 40
     assert abs(first["conservation_error_j"]) < 1e-6 * first["measured_energy_j"]
-    for name in ("footprint-report.json", "footprint-report.csv", "footprint-report.md",
-                 "footprint-report.html"):  # fmt: skip
+    for name in (
+        "footprint-report.json",
+        "footprint-report.csv",
+        "footprint-report.md",
+        "footprint-report.html",
+    ):
         assert (out_a / name).read_bytes() == (out_b / name).read_bytes(), name
     report = json.loads((out_a / "footprint-report.json").read_text())
     assert report["period"]["first_query"] >= DEMO_EPOCH.isoformat()
     assert report["period"]["last_query"] < "2026-03-04"
     assert report["totals"]["queries"] == 40
-    other, _ = _demo(tmp_path, "c", "--queries", "40", "--days", "2", "--seed", "2",
-                     capsys=capsys)  # fmt: skip
+    other, _ = _demo(tmp_path, "c", "--queries", "40", "--days", "2", "--seed", "2", capsys=capsys)
     assert other["measured_energy_j"] != first["measured_energy_j"]
 
 
@@ -125,10 +128,25 @@ def serving(tmp_path_factory) -> dict:
     """``footprint demo --json`` with enough queries for a few bursts a day."""
     tmp = tmp_path_factory.mktemp("serving")
     done = subprocess.run(
-        [sys.executable, "-m", "footprint.cli", "demo", "--db", str(tmp / "s.db"),
-         "--out", str(tmp / "out"), "--queries", "20000", "--seed", "1", "--json"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "footprint.cli",
+            "demo",
+            "--db",
+            str(tmp / "s.db"),
+            "--out",
+            str(tmp / "out"),
+            "--queries",
+            "20000",
+            "--seed",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

@@ -145,8 +145,9 @@ def test_a_one_second_average_power_lags_a_step(source):
         gpu = FakeGpu(UUID, loads=LoadModel(IDLE_W, BUSY_W), power_average_s=1.0)
         gpu.loads.add_step(step_s, 1.0)
     else:
-        gpu = FakeGpu(UUID, power_w=lambda t: BUSY_W if t >= step_s else IDLE_W,
-                      power_average_s=1.0)  # fmt: skip
+        gpu = FakeGpu(
+            UUID, power_w=lambda t: BUSY_W if t >= step_s else IDLE_W, power_average_s=1.0
+        )
     fake, handle = _reader(gpu, clock)
     clock.advance(2.0)
     if source == "constant":
@@ -221,8 +222,9 @@ def test_concurrent_readers_on_real_time_count_each_joule_once():
     loads = LoadModel(IDLE_W, BUSY_W)
     before_attach_s = time.monotonic()
     gpu = FakeGpu(UUID, power_w=100.0, counter_update_period_s=0.002)
-    model_gpu = FakeGpu(UUID.replace("1", "2"), loads=loads, counter_update_period_s=0.002,
-                        counter_window_s=0.0005)  # fmt: skip
+    model_gpu = FakeGpu(
+        UUID.replace("1", "2"), loads=loads, counter_update_period_s=0.002, counter_window_s=0.0005
+    )
     fake = make_fake_pynvml([gpu, model_gpu], clock=SystemClock())
     after_attach_s = time.monotonic()
     fake.nvmlInit()

@@ -45,7 +45,7 @@ TAG_VALUES = st.recursive(
         st.lists(inner, max_size=3),
         st.dictionaries(
             st.one_of(st.text(max_size=5), st.integers(), st.none()), inner, max_size=3
-        ),  # fmt: skip
+        ),
     ),
     max_leaves=8,
 )
@@ -107,8 +107,9 @@ def test_user_code_never_sees_footprints_exception_and_every_call_is_a_record(db
         bad_tokens = 0
         for kind, model, tags, tokens_in, tokens_out in calls:
             _run(kind, model, tags, tokens_in, tokens_out)
-            bad_tokens += sum(t is not None and clean_tokens(t) is None
-                              for t in (tokens_in, tokens_out))  # fmt: skip
+            bad_tokens += sum(
+                t is not None and clean_tokens(t) is None for t in (tokens_in, tokens_out)
+            )
         footprint.flush()
         after = footprint.stats()
         assert _count(db_url) - before == len(calls)  # every call is a record
@@ -120,8 +121,9 @@ def test_user_code_never_sees_footprints_exception_and_every_call_is_a_record(db
         check()
     # The only warnings: a value replaced, and counted (each kind once per runtime).
     said = [f"{w.category.__name__}: {w.message}" for w in caught]
-    assert all(m.startswith("FootprintWarning: ") and "(counted in stats()[" in m
-               for m in said), said  # fmt: skip
+    assert all(m.startswith("FootprintWarning: ") and "(counted in stats()[" in m for m in said), (
+        said
+    )
 
 
 def test_model_names_become_storable_text():
@@ -134,9 +136,21 @@ def test_model_names_become_storable_text():
 
 @pytest.mark.parametrize(
     ("value", "stored"),
-    [(0, 0), (12, 12), (12.0, 12), (2**40 - 1, 2**40 - 1), (2**40, None), (2**63, None), (-1, None),
-     (math.nan, None), (math.inf, None), ("12", None), (True, None), (1.5, None)],
-)  # fmt: skip
+    [
+        (0, 0),
+        (12, 12),
+        (12.0, 12),
+        (2**40 - 1, 2**40 - 1),
+        (2**40, None),
+        (2**63, None),
+        (-1, None),
+        (math.nan, None),
+        (math.inf, None),
+        ("12", None),
+        (True, None),
+        (1.5, None),
+    ],
+)
 def test_token_counts_are_integers_in_range_or_null(value, stored):
     assert clean_tokens(value) == stored
 

@@ -220,9 +220,18 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture, **kwargs) -> tuple[
 
 
 FAST = [
-    "--observe-seconds", "0.3", "--idle-seconds", "0.3", "--gap-seconds", "0.1",
-    "--warmup-seconds", "0", "--sampling-period", str(SAMPLING_S), "--skip-timing",
-]  # fmt: skip
+    "--observe-seconds",
+    "0.3",
+    "--idle-seconds",
+    "0.3",
+    "--gap-seconds",
+    "0.1",
+    "--warmup-seconds",
+    "0",
+    "--sampling-period",
+    str(SAMPLING_S),
+    "--skip-timing",
+]
 
 # What the script's direct figures may differ from the fake's energy by besides their tick
 # timing: the counter's whole millijoules (1 mJ per read) and the rounding of the JSON
@@ -249,18 +258,34 @@ def test_full_run_on_the_fake_gpu(fake_gpu, capsys, tmp_path) -> None:
     load = FakeLoad(gpu, lock)
     out_file = tmp_path / "report.json"
     argv = FAST + [
-        "--seconds-per-load", str(LOAD_S), "--serial-queries", "3", "--concurrent-loads", "4",
-        "--json-out", str(out_file), "--db-dir", str(tmp_path / "dbs"),
-    ]  # fmt: skip
+        "--seconds-per-load",
+        str(LOAD_S),
+        "--serial-queries",
+        "3",
+        "--concurrent-loads",
+        "4",
+        "--json-out",
+        str(out_file),
+        "--db-dir",
+        str(tmp_path / "dbs"),
+    ]
     code, report, err = run_main(argv, capsys, load=load)
 
     assert code == 0, err
     assert json.loads(out_file.read_text()) == report
     for key in (
-        "gpu_name", "gpu_uuid", "driver_version", "energy_method",
-        "counter_update_period_ms_observed", "nvml_energy_call_us_median",
-        "nvml_power_call_us_median", "idle_w", "serial", "concurrent", "total_seconds",
-    ):  # fmt: skip
+        "gpu_name",
+        "gpu_uuid",
+        "driver_version",
+        "energy_method",
+        "counter_update_period_ms_observed",
+        "nvml_energy_call_us_median",
+        "nvml_power_call_us_median",
+        "idle_w",
+        "serial",
+        "concurrent",
+        "total_seconds",
+    ):
         assert key in report, key
     assert report["gpu"] is True
     assert (report["gpu_uuid"], report["gpu_name"]) == (UUID, gpu.name)
@@ -387,9 +412,15 @@ def assert_conserved(phase: dict, sampled: FootprintReads) -> None:
 
 def test_without_a_load_it_still_measures_the_counter_and_idle(fake_gpu, capsys) -> None:
     argv = [
-        "--observe-seconds", "0.25", "--idle-seconds", "0.2", "--gap-seconds", "0",
-        "--timing-seconds", "0.3",
-    ]  # fmt: skip
+        "--observe-seconds",
+        "0.25",
+        "--idle-seconds",
+        "0.2",
+        "--gap-seconds",
+        "0",
+        "--timing-seconds",
+        "0.3",
+    ]
     code, report, err = run_main(argv, capsys, load=None)
     assert code == 0, err
     assert "cannot generate GPU load" in err
@@ -413,11 +444,24 @@ def test_an_injected_nvml_module_is_also_what_footprint_reads(monkeypatch, capsy
     gpu = FakeGpu(UUID, power_w=IDLE_W, counter_update_period_s=PERIOD_S)
     fake, lock, _ = real_time_fake([gpu])
     argv = [
-        "--observe-seconds", "0.15", "--idle-seconds", "0.1", "--gap-seconds", "0.05",
-        "--warmup-seconds", "0", "--sampling-period", str(SAMPLING_S),
-        "--seconds-per-load", "0.15", "--serial-queries", "1", "--concurrent-loads", "2",
+        "--observe-seconds",
+        "0.15",
+        "--idle-seconds",
+        "0.1",
+        "--gap-seconds",
+        "0.05",
+        "--warmup-seconds",
+        "0",
+        "--sampling-period",
+        str(SAMPLING_S),
+        "--seconds-per-load",
+        "0.15",
+        "--serial-queries",
+        "1",
+        "--concurrent-loads",
+        "2",
         "--skip-timing",
-    ]  # fmt: skip
+    ]
     code, report, err = run_main(argv, capsys, nvml=fake, load=FakeLoad(gpu, lock))
     assert code == 0, err
     assert report["serial"]["queries"][0]["energy_source"] == "counter"
@@ -452,8 +496,12 @@ def test_the_script_runs_from_the_repo_root_and_exits_0_without_a_visible_gpu() 
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1"}
     done = subprocess.run(
         [sys.executable, "tests/gpu/validate.py", "--seconds-per-load", "1"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["gpu"] is False and report["reason"]
@@ -484,16 +532,27 @@ def test_default_settings_fit_in_five_minutes() -> None:
 def test_timing_options() -> None:
     opts = validate.parse_args(
         [
-            "--timing-seconds", "1.5", "--timing-load-ms", "5", "--timing-offsets", "20",
-            "--timing-repeats", "2", "--timing-step-seconds", "3", "--skip-timing",
+            "--timing-seconds",
+            "1.5",
+            "--timing-load-ms",
+            "5",
+            "--timing-offsets",
+            "20",
+            "--timing-repeats",
+            "2",
+            "--timing-step-seconds",
+            "3",
+            "--skip-timing",
         ]
-    )  # fmt: skip
+    )
     assert (opts.timing_seconds, opts.timing_load_ms, opts.timing_offsets) == (1.5, 5.0, 20)
     assert (opts.timing_repeats, opts.timing_step_seconds, opts.skip_timing) == (2, 3.0, True)
     defaults = validate.parse_args([])
     assert (defaults.timing_load_ms, defaults.timing_offsets, defaults.skip_timing) == (
-        10.0, 10, False,
-    )  # fmt: skip
+        10.0,
+        10,
+        False,
+    )
 
 
 @pytest.mark.parametrize(
@@ -606,9 +665,12 @@ def test_irregular_counter_changes_are_not_periodic() -> None:
 
 
 def run_probe(
-    counter: validate.EnergyCounter, gpu: FakeGpu, clock: SteppingClock, offsets: int = 10,
+    counter: validate.EnergyCounter,
+    gpu: FakeGpu,
+    clock: SteppingClock,
+    offsets: int = 10,
     repeats: int = 2,
-) -> dict:  # fmt: skip
+) -> dict:
     """Lock onto the counter as the script does, then probe and summarize."""
     _, grid = validate.observe_ticks(counter, 0.5)
     assert grid is not None and grid.periodic
@@ -676,9 +738,7 @@ def sampled_excess_j(offset_s: float, w0_s: float, w_s: float, period_s: float) 
     return 100.0 * inside * dt_s * period_s / w_s
 
 
-@pytest.mark.parametrize(
-    ("w0_ms", "w_ms"), [(50, 25), (90, 25), (0, 50), (33, 12), (10, 80)]
-)  # fmt: skip
+@pytest.mark.parametrize(("w0_ms", "w_ms"), [(50, 25), (90, 25), (0, 50), (33, 12), (10, 80)])
 def test_infer_window_from_offset_profiles(w0_ms: float, w_ms: float) -> None:
     period_s = 0.1
     offsets_s = [i * period_s / 10 for i in range(10)]
@@ -812,10 +872,16 @@ def test_counter_timing_section_in_real_time(fake_gpu) -> None:
     load = FakeLoad(gpu, lock)
     opts = validate.parse_args(
         [
-            "--timing-seconds", "1", "--timing-offsets", "3", "--timing-repeats", "2",
-            "--timing-step-seconds", "0.2",
+            "--timing-seconds",
+            "1",
+            "--timing-offsets",
+            "3",
+            "--timing-repeats",
+            "2",
+            "--timing-step-seconds",
+            "0.2",
         ]
-    )  # fmt: skip
+    )
     lines: list[str] = []
     fake.nvmlInit()
     try:
@@ -859,10 +925,23 @@ def test_counter_timing_is_in_the_report(fake_gpu, capsys, monkeypatch) -> None:
     monkeypatch.setattr(validate, "_run_phases", no_phases)
     load = FakeLoad(gpu, lock)
     argv = [
-        "--observe-seconds", "0.1", "--idle-seconds", "0.1", "--gap-seconds", "0",
-        "--warmup-seconds", "0", "--timing-seconds", "0.4", "--timing-offsets", "2",
-        "--timing-repeats", "1", "--timing-step-seconds", "0.1",
-    ]  # fmt: skip
+        "--observe-seconds",
+        "0.1",
+        "--idle-seconds",
+        "0.1",
+        "--gap-seconds",
+        "0",
+        "--warmup-seconds",
+        "0",
+        "--timing-seconds",
+        "0.4",
+        "--timing-offsets",
+        "2",
+        "--timing-repeats",
+        "1",
+        "--timing-step-seconds",
+        "0.1",
+    ]
     code, report, err = run_main(argv, capsys, load=load)
     assert code == 0, err
     assert report["settings"]["timing_offsets"] == 2
@@ -882,8 +961,15 @@ def test_counter_timing_is_in_the_report(fake_gpu, capsys, monkeypatch) -> None:
 
 
 def test_skip_timing_leaves_the_section_out(fake_gpu, capsys) -> None:
-    argv = ["--observe-seconds", "0.1", "--idle-seconds", "0.1", "--gap-seconds", "0",
-            "--skip-timing"]  # fmt: skip
+    argv = [
+        "--observe-seconds",
+        "0.1",
+        "--idle-seconds",
+        "0.1",
+        "--gap-seconds",
+        "0",
+        "--skip-timing",
+    ]
     code, report, err = run_main(argv, capsys, load=None)
     assert code == 0, err
     assert report["counter_timing"] == {"skipped": "--skip-timing"}

@@ -332,9 +332,17 @@ def test_wsgi_body_closed_before_its_end_is_cancelled(tracker):
 
 SERVERS = {
     "uvicorn": ["-m", "uvicorn", "integration_apps:asgi", "--log-level", "warning", "--port"],
-    "gunicorn": ["-m", "gunicorn", "-k", "sync", "--log-level", "warning",
-                 "integration_apps:wsgi", "-b"],
-}  # fmt: skip
+    "gunicorn": [
+        "-m",
+        "gunicorn",
+        "-k",
+        "sync",
+        "--log-level",
+        "warning",
+        "integration_apps:wsgi",
+        "-b",
+    ],
+}
 
 
 def _free_port() -> int:
@@ -359,14 +367,18 @@ def _serve_and_request(tmp_path: Path, server: str) -> list[tuple[int, bytes]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOOTPRINT_")}
     servers = str(Path(__file__).parent / "servers")
     env.update(
-        FOOTPRINT_DB=str(tmp_path / "calls.db"), FOOTPRINT_SENSOR="none", FOOTPRINT_CPU="0",
-        FOOTPRINT_DAEMON="off", FOOTPRINT_REGION="FRA",
+        FOOTPRINT_DB=str(tmp_path / "calls.db"),
+        FOOTPRINT_SENSOR="none",
+        FOOTPRINT_CPU="0",
+        FOOTPRINT_DAEMON="off",
+        FOOTPRINT_REGION="FRA",
         PYTHONPATH=os.pathsep.join([servers, *filter(None, [env.get("PYTHONPATH")])]),
-    )  # fmt: skip
+    )
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 (closed below)
     argv = [sys.executable, *SERVERS[server], address]
-    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        argv, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         replies = []
         deadline = time.monotonic() + 60

@@ -94,8 +94,9 @@ def test_a_planted_symlink_is_never_followed(tmp_path):
     victim = tmp_path / "victim"
     victim.write_text("precious")
     journal._counter += 1
-    target = Path(f"{db}{journal.INFIX}{journal._host_label(_host())}-{os.getpid()}-"
-                  f"{journal._counter + 1}")  # fmt: skip
+    target = Path(
+        f"{db}{journal.INFIX}{journal._host_label(_host())}-{os.getpid()}-{journal._counter + 1}"
+    )
     target.symlink_to(victim)
     assert not CallJournal().open(str(db), _host())
     assert victim.read_text() == "precious"

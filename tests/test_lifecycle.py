@@ -34,8 +34,11 @@ def _run(tmp_path: Path, body: str, *args: str, timeout: float = 60) -> subproce
     script.write_text(PRELUDE + textwrap.dedent(body))
     return subprocess.run(
         [sys.executable, str(script), str(tmp_path / "fp.db"), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=tmp_path,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
+    )
 
 
 def _rows(tmp_path: Path, sql: str) -> list[tuple]:
@@ -148,15 +151,23 @@ def test_two_sigterms_in_a_row_write_everything_before_the_process_ends(tmp_path
     """Default disposition: a bounded flush, then the signal's own action (exit -15)."""
     script_started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-c", PRELUDE + textwrap.dedent("""
+        [
+            sys.executable,
+            "-c",
+            PRELUDE
+            + textwrap.dedent("""
             n = 0
             while True:
                 parent_call(n); n += 1
                 if n % 1000 == 0:
                     print(n, flush=True)
-        """), str(tmp_path / "fp.db")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        """),
+            str(tmp_path / "fp.db"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for _ in range(20):  # 20,000 calls in
         assert proc.stdout.readline(), proc.stderr.read()
     proc.send_signal(signal.SIGTERM)
@@ -249,16 +260,24 @@ def test_exit_with_a_database_that_stops_answering_keeps_its_deadline(tmp_path):
     try:
         started = time.monotonic()
         done = subprocess.run(
-            [sys.executable, "-c", PRELUDE + textwrap.dedent("""
+            [
+                sys.executable,
+                "-c",
+                PRELUDE
+                + textwrap.dedent("""
                 footprint.configure(exit_deadline_s=1.0)
                 for i in range(500):
                     parent_call(i)
                 runtime = footprint.tracking.get_runtime()
                 footprint.shutdown()  # what exit does, explicitly, to read the counter after
                 print("unsaved", runtime.stats()["unsaved_at_exit"])
-            """), str(db)],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            """),
+                str(db),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         elapsed_s = time.monotonic() - started
     finally:
         blocker.rollback()
@@ -281,8 +300,14 @@ def test_a_lost_gpu_does_not_hold_back_the_other_gpus_records(tmp_path, monkeypa
     gpus = [FakeGpu(uuid, power_w=100.0) for uuid in uuids]
     monkeypatch.setitem(sys.modules, "pynvml", make_fake_pynvml(gpus, clock=RealTime()))
     db = tmp_path / "lost.db"
-    footprint.configure(db=str(db), sensor="nvml", cpu=False, region="FRA",
-                        flush_interval_s=0.2, sampling_period_s=0.02)  # fmt: skip
+    footprint.configure(
+        db=str(db),
+        sensor="nvml",
+        cpu=False,
+        region="FRA",
+        flush_interval_s=0.2,
+        sampling_period_s=0.02,
+    )
 
     @footprint.track(model="both")
     def on_both():
@@ -384,8 +409,7 @@ def test_the_first_call_does_not_wait_for_the_sensor_and_is_measured_from_its_st
     monkeypatch.setattr(fake, "nvmlInit", slow_init)
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     db = tmp_path / "first.db"
-    footprint.configure(db=str(db), sensor="nvml", cpu=False, region="FRA",
-                        sampling_period_s=0.02)  # fmt: skip
+    footprint.configure(db=str(db), sensor="nvml", cpu=False, region="FRA", sampling_period_s=0.02)
 
     @footprint.track(model="first")
     def first_call() -> bool:

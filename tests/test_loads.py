@@ -74,8 +74,9 @@ def test_loads_added_from_threads_while_another_reads_are_all_counted():
 
 
 def _run(code: str, *args: str) -> None:
-    done = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -116,11 +117,14 @@ def test_two_processes_appending_at_once_never_interleave_records(tmp_path):
     path = tmp_path / "loads.bin"
     records, start_s = 20000, time.monotonic() + 1.0
     writers = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(d), str(records),
-                          str(start_s)],
-                         cwd=REPO, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path), str(d), str(records), str(start_s)],
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for d in (0, 1)
-    ]  # fmt: skip
+    ]
     for writer in writers:
         _, err = writer.communicate(timeout=60)
         assert writer.returncode == 0, err

@@ -37,8 +37,10 @@ def _guarded_by_import_error(node: ast.Try) -> bool:
     for handler in node.handlers:
         caught = handler.type
         names = caught.elts if isinstance(caught, ast.Tuple) else [caught]
-        if any(isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError")
-               for n in names):  # fmt: skip
+        if any(
+            isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError")
+            for n in names
+        ):
             return True
     return False
 

@@ -96,7 +96,7 @@ def test_numbers_in_range_are_taken():
             ),
             starts='{"id": 0, "start_s": -3600}',
             extra=f', "monotonic_s": {MAX_TIME_S - 1}, "lost": {{"record_failed": 7}}',
-        )  # fmt: skip
+        )
     )
     (end,) = batch.ends
     assert end.ttft_s == 0.4 and end.end_s - end.start_s >= end.ttft_s
@@ -113,8 +113,9 @@ def test_the_daemon_answers_400_and_counts_the_refusal(tmp_path_factory):
     folder = Path(tempfile.mkdtemp(prefix="fpp-", dir="/tmp"))  # a short socket path
     daemon = spawn(folder, name="peer")
     try:
-        before = metric(metrics_text(daemon), "footprint_protocol_errors_total",
-                        reason="invalid") or 0  # fmt: skip
+        before = (
+            metric(metrics_text(daemon), "footprint_protocol_errors_total", reason="invalid") or 0
+        )
         client = Client(daemon.sock)
         client.send_raw(BAD["end_s of 401 digits"] + b"\n")
         reply = client.reply()

@@ -107,9 +107,14 @@ def test_overrides_win_and_are_recorded():
     assert f.market_intensity_g_per_kwh == 0.0 and "contractual" in f.market_intensity_ref
     assert (f.embodied_kgco2e, f.lifetime_years) == (300.0, 4.0)
     assert set(f.overrides) == {
-        "price_per_kwh", "currency", "usd_per_gpu_hour", "pue",
-        "market_intensity_g_per_kwh", "embodied_kgco2e", "lifetime_years",
-    }  # fmt: skip
+        "price_per_kwh",
+        "currency",
+        "usd_per_gpu_hour",
+        "pue",
+        "market_intensity_g_per_kwh",
+        "embodied_kgco2e",
+        "lifetime_years",
+    }
     assert f.price_ref == "user override"
 
 
@@ -155,10 +160,19 @@ def test_table_lookups():
 
 def _factors(**changes) -> Factors:
     base = dict(
-        zone="FRA", intensity_g_per_kwh=50.0, intensity_source="static", intensity_ref="t",
-        pue=1.2, pue_ref="t", price_per_kwh=0.2, currency="EUR", usd_per_gpu_hour=3.6,
-        embodied_kgco2e=150.0, lifetime_years=6.0, market_intensity_g_per_kwh=10.0,
-    )  # fmt: skip
+        zone="FRA",
+        intensity_g_per_kwh=50.0,
+        intensity_source="static",
+        intensity_ref="t",
+        pue=1.2,
+        pue_ref="t",
+        price_per_kwh=0.2,
+        currency="EUR",
+        usd_per_gpu_hour=3.6,
+        embodied_kgco2e=150.0,
+        lifetime_years=6.0,
+        market_intensity_g_per_kwh=10.0,
+    )
     base.update(changes)
     return Factors(**base)
 
@@ -179,9 +193,14 @@ def test_price_query_unknown_factors_give_none():
     out = price_query(
         1000.0,
         1.0,
-        _factors(price_per_kwh=None, currency=None, usd_per_gpu_hour=None,
-                 embodied_kgco2e=None, market_intensity_g_per_kwh=None),
-    )  # fmt: skip
+        _factors(
+            price_per_kwh=None,
+            currency=None,
+            usd_per_gpu_hour=None,
+            embodied_kgco2e=None,
+            market_intensity_g_per_kwh=None,
+        ),
+    )
     assert out["energy_cost"] is None and out["compute_cost_usd"] is None
     assert out["embodied_co2e_g"] is None and out["market_co2e_g"] is None
     assert out["co2e_g"] > 0

@@ -141,8 +141,12 @@ def test_detection_only_when_asked_and_after_env(server):
     )
     zone = resolve_zone(None, env={}, detect_cloud=True, metadata_url=server.url)
     assert zone.id == "gcp:us-central1" and not zone.is_default
-    assert resolve_zone(None, env={"FOOTPRINT_REGION": "FRA"}, detect_cloud=True,
-                        metadata_url=server.url).id == "FRA"  # fmt: skip
+    assert (
+        resolve_zone(
+            None, env={"FOOTPRINT_REGION": "FRA"}, detect_cloud=True, metadata_url=server.url
+        ).id
+        == "FRA"
+    )
     before = len(server.requests)
     with pytest.warns(DefaultZoneWarning, match="no region configured"):
         from footprint.pricing.zones import _reset_default_warning

@@ -170,10 +170,13 @@ def test_a100_80gb_pcie_on_aws_does_not_take_the_sxm4_40gb_row():
 
 @pytest.mark.parametrize(
     ("zone", "provider", "own_price", "offer"),
-    [("gcp:us-central1", None, 11.0612, "a3-highgpu-8g"),
-     ("azure:eastus", None, 12.29, "ND96isr_H100_v5"),
-     ("FRA", "on_premise", None, None), ("FRA", None, None, None)],
-)  # fmt: skip
+    [
+        ("gcp:us-central1", None, 11.0612, "a3-highgpu-8g"),
+        ("azure:eastus", None, 12.29, "ND96isr_H100_v5"),
+        ("FRA", "on_premise", None, None),
+        ("FRA", None, None, None),
+    ],
+)
 def test_an_aws_price_never_applies_elsewhere(zone, provider, own_price, offer):
     f = build_factors(zone, provider=provider, gpu_model=H100, ownership=RENTED)
     assert "p5.48xlarge" not in f.gpu_price_ref
@@ -236,8 +239,14 @@ def _regions_with_gpu_prices(folder, *rows: str):
     from footprint.pricing._data import regions_dir
 
     folder.mkdir()
-    for name in ("cloud_regions.csv", "electricity_prices.csv", "pue.csv", "embodied.csv",
-                 "exchange_rates.csv", "gpu_capex.csv"):  # fmt: skip
+    for name in (
+        "cloud_regions.csv",
+        "electricity_prices.csv",
+        "pue.csv",
+        "embodied.csv",
+        "exchange_rates.csv",
+        "gpu_capex.csv",
+    ):
         (folder / name).write_bytes((regions_dir() / name).read_bytes())
     header = (regions_dir() / "gpu_prices.csv").read_text().splitlines()[0]
     (folder / "gpu_prices.csv").write_text("\n".join((header, *rows)) + "\n")
@@ -318,10 +327,20 @@ def test_no_electricity_price_gives_null_energy_cost():
 
 def test_rollups_key_on_ownership_and_gpu_price_source():
     assert rollups.KEY_COLUMNS[-2:] == ("ownership", "gpu_price_source")
-    base = {"started_at": dt.datetime(2026, 3, 1, 12, tzinfo=dt.timezone.utc),
-            **_priced("aws:us-east-1", H100)}  # fmt: skip
-    base.update(model="m", host="h", gpus="[]", energy_source="counter", status="ok",
-                input_tokens=1, output_tokens=1, duration_s=1.0)  # fmt: skip
+    base = {
+        "started_at": dt.datetime(2026, 3, 1, 12, tzinfo=dt.timezone.utc),
+        **_priced("aws:us-east-1", H100),
+    }
+    base.update(
+        model="m",
+        host="h",
+        gpus="[]",
+        energy_source="counter",
+        status="ok",
+        input_tokens=1,
+        output_tokens=1,
+        duration_s=1.0,
+    )
     owned = dict(base, ownership=OWNED, gpu_price_source="capex", compute_cost=0.5)
     older = {k: v for k, v in base.items() if k not in ("ownership", "gpu_price_source")}
     rows = rollups.aggregate([base, owned, older])  # a producer older than the columns

@@ -81,9 +81,14 @@ def test_record_ownership_setting_and_unknown_prices_stay_null(tmp_path):
 
 def test_user_overrides_win_and_are_applied(tmp_path):
     row = _one_record(
-        tmp_path, region="aws:us-east-1", price_per_kwh=0.5, currency="EUR", pue=1.3,
-        usd_per_gpu_hour=2.0, market_intensity_g_per_kwh=10.0,
-    )  # fmt: skip
+        tmp_path,
+        region="aws:us-east-1",
+        price_per_kwh=0.5,
+        currency="EUR",
+        pue=1.3,
+        usd_per_gpu_hour=2.0,
+        market_intensity_g_per_kwh=10.0,
+    )
     kwh = row["energy_j"] / 3.6e6
     assert (row["pue"], row["price_per_kwh"], row["currency"]) == (1.3, 0.5, "EUR")
     assert row["energy_cost"] == pytest.approx(kwh * 1.3 * 0.5)
@@ -155,8 +160,13 @@ def test_an_hourly_csv_spoiled_after_configuration_is_reported_when_the_pricer_s
     calls are still recorded, unpriced, with a warning naming the line."""
     path = tmp_path / "bad.csv"
     path.write_text("timestamp,zone,gco2e_per_kwh\n2026-01-01T00:00:00Z,FRA,50\n")
-    footprint.configure(db=str(tmp_path / "p.db"), sensor=SIM, cpu=False, region="FRA",
-                        hourly_intensity_csv=str(path))  # fmt: skip
+    footprint.configure(
+        db=str(tmp_path / "p.db"),
+        sensor=SIM,
+        cpu=False,
+        region="FRA",
+        hourly_intensity_csv=str(path),
+    )
     with open(path, "a") as f:
         f.write("2026-01-01T01:00:00Z,FRA,lots\n")
 
@@ -207,10 +217,22 @@ def test_wheel_ships_regions_and_works_outside_the_tree(tmp_path):
     """Build the wheel, install it in a fresh venv, run `footprint regions FRA --json`."""
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(wheels), str(REPO)],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(wheels),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = wheels.glob("footprint-*.whl")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -228,11 +250,18 @@ def test_wheel_ships_regions_and_works_outside_the_tree(tmp_path):
     outside.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FOOTPRINT_REGIONS_DIR")}
     done = subprocess.run(
-        [str(venv / "bin" / "python"), "-c",
-         "import footprint, sys; from footprint.cli import main; "
-         "print(footprint.__file__, file=sys.stderr); main(['regions', 'FRA', '--json'])"],
-        cwd=outside, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import footprint, sys; from footprint.cli import main; "
+            "print(footprint.__file__, file=sys.stderr); main(['regions', 'FRA', '--json'])",
+        ],
+        cwd=outside,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert str(site) in done.stderr  # the installed copy, not the source tree
     zones = {z["zone"]: z for z in json.loads(done.stdout)["zones"]}
@@ -243,8 +272,11 @@ def test_wheel_ships_regions_and_works_outside_the_tree(tmp_path):
 def test_every_demo_record_has_co2e_and_cost(tmp_path):
     db = tmp_path / "demo.db"
     main(["demo", "--db", str(db), "--out", str(tmp_path / "out"), "--queries", "40", "--json"])
-    got = rows(db, "SELECT co2e_g, embodied_co2e_g, energy_cost, energy_cost_usd, compute_cost, "
-                   "zone, pue, intensity_source FROM queries")  # fmt: skip
+    got = rows(
+        db,
+        "SELECT co2e_g, embodied_co2e_g, energy_cost, energy_cost_usd, compute_cost, "
+        "zone, pue, intensity_source FROM queries",
+    )
     assert len(got) == 40
     for row in got:
         assert all(
@@ -264,9 +296,24 @@ def test_the_daemon_refuses_to_start_with_a_malformed_hourly_csv(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOOTPRINT_")}
     env.update(FOOTPRINT_HOURLY_INTENSITY_CSV=str(path), XDG_RUNTIME_DIR=str(tmp_path))
     out = subprocess.run(
-        [sys.executable, "-m", "footprint", "daemon", "--socket", str(tmp_path / "d.sock"),
-         "--db", str(tmp_path / "d.db"), "--http", "off", "--sensor", "none"],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "footprint",
+            "daemon",
+            "--socket",
+            str(tmp_path / "d.sock"),
+            "--db",
+            str(tmp_path / "d.db"),
+            "--http",
+            "off",
+            "--sensor",
+            "none",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert "bad.csv" in out.stderr and "2" in out.stderr

@@ -131,8 +131,12 @@ def test_chat_completion_is_forwarded_unchanged_and_recorded(upstream, proxy, tr
 
 def test_raw_bytes_headers_and_request_are_the_same_through_the_proxy(upstream, proxy):
     body = json.dumps({"model": "m", "messages": MESSAGES, "max_tokens": 2}).encode()
-    headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-secret",
-               "X-Custom": "kept", "User-Agent": "test-agent/1"}  # fmt: skip
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": "Bearer sk-secret",
+        "X-Custom": "kept",
+        "User-Agent": "test-agent/1",
+    }
     direct = request(upstream.url, "POST", CHAT + "?api-version=1", body, headers)
     seen_direct = upstream.requests[-1]
     proxied = request(proxy.url, "POST", CHAT + "?api-version=1", body, headers)
@@ -153,9 +157,7 @@ def test_raw_bytes_headers_and_request_are_the_same_through_the_proxy(upstream, 
     assert ("authorization", "Bearer sk-secret") in without_host(seen_proxied)
 
 
-def test_stream_without_usage_gets_exactly_the_stream_it_asked_for(
-    upstream, proxy, tracked_db
-):  # fmt: skip
+def test_stream_without_usage_gets_exactly_the_stream_it_asked_for(upstream, proxy, tracked_db):
     def chunks(base):
         stream = client(base).chat.completions.create(
             model="llama-3-8b", messages=MESSAGES, max_tokens=5, stream=True
@@ -192,22 +194,31 @@ def test_stream_without_usage_gets_exactly_the_stream_it_asked_for(
 def test_stream_with_include_usage_is_untouched(upstream, proxy, tracked_db):
     def chunks(base):
         stream = client(base).chat.completions.create(
-            model="qwen", messages=MESSAGES, max_tokens=3, stream=True,
+            model="qwen",
+            messages=MESSAGES,
+            max_tokens=3,
+            stream=True,
             stream_options={"include_usage": True},
-        )  # fmt: skip
+        )
         return [chunk.model_dump() for chunk in stream]
 
     direct = chunks(upstream.url)
     proxied = chunks(proxy.url)
     assert proxied == direct
     assert proxied[-1]["choices"] == [] and proxied[-1]["usage"]["completion_tokens"] == 3
-    body = {"model": "qwen", "messages": MESSAGES, "max_tokens": 3, "stream": True,
-            "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "model": "qwen",
+        "messages": MESSAGES,
+        "max_tokens": 3,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     assert post_json(proxy.url, CHAT, body)[2] == post_json(upstream.url, CHAT, body)[2]
     found = records(tracked_db, 2)
     assert [(r["model"], r["input_tokens"], r["output_tokens"]) for r in found] == [
-        ("qwen", 3, 3), ("qwen", 3, 3)
-    ]  # fmt: skip
+        ("qwen", 3, 3),
+        ("qwen", 3, 3),
+    ]
 
 
 def test_embeddings(upstream, proxy, tracked_db):
@@ -236,8 +247,9 @@ def test_completions_and_responses_api(upstream, proxy, tracked_db):
     )
     assert events[-1].type == "response.completed"
     found = records(tracked_db, 4)
-    summary = [(r["model"], tags(r)["endpoint"], r["input_tokens"], r["output_tokens"])
-               for r in found]  # fmt: skip
+    summary = [
+        (r["model"], tags(r)["endpoint"], r["input_tokens"], r["output_tokens"]) for r in found
+    ]
     assert summary == [
         ("base", "completions", 2, 2),
         ("base", "completions", 2, 3),
@@ -318,8 +330,10 @@ def test_upstream_timeout_gives_504(loop, upstream, tracked_db):
     assert json.loads(body)["error"]["type"] == "upstream_timeout"
     (record,) = records(tracked_db, 1)
     assert (record["model"], record["status"], record["error_type"]) == (
-        "hang", "error", "UpstreamTimeout"
-    )  # fmt: skip
+        "hang",
+        "error",
+        "UpstreamTimeout",
+    )
 
 
 def test_upstream_cutting_a_stream_short_cuts_the_clients_too(upstream, proxy, tracked_db):
@@ -333,8 +347,9 @@ def test_upstream_cutting_a_stream_short_cuts_the_clients_too(upstream, proxy, t
 
 def go_away_mid_stream(proxy) -> None:
     """A client that starts a slow stream, reads two tokens and closes its connection."""
-    body = json.dumps({"model": "slow", "messages": MESSAGES, "max_tokens": 200,
-                       "stream": True}).encode()  # fmt: skip
+    body = json.dumps(
+        {"model": "slow", "messages": MESSAGES, "max_tokens": 200, "stream": True}
+    ).encode()
     with socket.create_connection((proxy.host, proxy.port), timeout=10) as sock:
         sock.sendall(
             b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
@@ -348,14 +363,19 @@ def go_away_mid_stream(proxy) -> None:
 @pytest.mark.parametrize("handler_cancellation", [True, False])
 def test_client_going_away_mid_stream_is_cancelled(
     handler_cancellation, loop, upstream, tracked_db, monkeypatch, caplog
-):  # fmt: skip
+):
     from aiohttp import web
 
     # With handler cancellation (the proxy's setting) the handler is cancelled when the
     # client leaves; without it, the next write fails. Both end the same way.
     server = web.Server
-    monkeypatch.setattr(web, "Server", lambda handler, **kw: server(
-        handler, **{**kw, "handler_cancellation": handler_cancellation}))  # fmt: skip
+    monkeypatch.setattr(
+        web,
+        "Server",
+        lambda handler, **kw: server(
+            handler, **{**kw, "handler_cancellation": handler_cancellation}
+        ),
+    )
     with running_proxy(loop, upstream.url) as proxy:
         go_away_mid_stream(proxy)
         (record,) = records(tracked_db, 1)
@@ -382,32 +402,45 @@ def test_malformed_json_is_forwarded_and_recorded_as_unknown(upstream, proxy, tr
     assert upstream.requests[-1]["body_sha256"] == hashlib.sha256(body).hexdigest()
     (record,) = records(tracked_db, 1)
     assert (record["model"], record["status"], record["error_type"]) == (
-        "unknown", "error", "HTTP400"
-    )  # fmt: skip
+        "unknown",
+        "error",
+        "HTTP400",
+    )
 
 
 def test_bodies_beyond_10_mb_are_forwarded_unparsed(upstream, proxy, tracked_db):
     words = 2_100_000  # "word " × 2.1M: 10.5 MB
-    big = json.dumps({"model": "big", "messages": [{"role": "user", "content": "word " * words}],
-                      "max_tokens": 1}).encode()  # fmt: skip
+    big = json.dumps(
+        {
+            "model": "big",
+            "messages": [{"role": "user", "content": "word " * words}],
+            "max_tokens": 1,
+        }
+    ).encode()
     assert len(big) > 10 * 1024 * 1024
     status, _, answer = request(proxy.url, "POST", CHAT, big, {"Content-Type": "application/json"})
     assert status == 200
     assert upstream.requests[-1]["body_sha256"] == hashlib.sha256(big).hexdigest()
     # Under the cap but large: parsed (off the event loop).
     content = "w " * 500_000
-    medium = {"model": "medium", "messages": [{"role": "user", "content": content}],
-              "max_tokens": 1}  # fmt: skip
+    medium = {
+        "model": "medium",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 1,
+    }
     assert post_json(proxy.url, CHAT, medium)[0] == 200
     found = records(tracked_db, 2)
     assert [(r["model"], r["input_tokens"]) for r in found] == [
-        ("unknown", words), ("medium", 500_000)
-    ]  # fmt: skip
+        ("unknown", words),
+        ("medium", 500_000),
+    ]
 
 
 def test_upstream_refusing_stream_options_gets_the_request_again(loop, tracked_db):
-    with running_upstream(loop, refuse_stream_options=True) as upstream, \
-            running_proxy(loop, upstream.url) as proxy:  # fmt: skip
+    with (
+        running_upstream(loop, refuse_stream_options=True) as upstream,
+        running_proxy(loop, upstream.url) as proxy,
+    ):
         body = {"model": "old-server", "messages": MESSAGES, "max_tokens": 6, "stream": True}
         direct = post_json(upstream.url, CHAT, body)
         before = len(upstream.requests)
@@ -428,8 +461,13 @@ def test_upstream_refusing_stream_options_gets_the_request_again(loop, tracked_d
 
 def test_other_stream_options_are_left_alone(upstream, proxy, tracked_db):
     options = {"continuous_usage_stats": True}  # vLLM's: usage in every chunk once asked
-    body = {"model": "m", "messages": MESSAGES, "max_tokens": 4, "stream": True,
-            "stream_options": options}  # fmt: skip
+    body = {
+        "model": "m",
+        "messages": MESSAGES,
+        "max_tokens": 4,
+        "stream": True,
+        "stream_options": options,
+    }
     direct = post_json(upstream.url, CHAT, body)
     proxied = post_json(proxy.url, CHAT, body)
     assert upstream.requests[-1]["json"]["stream_options"] == options
@@ -475,13 +513,34 @@ def test_listen_address_in_use_exits_2_with_one_line(capsys):
 
 def test_the_command_serves_records_and_flushes_on_sigterm(upstream, tmp_path):
     db = tmp_path / "proxy.db"
-    env = {**os.environ, "FOOTPRINT_SENSOR": "simulated:gpus=2", "FOOTPRINT_CPU": "false",
-           "FOOTPRINT_REGION": "FRA", "FOOTPRINT_DAEMON": "off"}  # fmt: skip
+    env = {
+        **os.environ,
+        "FOOTPRINT_SENSOR": "simulated:gpus=2",
+        "FOOTPRINT_CPU": "false",
+        "FOOTPRINT_REGION": "FRA",
+        "FOOTPRINT_DAEMON": "off",
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "footprint.cli", "proxy", "--upstream", upstream.url,
-         "--listen", "127.0.0.1:0", "--db", str(db), "--gpus", "1", "--tag", "team=search"],
-        stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "footprint.cli",
+            "proxy",
+            "--upstream",
+            upstream.url,
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            str(db),
+            "--gpus",
+            "1",
+            "--tag",
+            "team=search",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = proc.stderr.readline()
         match = re.search(r"listening on (http://[\d.:]+)", line)
@@ -518,7 +577,7 @@ def test_bench_proxy_reports_side_by_side_figures():
         "rps_direct_zero_latency",
         "rps_proxy_zero_latency",
     ):
-        assert result[key] is not None and result[key] == result[key], key  # fmt: skip
+        assert result[key] is not None and result[key] == result[key], key
     assert result["rps_direct"] > 0 and result["rps_proxy"] > 0
     assert result["records"] == result["requests_through_proxy"]  # one record each
 
@@ -538,8 +597,12 @@ USAGE = {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
 
 
 def test_sse_usage_chunk_removed_whatever_the_network_splits():
-    asked = sse({**CHUNK, "usage": None}, {**CHUNK, "usage": None},
-                {"id": "c", "choices": [], "usage": USAGE}, "[DONE]")  # fmt: skip
+    asked = sse(
+        {**CHUNK, "usage": None},
+        {**CHUNK, "usage": None},
+        {"id": "c", "choices": [], "usage": USAGE},
+        "[DONE]",
+    )
     expected = sse(CHUNK, CHUNK, "[DONE]")
     for size in (1, 2, 7, 64, len(asked)):
         accountant = SSEAccountant("chat.completions", strip_usage=True)
@@ -562,8 +625,10 @@ def test_sse_crlf_events_and_a_last_event_without_its_blank_line():
 def test_an_oversized_event_is_passed_on_and_its_usage_still_read():
     text = "x" * (MAX_EVENT * 2)
     usage = {"input_tokens": 3, "output_tokens": 4}
-    completed = {"type": "response.completed",
-                 "response": {"output": [{"text": text}], "usage": usage}}  # fmt: skip
+    completed = {
+        "type": "response.completed",
+        "response": {"output": [{"text": text}], "usage": usage},
+    }
     stream = b"event: response.completed\n" + sse(completed)
     accountant = SSEAccountant("responses", strip_usage=True)
     out = b"".join(accountant.feed(stream[i : i + 65536]) for i in range(0, len(stream), 65536))
@@ -574,8 +639,12 @@ def test_an_oversized_event_is_passed_on_and_its_usage_still_read():
 
 
 def test_json_body_usage_found_at_the_end_of_a_large_body():
-    body = json.dumps({"data": [{"embedding": [0.1] * 100_000}],
-                       "usage": {"prompt_tokens": 12, "total_tokens": 12}}).encode()  # fmt: skip
+    body = json.dumps(
+        {
+            "data": [{"embedding": [0.1] * 100_000}],
+            "usage": {"prompt_tokens": 12, "total_tokens": 12},
+        }
+    ).encode()
     accountant = BodyAccountant("embeddings")
     for i in range(0, len(body), 1000):
         accountant.feed(body[i : i + 1000])

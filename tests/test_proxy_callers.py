@@ -28,8 +28,11 @@ from footprint.proxy.callers import (
 from tests.fakes.fake_openai import LoopThread, running_proxy, running_upstream
 
 CHAT = "/v1/chat/completions"
-BODY = {"model": "m", "messages": [{"role": "user", "content": "three little words"}],
-        "max_tokens": 2}  # fmt: skip
+BODY = {
+    "model": "m",
+    "messages": [{"role": "user", "content": "three little words"}],
+    "max_tokens": 2,
+}
 
 
 @pytest.fixture
@@ -48,8 +51,12 @@ def post(base: str, body: dict, headers: dict[str, str] | None = None) -> int:
     url = urlsplit(base)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     try:
-        conn.request("POST", CHAT, json.dumps(body).encode(),
-                     {"Content-Type": "application/json", **(headers or {})})  # fmt: skip
+        conn.request(
+            "POST",
+            CHAT,
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json", **(headers or {})},
+        )
         response = conn.getresponse()
         response.read()
         return response.status
@@ -75,10 +82,15 @@ def expected_hash(key: str, secret: bytes = DEFAULT_API_KEY_SALT) -> str:
 
 
 def test_allowed_headers_are_stored_and_no_other(loop, upstream, tracked_db):
-    with running_proxy(loop, upstream.url, tag_headers=["X-Footprint-Team=team",
-                                                        "x-tenant=tenant"]) as proxy:  # fmt: skip
-        headers = {"X-Footprint-Team": "  search  ", "X-Tenant": "t" * 300,
-                   "X-Other": "not stored", "Authorization": "Bearer sk-secret-1"}  # fmt: skip
+    with running_proxy(
+        loop, upstream.url, tag_headers=["X-Footprint-Team=team", "x-tenant=tenant"]
+    ) as proxy:
+        headers = {
+            "X-Footprint-Team": "  search  ",
+            "X-Tenant": "t" * 300,
+            "X-Other": "not stored",
+            "Authorization": "Bearer sk-secret-1",
+        }
         assert post(proxy.url, {**BODY, "user": "alice"}, headers) == 200
         assert post(proxy.url, BODY, {"X-Other": "x"}) == 200
     first, second = recorded_tags(tracked_db, 2)
@@ -117,8 +129,9 @@ def test_the_api_key_is_stored_as_a_stable_keyed_hash(loop, upstream, tracked_db
 def test_a_deployment_secret_keys_the_hash(loop, upstream, tracked_db, tmp_path):
     secret = tmp_path / "secret"
     secret.write_bytes(b"per-deployment-secret\n")
-    with running_proxy(loop, upstream.url, tag_api_key_hash=True,
-                       api_key_secret_file=str(secret)) as proxy:  # fmt: skip
+    with running_proxy(
+        loop, upstream.url, tag_api_key_hash=True, api_key_secret_file=str(secret)
+    ) as proxy:
         assert post(proxy.url, BODY, {"Authorization": "Bearer sk-first-key"}) == 200
     (tags,) = recorded_tags(tracked_db, 1)
     assert tags["api_key_hash"] == expected_hash("sk-first-key", b"per-deployment-secret")
@@ -132,8 +145,7 @@ def test_values_are_cleaned_and_capped():
     assert clean("  a\x00b\tc\u200bd\udcff  ") == "abcd"
     assert clean("é" * 200) == "é" * MAX_TAG_CHARS
     assert clean(" \x01 ") == ""
-    tagging = CallerTagging(headers=(TagHeader("X-Team", "team"),), user=True,
-                            api_key_hash=True)  # fmt: skip
+    tagging = CallerTagging(headers=(TagHeader("X-Team", "team"),), user=True, api_key_hash=True)
     headers = CIMultiDict({"x-team": "\x7f", "authorization": "bearer  k  "})
     assert caller_tags(tagging, headers, {"user": " \n "}) == {"api_key_hash": expected_hash("k")}
     assert caller_tags(tagging, headers, None) == {"api_key_hash": expected_hash("k")}
@@ -148,14 +160,28 @@ def test_the_command_options_reach_the_proxy(monkeypatch, tmp_path):
     secret.write_text("s3cret\n")
     seen = []
     monkeypatch.setattr(footprint.proxy, "serve", lambda config, on_ready: seen.append(config))
-    main(["proxy", "--upstream", "http://127.0.0.1:9", "--tag-header", "X-Team=team",
-          "--tag-header", "X-Env=env", "--tag-user", "--tag-api-key-hash",
-          "--api-key-secret-file", str(secret)])  # fmt: skip
+    main(
+        [
+            "proxy",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--tag-header",
+            "X-Team=team",
+            "--tag-header",
+            "X-Env=env",
+            "--tag-user",
+            "--tag-api-key-hash",
+            "--api-key-secret-file",
+            str(secret),
+        ]
+    )
     (config,) = seen
     assert config.callers == CallerTagging(
-        headers=(TagHeader("X-Team", "team"), TagHeader("X-Env", "env")), user=True,
-        api_key_hash=True, api_key_secret=b"s3cret",
-    )  # fmt: skip
+        headers=(TagHeader("X-Team", "team"), TagHeader("X-Env", "env")),
+        user=True,
+        api_key_hash=True,
+        api_key_secret=b"s3cret",
+    )
     assert "s3cret" not in repr(config)
 
 

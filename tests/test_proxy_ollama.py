@@ -104,8 +104,10 @@ def test_embed_records_its_input_tokens(upstream, proxy, tracked_db):
     assert len(json.loads(answer)["embeddings"]) == 2
     (record,) = records(tracked_db, 1)
     assert (record["model"], record["input_tokens"], record["output_tokens"]) == (
-        "nomic-embed-text", 5, None,
-    )  # fmt: skip
+        "nomic-embed-text",
+        5,
+        None,
+    )
     assert json.loads(record["tags"]) == {"endpoint": "ollama.embed"}
 
 
@@ -114,8 +116,10 @@ def test_the_older_embeddings_api_is_measured_without_counts(upstream, proxy, tr
     same_through_proxy(upstream, proxy, "/api/embeddings", body)
     (record,) = records(tracked_db, 1)
     assert (record["model"], record["status"], record["input_tokens"]) == (
-        "nomic-embed-text", "ok", None,
-    )  # fmt: skip
+        "nomic-embed-text",
+        "ok",
+        None,
+    )
     assert json.loads(record["tags"]) == {"endpoint": "ollama.embeddings"}
     assert proxy.proxy.stats.no_usage == 1
 
@@ -146,12 +150,14 @@ def ndjson(*objs: dict) -> bytes:
 
 
 STREAM = ndjson(
-    {"model": "m", "message": {"role": "assistant", "content": 'say "eval_count": 9'},
-     "done": False},
+    {
+        "model": "m",
+        "message": {"role": "assistant", "content": 'say "eval_count": 9'},
+        "done": False,
+    },
     {"model": "m", "message": {"role": "assistant", "content": "!"}, "done": False},
-    {"model": "m", "done": True, "context": [1, 2], "prompt_eval_count": 26,
-     "eval_count": 298},
-)  # fmt: skip
+    {"model": "m", "done": True, "context": [1, 2], "prompt_eval_count": 26, "eval_count": 298},
+)
 
 
 @pytest.mark.parametrize("size", [1, 2, 7, 64, len(STREAM)])

@@ -86,8 +86,10 @@ class Canary:
 def raw_exchange(port: int, request_line: str) -> tuple[int, bytes]:
     """(status, body) of one request written as it is, with a bearer token."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(request_line.encode() + b"\r\nHost: 127.0.0.1\r\n"
-                     b"Authorization: Bearer sk-secret\r\nConnection: close\r\n\r\n")  # fmt: skip
+        sock.sendall(
+            request_line.encode() + b"\r\nHost: 127.0.0.1\r\n"
+            b"Authorization: Bearer sk-secret\r\nConnection: close\r\n\r\n"
+        )
         answer = b""
         while piece := sock.recv(65536):
             answer += piece
@@ -96,10 +98,18 @@ def raw_exchange(port: int, request_line: str) -> tuple[int, bytes]:
 
 
 def proxy_env(parser: str, home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("FOOTPRINT_") and k != "AIOHTTP_NO_EXTENSIONS"}  # fmt: skip
-    env.update(FOOTPRINT_SENSOR="simulated:gpus=1", FOOTPRINT_CPU="false", FOOTPRINT_REGION="FRA",
-               FOOTPRINT_DAEMON="off", XDG_RUNTIME_DIR=str(home))  # fmt: skip
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("FOOTPRINT_") and k != "AIOHTTP_NO_EXTENSIONS"
+    }
+    env.update(
+        FOOTPRINT_SENSOR="simulated:gpus=1",
+        FOOTPRINT_CPU="false",
+        FOOTPRINT_REGION="FRA",
+        FOOTPRINT_DAEMON="off",
+        XDG_RUNTIME_DIR=str(home),
+    )
     if parser == "python":
         env["AIOHTTP_NO_EXTENSIONS"] = "1"
     return env
@@ -109,10 +119,23 @@ def proxy_env(parser: str, home: Path) -> dict[str, str]:
 def proxy_process(upstream: str, parser: str, home: Path) -> Iterator[int]:
     """``footprint proxy`` in a subprocess using ``parser``; the port it listens on."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "footprint.cli", "proxy", "--upstream", upstream,
-         "--listen", "127.0.0.1:0", "--db", str(home / "proxy.db")],
-        stderr=subprocess.PIPE, text=True, env=proxy_env(parser, home), cwd=home,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "footprint.cli",
+            "proxy",
+            "--upstream",
+            upstream,
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            str(home / "proxy.db"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=proxy_env(parser, home),
+        cwd=home,
+    )
     assert proc.stderr is not None
     reader = None
     try:
@@ -178,15 +201,20 @@ def test_the_proxy_process_uses_the_parser_asked_for(parser, tmp_path):
     if parser == "c" and parsers.HttpRequestParser is parsers.HttpRequestParserPy:
         pytest.skip("aiohttp's C extensions are not installed")
     code = "import aiohttp.http_parser as p; print(p.HttpRequestParser is p.HttpRequestParserPy)"
-    out = subprocess.run([sys.executable, "-c", code], env=proxy_env(parser, tmp_path),
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=proxy_env(parser, tmp_path),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == str(parser == "python")
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_a_target_that_is_not_a_path_gets_400_and_reaches_nothing(
     target, proxy_port, canary, upstream
-):  # fmt: skip
+):
     reached_canary = len(canary.connections)
     reached_upstream = len(upstream.requests)
     status, body = raw_exchange(proxy_port, target.format(canary=canary.port))
@@ -200,7 +228,7 @@ def test_a_target_that_is_not_a_path_gets_400_and_reaches_nothing(
 
 def test_an_origin_form_target_reaches_the_upstream_under_its_base_path(
     parser, upstream, canary, tmp_path
-):  # fmt: skip
+):
     with proxy_process(f"{upstream.url}/base/", parser, tmp_path) as port:
         status, body = raw_exchange(port, "GET /v1/models?x=1 HTTP/1.1")
         assert (status, json.loads(body)["raw_path"]) == (200, "/base/v1/models?x=1")
@@ -220,8 +248,11 @@ def test_a_portless_upstream_url_takes_the_default_port_and_keeps_its_host():
     assert (plain.scheme, plain.host, plain.port) == ("http", "127.0.0.1", 80)
     joined = upstream_target(plain, "/v1/chat/completions?x=1")  # (yarl < 1.10 shows ":80")
     assert (joined.scheme, joined.host, joined.port, joined.raw_path_qs) == (
-        "http", "127.0.0.1", 80, "/v1/chat/completions?x=1",
-    )  # fmt: skip
+        "http",
+        "127.0.0.1",
+        80,
+        "/v1/chat/completions?x=1",
+    )
     based = upstream_url("https://models.example/base/")
     assert (based.host, based.port) == ("models.example", 443)
     for target in ("/v1/x", "//evil.com/x", "/@evil.com/x", "/x?u=http://evil.com/y"):
@@ -230,8 +261,16 @@ def test_a_portless_upstream_url_takes_the_default_port_and_keeps_its_host():
         assert joined.raw_path_qs == "/base" + target
     ipv6 = upstream_target(upstream_url("http://[::1]:8000"), "/a%2Fb?c=%20")
     assert (ipv6.host, ipv6.port, ipv6.raw_path_qs) == ("::1", 8000, "/a%2Fb?c=%20")
-    for bad in ("ftp://h", "http://", "http://h/?q=1", "http://h/#f", "http://u:p@h",
-                "http://h:0", "http://h:99999", "127.0.0.1:8000"):  # fmt: skip
+    for bad in (
+        "ftp://h",
+        "http://",
+        "http://h/?q=1",
+        "http://h/#f",
+        "http://u:p@h",
+        "http://h:0",
+        "http://h:99999",
+        "127.0.0.1:8000",
+    ):
         with pytest.raises(ProxyConfigError):
             upstream_url(bad)
 
@@ -260,12 +299,14 @@ def test_a_portless_upstream_on_port_80_gets_the_request(loop, canary):
 @pytest.mark.parametrize("interval, warnings", [(1e9, 1), (0.0, 3)])
 def test_refusals_are_counted_and_logged_at_most_once_per_interval(
     interval, warnings, loop, upstream, monkeypatch, caplog
-):  # fmt: skip
+):
     from footprint.proxy import server
 
     monkeypatch.setattr(server, "REFUSAL_LOG_INTERVAL_S", interval)
-    with caplog.at_level(logging.WARNING, logger="footprint.proxy"), \
-            running_proxy(loop, upstream.url) as proxy:  # fmt: skip
+    with (
+        caplog.at_level(logging.WARNING, logger="footprint.proxy"),
+        running_proxy(loop, upstream.url) as proxy,
+    ):
         for _ in range(3):
             assert raw_exchange(proxy.port, "OPTIONS * HTTP/1.1")[0] == 400
         assert raw_exchange(proxy.port, "GET /v1/models HTTP/1.1")[0] == 200

@@ -159,17 +159,29 @@ def _tiny_db(path: Path, rows: list[dict], idle: list[tuple[str, str, float]]) -
     open_engine(str(path)).dispose()
     con = sqlite3.connect(path)
     base = {
-        "tags": "{}", "duration_s": 1.0, "status": "ok", "energy_source": "counter",
-        "cpu_energy_source": "missing", "host": "h1", "pid": 1, "zone": "FRA",
-        "intensity_g_per_kwh": 50.0, "intensity_source": "static", "pue": 1.2,
-        "price_per_kwh": 0.2, "currency": "EUR", "usd_per_gpu_hour": 3.6,
-    }  # fmt: skip
+        "tags": "{}",
+        "duration_s": 1.0,
+        "status": "ok",
+        "energy_source": "counter",
+        "cpu_energy_source": "missing",
+        "host": "h1",
+        "pid": 1,
+        "zone": "FRA",
+        "intensity_g_per_kwh": 50.0,
+        "intensity_source": "static",
+        "pue": 1.2,
+        "price_per_kwh": 0.2,
+        "currency": "EUR",
+        "usd_per_gpu_hour": 3.6,
+    }
     for row in rows:
         full = {**base, **row}
         full.setdefault("ended_at", full["started_at"])
         cols = ", ".join(full)
-        con.execute(f"INSERT INTO queries ({cols}) VALUES ({', '.join('?' * len(full))})",
-                    list(full.values()))  # fmt: skip
+        con.execute(
+            f"INSERT INTO queries ({cols}) VALUES ({', '.join('?' * len(full))})",
+            list(full.values()),
+        )
     for device, minute, joules in idle:
         con.execute(
             "INSERT INTO idle_energy (device_uuid, minute, idle_energy_j, measured_energy_j, "
@@ -183,20 +195,35 @@ def _tiny_db(path: Path, rows: list[dict], idle: list[tuple[str, str, float]]) -
 def _q(model, gpus, gpu_s, energy_j, day="2026-03-02", **extra):
     kwh = energy_j / 3.6e6 * 1.2
     return {
-        "model": model, "started_at": f"{day} 10:00:00.000000", "gpus": json.dumps(gpus),
-        "gpu_seconds": gpu_s, "energy_j": energy_j, "output_tokens": 100, "input_tokens": 10,
-        "co2e_g": kwh * 50.0, "energy_cost": kwh * 0.2, "energy_cost_usd": None,
-        "compute_cost": gpu_s * 0.001, **extra,
-    }  # fmt: skip
+        "model": model,
+        "started_at": f"{day} 10:00:00.000000",
+        "gpus": json.dumps(gpus),
+        "gpu_seconds": gpu_s,
+        "energy_j": energy_j,
+        "output_tokens": 100,
+        "input_tokens": 10,
+        "co2e_g": kwh * 50.0,
+        "energy_cost": kwh * 0.2,
+        "energy_cost_usd": None,
+        "compute_cost": gpu_s * 0.001,
+        **extra,
+    }
 
 
 def test_idle_split_per_gpu_and_model_filter_keeps_the_denominator(tmp_path, capsys):
     db = tmp_path / "tiny.db"
     minute = "2026-03-02 10:00:00.000000"
-    queries = [_q("a", ["G0"], 1.0, 100.0), _q("b", ["G0"], 3.0, 300.0),
-               _q("b", ["G0", "G1"], 2.0, 80.0)]  # fmt: skip
-    idle = [("G0", minute, 400.0), ("G1", minute, 50.0), ("G9", minute, 7.0),
-            ("cpu-package-0", minute, 99.0)]  # fmt: skip
+    queries = [
+        _q("a", ["G0"], 1.0, 100.0),
+        _q("b", ["G0"], 3.0, 300.0),
+        _q("b", ["G0", "G1"], 2.0, 80.0),
+    ]
+    idle = [
+        ("G0", minute, 400.0),
+        ("G1", minute, 50.0),
+        ("G9", minute, 7.0),
+        ("cpu-package-0", minute, 99.0),
+    ]
     _tiny_db(db, queries, idle)
     out = report_json("--db", str(db), capsys=capsys)
     models = {m["model"]: m for m in out["models"]}
@@ -251,14 +278,37 @@ def test_what_if_prices_the_same_energy_in_the_cleanest_zones(bench_db, capsys):
 
 def test_json_contract_on_stdout(bench_db):
     done = subprocess.run(
-        [sys.executable, "-m", "footprint.cli", "report", "--db", str(bench_db), "--format",
-         "json"], capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "footprint.cli",
+            "report",
+            "--db",
+            str(bench_db),
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert set(out["totals"]) >= {"queries", "energy_kwh", "co2e_g", "cost_usd", "idle_energy_kwh"}
-    keys = {"model", "queries", "errors", "input_tokens", "output_tokens", "gpu_seconds",
-            "energy_kwh", "co2e_g", "energy_cost_usd", "compute_cost_usd", "cost_usd"}  # fmt: skip
+    keys = {
+        "model",
+        "queries",
+        "errors",
+        "input_tokens",
+        "output_tokens",
+        "gpu_seconds",
+        "energy_kwh",
+        "co2e_g",
+        "energy_cost_usd",
+        "compute_cost_usd",
+        "cost_usd",
+    }
     assert all(keys <= set(m) for m in out["models"])
 
 
@@ -304,19 +354,39 @@ def test_missing_database_and_newer_schema_are_refused(tmp_path, bench_db, capsy
 
 
 def test_allow_empty_gives_an_explicit_empty_report(bench_db, capsys, tmp_path):
-    out = report_json("--db", str(bench_db), "--since", "2030-01-01", "--allow-empty",
-                      capsys=capsys)  # fmt: skip
+    out = report_json(
+        "--db", str(bench_db), "--since", "2030-01-01", "--allow-empty", capsys=capsys
+    )
     assert out["totals"]["queries"] == 0 and out["models"] == []
     assert any("No queries" in note for note in out["notes"])
-    main(["report", "--db", str(bench_db), "--since", "2030-01-01", "--allow-empty",
-          "--out", str(tmp_path)])  # fmt: skip
+    main(
+        [
+            "report",
+            "--db",
+            str(bench_db),
+            "--since",
+            "2030-01-01",
+            "--allow-empty",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     html = (tmp_path / "footprint-report.html").read_text()
     assert "No queries were recorded in this period." in html
 
 
 def test_until_date_includes_that_day(bench_db, capsys):
-    out = report_json("--db", str(bench_db), "--since", "2026-01-02", "--until", "2026-01-02",
-                      "--by", "day", capsys=capsys)  # fmt: skip
+    out = report_json(
+        "--db",
+        str(bench_db),
+        "--since",
+        "2026-01-02",
+        "--until",
+        "2026-01-02",
+        "--by",
+        "day",
+        capsys=capsys,
+    )
     assert [g["day"] for g in out["groups"]] == ["2026-01-02"]
     rows = all_rows(
         bench_db, "SELECT COUNT(*) AS n FROM queries WHERE started_at LIKE '2026-01-02%'"
@@ -404,10 +474,17 @@ def test_a_gpu_measured_by_two_processes_in_the_same_minute_is_called_out(tmp_pa
     minute = records[0]["started_at"].replace(second=0, microsecond=0)
     uuid = json.loads(records[0]["gpus"])[0]
     idle = [
-        {"device_uuid": uuid, "minute": minute + dt.timedelta(minutes=m), "idle_energy_j": 5.0,
-         "measured_energy_j": 50.0, "host": "node-1", "pid": pid}
-        for pid in (101, 202) for m in range(3)
-    ]  # fmt: skip
+        {
+            "device_uuid": uuid,
+            "minute": minute + dt.timedelta(minutes=m),
+            "idle_energy_j": 5.0,
+            "measured_energy_j": 50.0,
+            "host": "node-1",
+            "pid": pid,
+        }
+        for pid in (101, 202)
+        for m in range(3)
+    ]
     store.insert(records, idle)
     store.close()
     notes = build_report(ReportRequest(db=db))["notes"]

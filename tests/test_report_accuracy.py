@@ -52,8 +52,18 @@ FIXTURE: dict[str, Any] = {
     "not_covered": "Power transients shorter than a counter update on real boards.",
 }
 # Every figure of the fixture as the report shows it (three significant digits).
-SHOWN = ["0.31%", "1.27%", "4.06%", "9.13%", "0.0472%", "0.213%", "0.634%", "0.871%",
-         "0.852%", "99.2%"]  # fmt: skip
+SHOWN = [
+    "0.31%",
+    "1.27%",
+    "4.06%",
+    "9.13%",
+    "0.0472%",
+    "0.213%",
+    "0.634%",
+    "0.871%",
+    "0.852%",
+    "99.2%",
+]
 
 
 def fixture_data(**changes: Any) -> dict[str, Any]:
@@ -203,9 +213,17 @@ def test_methodology_quotes_the_benchmark_figures(small_db, tmp_path, monkeypatc
         section = _uncertainty_section(files[kind], kind)
         for shown in SHOWN:
             assert shown in section, (kind, shown)
-        for text in ("60 W idle", "400 W busy", "updated every 100 ms", "sampled every 50 ms",
-                     FIXTURE["not_covered"], "sequential 1–20 ms calls with 5–50 ms gaps",
-                     "short-sequential", "long-batched", "energy_uncertainty_j"):  # fmt: skip
+        for text in (
+            "60 W idle",
+            "400 W busy",
+            "updated every 100 ms",
+            "sampled every 50 ms",
+            FIXTURE["not_covered"],
+            "sequential 1–20 ms calls with 5–50 ms gaps",
+            "short-sequential",
+            "long-batched",
+            "energy_uncertainty_j",
+        ):
             assert text in section, (kind, text)
         assert "No accuracy benchmark" not in section
         assert "±5%" in section  # NVML's documented accuracy stays
@@ -258,10 +276,16 @@ def test_methodology_is_built_from_the_report_alone():
 
 def test_extra_keys_and_figures_a_scenario_lacks_are_shown_as_such(tmp_path):
     empty = {
-        "name": "idle-only", "description": "no call at all", "queries": 0,
-        "total_error_pct": None, "total_signed_error_pct": None, "per_query_error_pct": None,
-        "long_queries": 0, "long_query_error_pct": None, "within_bound_pct": None,
-    }  # fmt: skip
+        "name": "idle-only",
+        "description": "no call at all",
+        "queries": 0,
+        "total_error_pct": None,
+        "total_signed_error_pct": None,
+        "per_query_error_pct": None,
+        "long_queries": 0,
+        "long_query_error_pct": None,
+        "within_bound_pct": None,
+    }
     data = fixture_data(scale=0.5, targets={"total_error_pct": 1.0})
     data["scenarios"][0]["total_signed_error_pct"] = -0.31
     data["scenarios"].append(empty)
@@ -276,7 +300,14 @@ def test_extra_keys_and_figures_a_scenario_lacks_are_shown_as_such(tmp_path):
     text = " ".join(p for p in section if isinstance(p, str))
     assert "scenarios run at 0.5× their full length" in text
     table = next(p for p in section if not isinstance(p, str))
-    assert table.rows[-1] == ["idle-only", ("measurement.accuracy.scenarios.2.queries", "count"),
-                              "–", "–", "–", "–",
-                              ("measurement.accuracy.scenarios.2.long_queries", "count"),
-                              "–", "–"]  # fmt: skip
+    assert table.rows[-1] == [
+        "idle-only",
+        ("measurement.accuracy.scenarios.2.queries", "count"),
+        "–",
+        "–",
+        "–",
+        "–",
+        ("measurement.accuracy.scenarios.2.long_queries", "count"),
+        "–",
+        "–",
+    ]

@@ -76,9 +76,17 @@ class Checker(HTMLParser):
 
 
 SCALES = {
-    "µWh": 1e-9, "mWh": 1e-6, "Wh": 1e-3, "kWh": 1.0, "MWh": 1e3,
-    "µg": 1e-6, "mg": 1e-3, "g": 1.0, "kg": 1e3, "t": 1e6,
-}  # fmt: skip
+    "µWh": 1e-9,
+    "mWh": 1e-6,
+    "Wh": 1e-3,
+    "kWh": 1.0,
+    "MWh": 1e3,
+    "µg": 1e-6,
+    "mg": 1e-3,
+    "g": 1.0,
+    "kg": 1e3,
+    "t": 1e6,
+}
 
 
 def parse_shown(text: str, kind: str) -> float | None:
@@ -130,8 +138,10 @@ def fresh_report(tmp_path_factory) -> Path:
     db = folder / "bench.db"
     build_db(db, 2000, seed=9)
     con = sqlite3.connect(db)  # every record with an uncertainty bound, whatever the bench
-    con.execute("UPDATE queries SET energy_uncertainty_j = energy_j * 0.004 + 0.05 "
-                "WHERE energy_uncertainty_j IS NULL AND energy_j IS NOT NULL")  # fmt: skip
+    con.execute(
+        "UPDATE queries SET energy_uncertainty_j = energy_j * 0.004 + 0.05 "
+        "WHERE energy_uncertainty_j IS NULL AND energy_j IS NOT NULL"
+    )
     con.commit()
     con.close()
     engine = open_engine(str(db), create=False)
@@ -142,8 +152,7 @@ def fresh_report(tmp_path_factory) -> Path:
     out = folder / "out"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(accuracy, "ACCURACY_FILE", accuracy_file)
-        main(["report", "--db", str(db), "--out", str(out), "--by", "region",
-              "--compare", "FRA"])  # fmt: skip
+        main(["report", "--db", str(db), "--out", str(out), "--by", "region", "--compare", "FRA"])
     return out
 
 
@@ -156,8 +165,14 @@ def test_every_figure_in_the_html_equals_the_json(fresh_report):
     checker = check_html(fresh_report / "footprint-report.html", report)
     keys = {f["data-key"] for f in checker.figures}
     # The summary cards and the model table's footer are the JSON totals.
-    for key in ("totals.queries", "totals.energy_kwh", "totals.co2e_g", "totals.cost_usd",
-                "totals.fully_loaded_energy_kwh", "totals.sci.per_1k_output_tokens_g"):  # fmt: skip
+    for key in (
+        "totals.queries",
+        "totals.energy_kwh",
+        "totals.co2e_g",
+        "totals.cost_usd",
+        "totals.fully_loaded_energy_kwh",
+        "totals.sci.per_1k_output_tokens_g",
+    ):
         assert key in keys
     assert {f"models.{i}.co2e_g" for i in range(len(report["models"]))} <= keys
     assert "groups.0.queries" in keys  # --by region table
@@ -168,8 +183,13 @@ def test_every_figure_in_the_html_equals_the_json(fresh_report):
     # The measured accuracy quoted in the methodology, figure by figure.
     scenarios = report["measurement"]["accuracy"]["scenarios"]
     for i in range(len(scenarios)):
-        for name in ("total_error_pct", "per_query_error_pct.p50", "per_query_error_pct.p95",
-                     "per_query_error_pct.max", "within_bound_pct"):  # fmt: skip
+        for name in (
+            "total_error_pct",
+            "per_query_error_pct.p50",
+            "per_query_error_pct.p95",
+            "per_query_error_pct.max",
+            "within_bound_pct",
+        ):
             assert f"measurement.accuracy.scenarios.{i}.{name}" in keys
     assert "measurement.accuracy.scenarios.1.long_query_error_pct.max" in keys
     assert report["what_if"]["zones"][-1]["zone"] == "FRA"
@@ -220,14 +240,23 @@ def _browser() -> str | None:
 def test_chromium_renders_the_example_report(tmp_path):
     browser = _browser()
     page = (EXAMPLE / "footprint-report.html").resolve().as_uri()
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-dev-shm-usage",
-             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    flags = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     shot = tmp_path / "report.png"
     done = subprocess.run(
         [*flags, f"--screenshot={shot}", "--window-size=1280,2400", page],
-        capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

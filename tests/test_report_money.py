@@ -39,14 +39,30 @@ def tiny_db(path: Path, queries: list[dict], idle: list[tuple] = ()) -> Path:
     open_engine(str(path)).dispose()
     con = sqlite3.connect(path)
     base = {
-        "model": "m", "tags": "{}", "started_at": "2026-03-02 10:00:00.000000",
-        "duration_s": 1.0, "status": "ok", "gpus": '["G0"]', "gpu_seconds": 1.0,
-        "energy_j": 100.0, "energy_source": "counter", "cpu_energy_source": "missing",
-        "host": "h1", "pid": 1, "zone": "FRA", "intensity_g_per_kwh": 56.0,
-        "intensity_source": "static", "pue": 1.2, "price_per_kwh": 0.2, "currency": "USD",
-        "usd_per_gpu_hour": 3.6, "ownership": "rented", "gpu_price_source": "test price",
-        "output_tokens": 100, "input_tokens": 10,
-    }  # fmt: skip
+        "model": "m",
+        "tags": "{}",
+        "started_at": "2026-03-02 10:00:00.000000",
+        "duration_s": 1.0,
+        "status": "ok",
+        "gpus": '["G0"]',
+        "gpu_seconds": 1.0,
+        "energy_j": 100.0,
+        "energy_source": "counter",
+        "cpu_energy_source": "missing",
+        "host": "h1",
+        "pid": 1,
+        "zone": "FRA",
+        "intensity_g_per_kwh": 56.0,
+        "intensity_source": "static",
+        "pue": 1.2,
+        "price_per_kwh": 0.2,
+        "currency": "USD",
+        "usd_per_gpu_hour": 3.6,
+        "ownership": "rented",
+        "gpu_price_source": "test price",
+        "output_tokens": 100,
+        "input_tokens": 10,
+    }
     for query in queries:
         row = {**base, **query}
         row.setdefault("ended_at", row["started_at"])
@@ -61,8 +77,9 @@ def tiny_db(path: Path, queries: list[dict], idle: list[tuple] = ()) -> Path:
             if row["usd_per_gpu_hour"] is not None:
                 row.setdefault("compute_cost", row["gpu_seconds"] * row["usd_per_gpu_hour"] / 3600)
         cols = ", ".join(row)
-        con.execute(f"INSERT INTO queries ({cols}) VALUES ({', '.join('?' * len(row))})",
-                    list(row.values()))  # fmt: skip
+        con.execute(
+            f"INSERT INTO queries ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values())
+        )
     for device, minute, joules, *pid in idle:
         con.execute(
             "INSERT INTO idle_energy (device_uuid, minute, idle_energy_j, measured_energy_j, "
@@ -80,10 +97,15 @@ def tiny_db(path: Path, queries: list[dict], idle: list[tuple] = ()) -> Path:
 def _missing(n: int) -> list[dict]:
     """Queries where no GPU was measured: no energy, so nothing priced from it."""
     return [
-        {"started_at": f"2026-03-0{2 + i % 2} 10:00:00.000000", "energy_j": None,
-         "energy_source": "missing", "gpus": "[]", "gpu_seconds": 0.0}
+        {
+            "started_at": f"2026-03-0{2 + i % 2} 10:00:00.000000",
+            "energy_j": None,
+            "energy_source": "missing",
+            "gpus": "[]",
+            "gpu_seconds": 0.0,
+        }
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def test_a_database_without_energy_reports_unknown_not_zero(tmp_path, capsys):
@@ -91,9 +113,18 @@ def test_a_database_without_energy_reports_unknown_not_zero(tmp_path, capsys):
     out = report_json("--db", str(db), "--by", "day", capsys=capsys)
     t = out["totals"]
     assert t["queries"] == 6
-    for key in ("energy_kwh", "fully_loaded_energy_kwh", "co2e_g", "fully_loaded_co2e_g",
-                "embodied_co2e_g", "energy_cost_usd", "compute_cost_usd", "cost_usd",
-                "fully_loaded_cost_usd", "j_per_output_token"):  # fmt: skip
+    for key in (
+        "energy_kwh",
+        "fully_loaded_energy_kwh",
+        "co2e_g",
+        "fully_loaded_co2e_g",
+        "embodied_co2e_g",
+        "energy_cost_usd",
+        "compute_cost_usd",
+        "cost_usd",
+        "fully_loaded_cost_usd",
+        "j_per_output_token",
+    ):
         assert t[key] is None, key
     assert t["sci"] == {"per_query_g": None, "per_1k_output_tokens_g": None}
     assert set(t["per_1k_output_tokens"].values()) == {None}
@@ -127,14 +158,26 @@ def test_missing_prices_are_unknown_and_the_notes_say_how_to_supply_them(tmp_pat
     reason = "rented: no aws price for 'Simulated GPU' (set usd_per_gpu_hour)"
     db = tiny_db(
         tmp_path / "unpriced.db",
-        [{"price_per_kwh": None, "currency": None, "usd_per_gpu_hour": None,
-          "gpu_price_source": reason}] * 4,
-    )  # fmt: skip
+        [
+            {
+                "price_per_kwh": None,
+                "currency": None,
+                "usd_per_gpu_hour": None,
+                "gpu_price_source": reason,
+            }
+        ]
+        * 4,
+    )
     out = report_json("--db", str(db), capsys=capsys)
     t = out["totals"]
     assert t["co2e_g"] == pytest.approx(4 * 100 / 3.6e6 * 1.2 * 56)  # CO2e is known
-    for key in ("energy_cost_usd", "fully_loaded_energy_cost_usd", "compute_cost_usd",
-                "cost_usd", "fully_loaded_cost_usd"):  # fmt: skip
+    for key in (
+        "energy_cost_usd",
+        "fully_loaded_energy_cost_usd",
+        "compute_cost_usd",
+        "cost_usd",
+        "fully_loaded_cost_usd",
+    ):
         assert t[key] is None, key
     assert t["per_1k_output_tokens"]["cost_usd"] is None
     pq = out["models"][0]["per_query"]["cost_usd"]
@@ -149,8 +192,12 @@ def test_missing_prices_are_unknown_and_the_notes_say_how_to_supply_them(tmp_pat
 
 
 def test_a_mix_of_known_and_unknown_adds_the_known_parts(tmp_path, capsys):
-    queries = [{"model": "a"}, {"model": "a"}, {"model": "a", "usd_per_gpu_hour": None},
-               {"model": "b", "usd_per_gpu_hour": None}]  # fmt: skip
+    queries = [
+        {"model": "a"},
+        {"model": "a"},
+        {"model": "a", "usd_per_gpu_hour": None},
+        {"model": "b", "usd_per_gpu_hour": None},
+    ]
     out = report_json("--db", str(tiny_db(tmp_path / "mix.db", queries)), capsys=capsys)
     models = {m["model"]: m for m in out["models"]}
     assert models["a"]["compute_cost_usd"] == pytest.approx(2 * 3.6 / 3600)
@@ -191,16 +238,27 @@ def test_chargeback_by_tag_adds_up_to_the_totals(bench_db, capsys):
         assert g["cost_usd"] == pytest.approx(sum(r["compute_cost"] for r in mine), rel=1e-9)
         assert g["gpu_hours_busy"] == pytest.approx(sum(r["gpu_seconds"] for r in mine) / 3600)
     t = out["totals"]
-    for key in ("queries", "output_tokens", "energy_kwh", "idle_energy_kwh", "co2e_g",
-                "fully_loaded_co2e_g", "fully_loaded_embodied_co2e_g", "energy_cost_usd",
-                "cost_usd", "fully_loaded_cost_usd", "gpu_hours_busy"):  # fmt: skip
+    for key in (
+        "queries",
+        "output_tokens",
+        "energy_kwh",
+        "idle_energy_kwh",
+        "co2e_g",
+        "fully_loaded_co2e_g",
+        "fully_loaded_embodied_co2e_g",
+        "energy_cost_usd",
+        "cost_usd",
+        "fully_loaded_cost_usd",
+        "gpu_hours_busy",
+    ):
         whole = t[key] - (t["unallocated_idle_energy_kwh"] if key == "idle_energy_kwh" else 0)
         assert sum(g[key] for g in groups) == pytest.approx(whole, rel=1e-9), key
     held = t["gpu_hours_held"] - t["unallocated_gpu_hours_held"]
     assert sum(g["gpu_hours_held"] for g in groups) == pytest.approx(held, rel=1e-9)
     # The same figures as the models': a team that is one model's whole traffic would match.
-    by_model = report_json("--db", str(bench_db), "--by", "tag:team", "--model", "bge-m3",
-                           capsys=capsys)  # fmt: skip
+    by_model = report_json(
+        "--db", str(bench_db), "--by", "tag:team", "--model", "bge-m3", capsys=capsys
+    )
     assert sum(g["queries"] for g in by_model["groups"]) == by_model["models"][0]["queries"]
     assert sum(g["fully_loaded_cost_usd"] for g in by_model["groups"]) == pytest.approx(
         by_model["models"][0]["fully_loaded_cost_usd"], rel=1e-9
@@ -237,8 +295,15 @@ def test_tag_values_are_text_and_queries_without_the_tag_are_one_group(db_url, c
     from footprint.storage.store import Store
 
     records = make_records(7, seed=4)
-    given = ({"team": True}, {"team": 42}, {"team": "a b"}, {"other": 1}, {}, {"team": None},
-             {"team": "a b"})  # fmt: skip
+    given = (
+        {"team": True},
+        {"team": 42},
+        {"team": "a b"},
+        {"other": 1},
+        {},
+        {"team": None},
+        {"team": "a b"},
+    )
     for record, tag in zip(records, given):
         record["tags"] = json.dumps(tag)
     store = Store(db_url)
@@ -292,8 +357,10 @@ def _capacity_db(path: Path) -> Path:
     idle = [("G0", MINUTE.format(m), 50.0) for m in range(60)]
     idle += [("G0", MINUTE.format(5), 50.0, 2)]  # a second process, same minute
     idle += [("G9", MINUTE.format(m), 20.0) for m in range(30)]
-    queries = [{"model": "a", "gpu_seconds": 360.0, "energy_j": 36_000.0},
-               {"model": "b", "gpu_seconds": 720.0, "energy_j": 72_000.0}]  # fmt: skip
+    queries = [
+        {"model": "a", "gpu_seconds": 360.0, "energy_j": 36_000.0},
+        {"model": "b", "gpu_seconds": 720.0, "energy_j": 72_000.0},
+    ]
     return tiny_db(path, queries, idle)
 
 
@@ -359,8 +426,15 @@ def test_what_if_prices_a_zone_on_the_same_grid_with_the_as_run_intensity(tmp_pa
     from footprint.pricing import build_factors
 
     db = tiny_db(tmp_path / "fra.db", [{}, {}])
-    out = report_json("--db", str(db), "--compare", "gcp:europe-west9", "--compare",
-                      "gcp:europe-west1", capsys=capsys)  # fmt: skip
+    out = report_json(
+        "--db",
+        str(db),
+        "--compare",
+        "gcp:europe-west9",
+        "--compare",
+        "gcp:europe-west1",
+        capsys=capsys,
+    )
     what_if = out["what_if"]
     as_run = what_if["as_run"]
     assert as_run["intensity_g_per_kwh"] == pytest.approx(56.0)
@@ -375,8 +449,19 @@ def test_what_if_prices_a_zone_on_the_same_grid_with_the_as_run_intensity(tmp_pa
     belgium = zones["gcp:europe-west1"]  # Google's own figure for its region
     assert belgium["intensity_basis"] == "provider" and not belgium["same_footing"]
     folder = tmp_path / "out"
-    main(["report", "--db", str(db), "--out", str(folder), "--format", "md",
-          "--compare", "gcp:europe-west1"])  # fmt: skip
+    main(
+        [
+            "report",
+            "--db",
+            str(db),
+            "--out",
+            str(folder),
+            "--format",
+            "md",
+            "--compare",
+            "gcp:europe-west1",
+        ]
+    )
     md = (folder / "footprint-report.md").read_text(encoding="utf-8")
     assert "| As run (FRA) | 56 | grid (codecarbon) | 1.2 |" in md
     assert "provider's own †" in md and "† " in md.split("## What if elsewhere", 1)[1]
@@ -396,9 +481,14 @@ def test_svg_charts_name_themselves_for_screen_readers(bench_db):
 
 
 def test_period_text_ends_on_the_day_before_an_exclusive_midnight():
-    report = {"period": {"since": "2026-03-02T00:00:00+00:00",
-                         "until": "2026-03-09T00:00:00+00:00", "first_query": None,
-                         "last_query": None}}  # fmt: skip
+    report = {
+        "period": {
+            "since": "2026-03-02T00:00:00+00:00",
+            "until": "2026-03-09T00:00:00+00:00",
+            "first_query": None,
+            "last_query": None,
+        }
+    }
     assert period_text(report) == "2 Mar 2026 – 8 Mar 2026 (UTC)"
     report["period"]["until"] = "2026-03-09T06:00:00+00:00"
     assert period_text(report) == "2 Mar 2026 – 9 Mar 2026 (UTC)"
@@ -407,9 +497,13 @@ def test_period_text_ends_on_the_day_before_an_exclusive_midnight():
 def test_cli_tables_never_cut_zone_ids():
     env = {**os.environ, "COLUMNS": "50"}
     done = subprocess.run(
-        [sys.executable, "-m", "footprint.cli", "regions", "azure:"], capture_output=True,
-        text=True, env=env, timeout=120, check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "footprint.cli", "regions", "azure:"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     for zone in ("azure:southeastasia", "azure:germanywestcentral", "azure:westeurope"):
         assert zone in done.stdout
@@ -418,9 +512,20 @@ def test_cli_tables_never_cut_zone_ids():
 def test_reporting_is_split_by_job():
     folder = REPO / "footprint" / "reporting"
     sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in folder.glob("*.py")}
-    assert {"request.py", "database.py", "grouped.py", "sums.py", "capacity.py", "tags.py",
-            "percentiles.py", "whatif.py", "notes.py", "html_report.py", "markdown_report.py",
-            "csv_report.py"} <= set(sizes)  # fmt: skip
+    assert {
+        "request.py",
+        "database.py",
+        "grouped.py",
+        "sums.py",
+        "capacity.py",
+        "tags.py",
+        "percentiles.py",
+        "whatif.py",
+        "notes.py",
+        "html_report.py",
+        "markdown_report.py",
+        "csv_report.py",
+    } <= set(sizes)
     assert max(sizes.values()) < 600, sizes
 
 
@@ -429,8 +534,11 @@ def test_gpu_hours_held_are_the_seconds_measured_not_whole_minutes(tmp_path, cap
     the same minute held it once (the longer of the two)."""
     db = tiny_db(tmp_path / "seconds.db", [{"gpu_seconds": 10.0}])
     con = sqlite3.connect(db)
-    rows = [("G0", MINUTE.format(0), 20.0, 1), ("G0", MINUTE.format(1), 45.0, 1),
-            ("G0", MINUTE.format(1), 30.0, 2)]  # fmt: skip
+    rows = [
+        ("G0", MINUTE.format(0), 20.0, 1),
+        ("G0", MINUTE.format(1), 45.0, 1),
+        ("G0", MINUTE.format(1), 30.0, 2),
+    ]
     con.executemany(
         "INSERT INTO idle_energy (device_uuid, minute, idle_energy_j, measured_energy_j, "
         "measured_s, host, pid) VALUES (?, ?, 1.0, 1.0, ?, 'h1', ?)",
@@ -447,18 +555,34 @@ def test_chargeback_adds_up_when_the_intensity_changes_within_an_hour(tmp_path, 
     different teams and energies, and idle time spread over them. The teams' fully loaded
     CO2e adds up to the total's."""
     queries = [
-        {"tags": '{"team": "a"}', "intensity_g_per_kwh": 100.0, "intensity_source": "hourly",
-         "energy_j": 900.0, "gpu_seconds": 1.0},
-        {"tags": '{"team": "b"}', "intensity_g_per_kwh": 500.0, "intensity_source": "hourly",
-         "energy_j": 100.0, "gpu_seconds": 3.0, "started_at": "2026-03-02 10:30:00.000000"},
-    ]  # fmt: skip
+        {
+            "tags": '{"team": "a"}',
+            "intensity_g_per_kwh": 100.0,
+            "intensity_source": "hourly",
+            "energy_j": 900.0,
+            "gpu_seconds": 1.0,
+        },
+        {
+            "tags": '{"team": "b"}',
+            "intensity_g_per_kwh": 500.0,
+            "intensity_source": "hourly",
+            "energy_j": 100.0,
+            "gpu_seconds": 3.0,
+            "started_at": "2026-03-02 10:30:00.000000",
+        },
+    ]
     idle = [("G0", MINUTE.format(m), 5_000.0) for m in range(10)]
     db = tiny_db(tmp_path / "hourly.db", queries, idle)
     out = report_json("--db", str(db), "--by", "tag:team", capsys=capsys)
     t, groups = out["totals"], out["groups"]
     assert [g["tag:team"] for g in groups] == ["a", "b"]
-    for key in ("co2e_g", "fully_loaded_co2e_g", "fully_loaded_energy_kwh", "cost_usd",
-                "fully_loaded_cost_usd"):  # fmt: skip
+    for key in (
+        "co2e_g",
+        "fully_loaded_co2e_g",
+        "fully_loaded_energy_kwh",
+        "cost_usd",
+        "fully_loaded_cost_usd",
+    ):
         assert sum(g[key] for g in groups) == pytest.approx(t[key], rel=1e-9), key
     # b ran 3 of the 4 busy GPU-seconds at 5x the intensity: most of the idle CO2e is b's
     idle_b = groups[1]["fully_loaded_co2e_g"] - groups[1]["co2e_g"]

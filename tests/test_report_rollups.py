@@ -52,30 +52,45 @@ def make_records(seed: int, n: int = 600, unconverted: bool = True) -> list[dict
         zone = rng.choice(["FRA", "FRA", "aws:us-east-1", None])
         error = rng.random() < 0.05
         record = {
-            "model": rng.choice(MODELS), "tags": "{}", "started_at": began,
-            "ended_at": began + dt.timedelta(seconds=duration), "duration_s": duration,
-            "time_to_first_token_s": None, "status": "error" if error else "ok",
+            "model": rng.choice(MODELS),
+            "tags": "{}",
+            "started_at": began,
+            "ended_at": began + dt.timedelta(seconds=duration),
+            "duration_s": duration,
+            "time_to_first_token_s": None,
+            "status": "error" if error else "ok",
             "error_type": "TimeoutError" if error else None,
             "input_tokens": rng.choice([None, rng.randint(5, 3000)]),
             "output_tokens": None if error else rng.randint(1, 900),
-            "gpus": gpus, "gpu_seconds": gpu_s, "energy_j": energy,
-            "energy_source": "counter" if measured else "missing", "cpu_energy_j": None,
+            "gpus": gpus,
+            "gpu_seconds": gpu_s,
+            "energy_j": energy,
+            "energy_source": "counter" if measured else "missing",
+            "cpu_energy_j": None,
             # a bound with the energy, except on some records (as written before it existed)
-            "energy_uncertainty_j": None if energy is None or rng.random() < 0.1
+            "energy_uncertainty_j": None
+            if energy is None or rng.random() < 0.1
             else energy * rng.uniform(0.001, 0.03),
-            "cpu_energy_source": "missing", "host": rng.choice(["h1", "h2"]), "pid": 7,
+            "cpu_energy_source": "missing",
+            "host": rng.choice(["h1", "h2"]),
+            "pid": 7,
             **dict.fromkeys(PRICING_COLUMNS),
-        }  # fmt: skip
+        }
         if zone is not None:
             eur = zone == "FRA"
             pue = 1.2 if eur else rng.choice([1.14, 1.15])
             intensity = rng.choice([52.0, 56.5]) if eur else 380.0
             price = 0.2 if eur else 0.09
             record.update(
-                zone=zone, intensity_g_per_kwh=intensity, intensity_source="static",
-                market_intensity_g_per_kwh=rng.choice([None, 20.0]), pue=pue,
-                price_per_kwh=price, currency="EUR" if eur else "USD", usd_per_gpu_hour=3.6,
-            )  # fmt: skip
+                zone=zone,
+                intensity_g_per_kwh=intensity,
+                intensity_source="static",
+                market_intensity_g_per_kwh=rng.choice([None, 20.0]),
+                pue=pue,
+                price_per_kwh=price,
+                currency="EUR" if eur else "USD",
+                usd_per_gpu_hour=3.6,
+            )
             if energy is not None:
                 kwh = energy / 3.6e6 * pue
                 cost = kwh * price
@@ -84,11 +99,14 @@ def make_records(seed: int, n: int = 600, unconverted: bool = True) -> list[dict
                     usd = None  # priced in EUR with no USD figure stored
                 record.update(
                     co2e_g=kwh * intensity,
-                    market_co2e_g=None if record["market_intensity_g_per_kwh"] is None
+                    market_co2e_g=None
+                    if record["market_intensity_g_per_kwh"] is None
                     else kwh * 20.0,
-                    embodied_co2e_g=gpu_s * 7.9e-4, energy_cost=cost, energy_cost_usd=usd,
+                    embodied_co2e_g=gpu_s * 7.9e-4,
+                    energy_cost=cost,
+                    energy_cost_usd=usd,
                     compute_cost=gpu_s * 3.6 / 3600,
-                )  # fmt: skip
+                )
         out.append(record)
     return out
 
@@ -99,8 +117,16 @@ def idle_rows() -> list[dict]:
         at = START + dt.timedelta(minutes=minute)
         for device in ("G0", "G1", "G9", "cpu-package-0"):
             joules = 60.0 + minute % 13
-            rows.append({"device_uuid": device, "minute": at, "idle_energy_j": joules,
-                         "measured_energy_j": joules * 1.5, "host": "h1", "pid": 7})  # fmt: skip
+            rows.append(
+                {
+                    "device_uuid": device,
+                    "minute": at,
+                    "idle_energy_j": joules,
+                    "measured_energy_j": joules * 1.5,
+                    "host": "h1",
+                    "pid": 7,
+                }
+            )
     return rows
 
 
@@ -194,9 +220,11 @@ def test_split_period_whole_hours_and_edges():
     req = ReportRequest(db="x", since=at("2026-04-07T05:10"), until=at("2026-04-07T09:30"))
     assert grouped.split_period(req) == (
         (at("2026-04-07T06:00"), at("2026-04-07T09:00")),
-        [(at("2026-04-07T05:10"), at("2026-04-07T06:00")),
-         (at("2026-04-07T09:00"), at("2026-04-07T09:30"))],
-    )  # fmt: skip
+        [
+            (at("2026-04-07T05:10"), at("2026-04-07T06:00")),
+            (at("2026-04-07T09:00"), at("2026-04-07T09:30")),
+        ],
+    )
     aligned = ReportRequest(db="x", since=at("2026-04-07T05:00"), until=at("2026-04-08"))
     assert grouped.split_period(aligned) == ((aligned.since, aligned.until), [])
     assert grouped.split_period(ReportRequest(db="x")) == ((None, None), [])
@@ -247,8 +275,10 @@ def test_postgresql_rows_written_without_the_store_are_not_trusted_to_rollups(db
     assert report["totals"]["queries"] == 200
     rollups.rebuild(engine)
     engine.dispose()
-    assert_same(build_report(ReportRequest(db=db_url)), build_report(ReportRequest(db=db_url),
-                use_rollups=False))  # fmt: skip
+    assert_same(
+        build_report(ReportRequest(db=db_url)),
+        build_report(ReportRequest(db=db_url), use_rollups=False),
+    )
 
 
 # --- percentiles ---------------------------------------------------------------------------
@@ -263,18 +293,21 @@ def _expected_percentiles(records: list[dict], request: ReportRequest) -> dict[s
     out: dict[str, dict] = {}
     for model in MODELS:
         mine = [
-            r for r in records
+            r
+            for r in records
             if r["model"] == model and request.since <= r["started_at"] < request.until
-        ]  # fmt: skip
+        ]
         measured = [r for r in mine if r["energy_j"] is not None]
         figures = {
             "energy": [r["energy_j"] / 3600 for r in measured],
             "co2e": [r["co2e_g"] for r in mine if r["co2e_g"] is not None],
             # a cost none of whose terms is known is not a cost of 0
-            "cost": [(r["energy_cost_usd"] or 0.0) + (r["compute_cost"] or 0.0)
-                     for r in measured
-                     if r["energy_cost_usd"] is not None or r["compute_cost"] is not None],
-        }  # fmt: skip
+            "cost": [
+                (r["energy_cost_usd"] or 0.0) + (r["compute_cost"] or 0.0)
+                for r in measured
+                if r["energy_cost_usd"] is not None or r["compute_cost"] is not None
+            ],
+        }
         out[model] = {name: {p: _nearest(v, p) for p in (50, 95)} for name, v in figures.items()}
     return out
 
@@ -286,7 +319,10 @@ def _check_percentiles(report: dict, expected: dict) -> None:
             for p in (50, 95):
                 got = entry["per_query"][key][f"p{p}"]
                 assert got == pytest.approx(expected[entry["model"]][name][p], rel=1e-12), (
-                    entry["model"], name, p)  # fmt: skip
+                    entry["model"],
+                    name,
+                    p,
+                )
 
 
 def test_percentiles_above_the_sample_size_come_from_the_sample(db_url, monkeypatch):

@@ -23,8 +23,18 @@ from footprint.reporting import ReportRequest, build_report, charts
 from footprint.reporting import build as report_build
 from footprint.reporting.figures import TOP_MODELS, shown_models
 
-SUMMED = ("queries", "errors", "output_tokens", "gpu_seconds", "energy_kwh", "co2e_g",
-          "fully_loaded_co2e_g", "embodied_co2e_g", "cost_usd", "idle_energy_kwh")  # fmt: skip
+SUMMED = (
+    "queries",
+    "errors",
+    "output_tokens",
+    "gpu_seconds",
+    "energy_kwh",
+    "co2e_g",
+    "fully_loaded_co2e_g",
+    "embodied_co2e_g",
+    "cost_usd",
+    "idle_energy_kwh",
+)
 
 
 def _db(folder: Path, models: int, rows: int) -> Path:
@@ -96,8 +106,9 @@ def test_html_markdown_show_twelve_and_the_others_csv_every_model(thirty_out):
     lines = [li for li in section.splitlines() if li.startswith("| ") and "---" not in li]
     rows = [li.split(" | ")[0].removeprefix("| ") for li in lines[1:]]  # after the header
     assert rows == [m["model"] for m in report["models"][:12]] + [
-        "all others (18 models)", "**All models**"
-    ]  # fmt: skip
+        "all others (18 models)",
+        "**All models**",
+    ]
     with open(thirty_out / "footprint-report.csv", newline="", encoding="utf-8") as handle:
         listed = [row["model"] for row in csv.DictReader(handle)]
     assert listed == [m["model"] for m in report["models"]]  # a data export: every model

@@ -102,8 +102,11 @@ def test_json_on_stdout_has_the_bounds(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["totals"]["energy_uncertainty_kwh"] > 0
     assert {m["model"]: m["energy_uncertainty_kwh"] is None for m in out["models"]} == {
-        FULL: False, NONE: True, HALF: False, SOME_MISSING: False,
-    }  # fmt: skip
+        FULL: False,
+        NONE: True,
+        HALF: False,
+        SOME_MISSING: False,
+    }
 
 
 def test_html_and_markdown_show_each_bound_beside_its_energy(tmp_path):

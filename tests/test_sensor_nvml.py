@@ -41,8 +41,13 @@ def _no_cuda_env(monkeypatch: pytest.MonkeyPatch) -> None:
 # version has them. The fake also mirrors codes added later (GPU_NOT_FOUND and
 # INVALID_STATE in nvidia-ml-py 12.550, RESET_TYPE_NOT_SUPPORTED in 13.580): those are
 # compared where the installed library has them.
-USED_BY_FOOTPRINT = ("NotSupported", "FunctionNotFound", "GpuIsLost", "LibraryNotFound",
-                     "DriverNotLoaded")  # fmt: skip
+USED_BY_FOOTPRINT = (
+    "NotSupported",
+    "FunctionNotFound",
+    "GpuIsLost",
+    "LibraryNotFound",
+    "DriverNotLoaded",
+)
 
 
 def test_fake_error_codes_and_classes_match_the_real_library() -> None:

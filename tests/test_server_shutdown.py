@@ -99,8 +99,11 @@ def _env(tmp_path: Path) -> dict[str, str]:
 def _db_info(tmp_path: Path) -> dict:
     out = subprocess.run(
         [str(BIN / "footprint"), "db", "info", "--db", str(tmp_path / "calls.db"), "--json"],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -108,8 +111,14 @@ def _run(tmp_path: Path, argv: list[str], port: int, actions: list[tuple[float, 
     """Start the server, send requests from 4 clients, deliver ``actions`` (seconds after
     the previous one, signal) to the server, SIGTERM it last, and read the books."""
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(argv, env=_env(tmp_path), stdout=log, stderr=subprocess.STDOUT,
-                            cwd=tmp_path, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        argv,
+        env=_env(tmp_path),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     try:
         _wait_listening(port, proc)
         clients = _Clients(port, 4)
@@ -164,8 +173,20 @@ def test_hypercorn_graceful_stop_loses_nothing_silently(tmp_path: Path) -> None:
 def test_gunicorn_restarts_and_stop_lose_nothing_silently(tmp_path: Path, worker: str) -> None:
     port = _free_port()
     target = "tracked_app:app" if worker != "sync" else "tracked_app:wsgi"
-    argv = [str(BIN / "gunicorn"), "-w", "2", "-k", worker, "-b", f"127.0.0.1:{port}",
-            "--graceful-timeout", "10", "--log-level", "warning", target]  # fmt: skip
+    argv = [
+        str(BIN / "gunicorn"),
+        "-w",
+        "2",
+        "-k",
+        worker,
+        "-b",
+        f"127.0.0.1:{port}",
+        "--graceful-timeout",
+        "10",
+        "--log-level",
+        "warning",
+        target,
+    ]
     # Restarts: HUP replaces the workers, TTIN adds one, TTOU stops one; then TERM.
     actions = [(0.6, signal.SIGHUP), (0.6, signal.SIGTTIN), (0.6, signal.SIGTTOU)]
     info = _run(tmp_path, argv, port, actions)

@@ -30,19 +30,40 @@ time.sleep(60)
 
 
 def _start(tmp_path: Path, calls: int) -> subprocess.Popen:
-    env = dict(os.environ, FOOTPRINT_DB=str(tmp_path / "calls.db"), FOOTPRINT_SENSOR="simulated",
-               FOOTPRINT_DAEMON="off", FOOTPRINT_REGION="FRA")  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(calls)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    env = dict(
+        os.environ,
+        FOOTPRINT_DB=str(tmp_path / "calls.db"),
+        FOOTPRINT_SENSOR="simulated",
+        FOOTPRINT_DAEMON="off",
+        FOOTPRINT_REGION="FRA",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(calls)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout.readline() == b"done\n"
     return proc
 
 
 def _info(tmp_path: Path) -> dict:
     out = subprocess.run(
-        [sys.executable, "-m", "footprint", "db", "info", "--db", str(tmp_path / "calls.db"),
-         "--json"], capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "footprint",
+            "db",
+            "info",
+            "--db",
+            str(tmp_path / "calls.db"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -77,11 +98,20 @@ def test_sigkill_on_postgresql_leaves_a_count_too(tmp_path: Path, monkeypatch) -
     from conftest import postgres_schema
 
     with postgres_schema("sig") as url:
-        env = dict(os.environ, FOOTPRINT_DB=url, FOOTPRINT_SENSOR="simulated",
-                   FOOTPRINT_DAEMON="off", FOOTPRINT_REGION="FRA",
-                   XDG_RUNTIME_DIR=str(tmp_path))  # fmt: skip
-        with subprocess.Popen([sys.executable, "-c", SCRIPT, "3000"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:  # fmt: skip
+        env = dict(
+            os.environ,
+            FOOTPRINT_DB=url,
+            FOOTPRINT_SENSOR="simulated",
+            FOOTPRINT_DAEMON="off",
+            FOOTPRINT_REGION="FRA",
+            XDG_RUNTIME_DIR=str(tmp_path),
+        )
+        with subprocess.Popen(
+            [sys.executable, "-c", SCRIPT, "3000"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as proc:
             assert proc.stdout.readline() == b"done\n"
             proc.kill()
             proc.wait(30)
@@ -89,9 +119,14 @@ def test_sigkill_on_postgresql_leaves_a_count_too(tmp_path: Path, monkeypatch) -
             assert journals, proc.stderr.read().decode()[-2000:]  # it outlives the process
         mode = journals[0].stat().st_mode & 0o777
         assert mode == 0o600
-        out = subprocess.run([sys.executable, "-m", "footprint", "db", "info", "--db", url,
-                              "--json"], capture_output=True, text=True, timeout=60,
-                             env=env, check=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-m", "footprint", "db", "info", "--db", url, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=True,
+        )
         info = json.loads(out.stdout)
         died = info["losses"].get(UNSAVED_KIND, 0)
         assert info["queries_rows"] + died == 3000, info
@@ -99,9 +134,14 @@ def test_sigkill_on_postgresql_leaves_a_count_too(tmp_path: Path, monkeypatch) -
         monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
         Store(url).close()  # the next writer claims the journal: counted once, removed
         assert not list((tmp_path / "footprint" / "calls").glob("postgresql-*.calls-*"))
-        out = subprocess.run([sys.executable, "-m", "footprint", "db", "info", "--db", url,
-                              "--json"], capture_output=True, text=True, timeout=60,
-                             env=env, check=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-m", "footprint", "db", "info", "--db", url, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=True,
+        )
         again = json.loads(out.stdout)
         assert again["losses"].get(UNSAVED_KIND, 0) == died
         assert again["queries_rows"] == info["queries_rows"]

@@ -29,8 +29,11 @@ def test_true_energy_follows_the_power_model_with_saturation():
     assert gpu.power_w(11.5) == pytest.approx(450.0)
 
 
-@given(st.lists(st.tuples(st.floats(0, 50), st.floats(0.01, 5), st.floats(0, 2)), max_size=20),
-       st.floats(0, 60), st.floats(0, 60))  # fmt: skip
+@given(
+    st.lists(st.tuples(st.floats(0, 50), st.floats(0.01, 5), st.floats(0, 2)), max_size=20),
+    st.floats(0, 60),
+    st.floats(0, 60),
+)
 @settings(max_examples=100, deadline=None)
 def test_noise_and_loads_keep_energy_additive_and_counter_monotonic(loads, a, b):
     gpu = SimulatedGpu(0, SimulatedGpuSpec(noise=0.5, seed=3))

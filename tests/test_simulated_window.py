@@ -146,14 +146,22 @@ def test_late_loads_from_the_daemon_do_not_make_the_sensor_go_backwards():
 
 
 _loads = st.lists(
-    st.tuples(st.floats(100.0, 103.0), st.floats(0.001, 1.0), st.floats(0.0, 1.5),
-              st.integers(0, 40), st.integers(0, 20)),
+    st.tuples(
+        st.floats(100.0, 103.0),
+        st.floats(0.001, 1.0),
+        st.floats(0.0, 1.5),
+        st.integers(0, 40),
+        st.integers(0, 20),
+    ),
     max_size=12,
-)  # fmt: skip
+)
 
 
-@given(_loads, st.lists(st.floats(0.001, 0.2), min_size=40, max_size=40),
-       st.sampled_from([None, 0.025]))  # fmt: skip
+@given(
+    _loads,
+    st.lists(st.floats(0.001, 0.2), min_size=40, max_size=40),
+    st.sampled_from([None, 0.025]),
+)
 @settings(max_examples=150, deadline=None)
 def test_late_loads_keep_the_counter_monotonic_and_it_catches_up(loads, gaps, window_s):
     """Each load's start arrives after ``arrives`` reads and its end ``delay`` reads later,

@@ -55,8 +55,16 @@ def test_round_trip_keeps_every_column(db_url):
         r["span_key"] = None if i % 4 == 0 else f"{i:032x}:{i * 7}"
     assert {c.name for c in QueryRecord.__table__.columns} == {"id", *records[0]}
     now = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
-    idle = [{"device_uuid": "GPU-x", "minute": now, "idle_energy_j": 1.5,
-             "measured_energy_j": 9.0, "host": "h", "pid": 1}]  # fmt: skip
+    idle = [
+        {
+            "device_uuid": "GPU-x",
+            "minute": now,
+            "idle_energy_j": 1.5,
+            "measured_energy_j": 9.0,
+            "host": "h",
+            "pid": 1,
+        }
+    ]
     losses = [{"recorded_at": now, "kind": "span_queue_full", "count": 3, "host": "h", "pid": 1}]
     store = Store(db_url)
     store.insert(records, idle, losses)
@@ -168,10 +176,13 @@ def test_read_only_database_keeps_rows_and_says_why(tmp_path):
     assert writer.buffered == 3 and writer.dropped == 0
 
 
-@pytest.mark.parametrize("url, message", [
-    ("mysql://u@h/db", "unsupported database scheme"),
-    ("sqlite:////no/such/folder/x.db", "does not exist"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("mysql://u@h/db", "unsupported database scheme"),
+        ("sqlite:////no/such/folder/x.db", "does not exist"),
+    ],
+)
 def test_bad_urls_say_why(url, message):
     with pytest.raises(StoreError, match=message):
         Store(url)
@@ -237,8 +248,11 @@ def _spawn(tmp_path, url, n, flush_s=0.5, pause_s=0.0):
         script.write_text(WORKER)
     return subprocess.Popen(
         [sys.executable, str(script), url, str(n), str(flush_s), str(pause_s)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
 
 
 @pytest.mark.slow
@@ -360,11 +374,14 @@ def test_export_is_streamed_in_chunks(tmp_path, monkeypatch):
     assert sizes == [10, 10, 10, 5]
 
 
-@pytest.mark.parametrize("args", [
-    ["db", "info", "--db", "/no/such/dir/x.db"],
-    ["db", "export", "--format", "xml", "--db", "x.db"],
-    ["db", "export", "--format", "parquet", "--db", "x.db"],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["db", "info", "--db", "/no/such/dir/x.db"],
+        ["db", "export", "--format", "xml", "--db", "x.db"],
+        ["db", "export", "--format", "parquet", "--db", "x.db"],
+    ],
+)
 def test_db_commands_bad_input_exit_2(args, capsys):
     with pytest.raises(SystemExit) as exited:
         main(args)
@@ -466,8 +483,14 @@ def test_rollups_equal_the_sums_of_every_record(db_url, seed, cuts):
 
 def test_idle_rows_of_one_minute_add_up(db_url):
     minute = dt.datetime(2026, 5, 1, 10, 3, tzinfo=dt.timezone.utc)
-    row = {"device_uuid": "GPU-a", "minute": minute, "idle_energy_j": 2.0,
-           "measured_energy_j": 5.0, "host": "h", "pid": 7}  # fmt: skip
+    row = {
+        "device_uuid": "GPU-a",
+        "minute": minute,
+        "idle_energy_j": 2.0,
+        "measured_energy_j": 5.0,
+        "host": "h",
+        "pid": 7,
+    }
     store = Store(db_url)
     store.insert([], [row, dict(row)])
     store.insert([], [dict(row, idle_energy_j=1.0, measured_energy_j=1.5)])

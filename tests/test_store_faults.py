@@ -60,8 +60,14 @@ def _losses(url: str) -> dict[str, int]:
 
 
 def _idle(device: str, idle_j: float | None = 1.0) -> dict:
-    return {"device_uuid": device, "minute": MINUTE, "idle_energy_j": idle_j,
-            "measured_energy_j": 3.0, "host": "h", "pid": 1}  # fmt: skip
+    return {
+        "device_uuid": device,
+        "minute": MINUTE,
+        "idle_energy_j": idle_j,
+        "measured_energy_j": 3.0,
+        "host": "h",
+        "pid": 1,
+    }
 
 
 # -- 64-bit token counts ------------------------------------------------------------------
@@ -179,8 +185,12 @@ def test_database_unavailable_while_isolating_writes_each_record_once(tmp_path, 
 
 def test_unavailable_is_not_a_data_error(tmp_path):
     """Locked, read-only, full, corrupt: kept and retried, never isolated and dropped."""
-    for message in ("database is locked", "attempt to write a readonly database",
-                    "database or disk is full", "disk I/O error"):  # fmt: skip
+    for message in (
+        "database is locked",
+        "attempt to write a readonly database",
+        "database or disk is full",
+        "disk I/O error",
+    ):
         assert not is_data_error(sqlite3.OperationalError(message))
         assert not is_data_error(OperationalError("INSERT", {}, sqlite3.OperationalError(message)))
     assert not is_data_error(MalformedDatabase(str(tmp_path / "x.db"), "malformed"))
@@ -315,7 +325,10 @@ def test_records_unsaved_at_exit_reach_the_losses_table(tmp_path, caplog):
     assert writer.losses_saved_to == str(side)
     lines = [json.loads(line) for line in side.read_text().splitlines()]
     assert {li["kind"]: li["count"] for li in lines} == {
-        "unsaved_at_exit": 30, "unsaved_idle_rows": 1, "span_queue_full": 2}  # fmt: skip
+        "unsaved_at_exit": 30,
+        "unsaved_idle_rows": 1,
+        "span_queue_full": 2,
+    }
     assert {(li["host"], li["pid"]) for li in lines} == {("h", 7)}
     assert any(str(side) in r.getMessage() for r in caplog.records)
     blocker.execute("COMMIT")
@@ -323,8 +336,7 @@ def test_records_unsaved_at_exit_reach_the_losses_table(tmp_path, caplog):
 
     Store(str(db)).close()  # the next store that can write moves them
     assert not side.exists()
-    assert _losses(str(db)) == {"unsaved_at_exit": 30, "unsaved_idle_rows": 1,
-                                "span_queue_full": 2}  # fmt: skip
+    assert _losses(str(db)) == {"unsaved_at_exit": 30, "unsaved_idle_rows": 1, "span_queue_full": 2}
     engine = open_engine(str(db), create=False)
     with engine.connect() as conn:
         assert set(conn.execute(select(Loss.__table__.c.host, Loss.__table__.c.pid))) == {("h", 7)}
@@ -371,14 +383,18 @@ def test_side_file_not_writable_or_postgres_logs_the_count(db_url, tmp_path, cap
     if is_sqlite:  # the count goes to the fallback file in the runtime directory
         assert writer.losses_saved_to is not None
         assert writer.losses_saved_to != db_url + ".losses"
-        assert any("24 unsaved_at_exit" in r.getMessage() and writer.losses_saved_to
-                   in r.getMessage() for r in caplog.records)  # fmt: skip
+        assert any(
+            "24 unsaved_at_exit" in r.getMessage() and writer.losses_saved_to in r.getMessage()
+            for r in caplog.records
+        )
         os.rmdir(db_url + ".losses")
         assert database_info(db_url)["lost_total"] == 24  # db info finds it there
     else:
         assert writer.losses_saved_to is None
-        assert any("24 unsaved_at_exit" in r.getMessage() and "nor count it" in r.getMessage()
-                   for r in caplog.records)  # fmt: skip
+        assert any(
+            "24 unsaved_at_exit" in r.getMessage() and "nor count it" in r.getMessage()
+            for r in caplog.records
+        )
     assert not [p for p in tmp_path.glob("*.losses") if p.is_file()]
 
 
@@ -429,7 +445,7 @@ def test_postgres_writers_upserting_the_same_rollups_never_deadlock(tmp_path):
                 stderr=subprocess.PIPE,
                 text=True,
                 cwd=REPO,
-            )  # fmt: skip
+            )
             for seed in range(procs_n)
         ]
         outcomes = [proc.communicate(timeout=300) for proc in procs]
@@ -462,19 +478,22 @@ def test_migrated_postgres_token_columns_are_64_bit():
         with engine.begin() as conn:
             conn.execute(text("ALTER TABLE queries ALTER COLUMN input_tokens TYPE INTEGER"))
             conn.execute(text("ALTER TABLE queries ALTER COLUMN output_tokens TYPE INTEGER"))
-            conn.execute(text("UPDATE footprint_meta SET value = '2'"
-                              " WHERE key = 'schema_version'"))  # fmt: skip
+            conn.execute(text("UPDATE footprint_meta SET value = '2' WHERE key = 'schema_version'"))
         engine.dispose()
         store = Store(url)
         records = make_records(2)
         records[0]["input_tokens"] = 2**40
         store.insert(records)
         with store.engine.connect() as conn:
-            types = dict(conn.execute(text(
-                "SELECT column_name, data_type FROM information_schema.columns"
-                " WHERE table_schema = current_schema() AND table_name = 'queries'"
-                " AND column_name LIKE '%_tokens'"
-            )).all())  # fmt: skip
+            types = dict(
+                conn.execute(
+                    text(
+                        "SELECT column_name, data_type FROM information_schema.columns"
+                        " WHERE table_schema = current_schema() AND table_name = 'queries'"
+                        " AND column_name LIKE '%_tokens'"
+                    )
+                ).all()
+            )
         store.close()
         assert types == {"input_tokens": "bigint", "output_tokens": "bigint"}
 

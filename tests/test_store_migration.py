@@ -66,8 +66,9 @@ def make_v1_database(url: str, records: list[dict], rolled_up: int) -> list[dict
         if rolled_up:
             sums = rollups.aggregate(rows[:rolled_up])
             keep = set(rollup_table.c.keys())
-            conn.execute(insert(rollup_table), [{k: v for k, v in r.items() if k in keep}
-                                                for r in sums])  # fmt: skip
+            conn.execute(
+                insert(rollup_table), [{k: v for k, v in r.items() if k in keep} for r in sums]
+            )
             conn.execute(
                 insert(meta.tables["footprint_meta"]),
                 [{"key": rollups.WATERMARK_KEY, "value": str(rolled_up)}],
@@ -174,8 +175,9 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
     assert [{k: r[k] for k in before} for r, before in zip(rollups_after, rollups_before)] == (
         rollups_before
     )
-    assert all(r["energy_uncertainty_j"] == 0 and r["uncertainty_queries"] == 0
-               for r in rollups_after)  # fmt: skip
+    assert all(
+        r["energy_uncertainty_j"] == 0 and r["uncertainty_queries"] == 0 for r in rollups_after
+    )
 
     # New records carry bounds; the rollups are the sums of every record, old ones included.
     new = _with_bounds(make_records(120, seed=8), seed=8)
@@ -200,18 +202,23 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
     with engine.connect() as conn:
         by_ownership = dict(
             conn.execute(
-                text("SELECT ownership, sum(compute_cost_usd) FROM query_rollups"
-                     " WHERE ownership IS NOT NULL GROUP BY ownership")
+                text(
+                    "SELECT ownership, sum(compute_cost_usd) FROM query_rollups"
+                    " WHERE ownership IS NOT NULL GROUP BY ownership"
+                )
             ).all()
-        )  # fmt: skip
+        )
         distinct = "SELECT DISTINCT ownership, gpu_price_source FROM query_rollups"
         sources = set(conn.execute(text(distinct)).all())
     engine.dispose()
     for kind in ("owned", "rented"):
         expected = sum(r["compute_cost"] for r in new if r["ownership"] == kind)
         assert by_ownership[kind] == pytest.approx(expected, rel=1e-9)
-    assert sources == {(None, None), ("owned", "owned price source"),
-                       ("rented", "rented price source")}  # fmt: skip
+    assert sources == {
+        (None, None),
+        ("owned", "owned price source"),
+        ("rented", "rented price source"),
+    }
 
     report = build_report(ReportRequest(db=db_url))
     slow = build_report(ReportRequest(db=db_url), use_rollups=False)

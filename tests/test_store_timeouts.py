@@ -99,21 +99,44 @@ def test_connect_timeout_in_url_is_kept(silent_server, monkeypatch):
     assert 2.5 < took < BOUND_S
 
 
-@pytest.mark.parametrize("url, environ, expected", [
-    ("postgresql+psycopg://u@h/db", {}, {
-        "connect_timeout": 3, "options": "-c statement_timeout=2500 -c lock_timeout=2500"}),
-    ("postgresql+psycopg://u@h/db?connect_timeout=7&options=-csearch_path%3Ds", {}, {
-        "options": "-csearch_path=s -c statement_timeout=2500 -c lock_timeout=2500"}),
-    ("postgresql+psycopg://u@h/db?options=-c%20statement_timeout%3D0", {}, {
-        "connect_timeout": 3, "options": "-c statement_timeout=0 -c lock_timeout=2500"}),
-    ("postgresql+psycopg://u@h/db?options=-c%20lock_timeout%3D1s&options=-cstatement_timeout%3D9s",
-     {}, {"connect_timeout": 3}),
-    ("postgresql://u@h/db", {"PGOPTIONS": "-c geqo=off", "PGCONNECT_TIMEOUT": "60"}, {
-        "options": "-c geqo=off -c statement_timeout=2500 -c lock_timeout=2500"}),
-    ("postgresql://u@h/db?options=-cwork_mem%3D8MB", {"PGOPTIONS": "-c lock_timeout=5s"}, {
-        "connect_timeout": 3,
-        "options": "-cwork_mem=8MB -c statement_timeout=2500 -c lock_timeout=2500"}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "url, environ, expected",
+    [
+        (
+            "postgresql+psycopg://u@h/db",
+            {},
+            {"connect_timeout": 3, "options": "-c statement_timeout=2500 -c lock_timeout=2500"},
+        ),
+        (
+            "postgresql+psycopg://u@h/db?connect_timeout=7&options=-csearch_path%3Ds",
+            {},
+            {"options": "-csearch_path=s -c statement_timeout=2500 -c lock_timeout=2500"},
+        ),
+        (
+            "postgresql+psycopg://u@h/db?options=-c%20statement_timeout%3D0",
+            {},
+            {"connect_timeout": 3, "options": "-c statement_timeout=0 -c lock_timeout=2500"},
+        ),
+        (
+            "postgresql+psycopg://u@h/db?options=-c%20lock_timeout%3D1s&options=-cstatement_timeout%3D9s",
+            {},
+            {"connect_timeout": 3},
+        ),
+        (
+            "postgresql://u@h/db",
+            {"PGOPTIONS": "-c geqo=off", "PGCONNECT_TIMEOUT": "60"},
+            {"options": "-c geqo=off -c statement_timeout=2500 -c lock_timeout=2500"},
+        ),
+        (
+            "postgresql://u@h/db?options=-cwork_mem%3D8MB",
+            {"PGOPTIONS": "-c lock_timeout=5s"},
+            {
+                "connect_timeout": 3,
+                "options": "-cwork_mem=8MB -c statement_timeout=2500 -c lock_timeout=2500",
+            },
+        ),
+    ],
+)
 def test_postgres_connect_args_keep_what_the_user_set(url, environ, expected, monkeypatch):
     for name in ("PGOPTIONS", "PGCONNECT_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)

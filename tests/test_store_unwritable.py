@@ -224,7 +224,9 @@ def test_folder_removed_counts_go_to_the_fallback_and_db_info_shows_them(tmp_pat
     assert any(str(fallback) in r.getMessage() for r in caplog.records)
     lines = [json.loads(line) for line in fallback.read_text().splitlines()]
     assert {li["kind"]: li["count"] for li in lines} == {
-        "unsaved_at_exit": 25, "database_replaced": 1}  # fmt: skip
+        "unsaved_at_exit": 25,
+        "database_replaced": 1,
+    }
     assert {li["database"] for li in lines} == {db}
     assert fallback.stat().st_mode & 0o777 == 0o600
 
@@ -269,8 +271,11 @@ def test_folder_removed_mid_run_every_call_is_stored_or_counted_end_to_end(tmp_p
     calls = 4000
     done = subprocess.run(
         [sys.executable, "-c", E2E_FOLDER_REMOVED, db, str(calls), "1000"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     written = int(done.stdout.split()[-1])
     assert written == 1000
@@ -422,8 +427,11 @@ def test_disk_full_mid_run_every_call_is_stored_or_counted_end_to_end(tmp_path):
     calls = 4000
     done = subprocess.run(
         [sys.executable, "-c", E2E_DISK_FULL, db, str(calls), "1000"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     written = int(done.stdout.split()[-1])
     assert written == 1000

@@ -114,10 +114,23 @@ class MemorySink:
         self.calls.append(("begin", gpus))
         return len(self.calls), self.now()
 
-    def end(self, span_id, start_s, model, tags, status, error_type, tokens_in, tokens_out,
-            ttft_s, gpus):  # fmt: skip
-        self.calls.append(("end", span_id, model, tags, status, error_type, tokens_in,
-                           tokens_out, ttft_s is not None, gpus))  # fmt: skip
+    def end(
+        self, span_id, start_s, model, tags, status, error_type, tokens_in, tokens_out, ttft_s, gpus
+    ):
+        self.calls.append(
+            (
+                "end",
+                span_id,
+                model,
+                tags,
+                status,
+                error_type,
+                tokens_in,
+                tokens_out,
+                ttft_s is not None,
+                gpus,
+            )
+        )
         return self.now()
 
     def warn_once(self, key, message) -> None: ...
@@ -211,8 +224,13 @@ FORKING = textwrap.dedent("""
 def test_a_forked_child_records_into_every_tracker_under_its_own_pid(tmp_path):
     a_db, b_db = tmp_path / "a.db", tmp_path / "b.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOOTPRINT_")}
-    out = subprocess.run([sys.executable, "-c", FORKING, str(a_db), str(b_db)], env=env,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", FORKING, str(a_db), str(b_db)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     child = json.loads(out.stdout)
     for db, name in ((a_db, "a"), (b_db, "b")):
@@ -257,8 +275,13 @@ def test_a_fresh_process_samples_before_it_opens_pricing_and_the_store(tmp_path)
     sample taken as it runs, so the sensors are read before SQLAlchemy and the pricer are
     even imported (they open behind the sampler, on the writer thread)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOOTPRINT_")}
-    out = subprocess.run([sys.executable, "-c", STARTUP, str(tmp_path / "f.db")], env=env,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", STARTUP, str(tmp_path / "f.db")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout) == ["sample", "no sqlalchemy", "pricer"]
 

@@ -220,8 +220,9 @@ def test_no_gpu_auto_records_missing_and_warns_once(tmp_path, monkeypatch):
 
 
 def test_unwritable_database_never_raises_into_user_code(tmp_path):
-    footprint.configure(db=str(tmp_path / "no" / "such" / "dir" / "x.db"), sensor="none",
-                        cpu=False, region="FRA")  # fmt: skip
+    footprint.configure(
+        db=str(tmp_path / "no" / "such" / "dir" / "x.db"), sensor="none", cpu=False, region="FRA"
+    )
 
     @footprint.track(model="m")
     def f():
@@ -235,8 +236,14 @@ def test_unwritable_database_never_raises_into_user_code(tmp_path):
 
 
 def test_full_span_queue_counts_drops(tmp_path):
-    footprint.configure(db=str(tmp_path / "q.db"), sensor="none", cpu=False, region="FRA",
-                        max_pending_spans=3, flush_interval_s=60)  # fmt: skip
+    footprint.configure(
+        db=str(tmp_path / "q.db"),
+        sensor="none",
+        cpu=False,
+        region="FRA",
+        max_pending_spans=3,
+        flush_interval_s=60,
+    )
 
     @footprint.track(model="m")
     def f():

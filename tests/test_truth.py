@@ -81,8 +81,9 @@ def test_a_call_alone_draws_busy_power_for_its_duration(tmp_path):
 
 def test_workload_manual_leaves_the_gpu_idle(tmp_path):
     db = tmp_path / "t.db"
-    footprint.configure(db=str(db), sensor="simulated:idle_w=60,busy_w=400,workload=manual",
-                        cpu=False, region="FRA")  # fmt: skip
+    footprint.configure(
+        db=str(db), sensor="simulated:idle_w=60,busy_w=400,workload=manual", cpu=False, region="FRA"
+    )
 
     @footprint.track(model="m")
     def call():

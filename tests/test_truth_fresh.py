@@ -20,8 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def _one_call(seconds: float, repeats: int = 2) -> Scenario:
-    return Scenario(f"one-call-{seconds:g}s", "", "one_call", {"seconds": seconds},
-                    repeats=repeats)  # fmt: skip
+    return Scenario(f"one-call-{seconds:g}s", "", "one_call", {"seconds": seconds}, repeats=repeats)
 
 
 @pytest.mark.parametrize("path", ["simulated", "nvml"])
@@ -97,8 +96,9 @@ def test_long_calls_behind_a_daemon_on_the_nvml_path():
 def test_calls_of_different_power_are_within_the_rules_bound():
     """A heavy call (load 1.0) overlapping a light one (0.2). Main: against the equal-split
     rule's target the bound missed 21–26 % of heavy calls."""
-    scenario = Scenario("different-power", "", "mixed_power", {"seconds": 6.0},
-                        extra=("own_energy",))  # fmt: skip
+    scenario = Scenario(
+        "different-power", "", "mixed_power", {"seconds": 6.0}, extra=("own_energy",)
+    )
     result = run_scenario(scenario, "nvml")
     # Over ~16 calls one miss is 6 %: the benchmark's longer run measures the rate.
     assert result["within_bound_pct"] >= 85.0, result

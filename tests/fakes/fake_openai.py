@@ -30,8 +30,14 @@ from footprint.proxy import Proxy, make_config
 
 T = TypeVar("T")
 
-__all__ = ["FakeUpstream", "LoopThread", "RunningProxy", "refused_port", "running_proxy",
-           "running_upstream"]  # fmt: skip
+__all__ = [
+    "FakeUpstream",
+    "LoopThread",
+    "RunningProxy",
+    "refused_port",
+    "running_proxy",
+    "running_upstream",
+]
 
 
 class LoopThread:
@@ -39,8 +45,9 @@ class LoopThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
-                                        name="fake-openai-loop")  # fmt: skip
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, daemon=True, name="fake-openai-loop"
+        )
 
     def __enter__(self) -> LoopThread:
         self._thread.start()
@@ -78,9 +85,13 @@ class RunningProxy:
 
 @contextlib.contextmanager
 def running_proxy(
-    loop: LoopThread, upstream: str, listen: str = "127.0.0.1:0", gpus: str | None = None,
-    tags: list[str] | None = None, **options: Any,
-) -> Iterator[RunningProxy]:  # fmt: skip
+    loop: LoopThread,
+    upstream: str,
+    listen: str = "127.0.0.1:0",
+    gpus: str | None = None,
+    tags: list[str] | None = None,
+    **options: Any,
+) -> Iterator[RunningProxy]:
     proxy = Proxy(make_config(upstream, listen, gpus, tags, **options))
     loop.run(proxy.start())
     try:

@@ -153,9 +153,15 @@ class Options:
         )
         concurrent = 2 * self.gap_seconds + self.seconds_per_load + tick
         return (
-            self.observe_seconds + self.warmup_seconds + self.gap_seconds + self.idle_seconds
-            + tick + serial + concurrent + self.timing_estimated_seconds(period_s)
-        )  # fmt: skip
+            self.observe_seconds
+            + self.warmup_seconds
+            + self.gap_seconds
+            + self.idle_seconds
+            + tick
+            + serial
+            + concurrent
+            + self.timing_estimated_seconds(period_s)
+        )
 
     def timing_estimated_seconds(self, period_s: float = 0.1) -> float:
         """Rough wall time of the counter-timing section (0 with ``--skip-timing``)."""
@@ -163,9 +169,11 @@ class Options:
             return 0.0
         # each probe: wait for a tick, then a span of ticks; one control run per repeat
         probe_s = (
-            (self.timing_offsets + 1) * self.timing_repeats
-            * (probe_span_ticks(period_s, self.timing_load_ms / 1000) + 1) * period_s
-        )  # fmt: skip
+            (self.timing_offsets + 1)
+            * self.timing_repeats
+            * (probe_span_ticks(period_s, self.timing_load_ms / 1000) + 1)
+            * period_s
+        )
         baseline_s, after_s = power_step_margins(self.timing_step_seconds)
         return self.timing_seconds + probe_s + baseline_s + self.timing_step_seconds + after_s
 
@@ -671,10 +679,12 @@ def run_serial(ctx: Context) -> dict[str, Any]:
         "mean_rel_error": _round(statistics.fmean(errors), 6) if errors else None,
         "start_aligned": phase.start_aligned,
         **conservation(
-            sum(r["energy_j"] or 0.0 for r in rows), idle_j, measured_j,
+            sum(r["energy_j"] or 0.0 for r in rows),
+            idle_j,
+            measured_j,
             (end_mj - phase.start_mj) / 1000.0,
         ),
-    }  # fmt: skip
+    }
 
 
 def run_concurrent(ctx: Context) -> dict[str, Any]:
@@ -1149,8 +1159,9 @@ def summarize_probe(
     for index in range(offsets):
         group = [r for r in loaded if r.offset_index == index]
         target_s = index * period_s / offsets
-        measured_s = target_s + statistics.fmean(_wrap_s(r.offset_s - target_s, period_s)
-                                                 for r in group)  # fmt: skip
+        measured_s = target_s + statistics.fmean(
+            _wrap_s(r.offset_s - target_s, period_s) for r in group
+        )
         excesses_j = [excess_j(r) for r in group]
         scaled = [scaled_j(r) for r in group]
         groups.append(scaled)
@@ -1176,9 +1187,12 @@ def summarize_probe(
     noise_j = math.sqrt(squares_j2 / dof) if dof else None
     repeats = max(1, len(controls))
     window = infer_window(
-        measured_offsets_s, means_j, load_median_s, period_s,
+        measured_offsets_s,
+        means_j,
+        load_median_s,
+        period_s,
         noise_j / math.sqrt(repeats) if noise_j is not None else None,
-    )  # fmt: skip
+    )
     return {
         "period_ms": _round(period_s * 1000, 4),
         "load_ms_nominal": _round(load_s * 1000, 3),
@@ -1255,8 +1269,9 @@ def step_response(samples: list[tuple[float, float]], on_s: float, off_s: float)
         report["response"] = "no step seen"
         return report
     rise_s = next((t - on_s for t, w in samples if t >= on_s and w >= idle_w + 0.9 * step_w), None)
-    fall_s = next((t - off_s for t, w in samples if t >= off_s and w <= idle_w + 0.1 * step_w),
-                  None)  # fmt: skip
+    fall_s = next(
+        (t - off_s for t, w in samples if t >= off_s and w <= idle_w + 0.1 * step_w), None
+    )
     instantaneous = rise_s is not None and rise_s <= INSTANT_RISE_MAX_S
     report.update(
         rise_90_ms=_round(rise_s * 1000, 3) if rise_s is not None else None,
@@ -1397,8 +1412,16 @@ def measure_counter_timing(
             f"offsets in the {period_s * 1000:.1f} ms period, {opts.timing_repeats} times"
         )
         probe_load(load_s, opts.device)  # first call of this load: allocations, kernel choice
-        runs = probe_counter_window(counter, probe_load, opts.device, period_s, load_s,
-                                    opts.timing_offsets, opts.timing_repeats, sleep)  # fmt: skip
+        runs = probe_counter_window(
+            counter,
+            probe_load,
+            opts.device,
+            period_s,
+            load_s,
+            opts.timing_offsets,
+            opts.timing_repeats,
+            sleep,
+        )
         report = summarize_probe(runs, period_s, load_s, opts.timing_offsets)
         report["counter_changes_retimed"] = counter.wide_brackets
         return report
@@ -1412,8 +1435,9 @@ def measure_counter_timing(
         if probe_load is None:
             section["window"] = {"skipped": "cannot generate GPU load"}
         elif fitted is None or not fitted.periodic:
-            section["window"] = {"skipped": "the counter's changes are not periodic: no phase "
-                                            "to place loads by"}  # fmt: skip
+            section["window"] = {
+                "skipped": "the counter's changes are not periodic: no phase to place loads by"
+            }
         elif opts.timing_load_ms / 1000 > fitted.period_s / 2:
             section["window"] = {
                 "skipped": f"a {opts.timing_load_ms:g} ms load is over half the counter period "
@@ -1435,8 +1459,9 @@ def measure_counter_timing(
             assert load is not None
             step_s = opts.timing_step_seconds
             baseline_s, after_s = power_step_margins(step_s)
-            report = power_step(nvml, handle, load, opts.device, step_s, now, sleep, instant,
-                                baseline_s, after_s)  # fmt: skip
+            report = power_step(
+                nvml, handle, load, opts.device, step_s, now, sleep, instant, baseline_s, after_s
+            )
             report["instant_field"] = {**instant_info, **report.get("instant_field", {})}
             return report
 
@@ -1588,8 +1613,9 @@ def _run_phases(
             db_dir.mkdir(parents=True, exist_ok=True)
         else:
             db_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fp-validate-")))
-        ctx = Context(opts, counter, load, uuid, report["idle_w"], tick_timeout_s, db_dir, sleep,
-                      log)  # fmt: skip
+        ctx = Context(
+            opts, counter, load, uuid, report["idle_w"], tick_timeout_s, db_dir, sleep, log
+        )
         log(f"validate.py: {opts.serial_queries} loads of {opts.seconds_per_load} s, one at a time")
         report["serial"] = run_serial(ctx)
         log(f"validate.py: {opts.concurrent_loads} loads of {opts.seconds_per_load} s at once")
