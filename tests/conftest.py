@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -10,6 +11,9 @@ from pathlib import Path
 import pytest
 
 import footprint
+from footprint._clock import ManualClock
+from footprint.config import Settings
+from footprint.runtime.local import Runtime
 
 
 @pytest.fixture(autouse=True)
@@ -86,3 +90,59 @@ def db_url(request, tmp_path) -> Iterator[str]:
         return
     with postgres_schema("fp") as url:
         yield url
+
+
+class ManualRun:
+    """A ``Runtime`` on a ``ManualClock`` behind its own ``Tracker``, driven as its threads
+    would drive it: ``advance`` moves the clock, reading the sensors at the sampler's
+    cadence (``next_sample_wait_s``, stretched by a seeded 0-10 % jitter as a busy thread
+    would be) and stepping the writer's cycle every flush interval. Deterministic: no
+    ``time.sleep``, no thread but the one ``close`` runs the exit flush on."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        seed: int = 0,
+        origin_s: float = 1000.0,
+        presence_role: str = "process",
+    ) -> None:
+        self.clock = ManualClock(monotonic_s=origin_s)
+        self.runtime = Runtime(settings, self.clock, presence_role=presence_role)
+        self.tracker = footprint.Tracker(clock=self.clock)
+        self.tracker.install(self.runtime)
+        self._rng = random.Random(seed)
+        self._flush_interval_s = settings.flush_interval_s
+        self.runtime.sample()  # the sampler's first read, as the thread makes it at start
+        self._next_sample_s = origin_s + self._sample_wait_s()
+        self._next_step_s = origin_s + self._flush_interval_s
+
+    def now_s(self) -> float:
+        return self.clock.monotonic_s()
+
+    def _sample_wait_s(self) -> float:
+        return self.runtime.next_sample_wait_s() * self._rng.uniform(1.0, 1.1)
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass (a call's work, or a gap between calls)."""
+        self.advance_to(self.now_s() + seconds)
+
+    def advance_to(self, t_s: float) -> None:
+        """Move the clock to ``t_s``, sampling and stepping at every instant they fall due."""
+        clock, runtime = self.clock, self.runtime
+        while True:
+            due_s = min(self._next_sample_s, self._next_step_s)
+            if due_s > t_s:
+                break
+            clock.advance(max(0.0, due_s - clock.monotonic_s()))
+            if due_s == self._next_sample_s:
+                runtime.sample()
+                self._next_sample_s = clock.monotonic_s() + self._sample_wait_s()
+            if due_s == self._next_step_s:
+                runtime.step()  # what is complete by now, less the announce margin
+                self._next_step_s += self._flush_interval_s
+        clock.advance(max(0.0, t_s - clock.monotonic_s()))
+
+    def close(self) -> None:
+        """The exit flush (last samples, cycle, write), as ``footprint.shutdown`` makes it."""
+        self.tracker.close()

@@ -4,12 +4,16 @@ On main, 8 processes on one simulated GPU reported 19,158 J measured against abo
 2,400 J that the device used: each process counted the whole GPU. Here 4 workers × 250
 decorated calls of 10 ms report to one ``footprint daemon`` (simulated GPU driven by the
 spans it receives): exactly 1,000 records, and their energy is the GPU's busy power over
-the *union* of their intervals (not over the sum of their durations).
+the *union* of their intervals (not over the sum of their durations). The same, in-process
+and deterministic: the daemon's runtime on a manual clock behind its span intake, fed the
+batches of several clients.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import shutil
 import sqlite3
 import subprocess
@@ -17,9 +21,13 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from test_daemon_server import spawn
+from conftest import ManualRun
+from test_daemon_server import HOST, SENSOR, end, spawn
+
+from footprint.config import Settings
 
 IDLE_W, BUSY_W = 60.0, 400.0  # test_daemon_server's simulated GPU
 
@@ -148,3 +156,77 @@ def test_a_daemon_killed_and_restarted_mid_run(folder):
         # Once, even those the killed daemon wrote and did not acknowledge: sent again
         # marked resent, the next daemon finds their keys stored (queries.span_key).
         assert len(stored) == 300, (model, len(stored))
+
+
+def _client_calls(rng: random.Random, t0_s: float, calls: int) -> list[tuple[float, float]]:
+    """One client's calls: 10 ms each, 0-20 ms apart (so that the clients overlap)."""
+    out, t_s = [], t0_s + rng.uniform(0.0, 0.02)
+    for _ in range(calls):
+        out.append((t_s, t_s + 0.01))
+        t_s += 0.01 + rng.uniform(0.0, 0.02)
+    return out
+
+
+def _batch(pid: int, sent_s: float, starts: list, ends: list):
+    from footprint.runtime.protocol import decode_batch
+
+    raw = {"pid": pid, "host": HOST, "monotonic_s": sent_s, "starts": starts, "ends": ends}
+    return decode_batch(json.dumps(raw))
+
+
+def test_overlapping_clients_on_a_manual_clock_count_the_gpu_once(tmp_path, monkeypatch):
+    """4 clients × 60 calls of 10 ms on one simulated GPU, sent every 20 ms as the clients
+    send them (a start in the batch after it, an end in the batch after it; a call that
+    began and ended between two batches only as an end), to the daemon's runtime on a
+    manual clock: one record per call, their energy the busy power over the union."""
+    from footprint.daemon import spans as daemon_spans
+    from footprint.daemon.spans import SpanIntake
+
+    settings = Settings(db=str(tmp_path / "d.db"), sensor=SENSOR, cpu=False, region="FRA")
+    run = ManualRun(settings, seed=11, presence_role="daemon")
+    # The intake checks the senders' clocks against its own: the manual one here.
+    monkeypatch.setattr(
+        daemon_spans,
+        "time",
+        SimpleNamespace(monotonic=run.clock.monotonic_s, sleep=run.clock.sleep),
+    )
+    intake = SpanIntake(run.runtime)
+    rng = random.Random(7)
+    t0_s = run.now_s() + 0.5
+    clients = {pid: _client_calls(rng, t0_s, 60) for pid in (93001, 93002, 93003, 93004)}
+    conns = {pid: intake.connect(peer_pid=None) for pid in clients}
+    last_end_s = max(b for calls in clients.values() for _, b in calls)
+    sent_s = t0_s
+    while sent_s <= last_end_s + 0.02:
+        run.advance_to(sent_s + 0.02)
+        previous_s, sent_s = sent_s, run.now_s()
+        for pid, calls in clients.items():
+            starts = [
+                {"id": i, "start_s": a, "gpus": [0]}
+                for i, (a, b) in enumerate(calls)
+                if previous_s <= a < sent_s and b >= sent_s
+            ]
+            ends = [
+                end(i, a, b, f"c{pid}")
+                for i, (a, b) in enumerate(calls)
+                if previous_s <= b < sent_s
+            ]
+            if starts or ends:
+                intake.apply(_batch(pid, sent_s, starts, ends), conns[pid])
+    run.advance(2.0)  # past the daemon's simulated lag: every call's ticks are published
+    run.close()
+    con = sqlite3.connect(settings.db)
+    rows = con.execute("SELECT pid, started_at, ended_at, energy_j FROM queries").fetchall()
+    measured_j, idle_j, lost_j = con.execute(
+        "SELECT SUM(measured_energy_j), SUM(idle_energy_j), SUM(lost_energy_j) FROM idle_energy"
+    ).fetchone()
+    con.close()
+    assert len(rows) == 240  # every call, once
+    assert len({pid for pid, *_ in rows}) == 4
+    attributed_j = sum(e for *_, e in rows)
+    union_s = _union_s([(a, b) for calls in clients.values() for a, b in calls])
+    expected_j = BUSY_W * union_s
+    assert union_s < 0.75 * sum(b - a for calls in clients.values() for a, b in calls)  # overlap
+    assert attributed_j == pytest.approx(expected_j, rel=0.05), (attributed_j, expected_j)
+    assert attributed_j < 1.5 * expected_j
+    assert attributed_j + idle_j + lost_j == pytest.approx(measured_j, rel=1e-9)

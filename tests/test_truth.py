@@ -2,7 +2,9 @@
 
 With ``workload=spans`` a call alone on the GPU draws ``busy_w`` for its duration, so the
 truth of every record follows from the record: ``busy_w × duration_s`` for calls that do
-not overlap. These run in real time, with the real sampler thread.
+not overlap. ``test_short_bursty_calls_get_their_energy`` runs in real time, with the real
+sampler thread (the end-to-end check of that path); the others run on a manual clock
+(``conftest.ManualRun``): deterministic, and in milliseconds.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import random
 import time
 
 import pytest
-from conftest import rows
+from conftest import ManualRun, rows
 
 import footprint
+from footprint.config import Settings
 
 BUSY_W, IDLE_W = 400.0, 60.0
 
@@ -27,6 +30,12 @@ def _configure(db, gpus=1, noise=0.0, **extra):
         region="FRA",
         **extra,
     )
+
+
+def _manual(db, sensor: str | None = None, seed: int = 0) -> ManualRun:
+    """A manual-clock runtime on the simulated GPU ``_configure`` sets up (or ``sensor``)."""
+    sensor = sensor or f"simulated:gpus=1,idle_w={IDLE_W:g},busy_w={BUSY_W:g},noise=0.0,seed=5"
+    return ManualRun(Settings(db=str(db), sensor=sensor, cpu=False, region="FRA"), seed=seed)
 
 
 def _busy_wait(seconds: float) -> None:
@@ -59,18 +68,42 @@ def test_short_bursty_calls_get_their_energy(tmp_path):
     assert abs(measured_j - truth_j) <= bounds_j
 
 
+def test_short_bursty_calls_get_their_energy_on_a_manual_clock(tmp_path):
+    """The real-time test above, deterministic: the same calls and gaps, simulated."""
+    db = tmp_path / "t.db"
+    run = _manual(db, seed=3)
+    rng = random.Random(3)
+
+    @run.tracker.track(model="short")
+    def call(seconds):
+        run.advance(seconds)
+
+    deadline_s = run.now_s() + 4.0
+    while run.now_s() < deadline_s:
+        call(rng.uniform(0.001, 0.02))
+        run.advance(rng.uniform(0.02, 0.05))
+    run.close()
+    got = rows(db)
+    truth_j = sum(BUSY_W * r["duration_s"] for r in got)
+    measured_j = sum(r["energy_j"] for r in got)
+    assert len(got) > 50
+    assert measured_j == pytest.approx(truth_j, rel=0.02), (measured_j, truth_j)
+    bounds_j = sum(r["energy_uncertainty_j"] for r in got)
+    assert abs(measured_j - truth_j) <= bounds_j
+
+
 def test_a_call_alone_draws_busy_power_for_its_duration(tmp_path):
     db = tmp_path / "t.db"
-    _configure(db)
+    run = _manual(db)
 
-    @footprint.track(model="long")
+    @run.tracker.track(model="long")
     def call():
-        time.sleep(1.0)
+        run.advance(1.0)
 
     call()  # the first call of the process: measured from its start
-    time.sleep(0.3)
+    run.advance(0.3)
     call()
-    footprint.shutdown()
+    run.close()
     first, second = rows(db)
     for row in (first, second):
         assert row["energy_source"] == "simulated"
@@ -81,16 +114,14 @@ def test_a_call_alone_draws_busy_power_for_its_duration(tmp_path):
 
 def test_workload_manual_leaves_the_gpu_idle(tmp_path):
     db = tmp_path / "t.db"
-    footprint.configure(
-        db=str(db), sensor="simulated:idle_w=60,busy_w=400,workload=manual", cpu=False, region="FRA"
-    )
+    run = _manual(db, sensor="simulated:idle_w=60,busy_w=400,workload=manual")
 
-    @footprint.track(model="m")
+    @run.tracker.track(model="m")
     def call():
-        time.sleep(0.5)
+        run.advance(0.5)
 
     call()
-    footprint.shutdown()
+    run.close()
     (row,) = rows(db)
     assert row["energy_j"] == pytest.approx(60 * row["duration_s"], rel=0.05)
 
@@ -102,23 +133,24 @@ def test_simulator_options_are_validated():
 
 def test_sync_runs_before_the_end_time(tmp_path):
     db = tmp_path / "t.db"
-    _configure(db)
+    run = _manual(db)
     calls = []
 
     def synchronize():
-        calls.append(time.monotonic())
-        time.sleep(0.2)  # the GPU work still running when the call returned
+        calls.append(run.now_s())
+        run.advance(0.2)  # the GPU work still running when the call returned
 
-    @footprint.track(model="async-gpu", sync=synchronize)
+    @run.tracker.track(model="async-gpu", sync=synchronize)
     def launch():
         return "queued"
 
     assert launch() == "queued"
-    with footprint.query(model="ctx", sync=synchronize):
+    with run.tracker.query(model="ctx", sync=synchronize):
         pass
-    footprint.flush()
+    run.tracker.flush()
     got = rows(db)
-    assert len(calls) == 2
+    run.close()
+    assert len(calls) == 2 and len(got) == 2
     assert all(r["duration_s"] >= 0.2 for r in got)
     assert all(r["energy_j"] >= 0.9 * BUSY_W * 0.2 for r in got)
 
