@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
-from rich.table import Column, Table
+from rich.table import Table
 
 from footprint.cli._errors import InputError
 from footprint.cli._output import JsonOption, console, show
@@ -73,35 +74,36 @@ def settings_source() -> str:
 
 
 def regions(
-    query: Annotated[str | None, typer.Argument(help="Filter: a zone, provider or place.")] = None,
+    query: Annotated[
+        str | None,
+        typer.Argument(
+            help="A zone code (FRA, USA/CA), country code or name (FR, germany), provider "
+            "(aws, gcp:europe-), cloud region (us-east-1) or place name (frankfurt)."
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """The zones we know (countries, grids, AWS/Azure/GCP regions) with their factors."""
+    """The zones we know (countries, grids, AWS/Azure/GCP regions) with their factors,
+    one line each; exit 1 when QUERY matches none."""
     from footprint.pricing import list_zones, lookup_zone
 
     zones = list_zones(query)
     if not zones:
+        hint = ""
         try:
             lookup_zone(query or "")
         except ValueError as exc:
-            raise InputError(f"no zone matches {query!r}: {exc}") from None
-        raise InputError(f"no zone matches {query!r}")
-    result = {"query": query, "count": len(zones), "zones": zones}
-    show(result, as_json, lambda _: _print_zones(zones))
+            hint = f" ({exc})"
+        sys.stderr.write(f"footprint: no zone matches {query!r}{hint}\n")
+        raise typer.Exit(1)
+    from footprint.cli._zone_lines import print_zones
 
-
-def _print_zones(zones: list[dict[str, Any]]) -> None:
-    """One row per zone, then how many."""
-    # Zone ids are never cut: the other columns wrap.
-    table = Table(
-        Column("zone", no_wrap=True, min_width=max(len(z["zone"]) for z in zones)),
-        *(Column(h, overflow="fold") for h in ("name", "grid zone", "gCO2e/kWh", "price/kWh")),
-        Column("intensity source", overflow="fold"),
-    )
-    for z in zones:
-        price = f"{z['price_per_kwh']:.4f} {z['currency']}" if z["price_per_kwh"] else "-"
-        intensity = f"{z['intensity_g_per_kwh']:.0f}"
-        row = (z["zone"], z["name"] or "", z["grid_zone"] or "", intensity, price)
-        table.add_row(*row, z["intensity_ref"][:60])
-    console.print(table)
-    console.print(f"{len(zones)} zones")
+    clouds = sum(1 for z in zones if z["kind"] == "cloud")
+    result = {
+        "query": query,
+        "count": len(zones),
+        "zone_count": len(zones) - clouds,
+        "cloud_region_count": clouds,
+        "zones": zones,
+    }
+    show(result, as_json, lambda _: print_zones(zones))

@@ -8,43 +8,34 @@ from ._data import RegionsDir
 from .factors import price_for
 from .grid import world_average
 from .intensity import static_intensity
-from .zones import KIND_WORLD, all_zones
+from .search import search_zones
+from .zones import KIND_WORLD, Zone, all_zones
 
 
 def list_zones(query: str | None = None, regions_dir: RegionsDir = None) -> list[dict[str, Any]]:
     """Every zone we know with its static intensity, electricity price and sources.
 
-    ``query`` keeps zones whose id, name, provider, location, country or grid zone
-    contains it (case-insensitive): ``"aws"`` lists AWS regions with their grid zones.
+    ``query`` keeps the zones it matches, best first, each with why (``match``): see
+    :mod:`footprint.pricing.search`. ``"aws"`` lists AWS regions with their grid zones.
     Cloud regions and prices come from ``regions_dir`` (default: the shipped tables).
     """
-    needle = (query or "").strip().casefold()
+    zones = all_zones(regions_dir)
+    found: list[tuple[Zone, str | None]] = [(zone, None) for zone in zones]
+    if query and query.strip():
+        found = [(m.zone, m.reason) for m in search_zones(query, zones)]
     out: list[dict[str, Any]] = []
-    for zone in all_zones(regions_dir):
-        haystack = " ".join(
-            str(part)
-            for part in (
-                zone.id,
-                zone.name,
-                zone.provider,
-                zone.location,
-                zone.country_iso3,
-                zone.grid_zone,
-            )
-            if part
-        ).casefold()
-        if needle and needle not in haystack:
-            continue
+    for zone, reason in found:
         if zone.kind == KIND_WORLD:
             world = world_average()
             g, ref = world.g_per_kwh, world.ref
         else:
-            found = static_intensity(zone)
-            g, ref = found.g_per_kwh, found.ref
+            static = static_intensity(zone)
+            g, ref = static.g_per_kwh, static.ref
         price = price_for(zone, regions_dir) if zone.kind != KIND_WORLD else None
         out.append(
             {
                 "zone": zone.id,
+                "match": reason,
                 "kind": zone.kind,
                 "name": zone.name,
                 "country_iso3": zone.country_iso3 or None,
