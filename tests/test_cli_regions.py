@@ -216,3 +216,13 @@ def test_regions_does_not_import_the_database_layer():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
     )
     assert done.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_countries_by_iso_name_code_and_accents(capsys):
+    # codecarbon says "Cote d'Ivoire" and "Russia"; ISO 3166-1 (pycountry) says these.
+    assert [z["zone"] for z in _search("Côte d’Ivoire", capsys)] == ["CIV"]
+    assert [z["zone"] for z in _search("ci", capsys)] == ["CIV"]
+    assert [z["zone"] for z in _search("Russian Federation", capsys)][0] == "RUS"
+    assert [z["zone"] for z in _search("KR", capsys)] == [
+        z["zone"] for z in _search("south korea", capsys)
+    ]
