@@ -260,3 +260,11 @@ def test_readme_links_every_docs_page() -> None:
     linked = {(README.parent / t.partition("#")[0]).resolve() for t in links(README)}
     unlinked = [p.name for p in doc_pages() if p.resolve() not in linked]
     assert not unlinked, f"README.md links none of: {unlinked}"
+
+
+def test_accuracy_page_names_every_scenario_and_path() -> None:
+    from footprint.bench.accuracy_scenarios import PATHS, SCENARIOS
+
+    text = (DOCS / "accuracy.md").read_text(encoding="utf-8")
+    names = [s.name for s in SCENARIOS] + list(PATHS)
+    assert not [n for n in names if f"`{n}`" not in text]
