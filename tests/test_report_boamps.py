@@ -42,7 +42,8 @@ def _calls(model: str, seconds: float, n: int, **tags: str) -> None:
 @pytest.fixture
 def db(tmp_path) -> Path:
     """Two models measured on two simulated GPUs in France (one tagged with its task
-    family), and one model run where no GPU sensor could be read."""
+    family), and calls where no GPU sensor could be read: all of one model's, one of
+    another's."""
     path = tmp_path / "fp.db"
     footprint.configure(
         db=str(path),
@@ -57,6 +58,8 @@ def db(tmp_path) -> Path:
     footprint.configure(db=str(path), sensor="none", cpu=False, region="FRA")
     with footprint.query(model="blind") as q:
         q.set_tokens(1, 2)
+    with footprint.query(model="mistral") as q:  # one of its calls not measured
+        q.set_tokens(5, 7)
     footprint.flush()
     footprint.reset_configuration()
     return path
@@ -96,7 +99,8 @@ def test_one_valid_report_per_measured_model_with_the_json_reports_energy(db, ca
         assert measure["powerConsumption"] == entry["energy_kwh"] > 0
         assert measure["measurementMethod"] == "footprint"
         assert measure["gpuTrackingMode"] == "simulated"
-        assert measure["measurementDuration"] >= MODELS[name] * entry["queries"]
+        measured = entry["queries"] - entry["queries_without"]["energy"]
+        assert measure["measurementDuration"] >= MODELS[name] * measured
         task = report["task"]
         assert task["taskStage"] == "inference"
         assert task["nbRequest"] == entry["queries"]
@@ -113,6 +117,8 @@ def test_one_valid_report_per_measured_model_with_the_json_reports_energy(db, ca
         assert "quality" not in report  # simulated energy: no accuracy to claim
     assert by_model["llama"]["task"]["taskFamily"] == "chatbot"
     assert by_model["mistral"]["task"]["taskFamily"] == "unknown"
+    assert "(every one measured)" in by_model["llama"]["task"]["taskDescription"]
+    assert "(2 of the 3 measured)" in by_model["mistral"]["task"]["taskDescription"]
     # The model without energy gets no report (never a powerConsumption of 0); stderr
     # names it and says why.
     assert "blind" in figures and figures["blind"]["energy_kwh"] is None

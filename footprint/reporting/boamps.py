@@ -148,9 +148,10 @@ def _task(entry: Mapping[str, Any], ctx: ModelContext, period: Mapping[str, Any]
             item["dataQuantity"] = mean
         datasets.append(item)
     unmeasured = entry["queries_without"]["energy"]
-    measured = f"{n - unmeasured:,} of the {n:,}" if unmeasured else f"all {n:,}"
-    since = period.get("since") or "(open)"
-    until = period.get("until") or "(open)"
+    measured = f"{n - unmeasured:,} of the {n:,}" if unmeasured else "every one"
+    since, until = period.get("since"), period.get("until")
+    when = f"from {since or 'the first query'} to {until or 'the last query'}"
+    requests = "request" if n == 1 else "requests"
     return {
         "taskStage": "inference",
         "taskFamily": family,
@@ -158,11 +159,10 @@ def _task(entry: Mapping[str, Any], ctx: ModelContext, period: Mapping[str, Any]
         "algorithms": [{"foundationModelName": entry["model"]}],
         "dataset": datasets,
         "taskDescription": (
-            f"{n:,} inference requests to {entry['model']} in the period {since} .. "
-            f"{until}, measured by footprint. powerConsumption is the GPU energy attributed to the "
-            f"requests ({measured} requests measured); idle GPU energy, CPU energy and the "
-            "data centre's overhead (PUE) are not included. dataQuantity is tokens per "
-            "request."
+            f"{n:,} inference {requests} to {entry['model']} {when}, measured by "
+            f"footprint. powerConsumption is the GPU energy attributed to them ({measured} "
+            "measured); idle GPU energy, CPU energy and the data centre's overhead (PUE) are "
+            "not included. dataQuantity is tokens per request."
         ),
     }
 
