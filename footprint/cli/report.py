@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -30,7 +31,12 @@ def report(
         ),
     ] = "model",
     fmt: Annotated[
-        list[str] | None, typer.Option("--format", help="html|md|csv|json|all (repeat or a,b).")
+        list[str] | None,
+        typer.Option(
+            "--format",
+            help="html|md|csv|json|all, or boamps: a Boavizta BoAmps JSON report per model "
+            "(not in all; repeat or a,b).",
+        ),
     ] = None,
     out: Annotated[str | None, typer.Option(help="Output folder (default: reports/).")] = None,
     compare: Annotated[
@@ -39,18 +45,33 @@ def report(
     allow_empty: Annotated[
         bool, typer.Option("--allow-empty", help="Write an explicit report of no queries.")
     ] = False,
+    publisher: Annotated[
+        str | None,
+        typer.Option(help="--format boamps: the publishing organisation's name."),
+    ] = None,
+    confidentiality: Annotated[
+        str | None,
+        typer.Option(
+            help="--format boamps: public|internal|confidential|secret (names a publisher)."
+        ),
+    ] = None,
 ) -> None:
     """Per-model energy, CO2e and cost over a period, with charts, the method and the factors."""
     from footprint import __version__
     from footprint.reporting import ReportError
+    from footprint.reporting.boamps import make_publisher
+    from footprint.reporting.boamps_export import BOAMPS, BoampsExport
     from footprint.reporting.command import make_request, parse_formats, run_report
 
     try:
         formats = parse_formats(fmt)
+        if BOAMPS not in formats and (publisher is not None or confidentiality is not None):
+            raise ReportError("--publisher and --confidentiality go with --format boamps")
+        boamps = BoampsExport(make_publisher(publisher, confidentiality), _notice)
         source = settings_db(db)
         request = make_request(source, since, until, model, by, compare, allow_empty)
         with reading(source):
-            _, written, text = run_report(request, formats, out, __version__)
+            _, written, text = run_report(request, formats, out, __version__, boamps=boamps)
     except (ReportError, OSError) as exc:
         raise InputError(str(exc)) from None
     if text is not None:
@@ -58,3 +79,8 @@ def report(
         return
     for path in written:
         console.print(f"wrote {path}")
+
+
+def _notice(line: str) -> None:
+    """A line on stderr (what an export left out), apart from the output on stdout."""
+    sys.stderr.write(f"footprint: {line}\n")

@@ -8,6 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from footprint.reporting.boamps_export import (
+    BOAMPS,
+    BoampsExport,
+    build_boamps,
+    render_boamps,
+    write_boamps,
+)
 from footprint.reporting.build import build_report
 from footprint.reporting.render import FORMATS, render_json, write_report
 from footprint.reporting.request import (
@@ -21,17 +28,24 @@ from footprint.reporting.request import (
 DEFAULT_OUT = "reports"
 
 
+# Asked for by name only: ``all`` is the report itself (html, md, csv, json); a BoAmps
+# export is a publication of its own (one file per model, dated when it is made).
+EXTRA_FORMATS = (BOAMPS,)
+
+
 def parse_formats(values: list[str] | None) -> list[str]:
-    """``--format html --format md,csv`` or ``all``; order fixed, duplicates dropped."""
+    """``--format html --format md,csv`` or ``all`` (not ``boamps``: asked by name);
+    order fixed, duplicates dropped."""
     wanted = split_names(values) or ["all"]
-    if "all" in wanted:
-        return list(FORMATS)
-    bad = [f for f in wanted if f not in FORMATS]
+    known = FORMATS + EXTRA_FORMATS
+    bad = [f for f in wanted if f not in known and f != "all"]
     if bad:
         raise ReportError(
-            f"--format must be one of {', '.join(FORMATS)} or all, got {', '.join(bad)}"
+            f"--format must be one of {', '.join(known)} or all, got {', '.join(bad)}"
         )
-    return [f for f in FORMATS if f in wanted]
+    if "all" in wanted:
+        return list(FORMATS) + [f for f in EXTRA_FORMATS if f in wanted]
+    return [f for f in known if f in wanted]
 
 
 def make_request(
@@ -92,16 +106,27 @@ def run_report(
     out: str | None,
     version: str,
     show_progress: bool = True,
+    boamps: BoampsExport | None = None,
 ) -> tuple[dict[str, Any], list[Path], str | None]:
     """Build the report; write files, or return the JSON text for stdout.
 
-    With only ``json`` asked and no ``out``, nothing is written and the JSON text is
-    returned for stdout.
+    With only ``json`` (or only ``boamps``) asked and no ``out``, nothing is written and
+    the JSON text is returned for stdout. ``boamps``: the options of a BoAmps export.
     """
-    to_stdout = formats == ["json"] and out is None
+    to_stdout = len(formats) == 1 and formats[0] in ("json", BOAMPS) and out is None
     with progress_bar(show_progress and not to_stdout) as advance:
         report = build_report(request, progress=advance)
+        # Before any file is written: a BoAmps export with nothing to say is an error.
+        reports = None
+        if BOAMPS in formats:
+            reports = build_boamps(request, report, version, boamps or BoampsExport())
         if to_stdout:
-            return report, [], render_json(report)
-        written = write_report(report, Path(out or DEFAULT_OUT), formats, version, advance)
+            text = render_json(report) if reports is None else render_boamps(reports)
+            return report, [], text
+        out_dir = Path(out or DEFAULT_OUT)
+        written = write_report(
+            report, out_dir, [f for f in formats if f in FORMATS], version, advance
+        )
+        if reports is not None:
+            written += write_boamps(reports, out_dir)
     return report, written, None
