@@ -93,7 +93,7 @@ class Engine:
         self.power: list[tuple[float, float]] = []
 
     def run(self, requests: list[Request]) -> Served:
-        """Serve ``requests`` (sorted by arrival here) until every one has ended."""
+        """Serve ``requests`` until every one has ended (returned in the order given)."""
         arrivals = sorted(requests, key=lambda r: (r.arrival_s, r.id))
         i = 0
         while i < len(arrivals) or self.waiting or self.prefilling or self.decoding:
@@ -107,7 +107,7 @@ class Engine:
             self._step()
         self._set_power(0.0)
         return Served(
-            arrivals,
+            list(requests),
             self.power,
             self.step,
             self.energy_sum_j,
