@@ -267,7 +267,7 @@ def _print_batching(result: dict[str, Any]) -> None:
                 f"  {name}: per request p50 {per['p50']:.1f}% p95 {per['p95']:.1f}% max "
                 f"{per['max']:.1f}%; total {figures['total_error_pct']:+.3f}%; within bound "
                 f"{figures['bound_coverage_pct']}%; {figures['runtime_us_per_span']:.0f} µs "
-                f"per span"
+                f"per span ({figures['cycles_us_per_span']:.0f} in cycles)"
             )
             console.print(f"    mean signed error by kind: {kinds}")
     for model in result["calibration"]:

@@ -57,6 +57,7 @@ class Driven:
     records: dict[int, dict[str, Any]]  # request id -> its record
     spans: int
     process_s: float  # CPU time of footprint's work: calls, sampling, resolving, writing
+    cycles_process_s: float  # of which the writer's cycles: resolving, pricing, writing
     counter_j: float  # what the GPUs drew over the run, exactly (from ORIGIN_S)
     counted_s: float  # how long that run was
 
@@ -91,6 +92,7 @@ class _Driver:
         self.next_sample_s = clock.monotonic_s() + self._wait_s()
         self.cycle_s = runtime.settings.flush_interval_s
         self.next_cycle_s = clock.monotonic_s() + self.cycle_s
+        self.cycles_s = 0.0  # CPU time spent in the runtime's cycles
 
     def _wait_s(self) -> float:
         return self.runtime.next_sample_wait_s() * self.rng.uniform(1.0, 1.1)
@@ -106,7 +108,9 @@ class _Driver:
                 runtime.sample()
                 self.next_sample_s = clock.monotonic_s() + self._wait_s()
             if due_s == self.next_cycle_s:
+                started = time.process_time()
                 runtime.step()
+                self.cycles_s += time.process_time() - started
                 self.next_cycle_s += self.cycle_s
         clock.advance(max(0.0, t_s - clock.monotonic_s()))
 
@@ -133,11 +137,13 @@ def drive(served: Served, costs: StepCosts, rule: Rule, seed: int) -> Driven:
         runtime.on_records.append(lambda batch, _idle: records.extend(batch))
         setup_s = time.process_time() - started
         load_gpus(gpu_sensor.gpus, served, costs, origin_s)
-        process_s = _replay(runtime, tracker, clock, served, costs, origin_s, seed) + setup_s
+        process_s, cycles_s = _replay(runtime, tracker, clock, served, costs, origin_s, seed)
         end_s = origin_s + served.end_s + TAIL_S
         counter_j = sum(gpu.true_energy_j(ORIGIN_S, end_s) for gpu in gpu_sensor.gpus)
     by_id = {json.loads(r["tags"])["request"]: r for r in records}
-    return Driven(by_id, len(served.requests), process_s, counter_j, end_s - ORIGIN_S)
+    return Driven(
+        by_id, len(served.requests), process_s + setup_s, cycles_s, counter_j, end_s - ORIGIN_S
+    )
 
 
 def _replay(
@@ -148,8 +154,9 @@ def _replay(
     costs: StepCosts,
     origin_s: float,
     seed: int,
-) -> float:
-    """The requests' calls on the clock; returns the CPU time footprint's work took."""
+) -> tuple[float, float]:
+    """The requests' calls on the clock; returns the CPU time footprint's work took, and
+    the part of it its cycles took (the exit flush included)."""
     cpu = time.process_time
     spent_s = 0.0
     t0 = cpu()
@@ -174,5 +181,7 @@ def _replay(
         spent_s += cpu() - t0
     t0 = cpu()
     driver.advance_to(origin_s + served.end_s + TAIL_S)
+    closing = cpu()
     tracker.close()
-    return spent_s + cpu() - t0
+    done = cpu()
+    return spent_s + done - t0, driver.cycles_s + done - closing

@@ -68,6 +68,7 @@ def judge(requests: list[Request], driven: Driven) -> dict[str, Any]:
         else None,
         "bound_coverage_pct": _round(covered / judged * 100.0, 2) if judged else None,
         "runtime_us_per_span": _round(driven.process_s / max(1, driven.spans) * 1e6, 2),
+        "cycles_us_per_span": _round(driven.cycles_process_s / max(1, driven.spans) * 1e6, 2),
     }
 
 
