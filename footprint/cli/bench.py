@@ -222,6 +222,66 @@ def _print_accuracy(result: dict[str, Any]) -> None:
         )
 
 
+@bench_app.command("batching")
+def bench_batching(
+    as_json: JsonOption = False,
+    requests: Annotated[
+        int, typer.Option(min=10, max=200_000, help="Requests per scenario.")
+    ] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the traffic and the sampler's jitter.")] = 1,
+    scenario: Annotated[
+        list[str] | None,
+        typer.Option("--scenario", help="Run only this scenario (repeatable)."),
+    ] = None,
+) -> None:
+    """Attribution on a continuously batching model server against each request's true
+    energy: a step-by-step engine calibrated on published H100 measurements, run
+    through the real runtime under each attribution rule."""
+    from footprint.bench.batching.measure import run
+    from footprint.bench.batching.traffic import SCENARIOS
+
+    known = [s.name for s in SCENARIOS]
+    for name in scenario or []:
+        if name not in known:
+            raise InputError(f"unknown scenario {name!r}; known: {', '.join(known)}")
+    result = run(requests=requests, seed=seed, names=scenario or None, progress=_progress)
+    show(result, as_json, _print_batching)
+
+
+def _print_batching(result: dict[str, Any]) -> None:
+    rules = result["rules"]
+    for entry in result["scenarios"]:
+        truth = entry["truth"]
+        console.print(
+            f"{entry['name']}: {truth['requests']:,} requests on {entry['gpus']} GPU(s), "
+            f"mean batch {truth['mean_batch']:g}, {truth['j_per_output_token']:.3f} J per "
+            f"output token; truth conserved to {abs(truth['conservation_residual_j']):.1e} J"
+        )
+        for name in rules:
+            figures = entry["rules"][name]
+            per = figures["per_request_error_pct"]
+            kinds = ", ".join(
+                f"{kind} {value:+.1f}%" for kind, value in figures["signed_mean_error_pct"].items()
+            )
+            console.print(
+                f"  {name}: per request p50 {per['p50']:.1f}% p95 {per['p95']:.1f}% max "
+                f"{per['max']:.1f}%; total {figures['total_error_pct']:+.3f}%; within bound "
+                f"{figures['bound_coverage_pct']}%; {figures['runtime_us_per_span']:.0f} µs "
+                f"per span ({figures['cycles_us_per_span']:.0f} in cycles)"
+            )
+            console.print(f"    mean signed error by kind: {kinds}")
+    for model in result["calibration"]:
+        lo, hi = model["published_range_j_per_token"]
+        points = ", ".join(
+            f"B={p['batch']} {p['simulated_j_per_token']:.3f} ({p['published_j_per_token']:.3f})"
+            for p in model["points"]
+        )
+        console.print(
+            f"calibration {model['model']}: J per output token simulated (published): "
+            f"{points}; published range {lo:.3f}-{hi:.3f}"
+        )
+
+
 @bench_app.command("daemon")
 def bench_daemon(
     as_json: JsonOption = False,

@@ -1,0 +1,258 @@
+"""``footprint bench batching``: its truth conserves energy and is each request's Shapley
+value, its cost model matches the measurements it cites, and what it reports of the
+equal-split rule on batched serving (today's defect: light calls overcharged)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from footprint.bench.batching.calibration import check
+from footprint.bench.batching.costs import COSTS, StepCosts
+from footprint.bench.batching.drive import load_gpus
+from footprint.bench.batching.engine import Engine, Request
+from footprint.bench.batching.measure import run, run_scenario
+from footprint.bench.batching.traffic import SCENARIOS
+from footprint.cli import main
+from footprint.sensors.simulated import SimulatedGpu, SimulatedGpuSpec
+
+MODELS = sorted(COSTS)
+REQUEST = st.tuples(
+    st.floats(0.0, 5.0),  # arrival, s
+    st.integers(1, 5000),  # input tokens
+    st.integers(1, 300),  # output tokens
+)
+
+
+def _serve(costs: StepCosts, specs: list[tuple[float, int, int]]):
+    requests = [Request(i, t, n_in, n_out, "x") for i, (t, n_in, n_out) in enumerate(specs)]
+    return Engine(costs).run(requests)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    model=st.sampled_from(MODELS),
+    specs=st.lists(REQUEST, min_size=1, max_size=30),
+    max_num_seqs=st.sampled_from([2, 8, 1000]),
+)
+def test_truths_plus_idle_are_what_the_counter_counts(model, specs, max_num_seqs):
+    """Conservation: the GPUs' exact energy, less idle power while no step ran, is the
+    sum of the requests' truths to float precision; the mJ counter agrees within 1 mJ
+    per GPU. Every step's power stays within idle..cap (load 0..1)."""
+    costs = replace(COSTS[model], max_num_seqs=max_num_seqs)
+    served = _serve(costs, specs)
+    spec = SimulatedGpuSpec(idle_w=costs.idle_w, busy_w=costs.cap_w, workload="manual")
+    gpus = [SimulatedGpu(i, spec) for i in range(costs.gpus)]
+    load_gpus(gpus, served, costs, origin_s=0.0)
+    ticks = math.ceil(served.end_s / spec.update_period_s) + 1
+    end_s = ticks * spec.update_period_s
+    idle_j = costs.gpus * costs.idle_w * (end_s - served.busy_s)
+    truth_j = math.fsum(r.truth_j for r in served.requests)
+    exact_j = sum(gpu.true_energy_j(0.0, end_s) for gpu in gpus)
+    assert exact_j - idle_j == pytest.approx(truth_j, rel=1e-9)
+    assert served.step_energy_j == pytest.approx(truth_j, rel=1e-12)
+    read_s = (ticks + 0.5) * spec.update_period_s  # the counter's value at tick ``ticks``
+    counted_j = sum(gpu.counter_mj(read_s) for gpu in gpus) / 1000.0
+    assert abs(counted_j - idle_j - truth_j) <= 1e-3 * costs.gpus + 1e-9 * truth_j
+    watts = [w for _, w in served.power_steps]
+    assert min(watts) >= 0.0
+    assert max(watts) <= costs.gpus * (costs.cap_w - costs.idle_w) * (1 + 1e-12)
+    assert all(r.truth_j > 0.0 and r.arrival_s <= r.first_s <= r.end_s for r in served.requests)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize(("input_tokens", "output_tokens"), [(100, 50), (5000, 3), (7, 1)])
+def test_a_request_alone_gets_every_step_it_ran_including_all_of_f(
+    model, input_tokens, output_tokens
+):
+    costs = COSTS[model]
+    served = _serve(costs, [(0.0, input_tokens, output_tokens)])
+    (request,) = served.requests
+    prefill_steps = math.ceil(input_tokens / costs.token_budget)
+    expected_j = (
+        (prefill_steps + output_tokens - 1) * costs.fixed_j
+        + costs.prefill_j_per_token * input_tokens
+        + costs.decode_energy_j(input_tokens, output_tokens)
+    )
+    assert served.steps == prefill_steps + output_tokens - 1
+    assert request.truth_j == pytest.approx(expected_j, rel=1e-12)
+    assert request.truth_j == pytest.approx(served.step_energy_j, rel=1e-12)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_identical_requests_get_equal_truths_and_swapping_lengths_swaps_them(model):
+    """Shapley symmetry: two requests served alike get the same value; exchanging what
+    two requests arriving together ask for exchanges their values. (Prompts short enough
+    that every step's token budget prefills all that wait: FCFS treats them alike.)"""
+    costs = COSTS[model]
+    others = [(0.01 * i, 20 + 7 * i, 20 + 11 * i) for i in range(12)]
+    twins = _serve(costs, [(0.05, 300, 80), (0.05, 300, 80), *others]).requests
+    assert twins[0].truth_j == pytest.approx(twins[1].truth_j, rel=1e-12)
+    assert twins[0].truth_j != pytest.approx(twins[2].truth_j, rel=1e-3)
+
+    first = _serve(costs, [(0.05, 300, 80), (0.05, 600, 40), *others]).requests
+    swapped = _serve(costs, [(0.05, 600, 40), (0.05, 300, 80), *others]).requests
+    assert first[0].truth_j == pytest.approx(swapped[1].truth_j, rel=1e-12)
+    assert first[1].truth_j == pytest.approx(swapped[0].truth_j, rel=1e-12)
+    assert first[0].truth_j != pytest.approx(first[1].truth_j, rel=1e-3)
+
+
+def test_a_step_shared_by_n_gives_each_its_own_terms_plus_f_over_n():
+    """Two decoders and a prompt chunk in one step: the step's energy splits as the
+    additive model's Shapley value."""
+    costs = COSTS["llama-3.1-8b"]
+    served = _serve(costs, [(0.0, 10, 2), (0.0, 20, 2), (0.0, 30, 2)])
+    # Step 1 prefills all three (first tokens), step 2 decodes all three: every step
+    # serves the three of them.
+    assert served.steps == 2
+    for request in served.requests:
+        own_j = costs.prefill_j_per_token * request.input_tokens + costs.decode_energy_j(
+            request.input_tokens, 2
+        )
+        assert request.truth_j == pytest.approx(own_j + 2 * costs.fixed_j / 3, rel=1e-12)
+
+
+def test_the_cost_model_reproduces_the_published_measurements():
+    """J per output token at each measured batch size (the chat workload, a full queue)
+    within 5 % of ML.ENERGY v3.0's figure, and inside its published range."""
+    for model in check():
+        lo, hi = model["published_range_j_per_token"]
+        assert "ml.energy" in model["source"]
+        assert len(model["points"]) >= 5
+        for point in model["points"]:
+            simulated = point["simulated_j_per_token"]
+            assert simulated == pytest.approx(point["published_j_per_token"], rel=0.05)
+            assert lo * 0.98 <= simulated <= hi * 1.02
+    assert COSTS["llama-3.1-8b"].fixed_j > 0 and COSTS["llama-3.1-70b"].fixed_j > 0
+
+
+def test_equal_split_overcharges_the_light_calls_of_two_kinds():
+    """Today's rule on batched serving: a light call sharing the batch with calls that
+    draw about five times its power is charged far more than its own energy."""
+    scenario = next(s for s in SCENARIOS if s.name == "two-kinds/llama-3.1-8b")
+    result = run_scenario(scenario, requests=150, seed=1)
+    kinds = result["truth"]["kinds"]
+    assert kinds["heavy"]["mean_power_w"] > 3 * kinds["light"]["mean_power_w"]
+    equal = result["rules"]["equal"]
+    assert equal["records"] == 150 and equal["missing"] == 0
+    assert equal["signed_mean_error_pct"]["light"] > 50.0
+    assert equal["signed_mean_error_pct"]["heavy"] < -20.0
+    assert abs(equal["total_error_pct"]) < 1.0  # the totals are right; the split is not
+    assert abs(result["truth"]["conservation_residual_j"]) < 1e-6
+
+
+_FIGURES = {
+    "type": "object",
+    "required": [
+        "records",
+        "missing",
+        "per_request_error_pct",
+        "signed_mean_error_pct",
+        "total_error_pct",
+        "bound_coverage_pct",
+        "runtime_us_per_span",
+        "cycles_us_per_span",
+    ],
+    "properties": {
+        "records": {"type": "integer", "minimum": 0},
+        "missing": {"type": "integer", "minimum": 0},
+        "per_request_error_pct": {
+            "type": "object",
+            "required": ["p50", "p95", "max"],
+            "additionalProperties": {"type": "number", "minimum": 0},
+        },
+        "signed_mean_error_pct": {"type": "object", "additionalProperties": {"type": "number"}},
+        "total_error_pct": {"type": "number"},
+        "bound_coverage_pct": {"type": "number", "minimum": 0, "maximum": 100},
+        "runtime_us_per_span": {"type": "number", "exclusiveMinimum": 0},
+        "cycles_us_per_span": {"type": "number", "minimum": 0},
+    },
+}
+SCHEMA = {
+    "type": "object",
+    "required": ["benchmark", "seed", "requests_per_scenario", "rules", "scenarios", "targets"],
+    "properties": {
+        "benchmark": {"const": "batching"},
+        "rules": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "scenarios": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "model", "gpus", "truth", "rules"],
+                "properties": {
+                    "gpus": {"type": "integer", "minimum": 1},
+                    "truth": {
+                        "type": "object",
+                        "required": [
+                            "requests",
+                            "steps",
+                            "truth_j",
+                            "j_per_output_token",
+                            "conservation_residual_j",
+                            "mean_batch",
+                            "kinds",
+                        ],
+                    },
+                    "rules": {"type": "object", "additionalProperties": _FIGURES},
+                },
+            },
+        },
+        "calibration": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["model", "published_range_j_per_token", "source", "points"],
+            },
+        },
+    },
+}
+
+
+def test_json_output_follows_its_schema_with_a_column_per_rule(capsys):
+    main(
+        [
+            "bench",
+            "batching",
+            "--json",
+            "--requests",
+            "40",
+            "--seed",
+            "3",
+            "--scenario",
+            "mixed/llama-3.1-70b",
+        ]
+    )
+    result = json.loads(capsys.readouterr().out)
+    jsonschema.validate(result, SCHEMA)
+    (scenario,) = result["scenarios"]
+    assert scenario["name"] == "mixed/llama-3.1-70b" and scenario["gpus"] == 4
+    assert result["rules"] == ["equal"] and set(scenario["rules"]) == {"equal"}
+    assert scenario["rules"]["equal"]["records"] == 40
+    assert scenario["truth"]["requests"] == 40
+
+
+def test_same_seed_same_figures():
+    a = run(requests=30, seed=5, names=["mixed/llama-3.1-8b"])
+    b = run(requests=30, seed=5, names=["mixed/llama-3.1-8b"])
+    for result in (a, b):
+        result.pop("elapsed_s")
+        for scenario in result["scenarios"]:
+            for figures in scenario["rules"].values():
+                figures.pop("runtime_us_per_span")
+                figures.pop("cycles_us_per_span")
+    assert a == b
+
+
+def test_unknown_scenario_exits_2_with_one_line(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "batching", "--scenario", "nope"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown scenario 'nope'" in err and err.count("\n") == 1
