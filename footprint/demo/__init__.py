@@ -38,8 +38,6 @@ from footprint.demo.models import (
     MODELS,
     OUTPUT_TOKENS,
     PREFILL_CHUNK_TOKENS,
-    USD_PER_GPU_HOUR,
-    USD_PER_GPU_HOUR_SOURCE,
     DemoModel,
 )
 from footprint.demo.replay import (
@@ -97,8 +95,6 @@ __all__ = [
     "POLL_S",
     "PREFILL_CHUNK_TOKENS",
     "SCALE_UP_BACKLOG",
-    "USD_PER_GPU_HOUR",
-    "USD_PER_GPU_HOUR_SOURCE",
     "WEEKDAY",
     "DemoModel",
     "plan_workload",
