@@ -104,4 +104,4 @@ def _print_zones(zones: list[dict[str, Any]]) -> None:
         row = (z["zone"], z["name"] or "", z["grid_zone"] or "", intensity, price)
         table.add_row(*row, z["intensity_ref"][:60])
     console.print(table)
-    console.print(f"{len(zones)} zone{'' if len(zones) == 1 else 's'}")
+    console.print(f"{len(zones)} zones")
