@@ -188,7 +188,15 @@ def capacity_table(report: dict[str, Any]) -> Table | None:
         ("idle_energy_kwh", "energy"),
     )
     return Table(
-        headers=["GPU", "Host", "Models", "GPU-hours held", "busy", "Utilisation", "Idle energy"],
+        headers=[
+            "GPU",
+            "Host",
+            "Models served",
+            "GPU-hours held",
+            "busy",
+            "Utilisation",
+            "Idle energy",
+        ],
         rows=[
             [
                 g["gpu"],
