@@ -48,8 +48,9 @@ def _db(tmp_path: Path) -> str:
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file, but a report's totals row."""
     with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+        return [r for r in csv.DictReader(handle) if r.get("row") != "total"]
 
 
 def _is_number(text: str) -> bool:
@@ -107,6 +108,8 @@ def test_export_csv_escapes_text_cells(tmp_path):
 def test_numbers_stay_numbers_negative_ones_included():
     report = {
         "by": None,
+        "period": {"since": "2026-03-02T00:00:00+00:00", "until": None, "last_query": "x"},
+        "totals": {"queries": 4, "co2e_change": None},
         "models": [
             {
                 "model": "=1+1",
@@ -129,11 +132,17 @@ def test_numbers_stay_numbers_negative_ones_included():
     rows = list(csv.DictReader(io.StringIO(render_csv(report))))
     assert rows[0] == {
         "model": "'=1+1",
+        "row": "model",
+        "period_start": "2026-03-02T00:00:00+00:00",
+        "period_end": "x",
+        "currency": "USD",
         "queries": "3",
         "co2e_change": "-0.892",
         "saving.usd": "-12",
         "note": "'-not a number",
-        "missing": "unknown",
+        "missing": "",  # not known: an empty cell, never a text in a column of numbers
     }
     assert rows[1]["model"] == "'-5"  # a model name is text, whatever it looks like
     assert rows[1]["co2e_change"] == "-1e-09"
+    assert rows[2]["row"] == "total" and rows[2]["model"] == "All models"
+    assert rows[2]["queries"] == "4" and rows[2]["co2e_change"] == ""

@@ -87,6 +87,7 @@ SCALES = {
     "kg": 1e3,
     "t": 1e6,
 }
+SECONDS = {"ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
 
 
 def parse_shown(text: str, kind: str) -> float | None:
@@ -105,6 +106,8 @@ def parse_shown(text: str, kind: str) -> float | None:
     if kind == "gpu_hours":
         return float(text.replace(",", "")) * 3600.0
     number, unit = text.rsplit(" ", 1)
+    if kind == "duration":
+        return float(number.replace(",", "")) * SECONDS[unit]
     value = float(number.replace(",", "")) * SCALES[unit]
     return value * 1000 if kind == "wh" else value
 
@@ -218,6 +221,8 @@ def test_markdown_and_csv_carry_the_same_rows(fresh_report):
         assert width > 600 and height > 200
     with open(fresh_report / "footprint-report.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
+    *rows, total = rows
+    assert total["row"] == "total" and float(total["co2e_g"]) == report["totals"]["co2e_g"]
     assert [r["zone"] for r in rows] == [g["zone"] for g in report["groups"]]
     assert float(rows[0]["co2e_g"]) == report["groups"][0]["co2e_g"]
     names = list(rows[0])

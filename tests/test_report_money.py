@@ -149,8 +149,9 @@ def test_a_database_without_energy_reports_unknown_not_zero(tmp_path, capsys):
     md = (folder / "footprint-report.md").read_text(encoding="utf-8")
     assert "| GPU energy (attributed) | – |" in md and "| Cost (attributed) | – |" in md
     with open(folder / "footprint-report.csv", newline="", encoding="utf-8") as handle:
-        (row,) = list(csv.DictReader(handle))
-    assert row["energy_kwh"] == row["co2e_g"] == row["cost_usd"] == "unknown"
+        row, total = list(csv.DictReader(handle))
+    assert row["energy_kwh"] == row["co2e_g"] == row["cost_usd"] == ""  # unknown: no number
+    assert total["energy_kwh"] == total["co2e_g"] == total["cost_usd"] == ""
     assert not (folder / "charts" / "daily.png").exists()  # nothing known to draw
 
 
@@ -287,7 +288,8 @@ def test_chargeback_in_html_markdown_and_csv(bench_db, tmp_path):
     assert "## By team (tag)" in md and "| (no team) |" in md
     with open(folder / "footprint-report.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    assert [r["tag:team"] for r in rows] == ["", "ads", "assistant", "search"]
+    assert [r["tag:team"] for r in rows] == ["", "ads", "assistant", "search", "All"]
+    assert [r["row"] for r in rows] == ["group"] * 4 + ["total"]
 
 
 def test_tag_values_are_text_and_queries_without_the_tag_are_one_group(db_url, capsys):

@@ -94,7 +94,8 @@ def test_html_markdown_show_twelve_and_the_others_csv_every_model(thirty_out):
     check_html(thirty_out / "footprint-report.html", report)  # every figure is the JSON's
     models = re.search(r'<section id="models">(.*?)</section>', html, re.S).group(1)
     tables = re.findall(r"<tbody>(.*?)</tbody>", models, re.S)
-    assert len(tables) == 3  # energy and CO2e, cost and capacity, per query and per 1k tokens
+    # energy and CO2e, cost and capacity, per query and per 1k tokens, latency and $ per 1M
+    assert len(tables) == 4
     for body in tables:
         names = re.findall(r"<tr><td>(?:<span[^>]*></span>)?([^<]*)</td>", body)
         assert names == [m["model"] for m in report["models"][:12]] + ["all others (18 models)"]
@@ -111,7 +112,8 @@ def test_html_markdown_show_twelve_and_the_others_csv_every_model(thirty_out):
     ]
     with open(thirty_out / "footprint-report.csv", newline="", encoding="utf-8") as handle:
         listed = [row["model"] for row in csv.DictReader(handle)]
-    assert listed == [m["model"] for m in report["models"]]  # a data export: every model
+    # a data export: every model, then the totals
+    assert listed == [m["model"] for m in report["models"]] + ["All models"]
 
 
 def test_charts_have_at_most_thirteen_series(thirty):

@@ -92,7 +92,7 @@ def test_records_without_bounds_give_null_and_no_plus_minus(tmp_path, capsys):
     assert f"| GPU energy (attributed) | {energy} |" in md
     assert "| ± bound |" in md and "| ± –" not in md
     with open(out / "footprint-report.csv", newline="") as handle:
-        assert {row["energy_uncertainty_kwh"] for row in csv.DictReader(handle)} == {"unknown"}
+        assert {row["energy_uncertainty_kwh"] for row in csv.DictReader(handle)} == {""}
 
 
 def test_json_on_stdout_has_the_bounds(tmp_path, capsys):

@@ -428,7 +428,7 @@ def run_models(
         }
         report = json.loads((out / f"{BASENAME}.json").read_text(encoding="utf-8"))
         with open(out / f"{BASENAME}.csv", encoding="utf-8") as handle:
-            csv_rows = sum(1 for _ in handle) - 1
+            csv_rows = sum(1 for _ in handle) - 2  # the header and the totals row
     best = min(runs, key=lambda r: r["seconds"])
     rss = [r["peak_rss_mb"] for r in runs]
     shown = min(len(report["models"]), TOP_MODELS) + (1 if report.get("others") else 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,6 +28,7 @@ def demo(
     """A simulated week of batched LLM serving on simulated H100s, then its report in --out."""
     from footprint import __version__
     from footprint.demo import run_demo
+    from footprint.demo.summary import add_report_figures
     from footprint.reporting import ReportError, ReportRequest
     from footprint.reporting.command import run_report
     from footprint.storage.store import StoreError
@@ -34,11 +36,12 @@ def demo(
     if not as_json:
         console.print(
             f"Simulating {days} days: {queries} requests to Llama 3.1 8B and 70B, continuously "
-            f"batched on up to {concurrency} simulated H100s held and released by a scheduler…"
+            f"batched on replicas that a scheduler holds and releases, at most {concurrency} "
+            "simulated H100s at once…"
         )
     try:
         summary = run_demo(db, queries=queries, seed=seed, concurrency=concurrency, days=days)
-        _, written, _ = run_report(
+        report, written, _ = run_report(
             ReportRequest(db=db),
             ["html", "md", "csv", "json"],
             out,
@@ -47,8 +50,18 @@ def demo(
         )
     except (ValueError, RuntimeError, StoreError, ReportError, OSError) as exc:
         raise InputError(str(exc)) from None
-    summary["report"] = {"dir": out, "files": [str(p) for p in written]}
+    add_report_figures(summary, report)
+    summary["report"] = {
+        "dir": out,
+        "files": [str(p) for p in written],
+        "command": report_command(db),
+    }
     show(summary, as_json, lambda s: _print_summary(s, db, out, written))
+
+
+def report_command(db: str) -> str:
+    """The command that reports the demo's database again, by team (its ``team`` tag)."""
+    return f"footprint report --db {shlex.quote(db)} --by tag:team"
 
 
 def _print_summary(summary: dict[str, Any], db: str, out: str, written: Sequence[Path]) -> None:
@@ -84,7 +97,22 @@ def _print_summary(summary: dict[str, Any], db: str, out: str, written: Sequence
     if gpus and gpus.get("utilization") is not None:
         console.print(
             f"GPU-hours held {gpus['held_gpu_hours']:.2f}, busy {gpus['busy_gpu_hours']:.2f} "
-            f"(utilisation {gpus['utilization']:.0%})"
+            f"(utilisation {gpus['utilization']:.0%}); at most {gpus['peak_held']} of the "
+            f"pool's {gpus['pool']} GPUs held at once, {gpus['gpus_measured']} simulated GPUs "
+            "measured in all (each replica slot has GPUs of its own)"
+        )
+    if gpus and gpus.get("usd_per_gpu_hour") is not None:
+        per_1m = ", ".join(
+            f"{name} ${m['usd_per_1m_output_tokens']['busy']:.2f} "
+            f"(${m['usd_per_1m_output_tokens']['held']:.2f} fully loaded)"
+            for name, m in summary["models"].items()
+            if m.get("usd_per_1m_output_tokens", {}).get("busy") is not None
+        )
+        what = str(gpus["usd_per_gpu_hour_source"] or "source unknown").partition(": ")[0]
+        console.print(
+            f"Priced as the report prices it: ${gpus['usd_per_gpu_hour']:.2f}/GPU-hour ({what}); "
+            f"$ per 1M output tokens: {per_1m}"
         )
     html_files = [str(p) for p in written if p.suffix == ".html"]
     console.print(f"Report: {html_files[0] if html_files else out} (and .md, .csv, .json)")
+    console.print(f"Report it again, by team: {report_command(db)}", soft_wrap=True)

@@ -18,7 +18,8 @@ What is simulated is what serving looks like, one module each:
   sensor is that replica's GPUs, from provisioning to release: only held GPUs are
   measured.
 * ``summary``: what the database holds per model, read as the report reads it, with each
-  model's held and busy GPU-hours and $ per 1M output tokens.
+  model's held and busy GPU-hours; ``footprint demo`` adds the report's $/GPU-hour and
+  $ per 1M output tokens (``add_report_figures``): one price, the records'.
 """
 
 from __future__ import annotations
@@ -38,8 +39,6 @@ from footprint.demo.models import (
     MODELS,
     OUTPUT_TOKENS,
     PREFILL_CHUNK_TOKENS,
-    USD_PER_GPU_HOUR,
-    USD_PER_GPU_HOUR_SOURCE,
     DemoModel,
 )
 from footprint.demo.replay import (
@@ -97,8 +96,6 @@ __all__ = [
     "POLL_S",
     "PREFILL_CHUNK_TOKENS",
     "SCALE_UP_BACKLOG",
-    "USD_PER_GPU_HOUR",
-    "USD_PER_GPU_HOUR_SOURCE",
     "WEEKDAY",
     "DemoModel",
     "plan_workload",

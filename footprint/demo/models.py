@@ -26,14 +26,14 @@ Figures and where they come from (the demo's own choices are marked *assumption*
   nvidia-smi output shows 140-145 W for H100s with 72 GB allocated at 0 % utilisation;
   an H100 with nothing loaded draws less).
 * Cold starts 45 s (8B) and 120 s (70B): *assumptions*.
-* Money: ``USD_PER_GPU_HOUR`` = $2.99, Lambda Cloud on-demand 8x H100 SXM5
-  (gpu_8x_h100_sxm5, $23.92/h / 8), SkyPilot catalog skypilot-org/skypilot-catalog
-  catalogs/v7/lambda/vms.csv at 11580132cea293395776b033c8533714d42abb4e. The summary's
-  $ per 1M output tokens is GPU-hours x that rate / output tokens (a rented GPU's price
-  includes its electricity): "busy" with the GPU-seconds attributed to the requests,
-  "held" with every GPU-hour the scheduler held. Hosted APIs charge $0.03-0.22 (8B) and
-  $0.28-0.88 (70B) per 1M output tokens (tests/test_demo.py has the list and source).
-  The report prices the same records with the factors of ``regions/`` instead.
+* Money: the demo states no price of its own. Its records are priced by footprint's
+  pricing for the zone they ran in (``DEMO_REGION``, aws:us-east-1: the on-demand price
+  of an H100 there, with its source, in ``regions/gpu_prices.csv``), and the demo's
+  summary quotes the $/GPU-hour and $ per 1M output tokens of the report it writes
+  (``summary.add_report_figures``): one price, the one the records carry. A rented GPU's
+  price includes its electricity. Hosted APIs charge $0.03-0.22 (8B) and $0.28-0.88
+  (70B) per 1M output tokens (tests/test_demo.py has the list and source): an AWS
+  on-demand H100 serving this workload costs more than that.
 """
 
 from __future__ import annotations
@@ -73,12 +73,6 @@ LLAMA_70B_H100X4 = (
 GPU_NAME = "NVIDIA H100 80GB HBM3"
 GPU_TDP_W = 700.0  # H100 SXM power cap (nvidia-smi; see the module docstring)
 GPU_IDLE_W = 100.0  # held, weights loaded, nothing running: assumption (see docstring)
-USD_PER_GPU_HOUR = 2.99  # Lambda on-demand 8x H100 SXM5 $23.92/h / 8 (SkyPilot catalog)
-USD_PER_GPU_HOUR_SOURCE = (
-    "Lambda Cloud on-demand gpu_8x_h100_sxm5 $23.92/h / 8 GPUs, SkyPilot catalog "
-    "skypilot-org/skypilot-catalog catalogs/v7/lambda/vms.csv at "
-    "11580132cea293395776b033c8533714d42abb4e"
-)
 MEASUREMENTS_SOURCE = (
     "ML.ENERGY Benchmark v3.0 (vLLM 0.11.1), Llama 3.1 on H100: "
     "https://ml.energy/blog/measurement/energy/llm-inference-energy-a-longitudinal-analysis"

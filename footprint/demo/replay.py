@@ -34,6 +34,7 @@ DEMO_SENSOR = (
     "workload=manual,name={name}"
 )
 DEMO_REGION = "aws:us-east-1"
+DEMO_HOST = "demo-hgx-node"  # the simulated HGX node's host name, whatever machine runs it
 DEMO_TAG = '"demo": true'  # in the tags of every query the demo records (``demo=True``)
 CLOCK_ORIGIN_S = 1000.0  # monotonic time of the epoch on the simulated clocks
 
@@ -143,7 +144,7 @@ class Replay:
             request = event.request
             if event.kind == "start":
                 handle = tracking.query(
-                    model=model.name, gpus=gpus, demo=True, replica=replica.slot
+                    model=model.name, gpus=gpus, demo=True, replica=replica.slot, team=request.team
                 )
                 handle.__enter__()
                 handles[request.id] = handle
@@ -167,7 +168,7 @@ class Replay:
             seed=self.seed * 100 + replica.slot,
             name=GPU_NAME,
         )
-        runtime = Runtime(replace(self.settings, sensor=sensor_spec), clock)
+        runtime = _NodeRuntime(replace(self.settings, sensor=sensor_spec), clock)
         if runtime.store is None:
             raise RuntimeError(f"cannot open the demo database {self.settings.db}")
         sensor = runtime.gpu_sensor
@@ -182,6 +183,19 @@ class Replay:
                 gpu.add_step(CLOCK_ORIGIN_S + t, load - previous)
             previous = load
         return runtime
+
+
+class _NodeRuntime(Runtime):
+    """A runtime on the simulated node: its records and idle rows name ``DEMO_HOST``, not
+    the machine running the demo, so the same seed gives the same database anywhere."""
+
+    @property
+    def host(self) -> str:
+        return DEMO_HOST
+
+    @host.setter
+    def host(self, _name: str) -> None:
+        """The runtime sets the machine's name on start: the node keeps its own."""
 
 
 def _end(handle: Any, request: Request) -> None:

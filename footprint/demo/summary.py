@@ -1,5 +1,6 @@
 """What ``footprint demo`` prints: the report's per-model sums of the demo's database, with
-the scheduler's figures (GPU-hours held and busy, batch sizes, waits, $ per 1M tokens).
+the scheduler's figures (GPU-hours held and busy, batch sizes, waits) and the report's
+$/GPU-hour and $ per 1M output tokens (``add_report_figures``).
 
 The sums are read by the code that builds ``footprint report`` (``footprint.reporting``:
 ``read_sums`` for the per-model sums, ``Capacity`` for the energy measured and idle per
@@ -19,8 +20,6 @@ from footprint.demo.models import (
     GPU_TDP_W,
     MEASUREMENTS_SOURCE,
     MODELS,
-    USD_PER_GPU_HOUR,
-    USD_PER_GPU_HOUR_SOURCE,
     DemoModel,
 )
 from footprint.demo.scheduler import KEEP_WARM_S, Replica, Scheduler
@@ -93,7 +92,7 @@ def add_serving(
     scheduler: Scheduler,
     capacity: Capacity,
 ) -> None:
-    """Held vs busy GPU-hours, batch sizes, waits and $ per 1M output tokens, per model.
+    """Held vs busy GPU-hours, batch sizes and waits, per model; the GPU pool.
 
     Busy GPU-hours are the GPU-seconds footprint attributed to the requests; held ones
     are the scheduler's (every GPU of every replica from provisioning to release, which
@@ -118,8 +117,6 @@ def add_serving(
         "held_gpu_hours": held_total,
         "busy_gpu_hours": busy_total,
         "utilization": busy_total / held_total if held_total else None,
-        "usd_per_gpu_hour": USD_PER_GPU_HOUR,
-        "usd_per_gpu_hour_source": USD_PER_GPU_HOUR_SOURCE,
         "measurements_source": MEASUREMENTS_SOURCE,
         "keep_warm_s": KEEP_WARM_S,
     }
@@ -157,12 +154,32 @@ def _model_serving(
         busy_gpu_hours=busy_h,
         idle_energy_j=idle_j,
         j_per_output_token_fully_loaded=(m["energy_j"] + idle_j) / tokens if tokens else None,
-        usd_per_1m_output_tokens={
-            "busy": busy_h * USD_PER_GPU_HOUR / tokens * 1e6 if tokens else None,
-            "held": held_h * USD_PER_GPU_HOUR / tokens * 1e6 if tokens else None,
-        },
     )
     return held_h
+
+
+def add_report_figures(summary: dict[str, Any], report: dict[str, Any]) -> None:
+    """The money of the report built from the demo's database, so that the demo and its
+    report quote one price: the $/GPU-hour the records were priced with (None if they
+    carry several) and its source, and per model the report's $ per 1M output tokens
+    (``busy``: attributed cost, ``held``: fully loaded with the idle GPU time held)."""
+    prices = {(f["usd_per_gpu_hour"], f["sources"].get("gpu_price_ref")) for f in report["factors"]}
+    price, source = prices.pop() if len(prices) == 1 else (None, None)
+    summary.setdefault("gpus", {}).update(
+        usd_per_gpu_hour=price,
+        usd_per_gpu_hour_source=source,
+        # Each replica slot has simulated GPUs of its own: more GPUs are measured over the
+        # period than the pool holds at once (``peak_held``).
+        gpus_measured=report["measurement"]["gpus"],
+    )
+    for entry in report["models"]:
+        m = summary["models"].get(entry["model"])
+        if m is not None:
+            per_1m = entry["per_1m_output_tokens"]
+            m["usd_per_1m_output_tokens"] = {
+                "busy": per_1m["cost_usd"],
+                "held": per_1m["fully_loaded_cost_usd"],
+            }
 
 
 def _mean_batch(replicas: list[Replica]) -> float | None:

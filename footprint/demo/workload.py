@@ -63,6 +63,8 @@ HOURLY = (
     0.4,
 )
 WEEKDAY = (1.0, 1.05, 1.1, 1.05, 0.95, 0.55, 0.45)
+# The teams whose bursts each model serves (the ``team`` tag; see the module docstring).
+TEAMS = {"llama-3.1-8b": ("search", "support"), "llama-3.1-70b": ("research", "support")}
 
 
 @dataclass(eq=False)
@@ -76,6 +78,7 @@ class Request:
     output_tokens: int
     fails: bool
     fail_at: float = 1.0  # share of its steps done when a failing request gives up
+    team: str = ""  # the team whose burst it belongs to (its ``team`` tag)
     admit_s: float = math.nan  # joined a replica's batch
     first_s: float | None = None  # first output token
     end_s: float = math.nan
@@ -95,6 +98,7 @@ class Request:
 def plan_workload(queries: int, seed: int, days: int = DEMO_DAYS) -> list[Request]:
     """The requests of the simulated period, by arrival time (deterministic per seed)."""
     rng = random.Random(seed)
+    team_rng = random.Random(f"teams-{seed}")
     models = list(MODELS)
     requests: list[Request] = []
     # Bursts end well inside the period (their queues drain and replicas are released).
@@ -122,14 +126,17 @@ def plan_workload(queries: int, seed: int, days: int = DEMO_DAYS) -> list[Reques
         size = round(_log_uniform(rng, *model.burst) * WEEKDAY[day % 7])
         size = min(budget[model.name], max(1, size))
         budget[model.name] -= size
-        requests += _burst(rng, model, t, size)
+        team = team_rng.choice(TEAMS[model.name])
+        requests += _burst(rng, model, t, size, team)
     requests.sort(key=lambda r: r.arrival_s)
     for n, r in enumerate(requests):
         r.id = n
     return requests
 
 
-def _burst(rng: random.Random, model: DemoModel, start_s: float, size: int) -> list[Request]:
+def _burst(
+    rng: random.Random, model: DemoModel, start_s: float, size: int, team: str
+) -> list[Request]:
     """``size`` requests to ``model`` from ``start_s``, their rate ramping up to its peak."""
     peak = model.requests_per_s * rng.uniform(*BURST_LOAD)
     ramp_s = BURST_RAMP * model.cold_start_s
@@ -146,6 +153,7 @@ def _burst(rng: random.Random, model: DemoModel, start_s: float, size: int) -> l
                 output_tokens=round(_log_uniform(rng, *OUTPUT_TOKENS)),
                 fails=fails,
                 fail_at=rng.uniform(0.2, 0.8) if fails else 1.0,
+                team=team,
             )
         )
         t += rng.expovariate(peak * min(1.0, 0.05 + (t - start_s) / ramp_s))

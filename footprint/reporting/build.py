@@ -225,7 +225,7 @@ def assemble(
         # the models after the first TOP_MODELS by CO2e, added up (None when all are shown)
         "others": others,
         "daily": series,
-        "capacity": _capacity(capacity, device_gs),
+        "capacity": _capacity(capacity, device_gs, fold),
         "measurement": {
             "energy_sources": dict(sorted(fold.by_source.items())),
             "gpus": len(set(capacity.held_s) | {d for d, s in device_gs.items() if s > 0}),
@@ -244,16 +244,25 @@ def assemble(
     return report
 
 
-def _capacity(capacity: Capacity, busy: dict[str, float]) -> dict[str, Any]:
-    """GPU-hours held and busy per GPU (every GPU measured or used in the period)."""
+def _capacity(capacity: Capacity, busy: dict[str, float], fold: Fold) -> dict[str, Any]:
+    """GPU-hours held and busy per GPU (every GPU measured or used in the period), with
+    the hosts it was measured on and the models that ran on it."""
+    hosts: dict[str, set[str]] = {u: set(h) for u, h in fold.device_hosts.items()}
+    for host, uuid in capacity.group_held_s["host"]:
+        hosts.setdefault(uuid, set()).add(host)
     gpus = []
-    for uuid in sorted(set(capacity.held_s) | {d for d, s in busy.items() if s > 0}):
+    for uuid in sorted(
+        set(capacity.held_s) | {d for d, s in busy.items() if s > 0},
+        key=lambda u: (sorted(hosts.get(u, ())), u),
+    ):
         held = capacity.held_s.get(uuid)
         busy_h = busy.get(uuid, 0.0) / 3600.0
         held_h = None if held is None else max(held / 3600.0, busy_h)
         gpus.append(
             {
                 "gpu": uuid,
+                "hosts": sorted(hosts.get(uuid, ())),
+                "models": sorted(fold.device_models.get(uuid, ())),
                 "gpu_hours_held": held_h,
                 "gpu_hours_busy": busy_h,
                 "utilisation": busy_h / held_h if held_h else None,

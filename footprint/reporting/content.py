@@ -20,6 +20,7 @@ UNKNOWN = "–"  # a figure none of whose inputs is known
 
 FORMATTERS = {
     "count": units.count,
+    "duration": units.duration,
     "energy": units.energy,
     "mass": units.mass,
     "money": units.money,
@@ -128,6 +129,19 @@ def period_filters(report: dict[str, Any]) -> str:
     if models:
         parts.append("models: " + ", ".join(models))
     return " · ".join(parts)
+
+
+def header_line(report: dict[str, Any]) -> str:
+    """The line under the title: period, filters, queries, models and GPUs measured."""
+    totals = report["totals"]
+    return " · ".join(
+        [
+            period_filters(report),
+            units.counted(totals["queries"], "query", "queries"),
+            units.counted(len(report["models"]), "model"),
+            units.counted(report["measurement"]["gpus"], "GPU"),
+        ]
+    )
 
 
 def all_rented(report: dict[str, Any]) -> bool:

@@ -1,9 +1,13 @@
-"""The report as data: CSV (one row per model or group, every figure a column) and JSON.
+"""The report as data: CSV (one row per model or group, every figure a column, then a
+totals row) and JSON.
 
-In the CSV a figure that is not known is ``unknown`` (never 0, never an empty cell that a
-spreadsheet would sum as 0); a group's value that is null (the queries without the tag of
-``--by tag:NAME``) is an empty cell. Text that a spreadsheet would run as a formula (any
-client names its model) starts with ``'`` (``spreadsheet_text``); numbers stay numbers.
+In the CSV a figure that is not known is an empty cell (never 0, and no text in a column
+of numbers, which a spreadsheet would then read as text); so is a group's value that is
+null (the queries without the tag of ``--by tag:NAME``). Every row says what it is
+(``row``: model, group or total), the period it covers (``period_start``,
+``period_end``: ISO 8601, UTC) and the currency of its ``*_usd`` columns (``currency``).
+Text that a spreadsheet would run as a formula (any client names its model) starts with
+``'`` (``spreadsheet_text``); numbers stay numbers.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Any
 from footprint.reporting.request import group_key
 from footprint.storage.export import spreadsheet_text
 
-UNKNOWN = "unknown"
+CURRENCY = "USD"  # every money column of the report (``*_usd``)
+TOTAL_LABELS = {"model": "All models", "group": "All"}
 
 
 def _flatten(entry: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -38,26 +43,38 @@ def render_csv(report: dict[str, Any]) -> str:
 
 
 def write_csv(report: dict[str, Any], handle: Any) -> None:
-    """``render_csv`` written row by row: every model, however many (a data export)."""
+    """``render_csv`` written row by row: every model, however many (a data export), then
+    the totals (the columns the entries have; percentiles are per model only)."""
     grouped = report.get("groups") is not None
     entries = report["groups"] if grouped else report["models"]
-    labels = {group_key(report["by"])} if grouped else {"model"}
-    columns: dict[str, None] = {}
+    label = group_key(report["by"]) if grouped else "model"
+    kind = "group" if grouped else "model"
+    period = report["period"]
+    context = {
+        "row": kind,
+        "period_start": period["since"] or period["first_query"],
+        "period_end": period["until"] or period["last_query"],
+        "currency": CURRENCY,
+    }
+    columns: dict[str, None] = dict.fromkeys([label, *context])
     for entry in entries:
         columns.update(dict.fromkeys(_flatten(entry)))
     fields = list(columns)
-    writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
+    writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
     # A row with a carriage return in its text: every text cell quoted (with "\n" as line
     # end the default quoting leaves a "\r" bare, and readers would split the row there).
     quoted = csv.DictWriter(
-        handle, fieldnames=fields, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC
+        handle,
+        fieldnames=fields,
+        lineterminator="\n",
+        quoting=csv.QUOTE_NONNUMERIC,
+        extrasaction="ignore",
     )
     writer.writerow({k: spreadsheet_text(k) for k in fields})
-    for entry in entries:
-        row = {
-            k: ("" if k in labels else UNKNOWN) if v is None else spreadsheet_text(v)
-            for k, v in _flatten(entry).items()
-        }
+    totals = {**report["totals"], label: TOTAL_LABELS[kind]}
+    for entry, row_kind in [*((e, kind) for e in entries), (totals, "total")]:
+        values = {**context, "row": row_kind, **_flatten(entry)}
+        row = {k: "" if v is None else spreadsheet_text(v) for k, v in values.items()}
         bare_cr = any(isinstance(v, str) and "\r" in v for v in row.values())
         (quoted if bare_cr else writer).writerow(row)
 

@@ -9,6 +9,7 @@ A SQLite file the report may not write (file or folder) is read read-only, never
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -186,7 +187,7 @@ def open_report_engine(db: str) -> Engine:
         except StoreError as exc:
             raise ReportError(str(exc)) from None
     if not os.path.isfile(path):
-        raise ReportError(f"no database at {path} (give --db or set FOOTPRINT_DB)")
+        raise ReportError(missing_database(path))
     access = probe_sqlite(path)
     if access.writable and not _asks_read_only(url):
         try:
@@ -196,6 +197,27 @@ def open_report_engine(db: str) -> Engine:
                 raise ReportError(read_error(db, exc)) from None
     _check_read_only_schema(access)
     return _with_read_pragmas(read_only_engine(access))
+
+
+DEMO_DB = "footprint-demo.db"  # where ``footprint demo`` writes by default
+
+
+def missing_database(path: str) -> str:
+    """Why there is nothing to report at ``path``, and how to name another database: with
+    the exact command when ``footprint demo``'s database is beside it or in this folder."""
+    text = (
+        f"no database at {path}; name the database to read with --db PATH or the "
+        "FOOTPRINT_DB environment variable"
+    )
+    folder = os.path.dirname(path) or "."
+    for demo in dict.fromkeys([os.path.join(folder, DEMO_DB), DEMO_DB]):
+        full = os.path.abspath(demo)
+        if os.path.isfile(demo) and full != os.path.abspath(path):
+            here = os.getcwd()
+            shown = os.path.relpath(full) if os.path.commonpath([full, here]) == here else full
+            command = f"footprint report --db {shlex.quote(shown)}"
+            return f"{text}. footprint demo wrote its database to {shown}: {command}"
+    return text
 
 
 def _with_read_pragmas(engine: Engine) -> Engine:

@@ -124,6 +124,10 @@ def figures(
             "co2e_g": div(None if co2e is None else co2e * 1000, out_tokens),
             "cost_usd": div(None if cost is None else cost * 1000, out_tokens),
         },
+        # What hosted APIs quote: $ per 1M output tokens, and per 1M tokens of both kinds
+        # (input + output), of the attributed and the fully loaded cost.
+        "per_1m_output_tokens": per_million(cost, fl_cost, out_tokens),
+        "per_1m_tokens": per_million(cost, fl_cost, out_tokens + int(acc["input_tokens"])),
         "sci": {
             "per_query_g": div(sci, sci_n),
             "per_1k_output_tokens_g": div(None if sci is None else sci * 1000, out_tokens),
@@ -147,9 +151,26 @@ def figures(
                 "p50": pct.get("cost_p50"),
                 "p95": pct.get("cost_p95"),
             },
+            "latency_s": {
+                "mean": div(acc["duration_s"], n),
+                "p50": pct.get("latency_p50"),
+                "p95": pct.get("latency_p95"),
+            },
+            "time_to_first_token_s": {
+                "p50": pct.get("ttft_p50"),
+                "p95": pct.get("ttft_p95"),
+            },
             "percentile_sample": pct.get("sample", 0),
         }
     return out
+
+
+def per_million(cost: float | None, fl_cost: float | None, tokens: int) -> dict[str, Any]:
+    """Attributed and fully loaded cost per 1M ``tokens`` (None without tokens or cost)."""
+    return {
+        "cost_usd": div(None if cost is None else cost * 1e6, tokens),
+        "fully_loaded_cost_usd": div(None if fl_cost is None else fl_cost * 1e6, tokens),
+    }
 
 
 def wh(joules: float | None) -> float | None:

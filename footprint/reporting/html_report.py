@@ -9,6 +9,7 @@ they look the same everywhere) and the page asks for it first.
 from __future__ import annotations
 
 import html
+import re
 from typing import Any
 
 from footprint.reporting import units
@@ -18,8 +19,8 @@ from footprint.reporting.content import (
     Change,
     Table,
     fmt,
+    header_line,
     lookup,
-    period_filters,
     period_text,
     pm,
     summary_cards,
@@ -45,7 +46,7 @@ CSS = """
 *{box-sizing:border-box}
 body{margin:0;background:#f1f5f9;color:var(--ink);font:15px/1.55 "DejaVu Sans",
 "Bitstream Vera Sans",Verdana,sans-serif}
-.page{max-width:1180px;margin:0 auto;padding:0 24px 48px}
+.page{max-width:1560px;margin:0 auto;padding:0 24px 48px}
 header.hero{background:linear-gradient(120deg,#0f766e,#115e59 55%,#134e4a);color:#fff;
 padding:36px 0 30px;margin-bottom:28px}
 header.hero .page{padding-bottom:0}
@@ -81,22 +82,34 @@ tfoot td{font-weight:700;border-top:2px solid var(--line);border-bottom:none}
 .swatch{display:inline-block;width:10px;height:10px;border-radius:3px;margin-right:8px;
 vertical-align:baseline}
 figure{margin:0}
-figure svg{width:100%;height:auto;display:block}
+figure svg{width:100%;max-width:1180px;height:auto;display:block;margin:0 auto}
 figcaption{color:var(--muted);font-size:13px;margin-top:6px}
 .better{color:#15803d;font-weight:600}.worse{color:#b91c1c;font-weight:600}
 .method h3{color:var(--accent)}
 .method p{margin:6px 0 10px;max-width:80ch}
+code{font:.92em "DejaVu Sans Mono",Menlo,Consolas,monospace;background:var(--soft);
+border:1px solid var(--line);border-radius:4px;padding:0 4px}
+.note code{background:rgba(255,255,255,.55);border-color:transparent}
 dl.sources{font-size:13px;color:var(--muted);margin:8px 0}
 dl.sources dt{font-weight:600;color:var(--ink);margin-top:8px}
 dl.sources dd{margin:2px 0 0 0}
 footer{color:var(--muted);font-size:13px;margin-top:40px;border-top:1px solid var(--line);
 padding-top:14px}
+@media (max-width:1400px){th,td{padding:7px 5px}.panel{padding:16px 14px}}
 @media print{body{background:#fff}.panel,.card{box-shadow:none}}
 """
 
 
 def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
+
+
+_CODE = re.compile(r"`([^`]+)`")
+
+
+def _prose(text: str) -> str:
+    """Escaped text whose Markdown code spans (`footprint db info`) become ``<code>``."""
+    return _CODE.sub(lambda m: f"<code>{m.group(1)}</code>", _e(text))
 
 
 def _figure_html(report: dict[str, Any], key: str, kind: str, tag: str = "span") -> str:
@@ -145,7 +158,7 @@ def _table_html(report: dict[str, Any], table: Table, colors: dict[str, str] | N
 
 def _method_html(report: dict[str, Any], item: str | Table) -> str:
     if isinstance(item, str):
-        return f"<p>{_e(item)}</p>"
+        return f"<p>{_prose(item)}</p>"
     return _table_html(report, item)
 
 
@@ -159,7 +172,6 @@ def render_html(report: dict[str, Any], charts: list[Chart], version: str) -> st
     """The report as one self-contained HTML page (inline CSS, inline SVG charts)."""
     parts: list[str] = []
     add = parts.append
-    totals = report["totals"]
     add("<!DOCTYPE html>")
     add('<html lang="en"><head><meta charset="utf-8">')
     add('<meta name="viewport" content="width=device-width, initial-scale=1">')
@@ -169,12 +181,7 @@ def render_html(report: dict[str, Any], charts: list[Chart], version: str) -> st
     add('<header class="hero"><div class="page">')
     add('<p class="eyebrow">Sustainability report · AI inference</p>')
     add(f"<h1>{_e(TITLE)}: energy, CO2e and cost per model</h1>")
-    gpus = report["measurement"]["gpus"]
-    meta = (
-        f"{_e(period_filters(report))} · {units.count(totals['queries'])} queries · "
-        f"{len(report['models'])} models · {gpus} GPUs"
-    )
-    add(f'<p class="meta">{meta}</p>')
+    add(f'<p class="meta">{_e(header_line(report))}</p>')
     add("</div></header>")
     add('<main class="page">')
 
@@ -195,7 +202,7 @@ def render_html(report: dict[str, Any], charts: list[Chart], version: str) -> st
         add("</div>")
     add("</div>")
     for note in report["notes"]:
-        add(f'<div class="note">{_e(note)}</div>')
+        add(f'<div class="note">{_prose(note)}</div>')
     add("</section>")
 
     colors = model_colors(report)
@@ -204,7 +211,7 @@ def render_html(report: dict[str, Any], charts: list[Chart], version: str) -> st
         if i:
             add(f"<h3>{_e(title)}</h3>")
         if lead:
-            add(f'<p class="lead">{_e(lead)}</p>')
+            add(f'<p class="lead">{_prose(lead)}</p>')
         add(_table_html(report, table, colors if i < 2 else None))
     add("</section>")
 
@@ -232,10 +239,10 @@ def render_html(report: dict[str, Any], charts: list[Chart], version: str) -> st
 
     lead, *footnotes = what_if_words(report)
     add('<section id="what-if"><h2>What if elsewhere</h2>')
-    add(f'<p class="lead">{_e(lead)}</p>')
+    add(f'<p class="lead">{_prose(lead)}</p>')
     add("".join(_chart_html(c, caption=False) for c in charts if c.name == "what-if"))
     add(_table_html(report, what_if_table(report)))
-    add("".join(f'<p class="footnote">{_e(f)}</p>' for f in footnotes))
+    add("".join(f'<p class="footnote">{_prose(f)}</p>' for f in footnotes))
     add("</section>")
 
     add('<section id="method" class="method"><h2>Methodology</h2>')

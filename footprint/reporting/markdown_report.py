@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from footprint.reporting import units
 from footprint.reporting.charts import Chart
 from footprint.reporting.content import (
     TITLE,
@@ -14,8 +13,8 @@ from footprint.reporting.content import (
     cell,
     change_text,
     fmt,
+    header_line,
     lookup,
-    period_filters,
     summary_cards,
 )
 from footprint.reporting.factor_tables import (
@@ -82,12 +81,8 @@ def render_markdown(report: dict[str, Any], charts: list[Chart], version: str) -
 
 def _summary(report: dict[str, Any]) -> list[str]:
     """The title, the period line, the summary figures and the report's notes."""
-    totals = report["totals"]
     out = [f"# {TITLE}: energy, CO2e and cost per model", ""]
-    out.append(
-        f"{period_filters(report)} · {units.count(totals['queries'])} queries · "
-        f"{len(report['models'])} models · {report['measurement']['gpus']} GPUs"
-    )
+    out.append(header_line(report))
     out += ["", "## Summary", ""]
     rows = []
     for card in summary_cards(report):

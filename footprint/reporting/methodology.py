@@ -199,10 +199,11 @@ def methodology(report: dict[str, Any]) -> list[tuple[str, list[str | Table]]]:
             [
                 "A figure whose inputs are all missing (no GPU energy measured, no "
                 "electricity price, no GPU-hour price) is unknown: null in the JSON, – in the "
-                "tables, unknown in the CSV; never 0. A total over some known and some unknown "
-                "inputs adds the known ones, and the notes say how many queries lack what "
-                "and how to supply it. Means divide by the queries that have the figure; per "
-                "1k output tokens divides by every query's output tokens.",
+                "tables, an empty cell in the CSV (no text in a number column); never 0. A "
+                "total over some known and some unknown inputs adds the known ones, and the "
+                "notes say how many queries lack what and how to supply it. Means divide by "
+                "the queries that have the figure; per 1k output tokens divides by every "
+                "query's output tokens.",
             ],
         ),
         (
@@ -226,9 +227,14 @@ def methodology(report: dict[str, Any]) -> list[tuple[str, list[str | Table]]]:
                 "known cost, by their ownership), failed queries included (they used the "
                 "GPUs). They are exact, computed from all of a model's queries, except for a "
                 f"model with more than {PERCENTILE_SAMPLE:,} such queries: there they come "
-                f"from a deterministic sample of {PERCENTILE_SAMPLE:,} of its queries (a hash "
-                "of the record id), as the notes then say. Per 1k output tokens divides the "
-                "totals, failed queries included, by the output tokens of the period.",
+                f"from a deterministic sample of about {PERCENTILE_SAMPLE:,} of its queries (a "
+                "hash of the record id), as the notes then say with each sample's size. "
+                "Latency (from the call's start to its end) and time to first token are "
+                "percentiles of the same queries (time to first token: of those that "
+                "recorded one). Per 1k output tokens divides the totals, failed queries "
+                "included, by the output tokens of the period; $ per 1M output tokens divides "
+                "the cost (attributed, or fully loaded) by the output tokens, and $ per 1M "
+                "tokens by the input and output tokens together.",
             ],
         ),
         *_group_method(report),

@@ -97,11 +97,12 @@ def capacity_notes(totals: dict[str, Any], capacity_known: bool, unallocated_s: 
 
 
 def sample_notes(found: dict[str, dict[str, Any]]) -> list[str]:
-    """Which models' percentiles come from a sample (``percentiles.percentiles``)."""
+    """Which models' percentiles come from a sample (``percentiles.percentiles``), each
+    with the size of its sample: the count the CSV and JSON carry (``percentile_sample``)."""
     sampled = [
-        name
-        if len(p["sampled"]) == len(percentiles.METRICS)
-        else f"{name} ({', '.join(p['sampled'])})"
+        f"{name} ({p['sample']:,} of its {p.get('of', p['sample']):,} queries"
+        + ("" if len(p["sampled"]) == len(percentiles.METRICS) else f"; {', '.join(p['sampled'])}")
+        + ")"
         for name, p in sorted(found.items())
         if p.get("sampled")
     ]
@@ -110,8 +111,8 @@ def sample_notes(found: dict[str, dict[str, Any]]) -> list[str]:
     size = percentiles.PERCENTILE_SAMPLE
     return [
         f"Per-query percentiles of {', '.join(sampled)} are computed on a deterministic "
-        f"sample of {size:,} queries per model (hash of the record id); totals and means use "
-        "every query."
+        f"sample of about {size:,} queries per model (hash of the record id); totals and "
+        "means use every query."
     ]
 
 

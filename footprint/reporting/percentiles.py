@@ -1,10 +1,13 @@
-"""Per-query percentiles (nearest rank) of energy, CO2e and cost, per model.
+"""Per-query percentiles (nearest rank) of energy, CO2e, cost, latency and time to first
+token, per model.
 
 A model with at most ``PERCENTILE_SAMPLE`` measured queries gets them exactly from all of
 its queries, read together with other such models' (a few statements for thousands of
 models). Above that, from a deterministic hash sample of the model's record ids, stated
 in the report. A query's cost is the cost of its ownership (``footprint.reporting.sums``);
-a query with no known cost is not in the cost percentiles.
+a query with no known cost is not in the cost percentiles. Latency (``duration_s``) and
+time to first token come from the same queries (those with measured energy or CO2e,
+failed ones included); a query that recorded no first token is not in the latter.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from footprint.storage.models import QueryRecord, table_of
 
 PERCENTILE_SAMPLE = 10_000  # queries per model above which percentiles use a sample
 PERCENTILES = (50, 95)
-METRICS = ("energy", "co2e", "cost")
+METRICS = ("energy", "co2e", "cost", "latency", "ttft")
 _HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash: coprime to 10**6
 HASH_MODULUS = 1_000_000
 SQLITE_MODEL_CHUNK = 500  # models per statement (bound parameters: SQLite allows 999+)
@@ -81,7 +84,7 @@ def percentiles(
     out: dict[str, dict[str, Any]] = {}
     models = sorted(m for m, n in measured.items() if n)
     for model in models:
-        out[model] = {"sample": measured[model], "sampled": []}
+        out[model] = {"sample": measured[model], "of": measured[model], "sampled": []}
     if models:
         _read(conn, request, models, measured, rates, limit, out)
     return out
@@ -112,7 +115,14 @@ def _read(
         *query_filters(request, with_models=False),
         or_(q.energy_j.is_not(None), q.co2e_g.is_not(None)),
     ]
-    columns = (q.model, q.energy_j, q.co2e_g, cost_expr(rates))
+    columns = (
+        q.model,
+        q.energy_j,
+        q.co2e_g,
+        cost_expr(rates),
+        q.duration_s,
+        q.time_to_first_token_s,
+    )
     if conn.dialect.name == "sqlite":
         batches = [[m] for m in models if m in sampled]
         whole = [m for m in models if m not in sampled]
@@ -134,8 +144,11 @@ def _read(
                 sample.append(bucket < cut)
         stmt = select(*columns).where(where_model, *filters, *sample)
         values: dict[str, dict[str, list[float]]] = {m: {k: [] for k in METRICS} for m in batch}
-        for model, energy, co2e, cost in conn.execute(stmt).all():
+        for model, energy, co2e, cost, latency, first in conn.execute(stmt).all():
             lists = values[model]
+            lists["latency"].append(latency)
+            if first is not None:
+                lists["ttft"].append(first)
             if energy is not None:
                 lists["energy"].append(energy)
                 if cost is not None:

@@ -148,6 +148,9 @@ class Fold:
         # per GPU, its share of each row's spread vector (what its idle time is priced at)
         self.devices: dict[str, list[float]] = {}
         self.group_device_gs: dict[tuple[Any, str], float] = defaultdict(float)
+        # per GPU, the models that ran on it and the hosts they ran on (capacity table)
+        self.device_models: dict[str, set[str]] = defaultdict(set)
+        self.device_hosts: dict[str, set[str]] = defaultdict(set)
         self.no_gpu_price_reasons: dict[str, int] = defaultdict(int)
         self.factors: dict[str | None, tuple[float, float]] = {}  # set by ``settle``
 
@@ -282,6 +285,9 @@ class Fold:
         group = self._group_name(row)
         for uuid in uuids:
             self.device_gs[uuid] += spread[0] * share
+            self.device_models[uuid].add(row["model"])
+            if row.get("host"):
+                self.device_hosts[uuid].add(row["host"])
             vector = self.devices.get(uuid)
             if vector is None:
                 self.devices[uuid] = [v * share for v in spread]

@@ -58,6 +58,18 @@ INTENSITY_COLUMNS = (
     ("sci.per_query_g", "SCI /query", "mass"),
     ("sci.per_1k_output_tokens_g", "SCI /1k tok", "mass"),
 )
+SERVING_COLUMNS = (
+    ("input_tokens", "Input tokens", "count"),
+    ("output_tokens", "Output tokens", "count"),
+    ("per_query.latency_s.p50", "Latency p50", "duration"),
+    ("per_query.latency_s.p95", "Latency p95", "duration"),
+    ("per_query.time_to_first_token_s.p50", "TTFT p50", "duration"),
+    ("per_query.time_to_first_token_s.p95", "TTFT p95", "duration"),
+    ("per_1m_output_tokens.cost_usd", "$ /1M output tok", "money"),
+    ("per_1m_output_tokens.fully_loaded_cost_usd", "$ /1M output tok (fully loaded)", "money"),
+    ("per_1m_tokens.cost_usd", "$ /1M tok (in + out)", "money"),
+    ("per_1m_tokens.fully_loaded_cost_usd", "$ /1M tok (in + out, fully loaded)", "money"),
+)
 GROUP_COLUMNS = (
     ("queries", "Queries", "count"),
     ("output_tokens", "Output tokens", "count"),
@@ -102,6 +114,13 @@ def model_tables(report: dict[str, Any]) -> list[tuple[str, str, Table]]:
         "(the hourly price includes electricity, shown beside it, not added); owned ones "
         "their GPU time (hardware amortised per hour) plus electricity. See Cost."
     )
+    serving_lead = (
+        "Latency: from a query's start to its end; TTFT: time to first token (of the "
+        "queries that recorded one); nearest-rank percentiles, failed queries included. "
+        "$ per 1M tokens: the cost (attributed, or fully loaded with the idle GPU time "
+        "held) divided by the output tokens, or by the input and output tokens together, "
+        "as hosted APIs quote their prices."
+    )
     return [
         ("Energy and CO2e", energy_lead, _model_table(report, ENERGY_COLUMNS, True)),
         ("Cost and capacity", cost_lead, _model_table(report, COST_COLUMNS, True)),
@@ -110,7 +129,18 @@ def model_tables(report: dict[str, Any]) -> list[tuple[str, str, Table]]:
             "",
             _model_table(report, INTENSITY_COLUMNS, False),
         ),
+        ("Latency, tokens and $ per 1M tokens", serving_lead, _serving_table(report)),
     ]
+
+
+def _serving_table(report: dict[str, Any]) -> Table:
+    """Per model, with a totals row of what the totals have (not the percentiles)."""
+    table = _model_table(report, SERVING_COLUMNS, False)
+    table.foot = ["All models"] + [
+        "" if key.startswith("per_query.") else (f"totals.{key}", kind)
+        for key, _, kind in SERVING_COLUMNS
+    ]
+    return table
 
 
 def group_title(report: dict[str, Any]) -> tuple[str, str]:
@@ -146,6 +176,8 @@ def group_table(report: dict[str, Any]) -> Table:
 
 
 def capacity_table(report: dict[str, Any]) -> Table | None:
+    """Per GPU: its id, the hosts it was measured on and the models that ran on it, then
+    its GPU-hours held and busy, utilisation and idle energy."""
     gpus = report.get("capacity", {}).get("gpus") or []
     if not gpus:
         return None
@@ -156,13 +188,28 @@ def capacity_table(report: dict[str, Any]) -> Table | None:
         ("idle_energy_kwh", "energy"),
     )
     return Table(
-        headers=["GPU", "GPU-hours held", "busy", "Utilisation", "Idle energy"],
+        headers=[
+            "GPU",
+            "Host",
+            "Models served",
+            "GPU-hours held",
+            "busy",
+            "Utilisation",
+            "Idle energy",
+        ],
         rows=[
-            [g["gpu"]] + [(f"capacity.gpus.{i}.{key}", kind) for key, kind in columns]
+            [
+                g["gpu"],
+                ", ".join(g.get("hosts") or ()) or "–",
+                ", ".join(g.get("models") or ()) or "–",
+            ]
+            + [(f"capacity.gpus.{i}.{key}", kind) for key, kind in columns]
             for i, g in enumerate(gpus)
         ],
         foot=[
             "All GPUs",
+            "",
+            "",
             ("totals.gpu_hours_held", "number"),
             ("totals.gpu_hours_busy", "number"),
             ("totals.utilisation", "percent"),

@@ -69,6 +69,12 @@ def count(value: int | float | None) -> str:
     return "–" if value is None else f"{int(round(value)):,}"
 
 
+def counted(value: int, singular: str, plural: str | None = None) -> str:
+    """``1 model``, ``2 models``, ``1,204 queries``: a count with its noun agreeing."""
+    noun = singular if value == 1 else plural or f"{singular}s"
+    return f"{value:,} {noun}"
+
+
 def number(value: float | None, digits: int = 3) -> str:
     """A plain number with ``digits`` significant digits."""
     return "–" if value is None else sig(value, digits)
@@ -80,11 +86,13 @@ def percent(fraction: float | None) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    """Seconds as s, min or h."""
+    """Seconds as ms, s, min or h."""
     if seconds is None:
         return "–"
     if seconds >= 3600:
         return f"{sig(seconds / 3600)} h"
     if seconds >= 60:
         return f"{sig(seconds / 60)} min"
+    if 0 < seconds < 0.9995:
+        return f"{sig(seconds * 1000)} ms"
     return f"{sig(seconds)} s"
