@@ -124,6 +124,8 @@ class RecordMaker:
             "host": span.host or host,
             "pid": span.pid or pid,
             "span_key": span.key,
+            "trace_id": None if span.trace is None else span.trace[0],
+            "span_id": None if span.trace is None else span.trace[1],
             **self._unpriced,
         }
         if pricer is not None:
