@@ -1,7 +1,7 @@
 """Schema version 1 -> 5: a database written by footprint before the per-record energy
 uncertainty bound (2), the lost-energy, ownership and GPU-price-source columns (3), the
-daemon's span key with its index (4) and the trace context (5) is migrated in place, rows and rollups intact, on
-SQLite and PostgreSQL.
+daemon's span key with its index (4) and the trace context (5) is migrated in place,
+rows and rollups intact, on SQLite and PostgreSQL.
 
 The version-1 schema is created from the SQL in ``tests/schema_v1/`` (what SQLAlchemy
 emitted for the version-1 models), filled with version-1 rows and rollups, then opened by
