@@ -15,7 +15,15 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-from footprint._tracing import OTEL_TRACE_MODULE, TraceIds, current_ids, valid_ids
+from footprint._tracing import (
+    OTEL_TRACE_MODULE,
+    RawIds,
+    TraceIds,
+    current_ids,
+    hex_ids,
+    raw_ids,
+    valid_ids,
+)
 
 if TYPE_CHECKING:
     from footprint.runtime.spans import SpanSink
@@ -53,7 +61,7 @@ class CallSite:
         self.sync = sync
         self.tokens = tokens
 
-    def begin(self) -> tuple[SpanSink | None, int, float, TraceIds | None]:
+    def begin(self) -> tuple[SpanSink | None, int, float, RawIds | None]:
         """The runtime (None: untracked), the span id, its start (monotonic s) and the
         caller's trace context (the OpenTelemetry span current now, if any)."""
         tracker = self.tracker
@@ -73,7 +81,7 @@ class CallSite:
         tokens_in: Any = None,
         tokens_out: Any = None,
         ttft_s: float | None = None,
-        trace: TraceIds | None = None,
+        trace: RawIds | None = None,
     ) -> None:
         """The call is over: wait for its GPU work (``sync``), then queue its end."""
         if self.sync is not None:  # no call at all on the hot path without it
@@ -98,7 +106,7 @@ class CallSite:
         span_id: int,
         start_s: float,
         exc: BaseException,
-        trace: TraceIds | None = None,
+        trace: RawIds | None = None,
     ) -> None:
         self.end(
             runtime, span_id, start_s, _status_of(exc), type(exc).__name__, None, None, None, trace
@@ -110,7 +118,7 @@ class CallSite:
         span_id: int,
         start_s: float,
         result: Any,
-        trace: TraceIds | None = None,
+        trace: RawIds | None = None,
     ) -> None:
         tokens_in = tokens_out = None
         if self.tokens is not None:
@@ -139,7 +147,7 @@ class CallSite:
         items: int,
         ttft_s: float | None,
         exc: BaseException | None,
-        trace: TraceIds | None = None,
+        trace: RawIds | None = None,
     ) -> None:
         """A generator's end: ``items`` yielded; ``exc`` what ended it, if anything."""
         tokens_in = tokens_out = None
@@ -296,7 +304,7 @@ class Query:
         self._runtime: SpanSink | None = None
         self._span_id = 0
         self._start_s = 0.0
-        self._trace: TraceIds | None = None
+        self._trace: RawIds | None = None
 
     @property
     def model(self) -> str:
@@ -321,7 +329,7 @@ class Query:
         """The caller's trace context this call's record will carry: (trace id, span id)
         in lowercase hex (32 and 16 digits), read from the OpenTelemetry span current
         when the block was entered; None when there was none."""
-        return self._trace
+        return hex_ids(self._trace)
 
     @trace.setter
     def trace(self, ids: TraceIds | None) -> None:
@@ -333,7 +341,7 @@ class Query:
                 "trace= must be (trace id, span id): 32 and 16 lowercase hex digits, "
                 f"not all zeros; got {ids!r}"
             )
-        self._trace = ids
+        self._trace = None if ids is None else raw_ids(ids)
 
     def set_tokens(self, input: int | None = None, output: int | None = None) -> None:  # noqa: A002
         """Record token counts (only counts are stored, never text).

@@ -4,9 +4,9 @@ or a W3C ``traceparent`` header, as the (trace id, span id) its record carries.
 footprint never imports OpenTelemetry: ``current_ids`` looks its API up in
 ``sys.modules``, so a process that did not import ``opentelemetry.trace`` pays one dict
 lookup per call (the hot path tests ``OTEL_TRACE_MODULE in sys.modules`` itself) and
-one that did pays for reading the current span. Ids are lowercase hex, as W3C Trace
-Context and OTLP's JSON write them: a trace id of 32 digits, a span id of 16, neither all
-zeros.
+one that did pays for reading the current span's two integers. Records, the daemon's
+protocol and the public API write ids in lowercase hex, as W3C Trace Context and OTLP's
+JSON do: a trace id of 32 digits, a span id of 16, neither all zeros.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ import sys
 
 OTEL_TRACE_MODULE = "opentelemetry.trace"
 TraceIds = tuple[str, str]  # (trace id: 32 hex digits, span id: 16 hex digits)
+# What a call carries from its begin to its record: OTel's own integers (trace id, span
+# id), formatted as hex off the hot path (``hex_ids``).
+RawIds = tuple[int, int]
 
 TRACE_ID_CHARS = 32
 SPAN_ID_CHARS = 16
@@ -28,9 +31,10 @@ _MAX_SPAN_ID = 1 << 64
 MAX_TRACEPARENT_CHARS = 55  # version 00's exact length; anything longer is refused
 
 
-def current_ids() -> TraceIds | None:
-    """The ids of the OpenTelemetry span current in this context; None when OTel's API is
-    not imported, no valid span is current, or reading it fails (never raises)."""
+def current_ids() -> RawIds | None:
+    """The ids of the OpenTelemetry span current in this context, as OTel's integers;
+    None when OTel's API is not imported, no valid span is current (its ids are 0), or
+    reading it fails (never raises). The hot path's part: nothing is formatted here."""
     module = sys.modules.get(OTEL_TRACE_MODULE)
     if module is None:
         return None
@@ -38,11 +42,31 @@ def current_ids() -> TraceIds | None:
         context = module.get_current_span().get_span_context()
         trace_id = context.trace_id
         span_id = context.span_id
-        if not (0 < trace_id < _MAX_TRACE_ID and 0 < span_id < _MAX_SPAN_ID):
-            return None  # INVALID_SPAN (no span current), or not OTel's ids at all
-        return f"{trace_id:032x}", f"{span_id:016x}"
     except Exception:  # a half-imported or replaced module: no ids, never an error
         return None
+    if trace_id and span_id:  # INVALID_SPAN (no span current) has 0 and 0
+        return trace_id, span_id
+    return None
+
+
+def hex_ids(ids: RawIds | None) -> TraceIds | None:
+    """``ids`` as 32 and 16 lowercase hex digits; None for None or integers that are not
+    valid ids (not ints, 0, or too large: a span context that is not OTel's)."""
+    if ids is None:
+        return None
+    trace_id, span_id = ids
+    if (
+        trace_id.__class__ is not int
+        or span_id.__class__ is not int
+        or not (0 < trace_id < _MAX_TRACE_ID and 0 < span_id < _MAX_SPAN_ID)
+    ):
+        return None
+    return trace_id.to_bytes(16, "big").hex(), span_id.to_bytes(8, "big").hex()
+
+
+def raw_ids(ids: TraceIds) -> RawIds:
+    """Hex ids (checked with ``valid_ids`` first) as integers."""
+    return int(ids[0], 16), int(ids[1], 16)
 
 
 def valid_ids(trace_id: object, span_id: object) -> bool:

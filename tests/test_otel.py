@@ -32,7 +32,9 @@ from footprint import Tracker  # noqa: E402
 from footprint._tracing import (  # noqa: E402
     OTEL_TRACE_MODULE,
     current_ids,
+    hex_ids,
     parse_traceparent,
+    raw_ids,
     valid_ids,
 )
 from footprint.bench.ingest import make_records  # noqa: E402
@@ -116,6 +118,13 @@ def test_whatever_the_header_parsing_gives_valid_ids_or_none(value):
     assert ids is None or valid_ids(*ids)
 
 
+@given(st.integers(1, 2**128 - 1), st.integers(1, 2**64 - 1))
+def test_hex_and_raw_ids_round_trip(trace_id, span_id):
+    ids = hex_ids((trace_id, span_id))
+    assert ids is not None and valid_ids(*ids)
+    assert raw_ids(ids) == (trace_id, span_id)
+
+
 def test_valid_ids():
     assert valid_ids("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
     assert not valid_ids("4BF92F3577B34DA6A3CE929D0E0E4736", "00f067aa0ba902b7")
@@ -129,7 +138,7 @@ def test_valid_ids():
 def test_current_ids_needs_a_valid_current_span_and_never_raises(monkeypatch):
     assert current_ids() is None  # OTel imported, no span current
     with TRACER.start_as_current_span("outer") as span:
-        assert current_ids() == ids_of(span)
+        assert hex_ids(current_ids()) == ids_of(span)
         monkeypatch.delitem(sys.modules, OTEL_TRACE_MODULE)
         assert current_ids() is None  # not imported: not looked for
         monkeypatch.setitem(sys.modules, OTEL_TRACE_MODULE, object())  # not OTel's API
@@ -226,7 +235,7 @@ def test_the_protocol_takes_valid_ids_and_refuses_anything_else():
     trace_id, span_id = parse_traceparent(W3C_EXAMPLE)  # type: ignore[misc]
     entry = _end_entry(trace_id=trace_id, span_id=span_id)
     batch = decode_batch(encode_batch({"pid": 7, "host": "h", "ends": [entry]}))
-    assert batch.ends[0].trace == (trace_id, span_id)
+    assert hex_ids(batch.ends[0].trace) == (trace_id, span_id)
     plain = decode_batch(encode_batch({"pid": 7, "host": "h", "ends": [_end_entry()]}))
     assert plain.ends[0].trace is None
     nulls = _end_entry(trace_id=None, span_id=None)
@@ -250,11 +259,15 @@ def test_the_protocol_takes_valid_ids_and_refuses_anything_else():
 def test_a_client_sends_the_ids_only_when_its_call_had_them():
     entries = SpanEntries(lambda kind, count: None, lambda key, message: None)
     ids = parse_traceparent(W3C_EXAMPLE)
-    span = EndedSpan(3, 1.0, 2.0, "m", {}, "ok", None, 1, 2, None, None, trace=ids)
+    assert ids is not None
+    span = EndedSpan(3, 1.0, 2.0, "m", {}, "ok", None, 1, 2, None, None, trace=raw_ids(ids))
     sent = entries.end(span)
     assert (sent["trace_id"], sent["span_id"]) == ids
-    assert decode_batch(encode_batch({"pid": 7, "host": "h", "ends": [sent]})).ends[0].trace == ids
+    decoded = decode_batch(encode_batch({"pid": 7, "host": "h", "ends": [sent]}))
+    assert decoded.ends[0].trace == raw_ids(ids)
     assert "trace_id" not in entries.end(span._replace(trace=None))
+    for not_ids in ((0, 5), (2**128, 5), (5, 2**64), ("ab", 5)):  # never sent: refused
+        assert "trace_id" not in entries.end(span._replace(trace=not_ids))
 
 
 # -- the schema -----------------------------------------------------------------------

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from footprint._sanitize import Cleaner
-from footprint._tracing import valid_ids
+from footprint._tracing import hex_ids
 from footprint.runtime.protocol import STATUSES
 from footprint.runtime.spans import EndedSpan
 
@@ -72,8 +72,8 @@ class SpanEntries:
             "ttft_s": ttft_s,
             "gpus": self.gpus(span.gpus),
         }
-        trace = span.trace
-        if trace is not None and valid_ids(*trace):  # only then: batches stay small
+        trace = hex_ids(span.trace)
+        if trace is not None:  # only then: batches stay small
             entry["trace_id"], entry["span_id"] = trace
         return entry
 

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from footprint._sanitize import MAX_TOKENS
-from footprint._tracing import valid_ids
+from footprint._tracing import raw_ids, valid_ids
 from footprint.runtime.spans import EndedSpan
 
 MAX_BATCH_BYTES = 1 << 20  # 1 MiB per line or request body
@@ -315,8 +315,8 @@ def _end(item: Any, n: int) -> EndedSpan:
     )
 
 
-def _trace(trace_id: Any, span_id: Any, where: str) -> tuple[str, str] | None:
-    """The end's trace context: both ids or neither (null counts as absent)."""
+def _trace(trace_id: Any, span_id: Any, where: str) -> tuple[int, int] | None:
+    """The end's trace context (as integers): both ids or neither (null: absent)."""
     if trace_id is None and span_id is None:
         return None
     if not valid_ids(trace_id, span_id):
@@ -324,7 +324,7 @@ def _trace(trace_id: Any, span_id: Any, where: str) -> tuple[str, str] | None:
             f"{where}.trace_id and {where}.span_id must be 32 and 16 lowercase hex digits "
             "(not all zeros), both or neither"
         )
-    return trace_id, span_id
+    return raw_ids((trace_id, span_id))
 
 
 def _no_unknown(item: dict, known: set[str], where: str) -> None:

@@ -45,8 +45,8 @@ class EndedSpan(NamedTuple):
     key: str | None = None
     resent: bool = False  # a client's end sent before, unacknowledged: perhaps stored already
     # The caller's trace context when the call began (``footprint._tracing``): its
-    # OpenTelemetry (trace id, span id) in lowercase hex; None when it had none.
-    trace: tuple[str, str] | None = None
+    # OpenTelemetry (trace id, span id) as integers (hex in records); None: it had none.
+    trace: tuple[int, int] | None = None
 
 
 # Values replaced so that their record can be stored (``footprint._sanitize``).
@@ -113,7 +113,7 @@ class SpanQueue:
         tokens_out: Any,
         ttft_s: float | None,
         gpus: tuple | None,
-        trace: tuple[str, str] | None = None,
+        trace: tuple[int, int] | None = None,
     ) -> float:
         """The call ends now: queue it for the runtime's thread; returns its end (s).
 
@@ -213,7 +213,7 @@ class SpanSink(Protocol):
         tokens_out: Any,
         ttft_s: float | None,
         gpus: tuple | None,
-        trace: tuple[str, str] | None = None,
+        trace: tuple[int, int] | None = None,
     ) -> float: ...
 
     def now(self) -> float: ...
