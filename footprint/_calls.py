@@ -11,8 +11,19 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
+
+from footprint._tracing import (
+    OTEL_TRACE_MODULE,
+    RawIds,
+    TraceIds,
+    current_ids,
+    hex_ids,
+    raw_ids,
+    valid_ids,
+)
 
 if TYPE_CHECKING:
     from footprint.runtime.spans import SpanSink
@@ -22,7 +33,11 @@ TokensFn = Callable[[Any], "tuple[int | None, int | None]"]
 SyncFn = Callable[[], Any]
 
 _RESERVED = {"model", "tokens", "gpus", "sync"}
-_UNTRACKED: tuple[None, int, float] = (None, 0, 0.0)
+_UNTRACKED: tuple[None, int, float, None] = (None, 0, 0.0, None)
+# The caller's trace context is read at each call's begin only once OpenTelemetry's API
+# is imported (by anyone): until then the hot path pays one dict lookup for it.
+_OTEL = OTEL_TRACE_MODULE
+_modules = sys.modules
 
 
 class CallSite:
@@ -46,14 +61,15 @@ class CallSite:
         self.sync = sync
         self.tokens = tokens
 
-    def begin(self) -> tuple[SpanSink | None, int, float]:
-        """The runtime (None: untracked), the span id and its start (monotonic s)."""
+    def begin(self) -> tuple[SpanSink | None, int, float, RawIds | None]:
+        """The runtime (None: untracked), the span id, its start (monotonic s) and the
+        caller's trace context (the OpenTelemetry span current now, if any)."""
         tracker = self.tracker
         runtime = tracker.runtime or tracker.ensure()
         if runtime is None:
             return _UNTRACKED
         span_id, start_s = runtime.begin(self.gpus)
-        return runtime, span_id, start_s
+        return runtime, span_id, start_s, current_ids() if _OTEL in _modules else None
 
     def end(
         self,
@@ -65,6 +81,7 @@ class CallSite:
         tokens_in: Any = None,
         tokens_out: Any = None,
         ttft_s: float | None = None,
+        trace: RawIds | None = None,
     ) -> None:
         """The call is over: wait for its GPU work (``sync``), then queue its end."""
         if self.sync is not None:  # no call at all on the hot path without it
@@ -80,12 +97,29 @@ class CallSite:
             tokens_out,
             ttft_s,
             self.gpus,
+            trace,
         )
 
-    def failed(self, runtime: SpanSink, span_id: int, start_s: float, exc: BaseException) -> None:
-        self.end(runtime, span_id, start_s, _status_of(exc), type(exc).__name__)
+    def failed(
+        self,
+        runtime: SpanSink,
+        span_id: int,
+        start_s: float,
+        exc: BaseException,
+        trace: RawIds | None = None,
+    ) -> None:
+        self.end(
+            runtime, span_id, start_s, _status_of(exc), type(exc).__name__, None, None, None, trace
+        )
 
-    def returned(self, runtime: SpanSink, span_id: int, start_s: float, result: Any) -> None:
+    def returned(
+        self,
+        runtime: SpanSink,
+        span_id: int,
+        start_s: float,
+        result: Any,
+        trace: RawIds | None = None,
+    ) -> None:
         tokens_in = tokens_out = None
         if self.tokens is not None:
             tokens_in, tokens_out = _safe_tokens(runtime, self.tokens, result)
@@ -102,6 +136,7 @@ class CallSite:
             tokens_out,
             None,
             self.gpus,
+            trace,
         )  # (``end`` inlined: the common case's hot path)
 
     def streamed(
@@ -112,6 +147,7 @@ class CallSite:
         items: int,
         ttft_s: float | None,
         exc: BaseException | None,
+        trace: RawIds | None = None,
     ) -> None:
         """A generator's end: ``items`` yielded; ``exc`` what ended it, if anything."""
         tokens_in = tokens_out = None
@@ -121,7 +157,9 @@ class CallSite:
                 tokens_in, tokens_out = _safe_tokens(runtime, self.tokens, items)
         else:
             status, error_type = _status_of(exc), type(exc).__name__
-        self.end(runtime, span_id, start_s, status, error_type, tokens_in, tokens_out, ttft_s)
+        self.end(
+            runtime, span_id, start_s, status, error_type, tokens_in, tokens_out, ttft_s, trace
+        )
 
 
 def wrap(fn: Callable, site: CallSite) -> Any:
@@ -145,12 +183,13 @@ def _wrap_sync(fn: Callable, site: CallSite) -> Callable:
         if runtime is None:
             return fn(*args, **kwargs)
         span_id, start_s = runtime.begin(gpus)
+        trace = current_ids() if _OTEL in _modules else None
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            site.failed(runtime, span_id, start_s, exc)
+            site.failed(runtime, span_id, start_s, exc, trace)
             raise
-        site.returned(runtime, span_id, start_s, result)
+        site.returned(runtime, span_id, start_s, result, trace)
         return result
 
     return wrapper
@@ -159,15 +198,15 @@ def _wrap_sync(fn: Callable, site: CallSite) -> Callable:
 def _wrap_async(fn: Callable, site: CallSite) -> Callable:
     @functools.wraps(fn)
     async def wrapper(*args, **kwargs):
-        runtime, span_id, start_s = site.begin()
+        runtime, span_id, start_s, trace = site.begin()
         if runtime is None:
             return await fn(*args, **kwargs)
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            site.failed(runtime, span_id, start_s, exc)
+            site.failed(runtime, span_id, start_s, exc, trace)
             raise
-        site.returned(runtime, span_id, start_s, result)
+        site.returned(runtime, span_id, start_s, result, trace)
         return result
 
     return wrapper
@@ -176,7 +215,7 @@ def _wrap_async(fn: Callable, site: CallSite) -> Callable:
 def _wrap_gen(fn: Callable, site: CallSite) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        runtime, span_id, start_s = site.begin()
+        runtime, span_id, start_s, trace = site.begin()
         if runtime is None:
             return (yield from fn(*args, **kwargs))
         items, ttft_s, error = 0, None, None
@@ -202,7 +241,7 @@ def _wrap_gen(fn: Callable, site: CallSite) -> Callable:
             error = exc
             raise
         finally:
-            site.streamed(runtime, span_id, start_s, items, ttft_s, error)
+            site.streamed(runtime, span_id, start_s, items, ttft_s, error, trace)
 
     return wrapper
 
@@ -210,7 +249,7 @@ def _wrap_gen(fn: Callable, site: CallSite) -> Callable:
 def _wrap_async_gen(fn: Callable, site: CallSite) -> Callable:
     @functools.wraps(fn)
     async def wrapper(*args, **kwargs):
-        runtime, span_id, start_s = site.begin()
+        runtime, span_id, start_s, trace = site.begin()
         inner = fn(*args, **kwargs)
         if runtime is None:
             async for item in inner:
@@ -238,7 +277,7 @@ def _wrap_async_gen(fn: Callable, site: CallSite) -> Callable:
             error = exc
             raise
         finally:
-            site.streamed(runtime, span_id, start_s, items, ttft_s, error)
+            site.streamed(runtime, span_id, start_s, items, ttft_s, error, trace)
 
     return wrapper
 
@@ -254,6 +293,7 @@ class Query:
         "_runtime",
         "_span_id",
         "_start_s",
+        "_trace",
     )
 
     def __init__(self, site: CallSite) -> None:
@@ -264,6 +304,7 @@ class Query:
         self._runtime: SpanSink | None = None
         self._span_id = 0
         self._start_s = 0.0
+        self._trace: RawIds | None = None
 
     @property
     def model(self) -> str:
@@ -282,6 +323,25 @@ class Query:
     @property
     def gpus(self) -> tuple | None:
         return self._site.gpus
+
+    @property
+    def trace(self) -> TraceIds | None:
+        """The caller's trace context this call's record will carry: (trace id, span id)
+        in lowercase hex (32 and 16 digits), read from the OpenTelemetry span current
+        when the block was entered; None when there was none."""
+        return hex_ids(self._trace)
+
+    @trace.setter
+    def trace(self, ids: TraceIds | None) -> None:
+        """Link the call to a trace context known otherwise (an incoming W3C
+        ``traceparent``: see ``footprint._tracing.parse_traceparent``); ``ValueError``
+        for ids that are not 32 and 16 lowercase hex digits (not all zeros)."""
+        if ids is not None and (not isinstance(ids, tuple) or len(ids) != 2 or not valid_ids(*ids)):
+            raise ValueError(
+                "trace= must be (trace id, span id): 32 and 16 lowercase hex digits, "
+                f"not all zeros; got {ids!r}"
+            )
+        self._trace = None if ids is None else raw_ids(ids)
 
     def set_tokens(self, input: int | None = None, output: int | None = None) -> None:  # noqa: A002
         """Record token counts (only counts are stored, never text).
@@ -304,7 +364,7 @@ class Query:
                 "this footprint.query() block is already running; "
                 "make one footprint.query(...) per block"
             )
-        self._runtime, self._span_id, self._start_s = self._site.begin()
+        self._runtime, self._span_id, self._start_s, self._trace = self._site.begin()
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
@@ -321,6 +381,7 @@ class Query:
                 self.input_tokens,
                 self.output_tokens,
                 self._ttft_s,
+                self._trace,
             )
             self._runtime = None
         return False

@@ -119,7 +119,9 @@ def _as_version_3(url: str) -> None:
     engine = open_engine(url, create=False)
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP INDEX ix_queries_span_key")
-        conn.exec_driver_sql("ALTER TABLE queries DROP COLUMN span_key")
+        conn.exec_driver_sql("DROP INDEX ix_queries_trace_id")  # version 5's
+        for column in ("span_id", "trace_id", "span_key"):
+            conn.exec_driver_sql(f"ALTER TABLE queries DROP COLUMN {column}")
         conn.execute(text("UPDATE footprint_meta SET value = '3' WHERE key = 'schema_version'"))
     engine.dispose()
 
@@ -130,7 +132,8 @@ def _raw_engine(url: str):
 
 
 def _span_key_state(url: str) -> tuple[bool, list[dict]]:
-    """(span_key is the last column of queries, the index ix_queries_span_key)."""
+    """(span_key is the last column of queries before version 5's, the index
+    ix_queries_span_key)."""
     raw = _raw_engine(url)
     try:
         inspector = inspect(raw)
@@ -140,7 +143,10 @@ def _span_key_state(url: str) -> tuple[bool, list[dict]]:
             for i in inspector.get_indexes("queries")
             if i["name"] == "ix_queries_span_key"
         ]
-        return ("span_key" in columns and columns[-1] == "span_key"), indexes
+        # Last but version 5's trace context, as in a fresh database.
+        return (
+            "span_key" in columns and columns[-3:] == ["span_key", "trace_id", "span_id"]
+        ), indexes
     finally:
         raw.dispose()
 
@@ -161,7 +167,7 @@ def test_a_version_3_database_gets_the_span_key_and_its_index(db_url):
     store = Store(db_url)  # opening migrates
     try:
         assert _span_key_state(db_url) == (True, [{"columns": ["span_key"], "unique": False}])
-        assert database_info(db_url)["schema_version"] == SCHEMA_VERSION == 4
+        assert database_info(db_url)["schema_version"] == SCHEMA_VERSION == 5
         assert store.stored_span_keys(["s:1"]) == set()  # the 30 old rows: NULL
         new = make_records(3, seed=2)
         for i, r in enumerate(new):
@@ -177,7 +183,7 @@ def test_a_version_3_database_gets_the_span_key_and_its_index(db_url):
         conn.execute(text("UPDATE footprint_meta SET value = '3' WHERE key = 'schema_version'"))
     engine.dispose()
     Store(db_url).close()
-    assert database_info(db_url)["schema_version"] == 4
+    assert database_info(db_url)["schema_version"] == 5
     assert _span_key_state(db_url) == (True, [{"columns": ["span_key"], "unique": False}])
 
 

@@ -53,6 +53,9 @@ def test_round_trip_keeps_every_column(db_url):
         r["gpu_price_source"] = None if r["ownership"] is None else f"source {i % 3}"
         # The daemon's key of the call (schema version 4); NULL in-process.
         r["span_key"] = None if i % 4 == 0 else f"{i:032x}:{i * 7}"
+        # The caller's trace context (schema version 5); NULL without one.
+        r["trace_id"] = None if i % 3 == 0 else f"{i + 1:032x}"
+        r["span_id"] = None if i % 3 == 0 else f"{i * 11 + 1:016x}"
     assert {c.name for c in QueryRecord.__table__.columns} == {"id", *records[0]}
     now = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
     idle = [
@@ -86,7 +89,7 @@ def test_round_trip_keeps_every_column(db_url):
                 assert row[key] == value, key
     assert idle_back.idle_energy_j == 1.5 and loss_back.count == 3
     info = database_info(db_url)
-    assert info["queries_rows"] == 50 and info["schema_version"] == SCHEMA_VERSION == 4
+    assert info["queries_rows"] == 50 and info["schema_version"] == SCHEMA_VERSION == 5
     assert info["losses"] == {"span_queue_full": 3}
 
 

@@ -1,7 +1,7 @@
-"""Schema version 1 -> 4: a database written by footprint before the per-record energy
-uncertainty bound (2), the lost-energy, ownership and GPU-price-source columns (3) and the
-daemon's span key with its index (4) is migrated in place, rows and rollups intact, on
-SQLite and PostgreSQL.
+"""Schema version 1 -> 5: a database written by footprint before the per-record energy
+uncertainty bound (2), the lost-energy, ownership and GPU-price-source columns (3), the
+daemon's span key with its index (4) and the trace context (5) is migrated in place,
+rows and rollups intact, on SQLite and PostgreSQL.
 
 The version-1 schema is created from the SQL in ``tests/schema_v1/`` (what SQLAlchemy
 emitted for the version-1 models), filled with version-1 rows and rollups, then opened by
@@ -30,7 +30,8 @@ from footprint.storage.store import Store
 V1_SQL = Path(__file__).resolve().parent / "schema_v1"
 PRICE_KEYS = {"ownership", "gpu_price_source"}  # version 3: nullable, on records and rollups
 SPAN_KEY = "span_key"  # version 4: nullable, on records, indexed
-NEW_QUERY_COLUMNS = {"energy_uncertainty_j", *PRICE_KEYS, SPAN_KEY}
+TRACE_KEYS = {"trace_id", "span_id"}  # version 5: nullable, on records, trace_id indexed
+NEW_QUERY_COLUMNS = {"energy_uncertainty_j", *PRICE_KEYS, SPAN_KEY, *TRACE_KEYS}
 NEW_ROLLUP_COLUMNS = {"energy_uncertainty_j", "uncertainty_queries", *PRICE_KEYS}
 NEW_IDLE_COLUMNS = {"lost_energy_j", "measured_s"}
 
@@ -135,7 +136,7 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
 
     store = Store(db_url)  # opening migrates
     info = database_info(db_url)
-    assert info["schema_version"] == SCHEMA_VERSION == 4
+    assert info["schema_version"] == SCHEMA_VERSION == 5
     assert info["rollup_pending_rows"] == (50 if is_sqlite else 0)
 
     # The migrated tables have the columns of a fresh database, with the same nullability.
@@ -172,6 +173,7 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
     assert all(r["energy_uncertainty_j"] is None for r in queries_after)
     assert all(r[k] is None for r in queries_after + rollups_after for k in PRICE_KEYS)
     assert all(r[SPAN_KEY] is None for r in queries_after)
+    assert all(r[k] is None for r in queries_after for k in TRACE_KEYS)
     assert [{k: r[k] for k in before} for r, before in zip(rollups_after, rollups_before)] == (
         rollups_before
     )
@@ -244,7 +246,7 @@ def test_migration_is_idempotent_for_processes_opening_at_once(db_url):
     store = Store(db_url)
     store.insert(_with_bounds(make_records(4, seed=2), seed=2))
     store.close()
-    assert database_info(db_url)["schema_version"] == 4
+    assert database_info(db_url)["schema_version"] == 5
     assert database_info(db_url)["queries_rows"] == 24
     assert _span_key_index(db_url) == {"column_names": [SPAN_KEY], "unique": False}
 
@@ -266,3 +268,4 @@ def test_version_1_sql_is_the_version_1_models_less_the_new_columns():
     pg = " ".join(_statements("postgresql"))
     assert "energy_uncertainty_j" not in pg and "CREATE TABLE query_rollups" in pg
     assert not any(name in pg for name in PRICE_KEYS) and SPAN_KEY not in pg
+    assert not any(name in pg for name in TRACE_KEYS)

@@ -115,8 +115,20 @@ class MemorySink:
         return len(self.calls), self.now()
 
     def end(
-        self, span_id, start_s, model, tags, status, error_type, tokens_in, tokens_out, ttft_s, gpus
+        self,
+        span_id,
+        start_s,
+        model,
+        tags,
+        status,
+        error_type,
+        tokens_in,
+        tokens_out,
+        ttft_s,
+        gpus,
+        trace=None,  # the caller's trace context (none current in these tests)
     ):
+        assert trace is None
         self.calls.append(
             (
                 "end",

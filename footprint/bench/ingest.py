@@ -74,6 +74,8 @@ def make_records(rows: int, seed: int = 0) -> list[dict[str, Any]]:
                 "ownership": "rented",
                 "gpu_price_source": "NVIDIA H100 80GB HBM3, aws p5.48xlarge on-demand in us-east-1",
                 "span_key": None,  # written in-process
+                "trace_id": None,  # called with no trace context
+                "span_id": None,
             }
         )
     return out

@@ -5,6 +5,8 @@ reading the clock is spread over a batch; "added" is tracked minus bare, measure
 same run with the sampler thread running. ``track_daemon_*`` is the same call with the
 daemon's client in place (``daemon=<socket>``), against a fake daemon made here that
 reads and discards the batches: the client thread encodes and sends them meanwhile.
+``track_otel_*`` (with the ``otel`` extra): the tracked call once OpenTelemetry's API is
+imported, with no span current and inside a span (whose ids each record then carries).
 """
 
 from __future__ import annotations
@@ -148,6 +150,38 @@ def _daemon_client_us(
     }
 
 
+def _otel_us(bare_median: float, batches: int, batch_size: int, folder: str) -> dict[str, Any]:
+    """The tracked no-op once OpenTelemetry's API is imported: with no span current, and
+    inside a span of the SDK's tracer (its ids read and kept for the record). Measured
+    after everything else: until then the process has not imported OpenTelemetry, as a
+    user's that does not use it. Empty without the ``otel`` extra."""
+    try:
+        from opentelemetry.sdk.trace import TracerProvider
+    except ImportError:
+        return {}
+    footprint.configure(
+        db=str(Path(folder) / "otel.db"),
+        sensor="simulated:gpus=1,workload=manual",
+        cpu=False,
+        region="FRA",
+    )
+    try:
+        tracked = footprint.track(model="bench-noop")(_noop)
+        tracked()
+        no_span_us = _per_call_us(tracked, batches, batch_size)
+        footprint.flush()  # an empty queue again: no span dropped in the next batches
+        with TracerProvider().get_tracer("footprint-bench").start_as_current_span("bench"):
+            span_us = _per_call_us(tracked, batches, batch_size)
+        footprint.shutdown()
+    finally:
+        footprint.reset_configuration()
+    return {
+        "track_otel_no_span_us_median": round(statistics.median(no_span_us) - bare_median, 4),
+        "track_otel_span_us_median": round(statistics.median(span_us) - bare_median, 4),
+        "track_otel_span_us_p99": round(_percentile(span_us, 0.99) - bare_median, 4),
+    }
+
+
 def run(batches: int = 300, batch_size: int = 200, codecarbon_calls: int = 40) -> dict[str, Any]:
     """Measure bare, tracked and codecarbon per-call times; return the figures."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -171,6 +205,8 @@ def run(batches: int = 300, batch_size: int = 200, codecarbon_calls: int = 40) -
             daemon = _daemon_client_us(bare_median, batches, batch_size, short)
         footprint.reset_configuration()
     codecarbon_us = _codecarbon_task_us(codecarbon_calls)
+    with tempfile.TemporaryDirectory() as tmp:
+        otel = _otel_us(bare_median, batches, batch_size, tmp)
     track_median = statistics.median(tracked_us) - bare_median
     track_p99 = _percentile(tracked_us, 0.99) - bare_median
     cc_median = statistics.median(codecarbon_us) - bare_median
@@ -187,4 +223,5 @@ def run(batches: int = 300, batch_size: int = 200, codecarbon_calls: int = 40) -
         "target_track_us_median": 10.0,
         "target_ratio": 100.0,
         **daemon,
+        **otel,
     }

@@ -110,6 +110,12 @@ def _print_overhead(result: dict[str, Any]) -> None:
         f"{result['codecarbon_task_us_median']:.0f} µs: "
         f"{result['ratio_codecarbon_over_track']:.0f}× more."
     )
+    if "track_otel_span_us_median" in result:
+        console.print(
+            f"With OpenTelemetry imported: {result['track_otel_no_span_us_median']:.2f} µs "
+            f"with no span current, {result['track_otel_span_us_median']:.2f} µs in a span "
+            "(its trace ids recorded)."
+        )
 
 
 @bench_app.command("attribution")

@@ -77,11 +77,43 @@ def daemon_command(
             "503 and is closed.",
         ),
     ] = 64,
+    otel_metrics: Annotated[
+        bool,
+        typer.Option(
+            "--otel-metrics",
+            help="Also publish energy, CO2e, cost, tokens and queries per model as "
+            "OpenTelemetry counters, through the MeterProvider the OTel SDK configured "
+            "(run under opentelemetry-instrument; needs footprint[otel]).",
+        ),
+    ] = False,
+    otel_tag: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--otel-tag",
+            help="A record tag to add to the OpenTelemetry attributes (repeatable; none "
+            "by default: tags are unbounded).",
+        ),
+    ] = None,
 ) -> None:
     """The host's sidecar daemon: one sampler for every GPU, spans from every process,
     Prometheus metrics. Runs until SIGTERM or Ctrl-C (SIGHUP re-reads the settings)."""
     from footprint.daemon.config import DaemonConfig
     from footprint.daemon.main import run_daemon
+
+    observers: tuple = ()
+    if otel_tag and not otel_metrics:
+        raise InputError("--otel-tag needs --otel-metrics")
+    if otel_metrics:
+        from footprint.integrations.otel import (
+            OtelUnavailable,
+            RecordMetrics,
+            configured_meter_provider,
+        )
+
+        try:
+            observers = (RecordMetrics(configured_meter_provider(), otel_tag or ()).observe,)
+        except (OtelUnavailable, TypeError, ValueError) as exc:
+            raise InputError(f"--otel-metrics: {exc}") from None
 
     config = DaemonConfig(
         socket_path=socket_path,
@@ -95,6 +127,7 @@ def daemon_command(
         max_connections=max_connections,
         max_connections_per_peer=max_connections_per_peer,
         max_http_connections=max_http_connections,
+        record_observers=observers,
     )
     code = run_daemon(config)
     if code:

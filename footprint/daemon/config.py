@@ -11,6 +11,7 @@ import os
 import secrets
 import socket
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ class DaemonConfig:
     max_connections: int = MAX_CONNECTIONS
     max_connections_per_peer: int = MAX_CONNECTIONS_PER_PEER
     max_http_connections: int = MAX_HTTP_CONNECTIONS
+    # Told each batch of records (and idle rows) the daemon writes, as the metrics are:
+    # ``--otel-metrics`` adds the OpenTelemetry publisher's ``observe`` here.
+    record_observers: tuple[Callable[[list[dict], list[dict]], None], ...] = ()
 
     def overrides(self) -> dict[str, Any]:
         given = {

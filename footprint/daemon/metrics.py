@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.process_collector import ProcessCollector
 
-from footprint.pricing.factors import bills_energy
+from footprint.pricing.factors import record_cost_usd
 
 if TYPE_CHECKING:
     from footprint.daemon.spans import SpanIntake
@@ -47,16 +47,6 @@ __all__ = [
     "record_cost_usd",
     "registry",
 ]
-
-
-def record_cost_usd(record: dict[str, Any]) -> float | None:
-    """What a record cost in USD, where known: its GPU time, plus its energy unless the GPU
-    is rented (its hourly price pays for its power). None when no part of it is known."""
-    parts = [record.get("compute_cost")]
-    if bills_energy(record.get("ownership")):
-        parts.append(record.get("energy_cost_usd"))
-    known = [part for part in parts if part is not None]
-    return sum(known) if known else None
 
 
 class RecordTotals:

@@ -158,6 +158,7 @@ class Daemon:
         """Observe the records the runtime writes and the samples it resolves (see the
         module doc of ``footprint.daemon.metrics``) without changing either."""
         runtime.on_records.append(self.totals.observe)
+        runtime.on_records.extend(self.config.record_observers)
         runtime.on_gpu_samples.append(self.power.observe)
 
     # -- the Unix socket's clients (``PeerHandlers``, on its thread) -----------------------

@@ -36,6 +36,11 @@ class FootprintASGIMiddleware:
     names (``{"X-Team": "team"}``); no other header is read. ``tokens``: a callable given
     the response headers (lower-case names) returning ``(input, output)`` token counts.
     ``tracker``: a ``footprint.Tracker`` (default: the one ``footprint.query`` uses).
+
+    Each record carries the request's trace context: the OpenTelemetry span current when
+    the request comes in (OTel's ASGI instrumentation added outside this middleware),
+    else the request's W3C ``traceparent`` header (``bad_traceparents`` counts invalid
+    ones, ignored).
     """
 
     def __init__(
@@ -50,12 +55,23 @@ class FootprintASGIMiddleware:
         self.app = app
         self._options = Options.checked(model, tracker, tag_headers, tokens)
 
+    @property
+    def bad_traceparents(self) -> int:
+        """Requests whose ``traceparent`` header was invalid (ignored, never an error)."""
+        return self._options.bad_traceparents
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         tags = _header_tags(scope.get("headers", ()), self._options.tag_headers)
-        record = RequestRecord.open(self._options, scope, tags, lambda: _route_of(scope))
+        record = RequestRecord.open(
+            self._options,
+            scope,
+            tags,
+            lambda: _route_of(scope),
+            lambda: _traceparent(scope.get("headers", ())),
+        )
         if record is None:
             await self.app(scope, receive, send)
             return
@@ -118,6 +134,14 @@ def _header_tags(headers: Iterable[tuple[bytes, bytes]], tag_headers: dict[str, 
         if tag is not None and tag not in tags:
             tags[tag] = capped(value.decode("latin-1").strip())
     return tags
+
+
+def _traceparent(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The request's ``traceparent`` header (the first one), or None."""
+    for name, value in headers:
+        if name.lower() == b"traceparent":
+            return value.decode("latin-1")
+    return None
 
 
 def _route_of(scope: Scope) -> str:

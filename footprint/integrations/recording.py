@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from footprint._tracing import parse_traceparent
 from footprint.runtime.spans import FootprintWarning
 from footprint.tracking import Query, Tracker, default_tracker
 
@@ -58,6 +59,8 @@ class Options:
     tag_headers: dict[str, str]  # lower-case request header name -> tag name
     tokens: HeaderTokensFn | None
     _warned: set[str] = field(default_factory=set)
+    # Requests whose ``traceparent`` header was not a valid W3C version-00 one: ignored.
+    bad_traceparents: int = 0
 
     @classmethod
     def checked(
@@ -147,8 +150,13 @@ class RequestRecord:
         request: Any,
         header_tags: dict[str, Any],
         route_of: Callable[[], str],
+        traceparent: Callable[[], str | None] = lambda: None,
     ) -> RequestRecord | None:
-        """The request's record, its query started; None when it is not tracked."""
+        """The request's record, its query started; None when it is not tracked.
+
+        Its trace context is the OpenTelemetry span current now (a server span of OTel's
+        instrumentation around this middleware), else the request's W3C ``traceparent``
+        header (read only then; an invalid one is ignored and counted)."""
         model = options.model_of(request)
         if model is None:
             return None
@@ -158,6 +166,14 @@ class RequestRecord:
         except Exception as exc:
             options.warn_once("open", f"footprint: request not tracked: {exc!r}")
             return None
+        if query.trace is None:
+            header = traceparent()
+            if header is not None:
+                ids = parse_traceparent(header)
+                if ids is None:
+                    options.bad_traceparents += 1
+                else:
+                    query.trace = ids
         return cls(query, options, route_of, header_tags)
 
     def response_started(self, status_code: int, headers: Mapping[str, str]) -> None:

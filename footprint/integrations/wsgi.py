@@ -31,7 +31,8 @@ class FootprintWSGIMiddleware:
 
     ``model``: a name, or a callable given the WSGI environ (path, headers…) returning
     one, or None for a request not to track. ``tag_headers``, ``tokens`` and ``tracker``
-    as for ``FootprintASGIMiddleware``.
+    as for ``FootprintASGIMiddleware``, and the trace context too (the current
+    OpenTelemetry span, else the ``traceparent`` header; ``bad_traceparents``).
     """
 
     def __init__(
@@ -49,13 +50,24 @@ class FootprintWSGIMiddleware:
             _environ_key(header): tag for header, tag in self._options.tag_headers.items()
         }
 
+    @property
+    def bad_traceparents(self) -> int:
+        """Requests whose ``traceparent`` header was invalid (ignored, never an error)."""
+        return self._options.bad_traceparents
+
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         tags = {
             tag: capped(str(environ[key]).strip())
             for key, tag in self._environ_keys.items()
             if key in environ
         }
-        record = RequestRecord.open(self._options, environ, tags, lambda: _route_of(environ))
+        record = RequestRecord.open(
+            self._options,
+            environ,
+            tags,
+            lambda: _route_of(environ),
+            lambda: environ.get("HTTP_TRACEPARENT"),
+        )
         if record is None:
             return self.app(environ, start_response)
         body = _TrackedBody(record)

@@ -228,6 +228,17 @@ def bills_energy(ownership: str | None) -> bool:
     return ownership != RENTED
 
 
+def record_cost_usd(record: dict[str, Any]) -> float | None:
+    """What a record cost in USD, where known: its GPU time, plus its energy unless the GPU
+    is rented (its hourly price pays for its power). None when no part of it is known.
+    (The daemon's Prometheus metrics and the OpenTelemetry metrics add it up.)"""
+    parts = [record.get("compute_cost")]
+    if bills_energy(record.get("ownership")):
+        parts.append(record.get("energy_cost_usd"))
+    known = [part for part in parts if part is not None]
+    return sum(known) if known else None
+
+
 def default_ownership(zone: Zone) -> str:
     """``rented`` for a cloud region (aws:, gcp:, azure:), ``owned`` for any other zone."""
     return RENTED if zone.provider in CLOUD_PROVIDERS else OWNED

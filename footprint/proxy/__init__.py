@@ -135,6 +135,7 @@ async def _serve(config: ProxyConfig, on_ready: Callable[[str], None] | None) ->
         sys.stderr.write(
             f"footprint proxy: stopped after {s.requests} requests ({s.measured} measured, "
             f"{s.upstream_errors} upstream errors, {s.cancelled} cancelled, {s.no_usage} "
-            f"without usage, {s.estimated} estimated, {s.unparsed_bodies} unparsed bodies)\n"
+            f"without usage, {s.estimated} estimated, {s.unparsed_bodies} unparsed bodies, "
+            f"{s.bad_traceparents} invalid traceparent headers)\n"
         )
     return received[0] if received else 0

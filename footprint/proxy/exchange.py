@@ -20,6 +20,8 @@ class ProxyStats:
         self.accounting_errors = 0
         self.oversized_events = 0
         self.refused_targets = 0  # not a path (CONNECT, absolute URL, *): 400, not forwarded
+        # A traceparent that is not one valid W3C version-00 header: ignored, forwarded.
+        self.bad_traceparents = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)

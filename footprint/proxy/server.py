@@ -51,6 +51,7 @@ from aiohttp import web
 from yarl import URL
 
 import footprint
+from footprint._tracing import parse_traceparent
 from footprint.proxy.callers import caller_tags
 from footprint.proxy.config import ProxyConfig, ProxyConfigError, upstream_url
 from footprint.proxy.errors import (
@@ -289,7 +290,10 @@ class Proxy:
                 obj = await asyncio.get_running_loop().run_in_executor(None, parse_body, body)
         self.stats.unparsed_bodies += obj is None
         callers = caller_tags(self.config.callers, request.headers, obj)
-        exchange = Exchange(self._open_query(model_of(obj), kind, callers), kind)
+        query = self._open_query(model_of(obj), kind, callers)
+        if query is not None and query.trace is None:
+            self._link_trace(query, request.headers)
+        exchange = Exchange(query, kind)
         try:
             response = await self._forward_measured(request, exchange, obj, body, pieces, complete)
         except asyncio.CancelledError as exc:  # the client went away (or shutdown)
@@ -392,6 +396,22 @@ class Proxy:
         except Exception as exc:
             self._accounting_failed(exc)
             return None
+
+    def _link_trace(self, query: Any, headers: Any) -> None:
+        """The client's W3C ``traceparent`` as the query's trace context; a header that
+        is not exactly one valid version-00 value is ignored and counted, and the request
+        goes on as it came (the header is forwarded upstream unchanged)."""
+        values = headers.getall("traceparent", ())
+        if not values:
+            return
+        ids = parse_traceparent(values[0]) if len(values) == 1 else None
+        if ids is None:
+            self.stats.bad_traceparents += 1
+            return
+        try:
+            query.trace = ids
+        except Exception as exc:
+            self._accounting_failed(exc)
 
     def _close_query(self, exchange: Exchange, error: BaseException | None) -> None:
         query = exchange.query

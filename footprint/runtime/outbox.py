@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from footprint._sanitize import Cleaner
+from footprint._tracing import hex_ids
 from footprint.runtime.protocol import STATUSES
 from footprint.runtime.spans import EndedSpan
 
@@ -58,7 +59,7 @@ class SpanEntries:
         error_type = span.error_type
         if error_type is not None:
             error_type = str(error_type)[:MAX_ERROR_TYPE_CHARS]
-        return {
+        entry = {
             "id": span.span_id,
             "start_s": start_s,
             "end_s": end_s if end_s >= start_s else start_s,
@@ -71,6 +72,10 @@ class SpanEntries:
             "ttft_s": ttft_s,
             "gpus": self.gpus(span.gpus),
         }
+        trace = hex_ids(span.trace)
+        if trace is not None:  # only then: batches stay small
+            entry["trace_id"], entry["span_id"] = trace
+        return entry
 
     def gpus(self, gpus: tuple | None) -> list | None:
         """The ids in ``gpus`` the daemon takes (indices >= 0, UUIDs); None: every GPU."""

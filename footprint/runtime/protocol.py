@@ -16,6 +16,10 @@ compares with its own to detect that). ``id`` is unique within one sender (``pid
 A span whose start was sent is ended by an entry in ``ends`` with the same ``id``; a span
 that started and ended between two batches is only sent in ``ends``.
 
+An end may carry its caller's trace context: ``"trace_id"`` (32 lowercase hex digits)
+and ``"span_id"`` (16), both or neither, not all zeros (W3C Trace Context's ids; the
+OpenTelemetry span current when the call began), stored on its record.
+
 Optional fields: ``"ack": true`` asks for acknowledgements on the socket: the daemon
 answers ``{"acked": [6, 9]}`` (``encode_acks``) once those ends are settled, that is,
 written to the database or counted in its ``losses``. A client keeps its ends until
@@ -53,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from footprint._sanitize import MAX_TOKENS
+from footprint._tracing import raw_ids, valid_ids
 from footprint.runtime.spans import EndedSpan
 
 MAX_BATCH_BYTES = 1 << 20  # 1 MiB per line or request body
@@ -101,6 +106,8 @@ _END_KEYS = {
     "ttft_s",
     "gpus",
     "resent",
+    "trace_id",
+    "span_id",
 }
 _END_REQUIRED = {"id", "start_s", "end_s", "model"}
 
@@ -290,6 +297,7 @@ def _end(item: Any, n: int) -> EndedSpan:
     resent = item.get("resent", False)
     if not isinstance(resent, bool):
         raise ProtocolError(f"{where}.resent must be true or false")
+    trace = _trace(item.get("trace_id"), item.get("span_id"), where)
     return EndedSpan(
         _id(item["id"], where),
         start_s,
@@ -303,7 +311,20 @@ def _end(item: Any, n: int) -> EndedSpan:
         ttft_s,
         _gpus(item.get("gpus"), where),
         resent=resent,
+        trace=trace,
     )
+
+
+def _trace(trace_id: Any, span_id: Any, where: str) -> tuple[int, int] | None:
+    """The end's trace context (as integers): both ids or neither (null: absent)."""
+    if trace_id is None and span_id is None:
+        return None
+    if not valid_ids(trace_id, span_id):
+        raise ProtocolError(
+            f"{where}.trace_id and {where}.span_id must be 32 and 16 lowercase hex digits "
+            "(not all zeros), both or neither"
+        )
+    return raw_ids((trace_id, span_id))
 
 
 def _no_unknown(item: dict, known: set[str], where: str) -> None:

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from footprint._sanitize import Cleaner
+from footprint._tracing import hex_ids
 from footprint.attribution import SpanShare
 from footprint.runtime.devices import DeviceSet, DeviceSlots
 from footprint.runtime.pending import Complete
@@ -103,6 +104,7 @@ class RecordMaker:
         gpu = _gpu_energy(device_set, shares)
         cpu_energy_j, cpu_source = _cpu_energy(device_set, shares)
         offset = self.wall_offset_s
+        trace = hex_ids(span.trace)
         record = {
             "model": self._clean.model(span.model),
             "tags": self._clean.tags_json(span.tags),
@@ -124,6 +126,8 @@ class RecordMaker:
             "host": span.host or host,
             "pid": span.pid or pid,
             "span_key": span.key,
+            "trace_id": None if trace is None else trace[0],
+            "span_id": None if trace is None else trace[1],
             **self._unpriced,
         }
         if pricer is not None:

@@ -60,7 +60,7 @@ class SimulatedLoad:
     def end_call(self, *span: Any) -> float:
         """``SpanQueue.end`` (same arguments), and the call's load leaves its GPUs."""
         end_s = SpanQueue.end(self._queue, *span)
-        self.end(span[-1], end_s)  # the last argument: its gpus
+        self.end(span[9], end_s)  # its gpus (the trace context may follow)
         return end_s
 
     def attach(

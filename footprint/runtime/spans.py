@@ -44,6 +44,9 @@ class EndedSpan(NamedTuple):
     # next daemon recognises an end sent again); None in-process.
     key: str | None = None
     resent: bool = False  # a client's end sent before, unacknowledged: perhaps stored already
+    # The caller's trace context when the call began (``footprint._tracing``): its
+    # OpenTelemetry (trace id, span id) as integers (hex in records); None: it had none.
+    trace: tuple[int, int] | None = None
 
 
 # Values replaced so that their record can be stored (``footprint._sanitize``).
@@ -110,11 +113,13 @@ class SpanQueue:
         tokens_out: Any,
         ttft_s: float | None,
         gpus: tuple | None,
+        trace: tuple[int, int] | None = None,
     ) -> float:
         """The call ends now: queue it for the runtime's thread; returns its end (s).
 
         A time to first token outside [0, the call's duration] (or NaN) is queued as
-        None and counted (``invalid_ttft``)."""
+        None and counted (``invalid_ttft``). ``trace``: the caller's trace context at its
+        begin (``footprint._tracing``), carried to its record."""
         end_s = self.now()
         if ttft_s is not None and not (
             isinstance(ttft_s, (int, float)) and 0.0 <= ttft_s <= end_s - start_s  # NaN fails
@@ -136,6 +141,11 @@ class SpanQueue:
                     tokens_out,
                     ttft_s,
                     gpus,
+                    None,
+                    None,
+                    None,
+                    False,
+                    trace,
                 )
             )
         else:
@@ -203,6 +213,7 @@ class SpanSink(Protocol):
         tokens_out: Any,
         ttft_s: float | None,
         gpus: tuple | None,
+        trace: tuple[int, int] | None = None,
     ) -> float: ...
 
     def now(self) -> float: ...

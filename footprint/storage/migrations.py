@@ -118,7 +118,22 @@ def _v3_to_v4(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_queries_span_key ON queries (span_key)")
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+def _v4_to_v5(conn: Connection) -> None:
+    """Version 5: the caller's OpenTelemetry trace context on each record (``trace_id``,
+    32 hex digits, indexed to join records with traces; ``span_id``, 16), text. Older
+    records have none (NULL); rollups do not change."""
+    _add_columns(
+        conn, "queries", [("trace_id", "VARCHAR", "VARCHAR"), ("span_id", "VARCHAR", "VARCHAR")]
+    )
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_queries_trace_id ON queries (trace_id)")
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+    4: _v4_to_v5,
+}
 
 
 def schema_version(conn: Connection) -> int | None:

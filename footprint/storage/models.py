@@ -26,8 +26,9 @@ __all__ = [
 ]
 
 # 2: energy_uncertainty_j (queries, query_rollups); 3: lost_energy_j, and ownership and
-# gpu_price_source (queries, query_rollups); 4: span_key (queries), indexed
-SCHEMA_VERSION = 4
+# gpu_price_source (queries, query_rollups); 4: span_key (queries), indexed; 5: trace_id
+# (indexed) and span_id (queries)
+SCHEMA_VERSION = 5
 
 
 def _utc_column(index: bool = False) -> Column:
@@ -68,12 +69,19 @@ class QueryRecord(SQLModel, table=True):
     process. A client that lost its connection before the daemon acknowledged an end
     sends it again; the next daemon looks its key up (``ix_queries_span_key``) and stores
     it only if it is not there. NULL on records written in-process, and before version 4.
+
+    ``trace_id`` and ``span_id`` (schema version 5) are the caller's OpenTelemetry trace
+    context when the call began: the span current then, or the W3C ``traceparent`` an
+    HTTP request came with (middleware, proxy), in lowercase hex (32 and 16 digits), to
+    join a record with its trace (``ix_queries_trace_id``). NULL when the call had none,
+    and before version 5.
     """
 
     __tablename__ = "queries"
     __table_args__ = (
         Index("ix_queries_model_started_at", "model", "started_at"),
         Index("ix_queries_span_key", "span_key"),
+        Index("ix_queries_trace_id", "trace_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -118,6 +126,9 @@ class QueryRecord(SQLModel, table=True):
     gpu_price_source: str | None = None  # where usd_per_gpu_hour came from, or why NULL
     # Schema version 4, last for the same reason: the daemon's id of the call (see above).
     span_key: str | None = None
+    # Schema version 5, last for the same reason: the caller's trace context (see above).
+    trace_id: str | None = None
+    span_id: str | None = None
 
 
 class IdleEnergy(SQLModel, table=True):
