@@ -327,3 +327,18 @@ def test_survey_lists_a_skipped_gpu_as_missing(monkeypatch: pytest.MonkeyPatch) 
     rows = {row["uuid"]: row for row in survey("amd")["devices"] if row["kind"] == "gpu"}
     assert rows["dead"]["energy_method"] == "missing"
     assert "NOT_SUPPORTED" in rows["dead"]["missing"]
+
+
+# --- regions rows ---------------------------------------------------------------------------
+
+
+def test_owned_mi300x_and_mi250x_have_a_cited_purchase_price() -> None:
+    from footprint.pricing import gpu_capex_for
+
+    for model, purchase_usd in (("AMD Instinct MI300X", 25733.71), ("AMD Instinct MI250X", 14500)):
+        found = gpu_capex_for(model)
+        assert found is not None, model
+        per_hour, source = found
+        assert per_hour == pytest.approx(purchase_usd / (5 * 8760))
+        assert "epoch-research/training-cost-trends" in source
+    assert gpu_capex_for("AMD Instinct MI300A") is None  # an APU, not priced as an MI300X
