@@ -26,7 +26,9 @@ Built from the library's documentation and its Python interface (ROCm/amdsmi
 from __future__ import annotations
 
 import enum
+import threading
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 RESOLUTION_UJ = 15.3  # float32 in the library: 15.300000190734863
@@ -134,8 +136,17 @@ class FakeAmdGpu:
 class _Library:
     """The library's state and functions; ``make_fake_amdsmi`` puts them on a module."""
 
-    def __init__(self, gpus: list[FakeAmdGpu], version: str, driver_loaded: bool) -> None:
+    def __init__(
+        self,
+        gpus: list[FakeAmdGpu],
+        version: str,
+        driver_loaded: bool,
+        now_s: Callable[[], float] | None,
+    ) -> None:
         self.gpus = gpus
+        self.now_s = now_s
+        self._last_s = now_s() if now_s else 0.0
+        self._lock = threading.Lock()
         self.version = version
         self.driver_loaded = driver_loaded
         self.initialised = False
@@ -148,6 +159,11 @@ class _Library:
             raise AmdSmiParameterException(handle, ProcessorHandle)
         if not self.initialised:
             raise AmdSmiLibraryException(STATUS_NOT_INIT)
+        if self.now_s is not None:  # on a clock: the counters follow it
+            with self._lock:
+                now_s = self.now_s()
+                self.advance(max(0.0, now_s - self._last_s))
+                self._last_s = now_s
         return self.gpus[handle.position]
 
     def amdsmi_init(self, flag: AmdSmiInitFlags = AmdSmiInitFlags.INIT_AMD_GPUS) -> None:
@@ -256,15 +272,18 @@ def make_fake_amdsmi(
     version: str = "6.4",
     driver_loaded: bool = True,
     enumeration_info: bool = True,
+    now_s: Callable[[], float] | None = None,
 ) -> types.ModuleType:
     """A module with the parts of amdsmi's API the sensor uses, over ``gpus`` (handle order).
 
     ``version``: "6.2" (accumulator under ``power``), "6.3" (both keys) or "6.4" (only
     ``energy_accumulator``). ``enumeration_info``: whether ``amdsmi_get_gpu_enumeration_info``
     (ROCm 6.4+, gives ``hip_id``) exists; without it, ``amdsmi_get_gpu_kfd_info`` does.
-    Test hooks: ``fake_advance(seconds)``, ``fake_gpus``, ``fake_state`` (``shutdowns``).
+    ``now_s``: a clock (s) the counters follow at every call; without it, time passes only
+    through the test hook ``fake_advance(seconds)``. Other hooks: ``fake_gpus``,
+    ``fake_state`` (``shutdowns``).
     """
-    library = _Library(gpus, version, driver_loaded)
+    library = _Library(gpus, version, driver_loaded, now_s)
     module = types.ModuleType("amdsmi")
     names = [*_FUNCTIONS, *(["amdsmi_get_gpu_enumeration_info"] if enumeration_info else [])]
     for name in names:

@@ -329,6 +329,44 @@ def test_survey_lists_a_skipped_gpu_as_missing(monkeypatch: pytest.MonkeyPatch) 
     assert "NOT_SUPPORTED" in rows["dead"]["missing"]
 
 
+# --- through the tracker -------------------------------------------------------------------
+
+
+def test_tracked_calls_on_an_amd_host_get_counter_energy(tmp_path, monkeypatch) -> None:
+    """Before amdsmi support these records said energy_source=missing."""
+    import sqlite3
+    import time
+
+    import footprint
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    gpus = mi250x_card(0) + mi300x_host(1)
+    monkeypatch.setitem(sys.modules, "amdsmi", make_fake_amdsmi(gpus, now_s=time.monotonic))
+    db = tmp_path / "amd.db"
+    footprint.configure(
+        db=str(db),
+        sensor="auto",
+        cpu=False,
+        region="FRA",
+        flush_interval_s=0.2,
+        sampling_period_s=0.02,
+    )
+
+    @footprint.track(model="m", gpus=[2])
+    def on_the_mi300x():
+        time.sleep(0.01)
+
+    for _ in range(30):
+        on_the_mi300x()
+    footprint.shutdown()
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT energy_source, gpus, energy_j FROM queries").fetchall()
+    con.close()
+    assert len(rows) == 30
+    assert {(source, json.loads(on)[0]) for source, on, _ in rows} == {("counter", gpus[2].uuid)}
+    assert sum(energy_j for _, _, energy_j in rows) > 0
+
+
 # --- regions rows ---------------------------------------------------------------------------
 
 
