@@ -306,6 +306,7 @@ def test_devices_json_lists_amd_gpus_shared_dies_and_why_cpu_is_missing(amd_host
     assert rows[dies[0].uuid]["model"] == "AMD Instinct MI250X"
     assert rows[dies[0].uuid]["energy_method"] == "counter"
     assert rows[dies[1].uuid]["shares_with"] == dies[0].uuid
+    assert rows[dies[1].uuid]["index"] == 1
     assert "reports 0" in rows[dies[1].uuid]["missing"]
     assert rows[dies[2].uuid]["missing"] is None
     (cpu,) = [row for row in out["devices"] if row["kind"] == "cpu"]

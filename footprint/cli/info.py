@@ -37,7 +37,13 @@ def _print_devices(result: dict[str, Any]) -> None:
     """Every device as a table, then what the runtime measures and why a library found none."""
     if result["devices"]:
         table = Table(
-            "kind", "index", "vendor", "model", "uuid", "energy", Column("missing", overflow="fold")
+            "kind",
+            "index",
+            "vendor",
+            "model",
+            Column("uuid", overflow="fold"),
+            "energy",
+            Column("missing", overflow="fold"),
         )
         for d in result["devices"]:
             index = "-" if d["index"] is None else str(d["index"])

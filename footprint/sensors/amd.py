@@ -208,6 +208,7 @@ class AmdSensor(Sensor):
         self._devices: list[DeviceInfo] = []
         self._readers: list[_CounterReader | _PowerIntegrator] = []
         self.skipped: dict[str, str] = {}
+        self.die_indices: dict[str, int] = {}  # UUID -> HIP index, of every die this process sees
         self.processor_count = 0
         self.visible_count = 0
         self.visible_setting = ""
@@ -328,6 +329,7 @@ class AmdSensor(Sensor):
         """One device per meter: a die that reports, with the silent dies of its board."""
         by_meter: dict[int, int] = {}  # id(meter processor) -> position in self._devices
         for hip_index, processor in enumerate(visible):
+            self.die_indices[processor.uuid] = hip_index
             meter = processor.reporter or processor
             position = by_meter.get(id(meter))
             if position is not None:

@@ -105,20 +105,21 @@ def _gpu_rows(sensor: Sensor, vendor: str | None) -> list[dict[str, Any]]:
             )
         if device.covers_uuids:
             missing = (
-                f"a per-die reading: the driver reports the whole package on this die and 0 "
-                f"on {', '.join(device.covers_uuids)}; calls on any of them share its energy"
+                "per-die energy: the driver reports the package's total here and 0 on its "
+                "other die(s); calls on any die of the package share this reading"
             )
         rows.append(_gpu_row(device, device.vendor or vendor, missing))
+        die_indices: dict[str, int] = getattr(sensor, "die_indices", {})
         for uuid in device.covers_uuids:
             rows.append(
                 {
                     **_gpu_row(device, device.vendor or vendor, None),
-                    "index": None,
+                    "index": die_indices.get(uuid),
                     "uuid": uuid,
                     "shares_with": device.uuid,
                     "missing": (
-                        f"its own energy reading: the driver reports 0 for this die; its "
-                        f"energy is in {device.uuid}'s (the package)"
+                        "own energy: the driver reports 0 for this die; its energy is in "
+                        "the package total read on the die it shares_with"
                     ),
                 }
             )
