@@ -236,6 +236,24 @@ def test_missing_amdsmi_module_says_how_to_install_it(monkeypatch: pytest.Monkey
     assert sensor is None and "footprint[amd]" in reason
 
 
+def test_amdsmi_without_rocm_is_a_reason_and_prints_nothing(tmp_path, monkeypatch, capsys):
+    """The PyPI wheel installs without ROCm; importing it then prints to stdout and raises
+    KeyError: 'libamd_smi.so' (amdsmi 7.0.2). That text must not reach the user's stdout
+    (it would corrupt ``footprint devices --json``)."""
+    package = tmp_path / "amdsmi"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "print('Unable to find libamd_smi.so library try installing amd-smi-lib')\n"
+        "raise KeyError('libamd_smi.so')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "amdsmi", raising=False)
+    sensor, reason = open_amd()
+    assert sensor is None
+    assert "cannot load ROCm's libamd_smi.so" in reason and "Unable to find" in reason
+    assert capsys.readouterr().out == ""
+
+
 def test_close_shuts_the_library_down_once() -> None:
     sensor, fake, _ = make(mi300x_host(1))
     sensor.close()
