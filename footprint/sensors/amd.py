@@ -45,7 +45,6 @@ from footprint.sensors.base import ENERGY_COUNTER, ENERGY_POWER, DeviceInfo, Sen
 
 VENDOR = "AMD"
 # amdsmi_status_t values (amdsmi_wrapper.py) that the reasons name.
-STATUS_NOT_SUPPORTED = 2
 STATUS_NO_PERM = 10
 STATUS_DRIVER_NOT_LOADED = 34
 _COUNTER_MODULUS = 1 << 64
@@ -121,7 +120,7 @@ class _PowerIntegrator:
 
     method = ENERGY_POWER
 
-    def __init__(self, smi: Any, handle: Any, power_field: str, now_s: Callable[[], float]):
+    def __init__(self, smi: Any, handle: Any, power_field: str, now_s: Callable[[], float]) -> None:
         self._smi = smi
         self._handle = handle
         self._field = power_field
