@@ -27,7 +27,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-SENSOR_CHOICES = ("auto", "nvml", "simulated", "none")
+SENSOR_CHOICES = ("auto", "nvml", "amd", "simulated", "none")
 DAEMON_FORMS = (
     "auto (a daemon at the default socket if one listens, else in-process), off "
     "(in-process), a Unix socket path (e.g. /run/footprint/daemon.sock) or an "
@@ -166,13 +166,13 @@ def validate_url(name: str, value: object) -> None:
 
 
 def validate_sensor(spec: str) -> None:
-    """Check a sensor spec: ``auto``, ``nvml``, ``none`` or ``simulated[:k=v,...]``."""
+    """Check a sensor spec: ``auto``, ``nvml``, ``amd``, ``none`` or ``simulated[:k=v,...]``."""
     if not isinstance(spec, str):
         raise ValueError(f"sensor must be a string, one of {', '.join(SENSOR_CHOICES)}")
     name, _, options = spec.partition(":")
     if name not in SENSOR_CHOICES:
         raise ValueError(
-            f"unknown sensor {spec!r}; allowed: auto, nvml, none, simulated[:gpus=N,idle_w=W,"
+            f"unknown sensor {spec!r}; allowed: auto, nvml, amd, none, simulated[:gpus=N,idle_w=W,"
             "busy_w=W,update_period_s=S,noise=F,seed=N]"
         )
     if name == "simulated":

@@ -19,7 +19,7 @@ def test_bad_sampling_period_is_rejected_with_allowed_range(period):
 
 
 def test_unknown_sensor_lists_allowed_values():
-    with pytest.raises(ValueError, match="allowed: auto, nvml, none, simulated"):
+    with pytest.raises(ValueError, match="allowed: auto, nvml, amd, none, simulated"):
         footprint.configure(sensor="rocm")
 
 

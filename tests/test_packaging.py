@@ -120,7 +120,7 @@ def test_the_check_sees_the_imports_it_must():
     assert distributions("pynvml") >= {"nvidia-ml-py"}
 
 
-@pytest.mark.parametrize("group", ["dependencies", "postgres", "parquet"])
+@pytest.mark.parametrize("group", ["dependencies", "postgres", "parquet", "amd"])
 def test_every_dependency_has_a_lower_bound(group):
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     requirements = (

@@ -15,12 +15,14 @@ from footprint.cli._output import JsonOption, console, show
 def devices(
     as_json: JsonOption = False,
     sensor: Annotated[
-        str | None, typer.Option(help="auto | nvml | simulated[:opts] (default: settings)")
+        str | None,
+        typer.Option(help="auto | nvml | amd | simulated[:opts] | none (default: settings)"),
     ] = None,
 ) -> None:
-    """List the GPUs (and CPU packages) found and how each one's energy is measured."""
+    """List every GPU and CPU package found: vendor, model, how its energy is measured, and
+    what is missing and why."""
     from footprint.config import resolve_settings, validate_sensor
-    from footprint.sensors import open_cpu_sensor, open_gpu_sensor
+    from footprint.sensors.inventory import survey
 
     try:
         if sensor is not None:
@@ -28,38 +30,47 @@ def devices(
         spec = sensor or resolve_settings().sensor
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    gpu_sensor, reason = open_gpu_sensor(spec)
-    cpu_sensor, cpu_reason = open_cpu_sensor()
-    found = [d.__dict__ for d in gpu_sensor.devices]
-    cpus = [d.__dict__ for d in cpu_sensor.devices] if cpu_sensor else []
-    gpu_sensor.close()
-    if cpu_sensor:
-        cpu_sensor.close()
-    result = {
-        "sensor": spec,
-        "gpus": found,
-        "gpu_note": reason or None,
-        "cpus": cpus,
-        "cpu_note": cpu_reason or None,
-    }
-    show(result, as_json, lambda r: _print_devices(r, reason, cpu_reason))
+    result = survey(spec)
+    show(result, as_json, _print_devices)
 
 
-def _print_devices(result: dict[str, Any], gpu_reason: str, cpu_reason: str) -> None:
-    """The GPUs as a table (or why there is none), then the CPU packages on one line."""
+def _print_devices(result: dict[str, Any]) -> None:
+    """Every device as a table, then what the runtime measures and why a library found none."""
+    if result["devices"]:
+        table = Table(
+            "kind",
+            "index",
+            "vendor",
+            "model",
+            Column("uuid", overflow="fold"),
+            "energy",
+            Column("missing", overflow="fold"),
+        )
+        for d in result["devices"]:
+            index = "-" if d["index"] is None else str(d["index"])
+            table.add_row(
+                d["kind"],
+                index,
+                d["vendor"] or "?",
+                d["model"] or "?",
+                d["uuid"] or "-",
+                d["energy_method"],
+                d["missing"] or "",
+            )
+        console.print(table)
     if not result["gpus"]:
         console.print(
-            f"No GPU found: {gpu_reason}. Queries will be recorded with energy_source=missing."
+            f"No GPU measured: {result['gpu_note']}. Queries will be recorded with "
+            "energy_source=missing.",
+            markup=False,
         )
     else:
-        table = Table("index", "uuid", "name", "energy method")
-        for d in result["gpus"]:
-            table.add_row(str(d["index"]), d["uuid"], d["name"], d["energy_method"])
-        console.print(table)
+        uuids = ", ".join(g["uuid"] for g in result["gpus"])
+        console.print(f"GPU energy (sensor={result['sensor']}): {uuids}", markup=False)
     if result["cpus"]:
         console.print(f"CPU energy (RAPL): {', '.join(c['uuid'] for c in result['cpus'])}")
     else:
-        console.print(f"CPU energy: not available ({cpu_reason})")
+        console.print(f"CPU energy: not available ({result['cpu_note']})", markup=False)
     console.print(f"Settings: {settings_source()}", markup=False)
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "NullSensor",
     "Sensor",
     "SensorError",
+    "open_gpu_backends",
     "open_gpu_sensor",
 ]
 
@@ -30,8 +31,9 @@ __all__ = [
 def open_gpu_sensor(spec: str, clock: Clock = SYSTEM_CLOCK) -> tuple[Sensor, str]:
     """The GPU sensor for a validated spec, and why it has no devices ("" if it has).
 
-    ``auto`` uses NVML when it finds a GPU and never simulates; ``nvml`` insists on NVML
-    (the reason says what failed); ``simulated[:options]`` and ``none`` are explicit.
+    ``auto`` uses NVML when it finds an NVIDIA GPU, else amdsmi when it finds an AMD GPU,
+    and never simulates; ``nvml`` and ``amd`` insist on one library (the reason says what
+    failed); ``simulated[:options]`` and ``none`` are explicit.
     """
     name, _, options = spec.partition(":")
     if name == "simulated":
@@ -40,12 +42,32 @@ def open_gpu_sensor(spec: str, clock: Clock = SYSTEM_CLOCK) -> tuple[Sensor, str
         return SimulatedSensor(SimulatedGpuSpec.parse(options), clock=clock), ""
     if name == "none":
         return NullSensor("GPU measurement disabled (sensor=none)"), "sensor=none"
-    from footprint.sensors.nvml import open_nvml
+    reasons = []
+    for vendor, sensor, reason in open_gpu_backends(name, first_only=True):
+        if sensor is not None:
+            return sensor, ""
+        reasons.append(reason if name != "auto" else f"{vendor}: {reason}")
+    reason = "; ".join(reasons)
+    return NullSensor(reason), reason
 
-    sensor, reason = open_nvml()
-    if sensor is None:
-        return NullSensor(reason), reason
-    return sensor, ""
+
+def open_gpu_backends(name: str, first_only: bool = False) -> list[tuple[str, Sensor | None, str]]:
+    """(vendor, sensor or None, why none) for each GPU library ``name`` uses, in ``auto``'s
+    order (NVML, then amdsmi); with ``first_only``, stop at the first that found a GPU."""
+    opened: list[tuple[str, Sensor | None, str]] = []
+    if name in ("auto", "nvml"):
+        from footprint.sensors.nvml import open_nvml
+
+        nvml_sensor, reason = open_nvml()
+        opened.append(("NVIDIA", nvml_sensor, reason))
+        if nvml_sensor is not None and first_only:
+            return opened
+    if name in ("auto", "amd"):
+        from footprint.sensors.amd import open_amd
+
+        amd_sensor, reason = open_amd()
+        opened.append(("AMD", amd_sensor, reason))
+    return opened
 
 
 def open_cpu_sensor() -> tuple[Sensor | None, str]:

@@ -39,6 +39,14 @@ class DeviceInfo:
     # The most the device can draw, in W (NVML's enforced power limit, the simulator's
     # busy power): bounds what an unmeasured stretch can hold. None: not known.
     max_power_w: float | None = None
+    # Who made it ("NVIDIA", "AMD"; None: the sensor does not say).
+    vendor: str | None = None
+    # Other devices whose energy this one's reading holds: a dual-GCD MI250X reports the
+    # package on its first die and 0 on the second. ``covers_uuids``: every such die;
+    # ``covers_indices``: the indices of those this process sees. A call on any of them is
+    # a call on this device (its energy cannot be split between the dies).
+    covers_indices: tuple[int, ...] = ()
+    covers_uuids: tuple[str, ...] = ()
 
 
 class Sensor(ABC):
