@@ -386,6 +386,40 @@ def test_tracked_calls_on_an_amd_host_get_counter_energy(tmp_path, monkeypatch) 
     assert sum(energy_j for _, _, energy_j in rows) > 0
 
 
+def test_calls_on_the_second_die_of_an_mi250x_share_the_packages_counter(tmp_path, monkeypatch):
+    """The driver reports the package's energy on die 0 and 0 on die 1: calls naming die 1
+    (by index or UUID) are measured on die 0's counter, not left without energy."""
+    import sqlite3
+    import time
+
+    import footprint
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    dies = mi250x_card(0)
+    monkeypatch.setitem(sys.modules, "amdsmi", make_fake_amdsmi(dies, now_s=time.monotonic))
+    db = tmp_path / "mi250x.db"
+    footprint.configure(
+        db=str(db),
+        sensor="amd",
+        cpu=False,
+        region="FRA",
+        flush_interval_s=0.2,
+        sampling_period_s=0.02,
+    )
+    for gpus in ([1], [dies[1].uuid]):
+        for _ in range(10):
+            with footprint.query(model="m", gpus=gpus):
+                time.sleep(0.01)
+    footprint.shutdown()
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT energy_source, gpus FROM queries").fetchall()
+    con.close()
+    assert len(rows) == 20
+    assert {source for source, _ in rows} <= {"counter", "estimated"}
+    assert sum(source == "counter" for source, _ in rows) >= 18
+    assert {json.loads(on)[0] for _, on in rows} == {dies[0].uuid}
+
+
 # --- regions rows ---------------------------------------------------------------------------
 
 

@@ -43,6 +43,13 @@ class DeviceSlots:
         self._warn_once = warn_once
         self._uuid_to_slot = {d.uuid: slot for slot, d in enumerate(gpu_devices)}
         self._cuda_to_slot = {d.index: slot for slot, d in enumerate(gpu_devices)}
+        for slot, device in enumerate(gpu_devices):
+            # Dies whose energy this device's counter reads (a dual-die MI250X reports the
+            # package on its first die): a call on any of them shares that reading.
+            for uuid in device.covers_uuids:
+                self._uuid_to_slot.setdefault(uuid, slot)
+            for index in device.covers_indices:
+                self._cuda_to_slot.setdefault(index, slot)
         n_gpu = len(gpu_devices)
         self.all_gpus = tuple(range(n_gpu))
         self.cpu_slots = tuple(range(n_gpu, n_gpu + len(cpu_devices)))
