@@ -36,7 +36,8 @@ def daemon_command(
         typer.Option("--sampling-period", help="Seconds between GPU samples (default 0.05)."),
     ] = None,
     sensor: Annotated[
-        str | None, typer.Option(help="auto | nvml | simulated[:opts] (default: settings).")
+        str | None,
+        typer.Option(help="auto | nvml | amd | simulated[:opts] | none (default: settings)."),
     ] = None,
     region: Annotated[
         str | None, typer.Option(help="Grid zone or cloud region (default: settings).")
