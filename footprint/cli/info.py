@@ -6,7 +6,7 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from footprint.cli._errors import InputError
 from footprint.cli._output import JsonOption, console, show
