@@ -10,6 +10,10 @@ energy and tokens split evenly among them: summing over ``gpu`` still gives a mo
 totals exactly. ``footprint_gpu_info{gpu,uuid,name}`` maps the indices to the devices.
 Past ``MAX_MODELS`` distinct models, the others are summed under ``model="_other"`` (the
 database keeps every one). A model whose cost is unknown has no cost sample (not 0).
+
+Health: ``footprint_ready`` is 1 while ``/readyz`` would answer 200, and
+``footprint_health_problem{reason}`` is 1 for each reason ``/healthz`` names now (every
+known reason is always present, 0 when it does not hold), so alerts need no probe.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ MAX_MODELS = 1000
 OTHER_MODELS = "_other"
 MAX_GPU_SETS = 4096  # distinct ``gpus`` JSON strings whose labels are cached
 NO_GPU = ""  # the gpu label of a record measured on no GPU
+# What ``/healthz`` may name in ``reasons`` (``footprint_health_problem`` has each of them).
+HEALTH_REASONS = ("stale_samples", "no_gpu", "fd_limit", "connection_limit", "no_memory")
 
 __all__ = [
     "CONTENT_TYPE_LATEST",
@@ -64,6 +70,7 @@ class RecordTotals:
         self.co2e_g: defaultdict[str, float] = defaultdict(float)
         self.cost_usd: defaultdict[str, float] = defaultdict(float)  # known costs only
         self.idle_j: defaultdict[str, float] = defaultdict(float)
+        self.lost_j: defaultdict[str, float] = defaultdict(float)  # calls never stored
         self.records = 0
 
     def _gpu_set(self, gpus_json: str | None) -> tuple[str, ...]:
@@ -121,6 +128,7 @@ class RecordTotals:
                 label = self._gpu_labels.get(row["device_uuid"])
                 if label is not None:  # GPUs only (CPU packages are not GPUs)
                     self.idle_j[label] += row["idle_energy_j"]
+                    self.lost_j[label] += row.get("lost_energy_j") or 0.0
 
     def snapshot(self) -> dict[str, dict]:
         with self._lock:
@@ -132,6 +140,7 @@ class RecordTotals:
                 "co2e_g": dict(self.co2e_g),
                 "cost_usd": dict(self.cost_usd),
                 "idle_j": dict(self.idle_j),
+                "lost_j": dict(self.lost_j),
             }
 
 
@@ -159,6 +168,8 @@ class DaemonCollector:
 
     # The daemon's connection limits and what they refused (``ConnectionLimits.snapshot``).
     connection_limits: Callable[[], dict[str, Any]] | None = None
+    # What ``/healthz`` answers (``DaemonServer.health``): its status and reasons.
+    health: Callable[[], dict[str, Any]] | None = None
 
     def __init__(
         self,
@@ -229,6 +240,8 @@ class DaemonCollector:
         )
         if self.connection_limits is not None:
             yield from _connection_limit_metrics(self.connection_limits())
+        if self.health is not None:
+            yield from _health_metrics(self.health())
 
         stats = runtime.stats()
         lost = CounterMetricFamily(
@@ -326,6 +339,14 @@ def _record_metrics(snap: dict[str, dict], devices: list[Any]) -> Iterator[Metri
         family.add_metric([str(device.index)], snap["idle_j"].get(str(device.index), 0.0))
     yield family
     family = CounterMetricFamily(
+        "footprint_lost_energy_joules",
+        "GPU energy given to queries that never became a record (footprint_lost_spans).",
+        labels=["gpu"],
+    )
+    for device in devices:
+        family.add_metric([str(device.index)], snap["lost_j"].get(str(device.index), 0.0))
+    yield family
+    family = CounterMetricFamily(
         "footprint_queries",
         "Queries recorded, by model and status.",
         labels=["model", "status"],
@@ -350,6 +371,26 @@ def _record_metrics(snap: dict[str, dict], devices: list[Any]) -> Iterator[Metri
     for model, value in snap["cost_usd"].items():
         family.add_metric([model], value)
     yield family
+
+
+def _health_metrics(health: dict[str, Any]) -> Iterator[Metric]:
+    """``/healthz`` as gauges: ready (1 or 0) and 1 for each problem it names now."""
+    yield GaugeMetricFamily(
+        "footprint_ready",
+        "1 while the daemon is ready (/readyz answers 200: GPUs measured, samples fresh, "
+        "no limit hit), else 0.",
+        value=1.0 if health["status"] == "ok" else 0.0,
+    )
+    problems = GaugeMetricFamily(
+        "footprint_health_problem",
+        "1 while /healthz names this reason (stale_samples, no_gpu, fd_limit, "
+        "connection_limit, no_memory), else 0.",
+        labels=["reason"],
+    )
+    reasons = list(health["reasons"])
+    for reason in (*HEALTH_REASONS, *(r for r in reasons if r not in HEALTH_REASONS)):
+        problems.add_metric([reason], 1.0 if reason in reasons else 0.0)
+    yield problems
 
 
 def _connection_limit_metrics(limits: dict[str, Any]) -> Iterator[Metric]:

@@ -150,6 +150,7 @@ class Daemon:
         self._hook_runtime(runtime)
         collector = DaemonCollector(runtime, self.intake, self.totals, self.power, self.started_s)
         collector.connection_limits = self.limits.snapshot
+        collector.health = self.health
         self.registry = registry(collector)
         runtime.start()
         runtime.wait_until_measuring(2.0)
