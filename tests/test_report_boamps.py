@@ -109,7 +109,8 @@ def test_one_valid_report_per_measured_model_with_the_json_reports_energy(db, ca
         assert tokens == {"input": entry["input_tokens"] / n, "output": entry["output_tokens"] / n}
         assert report["infrastructure"] == {
             "infraType": "onPremise",
-            "components": [{"componentType": "gpu", "nbComponent": 2}],
+            # The simulated GPUs' model, as the sensor names them (the devices table).
+            "components": [{"componentType": "gpu", "nbComponent": 2, "series": "Simulated GPU"}],
         }
         assert report["environment"]["country"] == "FRA"
         co2e_per_kwh = entry["co2e_g"] / entry["facility_energy_kwh"]

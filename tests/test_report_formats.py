@@ -267,5 +267,8 @@ def test_html_prose_has_no_markdown_and_gpus_show_host_and_models(demo):
     for gpu in report["capacity"]["gpus"]:
         assert gpu["hosts"] == ["demo-hgx-node"]
         assert gpu["models"] and set(gpu["models"]) <= {m["model"] for m in report["models"]}
+        assert gpu["index"] is not None and gpu["name"] == "NVIDIA H100 80GB HBM3"
         row = section.split(f"<td>{gpu['gpu']}</td>", 1)[1].split("</tr>", 1)[0]
-        assert f"<td>demo-hgx-node</td><td>{', '.join(gpu['models'])}</td>" in row
+        assert f"<td>{', '.join(gpu['models'])}</td>" in row
+        before = section.split(f"<td>{gpu['gpu']}</td>", 1)[0].rsplit("<tr>", 1)[1]
+        assert before == f"<td>{gpu['index']}</td><td>demo-hgx-node</td><td>{gpu['name']}</td>"

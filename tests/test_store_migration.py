@@ -136,7 +136,7 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
 
     store = Store(db_url)  # opening migrates
     info = database_info(db_url)
-    assert info["schema_version"] == SCHEMA_VERSION == 5
+    assert info["schema_version"] == SCHEMA_VERSION
     assert info["rollup_pending_rows"] == (50 if is_sqlite else 0)
 
     # The migrated tables have the columns of a fresh database, with the same nullability.
@@ -246,7 +246,7 @@ def test_migration_is_idempotent_for_processes_opening_at_once(db_url):
     store = Store(db_url)
     store.insert(_with_bounds(make_records(4, seed=2), seed=2))
     store.close()
-    assert database_info(db_url)["schema_version"] == 5
+    assert database_info(db_url)["schema_version"] == SCHEMA_VERSION
     assert database_info(db_url)["queries_rows"] == 24
     assert _span_key_index(db_url) == {"column_names": [SPAN_KEY], "unique": False}
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import uuid
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -198,8 +199,34 @@ def _infrastructure(ctx: ModelContext, zones: list[Zone] | None) -> dict:
         infra["cloudProvider"] = providers.pop()
     elif zones and set(ctx.ownerships) == {"owned"}:
         infra["infraType"] = "onPremise"
-    infra["components"] = [{"componentType": "gpu", "nbComponent": len(ctx.gpus)}]
+    infra["components"] = _gpu_components(ctx)
     return infra
+
+
+_MAKERS = ("nvidia", "amd", "intel")
+
+
+def _gpu_components(ctx: ModelContext) -> list[dict[str, Any]]:
+    """One ``gpu`` component per GPU model the queries ran on (``series``: the model as the
+    sensor named it; ``manufacturer``: its vendor, or the maker its name starts with);
+    GPUs the database does not name are counted in a component without them."""
+    kinds: Counter[tuple[str | None, str | None]] = Counter()
+    for gpu_uuid in ctx.gpus:
+        named = ctx.gpu_names.get(gpu_uuid, {})
+        name = named.get("name") or None
+        vendor = named.get("vendor") or None
+        if vendor is None and name and name.split()[0].lower() in _MAKERS:
+            vendor = name.split()[0]
+        kinds[(vendor, name)] += 1
+    components = []
+    for (vendor, name), count in sorted(kinds.items(), key=lambda kv: (str(kv[0]), kv[1])):
+        component: dict[str, Any] = {"componentType": "gpu", "nbComponent": count}
+        if vendor:
+            component["manufacturer"] = vendor.lower()
+        if name:
+            component["series"] = name
+        components.append(component)
+    return components or [{"componentType": "gpu", "nbComponent": 0}]
 
 
 def _environment(ctx: ModelContext, zones: list[Zone] | None) -> dict | None:

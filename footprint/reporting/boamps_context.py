@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, case, func, literal, select
 from sqlalchemy.exc import DataError, ProgrammingError, SQLAlchemyError
 
+from footprint.reporting.capacity import device_names
 from footprint.reporting.database import open_report_engine, read_error
 from footprint.reporting.request import ReportError, ReportRequest, as_utc, query_filters
 from footprint.reporting.sums import split_gpus
@@ -40,6 +41,8 @@ class ModelContext:
     ownerships: Counter[str | None] = field(default_factory=Counter)
     families: Counter[str | None] = field(default_factory=Counter)  # task_family tag
     gpus: set[str] = field(default_factory=set)  # GPU UUIDs the queries ran on
+    # GPU UUID -> index, name (model) and vendor, where the database names it (devices)
+    gpu_names: dict[str, dict[str, Any]] = field(default_factory=dict)
     with_input_tokens: int = 0
     with_output_tokens: int = 0
     with_uncertainty: int = 0  # measured queries with an energy uncertainty bound
@@ -134,10 +137,12 @@ def _statement(request: ReportRequest, dialect: str, with_family: bool) -> Any:
     ).group_by(*keys)
 
 
-def _read(engine: Engine, request: ReportRequest, with_family: bool) -> list[Any]:
+def _read(
+    engine: Engine, request: ReportRequest, with_family: bool
+) -> tuple[list[Any], dict[str, dict[str, Any]]]:
     with engine.connect() as conn:
         statement = _statement(request, conn.dialect.name, with_family)
-        return list(conn.execute(statement))
+        return list(conn.execute(statement)), device_names(conn)
 
 
 def read_contexts(request: ReportRequest) -> dict[str, ModelContext]:
@@ -149,9 +154,9 @@ def read_contexts(request: ReportRequest) -> dict[str, ModelContext]:
     engine = open_report_engine(request.db)
     try:
         try:
-            rows = _read(engine, request, with_family=True)
+            rows, names = _read(engine, request, with_family=True)
         except (DataError, ProgrammingError):
-            rows = _read(engine, request, with_family=False)
+            rows, names = _read(engine, request, with_family=False)
     except SQLAlchemyError as exc:
         raise ReportError(read_error(request.db, exc)) from None
     finally:
@@ -159,4 +164,6 @@ def read_contexts(request: ReportRequest) -> dict[str, ModelContext]:
     contexts: dict[str, ModelContext] = {}
     for row in rows:
         contexts.setdefault(row.model, ModelContext()).add(row)
+    for ctx in contexts.values():
+        ctx.gpu_names = {uuid: names[uuid] for uuid in ctx.gpus if uuid in names}
     return contexts

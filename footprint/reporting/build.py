@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from footprint.reporting import notes as report_notes
 from footprint.reporting.accuracy import published_accuracy
-from footprint.reporting.capacity import Capacity, idle_rows
+from footprint.reporting.capacity import Capacity, device_names, idle_rows
 from footprint.reporting.database import open_report_engine, prepare_rollups, read_error
 from footprint.reporting.figures import (
     TOP_MODELS,
@@ -82,6 +82,7 @@ def build_report(
             _check_models(conn, request.models)
             step("aggregating idle energy")
             capacity = Capacity(idle_rows(conn, engine, request))
+            capacity.device_names = device_names(conn)
             step("aggregating queries")
             fold, note = read_sums(conn, engine, request, problem)
             if note and use_rollups:
@@ -258,9 +259,12 @@ def _capacity(capacity: Capacity, busy: dict[str, float], fold: Fold) -> dict[st
         held = capacity.held_s.get(uuid)
         busy_h = busy.get(uuid, 0.0) / 3600.0
         held_h = None if held is None else max(held / 3600.0, busy_h)
+        named = capacity.device_names.get(uuid, {})
         gpus.append(
             {
                 "gpu": uuid,
+                "index": named.get("index"),
+                "name": named.get("name"),
                 "hosts": sorted(hosts.get(uuid, ())),
                 "models": sorted(fold.device_models.get(uuid, ())),
                 "gpu_hours_held": held_h,

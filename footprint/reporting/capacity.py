@@ -22,12 +22,12 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, case, func, select
+from sqlalchemy import ColumnElement, Engine, case, func, inspect, select
 
 from footprint.reporting.database import day_expr
 from footprint.reporting.request import ReportRequest
 from footprint.reporting.sums import Fold
-from footprint.storage.models import IdleEnergy, table_of
+from footprint.storage.models import Device, IdleEnergy, table_of
 
 
 def idle_rows(conn: Any, engine: Engine, request: ReportRequest) -> list[dict[str, Any]]:
@@ -89,6 +89,9 @@ class Capacity:
         self.measured_j: dict[str, float] = defaultdict(float)
         self.held_s: dict[str, float] = defaultdict(float)
         self.lost_j = 0.0
+        # GPU UUID -> its index and model as the processes that measured it saw them
+        # (the ``devices`` table, schema version 6; empty for older databases).
+        self.device_names: dict[str, dict[str, Any]] = {}
         self.day_idle_j: dict[str, float] = defaultdict(float)
         self.day_held_s: dict[str, float] = defaultdict(float)
         # (group, GPU) -> idle J and seconds held, for --by day and --by host
@@ -160,3 +163,19 @@ class Capacity:
                 out["idle_compute_cost_usd"] += idle_s * rates[3]
                 out["idle_embodied_co2e_g"] += idle_s * rates[4]
         return out
+
+
+def device_names(conn: Any) -> dict[str, dict[str, Any]]:
+    """GPU UUID -> ``index``, ``name`` (the GPU model) and ``vendor``, from the ``devices``
+    table (the last process to see a GPU wins); {} where the database has none."""
+    if not inspect(conn).has_table("devices"):
+        return {}
+    d = table_of(Device).c
+    rows = conn.execute(
+        select(d.uuid, d.device_index, d.name, d.vendor)
+        .where(d.kind == "gpu")
+        .order_by(d.last_seen_at, d.id)
+    )
+    return {
+        uuid: {"index": index, "name": name, "vendor": vendor} for uuid, index, name, vendor in rows
+    }

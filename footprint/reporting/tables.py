@@ -176,8 +176,8 @@ def group_table(report: dict[str, Any]) -> Table:
 
 
 def capacity_table(report: dict[str, Any]) -> Table | None:
-    """Per GPU: its id, the hosts it was measured on and the models that ran on it, then
-    its GPU-hours held and busy, utilisation and idle energy."""
+    """Per GPU: its index and model (where the database names it), host and UUID, the
+    models that ran on it, then its GPU-hours held and busy, utilisation and idle energy."""
     gpus = report.get("capacity", {}).get("gpus") or []
     if not gpus:
         return None
@@ -191,6 +191,8 @@ def capacity_table(report: dict[str, Any]) -> Table | None:
         headers=[
             "GPU",
             "Host",
+            "Model",
+            "UUID",
             "Models served",
             "GPU-hours held",
             "busy",
@@ -199,8 +201,10 @@ def capacity_table(report: dict[str, Any]) -> Table | None:
         ],
         rows=[
             [
-                g["gpu"],
+                "–" if g.get("index") is None else str(g["index"]),
                 ", ".join(g.get("hosts") or ()) or "–",
+                g.get("name") or "–",
+                g["gpu"],
                 ", ".join(g.get("models") or ()) or "–",
             ]
             + [(f"capacity.gpus.{i}.{key}", kind) for key, kind in columns]
@@ -208,6 +212,8 @@ def capacity_table(report: dict[str, Any]) -> Table | None:
         ],
         foot=[
             "All GPUs",
+            "",
+            "",
             "",
             "",
             ("totals.gpu_hours_held", "number"),

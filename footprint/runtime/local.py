@@ -188,7 +188,30 @@ class Runtime(SpanQueue):
         with no_fork():  # imports SQLAlchemy and a driver on the writer thread
             from footprint.storage.store import Store
 
-            return Store(self.settings.db, busy_timeout_s=self.settings.db_timeout_s)
+            store = Store(self.settings.db, busy_timeout_s=self.settings.db_timeout_s)
+        self._record_devices(store)
+        return store
+
+    def _record_devices(self, store: Any) -> None:
+        """Name the devices measured in the database, so reports show index and model."""
+        devices = getattr(self, "devices", None)
+        if devices is None:  # the store opened before the sensors: nothing to name yet
+            return
+        rows = [
+            {
+                "uuid": d.uuid,
+                "kind": d.kind,
+                "device_index": d.index,
+                "name": d.name,
+                "vendor": d.vendor,
+                "energy_method": d.energy_method,
+            }
+            for d in devices.by_slot
+        ]
+        try:
+            store.record_devices(self.host, rows)
+        except Exception as exc:
+            self.warn_once("devices", f"footprint: could not record the devices measured: {exc}")
 
     @property
     def store(self) -> Any:

@@ -6,11 +6,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    insert,
+    select,
+)
 
 from footprint.storage.errors import StoreError
 from footprint.storage.models import (
     SCHEMA_VERSION,
+    Device,
     IdleEnergy,
     Loss,
     Meta,
@@ -27,6 +40,7 @@ TABLES = [
     table_of(Loss),
     table_of(QueryRollup),
     table_of(Meta),
+    table_of(Device),
 ]
 
 # Migrations: MIGRATIONS[v] takes a database at schema version v to v + 1, in the same
@@ -128,11 +142,33 @@ def _v4_to_v5(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_queries_trace_id ON queries (trace_id)")
 
 
+def _v5_to_v6(conn: Connection) -> None:
+    """Version 6: the ``devices`` table (which GPU a UUID is: index, model, vendor), empty
+    until a process opens the database; reports fall back to UUIDs without it."""
+    devices_v6 = Table(
+        "devices",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("host", String, nullable=False),
+        Column("uuid", String, nullable=False),
+        Column("kind", String, nullable=False),
+        Column("device_index", Integer),
+        Column("name", String),
+        Column("vendor", String),
+        Column("energy_method", String),
+        Column("first_seen_at", DateTime(timezone=True), nullable=False),
+        Column("last_seen_at", DateTime(timezone=True), nullable=False),
+        UniqueConstraint("host", "uuid"),
+    )
+    devices_v6.create(conn, checkfirst=True)
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _v1_to_v2,
     2: _v2_to_v3,
     3: _v3_to_v4,
     4: _v4_to_v5,
+    5: _v5_to_v6,
 }
 
 

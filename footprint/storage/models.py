@@ -17,6 +17,7 @@ from footprint.storage.columns import PRICING_COLUMNS
 __all__ = [
     "PRICING_COLUMNS",
     "IdleEnergy",
+    "Device",
     "Loss",
     "Meta",
     "QueryRecord",
@@ -27,8 +28,8 @@ __all__ = [
 
 # 2: energy_uncertainty_j (queries, query_rollups); 3: lost_energy_j, and ownership and
 # gpu_price_source (queries, query_rollups); 4: span_key (queries), indexed; 5: trace_id
-# (indexed) and span_id (queries)
-SCHEMA_VERSION = 5
+# (indexed) and span_id (queries); 6: devices
+SCHEMA_VERSION = 6
 
 
 def _utc_column(index: bool = False) -> Column:
@@ -234,6 +235,30 @@ class Loss(SQLModel, table=True):
     count: int
     host: str
     pid: int
+
+
+class Device(SQLModel, table=True):
+    """A device a process measured, as its sensor described it (schema version 6).
+
+    One row per (host, uuid), written when a store is opened: which GPU a UUID is (its
+    index as that process saw it, its model, its vendor), so reports can name GPUs
+    instead of listing UUIDs. ``device_index`` is the CUDA (or HIP) index, which can differ
+    between processes with different ``CUDA_VISIBLE_DEVICES``: the last one seen is kept.
+    """
+
+    __tablename__ = "devices"
+    __table_args__ = (UniqueConstraint("host", "uuid"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    host: str
+    uuid: str
+    kind: str  # gpu | cpu
+    device_index: int | None = None
+    name: str | None = None
+    vendor: str | None = None
+    energy_method: str | None = None
+    first_seen_at: datetime = Field(sa_column=_utc_column())
+    last_seen_at: datetime = Field(sa_column=_utc_column())
 
 
 class Meta(SQLModel, table=True):

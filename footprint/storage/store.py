@@ -20,7 +20,7 @@ from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import DateTime, insert, select
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from footprint.storage import journal, rollups, sidefile
@@ -38,7 +38,7 @@ from footprint.storage.errors import (
 from footprint.storage.info import database_info as database_info
 from footprint.storage.info import journal_base
 from footprint.storage.migrations import TABLES
-from footprint.storage.models import IdleEnergy, Loss, QueryRecord, table_of
+from footprint.storage.models import Device, IdleEnergy, Loss, QueryRecord, table_of
 
 IDLE_KEY = ("device_uuid", "minute", "host", "pid")
 
@@ -246,6 +246,28 @@ class Store:
     def has_side_losses(self) -> bool:
         """Whether loss counts wait in a side or fallback file (``move_side_losses``)."""
         return self.path is not None and bool(sidefile.loss_files(self.path))
+
+    def record_devices(self, host: str, devices: list[dict[str, Any]]) -> None:
+        """Upsert the devices this host's process measures (``devices`` rows: ``uuid``,
+        ``kind``, ``device_index``, ``name``, ``vendor``, ``energy_method``), so that
+        reports can name the GPUs behind the UUIDs; ``first_seen_at`` is kept."""
+        if not devices:
+            return
+        now = _dt.datetime.now(_dt.timezone.utc)
+        rows = [{**d, "host": host, "first_seen_at": now, "last_seen_at": now} for d in devices]
+        table = table_of(Device)
+        dialect = postgresql if not self.is_sqlite else sqlite
+        stmt = dialect.insert(table)
+        upsert = stmt.on_conflict_do_update(
+            index_elements=["host", "uuid"],
+            set_={
+                name: stmt.excluded[name]
+                for name in ("kind", "device_index", "name", "vendor", "energy_method")
+            }
+            | {"last_seen_at": stmt.excluded.last_seen_at},
+        )
+        with self.engine.begin() as conn:
+            conn.execute(upsert, sorted(rows, key=itemgetter("uuid")))
 
     @staticmethod
     def _plan(table: Any) -> tuple[str, Callable[[dict], tuple]]:
