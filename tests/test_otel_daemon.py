@@ -154,7 +154,7 @@ def _rows(db: Path) -> list[dict]:
         return []
     con.row_factory = sqlite3.Row
     try:
-        return [dict(r) for r in con.execute("SELECT * FROM queries ORDER BY id")]
+        return [dict(r) for r in con.execute("SELECT * FROM queries ORDER BY started_at, id")]
     except sqlite3.OperationalError:  # before the first write
         return []
     finally:
