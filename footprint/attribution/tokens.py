@@ -1,0 +1,447 @@
+"""The token-aware rule's running integrals: each interval's busy energy shared by the
+spans' predicted powers instead of equally.
+
+A span with token counts has a prefill phase (start to first token) that carries its
+input tokens and a decode phase (first token to end) that carries its output tokens, each
+at a constant rate over its phase. The running set's predicted busy power is
+
+    P(t) = F·steps/s + α·Σ prefill rate + β·Σ decode rate + γ·Σ decode rate × context
+
+(``TokenWeights`` learns F, α, β, γ from the counter; ``steps/s``, the server's step
+rate, is the mean decode rate of the spans decoding: each makes a token a step), and
+span ``i``'s own part of it is ``p_i = F·steps/s / N + (its α, β, γ terms)``: the fixed
+energy of a step shared equally among the ``N`` spans running (the Shapley value of the
+additive model), the rest its own. A span with no token counts (or whose counts are not
+known when its time is handed out) is charged the mean ``p`` of the spans with counts in
+the window before: where no span has counts, or the weights are not known yet, the rule
+is the equal split. Each stretch's busy energy is shared in
+proportion to ``p_i / P``, so the shares of an instant sum to its busy energy exactly.
+
+The busy energy is shared over windows of consecutive intervals (about ``WINDOW_S`` busy
+seconds, or up to a moment with no span running), not interval by interval: a span's
+share is ``K · ∫ p_i dt`` with ``K`` the window's busy energy over its predicted energy
+``∫ P dt``. Locally the predicted power is a poor guide (a prompt's tokens are spread
+over its time to first token, queueing included, and a GPU at its power cap draws the
+same power whatever it runs), and normalising each short interval by it would charge a
+call's own prompt against itself; over a window the prediction holds, and a call alone
+in its window still gets exactly what the counter measured. The shares of a window sum
+to its busy energy, so energy stays conserved exactly.
+
+Each phase's rates are constant, so a span's share is its rates times differences of
+running integrals (time, ``∫ dt/N``, ``∫ M dt``: ``M`` the mean token term) between its
+phase edges, each scaled by its window's ``K`` once the window closes: O(1) per start,
+first token and end, whatever the number of spans running, like ``RunningShares``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+from typing import NamedTuple
+
+from footprint.attribution.energy import Interval
+from footprint.attribution.shares import END, START, SpanShare
+
+WINDOW_S = 5.0  # busy seconds per window
+PHASE = 2  # event kind: a span's first token (sorts after starts and ends at an instant)
+
+Theta = tuple[float, float, float, float]  # F (J per step), α, β (J per token), γ (J/token²)
+
+
+class SpanTokens(NamedTuple):
+    """What a span says about its work: token counts and time to first token (s)."""
+
+    input_tokens: int
+    output_tokens: int
+    ttft_s: float | None
+
+
+def _count(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value >= 2**40:
+        return None
+    return value
+
+
+def span_tokens(input_tokens: object, output_tokens: object, ttft_s: object) -> SpanTokens | None:
+    """The tokens a span's record would carry, or None where it has none (a count that is
+    missing is 0 when the other is given: an embedding call answers no tokens)."""
+    n_in, n_out = _count(input_tokens), _count(output_tokens)
+    if n_in is None and n_out is None:
+        return None
+    ttft = ttft_s if isinstance(ttft_s, (int, float)) and math.isfinite(ttft_s) else None
+    return SpanTokens(n_in or 0, n_out or 0, None if ttft is None or ttft < 0 else float(ttft))
+
+
+Rates = tuple[float, float, float]  # prefill tokens/s, decode tokens/s, decode tokens·ctx/s
+
+
+def phases(start_s: float, end_s: float, tokens: SpanTokens) -> tuple[Rates, float, Rates]:
+    """(rates of the first phase, time of the first token, rates of the second phase).
+
+    The first token is made by the prefill; the decode phase makes the rest, each read
+    against a context of the prompt and the answer so far (``input + output/2`` on
+    average). Without a time to first token strictly inside the span, one phase carries
+    all the tokens at constant rates (the first token time is then ``end_s``).
+    """
+    decode = max(tokens.output_tokens - 1, 0)
+    context = tokens.input_tokens + tokens.output_tokens / 2.0
+    duration_s = end_s - start_s
+    ttft_s = tokens.ttft_s
+    if ttft_s is not None and 0.0 < ttft_s < duration_s:
+        first_s = start_s + ttft_s
+        if first_s < end_s:
+            rate = decode / (end_s - first_s)
+            return (
+                (tokens.input_tokens / (first_s - start_s), 0.0, 0.0),
+                first_s,
+                (
+                    0.0,
+                    rate,
+                    rate * context,
+                ),
+            )
+    if duration_s <= 0.0:
+        return (0.0, 0.0, 0.0), end_s, (0.0, 0.0, 0.0)
+    rate = decode / duration_s
+    return (tokens.input_tokens / duration_s, rate, rate * context), end_s, (0.0, 0.0, 0.0)
+
+
+Snap = tuple[int, float, float, float]  # (window, ∫ dt, ∫ steps/s / N dt, ∫ dt/N within it)
+# A stretch of a span's life: its rates (None: no known tokens), from and to snapshots.
+Piece = tuple["Rates | None", Snap, Snap]
+
+
+class TokenSpan:
+    """A span the token rule knows of: its phases, and the stretches of its life."""
+
+    __slots__ = (
+        "key",
+        "start_s",
+        "end_s",
+        "partial",
+        "started",
+        "tokens",
+        "second",  # rates of the phase after its first token
+        "weighed",  # its rates are in the running sums (known when it started)
+        "rates",  # its current phase's rates
+        "at",  # snapshot at its last edge
+        "first",  # snapshot at its start
+        "pieces",  # its past stretches
+        "carried",  # (energy, gpu-s, bound) received under the equal split before
+    )
+
+    def __init__(self, key: Hashable, start_s: float) -> None:
+        self.key = key
+        self.start_s = start_s
+        self.end_s = math.inf
+        self.partial = False
+        self.started = False
+        self.tokens: SpanTokens | None = None
+        self.second: Rates = (0.0, 0.0, 0.0)
+        self.weighed = False
+        self.rates: Rates = (0.0, 0.0, 0.0)
+        self.at: Snap = (0, 0.0, 0.0, 0.0)
+        self.first: Snap = (0, 0.0, 0.0, 0.0)
+        self.pieces: list[Piece] = []
+        self.carried: tuple[float, float, float] | None = None
+
+
+Event = tuple[float, int, int, TokenSpan]
+
+# Per window, the running totals at its start and its scale factors, in the order: the
+# α, β, γ terms (per unit rate), the fixed term, the no-token term, the constant term of
+# the spans with tokens (the equal split's, while the weights are not known); energy,
+# then bound; then GPU-seconds per span.
+_TERMS = 6
+_ZERO = (0.0,) * (2 * _TERMS + 1)
+
+
+class IntervalTokens(NamedTuple):
+    """What an interval's busy time held, for learning the weights: busy seconds,
+    server steps, prefill tokens, decode tokens, decode tokens × context, and seconds of
+    spans whose tokens were not known (span-seconds)."""
+
+    busy_s: float
+    steps: float
+    prefill: float
+    decode: float
+    context: float
+    unweighed_s: float
+
+
+class TokenShares:
+    """The spans open on one device under the token rule (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self.spans: dict[Hashable, TokenSpan] = {}
+        self.active = 0  # spans running at the sweep position
+        self.weighed = 0  # of which with known rates
+        self.decoding = 0  # of which decoding (a decode rate above 0)
+        self.sums = [0.0, 0.0, 0.0]  # their rates, summed
+        self.theta: Theta = (0.0, 0.0, 0.0, 0.0)  # the window's weights
+        self.constant = 1.0  # the window's constant power per span with tokens
+        self.unweighed_w = 1.0  # the window's power per span with no tokens
+        self.window = 0
+        self._raw = [0.0, 0.0, 0.0]  # within the window: ∫ dt, ∫ steps/s / N dt, ∫ dt/N
+        self._predicted_j = 0.0  # ∫ P dt over the window
+        self._weighed_j = 0.0  # of which the spans with tokens', and their span-seconds
+        self._weighed_s = 0.0
+        self._busy_j = 0.0  # what the window's intervals measured busy, and its bound
+        self._bound_j = 0.0
+        self._base: dict[int, tuple[float, ...]] = {0: _ZERO}
+        self._coef: dict[int, tuple[float, ...]] = {}
+        self._ending: list[tuple[TokenSpan, bool]] = []  # ended in the open window
+        self._fresh = True  # the open window has seen no interval yet
+
+    # -- snapshots -------------------------------------------------------------------
+    def snap(self) -> Snap:
+        """Where the sweep is, in the open window's own terms."""
+        raw = self._raw
+        return (self.window, raw[0], raw[1], raw[2])
+
+    def _value(self, snap: Snap) -> tuple[float, ...]:
+        """The running totals at ``snap`` (its window closed): energy terms, bound
+        terms, GPU-seconds per span."""
+        w, t, f, g = snap
+        return _advance(self._base[w], self._coef[w], t, f, g)
+
+    def _share(self, span: TokenSpan, partial: bool, estimated: bool = False) -> SpanShare:
+        """What ``span`` received over its stretches (their windows closed)."""
+        energy_j = bound_j = 0.0
+        n = _TERMS
+        for rates, lo, hi in span.pieces:
+            a, z = self._value(lo), self._value(hi)
+            if rates is None:
+                energy_j += z[4] - a[4]
+                bound_j += z[n + 4] - a[n + 4]
+            else:
+                x, y, w = rates
+                energy_j += (
+                    x * (z[0] - a[0])
+                    + y * (z[1] - a[1])
+                    + w * (z[2] - a[2])
+                    + z[3]
+                    - a[3]
+                    + z[5]
+                    - a[5]
+                )
+                bound_j += (
+                    x * (z[n] - a[n])
+                    + y * (z[n + 1] - a[n + 1])
+                    + w * (z[n + 2] - a[n + 2])
+                    + z[n + 3]
+                    - a[n + 3]
+                    + z[n + 5]
+                    - a[n + 5]
+                )
+        if span.pieces:
+            gpu_s = self._value(span.pieces[-1][2])[-1] - self._value(span.first)[-1]
+        else:
+            gpu_s = 0.0
+        if span.carried is not None:
+            energy_j += span.carried[0]
+            gpu_s += span.carried[1]
+            bound_j += span.carried[2]
+        return SpanShare(energy_j, gpu_s, bound_j, partial, estimated)
+
+    def _close_piece(self, span: TokenSpan) -> None:
+        now = self.snap()
+        span.pieces.append((span.rates if span.weighed else None, span.at, now))
+        span.at = now
+
+    def _set_rates(self, span: TokenSpan, rates: Rates) -> None:
+        sums = self.sums
+        old = span.rates
+        self.decoding += (rates[1] > 0.0) - (old[1] > 0.0)
+        sums[0] += rates[0] - old[0]
+        sums[1] += rates[1] - old[1]
+        sums[2] += rates[2] - old[2]
+        span.rates = rates
+
+    # -- sweeping --------------------------------------------------------------------
+    def sweep(
+        self,
+        interval: Interval,
+        busy_j: float,
+        bound_j: float,
+        events: list[Event],
+        end_index: int,
+        estimated_before_s: float,
+        done: dict[Hashable, SpanShare],
+        theta: Theta,
+    ) -> IntervalTokens:
+        """Add ``interval``'s busy energy ``busy_j`` (bound ``bound_j``) to the open
+        window; ``events[:end_index]`` are the starts, first tokens and ends inside it.
+        ``theta``: the weights (None: not known, the equal split), taken when a window
+        opens. The window closes after this interval when it is long enough or nothing
+        runs at its end; the spans that ended in it then go to ``done``. Returns the
+        token work the interval held."""
+        if self._fresh:
+            self._open(theta)
+        t0, t1 = interval.start_s, interval.end_s
+        held = [0.0, 0.0, 0.0, 0.0, 0.0]  # ∫ steps/s, ∫ Σ rates (three), ∫ unweighed
+        cursor = t0
+        for j in range(end_index):
+            t, kind, _, span = events[j]
+            if self.active > 0 and t > cursor:
+                self._segment(t - cursor, held)
+            cursor = t
+            if kind == START:
+                self._start(span)
+            elif kind == END:
+                self._end(span, estimated_before_s)
+            elif span.weighed and self.spans.get(span.key) is span:
+                self._close_piece(span)  # the first token: the decode phase from here
+                self._set_rates(span, span.second)
+        if self.active > 0 and t1 > cursor:
+            self._segment(t1 - cursor, held)
+        self._busy_j += busy_j
+        self._bound_j += bound_j
+        if self.active == 0 or self._raw[0] >= WINDOW_S:
+            self.close_window(done)
+        return IntervalTokens(interval.busy_s, *held)
+
+    def _open(self, theta: Theta | None) -> None:
+        """A new window under ``theta`` (None: the equal split)."""
+        self._fresh = False
+        if theta is None:
+            self.theta, self.constant, self.unweighed_w = (0.0, 0.0, 0.0, 0.0), 1.0, 1.0
+        else:
+            self.theta, self.constant = theta, 0.0
+
+    def _segment(self, dt: float, held: list[float]) -> None:
+        """A stretch of ``dt`` s with the same spans in the same phases."""
+        f_j, alpha, beta, gamma = self.theta
+        s0, s1, s2 = self.sums
+        n = self.active
+        known = self.weighed
+        step_rate = s1 / self.decoding if self.decoding else 0.0
+        weighed_w = (
+            f_j * step_rate * known / n
+            + alpha * s0
+            + beta * s1
+            + gamma * s2
+            + self.constant * known
+        )
+        raw = self._raw
+        raw[0] += dt
+        raw[1] += step_rate * dt / n
+        raw[2] += dt / n
+        self._predicted_j += (weighed_w + (n - known) * self.unweighed_w) * dt
+        self._weighed_j += weighed_w * dt
+        self._weighed_s += known * dt
+        held[0] += step_rate * dt
+        held[1] += s0 * dt
+        held[2] += s1 * dt
+        held[3] += s2 * dt
+        held[4] += (n - known) * dt
+
+    def close_window(self, done: dict[Hashable, SpanShare]) -> None:
+        """Close the open window: its scale factors, then the spans that ended in it."""
+        w = self.window
+        t, f, g = self._raw
+        f_j, alpha, beta, gamma = self.theta
+        predicted_j = self._predicted_j
+        k = self._busy_j / predicted_j if predicted_j > 0 else 0.0
+        kb = self._bound_j / predicted_j if predicted_j > 0 else 0.0
+        terms = (alpha, beta, gamma, f_j, self.unweighed_w, self.constant)
+        co = tuple(k * v for v in terms) + tuple(kb * v for v in terms)
+        self._coef[w] = co
+        self._base[w + 1] = _advance(self._base[w], co, t, f, g)
+        if self._weighed_s > 0 and self.constant == 0.0:
+            # Spans with no tokens are charged the mean power of those with, from here.
+            self.unweighed_w = self._weighed_j / self._weighed_s
+        for span, estimated in self._ending:
+            done[span.key] = self._share(span, span.partial, estimated)
+        self._ending.clear()
+        self.window = w + 1
+        self._raw = [0.0, 0.0, 0.0]
+        self._predicted_j = self._busy_j = self._bound_j = 0.0
+        self._weighed_j = self._weighed_s = 0.0
+        self._fresh = True
+        if self.active == 0:  # nobody holds a snapshot: rebase (precision, memory)
+            self.sums = [0.0, 0.0, 0.0]
+            self.decoding = 0
+            self._base = {w + 1: _ZERO}
+            self._coef = {}
+        elif self.window % 256 == 0:
+            self._prune()
+
+    def _prune(self) -> None:
+        """Forget the windows no running span's snapshot is in."""
+        oldest = min(
+            (span.first[0] for span in self.spans.values() if span.started),
+            default=self.window,
+        )
+        for w in [w for w in self._base if w < oldest]:
+            del self._base[w]
+            self._coef.pop(w, None)
+
+    def _start(self, span: TokenSpan) -> None:
+        now = self.snap()
+        span.started = True
+        span.at = span.first = now
+        self.active += 1
+        tokens = span.tokens
+        if tokens is not None and span.end_s != math.inf:
+            first, _, second = phases(span.start_s, span.end_s, tokens)
+            span.weighed = True
+            span.second = second
+            self.weighed += 1
+            self._set_rates(span, first)
+
+    def _end(self, span: TokenSpan, estimated_before_s: float) -> None:
+        self._close_piece(span)
+        self._leave(span)
+        del self.spans[span.key]
+        self._ending.append((span, span.start_s < estimated_before_s))
+
+    def _leave(self, span: TokenSpan) -> None:
+        if span.started:
+            self.active -= 1
+            if span.weighed:
+                self.weighed -= 1
+                self._set_rates(span, (0.0, 0.0, 0.0))
+                if self.weighed == 0:
+                    self.sums = [0.0, 0.0, 0.0]  # nobody's rates left (precision)
+                    self.decoding = 0
+
+    # -- leaving early ---------------------------------------------------------------
+    def release(self, ended_by_s: float, done: dict[Hashable, SpanShare]) -> int:
+        """The window closes; the spans that ended by ``ended_by_s`` go to ``done``
+        with what they have so far (partial). Returns how many."""
+        gone = [span for span in self.spans.values() if span.end_s <= ended_by_s]
+        self._drop(gone)
+        self.close_window(done)
+        return len(gone)
+
+    def finish_open(self, done: dict[Hashable, SpanShare]) -> None:
+        """At exit: spans not complete get what they have so far, flagged partial."""
+        self._drop(list(self.spans.values()))
+        self.close_window(done)
+        self.sums = [0.0, 0.0, 0.0]
+        self.decoding = 0
+
+    def _drop(self, spans: list[TokenSpan]) -> None:
+        """``spans`` leave now, partial: they complete when the window closes."""
+        for span in spans:
+            if span.started:
+                self._close_piece(span)
+            self._leave(span)
+            del self.spans[span.key]
+            span.partial = True
+            self._ending.append((span, False))
+
+
+def _advance(
+    base: tuple[float, ...], co: tuple[float, ...], t: float, f: float, g: float
+) -> tuple[float, ...]:
+    """The running totals ``base`` moved on by ``t`` s, ``f`` of ∫ steps/s / N and ``g``
+    of ∫ dt/N under the scale factors ``co``."""
+    n = _TERMS
+    by = (t, t, t, f, t, t)
+    return (
+        *(base[i] + co[i] * by[i] for i in range(n)),
+        *(base[n + i] + co[n + i] * by[i] for i in range(n)),
+        base[2 * n] + g,
+    )
