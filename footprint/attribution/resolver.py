@@ -80,10 +80,10 @@ class DeviceResolver:
         self.extrapolate_start = extrapolate_start
         self.rule = rule
         self.max_wait_s = min(max_wait_s, MAX_TOKEN_WAIT_S)
-        self._shares: RunningShares | TokenShares = (
-            TokenShares() if rule == "tokens" else RunningShares()
-        )
         self.weights = TokenWeights()
+        self._shares: RunningShares | TokenShares = (
+            self._token_shares() if rule == "tokens" else RunningShares()
+        )
         self._running: list[tuple[float, int, TokenSpan]] = []  # heap: spans not ended
         self._events: list[Event] = []  # sorted, not yet swept
         self._new_events: list[Event] = []
@@ -179,7 +179,7 @@ class DeviceResolver:
             end_s = span.start_s
         span.end_s = end_s
         self._seq += 1
-        self._new_events.append((end_s, END, self._seq, span))
+        self._new_events.append((end_s, END, self._seq, span))  # type: ignore[arg-type]
         if isinstance(span, TokenSpan) and tokens is not None:
             span.tokens = tokens
             _, first_s, _ = phases(span.start_s, end_s, tokens)
@@ -187,13 +187,18 @@ class DeviceResolver:
                 self._seq += 1
                 self._new_events.append((first_s, PHASE, self._seq, span))  # type: ignore[arg-type]
 
+    def _token_shares(self) -> TokenShares:
+        shares = TokenShares()
+        shares.relative_spread = self.weights.relative_spread
+        return shares
+
     def _switch_to_tokens(self) -> None:
         """``auto``: the first span with token counts ended; from the sweep's position on,
         intervals are shared by the token rule. The spans running carry what the equal
         split gave them so far, and are charged as spans with no tokens from here."""
         old = self._shares
         assert isinstance(old, RunningShares)
-        new = TokenShares()
+        new = self._token_shares()
         zero = new.snap()
         swapped: dict[Hashable, TokenSpan] = {}
         for key, span in old.spans.items():

@@ -36,7 +36,7 @@ first token and end, whatever the number of spans running, like ``RunningShares`
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import NamedTuple
 
 from footprint.attribution.energy import Interval
@@ -72,6 +72,11 @@ def span_tokens(input_tokens: object, output_tokens: object, ttft_s: object) -> 
     return SpanTokens(n_in or 0, n_out or 0, None if ttft is None or ttft < 0 else float(ttft))
 
 
+def context_of(tokens: SpanTokens) -> float:
+    """The mean context a decoded token is read against: the prompt and half the answer."""
+    return tokens.input_tokens + tokens.output_tokens / 2.0
+
+
 Rates = tuple[float, float, float]  # prefill tokens/s, decode tokens/s, decode tokens·ctx/s
 
 
@@ -84,7 +89,7 @@ def phases(start_s: float, end_s: float, tokens: SpanTokens) -> tuple[Rates, flo
     all the tokens at constant rates (the first token time is then ``end_s``).
     """
     decode = max(tokens.output_tokens - 1, 0)
-    context = tokens.input_tokens + tokens.output_tokens / 2.0
+    context = context_of(tokens)
     duration_s = end_s - start_s
     ttft_s = tokens.ttft_s
     if ttft_s is not None and 0.0 < ttft_s < duration_s:
@@ -192,6 +197,8 @@ class TokenShares:
         self._coef: dict[int, tuple[float, ...]] = {}
         self._ending: list[tuple[TokenSpan, bool]] = []  # ended in the open window
         self._fresh = True  # the open window has seen no interval yet
+        # The share of a span's token energy the weights' spread may move (its bound).
+        self.relative_spread: Callable[[SpanTokens], float] = lambda _tokens: 0.0
 
     # -- snapshots -------------------------------------------------------------------
     def snap(self) -> Snap:
@@ -238,6 +245,8 @@ class TokenShares:
             gpu_s = self._value(span.pieces[-1][2])[-1] - self._value(span.first)[-1]
         else:
             gpu_s = 0.0
+        if span.weighed and span.tokens is not None:
+            bound_j += energy_j * self.relative_spread(span.tokens)
         if span.carried is not None:
             energy_j += span.carried[0]
             gpu_s += span.carried[1]
@@ -268,7 +277,7 @@ class TokenShares:
         end_index: int,
         estimated_before_s: float,
         done: dict[Hashable, SpanShare],
-        theta: Theta,
+        theta: Theta | None,
     ) -> IntervalTokens:
         """Add ``interval``'s busy energy ``busy_j`` (bound ``bound_j``) to the open
         window; ``events[:end_index]`` are the starts, first tokens and ends inside it.

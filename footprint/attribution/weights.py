@@ -17,12 +17,14 @@ off; the resolver widens each record's bound by what that moves its share.
 from __future__ import annotations
 
 import math
+from collections import deque
 from itertools import combinations
 
-from footprint.attribution.tokens import IntervalTokens, Theta
+from footprint.attribution.tokens import IntervalTokens, SpanTokens, Theta, context_of
 
 BLOCK_S = 2.0  # busy seconds per block of intervals
-MIN_BLOCKS = 6  # blocks (effective, after forgetting) before the fit is used
+SPAN_BLOCKS = 5  # each fitted row sums this many consecutive blocks (overlapping rows)
+MIN_BLOCKS = 30  # rows (effective, after forgetting) before the fit is used
 FORGET = 0.998  # weight kept by the blocks so far each time a block is added
 _DIM = 4
 
@@ -70,6 +72,7 @@ class TokenWeights:
         self.blocks = 0.0  # effective number of blocks
         self._block = [0.0] * (_DIM + 1)  # the block being gathered: features and J
         self._block_s = 0.0  # its busy seconds
+        self._recent: deque[list[float]] = deque(maxlen=SPAN_BLOCKS)  # blocks, in a row
         self.theta: Theta | None = None  # F (W), α, β, γ; None: not determined yet
         self.covariance: list[list[float]] | None = None  # of theta, 4x4
 
@@ -80,6 +83,7 @@ class TokenWeights:
         if held.unweighed_s > 0.0 or not math.isfinite(busy_j):
             self._block = [0.0] * (_DIM + 1)
             self._block_s = 0.0
+            self._recent.clear()
             return
         block[0] += held.steps
         block[1] += held.prefill
@@ -89,8 +93,12 @@ class TokenWeights:
         self._block_s += held.busy_s
         if self._block_s >= BLOCK_S:
             self._block_s = 0.0
-            self._add(block[:_DIM], block[_DIM])
             self._block = [0.0] * (_DIM + 1)
+            recent = self._recent
+            recent.append(block)
+            if len(recent) == SPAN_BLOCKS:
+                row = [sum(b[i] for b in recent) for i in range(_DIM + 1)]
+                self._add(row[:_DIM], row[_DIM])
 
     def _add(self, x: list[float], y: float) -> None:
         xx, xy = self._xx, self._xy
@@ -138,7 +146,7 @@ class TokenWeights:
         return max(self._yy - 2.0 * sum(t * v for t, v in zip(theta, xy, strict=True)) + quad, 0.0)
 
     def _covariance(self, free: list[int], sse: float) -> list[list[float]] | None:
-        dof = self.blocks - len(free)
+        dof = self.blocks / SPAN_BLOCKS - len(free)  # the rows overlap
         scale = [math.sqrt(self._xx[i][i]) for i in free]
         inverse = _inverse(
             [
@@ -154,3 +162,17 @@ class TokenWeights:
             for b, j in enumerate(free):
                 out[i][j] = sigma2 * inverse[a][b] / (scale[a] * scale[b])
         return out
+
+    def relative_spread(self, tokens: SpanTokens) -> float:
+        """How far (two standard errors, as a share of it) the weights' spread may move
+        the token energy of a span with ``tokens``; 0 before the fit is determined."""
+        theta, cov = self.theta, self.covariance
+        if theta is None or cov is None:
+            return 0.0
+        decode = max(tokens.output_tokens - 1, 0)
+        x = (0.0, float(tokens.input_tokens), float(decode), decode * context_of(tokens))
+        own = sum(t * v for t, v in zip(theta, x, strict=True))
+        if own <= 0.0:
+            return 0.0
+        var = sum(x[i] * cov[i][j] * x[j] for i in range(_DIM) for j in range(_DIM))
+        return 2.0 * math.sqrt(max(var, 0.0)) / own
