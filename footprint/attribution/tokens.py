@@ -36,13 +36,15 @@ first token and end, whatever the number of spans running, like ``RunningShares`
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import NamedTuple
 
 from footprint.attribution.energy import Interval
 from footprint.attribution.shares import END, START, SpanShare
 
 WINDOW_S = 5.0  # busy seconds per window
+MIN_PHASE_S = 1e-3  # a phase shorter than this is folded into the other one
+FLOOR_W = 1e-6  # predicted power of any span with tokens, on top of its work (W)
 PHASE = 2  # event kind: a span's first token (sorts after starts and ends at an instant)
 
 Theta = tuple[float, float, float, float]  # F (J per step), α, β (J per token), γ (J/token²)
@@ -80,8 +82,10 @@ def context_of(tokens: SpanTokens) -> float:
 Rates = tuple[float, float, float]  # prefill tokens/s, decode tokens/s, decode tokens·ctx/s
 
 
-def phases(start_s: float, end_s: float, tokens: SpanTokens) -> tuple[Rates, float, Rates]:
-    """(rates of the first phase, time of the first token, rates of the second phase).
+def phases(start_s: float, end_s: float, tokens: SpanTokens) -> tuple[Rates, float, Rates] | None:
+    """(rates of the first phase, time of the first token, rates of the second phase),
+    or None for a span shorter than ``MIN_PHASE_S`` (its tokens cannot be placed in time:
+    it is charged as a span with no tokens).
 
     The first token is made by the prefill; the decode phase makes the rest, each read
     against a context of the prompt and the answer so far (``input + output/2`` on
@@ -92,28 +96,25 @@ def phases(start_s: float, end_s: float, tokens: SpanTokens) -> tuple[Rates, flo
     context = context_of(tokens)
     duration_s = end_s - start_s
     ttft_s = tokens.ttft_s
-    if ttft_s is not None and 0.0 < ttft_s < duration_s:
-        first_s = start_s + ttft_s
-        if first_s < end_s:
-            rate = decode / (end_s - first_s)
-            return (
-                (tokens.input_tokens / (first_s - start_s), 0.0, 0.0),
-                first_s,
-                (
-                    0.0,
-                    rate,
-                    rate * context,
-                ),
-            )
-    if duration_s <= 0.0:
-        return (0.0, 0.0, 0.0), end_s, (0.0, 0.0, 0.0)
+    if duration_s < MIN_PHASE_S:
+        return None
+    first_s = start_s + ttft_s if ttft_s is not None else end_s
+    if first_s - start_s >= MIN_PHASE_S and end_s - first_s >= MIN_PHASE_S:
+        rate = decode / (end_s - first_s)
+        prefill = (tokens.input_tokens / (first_s - start_s), 0.0, 0.0)
+        return prefill, first_s, (0.0, rate, rate * context)
     rate = decode / duration_s
     return (tokens.input_tokens / duration_s, rate, rate * context), end_s, (0.0, 0.0, 0.0)
 
 
-Snap = tuple[int, float, float, float]  # (window, ∫ dt, ∫ steps/s / N dt, ∫ dt/N within it)
+# (window, and within it: ∫ dt, ∫ steps/s / N dt, ∫ dt/N, ∫ k/N dt and ∫ k_bound/N dt of
+# the equal split while the weights are not known, k an interval's busy power)
+Snap = tuple[int, float, float, float, float, float]
 # A stretch of a span's life: its rates (None: no known tokens), from and to snapshots.
 Piece = tuple["Rates | None", Snap, Snap]
+
+
+_ORIGIN: Snap = (0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 class TokenSpan:
@@ -145,8 +146,8 @@ class TokenSpan:
         self.second: Rates = (0.0, 0.0, 0.0)
         self.weighed = False
         self.rates: Rates = (0.0, 0.0, 0.0)
-        self.at: Snap = (0, 0.0, 0.0, 0.0)
-        self.first: Snap = (0, 0.0, 0.0, 0.0)
+        self.at: Snap = _ORIGIN
+        self.first: Snap = _ORIGIN
         self.pieces: list[Piece] = []
         self.carried: tuple[float, float, float] | None = None
 
@@ -154,11 +155,11 @@ class TokenSpan:
 Event = tuple[float, int, int, TokenSpan]
 
 # Per window, the running totals at its start and its scale factors, in the order: the
-# α, β, γ terms (per unit rate), the fixed term, the no-token term, the constant term of
-# the spans with tokens (the equal split's, while the weights are not known); energy,
-# then bound; then GPU-seconds per span.
+# α, β, γ terms (per unit rate), the fixed term, the no-token term, the floor of the
+# spans with tokens; energy, then bound; then, unscaled, GPU-seconds per span and the
+# equal split's energy and bound per span.
 _TERMS = 6
-_ZERO = (0.0,) * (2 * _TERMS + 1)
+_ZERO = (0.0,) * (2 * _TERMS + 3)
 
 
 class IntervalTokens(NamedTuple):
@@ -184,13 +185,15 @@ class TokenShares:
         self.decoding = 0  # of which decoding (a decode rate above 0)
         self.sums = [0.0, 0.0, 0.0]  # their rates, summed
         self.theta: Theta = (0.0, 0.0, 0.0, 0.0)  # the window's weights
-        self.constant = 1.0  # the window's constant power per span with tokens
-        self.unweighed_w = 1.0  # the window's power per span with no tokens
+        self.equal = True  # the window is split equally (no weights yet)
+        self.unweighed_w = 1.0  # the last window's power per span with no tokens
         self.window = 0
-        self._raw = [0.0, 0.0, 0.0]  # within the window: ∫ dt, ∫ steps/s / N dt, ∫ dt/N
-        self._predicted_j = 0.0  # ∫ P dt over the window
-        self._weighed_j = 0.0  # of which the spans with tokens', and their span-seconds
-        self._weighed_s = 0.0
+        self._raw = [0.0] * 5  # within the window: see ``Snap``
+        self._k = self._kb = 0.0  # the interval's busy power and its bound's, per s
+        self._weighed_j = 0.0  # predicted energy of the spans with tokens in the window
+        self._weighed_s = 0.0  # and their span-seconds; those of the spans with none
+        self._unweighed_s = 0.0
+        self._held = [0.0, 0.0, 0.0, 0.0]  # ∫ steps/s and the three ∫ Σ rates, in the window
         self._busy_j = 0.0  # what the window's intervals measured busy, and its bound
         self._bound_j = 0.0
         self._base: dict[int, tuple[float, ...]] = {0: _ZERO}
@@ -204,13 +207,12 @@ class TokenShares:
     def snap(self) -> Snap:
         """Where the sweep is, in the open window's own terms."""
         raw = self._raw
-        return (self.window, raw[0], raw[1], raw[2])
+        return (self.window, raw[0], raw[1], raw[2], raw[3], raw[4])
 
     def _value(self, snap: Snap) -> tuple[float, ...]:
-        """The running totals at ``snap`` (its window closed): energy terms, bound
-        terms, GPU-seconds per span."""
-        w, t, f, g = snap
-        return _advance(self._base[w], self._coef[w], t, f, g)
+        """The running totals at ``snap`` (its window closed), as in ``_base``."""
+        w = snap[0]
+        return _advance(self._base[w], self._coef[w], snap[1:])
 
     def _share(self, span: TokenSpan, partial: bool, estimated: bool = False) -> SpanShare:
         """What ``span`` received over its stretches (their windows closed)."""
@@ -241,12 +243,14 @@ class TokenShares:
                     + z[n + 5]
                     - a[n + 5]
                 )
-        if span.pieces:
-            gpu_s = self._value(span.pieces[-1][2])[-1] - self._value(span.first)[-1]
-        else:
-            gpu_s = 0.0
         if span.weighed and span.tokens is not None:
             bound_j += energy_j * self.relative_spread(span.tokens)
+        gpu_s = 0.0
+        if span.pieces:
+            a, z = self._value(span.first), self._value(span.pieces[-1][2])
+            gpu_s = z[2 * n] - a[2 * n]
+            energy_j += z[2 * n + 1] - a[2 * n + 1]  # the equal split's, where it held
+            bound_j += z[2 * n + 2] - a[2 * n + 2]
         if span.carried is not None:
             energy_j += span.carried[0]
             gpu_s += span.carried[1]
@@ -287,6 +291,9 @@ class TokenShares:
         token work the interval held."""
         if self._fresh:
             self._open(theta)
+        busy_s = interval.busy_s
+        self._k = busy_j / busy_s if busy_s > 0 else 0.0
+        self._kb = bound_j / busy_s if busy_s > 0 else 0.0
         t0, t1 = interval.start_s, interval.end_s
         held = [0.0, 0.0, 0.0, 0.0, 0.0]  # ∫ steps/s, ∫ Σ rates (three), ∫ unweighed
         cursor = t0
@@ -306,6 +313,9 @@ class TokenShares:
             self._segment(t1 - cursor, held)
         self._busy_j += busy_j
         self._bound_j += bound_j
+        window_held = self._held
+        for i in range(4):
+            window_held[i] += held[i]
         if self.active == 0 or self._raw[0] >= WINDOW_S:
             self.close_window(done)
         return IntervalTokens(interval.busy_s, *held)
@@ -313,10 +323,8 @@ class TokenShares:
     def _open(self, theta: Theta | None) -> None:
         """A new window under ``theta`` (None: the equal split)."""
         self._fresh = False
-        if theta is None:
-            self.theta, self.constant, self.unweighed_w = (0.0, 0.0, 0.0, 0.0), 1.0, 1.0
-        else:
-            self.theta, self.constant = theta, 0.0
+        self.equal = theta is None
+        self.theta = (0.0, 0.0, 0.0, 0.0) if theta is None else theta
 
     def _segment(self, dt: float, held: list[float]) -> None:
         """A stretch of ``dt`` s with the same spans in the same phases."""
@@ -325,20 +333,19 @@ class TokenShares:
         n = self.active
         known = self.weighed
         step_rate = s1 / self.decoding if self.decoding else 0.0
-        weighed_w = (
-            f_j * step_rate * known / n
-            + alpha * s0
-            + beta * s1
-            + gamma * s2
-            + self.constant * known
-        )
         raw = self._raw
         raw[0] += dt
         raw[1] += step_rate * dt / n
         raw[2] += dt / n
-        self._predicted_j += (weighed_w + (n - known) * self.unweighed_w) * dt
-        self._weighed_j += weighed_w * dt
-        self._weighed_s += known * dt
+        raw[3] += self._k * dt / n
+        raw[4] += self._kb * dt / n
+        if not self.equal:
+            # A floor, so that calls with no work predicted still share what ran.
+            self._weighed_j += (
+                f_j * step_rate * known / n + alpha * s0 + beta * s1 + gamma * s2 + FLOOR_W * known
+            ) * dt
+            self._weighed_s += known * dt
+            self._unweighed_s += (n - known) * dt
         held[0] += step_rate * dt
         held[1] += s0 * dt
         held[2] += s1 * dt
@@ -348,25 +355,37 @@ class TokenShares:
     def close_window(self, done: dict[Hashable, SpanShare]) -> None:
         """Close the open window: its scale factors, then the spans that ended in it."""
         w = self.window
-        t, f, g = self._raw
         f_j, alpha, beta, gamma = self.theta
-        predicted_j = self._predicted_j
-        k = self._busy_j / predicted_j if predicted_j > 0 else 0.0
-        kb = self._bound_j / predicted_j if predicted_j > 0 else 0.0
-        terms = (alpha, beta, gamma, f_j, self.unweighed_w, self.constant)
-        co = tuple(k * v for v in terms) + tuple(kb * v for v in terms)
-        self._coef[w] = co
-        self._base[w + 1] = _advance(self._base[w], co, t, f, g)
-        if self._weighed_s > 0 and self.constant == 0.0:
-            # Spans with no tokens are charged the mean power of those with, from here.
+        if self._weighed_s > 0:  # spans with no tokens: the mean power of those with
             self.unweighed_w = self._weighed_j / self._weighed_s
+        unweighed_w = self.unweighed_w
+        predicted_j = self._weighed_j + unweighed_w * self._unweighed_s
+        # Split equally, instant by instant: with no weights, or no span with tokens.
+        equal = self.equal or not self._weighed_s
+        k = self._busy_j / predicted_j if predicted_j > 0 and not equal else 0.0
+        kb = self._bound_j / predicted_j if predicted_j > 0 and not equal else 0.0
+        # A term nobody ran in this window moves no share: 0 (not a scale factor that
+        # may be huge where little was predicted, and would cost the totals precision).
+        used = self._held
+        terms = (
+            alpha if used[1] else 0.0,
+            beta if used[2] else 0.0,
+            gamma if used[3] else 0.0,
+            f_j if used[0] else 0.0,
+            unweighed_w if self._unweighed_s else 0.0,
+            FLOOR_W if self._weighed_s else 0.0,
+        )
+        co = (*(k * v for v in terms), *(kb * v for v in terms), float(equal), float(equal))
+        self._coef[w] = co
+        self._base[w + 1] = _advance(self._base[w], co, self._raw)
         for span, estimated in self._ending:
             done[span.key] = self._share(span, span.partial, estimated)
         self._ending.clear()
         self.window = w + 1
-        self._raw = [0.0, 0.0, 0.0]
-        self._predicted_j = self._busy_j = self._bound_j = 0.0
-        self._weighed_j = self._weighed_s = 0.0
+        self._raw = [0.0] * 5
+        self._busy_j = self._bound_j = 0.0
+        self._weighed_j = self._weighed_s = self._unweighed_s = 0.0
+        self._held = [0.0, 0.0, 0.0, 0.0]
         self._fresh = True
         if self.active == 0:  # nobody holds a snapshot: rebase (precision, memory)
             self.sums = [0.0, 0.0, 0.0]
@@ -392,8 +411,11 @@ class TokenShares:
         span.at = span.first = now
         self.active += 1
         tokens = span.tokens
+        placed = None
         if tokens is not None and span.end_s != math.inf:
-            first, _, second = phases(span.start_s, span.end_s, tokens)
+            placed = phases(span.start_s, span.end_s, tokens)
+        if placed is not None:
+            first, _, second = placed
             span.weighed = True
             span.second = second
             self.weighed += 1
@@ -443,14 +465,17 @@ class TokenShares:
 
 
 def _advance(
-    base: tuple[float, ...], co: tuple[float, ...], t: float, f: float, g: float
+    base: tuple[float, ...], co: tuple[float, ...], raw: Sequence[float]
 ) -> tuple[float, ...]:
-    """The running totals ``base`` moved on by ``t`` s, ``f`` of ∫ steps/s / N and ``g``
-    of ∫ dt/N under the scale factors ``co``."""
+    """The running totals ``base`` moved on by a window's raw integrals ``raw`` (∫ dt,
+    ∫ steps/s / N dt, ∫ dt/N, the equal split's two) under its scale factors ``co``."""
     n = _TERMS
+    t, f, g, e, eb = raw
     by = (t, t, t, f, t, t)
     return (
         *(base[i] + co[i] * by[i] for i in range(n)),
         *(base[n + i] + co[n + i] * by[i] for i in range(n)),
         base[2 * n] + g,
+        base[2 * n + 1] + co[2 * n] * e,
+        base[2 * n + 2] + co[2 * n + 1] * eb,
     )
