@@ -182,7 +182,7 @@ class DeviceResolver:
         self._new_events.append((end_s, END, self._seq, span))  # type: ignore[arg-type]
         if isinstance(span, TokenSpan) and tokens is not None:
             span.tokens = tokens
-            placed = phases(span.start_s, end_s, tokens)
+            placed = span.placed = phases(span.start_s, end_s, tokens)
             if placed is not None and placed[1] < end_s:
                 first_s = placed[1]
                 self._seq += 1

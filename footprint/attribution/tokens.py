@@ -115,6 +115,9 @@ Piece = tuple["Rates | None", Snap, Snap]
 
 
 _ORIGIN: Snap = (0, 0.0, 0.0, 0.0, 0.0, 0.0)
+# Which of a snapshot's integrals each running total grows with (1: ∫ dt, 2: ∫ steps/s /
+# N dt, 3: ∫ dt/N, 4 and 5: the equal split's energy and bound).
+_BY = (1, 1, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 3, 4, 5)
 
 
 class TokenSpan:
@@ -127,6 +130,7 @@ class TokenSpan:
         "partial",
         "started",
         "tokens",
+        "placed",  # its phases (``phases``), once it ended with tokens
         "second",  # rates of the phase after its first token
         "weighed",  # its rates are in the running sums (known when it started)
         "rates",  # its current phase's rates
@@ -143,6 +147,7 @@ class TokenSpan:
         self.partial = False
         self.started = False
         self.tokens: SpanTokens | None = None
+        self.placed: tuple[Rates, float, Rates] | None = None
         self.second: Rates = (0.0, 0.0, 0.0)
         self.weighed = False
         self.rates: Rates = (0.0, 0.0, 0.0)
@@ -209,48 +214,51 @@ class TokenShares:
         raw = self._raw
         return (self.window, raw[0], raw[1], raw[2], raw[3], raw[4])
 
-    def _value(self, snap: Snap) -> tuple[float, ...]:
-        """The running totals at ``snap`` (its window closed), as in ``_base``."""
-        w = snap[0]
-        return _advance(self._base[w], self._coef[w], snap[1:])
-
     def _share(self, span: TokenSpan, partial: bool, estimated: bool = False) -> SpanShare:
-        """What ``span`` received over its stretches (their windows closed)."""
+        """What ``span`` received over its stretches (their windows closed): each
+        running total (``_base``, scaled by ``_coef``, grown with the snapshot's integral
+        ``_BY`` names) at a stretch's end less at its start, times the span's rates."""
+        base, coef = self._base, self._coef
         energy_j = bound_j = 0.0
-        n = _TERMS
         for rates, lo, hi in span.pieces:
-            a, z = self._value(lo), self._value(hi)
+            b0, c0, b1, c1 = base[lo[0]], coef[lo[0]], base[hi[0]], coef[hi[0]]
+            t0, t1 = lo[1], hi[1]
             if rates is None:
-                energy_j += z[4] - a[4]
-                bound_j += z[n + 4] - a[n + 4]
-            else:
-                x, y, w = rates
-                energy_j += (
-                    x * (z[0] - a[0])
-                    + y * (z[1] - a[1])
-                    + w * (z[2] - a[2])
-                    + z[3]
-                    - a[3]
-                    + z[5]
-                    - a[5]
-                )
-                bound_j += (
-                    x * (z[n] - a[n])
-                    + y * (z[n + 1] - a[n + 1])
-                    + w * (z[n + 2] - a[n + 2])
-                    + z[n + 3]
-                    - a[n + 3]
-                    + z[n + 5]
-                    - a[n + 5]
-                )
+                energy_j += b1[4] + c1[4] * t1 - b0[4] - c0[4] * t0
+                bound_j += b1[10] + c1[10] * t1 - b0[10] - c0[10] * t0
+                continue
+            f0, f1 = lo[2], hi[2]
+            energy_j += (
+                b1[3] + c1[3] * f1 - b0[3] - c0[3] * f0 + b1[5] + c1[5] * t1 - b0[5] - c0[5] * t0
+            )
+            bound_j += (
+                b1[9]
+                + c1[9] * f1
+                - b0[9]
+                - c0[9] * f0
+                + b1[11]
+                + c1[11] * t1
+                - b0[11]
+                - c0[11] * t0
+            )
+            x, y, z = rates
+            if x:
+                energy_j += x * (b1[0] + c1[0] * t1 - b0[0] - c0[0] * t0)
+                bound_j += x * (b1[6] + c1[6] * t1 - b0[6] - c0[6] * t0)
+            if y:
+                energy_j += y * (b1[1] + c1[1] * t1 - b0[1] - c0[1] * t0)
+                energy_j += z * (b1[2] + c1[2] * t1 - b0[2] - c0[2] * t0)
+                bound_j += y * (b1[7] + c1[7] * t1 - b0[7] - c0[7] * t0)
+                bound_j += z * (b1[8] + c1[8] * t1 - b0[8] - c0[8] * t0)
         if span.weighed and span.tokens is not None:
             bound_j += energy_j * self.relative_spread(span.tokens)
         gpu_s = 0.0
-        if span.pieces:
-            a, z = self._value(span.first), self._value(span.pieces[-1][2])
-            gpu_s = z[2 * n] - a[2 * n]
-            energy_j += z[2 * n + 1] - a[2 * n + 1]  # the equal split's, where it held
-            bound_j += z[2 * n + 2] - a[2 * n + 2]
+        if span.pieces:  # per span over its life: GPU-seconds, and the equal split's
+            lo, hi = span.first, span.pieces[-1][2]
+            b0, c0, b1, c1 = base[lo[0]], coef[lo[0]], base[hi[0]], coef[hi[0]]
+            gpu_s = b1[12] + c1[12] * hi[3] - b0[12] - c0[12] * lo[3]
+            energy_j += b1[13] + c1[13] * hi[4] - b0[13] - c0[13] * lo[4]
+            bound_j += b1[14] + c1[14] * hi[5] - b0[14] - c0[14] * lo[5]
         if span.carried is not None:
             energy_j += span.carried[0]
             gpu_s += span.carried[1]
@@ -375,7 +383,7 @@ class TokenShares:
             unweighed_w if self._unweighed_s else 0.0,
             FLOOR_W if self._weighed_s else 0.0,
         )
-        co = (*(k * v for v in terms), *(kb * v for v in terms), float(equal), float(equal))
+        co = (*(k * v for v in terms), *(kb * v for v in terms), 1.0, float(equal), float(equal))
         self._coef[w] = co
         self._base[w + 1] = _advance(self._base[w], co, self._raw)
         for span, estimated in self._ending:
@@ -411,9 +419,7 @@ class TokenShares:
         span.at = span.first = now
         self.active += 1
         tokens = span.tokens
-        placed = None
-        if tokens is not None and span.end_s != math.inf:
-            placed = phases(span.start_s, span.end_s, tokens)
+        placed = span.placed if tokens is not None and span.end_s != math.inf else None
         if placed is not None:
             first, _, second = placed
             span.weighed = True
@@ -467,15 +473,6 @@ class TokenShares:
 def _advance(
     base: tuple[float, ...], co: tuple[float, ...], raw: Sequence[float]
 ) -> tuple[float, ...]:
-    """The running totals ``base`` moved on by a window's raw integrals ``raw`` (∫ dt,
-    ∫ steps/s / N dt, ∫ dt/N, the equal split's two) under its scale factors ``co``."""
-    n = _TERMS
-    t, f, g, e, eb = raw
-    by = (t, t, t, f, t, t)
-    return (
-        *(base[i] + co[i] * by[i] for i in range(n)),
-        *(base[n + i] + co[n + i] * by[i] for i in range(n)),
-        base[2 * n] + g,
-        base[2 * n + 1] + co[2 * n] * e,
-        base[2 * n + 2] + co[2 * n + 1] * eb,
-    )
+    """The running totals ``base`` moved on by a window's raw integrals ``raw`` (as in
+    ``Snap``, less its window) under its scale factors ``co``."""
+    return tuple(base[i] + co[i] * raw[by - 1] for i, by in enumerate(_BY))

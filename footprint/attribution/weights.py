@@ -174,5 +174,8 @@ class TokenWeights:
         own = sum(t * v for t, v in zip(theta, x, strict=True))
         if own <= 0.0:
             return 0.0
-        var = sum(x[i] * cov[i][j] * x[j] for i in range(_DIM) for j in range(_DIM))
+        var = 0.0
+        for i in range(1, _DIM):  # x[0] is 0: the fixed term is shared, not the span's own
+            row, xi = cov[i], x[i]
+            var += xi * (row[1] * x[1] + row[2] * x[2] + row[3] * x[3])
         return 2.0 * math.sqrt(max(var, 0.0)) / own
