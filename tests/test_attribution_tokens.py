@@ -426,3 +426,39 @@ def test_a_fresh_process_records_calls_with_tokens_under_the_token_rule(tmp_path
     assert [r[:2] for r in rows] == [[20, 300], [4000, 10]]
     assert all(r[2] > 0 for r in rows)
     assert out["stats"]["attribution_token_equal_intervals"] > 0
+
+
+def test_the_daemons_intake_hands_its_clients_tokens_to_the_rule(tmp_path):
+    """A client's ends reach the daemon's runtime with their token counts and first-token
+    time (the protocol's ``input_tokens``, ``output_tokens``, ``ttft_s``): under ``auto``
+    the GPU's resolver turns to the token rule, and the record keeps the counts."""
+    import json
+    import time
+
+    from footprint.daemon.spans import SpanIntake
+    from footprint.runtime.local import Runtime
+    from footprint.runtime.protocol import decode_batch
+
+    settings = Settings(
+        db=str(tmp_path / "d.db"),
+        sensor="simulated:gpus=1,idle_w=60,busy_w=360,noise=0,workload=manual",
+        cpu=False,
+        region="aws:us-east-1",
+        daemon="off",
+    )
+    runtime = Runtime(settings, presence_role="daemon")
+    records = []
+    runtime.on_records.append(lambda batch, _idle: records.extend(batch))
+    try:
+        intake = SpanIntake(runtime)
+        t = time.monotonic()
+        end = {"id": 1, "start_s": t - 0.3, "end_s": t - 0.1, "model": "m", "gpus": [0]}
+        end.update(input_tokens=900, output_tokens=40, ttft_s=0.05)
+        batch = {"pid": 4242, "host": "h", "monotonic_s": t, "ends": [end]}
+        assert not runtime.resolvers[0].by_tokens
+        intake.apply(decode_batch(json.dumps(batch)))
+        runtime.flush()
+        assert runtime.resolvers[0].by_tokens
+        assert [(r["input_tokens"], r["output_tokens"]) for r in records] == [(900, 40)]
+    finally:
+        runtime.shutdown()
