@@ -26,6 +26,7 @@ BLOCK_S = 2.0  # busy seconds per block of intervals
 SPAN_BLOCKS = 5  # each fitted row sums this many consecutive blocks (overlapping rows)
 MIN_BLOCKS = 30  # rows (effective, after forgetting) before the fit is used
 FORGET = 0.998  # weight kept by the blocks so far each time a block is added
+REFIT_ROWS = 5  # once determined, the weights are fitted again every this many rows
 _DIM = 4
 
 
@@ -73,7 +74,8 @@ class TokenWeights:
         self._block = [0.0] * (_DIM + 1)  # the block being gathered: features and J
         self._block_s = 0.0  # its busy seconds
         self._recent: deque[list[float]] = deque(maxlen=SPAN_BLOCKS)  # blocks, in a row
-        self.theta: Theta | None = None  # F (W), α, β, γ; None: not determined yet
+        self._rows = 0
+        self.theta: Theta | None = None  # F (J/step), α, β, γ; None: not determined yet
         self.covariance: list[list[float]] | None = None  # of theta, 4x4
 
     def observe(self, held: IntervalTokens, busy_j: float) -> None:
@@ -109,36 +111,46 @@ class TokenWeights:
                 row[j] = FORGET * row[j] + x[i] * x[j]
         self._yy = FORGET * self._yy + y * y
         self.blocks = FORGET * self.blocks + 1.0
-        if self.blocks >= MIN_BLOCKS:
+        self._rows += 1
+        if self.blocks >= MIN_BLOCKS and (self.theta is None or self._rows % REFIT_ROWS == 0):
             self._fit()
 
     def _fit(self) -> None:
-        """The best non-negative fit over the subsets of terms."""
-        xx, xy = self._xx, self._xy
+        """The best non-negative fit: all terms if none comes out below 0, else the best
+        over the subsets of terms (the others 0)."""
+        xx = self._xx
         scale = [math.sqrt(xx[i][i]) if xx[i][i] > 0 else 0.0 for i in range(_DIM)]
-        best: tuple[float, list[int], list[float]] | None = None
-        for size in range(1, _DIM + 1):
-            for terms in combinations(range(_DIM), size):
-                free = [t for t in terms if scale[t] > 0]
-                if len(free) != size:
-                    continue
-                m = [[xx[i][j] / (scale[i] * scale[j]) for j in free] for i in free]
-                solved = _solve(m, [xy[i] / scale[i] for i in free])
-                if solved is None:
-                    continue
-                theta = [0.0] * _DIM
-                for i, v in zip(free, solved, strict=True):
-                    theta[i] = v / scale[i]
-                if any(v < 0.0 for v in theta):
-                    continue
-                sse = self._sse(theta)
-                if best is None or sse < best[0]:
-                    best = (sse, free, theta)
+        full = self._solve_terms(list(range(_DIM)), scale)
+        best = None if full is None else (0.0, list(range(_DIM)), full)
+        if best is None:
+            for size in range(1, _DIM):
+                for terms in combinations(range(_DIM), size):
+                    theta = self._solve_terms(list(terms), scale)
+                    if theta is None:
+                        continue
+                    sse = self._sse(theta)
+                    if best is None or sse < best[0]:
+                        best = (sse, list(terms), theta)
         if best is None:
             return
-        sse, free, theta = best
+        _, free, theta = best
         self.theta = (theta[0], theta[1], theta[2], theta[3])
-        self.covariance = self._covariance(free, sse)
+        self.covariance = self._covariance(free, self._sse(theta))
+
+    def _solve_terms(self, free: list[int], scale: list[float]) -> list[float] | None:
+        """Least squares on the terms ``free`` (the others 0); None when singular or a
+        weight comes out below 0."""
+        if any(scale[t] <= 0 for t in free):
+            return None
+        xx, xy = self._xx, self._xy
+        m = [[xx[i][j] / (scale[i] * scale[j]) for j in free] for i in free]
+        solved = _solve(m, [xy[i] / scale[i] for i in free])
+        if solved is None or any(v < 0.0 for v in solved):
+            return None
+        theta = [0.0] * _DIM
+        for i, v in zip(free, solved, strict=True):
+            theta[i] = v / scale[i]
+        return theta
 
     def _sse(self, theta: list[float]) -> float:
         xx, xy = self._xx, self._xy
