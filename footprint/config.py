@@ -28,6 +28,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 SENSOR_CHOICES = ("auto", "nvml", "amd", "simulated", "none")
+# How a GPU's busy energy is shared among the calls running on it (see
+# footprint.attribution.resolver.RULES, which must agree).
+ATTRIBUTION_CHOICES = ("auto", "tokens", "equal")
 DAEMON_FORMS = (
     "auto (a daemon at the default socket if one listens, else in-process), off "
     "(in-process), a Unix socket path (e.g. /run/footprint/daemon.sock) or an "
@@ -69,6 +72,10 @@ class Settings:
     # counter: A100/H100 power is reported to cover ~25 ms of each 100 ms); None: all of
     # it, or what the sensor says. Widens each record's bound by what it cannot see.
     counter_window_s: float | None = None
+    # How each instant's busy GPU energy is shared among the calls running: "tokens" by
+    # their token work (weights learned from the counter), "equal" equally, "auto" by
+    # tokens once calls with token counts are seen, equally before.
+    attribution: str = "auto"
     # Pricing: where it runs and the user's overrides of the shipped factors
     # (footprint.pricing.PRICING_OVERRIDES names them).
     detect_cloud: bool = False
@@ -98,6 +105,11 @@ class Settings:
 
     def __post_init__(self) -> None:
         validate_sensor(self.sensor)
+        if self.attribution not in ATTRIBUTION_CHOICES:
+            raise ValueError(
+                f"attribution must be one of {', '.join(ATTRIBUTION_CHOICES)}, "
+                f"got {self.attribution!r}"
+            )
         object.__setattr__(self, "daemon", validate_daemon(self.daemon))
         object.__setattr__(self, "ownership", validate_ownership(self.ownership))
         for name, maximum in _SECONDS_MAXIMA.items():

@@ -60,6 +60,7 @@ class SettingsOverrides(TypedDict, total=False):
     db_timeout_s: float
     max_span_age_s: float
     counter_window_s: float | None
+    attribution: str
     detect_cloud: bool
     provider: str | None
     ownership: str | None

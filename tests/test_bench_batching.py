@@ -233,8 +233,9 @@ def test_json_output_follows_its_schema_with_a_column_per_rule(capsys):
     jsonschema.validate(result, SCHEMA)
     (scenario,) = result["scenarios"]
     assert scenario["name"] == "mixed/llama-3.1-70b" and scenario["gpus"] == 4
-    assert result["rules"] == ["equal"] and set(scenario["rules"]) == {"equal"}
+    assert result["rules"] == ["equal", "tokens"] and set(scenario["rules"]) == {"equal", "tokens"}
     assert scenario["rules"]["equal"]["records"] == 40
+    assert scenario["rules"]["tokens"]["records"] == 40
     assert scenario["truth"]["requests"] == 40
 
 

@@ -7,12 +7,21 @@ part is shared among the spans running in it (``footprint.attribution.shares``).
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Hashable
 
 from footprint.attribution.energy import BusyEnergy, EnergyPiece, Interval
 from footprint.attribution.idle import IdleEstimate, IdlePowerEstimator
 from footprint.attribution.shares import END, START, Event, OpenSpan, RunningShares, SpanShare
+from footprint.attribution.tokens import (
+    PHASE,
+    SpanTokens,
+    TokenShares,
+    TokenSpan,
+    phases,
+)
+from footprint.attribution.weights import TokenWeights
 from footprint.sampling.timeline import Sample
 
 # An interval shared by calls and idle time waits for up to this many later intervals
@@ -25,6 +34,16 @@ WAIT_FOR_IDLE_S = 1.0
 # the caller's thread) are measured from their start when they began at most this long
 # before it: the counter is extended back at the power of the first interval.
 MAX_EXTRAPOLATION_S = 10.0
+
+# The attribution rules: ``equal`` shares each instant's busy energy equally among the
+# spans running; ``tokens`` by their token work (``footprint.attribution.tokens``);
+# ``auto`` splits equally until a span ends with token counts, then by tokens.
+RULES = ("auto", "tokens", "equal")
+
+# Under the token rule an interval waits for the spans running in it to end (their token
+# counts come with their end), for at most this long (and ``max_wait_s``): past it, the
+# spans still running are charged for that interval as spans with no tokens.
+MAX_TOKEN_WAIT_S = 600.0
 
 
 class DeviceResolver:
@@ -47,13 +66,25 @@ class DeviceResolver:
         max_power_w: float | None = None,
         counter_period_s: float | None = None,
         counter_window_s: float | None = None,
+        rule: str = "equal",
+        max_wait_s: float = MAX_TOKEN_WAIT_S,
     ) -> None:
         """``max_power_w``: the most the device draws (bounds extrapolated stretches);
         ``counter_window_s`` of each ``counter_period_s``: how much of each period the
-        counter observes (None: all of it), which bounds what it cannot see."""
+        counter observes (None: all of it), which bounds what it cannot see. ``rule``:
+        one of ``RULES``; ``max_wait_s``: the most an interval waits for the token counts
+        of the spans running in it (``MAX_TOKEN_WAIT_S`` at most)."""
+        if rule not in RULES:
+            raise ValueError(f"attribution rule must be one of {', '.join(RULES)}, got {rule!r}")
         self._samples: list[Sample] = []
         self.extrapolate_start = extrapolate_start
-        self._shares = RunningShares()
+        self.rule = rule
+        self.max_wait_s = min(max_wait_s, MAX_TOKEN_WAIT_S)
+        self.weights = TokenWeights()
+        self._shares: RunningShares | TokenShares = (
+            self._token_shares() if rule == "tokens" else RunningShares()
+        )
+        self._running: list[tuple[float, int, TokenSpan]] = []  # heap: spans not ended
         self._events: list[Event] = []  # sorted, not yet swept
         self._new_events: list[Event] = []
         self._seq = 0
@@ -72,6 +103,10 @@ class DeviceResolver:
             "extrapolated_starts": 0,  # began before the first sample, measured back to it
             "late_ends": 0,
             "expired_spans": 0,  # released because the device stopped reporting
+            # The token rule: intervals split equally while its weights were not known
+            # yet, and intervals handed out before a span running in them had ended.
+            "token_equal_intervals": 0,
+            "token_wait_expired": 0,
         }
         self._busy = BusyEnergy(self.oddities, max_power_w, counter_period_s, counter_window_s)
 
@@ -108,27 +143,96 @@ class DeviceResolver:
                 self.resolved_until_s = t_s
             self._samples.append((t_s, energy_j))
 
+    @property
+    def by_tokens(self) -> bool:
+        """Whether intervals are shared by the token rule now (``auto``: once a span
+        ended with token counts)."""
+        return isinstance(self._shares, TokenShares)
+
     def begin(self, key: Hashable, start_s: float) -> None:
         """A span started at ``start_s``; it takes its share of every interval from then."""
         spans = self._shares.spans
         if key in spans:
             return
-        span = OpenSpan(key, start_s)
-        spans[key] = span
         self._seq += 1
+        if isinstance(self._shares, TokenShares):
+            token_span = TokenSpan(key, start_s)
+            self._shares.spans[key] = token_span
+            heapq.heappush(self._running, (start_s, self._seq, token_span))
+            self._new_events.append((start_s, START, self._seq, token_span))  # type: ignore[arg-type]
+            return
+        span = OpenSpan(key, start_s)
+        self._shares.spans[key] = span
         self._new_events.append((start_s, START, self._seq, span))
 
-    def end(self, key: Hashable, end_s: float) -> None:
-        """The span ended; it completes once intervals up to ``end_s`` are resolved."""
+    def end(self, key: Hashable, end_s: float, tokens: SpanTokens | None = None) -> None:
+        """The span ended; it completes once intervals up to ``end_s`` are resolved.
+        ``tokens``: its token counts and time to first token, for the token rule."""
         span = self._shares.spans.get(key)
         if span is None or span.end_s != math.inf:
             return
+        if tokens is not None and self.rule == "auto" and not self.by_tokens:
+            self._switch_to_tokens()
+            span = self._shares.spans[key]
         if end_s < span.start_s:
             self.oddities["ends_before_start"] += 1
             end_s = span.start_s
         span.end_s = end_s
         self._seq += 1
-        self._new_events.append((end_s, END, self._seq, span))
+        self._new_events.append((end_s, END, self._seq, span))  # type: ignore[arg-type]
+        if isinstance(span, TokenSpan) and tokens is not None:
+            span.tokens = tokens
+            placed = span.placed = phases(span.start_s, end_s, tokens)
+            if placed is not None and placed[1] < end_s:
+                first_s = placed[1]
+                self._seq += 1
+                self._new_events.append((first_s, PHASE, self._seq, span))  # type: ignore[arg-type]
+
+    def _token_shares(self) -> TokenShares:
+        shares = TokenShares()
+        shares.relative_spread = self.weights.relative_spread
+        return shares
+
+    def _switch_to_tokens(self) -> None:
+        """``auto``: the first span with token counts ended; from the sweep's position on,
+        intervals are shared by the token rule. The spans running carry what the equal
+        split gave them so far, and are charged as spans with no tokens from here."""
+        old = self._shares
+        assert isinstance(old, RunningShares)
+        new = self._token_shares()
+        zero = new.snap()
+        swapped: dict[Hashable, TokenSpan] = {}
+        for key, span in old.spans.items():
+            token_span = TokenSpan(key, span.start_s)
+            token_span.end_s, token_span.partial = span.end_s, span.partial
+            if span.started:
+                share = old.share_so_far(span)
+                token_span.carried = (share.energy_j, share.gpu_s, share.uncertainty_j)
+                token_span.started, token_span.at, token_span.first = True, zero, zero
+            if span.end_s == math.inf:
+                self._seq += 1
+                heapq.heappush(self._running, (span.start_s, self._seq, token_span))
+            swapped[key] = token_span
+        new.spans, new.active = swapped, old.active
+        self._events = [(t, k, q, swapped[s.key]) for t, k, q, s in self._events]  # type: ignore[misc]
+        self._new_events = [(t, k, q, swapped[s.key]) for t, k, q, s in self._new_events]  # type: ignore[misc]
+        self._shares = new
+
+    def _token_horizon_s(self, until_s: float) -> float:
+        """Under the token rule: where intervals stop waiting for their spans' tokens."""
+        running = self._running
+        while running and running[0][2].end_s != math.inf:
+            heapq.heappop(running)
+        if len(running) > 2 * len(self._shares.spans) + 1024:  # ended ones pile up behind
+            running[:] = [entry for entry in running if entry[2].end_s == math.inf]
+            heapq.heapify(running)
+        if not running:
+            return until_s
+        start_s = running[0][0]
+        if start_s < until_s - self.max_wait_s:
+            self.oddities["token_wait_expired"] += 1
+            return until_s - self.max_wait_s
+        return min(start_s, until_s)
 
     @property
     def open_spans(self) -> int:
@@ -149,6 +253,8 @@ class DeviceResolver:
         done: dict[Hashable, SpanShare] = {}
         self._extend_back()
         self._merge_new_events()
+        if self.by_tokens and not (drain_all or final):
+            until_s = self._token_horizon_s(until_s)
         last = len(self._samples) - (1 if drain_all or final else 2)
         lookahead: list[Interval] | None = None
         lookahead_from = 0
@@ -180,6 +286,8 @@ class DeviceResolver:
             resolved = i + 1
         if resolved:
             del self._samples[:resolved]
+        if isinstance(self._shares, TokenShares) and drain_all and not final:
+            self._shares.close_window(done)  # a flush: the spans ended so far complete
         if final:  # the spans not complete get what they have so far, flagged partial
             self._shares.finish_open(done)
             self._events.clear()
@@ -242,7 +350,10 @@ class DeviceResolver:
                 busy_s += t - cursor
                 changes += kind == START or active > 1
             cursor = t
-            active += 1 if kind == START else -1
+            if kind == START:
+                active += 1
+            elif kind == END:
+                active -= 1
             j += 1
         if active > 0:
             busy_s += t1 - cursor
@@ -276,7 +387,11 @@ class DeviceResolver:
         busy_j, bound_j = self._busy.split(interval, estimate, neighbour)
         extrapolated_until_s = self._busy.extrapolated_until_s
         events = self._events
-        self._shares.sweep(interval, busy_j, bound_j, events, end_index, extrapolated_until_s, done)
+        shares = self._shares
+        if isinstance(shares, TokenShares):
+            self._sweep_tokens(shares, interval, busy_j, bound_j, end_index, estimate, done)
+        else:
+            shares.sweep(interval, busy_j, bound_j, events, end_index, extrapolated_until_s, done)
         del events[:end_index]
         self.measured.append(EnergyPiece(t0, t1, interval.energy_j))
         idle_j = interval.energy_j - busy_j
@@ -288,6 +403,41 @@ class DeviceResolver:
         self._busy.handed_out(interval, busy_j)
         self.resolved_until_s = t1
 
+    def _sweep_tokens(
+        self,
+        shares: TokenShares,
+        interval: Interval,
+        busy_j: float,
+        bound_j: float,
+        end_index: int,
+        estimate: IdleEstimate | None,
+        done: dict[Hashable, SpanShare],
+    ) -> None:
+        """The token rule's sweep of ``interval``; a measured one teaches the weights."""
+        theta = self.weights.theta
+        if theta is None and interval.busy_s > 0:
+            self.oddities["token_equal_intervals"] += 1
+        events = self._events
+        held = shares.sweep(
+            interval,
+            busy_j,
+            bound_j,
+            events,  # type: ignore[arg-type]
+            end_index,
+            self._busy.extrapolated_until_s,
+            done,
+            theta,
+        )
+        measured = (
+            estimate is not None
+            and interval.energy_j >= 0
+            and interval.end_s > self._busy.extrapolated_until_s
+        )
+        if measured and held.busy_s > 0:
+            self.weights.observe(held, busy_j)
+        elif held.busy_s > 0:
+            self.weights.observe(held._replace(unweighed_s=math.inf), busy_j)
+
     def expire(self, ended_by_s: float) -> dict[Hashable, SpanShare]:
         """The device stopped reporting: release the spans that ended by ``ended_by_s``.
 
@@ -295,8 +445,14 @@ class DeviceResolver:
         records of a call that also ran on other devices are not held back by this one.
         """
         self._merge_new_events()
-        done = self._shares.release(ended_by_s)
+        shares = self._shares
+        if isinstance(shares, TokenShares):
+            done: dict[Hashable, SpanShare] = {}
+            released = shares.release(ended_by_s, done)
+        else:
+            done = shares.release(ended_by_s)
+            released = len(done)
         if done:
             self._events = [e for e in self._events if e[3].key not in done]
-            self.oddities["expired_spans"] += len(done)
+            self.oddities["expired_spans"] += released
         return done

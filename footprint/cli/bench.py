@@ -123,19 +123,26 @@ def bench_attribution(
     as_json: JsonOption = False,
     spans: Annotated[int, typer.Option(min=1000, help="Spans per concurrency level.")] = 40_000,
 ) -> None:
-    """Resolver cost per span at 100, 1,000 and 4,000 spans running at once on one GPU."""
+    """Resolver cost per span at 100, 1,000 and 4,000 spans running at once on one GPU,
+    under the equal split and the token rule."""
     from footprint.bench.attribution import run
 
     show(run(spans=spans), as_json, _print_attribution)
 
 
 def _print_attribution(result: dict[str, Any]) -> None:
-    for entry in result["runs"]:
+    for entry, tokens, ratio in zip(
+        result["runs"], result["token_runs"], result["tokens_over_equal"], strict=True
+    ):
         console.print(
-            f"{entry['concurrent']:>5} at once: {entry['us_per_span']:.2f} µs per span "
-            f"({entry['spans']:,} spans)"
+            f"{entry['concurrent']:>5} at once: {entry['us_per_span']:.2f} µs per span equal "
+            f"split, {tokens['us_per_span']:.2f} by tokens ({ratio:.2f}×; "
+            f"{entry['spans']:,} spans)"
         )
-    console.print(f"highest / lowest concurrency: {result['ratio_highest_over_lowest']:.2f}×")
+    console.print(
+        f"highest / lowest concurrency: {result['ratio_highest_over_lowest']:.2f}× equal "
+        f"split, {result['token_ratio_highest_over_lowest']:.2f}× by tokens"
+    )
 
 
 @bench_app.command("pipeline")

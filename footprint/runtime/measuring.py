@@ -55,14 +55,17 @@ class Measuring:
         window_s = settings.counter_window_s
         if window_s is None:  # how much of each counter period the GPUs' counter observes
             window_s = self.gpu_sensor.counter_window_s
-        self.resolvers = self._resolvers(window_s)
+        self.resolvers = self._resolvers(window_s, settings)
         self.started_s = clock.monotonic_s()
 
-    def _resolvers(self, window_s: float | None) -> list[DeviceResolver]:
+    def _resolvers(self, window_s: float | None, settings: Settings) -> list[DeviceResolver]:
         n_gpu = len(self.devices.gpu_devices)
+        rule, max_wait_s = settings.attribution, settings.max_span_age_s
         return [
             DeviceResolver(
                 extrapolate_start=True,
+                rule=rule if slot < n_gpu else "equal",  # CPU power is not the calls' tokens
+                max_wait_s=max_wait_s,
                 max_power_w=device.max_power_w,
                 counter_period_s=self.gpu_sensor.counter_update_period_s if slot < n_gpu else None,
                 counter_window_s=window_s if slot < n_gpu else None,

@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable
 
 from footprint.attribution import DeviceResolver, EnergyPiece, SpanShare
+from footprint.attribution.tokens import span_tokens
 from footprint.runtime.devices import DeviceSlots
 from footprint.runtime.idle import IdleLedger
 from footprint.runtime.spans import EndedSpan, SpanQueue
@@ -114,8 +115,10 @@ class PendingSpans:
             pending.span = span
             if not pending.devices:  # nothing measures it: a record right away
                 complete.append((span.span_id, self.by_id.pop(span.span_id)))
+                continue
+            tokens = span_tokens(span.input_tokens, span.output_tokens, span.ttft_s)
             for slot in pending.devices:
-                self._resolvers[slot].end(span.span_id, span.end_s)
+                self._resolvers[slot].end(span.span_id, span.end_s, tokens)
         return complete
 
     def collect(self, until_s: float, drain_all: bool, final: bool, stale: set[int]) -> Complete:

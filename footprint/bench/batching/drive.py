@@ -47,7 +47,10 @@ class Rule:
     overrides: dict[str, Any]
 
 
-RULES = (Rule("equal", {}),)  # equal split of each instant's busy energy
+RULES = (
+    Rule("equal", {"attribution": "equal"}),  # equal split of each instant's busy energy
+    Rule("tokens", {"attribution": "tokens"}),  # by token work, weights learned online
+)
 
 
 @dataclass

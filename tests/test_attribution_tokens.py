@@ -1,0 +1,464 @@
+"""The token-aware rule (``attribution = "tokens"``): energy conserved whatever the input,
+the weights learned from the counter, each span's share its own work, the fallbacks (no
+weights yet, spans with no tokens, spans still running), ``auto``, and the setting."""
+
+from __future__ import annotations
+
+import math
+import random
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from footprint.attribution import DeviceResolver
+from footprint.attribution.tokens import SpanTokens, span_tokens
+from footprint.attribution.weights import TokenWeights
+from footprint.config import Settings, load_env_settings
+
+TRUE_THETA = (2.0, 0.02, 0.03, 4e-5)  # J per step, J per prefill / decode token, J/token²
+
+
+def _trained(theta=TRUE_THETA) -> TokenWeights:
+    """Weights as a fit would leave them, with a small spread."""
+    weights = TokenWeights()
+    weights.theta = theta
+    weights.covariance = [
+        [(0.01 * v) ** 2 if i == j else 0.0 for j, v in enumerate(theta)]
+        for i, _ in enumerate(theta)
+    ]
+    return weights
+
+
+# -- a synthetic server whose GPU draws exactly what the model says -------------------
+class Call:
+    def __init__(self, key, start_s, end_s, n_in, n_out, ttft_s):
+        self.key, self.start_s, self.end_s = key, start_s, end_s
+        self.n_in, self.n_out, self.ttft_s = n_in, n_out, ttft_s
+        self.truth_j = 0.0
+
+    def rates(self, t_s):
+        """(prefill, decode, decode × context) tokens per second at ``t_s``."""
+        first_s = self.start_s + self.ttft_s
+        if t_s < first_s:
+            return self.n_in / self.ttft_s, 0.0, 0.0
+        decode = (self.n_out - 1) / (self.end_s - first_s)
+        return 0.0, decode, decode * (self.n_in + self.n_out / 2)
+
+
+def serve(calls, theta, idle_w, end_s, period_s=0.1):
+    """Counter samples (every ``period_s``) of a GPU drawing ``idle_w`` plus, while calls
+    run, P(t) = Σ p_i(t) of the model under ``theta``; fills each call's true share."""
+    f_j, alpha, beta, gamma = theta
+    cuts = {0.0, end_s}
+    for c in calls:
+        cuts.update((c.start_s, c.start_s + c.ttft_s, c.end_s))
+    samples_at = [round(i * period_s, 9) for i in range(int(end_s / period_s) + 1)]
+    cuts.update(samples_at)
+    cuts = sorted(cuts)
+    energy, counter = 0.0, {}
+    for a, b in zip(cuts, cuts[1:]):
+        counter[a] = energy
+        mid = (a + b) / 2
+        running = [c for c in calls if c.start_s <= mid < c.end_s]
+        power = idle_w
+        if running:
+            rates = [c.rates(mid) for c in running]
+            decoding = [r for r in rates if r[1] > 0]
+            step_rate = sum(r[1] for r in decoding) / len(decoding) if decoding else 0.0
+            for c, (x, y, z) in zip(running, rates):
+                p = f_j * step_rate / len(running) + alpha * x + beta * y + gamma * z
+                c.truth_j += p * (b - a)
+                power += p
+        energy += power * (b - a)
+    counter[cuts[-1]] = energy
+    return [(t, counter[t]) for t in samples_at if t in counter]
+
+
+def traffic(seed, count, lead_s=3.0):
+    """Overlapping calls, 1-8 at once, of varied prompts and answers."""
+    rng = random.Random(seed)
+    calls, t_s = [], lead_s
+    for key in range(count):
+        t_s += rng.expovariate(1.5)
+        n_in = int(math.exp(rng.uniform(math.log(16), math.log(6000))))
+        n_out = int(math.exp(rng.uniform(math.log(4), math.log(800))))
+        ttft_s = rng.uniform(0.05, 0.6)
+        duration_s = ttft_s + n_out / rng.uniform(20, 40)
+        calls.append(Call(key, t_s, t_s + duration_s, n_in, n_out, ttft_s))
+    return calls
+
+
+def run(resolver, calls, samples, cycle_s=1.0, margin_s=0.5):
+    """Drive ``resolver`` as the runtime does: every ``cycle_s``, the calls seen so far
+    (begun, or ended with their tokens) and the samples, then resolve up to now − margin."""
+    shares, fed = {}, 0
+    ended = set()
+    now_s = cycle_s
+    last_s = samples[-1][0]
+    while now_s <= last_s + cycle_s:
+        for c in calls:
+            if c.start_s <= now_s and c.key not in ended:
+                resolver.begin(c.key, c.start_s)
+                if c.end_s <= now_s:
+                    resolver.end(c.key, c.end_s, SpanTokens(c.n_in, c.n_out, c.ttft_s))
+                    ended.add(c.key)
+        new = [s for s in samples[fed:] if s[0] <= now_s]
+        fed += len(new)
+        resolver.add_samples(new)
+        shares.update(resolver.resolve(until_s=now_s - margin_s))
+        now_s += cycle_s
+    shares.update(resolver.resolve(final=True))
+    return shares
+
+
+def _books(resolver, shares):
+    attributed = math.fsum(s.energy_j for s in shares.values())
+    idle = math.fsum(p.energy_j for p in resolver.idle)
+    measured = math.fsum(p.energy_j for p in resolver.measured)
+    return attributed, idle, measured
+
+
+def test_the_weights_are_learned_from_the_counter_and_each_call_gets_its_own_work():
+    """A GPU drawing exactly the model's power: the fit finds the weights, and once it
+    has them each call's share is its own energy (where equal split is far off)."""
+    calls = traffic(seed=4, count=900)
+    end_s = max(c.end_s for c in calls) + 3.0
+    samples = serve(calls, TRUE_THETA, idle_w=0.0, end_s=end_s)
+    resolver = DeviceResolver(rule="tokens")
+    shares = run(resolver, calls, samples)
+    theta = resolver.weights.theta
+    assert theta is not None
+    for fitted, true in zip(theta, TRUE_THETA):
+        assert fitted == pytest.approx(true, rel=0.05), theta
+    late = [c for c in calls if c.start_s > end_s / 2]
+    errors = sorted(abs(shares[c.key].energy_j - c.truth_j) / c.truth_j for c in late)
+    assert errors[len(errors) * 95 // 100] < 0.02, errors[-5:]
+    equal = run(DeviceResolver(rule="equal"), calls, samples)
+    equal_errors = sorted(abs(equal[c.key].energy_j - c.truth_j) / c.truth_j for c in late)
+    assert equal_errors[len(equal_errors) // 2] > 0.2  # the equal split is far off here
+    attributed, idle, measured = _books(resolver, shares)
+    assert attributed + idle == pytest.approx(measured, rel=1e-9)
+    assert measured == pytest.approx(samples[-1][1] - samples[0][1], rel=1e-12)
+
+
+def test_weights_recovered_from_rows_generated_with_known_weights():
+    """Intervals made from known F, α, β, γ (and a little noise): the fit finds them."""
+    rng = random.Random(7)
+    weights = TokenWeights()
+    from footprint.attribution.tokens import IntervalTokens
+
+    for _ in range(4000):
+        steps = rng.uniform(5, 25)
+        pre = rng.uniform(0, 4000)
+        dec = steps * rng.uniform(1, 60)
+        ctx = dec * rng.uniform(100, 5000)
+        energy = TRUE_THETA[0] * steps + TRUE_THETA[1] * pre + TRUE_THETA[2] * dec
+        energy += TRUE_THETA[3] * ctx
+        weights.observe(IntervalTokens(0.5, steps, pre, dec, ctx, 0.0), energy * rng.gauss(1, 0.01))
+    assert weights.theta is not None
+    for fitted, true in zip(weights.theta, TRUE_THETA):
+        assert fitted == pytest.approx(true, rel=0.05)
+    assert weights.relative_spread(SpanTokens(1000, 200, 0.2)) < 0.05
+
+
+@st.composite
+def token_traces(draw):
+    n = draw(st.integers(2, 50))
+    gaps = draw(st.lists(st.floats(0.001, 2.0), min_size=n - 1, max_size=n - 1))
+    powers = draw(st.lists(st.floats(0.0, 1000.0), min_size=n - 1, max_size=n - 1))
+    t, e = 100.0, draw(st.floats(0, 1e9))
+    samples = [(t, e)]
+    for gap, power in zip(gaps, powers):
+        t += gap
+        e += gap * power
+        samples.append((t, e))
+    spans = []
+    for _ in range(draw(st.integers(0, 20))):
+        a = draw(st.floats(samples[0][0] - 1, samples[-1][0] + 1))
+        length = draw(st.floats(0.0, samples[-1][0] - samples[0][0] + 2))
+        tokens = draw(
+            st.one_of(
+                st.none(),
+                st.builds(
+                    SpanTokens,
+                    st.integers(0, 10_000),
+                    st.integers(0, 4_000),
+                    st.one_of(st.none(), st.floats(0.0, length + 1)),
+                ),
+            )
+        )
+        spans.append((a, a + length, tokens))
+    return samples, spans, draw(st.integers(1, 10)), draw(st.booleans()), draw(st.booleans())
+
+
+@given(token_traces())
+@settings(max_examples=300, deadline=None)
+def test_energy_is_conserved_under_the_token_rule(case):
+    """Σ span J + Σ idle J = the counter's delta, with or without weights, tokens mixed
+    with no tokens, streamed in chunks; every share ≥ 0 and no longer than its span."""
+    samples, spans, chunk, trained, auto = case
+    resolver = DeviceResolver(rule="auto" if auto else "tokens")
+    if trained:
+        resolver.weights = _trained()
+        if resolver.by_tokens:
+            resolver._shares.relative_spread = resolver.weights.relative_spread
+    resolver.add_samples(samples[:1])
+    for key, (start, end, tokens) in enumerate(spans):
+        resolver.begin(key, start)
+        resolver.end(key, end, tokens)
+    shares = {}
+    for i in range(1, len(samples), chunk):
+        resolver.add_samples(samples[i : i + chunk])
+        shares.update(resolver.resolve(until_s=samples[min(i + chunk, len(samples)) - 1][0]))
+    shares.update(resolver.resolve(final=True))
+    assert set(shares) == set(range(len(spans)))
+    attributed, idle, measured = _books(resolver, shares)
+    expected = samples[-1][1] - samples[0][1]
+    scale = max(1.0, abs(samples[-1][1]))
+    assert math.isclose(measured, expected, rel_tol=0, abs_tol=1e-9 * scale)
+    assert math.isclose(attributed + idle, expected, rel_tol=0, abs_tol=1e-9 * scale)
+    for key, (start, end, _) in enumerate(spans):
+        assert shares[key].energy_j >= -1e-9 * scale
+        assert shares[key].uncertainty_j >= -1e-9 * scale
+        assert shares[key].gpu_s <= (end - start) + 1e-9
+
+
+def _overlapping(resolver, tokens_of, samples):
+    resolver.add_samples(samples)
+    resolver.begin("a", 1.0)
+    resolver.begin("b", 1.5)
+    resolver.begin("c", 2.0)
+    resolver.end("a", 4.0, tokens_of("a"))
+    resolver.end("b", 3.5, tokens_of("b"))
+    resolver.end("c", 5.0, tokens_of("c"))
+    return resolver.resolve(final=True)
+
+
+SAMPLES = [
+    (0.1 * i, 60.0 * 0.1 * i + (300.0 * max(0.0, min(0.1 * i, 5.0) - 1.0))) for i in range(70)
+]
+
+
+def test_without_weights_yet_the_token_rule_is_the_equal_split():
+    """Before the fit is determined every interval is split equally, and counted."""
+    tokens = {"a": SpanTokens(5000, 10, 0.5), "b": SpanTokens(10, 500, 0.1), "c": None}
+    by_tokens = DeviceResolver(rule="tokens")
+    shares = _overlapping(by_tokens, tokens.get, SAMPLES)
+    equal = _overlapping(DeviceResolver(rule="equal"), tokens.get, SAMPLES)
+    for key in "abc":
+        assert shares[key].energy_j == pytest.approx(equal[key].energy_j, rel=1e-9)
+        assert shares[key].gpu_s == pytest.approx(equal[key].gpu_s, rel=1e-9)
+    assert by_tokens.oddities["token_equal_intervals"] > 0
+
+
+def test_with_weights_the_prompt_heavy_call_gets_more():
+    tokens = {
+        "a": SpanTokens(5000, 10, 0.5),
+        "b": SpanTokens(10, 10, 0.1),
+        "c": SpanTokens(10, 10, 0.1),
+    }
+    resolver = DeviceResolver(rule="tokens")
+    resolver.weights = _trained()
+    resolver._shares.relative_spread = resolver.weights.relative_spread
+    shares = _overlapping(resolver, tokens.get, SAMPLES)
+    equal = _overlapping(DeviceResolver(rule="equal"), tokens.get, SAMPLES)
+    assert shares["a"].energy_j > 1.5 * equal["a"].energy_j
+    assert shares["b"].energy_j < equal["b"].energy_j
+    total = sum(s.energy_j for s in shares.values())
+    assert total == pytest.approx(sum(s.energy_j for s in equal.values()), rel=1e-9)
+    assert resolver.oddities["token_equal_intervals"] == 0
+    assert shares["a"].uncertainty_j > equal["a"].uncertainty_j  # the weights' spread
+
+
+def test_a_call_with_no_tokens_is_charged_like_the_calls_with_tokens_beside_it():
+    """Spans with no token counts get the mean power of the spans with counts in their
+    window: three alike calls, one without counts, get a third each; beside a call that
+    does more, the call without counts gets the mean of the two."""
+    resolver = DeviceResolver(rule="tokens")
+    resolver.weights = _trained()
+    samples = [(0.1 * i, 500.0 * 0.1 * i) for i in range(200)]
+    resolver.add_samples(samples)
+    same = SpanTokens(300, 100, 0.2)
+    for key in ("a", "b", "n"):
+        resolver.begin(key, 1.0)
+        resolver.end(key, 4.0, None if key == "n" else same)
+    resolver.begin("light", 6.0)
+    resolver.end("light", 9.0, SpanTokens(10, 20, 0.1))
+    resolver.begin("heavy", 6.0)
+    resolver.end("heavy", 9.0, SpanTokens(6000, 200, 1.0))
+    resolver.begin("m", 6.0)
+    resolver.end("m", 9.0)
+    shares = resolver.resolve(final=True)
+    third = sum(shares[k].energy_j for k in "abn") / 3
+    for key in "abn":
+        assert shares[key].energy_j == pytest.approx(third, rel=1e-9)
+    light, heavy = shares["light"].energy_j, shares["heavy"].energy_j
+    assert light < shares["m"].energy_j < heavy
+    assert shares["m"].energy_j == pytest.approx((light + heavy) / 2, rel=1e-9)
+
+
+def test_spans_without_tokens_only_are_split_equally_by_the_token_rule():
+    resolver = DeviceResolver(rule="tokens")
+    resolver.weights = _trained()
+    shares = _overlapping(resolver, lambda _key: None, SAMPLES)
+    equal = _overlapping(DeviceResolver(rule="equal"), lambda _key: None, SAMPLES)
+    for key in "abc":
+        assert shares[key].energy_j == pytest.approx(equal[key].energy_j, rel=1e-9)
+
+
+def test_auto_is_bit_identical_to_equal_until_a_span_has_tokens():
+    equal = _overlapping(DeviceResolver(rule="equal"), lambda _key: None, SAMPLES)
+    auto = DeviceResolver(rule="auto")
+    shares = _overlapping(auto, lambda _key: None, SAMPLES)
+    assert not auto.by_tokens
+    assert shares == equal  # the same code path: exactly the same figures
+    switched = DeviceResolver(rule="auto")
+    switched.add_samples(SAMPLES)
+    switched.begin("a", 1.0)
+    switched.end("a", 2.0, SpanTokens(10, 10, None))
+    assert switched.by_tokens
+
+
+def test_intervals_wait_for_the_tokens_of_the_spans_running_in_them_up_to_a_limit():
+    """A call still running holds back the intervals after its start (its tokens come
+    with its end); past ``max_wait_s`` they are handed out, the running call charged as
+    one with no tokens, and counted."""
+    samples = [(0.1 * i, 300.0 * 0.1 * i) for i in range(400)]
+    for max_wait_s, released in ((600.0, False), (5.0, True)):
+        resolver = DeviceResolver(rule="tokens", max_wait_s=max_wait_s)
+        resolver.add_samples(samples)
+        resolver.begin("long", 1.0)  # never ends
+        resolver.begin("short", 2.0)
+        resolver.end("short", 3.0, SpanTokens(100, 50, 0.2))
+        done = resolver.resolve(until_s=30.0)
+        assert ("short" in done) is released
+        assert (resolver.oddities["token_wait_expired"] > 0) is released
+        final = resolver.resolve(final=True)
+        assert final["long"].partial
+
+
+def test_span_tokens_of_what_a_call_reported():
+    assert span_tokens(None, None, 0.1) is None
+    assert span_tokens(12, None, None) == SpanTokens(12, 0, None)
+    assert span_tokens(None, 7, float("nan")) == SpanTokens(0, 7, None)
+    assert span_tokens(-1, "x", 0.5) is None
+    assert span_tokens(3, 4, -2.0) == SpanTokens(3, 4, None)
+
+
+def test_the_attribution_setting_is_checked():
+    assert Settings().attribution == "auto"
+    assert Settings(attribution="equal").attribution == "equal"
+    with pytest.raises(ValueError, match="attribution must be one of auto, tokens, equal"):
+        Settings(attribution="shapley")
+    assert load_env_settings({"FOOTPRINT_ATTRIBUTION": "tokens"}) == {"attribution": "tokens"}
+    with pytest.raises(ValueError, match="attribution"):
+        DeviceResolver(rule="bogus")
+
+
+def test_a_bad_attribution_variable_exits_2_with_a_message(tmp_path):
+    env = {"FOOTPRINT_ATTRIBUTION": "bogus", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "footprint", "devices"],
+        env={**env, "PYTHONPATH": ":".join(sys.path)},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "attribution must be one of auto, tokens, equal" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sqlite3, threading, time
+    import footprint
+
+    footprint.configure(
+        db=DB, sensor="simulated:gpus=1,idle_w=60,busy_w=360,noise=0,workload=spans",
+        cpu=False, region="aws:us-east-1", daemon="off", attribution="tokens",
+    )
+
+    def call(n_in, n_out, seconds):
+        with footprint.query(model="m", gpus=[0]) as q:
+            time.sleep(seconds / 3)
+            q.first_token()
+            time.sleep(2 * seconds / 3)
+            q.set_tokens(input=n_in, output=n_out)
+
+    threads = [threading.Thread(target=call, args=a) for a in ((4000, 10, 0.6), (20, 300, 0.9))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    footprint.flush()
+    stats = footprint.stats()
+    footprint.shutdown()
+    rows = sqlite3.connect(DB).execute(
+        "SELECT input_tokens, output_tokens, energy_j FROM queries ORDER BY input_tokens"
+    ).fetchall()
+    print(json.dumps({"rows": rows, "stats": stats}))
+    """
+)
+
+
+def test_a_fresh_process_records_calls_with_tokens_under_the_token_rule(tmp_path):
+    """Through ``footprint.query`` on the simulated GPU: both calls recorded with their
+    tokens and energy; the weights not known yet, the rule says so in ``stats()``."""
+    import json
+
+    db = tmp_path / "f.db"
+    done = subprocess.run(
+        [sys.executable, "-c", f"DB = {str(db)!r}\n" + SCRIPT],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = out["rows"]
+    assert [r[:2] for r in rows] == [[20, 300], [4000, 10]]
+    assert all(r[2] > 0 for r in rows)
+    assert out["stats"]["attribution_token_equal_intervals"] > 0
+
+
+def test_the_daemons_intake_hands_its_clients_tokens_to_the_rule(tmp_path):
+    """A client's ends reach the daemon's runtime with their token counts and first-token
+    time (the protocol's ``input_tokens``, ``output_tokens``, ``ttft_s``): under ``auto``
+    the GPU's resolver turns to the token rule, and the record keeps the counts."""
+    import json
+    import time
+
+    from footprint.daemon.spans import SpanIntake
+    from footprint.runtime.local import Runtime
+    from footprint.runtime.protocol import decode_batch
+
+    settings = Settings(
+        db=str(tmp_path / "d.db"),
+        sensor="simulated:gpus=1,idle_w=60,busy_w=360,noise=0,workload=manual",
+        cpu=False,
+        region="aws:us-east-1",
+        daemon="off",
+    )
+    runtime = Runtime(settings, presence_role="daemon")
+    records = []
+    runtime.on_records.append(lambda batch, _idle: records.extend(batch))
+    try:
+        intake = SpanIntake(runtime)
+        t = time.monotonic()
+        end = {"id": 1, "start_s": t - 0.3, "end_s": t - 0.1, "model": "m", "gpus": [0]}
+        end.update(input_tokens=900, output_tokens=40, ttft_s=0.05)
+        batch = {"pid": 4242, "host": "h", "monotonic_s": t, "ends": [end]}
+        assert not runtime.resolvers[0].by_tokens
+        intake.apply(decode_batch(json.dumps(batch)))
+        runtime.flush()
+        assert runtime.resolvers[0].by_tokens
+        assert [(r["input_tokens"], r["output_tokens"]) for r in records] == [(900, 40)]
+    finally:
+        runtime.shutdown()
