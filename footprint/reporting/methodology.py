@@ -143,8 +143,10 @@ def methodology(report: dict[str, Any]) -> list[tuple[str, list[str | Table]]]:
         (
             "Capacity: GPU-hours held and busy",
             [
-                "A GPU is held for every minute it was measured (idle_energy keeps a row per "
-                "GPU and minute, whatever ran). Per GPU: held = distinct minutes / 60; busy = "
+                "A GPU is held while it is measured (idle_energy keeps a row per GPU, minute "
+                "and process with the seconds measured, whatever ran). Per GPU: held = Σ over "
+                "its minutes of the seconds measured (the longest of the processes measuring "
+                "it then: they held it once) / 3600; busy = "
                 "Σ GPU-seconds of its queries / 3600 (n GPUs: 1/n each); idle = held − busy "
                 "(at least 0); utilisation = busy / held. Totals add the GPUs; a model's or "
                 "group's held GPU-hours are its busy ones plus its share of its GPUs' idle "
