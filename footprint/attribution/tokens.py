@@ -48,9 +48,12 @@ from typing import NamedTuple
 from footprint.attribution.energy import Interval
 from footprint.attribution.shares import END, START, SpanShare
 
-WINDOW_S = 5.0  # busy seconds per window
+WINDOW_S = 60.0  # busy seconds per window
 HOLD_S = 120.0  # the most closed windows wait for the first weights (s of intervals)
 MIN_PHASE_S = 1e-3  # a phase shorter than this is folded into the other one
+# The bound adds this share of how far the token rule moved a span's energy from the
+# equal split (the model's own error: ``footprint bench batching`` measures its coverage)
+MODEL_SHARE = 0.5
 FLOOR_W = 1e-6  # predicted power of any span with tokens, on top of its work (W)
 PHASE = 2  # event kind: a span's first token (sorts after starts and ends at an instant)
 SERVE = 3  # event kind: a span's prefill begins (it waited in the queue before)
@@ -163,7 +166,7 @@ Piece = tuple["Rates | None", Snap, Snap]
 _ORIGIN: Snap = (0, 0.0, 0.0, 0.0, 0.0, 0.0)
 # Which of a snapshot's integrals each running total grows with (1: ∫ dt, 2: ∫ dt /
 # N_served, 3: ∫ dt/N, 4 and 5: the equal split's energy and bound).
-_BY = (1, 1, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 3, 4, 5)
+_BY = (1, 1, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 3, 4, 5, 4)
 
 
 class TokenSpan:
@@ -187,6 +190,7 @@ class TokenSpan:
         "pieces",  # its past stretches
         "carried",  # (energy, gpu-s, bound) received under the equal split before
         "carried_until_s",  # up to where
+        "ramp",  # its decode context term as it grows: (constant, slope) for the fit
     )
 
     def __init__(self, key: Hashable, start_s: float) -> None:
@@ -207,6 +211,7 @@ class TokenSpan:
         self.pieces: list[Piece] = []
         self.carried: tuple[float, float, float] | None = None
         self.carried_until_s = -math.inf
+        self.ramp = (0.0, 0.0)
 
 
 Event = tuple[float, int, int, TokenSpan]
@@ -216,7 +221,7 @@ Event = tuple[float, int, int, TokenSpan]
 # spans with tokens; energy, then bound; then, unscaled, GPU-seconds per span and the
 # equal split's energy and bound per span.
 _TERMS = 6
-_ZERO = (0.0,) * (2 * _TERMS + 3)
+_ZERO = (0.0,) * (2 * _TERMS + 4)
 
 
 class IntervalTokens(NamedTuple):
@@ -260,6 +265,9 @@ class TokenShares:
         self.weighed = 0  # of which with known rates
         self.serving = 0  # of those, served (not waiting)
         self.sums = [0.0, 0.0, 0.0, 0.0]  # their rates, summed
+        # For the fit: Σ decode rate × context, which grows as each answer does (a + b·t)
+        self.ramp = [0.0, 0.0]
+        self._origin_s: float | None = None  # the time ``t`` counts from
         self.unweighed_w = 1.0  # the last window's power per span with no tokens
         self.equal_intervals = 0  # busy intervals that were split equally
         self.hold_s = HOLD_S
@@ -309,14 +317,16 @@ class TokenShares:
                 bound_j += z * (b1[8] + c1[8] * t1 - b0[8] - c0[8] * t0)
         return energy_j, bound_j
 
-    def _equal(self, lo: Snap, hi: Snap) -> tuple[float, float, float]:
-        """(GPU-seconds, equal split's energy, its bound) per span from ``lo`` to ``hi``."""
+    def _equal(self, lo: Snap, hi: Snap) -> tuple[float, float, float, float]:
+        """(GPU-seconds, equal split's energy where it applied, its bound, the equal
+        split's energy had it applied throughout) per span from ``lo`` to ``hi``."""
         base, coef = self._base, self._coef
         b0, c0, b1, c1 = base[lo[0]], coef[lo[0]], base[hi[0]], coef[hi[0]]
         return (
             b1[12] + c1[12] * hi[3] - b0[12] - c0[12] * lo[3],
             b1[13] + c1[13] * hi[4] - b0[13] - c0[13] * lo[4],
             b1[14] + c1[14] * hi[5] - b0[14] - c0[14] * lo[5],
+            b1[15] + c1[15] * hi[4] - b0[15] - c0[15] * lo[4],
         )
 
     def _share(self, span: TokenSpan, partial: bool, estimated: bool = False) -> SpanShare:
@@ -334,14 +344,18 @@ class TokenShares:
         if pieces:  # per span over its life: GPU-seconds, and the equal split's
             last = pieces[-1][2]
             mid = split[1] if split is not None else last
-            gpu_s, equal_j, equal_bound_j = self._equal(span.first, mid)
+            gpu_s, equal_j, equal_bound_j, even_j = self._equal(span.first, mid)
             before_j += equal_j
             bound_j += equal_bound_j
             if split is not None:
-                more_s, equal_j, equal_bound_j = self._equal(mid, last)
+                more_s, equal_j, equal_bound_j, more_j = self._equal(mid, last)
                 gpu_s += more_s
                 after_j += equal_j
                 bound_j += equal_bound_j
+                even_j += more_j
+            # The model's own error: a share of how far it moved the span from the
+            # equal split (0 where the equal split applied).
+            bound_j += MODEL_SHARE * abs(before_j + after_j - even_j)
         if span.carried is not None:
             before_j += span.carried[0]
             gpu_s += span.carried[1]
@@ -404,7 +418,7 @@ class TokenShares:
         for j in range(end_index):
             t, kind, _, span = events[j]
             if self.active > 0 and t > cursor:
-                self._segment(t - cursor, held)
+                self._segment(t - cursor, held, cursor)
             cursor = t
             if kind == START:
                 self._start(span)
@@ -416,7 +430,7 @@ class TokenShares:
                 else:
                     self._first_token(span)
         if self.active > 0 and t1 > cursor:
-            self._segment(t1 - cursor, held)
+            self._segment(t1 - cursor, held, cursor)
         win.busy_j += busy_j
         win.bound_j += bound_j
         win.intervals += busy_s > 0
@@ -424,7 +438,7 @@ class TokenShares:
             self._close(done, t1)
         return IntervalTokens(interval.busy_s, *held)
 
-    def _segment(self, dt: float, held: list[float]) -> None:
+    def _segment(self, dt: float, held: list[float], from_s: float) -> None:
         """A stretch of ``dt`` s with the same spans in the same phases."""
         s0, s1, s2, s3 = self.sums
         n = self.active
@@ -453,7 +467,9 @@ class TokenShares:
         held[0] += steps
         held[1] += s0 * dt
         held[2] += s1 * dt
-        held[3] += s2 * dt
+        ramp = self.ramp
+        if ramp[1]:  # each decoded token read against its context so far
+            held[3] += (ramp[0] + ramp[1] * (from_s + dt / 2 - self._origin_s)) * dt  # type: ignore[operator]
         held[4] += (n - known) * dt
 
     def _close(self, done: dict[Hashable, SpanShare], now_s: float) -> None:
@@ -522,7 +538,14 @@ class TokenShares:
                 unweighed_w if unweighed_s else 0.0,
                 FLOOR_W,
             )
-        co = (*(k * v for v in terms), *(kb * v for v in terms), 1.0, float(equal), float(equal))
+        co = (
+            *(k * v for v in terms),
+            *(kb * v for v in terms),
+            1.0,
+            float(equal),
+            float(equal),
+            1.0,
+        )
         self._coef[w] = co
         self._base[w + 1] = _advance(self._base[w], co, win.raw)
         for span, estimated in win.ending:
@@ -571,12 +594,27 @@ class TokenShares:
                 span.serving = True
                 self.serving += 1
             self._set_rates(span, placed.second)
+            self._set_ramp(span, placed)
 
     def _end(self, span: TokenSpan, estimated_before_s: float) -> None:
         self._close_piece(span)
         self._leave(span)
         del self.spans[span.key]
         self._win.ending.append((span, span.start_s < estimated_before_s))
+
+    def _set_ramp(self, span: TokenSpan, placed: Placement) -> None:
+        """Its decode context term, for the fit: ``y·(input + y·(t − first))``."""
+        tokens = span.tokens
+        if tokens is None or placed.second is None:
+            return
+        if self._origin_s is None:
+            self._origin_s = placed.first_s
+        y = placed.second[1]
+        slope = y * y
+        constant = y * tokens.input_tokens - slope * (placed.first_s - self._origin_s)
+        span.ramp = (constant, slope)
+        self.ramp[0] += constant
+        self.ramp[1] += slope
 
     def _leave(self, span: TokenSpan) -> None:
         if span.started:
@@ -586,8 +624,12 @@ class TokenShares:
                 if span.serving:
                     self.serving -= 1
                 self._set_rates(span, _NONE)
+                if span.ramp[1]:
+                    self.ramp[0] -= span.ramp[0]
+                    self.ramp[1] -= span.ramp[1]
                 if self.weighed == 0:
                     self.sums = [0.0, 0.0, 0.0, 0.0]  # nobody's rates left (precision)
+                    self.ramp = [0.0, 0.0]
         
     # -- leaving early ---------------------------------------------------------------
     def release(self, ended_by_s: float, done: dict[Hashable, SpanShare]) -> int:

@@ -23,7 +23,7 @@ from itertools import combinations
 from footprint.attribution.tokens import IntervalTokens, SpanTokens, Theta, context_of
 
 BLOCK_S = 2.0  # busy seconds per block of intervals
-SPAN_BLOCKS = 5  # each fitted row sums this many consecutive blocks (overlapping rows)
+SPAN_BLOCKS = 15  # each fitted row sums this many consecutive blocks (overlapping rows)
 MIN_BLOCKS = 30  # rows (effective, after forgetting) before the fit is used
 FORGET = 0.998  # weight kept by the blocks so far each time a block is added
 REFIT_ROWS = 5  # once determined, the weights are fitted again every this many rows
