@@ -350,7 +350,7 @@ class DeviceResolver:
                     elif kind == END:
                         self.oddities["late_ends"] += 1
                     elif kind == PHASE:  # its first token is not where it said
-                        span.first_token_s = None  # type: ignore[union-attr]
+                        span.first_token_s = None  # type: ignore[attr-defined]
                     self._new_events[n] = (floor_s, kind, seq, span)
         self._events.extend(self._new_events)
         self._new_events.clear()

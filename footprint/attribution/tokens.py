@@ -334,10 +334,13 @@ class TokenShares:
         part of it before its first token."""
         pieces = span.pieces
         split = span.split
-        cut = split[0] if split is not None else len(pieces)
-        before_j, bound_j = self._energy(pieces[:cut])
-        after_j, after_bound_j = self._energy(pieces[cut:])
-        bound_j += after_bound_j
+        if split is None:
+            before_j, bound_j = self._energy(pieces)
+            after_j = 0.0
+        else:
+            before_j, bound_j = self._energy(pieces[: split[0]])
+            after_j, after_bound_j = self._energy(pieces[split[0] :])
+            bound_j += after_bound_j
         if span.weighed and span.tokens is not None:
             bound_j += (before_j + after_j) * self.relative_spread(span.tokens)
         gpu_s = 0.0
@@ -372,7 +375,8 @@ class TokenShares:
         return share
 
     def _close_piece(self, span: TokenSpan) -> None:
-        now = self.snap()
+        raw = self._win.raw
+        now = (self.window, raw[0], raw[1], raw[2], raw[3], raw[4])
         rates = span.rates if span.weighed else None
         span.pieces.append((rates, span.at, now))
         span.at = now
@@ -504,7 +508,9 @@ class TokenShares:
         elif len(self._base) > 512:
             self._prune()
 
-    def _share_window(self, win: _Window, theta: Theta | None, done: dict[Hashable, SpanShare]) -> None:
+    def _share_window(
+        self, win: _Window, theta: Theta | None, done: dict[Hashable, SpanShare]
+    ) -> None:
         """Window ``win``'s scale factors under ``theta``, then the spans that ended in it."""
         w = win.index
         sums = win.sums
@@ -519,7 +525,11 @@ class TokenShares:
             assert theta is not None
             f_j, alpha, beta, gamma = theta
             weighed_j = (
-                f_j * sums[4] + alpha * sums[1] + beta * sums[2] + gamma * sums[3] + FLOOR_W * known_s
+                f_j * sums[4]
+                + alpha * sums[1]
+                + beta * sums[2]
+                + gamma * sums[3]
+                + FLOOR_W * known_s
             )
             if served_s > 0:  # spans with no tokens: the mean power of those served
                 self.unweighed_w = weighed_j / served_s
@@ -630,7 +640,7 @@ class TokenShares:
                 if self.weighed == 0:
                     self.sums = [0.0, 0.0, 0.0, 0.0]  # nobody's rates left (precision)
                     self.ramp = [0.0, 0.0]
-        
+
     # -- leaving early ---------------------------------------------------------------
     def release(self, ended_by_s: float, done: dict[Hashable, SpanShare]) -> int:
         """The window closes; the spans that ended by ``ended_by_s`` go to ``done``
