@@ -16,10 +16,12 @@ from footprint.attribution.idle import IdleEstimate, IdlePowerEstimator
 from footprint.attribution.shares import END, START, Event, OpenSpan, RunningShares, SpanShare
 from footprint.attribution.tokens import (
     PHASE,
+    SERVE,
     SpanTokens,
     TokenShares,
     TokenSpan,
     phases,
+    step_of,
 )
 from footprint.attribution.weights import TokenWeights
 from footprint.sampling.timeline import Sample
@@ -88,6 +90,7 @@ class DeviceResolver:
         self._events: list[Event] = []  # sorted, not yet swept
         self._new_events: list[Event] = []
         self._seq = 0
+        self._step_s: float | None = None  # the server's last step time seen (token rule)
         self.estimator = estimator or IdlePowerEstimator(part_time=bool(counter_window_s))
         self.first_sample_s: float | None = None
         self.resolved_until_s: float | None = None
@@ -181,10 +184,22 @@ class DeviceResolver:
         self._seq += 1
         self._new_events.append((end_s, END, self._seq, span))  # type: ignore[arg-type]
         if isinstance(span, TokenSpan) and tokens is not None:
-            span.tokens = tokens
-            placed = span.placed = phases(span.start_s, end_s, tokens)
-            if placed is not None and placed[1] < end_s:
-                first_s = placed[1]
+            self._place(span, end_s, tokens)
+
+    def _place(self, span: TokenSpan, end_s: float, tokens: SpanTokens) -> None:
+        """The token rule: where ``span``'s tokens go in time (``phases``), and the
+        events of its service start and first token."""
+        span.tokens = tokens
+        step_s = step_of(span.start_s, end_s, tokens)
+        if step_s is not None:
+            self._step_s = step_s
+        placed = span.placed = phases(span.start_s, end_s, tokens, self._step_s)
+        if placed is not None and placed.serve_s > span.start_s:
+            self._seq += 1
+            self._new_events.append((placed.serve_s, SERVE, self._seq, span))  # type: ignore[arg-type]
+        if tokens.ttft_s is not None:
+            first_s = span.first_token_s = min(span.start_s + tokens.ttft_s, end_s)
+            if span.start_s < first_s < end_s:
                 self._seq += 1
                 self._new_events.append((first_s, PHASE, self._seq, span))  # type: ignore[arg-type]
 
@@ -208,6 +223,7 @@ class DeviceResolver:
             if span.started:
                 share = old.share_so_far(span)
                 token_span.carried = (share.energy_j, share.gpu_s, share.uncertainty_j)
+                token_span.carried_until_s = self.resolved_until_s or -math.inf
                 token_span.started, token_span.at, token_span.first = True, zero, zero
             if span.end_s == math.inf:
                 self._seq += 1
@@ -291,6 +307,8 @@ class DeviceResolver:
         if final:  # the spans not complete get what they have so far, flagged partial
             self._shares.finish_open(done)
             self._events.clear()
+        if isinstance(self._shares, TokenShares):
+            self.oddities["token_equal_intervals"] = self._shares.equal_intervals
         return done
 
     def _extend_back(self) -> None:
@@ -329,8 +347,10 @@ class DeviceResolver:
                     if kind == START:
                         self.oddities["late_starts"] += 1
                         span.partial = True
-                    else:
+                    elif kind == END:
                         self.oddities["late_ends"] += 1
+                    elif kind == PHASE:  # its first token is not where it said
+                        span.first_token_s = None  # type: ignore[attr-defined]
                     self._new_events[n] = (floor_s, kind, seq, span)
         self._events.extend(self._new_events)
         self._new_events.clear()
@@ -415,8 +435,6 @@ class DeviceResolver:
     ) -> None:
         """The token rule's sweep of ``interval``; a measured one teaches the weights."""
         theta = self.weights.theta
-        if theta is None and interval.busy_s > 0:
-            self.oddities["token_equal_intervals"] += 1
         events = self._events
         held = shares.sweep(
             interval,
@@ -437,6 +455,7 @@ class DeviceResolver:
             self.weights.observe(held, busy_j)
         elif held.busy_s > 0:
             self.weights.observe(held._replace(unweighed_s=math.inf), busy_j)
+        self.oddities["token_equal_intervals"] = shares.equal_intervals
 
     def expire(self, ended_by_s: float) -> dict[Hashable, SpanShare]:
         """The device stopped reporting: release the spans that ended by ``ended_by_s``.

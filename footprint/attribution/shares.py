@@ -27,6 +27,11 @@ class SpanShare:
     answering) and the figure is a lower estimate with no bound; ``estimated`` means
     part of it was extrapolated (it began before the device's first sample), and the
     bound covers anything from no power to the device's maximum there.
+
+    ``prefill_energy_j`` and ``decode_energy_j``: the part of ``energy_j`` the span
+    received before its first token (``[start, first token)``) and after it
+    (``[first token, end)``); they sum to ``energy_j``. None when the span has no
+    first-token time.
     """
 
     energy_j: float = 0.0
@@ -34,6 +39,8 @@ class SpanShare:
     uncertainty_j: float = 0.0
     partial: bool = False
     estimated: bool = False
+    prefill_energy_j: float | None = None
+    decode_energy_j: float | None = None
 
 
 class OpenSpan:

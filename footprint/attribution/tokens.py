@@ -1,35 +1,41 @@
 """The token-aware rule's running integrals: each interval's busy energy shared by the
 spans' predicted powers instead of equally.
 
-A span with token counts has a prefill phase (start to first token) that carries its
-input tokens and a decode phase (first token to end) that carries its output tokens, each
-at a constant rate over its phase. The running set's predicted busy power is
+A span with token counts waits (in the server's queue: no work done for it), then has a
+prefill phase that carries its input tokens and ends with its first token, and a decode
+phase (first token to end) that carries its output tokens, each at a constant rate over
+its phase. The prefill is placed in the last server step before the first token (a step
+lasts what one of its decode tokens took: its decode time over its decode tokens), not
+spread over its whole time to first token, which includes its wait in the queue. The
+running set's predicted busy power is
 
     P(t) = F·steps/s + α·Σ prefill rate + β·Σ decode rate + γ·Σ decode rate × context
 
 (``TokenWeights`` learns F, α, β, γ from the counter; ``steps/s``, the server's step
 rate, is the mean decode rate of the spans decoding: each makes a token a step), and
 span ``i``'s own part of it is ``p_i = F·steps/s / N + (its α, β, γ terms)``: the fixed
-energy of a step shared equally among the ``N`` spans running (the Shapley value of the
-additive model), the rest its own. A span with no token counts (or whose counts are not
-known when its time is handed out) is charged the mean ``p`` of the spans with counts in
-the window before: where no span has counts, or the weights are not known yet, the rule
-is the equal split. Each stretch's busy energy is shared in
-proportion to ``p_i / P``, so the shares of an instant sum to its busy energy exactly.
+energy of a step shared equally among the ``N`` spans served (prefilling or decoding,
+not waiting: the Shapley value of the additive model), the rest its own. A span with no
+token counts (or whose counts are not known when its time is handed out) is charged the
+mean ``p`` of the spans served with counts in the window before: where no span has
+counts, or the weights are not known yet, the rule is the equal split. Each stretch's
+busy energy is shared in proportion to ``p_i / P``, so the shares of an instant sum to
+its busy energy exactly.
 
 The busy energy is shared over windows of consecutive intervals (about ``WINDOW_S`` busy
 seconds, or up to a moment with no span running), not interval by interval: a span's
 share is ``K · ∫ p_i dt`` with ``K`` the window's busy energy over its predicted energy
-``∫ P dt``. Locally the predicted power is a poor guide (a prompt's tokens are spread
-over its time to first token, queueing included, and a GPU at its power cap draws the
+``∫ P dt``. Locally the predicted power is a poor guide (a GPU at its power cap draws the
 same power whatever it runs), and normalising each short interval by it would charge a
 call's own prompt against itself; over a window the prediction holds, and a call alone
 in its window still gets exactly what the counter measured. The shares of a window sum
-to its busy energy, so energy stays conserved exactly.
+to its busy energy, so energy stays conserved exactly. While the weights are not known
+yet, closed windows are held (up to ``HOLD_S`` s) so that they are shared by the first
+fitted weights; past that they are split equally.
 
 Each phase's rates are constant, so a span's share is its rates times differences of
-running integrals (time, ``∫ dt/N``, ``∫ M dt``: ``M`` the mean token term) between its
-phase edges, each scaled by its window's ``K`` once the window closes: O(1) per start,
+running integrals (time, ``∫ steps/s / N dt``, ``∫ dt/N``) between its phase edges, each
+scaled by its window's ``K`` once the window closes: O(1) per start, service start,
 first token and end, whatever the number of spans running, like ``RunningShares``.
 """
 
@@ -42,10 +48,15 @@ from typing import NamedTuple
 from footprint.attribution.energy import Interval
 from footprint.attribution.shares import END, START, SpanShare
 
-WINDOW_S = 5.0  # busy seconds per window
+WINDOW_S = 60.0  # busy seconds per window
+HOLD_S = 120.0  # the most closed windows wait for the first weights (s of intervals)
 MIN_PHASE_S = 1e-3  # a phase shorter than this is folded into the other one
+# The bound adds this share of how far the token rule moved a span's energy from the
+# equal split (the model's own error: ``footprint bench batching`` measures its coverage)
+MODEL_SHARE = 0.5
 FLOOR_W = 1e-6  # predicted power of any span with tokens, on top of its work (W)
 PHASE = 2  # event kind: a span's first token (sorts after starts and ends at an instant)
+SERVE = 3  # event kind: a span's prefill begins (it waited in the queue before)
 
 Theta = tuple[float, float, float, float]  # F (J per step), α, β (J per token), γ (J/token²)
 
@@ -79,18 +90,43 @@ def context_of(tokens: SpanTokens) -> float:
     return tokens.input_tokens + tokens.output_tokens / 2.0
 
 
-Rates = tuple[float, float, float]  # prefill tokens/s, decode tokens/s, decode tokens·ctx/s
+# prefill tokens/s, decode tokens/s, decode tokens × context/s, server steps/s
+Rates = tuple[float, float, float, float]
+_NONE: Rates = (0.0, 0.0, 0.0, 0.0)
 
 
-def phases(start_s: float, end_s: float, tokens: SpanTokens) -> tuple[Rates, float, Rates] | None:
-    """(rates of the first phase, time of the first token, rates of the second phase),
-    or None for a span shorter than ``MIN_PHASE_S`` (its tokens cannot be placed in time:
-    it is charged as a span with no tokens).
+class Placement(NamedTuple):
+    """Where a span's tokens are placed in time: it waits until ``serve_s``, then runs
+    at ``first`` rates until ``first_s``, then at ``second`` rates (None: one phase)."""
 
-    The first token is made by the prefill; the decode phase makes the rest, each read
-    against a context of the prompt and the answer so far (``input + output/2`` on
-    average). Without a time to first token strictly inside the span, one phase carries
-    all the tokens at constant rates (the first token time is then ``end_s``).
+    serve_s: float
+    first: Rates
+    first_s: float
+    second: Rates | None
+
+
+def step_of(start_s: float, end_s: float, tokens: SpanTokens) -> float | None:
+    """How long one server step took for this span: its decode time over its decode
+    tokens (None without a decode phase)."""
+    decode = tokens.output_tokens - 1
+    if tokens.ttft_s is None or decode < 1:
+        return None
+    decode_s = end_s - start_s - tokens.ttft_s
+    return decode_s / decode if decode_s >= MIN_PHASE_S else None
+
+
+def phases(
+    start_s: float, end_s: float, tokens: SpanTokens, step_s: float | None = None
+) -> Placement | None:
+    """Where the span's tokens go, or None for a span shorter than ``MIN_PHASE_S`` (its
+    tokens cannot be placed in time: it is charged as a span with no tokens).
+
+    The first token is made by the prefill, in the step before it (``step_s``, its own
+    when it decoded, else the server's last known; without one, the whole time to first
+    token); the decode phase makes the rest, each read against a context of the prompt
+    and the answer so far (``input + output/2`` on average). Without a time to first
+    token inside the span, one phase carries all the tokens at constant rates over all
+    of it.
     """
     decode = max(tokens.output_tokens - 1, 0)
     context = context_of(tokens)
@@ -98,16 +134,29 @@ def phases(start_s: float, end_s: float, tokens: SpanTokens) -> tuple[Rates, flo
     ttft_s = tokens.ttft_s
     if duration_s < MIN_PHASE_S:
         return None
-    first_s = start_s + ttft_s if ttft_s is not None else end_s
-    if first_s - start_s >= MIN_PHASE_S and end_s - first_s >= MIN_PHASE_S:
-        rate = decode / (end_s - first_s)
-        prefill = (tokens.input_tokens / (first_s - start_s), 0.0, 0.0)
-        return prefill, first_s, (0.0, rate, rate * context)
-    rate = decode / duration_s
-    return (tokens.input_tokens / duration_s, rate, rate * context), end_s, (0.0, 0.0, 0.0)
+    if ttft_s is None or ttft_s < MIN_PHASE_S:
+        rate = decode / duration_s
+        steps = (decode + 1) / duration_s
+        whole = (tokens.input_tokens / duration_s, rate, rate * context, steps)
+        return Placement(start_s, whole, end_s, None)
+    own_step_s = step_of(start_s, end_s, tokens)
+    step_s = own_step_s if own_step_s is not None else step_s
+    first_s = min(start_s + ttft_s, end_s)
+    serve_s = start_s
+    if step_s is not None:
+        serve_s = max(start_s, first_s - max(step_s, MIN_PHASE_S))
+    if end_s - first_s < MIN_PHASE_S:  # no decode phase: the prefill made all it answered
+        served_s = end_s - serve_s
+        rate = decode / served_s
+        whole = (tokens.input_tokens / served_s, rate, rate * context, (decode + 1) / served_s)
+        return Placement(serve_s, whole, end_s, None)
+    rate = decode / (end_s - first_s)
+    prefill_s = first_s - serve_s
+    prefill = (tokens.input_tokens / prefill_s, 0.0, 0.0, 1.0 / prefill_s)
+    return Placement(serve_s, prefill, first_s, (0.0, rate, rate * context, rate))
 
 
-# (window, and within it: ∫ dt, ∫ steps/s / N dt, ∫ dt/N, ∫ k/N dt and ∫ k_bound/N dt of
+# (window, and within it: ∫ dt, ∫ dt/N_served, ∫ dt/N, ∫ k/N dt and ∫ k_bound/N dt of
 # the equal split while the weights are not known, k an interval's busy power)
 Snap = tuple[int, float, float, float, float, float]
 # A stretch of a span's life: its rates (None: no known tokens), from and to snapshots.
@@ -115,9 +164,9 @@ Piece = tuple["Rates | None", Snap, Snap]
 
 
 _ORIGIN: Snap = (0, 0.0, 0.0, 0.0, 0.0, 0.0)
-# Which of a snapshot's integrals each running total grows with (1: ∫ dt, 2: ∫ steps/s /
-# N dt, 3: ∫ dt/N, 4 and 5: the equal split's energy and bound).
-_BY = (1, 1, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 3, 4, 5)
+# Which of a snapshot's integrals each running total grows with (1: ∫ dt, 2: ∫ dt /
+# N_served, 3: ∫ dt/N, 4 and 5: the equal split's energy and bound).
+_BY = (1, 1, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 3, 4, 5, 4)
 
 
 class TokenSpan:
@@ -131,13 +180,17 @@ class TokenSpan:
         "started",
         "tokens",
         "placed",  # its phases (``phases``), once it ended with tokens
-        "second",  # rates of the phase after its first token
         "weighed",  # its rates are in the running sums (known when it started)
+        "serving",  # it is served (not waiting), with its rates in the running sums
         "rates",  # its current phase's rates
         "at",  # snapshot at its last edge
         "first",  # snapshot at its start
+        "split",  # (pieces before its first token, snapshot at it), once reached
+        "first_token_s",  # time of its first token, where it said
         "pieces",  # its past stretches
         "carried",  # (energy, gpu-s, bound) received under the equal split before
+        "carried_until_s",  # up to where
+        "ramp",  # its decode context term as it grows: (constant, slope) for the fit
     )
 
     def __init__(self, key: Hashable, start_s: float) -> None:
@@ -147,14 +200,18 @@ class TokenSpan:
         self.partial = False
         self.started = False
         self.tokens: SpanTokens | None = None
-        self.placed: tuple[Rates, float, Rates] | None = None
-        self.second: Rates = (0.0, 0.0, 0.0)
+        self.placed: Placement | None = None
         self.weighed = False
-        self.rates: Rates = (0.0, 0.0, 0.0)
+        self.serving = False
+        self.rates: Rates = _NONE
         self.at: Snap = _ORIGIN
         self.first: Snap = _ORIGIN
+        self.split: tuple[int, Snap] | None = None
+        self.first_token_s: float | None = None
         self.pieces: list[Piece] = []
         self.carried: tuple[float, float, float] | None = None
+        self.carried_until_s = -math.inf
+        self.ramp = (0.0, 0.0)
 
 
 Event = tuple[float, int, int, TokenSpan]
@@ -164,7 +221,7 @@ Event = tuple[float, int, int, TokenSpan]
 # spans with tokens; energy, then bound; then, unscaled, GPU-seconds per span and the
 # equal split's energy and bound per span.
 _TERMS = 6
-_ZERO = (0.0,) * (2 * _TERMS + 3)
+_ZERO = (0.0,) * (2 * _TERMS + 4)
 
 
 class IntervalTokens(NamedTuple):
@@ -180,6 +237,25 @@ class IntervalTokens(NamedTuple):
     unweighed_s: float
 
 
+class _Window:
+    """A window's integrals, which do not depend on the weights: they are applied when
+    it is shared out (at its close, or once the weights are known)."""
+
+    __slots__ = ("index", "raw", "sums", "busy_j", "bound_j", "ending", "intervals", "from_s")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.raw = [0.0] * 5  # see ``Snap``
+        # ∫ steps/s, ∫ Σ prefill, decode, context rates; ∫ steps/s × served/N (the fixed
+        # term of the spans with tokens); span-seconds with tokens, served, without tokens
+        self.sums = [0.0] * 8
+        self.busy_j = 0.0  # what the window's intervals measured busy, and its bound
+        self.bound_j = 0.0
+        self.ending: list[tuple[TokenSpan, bool]] = []  # spans that ended in it
+        self.intervals = 0  # busy intervals in it
+        self.from_s = math.nan  # where its first interval began
+
+
 class TokenShares:
     """The spans open on one device under the token rule (see the module's docstring)."""
 
@@ -187,61 +263,50 @@ class TokenShares:
         self.spans: dict[Hashable, TokenSpan] = {}
         self.active = 0  # spans running at the sweep position
         self.weighed = 0  # of which with known rates
-        self.decoding = 0  # of which decoding (a decode rate above 0)
-        self.sums = [0.0, 0.0, 0.0]  # their rates, summed
-        self.theta: Theta = (0.0, 0.0, 0.0, 0.0)  # the window's weights
-        self.equal = True  # the window is split equally (no weights yet)
+        self.serving = 0  # of those, served (not waiting)
+        self.sums = [0.0, 0.0, 0.0, 0.0]  # their rates, summed
+        # For the fit: Σ decode rate × context, which grows as each answer does (a + b·t)
+        self.ramp = [0.0, 0.0]
+        self._origin_s: float | None = None  # the time ``t`` counts from
         self.unweighed_w = 1.0  # the last window's power per span with no tokens
+        self.equal_intervals = 0  # busy intervals that were split equally
+        self.hold_s = HOLD_S
         self.window = 0
-        self._raw = [0.0] * 5  # within the window: see ``Snap``
+        self._win = _Window(0)
+        self._held: list[_Window] = []  # closed, waiting for the weights
+        self._theta: Theta | None = None  # the weights last seen
         self._k = self._kb = 0.0  # the interval's busy power and its bound's, per s
-        self._weighed_j = 0.0  # predicted energy of the spans with tokens in the window
-        self._weighed_s = 0.0  # and their span-seconds; those of the spans with none
-        self._unweighed_s = 0.0
-        self._held = [0.0, 0.0, 0.0, 0.0]  # ∫ steps/s and the three ∫ Σ rates, in the window
-        self._busy_j = 0.0  # what the window's intervals measured busy, and its bound
-        self._bound_j = 0.0
         self._base: dict[int, tuple[float, ...]] = {0: _ZERO}
         self._coef: dict[int, tuple[float, ...]] = {}
-        self._ending: list[tuple[TokenSpan, bool]] = []  # ended in the open window
-        self._fresh = True  # the open window has seen no interval yet
         # The share of a span's token energy the weights' spread may move (its bound).
         self.relative_spread: Callable[[SpanTokens], float] = lambda _tokens: 0.0
 
     # -- snapshots -------------------------------------------------------------------
     def snap(self) -> Snap:
         """Where the sweep is, in the open window's own terms."""
-        raw = self._raw
+        raw = self._win.raw
         return (self.window, raw[0], raw[1], raw[2], raw[3], raw[4])
 
-    def _share(self, span: TokenSpan, partial: bool, estimated: bool = False) -> SpanShare:
-        """What ``span`` received over its stretches (their windows closed): each
-        running total (``_base``, scaled by ``_coef``, grown with the snapshot's integral
-        ``_BY`` names) at a stretch's end less at its start, times the span's rates."""
+    def _energy(self, pieces: Sequence[Piece]) -> tuple[float, float]:
+        """(energy, bound) of ``pieces`` (their windows shared out): each running total
+        (``_base``, scaled by ``_coef``, grown with the snapshot's integral ``_BY``
+        names) at a stretch's end less at its start, times the span's rates."""
         base, coef = self._base, self._coef
         energy_j = bound_j = 0.0
-        for rates, lo, hi in span.pieces:
+        for rates, lo, hi in pieces:
             b0, c0, b1, c1 = base[lo[0]], coef[lo[0]], base[hi[0]], coef[hi[0]]
             t0, t1 = lo[1], hi[1]
             if rates is None:
                 energy_j += b1[4] + c1[4] * t1 - b0[4] - c0[4] * t0
                 bound_j += b1[10] + c1[10] * t1 - b0[10] - c0[10] * t0
                 continue
-            f0, f1 = lo[2], hi[2]
-            energy_j += (
-                b1[3] + c1[3] * f1 - b0[3] - c0[3] * f0 + b1[5] + c1[5] * t1 - b0[5] - c0[5] * t0
-            )
-            bound_j += (
-                b1[9]
-                + c1[9] * f1
-                - b0[9]
-                - c0[9] * f0
-                + b1[11]
-                + c1[11] * t1
-                - b0[11]
-                - c0[11] * t0
-            )
-            x, y, z = rates
+            energy_j += b1[5] + c1[5] * t1 - b0[5] - c0[5] * t0
+            bound_j += b1[11] + c1[11] * t1 - b0[11] - c0[11] * t0
+            x, y, z, steps = rates
+            if steps:  # its share of the fixed term: its steps over the spans served
+                f0, f1 = lo[2], hi[2]
+                energy_j += steps * (b1[3] + c1[3] * f1 - b0[3] - c0[3] * f0)
+                bound_j += steps * (b1[9] + c1[9] * f1 - b0[9] - c0[9] * f0)
             if x:
                 energy_j += x * (b1[0] + c1[0] * t1 - b0[0] - c0[0] * t0)
                 bound_j += x * (b1[6] + c1[6] * t1 - b0[6] - c0[6] * t0)
@@ -250,33 +315,79 @@ class TokenShares:
                 energy_j += z * (b1[2] + c1[2] * t1 - b0[2] - c0[2] * t0)
                 bound_j += y * (b1[7] + c1[7] * t1 - b0[7] - c0[7] * t0)
                 bound_j += z * (b1[8] + c1[8] * t1 - b0[8] - c0[8] * t0)
+        return energy_j, bound_j
+
+    def _equal(self, lo: Snap, hi: Snap) -> tuple[float, float, float, float]:
+        """(GPU-seconds, equal split's energy where it applied, its bound, the equal
+        split's energy had it applied throughout) per span from ``lo`` to ``hi``."""
+        base, coef = self._base, self._coef
+        b0, c0, b1, c1 = base[lo[0]], coef[lo[0]], base[hi[0]], coef[hi[0]]
+        return (
+            b1[12] + c1[12] * hi[3] - b0[12] - c0[12] * lo[3],
+            b1[13] + c1[13] * hi[4] - b0[13] - c0[13] * lo[4],
+            b1[14] + c1[14] * hi[5] - b0[14] - c0[14] * lo[5],
+            b1[15] + c1[15] * hi[4] - b0[15] - c0[15] * lo[4],
+        )
+
+    def _share(self, span: TokenSpan, partial: bool, estimated: bool = False) -> SpanShare:
+        """What ``span`` received over its stretches (their windows shared out), and the
+        part of it before its first token."""
+        pieces = span.pieces
+        split = span.split
+        if split is None:
+            before_j, bound_j = self._energy(pieces)
+            after_j = 0.0
+        else:
+            before_j, bound_j = self._energy(pieces[: split[0]])
+            after_j, after_bound_j = self._energy(pieces[split[0] :])
+            bound_j += after_bound_j
         if span.weighed and span.tokens is not None:
-            bound_j += energy_j * self.relative_spread(span.tokens)
+            bound_j += (before_j + after_j) * self.relative_spread(span.tokens)
         gpu_s = 0.0
-        if span.pieces:  # per span over its life: GPU-seconds, and the equal split's
-            lo, hi = span.first, span.pieces[-1][2]
-            b0, c0, b1, c1 = base[lo[0]], coef[lo[0]], base[hi[0]], coef[hi[0]]
-            gpu_s = b1[12] + c1[12] * hi[3] - b0[12] - c0[12] * lo[3]
-            energy_j += b1[13] + c1[13] * hi[4] - b0[13] - c0[13] * lo[4]
-            bound_j += b1[14] + c1[14] * hi[5] - b0[14] - c0[14] * lo[5]
+        if pieces:  # per span over its life: GPU-seconds, and the equal split's
+            last = pieces[-1][2]
+            mid = split[1] if split is not None else last
+            gpu_s, equal_j, equal_bound_j, even_j = self._equal(span.first, mid)
+            before_j += equal_j
+            bound_j += equal_bound_j
+            if split is not None:
+                more_s, equal_j, equal_bound_j, more_j = self._equal(mid, last)
+                gpu_s += more_s
+                after_j += equal_j
+                bound_j += equal_bound_j
+                even_j += more_j
+            # The model's own error: a share of how far it moved the span from the
+            # equal split (0 where the equal split applied).
+            bound_j += MODEL_SHARE * abs(before_j + after_j - even_j)
         if span.carried is not None:
-            energy_j += span.carried[0]
+            before_j += span.carried[0]
             gpu_s += span.carried[1]
             bound_j += span.carried[2]
-        return SpanShare(energy_j, gpu_s, bound_j, partial, estimated)
+        share = SpanShare(before_j + after_j, gpu_s, bound_j, partial, estimated)
+        first_s = span.first_token_s
+        if first_s is not None and not partial and (split is not None or pieces):
+            if span.carried is not None and first_s < span.carried_until_s:
+                return share  # the equal split before does not say which part was which
+            if split is None and first_s <= span.start_s + MIN_PHASE_S:
+                before_j, after_j = 0.0, before_j  # no stretch before its first token
+            share.prefill_energy_j = before_j
+            share.decode_energy_j = after_j
+        return share
 
     def _close_piece(self, span: TokenSpan) -> None:
-        now = self.snap()
-        span.pieces.append((span.rates if span.weighed else None, span.at, now))
+        raw = self._win.raw
+        now = (self.window, raw[0], raw[1], raw[2], raw[3], raw[4])
+        rates = span.rates if span.weighed else None
+        span.pieces.append((rates, span.at, now))
         span.at = now
 
     def _set_rates(self, span: TokenSpan, rates: Rates) -> None:
         sums = self.sums
         old = span.rates
-        self.decoding += (rates[1] > 0.0) - (old[1] > 0.0)
         sums[0] += rates[0] - old[0]
         sums[1] += rates[1] - old[1]
         sums[2] += rates[2] - old[2]
+        sums[3] += rates[3] - old[3]
         span.rates = rates
 
     # -- sweeping --------------------------------------------------------------------
@@ -292,116 +403,163 @@ class TokenShares:
         theta: Theta | None,
     ) -> IntervalTokens:
         """Add ``interval``'s busy energy ``busy_j`` (bound ``bound_j``) to the open
-        window; ``events[:end_index]`` are the starts, first tokens and ends inside it.
-        ``theta``: the weights (None: not known, the equal split), taken when a window
-        opens. The window closes after this interval when it is long enough or nothing
-        runs at its end; the spans that ended in it then go to ``done``. Returns the
-        token work the interval held."""
-        if self._fresh:
-            self._open(theta)
+        window; ``events[:end_index]`` are the starts, service starts, first tokens and
+        ends inside it. ``theta``: the weights (None: not known yet). The window closes
+        after this interval when it is long enough or nothing runs at its end; it is
+        shared out then (or, while the weights are not known, once they are or after
+        ``hold_s``), and the spans that ended in it go to ``done``. Returns the token
+        work the interval held."""
+        self._theta = theta
+        win = self._win
         busy_s = interval.busy_s
         self._k = busy_j / busy_s if busy_s > 0 else 0.0
         self._kb = bound_j / busy_s if busy_s > 0 else 0.0
         t0, t1 = interval.start_s, interval.end_s
+        if win.from_s != win.from_s:  # NaN: its first interval
+            win.from_s = t0
         held = [0.0, 0.0, 0.0, 0.0, 0.0]  # ∫ steps/s, ∫ Σ rates (three), ∫ unweighed
         cursor = t0
         for j in range(end_index):
             t, kind, _, span = events[j]
             if self.active > 0 and t > cursor:
-                self._segment(t - cursor, held)
+                self._segment(t - cursor, held, cursor)
             cursor = t
             if kind == START:
                 self._start(span)
             elif kind == END:
                 self._end(span, estimated_before_s)
-            elif span.weighed and self.spans.get(span.key) is span:
-                self._close_piece(span)  # the first token: the decode phase from here
-                self._set_rates(span, span.second)
+            elif self.spans.get(span.key) is span and span.started:
+                if kind == SERVE:
+                    self._serve(span)
+                else:
+                    self._first_token(span)
         if self.active > 0 and t1 > cursor:
-            self._segment(t1 - cursor, held)
-        self._busy_j += busy_j
-        self._bound_j += bound_j
-        window_held = self._held
-        for i in range(4):
-            window_held[i] += held[i]
-        if self.active == 0 or self._raw[0] >= WINDOW_S:
-            self.close_window(done)
+            self._segment(t1 - cursor, held, cursor)
+        win.busy_j += busy_j
+        win.bound_j += bound_j
+        win.intervals += busy_s > 0
+        if self.active == 0 or win.raw[0] >= WINDOW_S:
+            self._close(done, t1)
         return IntervalTokens(interval.busy_s, *held)
 
-    def _open(self, theta: Theta | None) -> None:
-        """A new window under ``theta`` (None: the equal split)."""
-        self._fresh = False
-        self.equal = theta is None
-        self.theta = (0.0, 0.0, 0.0, 0.0) if theta is None else theta
-
-    def _segment(self, dt: float, held: list[float]) -> None:
+    def _segment(self, dt: float, held: list[float], from_s: float) -> None:
         """A stretch of ``dt`` s with the same spans in the same phases."""
-        f_j, alpha, beta, gamma = self.theta
-        s0, s1, s2 = self.sums
+        s0, s1, s2, s3 = self.sums
         n = self.active
         known = self.weighed
-        step_rate = s1 / self.decoding if self.decoding else 0.0
-        raw = self._raw
+        serving = self.serving
+        served = serving + n - known  # spans with no tokens count as served
+        win = self._win
+        raw = win.raw
         raw[0] += dt
-        raw[1] += step_rate * dt / n
+        if served:
+            raw[1] += dt / served
         raw[2] += dt / n
         raw[3] += self._k * dt / n
         raw[4] += self._kb * dt / n
-        if not self.equal:
-            # A floor, so that calls with no work predicted still share what ran.
-            self._weighed_j += (
-                f_j * step_rate * known / n + alpha * s0 + beta * s1 + gamma * s2 + FLOOR_W * known
-            ) * dt
-            self._weighed_s += known * dt
-            self._unweighed_s += (n - known) * dt
-        held[0] += step_rate * dt
+        sums = win.sums
+        steps = s3 * dt / serving if serving else 0.0  # the server's steps: their mean
+        sums[0] += steps
+        sums[1] += s0 * dt
+        sums[2] += s1 * dt
+        sums[3] += s2 * dt
+        if served:
+            sums[4] += s3 * dt / served
+        sums[5] += known * dt
+        sums[6] += self.serving * dt
+        sums[7] += (n - known) * dt
+        held[0] += steps
         held[1] += s0 * dt
         held[2] += s1 * dt
-        held[3] += s2 * dt
+        ramp = self.ramp
+        if ramp[1]:  # each decoded token read against its context so far
+            held[3] += (ramp[0] + ramp[1] * (from_s + dt / 2 - self._origin_s)) * dt  # type: ignore[operator]
         held[4] += (n - known) * dt
 
+    def _close(self, done: dict[Hashable, SpanShare], now_s: float) -> None:
+        """The open window closes: shared out now, or held for the weights."""
+        win = self._win
+        self._held.append(win)
+        self.window = win.index + 1
+        self._win = _Window(self.window)
+        held_s = now_s - self._held[0].from_s
+        if self._theta is not None or held_s >= self.hold_s or not self.hold_s:
+            self.share_out(done)
+
     def close_window(self, done: dict[Hashable, SpanShare]) -> None:
-        """Close the open window: its scale factors, then the spans that ended in it."""
-        w = self.window
-        f_j, alpha, beta, gamma = self.theta
-        if self._weighed_s > 0:  # spans with no tokens: the mean power of those with
-            self.unweighed_w = self._weighed_j / self._weighed_s
-        unweighed_w = self.unweighed_w
-        predicted_j = self._weighed_j + unweighed_w * self._unweighed_s
-        # Split equally, instant by instant: with no weights, or no span with tokens.
-        equal = self.equal or not self._weighed_s
-        k = self._busy_j / predicted_j if predicted_j > 0 and not equal else 0.0
-        kb = self._bound_j / predicted_j if predicted_j > 0 and not equal else 0.0
-        # A term nobody ran in this window moves no share: 0 (not a scale factor that
-        # may be huge where little was predicted, and would cost the totals precision).
-        used = self._held
-        terms = (
-            alpha if used[1] else 0.0,
-            beta if used[2] else 0.0,
-            gamma if used[3] else 0.0,
-            f_j if used[0] else 0.0,
-            unweighed_w if self._unweighed_s else 0.0,
-            FLOOR_W if self._weighed_s else 0.0,
-        )
-        co = (*(k * v for v in terms), *(kb * v for v in terms), 1.0, float(equal), float(equal))
-        self._coef[w] = co
-        self._base[w + 1] = _advance(self._base[w], co, self._raw)
-        for span, estimated in self._ending:
-            done[span.key] = self._share(span, span.partial, estimated)
-        self._ending.clear()
-        self.window = w + 1
-        self._raw = [0.0] * 5
-        self._busy_j = self._bound_j = 0.0
-        self._weighed_j = self._weighed_s = self._unweighed_s = 0.0
-        self._held = [0.0, 0.0, 0.0, 0.0]
-        self._fresh = True
+        """Close the open window and share out every window closed: a flush or an exit
+        (split equally where the weights are not known yet); the spans that ended in
+        them go to ``done``."""
+        if self._win.from_s == self._win.from_s or self._win.ending:
+            self._held.append(self._win)
+            self.window += 1
+            self._win = _Window(self.window)
+        self.share_out(done)
+
+    def share_out(self, done: dict[Hashable, SpanShare]) -> None:
+        """Share out the windows held, in order, under the weights last seen."""
+        for win in self._held:
+            self._share_window(win, self._theta, done)
+        self._held.clear()
         if self.active == 0:  # nobody holds a snapshot: rebase (precision, memory)
-            self.sums = [0.0, 0.0, 0.0]
-            self.decoding = 0
-            self._base = {w + 1: _ZERO}
+            self.sums = [0.0, 0.0, 0.0, 0.0]
+            self._base = {self.window: _ZERO}
             self._coef = {}
-        elif self.window % 256 == 0:
+        elif len(self._base) > 512:
             self._prune()
+
+    def _share_window(
+        self, win: _Window, theta: Theta | None, done: dict[Hashable, SpanShare]
+    ) -> None:
+        """Window ``win``'s scale factors under ``theta``, then the spans that ended in it."""
+        w = win.index
+        sums = win.sums
+        known_s, served_s, unweighed_s = sums[5], sums[6], sums[7]
+        # Split equally, instant by instant: with no weights, or no span with tokens.
+        equal = theta is None or not known_s
+        if equal:
+            self.equal_intervals += win.intervals
+            terms = (0.0,) * _TERMS
+            k = kb = 0.0
+        else:
+            assert theta is not None
+            f_j, alpha, beta, gamma = theta
+            weighed_j = (
+                f_j * sums[4]
+                + alpha * sums[1]
+                + beta * sums[2]
+                + gamma * sums[3]
+                + FLOOR_W * known_s
+            )
+            if served_s > 0:  # spans with no tokens: the mean power of those served
+                self.unweighed_w = weighed_j / served_s
+            unweighed_w = self.unweighed_w
+            predicted_j = weighed_j + unweighed_w * unweighed_s
+            k = win.busy_j / predicted_j if predicted_j > 0 else 0.0
+            kb = win.bound_j / predicted_j if predicted_j > 0 else 0.0
+            # A term nobody ran in this window moves no share: 0 (not a scale factor
+            # that may be huge where little was predicted, and would cost the totals
+            # precision).
+            terms = (
+                alpha if sums[1] else 0.0,
+                beta if sums[2] else 0.0,
+                gamma if sums[3] else 0.0,
+                f_j if sums[4] else 0.0,
+                unweighed_w if unweighed_s else 0.0,
+                FLOOR_W,
+            )
+        co = (
+            *(k * v for v in terms),
+            *(kb * v for v in terms),
+            1.0,
+            float(equal),
+            float(equal),
+            1.0,
+        )
+        self._coef[w] = co
+        self._base[w + 1] = _advance(self._base[w], co, win.raw)
+        for span, estimated in win.ending:
+            done[span.key] = self._share(span, span.partial, estimated)
 
     def _prune(self) -> None:
         """Forget the windows no running span's snapshot is in."""
@@ -418,30 +576,70 @@ class TokenShares:
         span.started = True
         span.at = span.first = now
         self.active += 1
-        tokens = span.tokens
-        placed = span.placed if tokens is not None and span.end_s != math.inf else None
+        placed = span.placed if span.tokens is not None and span.end_s != math.inf else None
         if placed is not None:
-            first, _, second = placed
             span.weighed = True
-            span.second = second
             self.weighed += 1
-            self._set_rates(span, first)
+            if placed.serve_s <= span.start_s:
+                self._serve(span, piece=False)
+
+    def _serve(self, span: TokenSpan, piece: bool = True) -> None:
+        """Its prefill begins: it is served from here, at its first phase's rates."""
+        placed = span.placed
+        if not span.weighed or span.serving or placed is None:
+            return
+        if piece:
+            self._close_piece(span)
+        span.serving = True
+        self.serving += 1
+        self._set_rates(span, placed.first)
+
+    def _first_token(self, span: TokenSpan) -> None:
+        """Its first token: the decode phase from here."""
+        self._close_piece(span)
+        span.split = (len(span.pieces), span.at)
+        placed = span.placed
+        if span.weighed and placed is not None and placed.second is not None:
+            if not span.serving:
+                span.serving = True
+                self.serving += 1
+            self._set_rates(span, placed.second)
+            self._set_ramp(span, placed)
 
     def _end(self, span: TokenSpan, estimated_before_s: float) -> None:
         self._close_piece(span)
         self._leave(span)
         del self.spans[span.key]
-        self._ending.append((span, span.start_s < estimated_before_s))
+        self._win.ending.append((span, span.start_s < estimated_before_s))
+
+    def _set_ramp(self, span: TokenSpan, placed: Placement) -> None:
+        """Its decode context term, for the fit: ``y·(input + y·(t − first))``."""
+        tokens = span.tokens
+        if tokens is None or placed.second is None:
+            return
+        if self._origin_s is None:
+            self._origin_s = placed.first_s
+        y = placed.second[1]
+        slope = y * y
+        constant = y * tokens.input_tokens - slope * (placed.first_s - self._origin_s)
+        span.ramp = (constant, slope)
+        self.ramp[0] += constant
+        self.ramp[1] += slope
 
     def _leave(self, span: TokenSpan) -> None:
         if span.started:
             self.active -= 1
             if span.weighed:
                 self.weighed -= 1
-                self._set_rates(span, (0.0, 0.0, 0.0))
+                if span.serving:
+                    self.serving -= 1
+                self._set_rates(span, _NONE)
+                if span.ramp[1]:
+                    self.ramp[0] -= span.ramp[0]
+                    self.ramp[1] -= span.ramp[1]
                 if self.weighed == 0:
-                    self.sums = [0.0, 0.0, 0.0]  # nobody's rates left (precision)
-                    self.decoding = 0
+                    self.sums = [0.0, 0.0, 0.0, 0.0]  # nobody's rates left (precision)
+                    self.ramp = [0.0, 0.0]
 
     # -- leaving early ---------------------------------------------------------------
     def release(self, ended_by_s: float, done: dict[Hashable, SpanShare]) -> int:
@@ -456,8 +654,7 @@ class TokenShares:
         """At exit: spans not complete get what they have so far, flagged partial."""
         self._drop(list(self.spans.values()))
         self.close_window(done)
-        self.sums = [0.0, 0.0, 0.0]
-        self.decoding = 0
+        self.sums = [0.0, 0.0, 0.0, 0.0]
 
     def _drop(self, spans: list[TokenSpan]) -> None:
         """``spans`` leave now, partial: they complete when the window closes."""
@@ -467,7 +664,7 @@ class TokenShares:
             self._leave(span)
             del self.spans[span.key]
             span.partial = True
-            self._ending.append((span, False))
+            self._win.ending.append((span, False))
 
 
 def _advance(

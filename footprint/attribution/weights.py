@@ -23,7 +23,7 @@ from itertools import combinations
 from footprint.attribution.tokens import IntervalTokens, SpanTokens, Theta, context_of
 
 BLOCK_S = 2.0  # busy seconds per block of intervals
-SPAN_BLOCKS = 5  # each fitted row sums this many consecutive blocks (overlapping rows)
+SPAN_BLOCKS = 15  # each fitted row sums this many consecutive blocks (overlapping rows)
 MIN_BLOCKS = 30  # rows (effective, after forgetting) before the fit is used
 FORGET = 0.998  # weight kept by the blocks so far each time a block is added
 REFIT_ROWS = 5  # once determined, the weights are fitted again every this many rows
@@ -182,12 +182,17 @@ class TokenWeights:
         if theta is None or cov is None:
             return 0.0
         decode = max(tokens.output_tokens - 1, 0)
-        x = (0.0, float(tokens.input_tokens), float(decode), decode * context_of(tokens))
-        own = sum(t * v for t, v in zip(theta, x, strict=True))
+        x1 = float(tokens.input_tokens)
+        x2 = float(decode)
+        x3 = decode * context_of(tokens)
+        own = theta[1] * x1 + theta[2] * x2 + theta[3] * x3
         if own <= 0.0:
             return 0.0
-        var = 0.0
-        for i in range(1, _DIM):  # x[0] is 0: the fixed term is shared, not the span's own
-            row, xi = cov[i], x[i]
-            var += xi * (row[1] * x[1] + row[2] * x[2] + row[3] * x[3])
+        # x[0] is 0: the fixed term is shared, not the span's own
+        c1, c2, c3 = cov[1], cov[2], cov[3]
+        var = (
+            x1 * (c1[1] * x1 + c1[2] * x2 + c1[3] * x3)
+            + x2 * (c2[1] * x1 + c2[2] * x2 + c2[3] * x3)
+            + x3 * (c3[1] * x1 + c3[2] * x2 + c3[3] * x3)
+        )
         return 2.0 * math.sqrt(max(var, 0.0)) / own
