@@ -245,3 +245,26 @@ def test_calls_on_two_slices_share_the_gpu_by_slice_size(tmp_path, monkeypatch) 
     for r in idle:  # conservation per slice
         got = sum(x["energy_j"] for x in records if r["device_uuid"] in x["gpus"])
         assert got + r["i"] + r["l"] == pytest.approx(r["m"], rel=1e-9)
+
+
+# --- footprint devices -----------------------------------------------------------------
+
+
+def test_devices_json_lists_mig_slices_with_parent_profile_and_share(monkeypatch, capsys) -> None:
+    import json
+    import sys
+
+    from footprint.cli import main
+
+    monkeypatch.setitem(sys.modules, "pynvml", make_fake_pynvml([mig_gpu(), FakeGpu(PLAIN)]))
+    monkeypatch.setitem(sys.modules, "amdsmi", None)
+    main(["devices", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert [g["uuid"] for g in out["gpus"]] == [*MIGS, PLAIN]
+    rows = {r["uuid"]: r for r in out["devices"] if r["kind"] == "gpu"}
+    slice_row = rows[MIGS[1]]
+    assert (slice_row["parent"], slice_row["profile"]) == (PARENT, "2g.20gb")
+    assert slice_row["share"] == pytest.approx(2 / 7)
+    assert slice_row["vendor"] == "NVIDIA" and slice_row["energy_method"] == "counter"
+    assert "static split" in slice_row["missing"] and "0.2857" in slice_row["missing"]
+    assert rows[PLAIN]["share"] is None and rows[PLAIN]["missing"] is None

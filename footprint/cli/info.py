@@ -48,13 +48,16 @@ def _print_devices(result: dict[str, Any]) -> None:
         )
         for d in result["devices"]:
             index = "-" if d["index"] is None else str(d["index"])
+            energy = d["energy_method"]
+            if d.get("share") is not None:  # a MIG device: a share of its GPU's reading
+                energy = f"{energy} x {d['share']:.3f} of its GPU"
             table.add_row(
                 d["kind"],
                 index,
                 d["vendor"] or "?",
                 d["model"] or "?",
                 d["uuid"] or "-",
-                d["energy_method"],
+                energy,
                 d["missing"] or "",
             )
         console.print(table)

@@ -35,9 +35,10 @@ def survey(spec: str, cpuinfo: Path = CPUINFO) -> dict[str, Any]:
 
     ``gpus``/``gpu_note``: what the runtime measures with ``spec`` (and why nothing);
     ``devices``: one row per device found by any library ``spec`` allows, with ``vendor``,
-    ``model``, ``energy_method`` (counter | power | simulated | missing) and ``missing``
-    (what is not measured and why; None when nothing is); ``libraries``: why each library
-    found nothing.
+    ``model``, ``energy_method`` (counter | power | simulated | missing), ``missing``
+    (what is not measured and why; None when nothing is) and, for an NVIDIA MIG device,
+    ``parent`` (its GPU's UUID), ``profile`` and ``share`` (of the GPU's energy);
+    ``libraries``: why each library found nothing.
     """
     name = spec.partition(":")[0]
     rows: list[dict[str, Any]] = []
@@ -108,6 +109,12 @@ def _gpu_rows(sensor: Sensor, vendor: str | None) -> list[dict[str, Any]]:
                 "per-die energy: the driver reports the package's total here and 0 on its "
                 "other die(s); calls on any die of the package share this reading"
             )
+        if device.parent_uuid is not None:
+            missing = (
+                "per-slice energy (NVML measures the whole GPU only): a static split gives "
+                f"this MIG device {device.share or 0.0:.4f} of its parent GPU's energy, "
+                "idle included, by compute slices"
+            )
         rows.append(_gpu_row(device, device.vendor or vendor, missing))
         die_indices: dict[str, int] = getattr(sensor, "die_indices", {})
         for uuid in device.covers_uuids:
@@ -134,6 +141,7 @@ def _gpu_rows(sensor: Sensor, vendor: str | None) -> list[dict[str, Any]]:
                 "energy_method": ENERGY_MISSING,
                 "shares_with": None,
                 "missing": f"energy: {reason}",
+                **_mig_keys(None),
             }
         )
     return rows
@@ -149,7 +157,15 @@ def _gpu_row(device: DeviceInfo, vendor: str | None, missing: str | None) -> dic
         "energy_method": device.energy_method,
         "shares_with": None,
         "missing": missing,
+        **_mig_keys(device),
     }
+
+
+def _mig_keys(device: DeviceInfo | None) -> dict[str, Any]:
+    """``parent``, ``profile`` and ``share`` of a MIG device (None for any other)."""
+    if device is None or device.parent_uuid is None:
+        return {"parent": None, "profile": None, "share": None}
+    return {"parent": device.parent_uuid, "profile": device.profile, "share": device.share}
 
 
 def _cpu_rows(sensor: Sensor | None, reason: str, cpuinfo: Path) -> list[dict[str, Any]]:
@@ -169,6 +185,7 @@ def _cpu_rows(sensor: Sensor | None, reason: str, cpuinfo: Path) -> list[dict[st
                 "energy_method": ENERGY_MISSING,
                 "shares_with": None,
                 "missing": missing,
+                **_mig_keys(None),
             }
         ]
     return [
@@ -181,6 +198,7 @@ def _cpu_rows(sensor: Sensor | None, reason: str, cpuinfo: Path) -> list[dict[st
             "energy_method": device.energy_method,
             "shares_with": None,
             "missing": None,
+            **_mig_keys(None),
         }
         for device in sensor.devices
     ]
