@@ -20,14 +20,9 @@ from footprint.sensors import (
     open_gpu_backends,
     open_gpu_sensor,
 )
+from footprint.sensors.rapl import RAPL_FIX, is_permission_problem
 
 CPUINFO = Path("/proc/cpuinfo")
-RAPL_FIX = (
-    "fix: let this user read the counters, e.g. `sudo chmod a+r "
-    "/sys/class/powercap/intel-rapl:*/energy_uj` (until reboot; a udev rule or a "
-    "tmpfiles.d entry makes it last). Root-only since CVE-2020-8694: readable counters "
-    "let local users observe power draw"
-)
 
 
 def survey(spec: str, cpuinfo: Path = CPUINFO) -> dict[str, Any]:
@@ -173,7 +168,7 @@ def _cpu_rows(sensor: Sensor | None, reason: str, cpuinfo: Path) -> list[dict[st
     vendor, model = cpu_identity(cpuinfo)
     if sensor is None:
         missing = f"energy: {reason}"
-        if "permission denied" in reason or "readable only by root" in reason:
+        if is_permission_problem(reason):
             missing = f"{missing}; {RAPL_FIX}"
         return [
             {
