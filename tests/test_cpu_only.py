@@ -177,3 +177,22 @@ def test_unreadable_rapl_is_said_once_with_the_fix(tmp_path, monkeypatch) -> Non
     texts = [str(w.message) for w in caught if "RAPL" in str(w.message)]
     assert len(texts) == 1
     assert "permission denied" in texts[0] and "chmod a+r /sys/class/powercap" in texts[0]
+
+
+def test_devices_on_a_cpu_only_host_lists_package_and_dram(tmp_path, monkeypatch, capsys) -> None:
+    from footprint.cli import main
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    monkeypatch.setitem(sys.modules, "amdsmi", None)
+    root = cpu_tree(tmp_path / "powercap")
+    monkeypatch.setattr(rapl, "open_rapl", lambda: REAL_OPEN_RAPL(root))
+    main(["devices", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["calls_energy_from"] == "cpu"
+    assert [(r["uuid"], r["energy_method"]) for r in out["devices"]] == [
+        ("cpu-package-0", "counter"),
+        ("cpu-dram-0", "counter"),
+    ]
+    assert out["devices"][1]["model"] == "DRAM of package 0"
+    main(["devices"])
+    assert "energy_source=cpu" in capsys.readouterr().out.replace("\n", " ")

@@ -62,11 +62,13 @@ def _print_devices(result: dict[str, Any]) -> None:
             )
         console.print(table)
     if not result["gpus"]:
-        console.print(
-            f"No GPU measured: {result['gpu_note']}. Queries will be recorded with "
-            "energy_source=missing.",
-            markup=False,
+        then = (
+            "Queries' energy will be their share of the CPU packages' (and DRAM's) RAPL "
+            "energy: energy_source=cpu."
+            if result["cpus"]
+            else "Queries will be recorded with energy_source=missing."
         )
+        console.print(f"No GPU measured: {result['gpu_note']}. {then}", markup=False)
     else:
         uuids = ", ".join(g["uuid"] for g in result["gpus"])
         console.print(f"GPU energy (sensor={result['sensor']}): {uuids}", markup=False)

@@ -20,7 +20,7 @@ from footprint.sensors import (
     open_gpu_backends,
     open_gpu_sensor,
 )
-from footprint.sensors.rapl import RAPL_FIX, is_permission_problem
+from footprint.sensors.rapl import DRAM_UUID_PREFIX, RAPL_FIX, is_permission_problem
 
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -61,6 +61,9 @@ def survey(spec: str, cpuinfo: Path = CPUINFO) -> dict[str, Any]:
     libraries["rapl"] = cpu_reason or None
     return {
         "sensor": spec,
+        # What a call's energy is: the GPUs' share, or on a host with no GPU measured the
+        # CPU packages' and DRAM's (energy_source=cpu); None: nothing measured.
+        "calls_energy_from": "gpu" if gpus else ("cpu" if cpus else None),
         "gpus": gpus,
         "gpu_note": reason or None,
         "cpus": cpus,
@@ -194,6 +197,7 @@ def _cpu_rows(sensor: Sensor | None, reason: str, cpuinfo: Path) -> list[dict[st
             "shares_with": None,
             "missing": None,
             **_mig_keys(None),
+            **({"model": device.name} if device.uuid.startswith(DRAM_UUID_PREFIX) else {}),
         }
         for device in sensor.devices
     ]
