@@ -987,3 +987,73 @@ def test_without_an_energy_counter_only_the_power_reading_is_timed(monkeypatch, 
     assert "skipped" in timing["energy_counter"] and "skipped" in timing["window"]
     assert timing["power"]["power_usage"]["response"] == "instantaneous"
     assert load.calls == [(0.2, 0)]
+
+
+# --- --vendor amd and the MIG check ----------------------------------------------------
+
+
+def test_amd_path_compares_footprint_with_the_accumulator(capsys, monkeypatch) -> None:
+    """On main there was no AMD path: --vendor was an unknown argument (exit 2)."""
+    from tests.fake_amdsmi import make_fake_amdsmi, mi300x_host
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    (gpu,) = mi300x_host(1)
+    gpu.power_w = IDLE_W
+    smi = make_fake_amdsmi([gpu], now_s=time.monotonic)
+    lock = threading.Lock()
+
+    def load(seconds: float, device_index: int) -> None:
+        """400 W on the fake MI300X while it runs."""
+        with lock:
+            smi.fake_state.gpu_of(smi.fake_state.handles[0])  # bring it up to now
+            gpu.power_w = 400.0
+        time.sleep(seconds)
+        with lock:
+            smi.fake_state.gpu_of(smi.fake_state.handles[0])
+            gpu.power_w = IDLE_W
+
+    argv = [*FAST, "--vendor", "amd", "--serial-queries", "3", "--seconds-per-load", "0.3"]
+    code, report, err = run_main(argv, capsys, load=load, smi=smi)
+    assert code == 0, err
+    assert (report["vendor"], report["gpu_uuid"]) == ("amd", gpu.uuid)
+    assert report["idle_w"] == pytest.approx(IDLE_W, rel=0.02)
+    serial = report["serial"]
+    assert serial["records"] == 3
+    for query in serial["queries"]:  # 400 W for 0.3 s, within a sampling period or two
+        assert query["direct_j"] == pytest.approx(120.0, abs=400 * 2 * SAMPLING_S + 2)
+        assert query["attributed_j"] == pytest.approx(query["direct_j"], abs=400 * 4 * SAMPLING_S)
+    assert abs(serial["internal_conservation_error_j"]) < 1e-6
+    assert serial["measured_j"] <= serial["direct_phase_delta_j"] + 1.0
+
+
+def test_amd_path_without_amdsmi_exits_0(capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "amdsmi", None)
+    code, report, _ = run_main(["--vendor", "amd"], capsys)
+    assert code == 0
+    assert report["gpu"] is False and "amdsmi" in report["reason"]
+
+
+def test_mig_check_slices_add_up_to_the_parent_counter(capsys, monkeypatch) -> None:
+    """On main a MIG host made the script fail (MIG devices were refused)."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    slices = [
+        fk.FakeMigSlice(f"MIG-{n}0000000-0000-4000-8000-000000000000", size, power_w=w)
+        for n, size, w in ((1, 3, 90.0), (2, 4, 40.0))
+    ]
+    gpu = FakeGpu(
+        UUID, power_w=10.0, mig_mode=1, mig_slices=slices, counter_update_period_s=PERIOD_S
+    )
+    fake = make_fake_pynvml([gpu], clock=RealTimeClock())
+    argv = [*FAST, "--mig-seconds", "0.5"]
+    code, report, err = run_main(argv, capsys, nvml=fake, load=None)
+    assert code == 0, err
+    assert "MIG device" in report["reason"]
+    (parent,) = report["mig"]["gpus"]
+    assert parent["parent_uuid"] == UUID
+    assert parent["shares_sum"] == pytest.approx(1.0)
+    assert parent["parent_direct_delta_j"] == pytest.approx(140 * 0.5, rel=0.25)
+    # footprint reads the parent just before the direct read: a counter step apart at most
+    assert abs(parent["sum_minus_parent_j"]) <= 140 * PERIOD_S + 0.01
+    assert [s["share"] for s in parent["slices"]] == pytest.approx([3 / 7, 4 / 7])
+    for s in parent["slices"]:
+        assert s["delta_j"] == pytest.approx(parent["slices_sum_j"] * s["share"], rel=1e-4)

@@ -48,22 +48,27 @@ def _print_devices(result: dict[str, Any]) -> None:
         )
         for d in result["devices"]:
             index = "-" if d["index"] is None else str(d["index"])
+            energy = d["energy_method"]
+            if d.get("share") is not None:  # a MIG device: a share of its GPU's reading
+                energy = f"{energy} x {d['share']:.3f} of its GPU"
             table.add_row(
                 d["kind"],
                 index,
                 d["vendor"] or "?",
                 d["model"] or "?",
                 d["uuid"] or "-",
-                d["energy_method"],
+                energy,
                 d["missing"] or "",
             )
         console.print(table)
     if not result["gpus"]:
-        console.print(
-            f"No GPU measured: {result['gpu_note']}. Queries will be recorded with "
-            "energy_source=missing.",
-            markup=False,
+        then = (
+            "Queries' energy will be their share of the CPU packages' (and DRAM's) RAPL "
+            "energy: energy_source=cpu."
+            if result["cpus"]
+            else "Queries will be recorded with energy_source=missing."
         )
+        console.print(f"No GPU measured: {result['gpu_note']}. {then}", markup=False)
     else:
         uuids = ", ".join(g["uuid"] for g in result["gpus"])
         console.print(f"GPU energy (sensor={result['sensor']}): {uuids}", markup=False)

@@ -159,6 +159,8 @@ def assemble(
     held_known = capacity.known
     ranked = sorted(fold.by_model.items(), key=lambda kv: (-kv[1]["co2e_g"], kv[0]))
     models = [figures({"model": name}, acc, found.get(name), held_known) for name, acc in ranked]
+    for row in models:  # where each model's energy comes from (cpu: a CPU-only host)
+        row["energy_sources"] = dict(sorted(fold.sources_by_model[row["model"]].items()))
     others = None
     if len(ranked) > TOP_MODELS + 1:
         rest = zero()

@@ -137,6 +137,14 @@ def measurement_notes(fold: Fold, lost_j: float, bounded: int, measured_n: int) 
                 else "no ± figure is shown."
             )
         )
+    on_cpu = fold.by_source.get("cpu", 0) + fold.by_source.get("cpu-estimated", 0)
+    if on_cpu:
+        notes.append(
+            f"{on_cpu:,} queries ran where no GPU was measured (energy_source=cpu): their "
+            "energy is their share of the CPU packages' and DRAM's energy (RAPL), attributed "
+            "as GPU energy is, and priced the same way; it is shown as their model's energy. "
+            "The CPU's idle energy is not in the fully loaded figures."
+        )
     simulated = fold.by_source.get("simulated")
     if simulated:
         notes.append(

@@ -136,6 +136,8 @@ class Fold:
         self.by_day: dict[str, dict[str, list[float]]] = {}
         self.total = zero()
         self.by_source: dict[str, int] = defaultdict(int)
+        # Per model, its queries by energy_source (a CPU-only host's: cpu).
+        self.sources_by_model: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.factor_sets: dict[tuple, dict[str, Any]] = {}
         self.zones: dict[str, list[float]] = {}  # zone: [GPU J, facility J, CO2e g, CO2e n]
         self.measured: dict[str, int] = defaultdict(int)
@@ -267,7 +269,9 @@ class Fold:
         spread = self._add_devices(row, sums)
         self._add_sums(row, sums, spread)
         self._add_day(row, sums)
-        self.by_source[row["energy_source"] or "missing"] += sums["queries"]
+        source = row["energy_source"] or "missing"
+        self.by_source[source] += sums["queries"]
+        self.sources_by_model[model][source] += sums["queries"]
         self._add_zone(row["zone"], sums)
         self._add_factors(row)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from footprint.sensors import ENERGY_MISSING, ENERGY_POWER
 from footprint.sensors.base import DeviceInfo
+from footprint.sensors.rapl import DRAM_UUID_PREFIX
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,10 @@ class DeviceSet:
     cpu_slots: tuple[int, ...]
     gpus_json: str  # JSON list of the GPUs' UUIDs
     gpu_source: str  # energy_source when fully measured
+    # The CPU packages' slots (``cpu_energy_j``), DRAM left out as before it was measured.
+    package_slots: tuple[int, ...] = ()
+    # No GPU measured in this process: the calls' energy is the CPU's (packages and DRAM).
+    on_cpu: bool = False
 
 
 class DeviceSlots:
@@ -104,11 +109,16 @@ class DeviceSlots:
             gpu_slots = tuple(s for s in devices if s < n_gpu)
             methods = {self.gpu_devices[s].energy_method for s in gpu_slots}
             source = ENERGY_POWER if ENERGY_POWER in methods else next(iter(methods), None)
+            cpu_slots = tuple(s for s in devices if s >= n_gpu)
             known = DeviceSet(
                 gpu_slots=gpu_slots,
-                cpu_slots=tuple(s for s in devices if s >= n_gpu),
+                cpu_slots=cpu_slots,
                 gpus_json=json.dumps([self.gpu_devices[s].uuid for s in gpu_slots]),
                 gpu_source=source or ENERGY_MISSING,
+                package_slots=tuple(
+                    s for s in cpu_slots if not self.by_slot[s].uuid.startswith(DRAM_UUID_PREFIX)
+                ),
+                on_cpu=n_gpu == 0 and bool(cpu_slots),
             )
             self._device_sets[devices] = known
         return known

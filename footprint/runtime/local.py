@@ -27,7 +27,7 @@ from footprint._clock import SYSTEM_CLOCK, Clock
 from footprint._forksafe import no_fork
 from footprint.config import Settings
 from footprint.runtime.idle import IdleLedger
-from footprint.runtime.measuring import Measuring
+from footprint.runtime.measuring import Measuring, warn_about_sensors
 from footprint.runtime.pending import Complete, PendingSpans
 from footprint.runtime.presence import claim_gpus
 from footprint.runtime.records import RecordMaker
@@ -153,9 +153,7 @@ class Runtime(SpanQueue):
 
     def _open_services(self) -> None:
         """GPU claims, pricing and the store's modules: after the samplers started."""
-        reason = self.measuring.no_gpu_reason
-        if reason and self.settings.sensor.partition(":")[0] != "none":
-            self.warn_once("no-gpu", f"footprint: no GPU energy will be recorded: {reason}")
+        warn_about_sensors(self.measuring, self.settings.sensor, self.warn_once)
         if self.gpu_claims is not None:  # _open runs twice after a failed first try
             self.gpu_claims.release()
         self.gpu_claims = claim_gpus(

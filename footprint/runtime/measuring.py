@@ -17,6 +17,7 @@ from footprint.runtime.devices import DeviceSlots
 from footprint.sampling import Sample, Sampler
 from footprint.sensors import Sensor, open_cpu_sensor, open_gpu_sensor
 from footprint.sensors.base import NullSensor
+from footprint.sensors.rapl import RAPL_FIX, is_permission_problem
 
 
 def _open_gpu(spec: str, clock: Clock) -> tuple[Sensor, str]:
@@ -45,8 +46,9 @@ class Measuring:
         with no_fork():  # imports a sensor's module on first use
             self.gpu_sensor, self.no_gpu_reason = _open_gpu(sensor_spec, clock)
             self.cpu_sensor: Sensor | None = None
+            self.no_cpu_reason = "CPU energy disabled (cpu=false)"
             if settings.cpu:
-                self.cpu_sensor, _ = open_cpu_sensor()
+                self.cpu_sensor, self.no_cpu_reason = open_cpu_sensor()
         period_s = settings.sampling_period_s
         self.gpu_sampler = Sampler(self.gpu_sensor, period_s, clock)
         self.cpu_sampler = Sampler(self.cpu_sensor, period_s, clock) if self.cpu_sensor else None
@@ -143,3 +145,23 @@ class Measuring:
             if sensor is not None:
                 with contextlib.suppress(Exception):
                     sensor.close()
+
+
+def warn_about_sensors(
+    measuring: Measuring, sensor_spec: str, warn_once: Callable[[str, str], None]
+) -> None:
+    """Say once what will not be measured: no GPU (the calls' energy is then the CPU's,
+    where RAPL reads), RAPL counters this user cannot read (with the fix)."""
+    gpu_reason, cpu_reason = measuring.no_gpu_reason, measuring.no_cpu_reason
+    on_cpu = measuring.cpu_sensor is not None and not measuring.devices.gpu_devices
+    if gpu_reason and sensor_spec.partition(":")[0] != "none":
+        if on_cpu:
+            warn_once(
+                "no-gpu",
+                f"footprint: no GPU measured ({gpu_reason}); the calls' energy is their "
+                "share of the CPU packages' (and DRAM's) RAPL energy: energy_source=cpu",
+            )
+        else:
+            warn_once("no-gpu", f"footprint: no GPU energy will be recorded: {gpu_reason}")
+    if measuring.cpu_sensor is None and is_permission_problem(cpu_reason):
+        warn_once("no-rapl", f"footprint: no CPU energy will be recorded: {cpu_reason}; {RAPL_FIX}")

@@ -24,9 +24,18 @@ class _GpuEnergy(NamedTuple):
     source: str
 
 
+# energy_source of a record whose energy is the CPU's (no GPU measured where it ran):
+# measured, or in part estimated over a gap in the samples.
+CPU_SOURCE = "cpu"
+CPU_ESTIMATED_SOURCE = "cpu-estimated"
+
+
 def _gpu_energy(device_set: DeviceSet, shares: dict[int, SpanShare]) -> _GpuEnergy:
-    """The GPUs' shares summed, and where the figure comes from."""
+    """The GPUs' shares summed, and where the figure comes from; with no GPU measured in
+    the process, the CPU packages' and DRAM's shares (``energy_source`` cpu)."""
     if not device_set.gpu_slots:
+        if device_set.on_cpu:
+            return _cpu_as_model_energy(device_set, shares)
         return _GpuEnergy(None, None, None, ENERGY_MISSING)
     energy_j = gpu_seconds = bound_j = 0.0
     partial = False
@@ -44,11 +53,22 @@ def _gpu_energy(device_set: DeviceSet, shares: dict[int, SpanShare]) -> _GpuEner
     return _GpuEnergy(energy_j, gpu_seconds, bound_j, source)
 
 
+def _cpu_as_model_energy(device_set: DeviceSet, shares: dict[int, SpanShare]) -> _GpuEnergy:
+    """A CPU-only host: the call's energy is its share of the CPU packages and DRAM,
+    resolved like a GPU's (concurrency, idle, bound); no GPU-seconds."""
+    cpu_shares = [shares[s] for s in device_set.cpu_slots]
+    energy_j = sum(s.energy_j for s in cpu_shares)
+    if any(s.partial for s in cpu_shares):
+        return _GpuEnergy(energy_j, None, None, CPU_ESTIMATED_SOURCE)
+    source = CPU_ESTIMATED_SOURCE if any(s.estimated for s in cpu_shares) else CPU_SOURCE
+    return _GpuEnergy(energy_j, None, sum(s.uncertainty_j for s in cpu_shares), source)
+
+
 def _cpu_energy(device_set: DeviceSet, shares: dict[int, SpanShare]) -> tuple[float | None, str]:
     """The CPU packages' shares summed (J), and the figure's source."""
-    if not device_set.cpu_slots:
+    if not device_set.package_slots:
         return None, ENERGY_MISSING
-    cpu_shares = [shares[s] for s in device_set.cpu_slots]
+    cpu_shares = [shares[s] for s in device_set.package_slots]
     cpu_source = "estimated" if any(s.partial for s in cpu_shares) else "counter"
     return sum(s.energy_j for s in cpu_shares), cpu_source
 

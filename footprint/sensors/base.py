@@ -47,6 +47,12 @@ class DeviceInfo:
     # a call on this device (its energy cannot be split between the dies).
     covers_indices: tuple[int, ...] = ()
     covers_uuids: tuple[str, ...] = ()
+    # A MIG slice (NVIDIA): the physical GPU whose counter it reads, its MIG profile
+    # (``1g.10gb``) and its share of that GPU's energy (its compute slices over those of
+    # every MIG device on the GPU); None for a whole device.
+    parent_uuid: str | None = None
+    profile: str | None = None
+    share: float | None = None
 
 
 class Sensor(ABC):

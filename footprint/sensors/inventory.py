@@ -20,14 +20,9 @@ from footprint.sensors import (
     open_gpu_backends,
     open_gpu_sensor,
 )
+from footprint.sensors.rapl import DRAM_UUID_PREFIX, RAPL_FIX, is_permission_problem
 
 CPUINFO = Path("/proc/cpuinfo")
-RAPL_FIX = (
-    "fix: let this user read the counters, e.g. `sudo chmod a+r "
-    "/sys/class/powercap/intel-rapl:*/energy_uj` (until reboot; a udev rule or a "
-    "tmpfiles.d entry makes it last). Root-only since CVE-2020-8694: readable counters "
-    "let local users observe power draw"
-)
 
 
 def survey(spec: str, cpuinfo: Path = CPUINFO) -> dict[str, Any]:
@@ -35,9 +30,10 @@ def survey(spec: str, cpuinfo: Path = CPUINFO) -> dict[str, Any]:
 
     ``gpus``/``gpu_note``: what the runtime measures with ``spec`` (and why nothing);
     ``devices``: one row per device found by any library ``spec`` allows, with ``vendor``,
-    ``model``, ``energy_method`` (counter | power | simulated | missing) and ``missing``
-    (what is not measured and why; None when nothing is); ``libraries``: why each library
-    found nothing.
+    ``model``, ``energy_method`` (counter | power | simulated | missing), ``missing``
+    (what is not measured and why; None when nothing is) and, for an NVIDIA MIG device,
+    ``parent`` (its GPU's UUID), ``profile`` and ``share`` (of the GPU's energy);
+    ``libraries``: why each library found nothing.
     """
     name = spec.partition(":")[0]
     rows: list[dict[str, Any]] = []
@@ -65,6 +61,9 @@ def survey(spec: str, cpuinfo: Path = CPUINFO) -> dict[str, Any]:
     libraries["rapl"] = cpu_reason or None
     return {
         "sensor": spec,
+        # What a call's energy is: the GPUs' share, or on a host with no GPU measured the
+        # CPU packages' and DRAM's (energy_source=cpu); None: nothing measured.
+        "calls_energy_from": "gpu" if gpus else ("cpu" if cpus else None),
         "gpus": gpus,
         "gpu_note": reason or None,
         "cpus": cpus,
@@ -108,6 +107,12 @@ def _gpu_rows(sensor: Sensor, vendor: str | None) -> list[dict[str, Any]]:
                 "per-die energy: the driver reports the package's total here and 0 on its "
                 "other die(s); calls on any die of the package share this reading"
             )
+        if device.parent_uuid is not None:
+            missing = (
+                "per-slice energy (NVML measures the whole GPU only): a static split gives "
+                f"this MIG device {device.share or 0.0:.4f} of its parent GPU's energy, "
+                "idle included, by compute slices"
+            )
         rows.append(_gpu_row(device, device.vendor or vendor, missing))
         die_indices: dict[str, int] = getattr(sensor, "die_indices", {})
         for uuid in device.covers_uuids:
@@ -134,6 +139,7 @@ def _gpu_rows(sensor: Sensor, vendor: str | None) -> list[dict[str, Any]]:
                 "energy_method": ENERGY_MISSING,
                 "shares_with": None,
                 "missing": f"energy: {reason}",
+                **_mig_keys(None),
             }
         )
     return rows
@@ -149,7 +155,15 @@ def _gpu_row(device: DeviceInfo, vendor: str | None, missing: str | None) -> dic
         "energy_method": device.energy_method,
         "shares_with": None,
         "missing": missing,
+        **_mig_keys(device),
     }
+
+
+def _mig_keys(device: DeviceInfo | None) -> dict[str, Any]:
+    """``parent``, ``profile`` and ``share`` of a MIG device (None for any other)."""
+    if device is None or device.parent_uuid is None:
+        return {"parent": None, "profile": None, "share": None}
+    return {"parent": device.parent_uuid, "profile": device.profile, "share": device.share}
 
 
 def _cpu_rows(sensor: Sensor | None, reason: str, cpuinfo: Path) -> list[dict[str, Any]]:
@@ -157,7 +171,7 @@ def _cpu_rows(sensor: Sensor | None, reason: str, cpuinfo: Path) -> list[dict[st
     vendor, model = cpu_identity(cpuinfo)
     if sensor is None:
         missing = f"energy: {reason}"
-        if "permission denied" in reason or "readable only by root" in reason:
+        if is_permission_problem(reason):
             missing = f"{missing}; {RAPL_FIX}"
         return [
             {
@@ -169,6 +183,7 @@ def _cpu_rows(sensor: Sensor | None, reason: str, cpuinfo: Path) -> list[dict[st
                 "energy_method": ENERGY_MISSING,
                 "shares_with": None,
                 "missing": missing,
+                **_mig_keys(None),
             }
         ]
     return [
@@ -181,6 +196,8 @@ def _cpu_rows(sensor: Sensor | None, reason: str, cpuinfo: Path) -> list[dict[st
             "energy_method": device.energy_method,
             "shares_with": None,
             "missing": None,
+            **_mig_keys(None),
+            **({"model": device.name} if device.uuid.startswith(DRAM_UUID_PREFIX) else {}),
         }
         for device in sensor.devices
     ]

@@ -4,6 +4,14 @@
                                  [--timing-seconds S] [--timing-load-ms MS]
                                  [--timing-offsets N] [--timing-repeats K]
                                  [--timing-step-seconds S] [--skip-timing]
+                                 [--vendor nvidia|amd] [--mig-seconds S]
+
+``--vendor amd`` validates footprint's amdsmi sensor instead (idle power, loads one at a
+time against the energy accumulator read directly, conservation: ``tests/gpu/vendors.py``).
+On an NVIDIA host with GPUs in MIG mode, a ``mig`` section checks that footprint's MIG
+devices (each a static share of its GPU's counter) add up to the parent's counter read
+directly over ``--mig-seconds``; the per-query comparisons need a whole GPU (``--device``
+naming a MIG device skips them).
 
 Runs in about two and a half minutes with the defaults (well under five), on one GPU:
 
@@ -107,6 +115,11 @@ from footprint.sensors.nvml import NvmlSensor, open_nvml  # noqa: E402
 from footprint.storage.store import Store  # noqa: E402
 from footprint.tracking import get_runtime  # noqa: E402
 
+try:
+    from tests.gpu import vendors
+except ImportError:  # run as a script: tests/gpu is on sys.path
+    import vendors  # type: ignore[no-redef]
+
 Load = Callable[[float, int], None]
 SERIAL_MODEL = "validate-serial"
 CONCURRENT_MODEL = "validate-concurrent"
@@ -144,6 +157,8 @@ class Options:
     timing_repeats: int = 4
     timing_step_seconds: float = 2.0
     skip_timing: bool = False
+    vendor: str = "nvidia"
+    mig_seconds: float = 5.0
 
     def estimated_seconds(self, period_s: float = 0.1) -> float:
         """Rough wall time of a run (CUDA start-up not included)."""
@@ -335,6 +350,20 @@ def parse_args(argv: list[str] | None) -> Options:
         "--skip-timing",
         action="store_true",
         help="leave out the counter-timing section",
+    )
+    p.add_argument(
+        "--vendor",
+        choices=("nvidia", "amd"),
+        default=d.vendor,
+        help="nvidia: NVML (default); amd: amdsmi (idle, serial loads, conservation)",
+    )
+    p.add_argument(
+        "--mig-seconds",
+        metavar="S",
+        type=_positive_float,
+        default=d.mig_seconds,
+        help="MIG check: how long the parent counter and the MIG devices are read, s "
+        "(default %(default)s)",
     )
     ns = p.parse_args(argv)
     return Options(**vars(ns))
@@ -1481,14 +1510,19 @@ def validate(
     now: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     log: Callable[[str], None] = lambda line: None,
+    smi: Any = None,
 ) -> dict[str, Any]:
     """The report as a dict (``{"gpu": False, ...}`` on a machine with no usable GPU).
+
+    ``smi``: the ``amdsmi`` module for ``--vendor amd`` (default: ``import amdsmi``).
 
     ``nvml`` is the ``pynvml`` module (default: ``import pynvml``); footprint's runtime
     imports ``pynvml`` by name, so an injected module is put in ``sys.modules`` meanwhile.
     ``load(seconds, device_index)`` keeps the GPU busy for that wall time; ``None`` means no
     load can be generated (only the counter, latencies and idle power are measured).
     """
+    if opts.vendor == "amd":
+        return _validate_amd(opts, smi, load, now, sleep, log)
     if nvml is None:
         try:
             import pynvml as nvml
@@ -1532,10 +1566,24 @@ def _validate_gpu(
         "footprint_version": footprint.__version__,
         "settings": asdict(opts),
     }
-    handle = nvml.nvmlDeviceGetHandleByUUID(device.uuid)
+    # A MIG device has no counter of its own: its GPU's is read.
+    handle = nvml.nvmlDeviceGetHandleByUUID(device.parent_uuid or device.uuid)
     report["nvml_power_call_us_median"] = median_call_us(
         lambda: nvml.nvmlDeviceGetPowerUsage(handle), nvml
     )
+    if any(d.parent_uuid for d in sensor.devices):
+        mig_load = _resolve_load(load)[0] if device.parent_uuid else None
+        log(f"validate.py: MIG check over {opts.mig_seconds} s")
+        report["mig"] = vendors.mig_check(
+            sensor, nvml, opts.mig_seconds, sleep, mig_load, device.index
+        )
+    if device.parent_uuid is not None:
+        report["reason"] = (
+            f"CUDA device {device.index} is a MIG device ({device.profile} of "
+            f"{device.parent_uuid}); footprint gives it a static share of its GPU's counter, "
+            "checked in 'mig'. The per-query comparisons need a whole GPU."
+        )
+        return report
     if device.energy_method != "counter":
         report["reason"] = (
             "this GPU has no NVML total-energy counter (footprint integrates polled power "
@@ -1624,6 +1672,37 @@ def _run_phases(
     report["counter_changes_retimed"] = counter.wide_brackets
 
 
+def _validate_amd(
+    opts: Options,
+    smi: Any,
+    load: Any,
+    now: Callable[[], float],
+    sleep: Callable[[float], None],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """``--vendor amd``: footprint's amdsmi sensor against the accumulator read directly."""
+    if smi is None:
+        from footprint.sensors.amd import _import_amdsmi
+
+        try:
+            smi = _import_amdsmi()
+        except ImportError as exc:
+            log(f"validate.py: no AMD GPU to validate on ({exc}); nothing to measure")
+            return {"gpu": False, "vendor": "amd", "reason": str(exc)}
+    resolved, description = _resolve_load(load)
+    previous = sys.modules.get("amdsmi")
+    sys.modules["amdsmi"] = smi  # footprint's runtime imports amdsmi by name
+    try:
+        return vendors.validate_amd(opts, smi, resolved, description, now, sleep, log)
+    except RuntimeError as exc:
+        raise ValidationError(str(exc)) from exc
+    finally:
+        if previous is None:
+            sys.modules.pop("amdsmi", None)
+        else:
+            sys.modules["amdsmi"] = previous
+
+
 def _no_gpu(reason: str, log: Callable[[str], None]) -> dict[str, Any]:
     log(f"validate.py: no NVIDIA GPU to validate on ({reason}); nothing to measure")
     return {"gpu": False, "reason": reason}
@@ -1660,6 +1739,7 @@ def main(
     sleep: Callable[[float], None] = time.sleep,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
+    smi: Any = None,
 ) -> int:
     """Run, print one JSON object; 0 when measured or when there is no GPU, 1 on failure."""
     opts = parse_args(argv)
@@ -1672,7 +1752,7 @@ def main(
     started_s = now()
     code = 0
     try:
-        report = validate(opts, nvml=nvml, load=load, now=now, sleep=sleep, log=log)
+        report = validate(opts, nvml=nvml, load=load, now=now, sleep=sleep, log=log, smi=smi)
     except Exception as exc:  # reported as JSON too, so a harness can read why
         message = str(exc) if isinstance(exc, ValidationError) else f"{type(exc).__name__}: {exc}"
         log(f"validate.py: failed: {message}")

@@ -22,7 +22,11 @@ its power field may be an average over the last second, as older GPUs' is
     sensor = NvmlSensor(nvml=fake, now_s=clock.now_s)
     clock.advance(0.5)
 
-The package: ``errors`` (codes and exceptions), ``gpu`` (``FakeGpu``, clocks), ``library``
+MIG: a ``FakeGpu(mig_mode=1, mig_slices=[FakeMigSlice("MIG-…", 3), …])`` has MIG devices
+with their own true power (``true_slice_energy_j``); NVML measures only the whole GPU.
+
+The package: ``errors`` (codes and exceptions), ``gpu`` (``FakeGpu``, clocks), ``mig``
+(``FakeMigSlice``), ``library``
 (``make_fake_pynvml``), ``install`` (``install_fake_pynvml``). Everything is taken from
 here, the codes and exception classes too, as from ``pynvml``.
 """
@@ -32,6 +36,7 @@ from footprint.bench.fake_pynvml.errors import __all__ as _ERROR_NAMES
 from footprint.bench.fake_pynvml.gpu import FakeClock, FakeGpu, SystemClock
 from footprint.bench.fake_pynvml.install import FakeInstallSpec, fake_uuids, install_fake_pynvml
 from footprint.bench.fake_pynvml.library import FakeNvmlState, make_fake_pynvml
+from footprint.bench.fake_pynvml.mig import FakeMigSlice
 
 # SharedLoadLog and ALL_DEVICES are re-exported: a benchmark takes all it needs from here.
 from footprint.bench.loads import ALL_DEVICES, SharedLoadLog
@@ -42,6 +47,7 @@ __all__ = [
     "FakeClock",
     "FakeGpu",
     "FakeInstallSpec",
+    "FakeMigSlice",
     "FakeNvmlState",
     "SharedLoadLog",
     "SystemClock",

@@ -17,6 +17,7 @@ from footprint.bench.fake_pynvml.errors import (
     NVML_ERROR_UNKNOWN,
     NVMLError,
 )
+from footprint.bench.fake_pynvml.mig import FakeMigSlice, mig_energy_model
 from footprint.sensors.simulated import LoadModel
 
 _TICK_TOLERANCE_S = 1e-9
@@ -86,8 +87,19 @@ class FakeGpu:
     energy_between_j: Callable[[float, float], float] | None = None
     loads: LoadModel | None = None
     power_limit_w: float | None = None
+    # MIG: None for a GPU without MIG (``nvmlDeviceGetMigMode`` not supported), else the
+    # mode (0 off, 1 on). With it on, ``mig_slices`` are its MIG devices, each with its own
+    # true power; the GPU then draws ``power_w`` (a constant: the board's own draw) plus
+    # theirs, exactly, unless an energy model is given.
+    mig_mode: int | None = None
+    mig_slices: list[FakeMigSlice] = field(default_factory=list)
+    max_mig_devices: int = 7
 
     def __post_init__(self) -> None:
+        if self.mig_slices and self.energy_between_j is None and self.loads is None:
+            if callable(self.power_w):
+                raise ValueError("a MIG GPU's power_w is its board's own draw: a constant")
+            self.energy_between_j = mig_energy_model(self.mig_slices, float(self.power_w))
         self._clock: FakeClock | SystemClock | None = None
         self._lost = False
         self._failures: list[int] = []
@@ -159,6 +171,11 @@ class FakeGpu:
         with _ADVANCE_LOCK:
             self._advance_locked()
             return self._exact_energy_j(self._t_s)
+
+    def true_slice_energy_j(self, position: int) -> float:
+        """Energy in J MIG slice ``position`` drew since the GPU was attached (exact)."""
+        now_s = self.clock.now_s()
+        return self.mig_slices[position].energy_between_j(self._attach_s, now_s)
 
     def reset_counter(self) -> None:
         """The energy counter restarts from 0 mJ now (driver reload, GPU reset)."""

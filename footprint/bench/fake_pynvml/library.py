@@ -12,21 +12,28 @@ from footprint.bench.fake_pynvml.errors import (
     ERROR_STRINGS,
     NVML_ERROR_INVALID_ARGUMENT,
     NVML_ERROR_NOT_FOUND,
+    NVML_ERROR_NOT_SUPPORTED,
     NVML_ERROR_UNINITIALIZED,
     NVMLError,
     nvmlExceptionClass,
 )
 from footprint.bench.fake_pynvml.gpu import FakeClock, FakeGpu, SystemClock
+from footprint.bench.fake_pynvml.mig import FakeMigAttributes, FakeMigSlice
+
+NVML_DEVICE_MIG_DISABLE = 0
+NVML_DEVICE_MIG_ENABLE = 1
 
 
 class _Handle:
-    """An opaque device handle, like ``c_nvmlDevice_t``."""
+    """An opaque device handle, like ``c_nvmlDevice_t``: a GPU's, or one of its MIG
+    devices' (``_mig`` set)."""
 
-    __slots__ = ("_gpu", "_owner")
+    __slots__ = ("_gpu", "_mig", "_owner")
 
-    def __init__(self, gpu: FakeGpu, owner: FakeNvmlState) -> None:
+    def __init__(self, gpu: FakeGpu, owner: FakeNvmlState, mig: FakeMigSlice | None = None) -> None:
         self._gpu = gpu
         self._owner = owner
+        self._mig = mig
 
     def __repr__(self) -> str:
         return f"<fake c_nvmlDevice_t at {id(self):#x}>"
@@ -56,11 +63,26 @@ class FakeNvmlState:
         if self.init_refcount == 0:
             raise NVMLError(NVML_ERROR_UNINITIALIZED)
 
-    def _gpu(self, handle: object) -> FakeGpu:
+    def _handle(self, handle: object) -> _Handle:
         self._require_init()
         if not isinstance(handle, _Handle) or handle._owner is not self:
             raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
-        return handle._gpu
+        return handle
+
+    def _gpu(self, handle: object) -> FakeGpu:
+        """The GPU of a whole-GPU handle; a MIG device's handle has no energy, power or
+        power limit of its own (``NVML_ERROR_NOT_SUPPORTED``)."""
+        checked = self._handle(handle)
+        if checked._mig is not None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return checked._gpu
+
+    def _parent(self, handle: object) -> FakeGpu:
+        """The GPU of a whole-GPU handle for the MIG queries made on it."""
+        checked = self._handle(handle)
+        if checked._mig is not None:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        return checked._gpu
 
     def nvmlInitWithFlags(self, flags: int) -> None:
         self.init_calls += 1
@@ -102,17 +124,75 @@ class FakeNvmlState:
             if gpu.uuid == text:
                 gpu._check_alive("nvmlDeviceGetHandleByUUID")
                 return _Handle(gpu, self)
+            for mig in gpu.mig_slices if gpu.mig_mode == NVML_DEVICE_MIG_ENABLE else []:
+                if mig.uuid == text:
+                    gpu._check_alive("nvmlDeviceGetHandleByUUID")
+                    return _Handle(gpu, self, mig)
         raise NVMLError(NVML_ERROR_NOT_FOUND)
 
     def nvmlDeviceGetUUID(self, handle: object) -> str:
-        gpu = self._gpu(handle)
-        gpu._check_alive("nvmlDeviceGetUUID")
-        return gpu.uuid
+        checked = self._handle(handle)
+        checked._gpu._check_alive("nvmlDeviceGetUUID")
+        return checked._mig.uuid if checked._mig else checked._gpu.uuid
 
     def nvmlDeviceGetName(self, handle: object) -> str:
-        gpu = self._gpu(handle)
-        gpu._check_alive("nvmlDeviceGetName")
-        return gpu.name
+        checked = self._handle(handle)
+        checked._gpu._check_alive("nvmlDeviceGetName")
+        name = checked._gpu.name
+        return f"{name} MIG {checked._mig.profile}" if checked._mig else name
+
+    # --- MIG (nvidia-ml-py 11.450+) -------------------------------------------------------
+
+    def nvmlDeviceGetMigMode(self, handle: object) -> list[int]:
+        gpu = self._parent(handle)
+        gpu._check_alive("nvmlDeviceGetMigMode")
+        if gpu.mig_mode is None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return [gpu.mig_mode, gpu.mig_mode]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: object) -> int:
+        gpu = self._parent(handle)
+        gpu._check_alive("nvmlDeviceGetMaxMigDeviceCount")
+        if gpu.mig_mode is None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return gpu.max_mig_devices
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: object, index: int) -> _Handle:
+        gpu = self._parent(handle)
+        gpu._check_alive("nvmlDeviceGetMigDeviceHandleByIndex")
+        if gpu.mig_mode is None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        if not 0 <= index < gpu.max_mig_devices:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        if gpu.mig_mode != NVML_DEVICE_MIG_ENABLE or index >= len(gpu.mig_slices):
+            raise NVMLError(NVML_ERROR_NOT_FOUND)
+        return _Handle(gpu, self, gpu.mig_slices[index])
+
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle: object) -> _Handle:
+        checked = self._handle(handle)
+        if checked._mig is None:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        return _Handle(checked._gpu, self)
+
+    def nvmlDeviceIsMigDeviceHandle(self, handle: object) -> int:
+        return int(self._handle(handle)._mig is not None)
+
+    def nvmlDeviceGetAttributes(self, handle: object) -> FakeMigAttributes:
+        checked = self._handle(handle)
+        checked._gpu._check_alive("nvmlDeviceGetAttributes")
+        return FakeMigAttributes(checked._mig, multiprocessors=108, memory_mb=81920)
+
+    def nvmlDeviceGetGpuInstanceId(self, handle: object) -> int:
+        checked = self._handle(handle)
+        if checked._mig is None:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        return checked._mig.gpu_instance_id
+
+    def nvmlDeviceGetComputeInstanceId(self, handle: object) -> int:
+        checked = self._handle(handle)
+        if checked._mig is None:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        return checked._mig.compute_instance_id
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: object) -> int:
         return self._gpu(handle).read_energy_mj()
@@ -138,6 +218,14 @@ _FUNCTIONS = (
     "nvmlDeviceGetTotalEnergyConsumption",
     "nvmlDeviceGetPowerUsage",
     "nvmlDeviceGetEnforcedPowerLimit",
+    "nvmlDeviceGetMigMode",
+    "nvmlDeviceGetMaxMigDeviceCount",
+    "nvmlDeviceGetMigDeviceHandleByIndex",
+    "nvmlDeviceGetDeviceHandleFromMigDeviceHandle",
+    "nvmlDeviceIsMigDeviceHandle",
+    "nvmlDeviceGetAttributes",
+    "nvmlDeviceGetGpuInstanceId",
+    "nvmlDeviceGetComputeInstanceId",
 )
 
 
@@ -160,6 +248,8 @@ def make_fake_pynvml(
         if name.startswith(("NVML_", "NVMLError")):
             setattr(module, name, getattr(errors, name))
     setattr(module, "nvmlExceptionClass", nvmlExceptionClass)  # noqa: B010 (a module built here)
+    setattr(module, "NVML_DEVICE_MIG_DISABLE", NVML_DEVICE_MIG_DISABLE)  # noqa: B010
+    setattr(module, "NVML_DEVICE_MIG_ENABLE", NVML_DEVICE_MIG_ENABLE)  # noqa: B010
     for name in _FUNCTIONS:
         setattr(module, name, getattr(state, name))
     setattr(module, "fake_state", state)  # noqa: B010
