@@ -156,6 +156,13 @@ def test_cpu_only_report_shows_the_source(tmp_path, cpu_host, capsys) -> None:
     assert model["energy_sources"] == {"cpu": 3}
     assert model["energy_kwh"] == pytest.approx(3 * 0.5 * 106.0 / 3.6e6, rel=0.05)
     assert any("energy_source=cpu" in note for note in report["notes"])
+    # BoAmps says the energy was tracked with RAPL on the CPU, not on a GPU.
+    main(["report", "--db", str(db), "--format", "boamps"])
+    (boamps,) = json.loads(capsys.readouterr().out)
+    (measure,) = boamps["measures"]
+    assert measure["cpuTrackingMode"] == "rapl" and "gpuTrackingMode" not in measure
+    assert measure["powerConsumption"] == pytest.approx(model["energy_kwh"])
+    assert boamps["infrastructure"]["components"] == [{"componentType": "cpu", "nbComponent": 1}]
 
 
 def test_unreadable_rapl_is_said_once_with_the_fix(tmp_path, monkeypatch) -> None:

@@ -174,7 +174,7 @@ def test_publisher_needs_a_confidentiality_level(db, capsys):
     [
         (["--since", "2000-01-01", "--until", "2000-01-02"], "no queries in the period"),
         (["--since", "yesterday"], "not a date"),
-        (["--model", "blind"], "no model has measured GPU energy"),
+        (["--model", "blind"], "no model has measured energy"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(db, capsys, args, words):

@@ -43,6 +43,9 @@ TRACKING_MODES = {
     "simulated": "simulated",
     "estimated": "estimated",
 }
+# energy_source -> cpuTrackingMode: CPU-only hosts, whose calls get RAPL package and DRAM
+# energy (partly estimated over a gap in the samples).
+CPU_TRACKING_MODES = {"cpu": "rapl", "cpu-estimated": "rapl+estimated"}
 # quality: relative bound on the energy error -> BoAmps level (report_schema.json:
 # high +/-10%, medium +/-25%, low +/-50%)
 QUALITY_LEVELS = ((0.10, "high"), (0.25, "medium"), (0.50, "low"))
@@ -110,8 +113,17 @@ def report_id(model: str, period: Mapping[str, Any], ctx: ModelContext) -> str:
 
 def tracking_mode(sources: Mapping[str, int]) -> str | None:
     """``gpuTrackingMode`` from the energy sources of the measured queries ("+" between
-    several); None when no query was measured."""
-    modes = sorted({TRACKING_MODES.get(s, s) for s, n in sources.items() if n and s != "missing"})
+    several); None when no query was measured on a GPU."""
+    skip = {"missing", *CPU_TRACKING_MODES}
+    modes = sorted({TRACKING_MODES.get(s, s) for s, n in sources.items() if n and s not in skip})
+    return "+".join(modes) or None
+
+
+def cpu_tracking_mode(sources: Mapping[str, int]) -> str | None:
+    """``cpuTrackingMode`` where queries of a CPU-only host were measured with RAPL."""
+    modes = sorted(
+        {CPU_TRACKING_MODES[s] for s, n in sources.items() if n and s in CPU_TRACKING_MODES}
+    )
     return "+".join(modes) or None
 
 
@@ -161,9 +173,10 @@ def _task(entry: Mapping[str, Any], ctx: ModelContext, period: Mapping[str, Any]
         "dataset": datasets,
         "taskDescription": (
             f"{n:,} inference {requests} to {entry['model']} {when}, measured by "
-            f"footprint. powerConsumption is the GPU energy attributed to them ({measured} "
-            "measured); idle GPU energy, CPU energy and the data centre's overhead (PUE) are "
-            "not included. dataQuantity is tokens per request."
+            f"footprint. powerConsumption is the energy attributed to them ({measured} "
+            "measured): GPU energy, or CPU package and DRAM energy on a host without GPUs; "
+            "idle energy and the data centre's overhead (PUE) are not included. "
+            "dataQuantity is tokens per request."
         ),
     }
 
@@ -173,6 +186,9 @@ def _measure(entry: Mapping[str, Any], ctx: ModelContext, version: str) -> dict:
     mode = tracking_mode(ctx.sources)
     if mode:
         measure["gpuTrackingMode"] = mode
+    cpu_mode = cpu_tracking_mode(ctx.sources)
+    if cpu_mode:
+        measure["cpuTrackingMode"] = cpu_mode
     measure["powerConsumption"] = entry["energy_kwh"]
     if ctx.first_started and ctx.last_ended:
         measure["measurementDuration"] = (ctx.last_ended - ctx.first_started).total_seconds()
@@ -226,6 +242,9 @@ def _gpu_components(ctx: ModelContext) -> list[dict[str, Any]]:
         if name:
             component["series"] = name
         components.append(component)
+    if not components and cpu_tracking_mode(ctx.sources) and ctx.cpu_packages:
+        # A CPU-only host: its packages (RAPL) measured the calls.
+        return [{"componentType": "cpu", "nbComponent": ctx.cpu_packages}]
     return components or [{"componentType": "gpu", "nbComponent": 0}]
 
 
@@ -296,9 +315,9 @@ def boamps_reports(
         if entry["energy_kwh"] is None:
             skipped.append(
                 f"no BoAmps report for {name!r}: none of its {entry['queries']:,} queries "
-                "has measured GPU energy (energy_source=missing)"
+                "has measured energy (energy_source=missing)"
             )
-        elif ctx is None or not ctx.gpus:
+        elif ctx is None or not (ctx.gpus or cpu_tracking_mode(ctx.sources)):
             skipped.append(f"no BoAmps report for {name!r}: no GPU recorded for its queries")
         else:
             out.append(boamps_report(entry, ctx, report["period"], version, published, publisher))

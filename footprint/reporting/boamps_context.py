@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, func, literal, select
+from sqlalchemy import Engine, and_, case, func, inspect, literal, select
 from sqlalchemy.exc import DataError, ProgrammingError, SQLAlchemyError
 
 from footprint.reporting.capacity import device_names
@@ -24,7 +24,7 @@ from footprint.reporting.database import open_report_engine, read_error
 from footprint.reporting.request import ReportError, ReportRequest, as_utc, query_filters
 from footprint.reporting.sums import split_gpus
 from footprint.reporting.tags import tag_expr
-from footprint.storage.models import QueryRecord, table_of
+from footprint.storage.models import Device, QueryRecord, table_of
 
 TASK_FAMILY_TAG = "task_family"
 
@@ -43,6 +43,8 @@ class ModelContext:
     gpus: set[str] = field(default_factory=set)  # GPU UUIDs the queries ran on
     # GPU UUID -> index, name (model) and vendor, where the database names it (devices)
     gpu_names: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hosts: set[str] = field(default_factory=set)
+    cpu_packages: int = 0  # CPU packages named in the devices table on those hosts
     with_input_tokens: int = 0
     with_output_tokens: int = 0
     with_uncertainty: int = 0  # measured queries with an energy uncertainty bound
@@ -64,6 +66,7 @@ class ModelContext:
         self.ownerships[row.ownership] += n
         self.families[row.family] += n
         self.gpus.update(split_gpus(row.gpus))
+        self.hosts.add(row.host)
         self.with_input_tokens += int(row.input_n or 0)
         self.with_output_tokens += int(row.output_n or 0)
         self.with_uncertainty += int(row.bounded_n or 0)
@@ -105,6 +108,7 @@ def _statement(request: ReportRequest, dialect: str, with_family: bool) -> Any:
             q.zone,
             _column("ownership").label("ownership"),
             q.gpus,
+            q.host,
             family.label("family"),
             q.started_at,
             q.ended_at,
@@ -121,7 +125,7 @@ def _statement(request: ReportRequest, dialect: str, with_family: bool) -> Any:
         .subquery()
     )
     r = rows.c
-    keys = [r.model, r.energy_source, r.zone, r.ownership, r.gpus, r.family]
+    keys = [r.model, r.energy_source, r.zone, r.ownership, r.gpus, r.host, r.family]
     return select(
         *keys,
         func.count().label("n"),
@@ -139,10 +143,23 @@ def _statement(request: ReportRequest, dialect: str, with_family: bool) -> Any:
 
 def _read(
     engine: Engine, request: ReportRequest, with_family: bool
-) -> tuple[list[Any], dict[str, dict[str, Any]]]:
+) -> tuple[list[Any], dict[str, dict[str, Any]], dict[str, int]]:
     with engine.connect() as conn:
         statement = _statement(request, conn.dialect.name, with_family)
-        return list(conn.execute(statement)), device_names(conn)
+        return list(conn.execute(statement)), device_names(conn), _cpu_packages(conn)
+
+
+def _cpu_packages(conn: Any) -> dict[str, int]:
+    """Host -> CPU packages the devices table names there (RAPL ``cpu-package-N``)."""
+    if not inspect(conn).has_table("devices"):
+        return {}
+    d = table_of(Device).c
+    rows = conn.execute(
+        select(d.host, func.count())
+        .where(d.kind == "cpu", d.uuid.like("cpu-package-%"))
+        .group_by(d.host)
+    )
+    return {host: int(n) for host, n in rows}
 
 
 def read_contexts(request: ReportRequest) -> dict[str, ModelContext]:
@@ -154,9 +171,9 @@ def read_contexts(request: ReportRequest) -> dict[str, ModelContext]:
     engine = open_report_engine(request.db)
     try:
         try:
-            rows, names = _read(engine, request, with_family=True)
+            rows, names, packages = _read(engine, request, with_family=True)
         except (DataError, ProgrammingError):
-            rows, names = _read(engine, request, with_family=False)
+            rows, names, packages = _read(engine, request, with_family=False)
     except SQLAlchemyError as exc:
         raise ReportError(read_error(request.db, exc)) from None
     finally:
@@ -166,4 +183,5 @@ def read_contexts(request: ReportRequest) -> dict[str, ModelContext]:
         contexts.setdefault(row.model, ModelContext()).add(row)
     for ctx in contexts.values():
         ctx.gpu_names = {uuid: names[uuid] for uuid in ctx.gpus if uuid in names}
+        ctx.cpu_packages = sum(packages.get(host, 0) for host in ctx.hosts)
     return contexts

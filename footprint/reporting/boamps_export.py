@@ -46,7 +46,7 @@ def build_boamps(
             options.notice(line)
     if not reports and not request.allow_empty:
         raise ReportError(
-            f"--format boamps: no model has measured GPU energy in {period_words(request)} "
+            f"--format boamps: no model has measured energy in {period_words(request)} "
             "(BoAmps requires powerConsumption)"
         )
     return reports
