@@ -70,6 +70,15 @@ SERVING_COLUMNS = (
     ("per_1m_tokens.cost_usd", "$ /1M tok (in + out)", "money"),
     ("per_1m_tokens.fully_loaded_cost_usd", "$ /1M tok (in + out, fully loaded)", "money"),
 )
+PHASE_COLUMNS = (
+    ("per_1m_phase_tokens.queries", "Queries split", "count"),
+    ("per_1m_phase_tokens.input.energy_kwh", "Energy /1M input tok", "energy"),
+    ("per_1m_phase_tokens.input.co2e_g", "CO2e /1M input tok", "mass"),
+    ("per_1m_phase_tokens.input.cost_usd", "$ /1M input tok", "money"),
+    ("per_1m_phase_tokens.output.energy_kwh", "Energy /1M output tok", "energy"),
+    ("per_1m_phase_tokens.output.co2e_g", "CO2e /1M output tok", "mass"),
+    ("per_1m_phase_tokens.output.cost_usd", "$ /1M output tok", "money"),
+)
 GROUP_COLUMNS = (
     ("queries", "Queries", "count"),
     ("output_tokens", "Output tokens", "count"),
@@ -130,7 +139,22 @@ def model_tables(report: dict[str, Any]) -> list[tuple[str, str, Table]]:
             _model_table(report, INTENSITY_COLUMNS, False),
         ),
         ("Latency, tokens and $ per 1M tokens", serving_lead, _serving_table(report)),
+        (
+            "Per 1M input tokens and per 1M output tokens",
+            PHASE_LEAD,
+            _model_table(report, PHASE_COLUMNS, True),
+        ),
     ]
+
+
+PHASE_LEAD = (
+    "The way providers price: each query's energy split at its first token, the prefill "
+    "(start to first token) charged to its input tokens and the decode (first token to "
+    "end) to its output tokens, then summed per model and divided by the tokens. Only the "
+    "queries that carry both the split and both token counts count here (Queries split; "
+    "a query needs a time to first token and token counts); their CO2e and cost are split "
+    "in the same proportion as their energy. – : no such query. See Prefill and decode."
+)
 
 
 def _serving_table(report: dict[str, Any]) -> Table:
