@@ -311,7 +311,7 @@ def _phase_method(report: dict[str, Any]) -> tuple[str, list[str | Table]]:
             "How a call's energy is split in time follows the attribution rule. Under the "
             "equal rule the busy energy of each instant is shared equally among the calls "
             "running, and a call's prefill energy is what it received before its first "
-            "token. Under the token rule (`attribution = \"tokens\"`, or `\"auto\"`, the "
+            'token. Under the token rule (`attribution = "tokens"`, or `"auto"`, the '
             "default, from the first call that ends with token counts) the GPU's busy power "
             "is modelled as P = F·steps/s + α·Σ prefill tokens/s + β·Σ decode tokens/s + "
             "γ·Σ decode tokens/s × context, each call carrying its input tokens at a "

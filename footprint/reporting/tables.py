@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from footprint.reporting import units
 from footprint.reporting.content import Table
 from footprint.reporting.figures import TOP_MODELS, shown_models
 from footprint.reporting.request import group_key, tag_name
@@ -144,7 +145,62 @@ def model_tables(report: dict[str, Any]) -> list[tuple[str, str, Table]]:
             PHASE_LEAD,
             _model_table(report, PHASE_COLUMNS, True),
         ),
+        *reference_tables(report),
     ]
+
+
+def _range(low: float, high: float, show: Any) -> str:
+    return f"{show(low)}–{show(high)}"
+
+
+def reference_tables(report: dict[str, Any]) -> list[tuple[str, str, Table]]:
+    """The models' per-1M-token figures beside published ones (``references``), when the
+    report has models with published figures."""
+    found = report.get("references") or []
+    if not found:
+        return []
+    rows = []
+    for ref in found:
+        path = f"models.{ref['index']}.per_1m_phase_tokens"
+        j_low, j_high = ref["output_energy_j_per_1m"]["low"], ref["output_energy_j_per_1m"]["high"]
+        rows.append(
+            [
+                ref["model"],
+                (f"{path}.input.cost_usd", "money"),
+                _range(
+                    ref["input_usd_per_1m"]["low"], ref["input_usd_per_1m"]["high"], units.money
+                ),
+                (f"{path}.output.cost_usd", "money"),
+                _range(
+                    ref["output_usd_per_1m"]["low"], ref["output_usd_per_1m"]["high"], units.money
+                ),
+                (f"{path}.output.energy_kwh", "energy"),
+                _range(j_low / 3.6e6, j_high / 3.6e6, units.energy),
+            ]
+        )
+    table = Table(
+        headers=[
+            "Model",
+            "$ /1M input tok",
+            "hosted APIs",
+            "$ /1M output tok",
+            "hosted APIs",
+            "Energy /1M output tok",
+            "ML.ENERGY",
+        ],
+        rows=rows,
+    )
+    first = found[0]
+    lead = (
+        "This report's cost and energy per 1M input and per 1M output tokens (above) beside "
+        "published figures for the same models: the range of hosted API list prices "
+        f"({first['prices_source']}), and the range of GPU energy per output token measured "
+        f"over batch sizes ({first['energy_source']}), which counts a whole request's "
+        "energy (prefill included) per output token where the decode column here counts "
+        "the decode alone. A hosted price is a provider's list price, margins included: a "
+        "comparison, not a check."
+    )
+    return [("Beside published figures", lead, table)]
 
 
 PHASE_LEAD = (
