@@ -128,7 +128,8 @@ def figures(
         # (input + output), of the attributed and the fully loaded cost.
         "per_1m_output_tokens": per_million(cost, fl_cost, out_tokens),
         "per_1m_tokens": per_million(cost, fl_cost, out_tokens + int(acc["input_tokens"])),
-        "per_1m_phase_tokens": per_million_phase(acc),
+        # by tag: the tag scan sums no phases (absent then)
+        **({"per_1m_phase_tokens": per_million_phase(acc)} if "phase_n" in acc else {}),
         "sci": {
             "per_query_g": div(sci, sci_n),
             "per_1k_output_tokens_g": div(None if sci is None else sci * 1000, out_tokens),
