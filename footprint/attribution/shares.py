@@ -44,13 +44,6 @@ class SpanShare:
     decode_energy_j: float | None = None
 
 
-def split_phases(energy_j: float, prefill_j: float) -> tuple[float, float]:
-    """(prefill J, decode J) of a span's ``energy_j`` given what it had received by its
-    first token, held inside [0, energy_j] (rounding) so that the two sum to it."""
-    prefill_j = min(max(prefill_j, 0.0), energy_j) if energy_j > 0 else 0.0
-    return prefill_j, energy_j - prefill_j
-
-
 class OpenSpan:
     """A span the resolver knows of, with the running integrals' values at its start."""
 
@@ -231,3 +224,10 @@ class RunningShares:
             self._bound_per_span_j - span.bound_at_start_j,
             partial=True,
         )
+
+
+def split_phases(energy_j: float, prefill_j: float) -> tuple[float, float]:
+    """(prefill J, decode J) of a span's ``energy_j`` given what it had received by its
+    first token, held inside [0, energy_j] (rounding) so that the two sum to it."""
+    prefill_j = min(max(prefill_j, 0.0), energy_j) if energy_j > 0 else 0.0
+    return prefill_j, energy_j - prefill_j
