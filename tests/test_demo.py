@@ -286,6 +286,7 @@ def test_demo_report_shows_per_million_input_and_output_tokens_beside_published_
         con.close()
     for entry in report["models"]:
         phase = entry["per_1m_phase_tokens"]
+        assert entry["model"] in sums, "no request split: the rule gave no prefill/decode energy"
         n, prefill_j, decode_j, n_in, n_out = sums[entry["model"]]
         assert phase["queries"] == n > 0.9 * entry["queries"]
         assert phase["input"]["energy_j"] == pytest.approx(prefill_j / n_in * 1e6, rel=1e-9)
