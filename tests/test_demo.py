@@ -261,3 +261,48 @@ def test_regenerated_example_report_equals_the_committed_one(tmp_path, capsys):
                 struct.unpack(">II", old[16:24]), rel=0.05
             )
     assert sorted(p.name for p in EXAMPLE.iterdir()) == sorted(p.name for p in out.iterdir())
+
+
+def test_demo_report_shows_per_million_input_and_output_tokens_beside_published_prices(serving):
+    """Run with the default attribution (``auto``: the token rule once calls end with
+    tokens), every model's requests are split at their first token: its report gives J,
+    CO2e and $ per 1M input tokens (prefill) and per 1M output tokens (decode), Σ phase
+    energy / Σ tokens of its database, beside the hosted APIs' list prices."""
+    out = Path(serving["report"]["dir"])
+    report = json.loads((out / "footprint-report.json").read_text())
+    md = (out / "footprint-report.md").read_text()
+    con = sqlite3.connect(serving["db"])
+    try:
+        sums = {
+            row[0]: row[1:]
+            for row in con.execute(
+                "SELECT model, count(*), sum(prefill_energy_j), sum(decode_energy_j),"
+                " sum(input_tokens), sum(output_tokens) FROM queries"
+                " WHERE prefill_energy_j IS NOT NULL AND decode_energy_j IS NOT NULL"
+                " AND input_tokens IS NOT NULL AND output_tokens IS NOT NULL GROUP BY model"
+            )
+        }
+    finally:
+        con.close()
+    for entry in report["models"]:
+        phase = entry["per_1m_phase_tokens"]
+        assert entry["model"] in sums, "no request split: the rule gave no prefill/decode energy"
+        n, prefill_j, decode_j, n_in, n_out = sums[entry["model"]]
+        assert phase["queries"] == n > 0.9 * entry["queries"]
+        assert phase["input"]["energy_j"] == pytest.approx(prefill_j / n_in * 1e6, rel=1e-9)
+        assert phase["output"]["energy_j"] == pytest.approx(decode_j / n_out * 1e6, rel=1e-9)
+        assert phase["input"]["cost_usd"] > 0 and phase["output"]["cost_usd"] > 0
+        assert phase["input"]["co2e_g"] > 0 and phase["output"]["co2e_g"] > 0
+        assert serving["models"][entry["model"]]["per_1m_phase_tokens"]["queries"] == n
+    refs = {r["model"]: r for r in report["references"]}
+    assert set(refs) == set(HOSTED_USD_PER_1M_OUTPUT_TOKENS)
+    for name, (low, high) in HOSTED_USD_PER_1M_OUTPUT_TOKENS.items():
+        assert (
+            refs[name]["output_usd_per_1m"]["low"],
+            refs[name]["output_usd_per_1m"]["high"],
+        ) == (
+            low,
+            high,
+        )
+        assert f"| {name} | $" in md and f"${low:g}–${high:g}" in md
+    assert "### Beside published figures" in md

@@ -129,5 +129,5 @@ def test_a_version_5_database_gets_the_devices_table(tmp_path) -> None:
             names = conn.execute(text("SELECT uuid, device_index FROM devices")).fetchall()
     finally:
         engine.dispose()
-    assert version == str(SCHEMA_VERSION) == "6"
+    assert version == str(SCHEMA_VERSION) == "7"  # on through 6 -> 7
     assert [tuple(r) for r in names] == [("GPU-b", 0)]

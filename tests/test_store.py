@@ -56,6 +56,10 @@ def test_round_trip_keeps_every_column(db_url):
         # The caller's trace context (schema version 5); NULL without one.
         r["trace_id"] = None if i % 3 == 0 else f"{i + 1:032x}"
         r["span_id"] = None if i % 3 == 0 else f"{i * 11 + 1:016x}"
+        # The energy split at the first token (schema version 7); NULL without one.
+        split = i % 6 != 0 and r["energy_j"] is not None
+        r["prefill_energy_j"] = r["energy_j"] * 0.3 if split else None
+        r["decode_energy_j"] = r["energy_j"] - r["prefill_energy_j"] if split else None
     assert {c.name for c in QueryRecord.__table__.columns} == {"id", *records[0]}
     now = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
     idle = [
@@ -416,7 +420,22 @@ def _random_records(seed: int, n: int) -> list[dict]:
         r["energy_cost_usd"] = rng.choice([r["energy_cost_usd"], None])
         r["market_co2e_g"] = rng.choice([None, 0.5])
         r["status"] = rng.choice(["ok", "ok", "error"])
+        _with_phases(r, rng)
     return records
+
+
+def _with_phases(r: dict, rng) -> None:
+    """Schema 7: the energy split at the first token, on some records with energy (and
+    absent, from producers older than the columns, or NULL on others); a token count
+    missing here and there, which keeps a split record out of the phase sums."""
+    if r["energy_j"] is None or rng.random() < 0.3:
+        if rng.random() < 0.5:
+            r["prefill_energy_j"] = r["decode_energy_j"] = None
+        return
+    r["prefill_energy_j"] = r["energy_j"] * rng.uniform(0.0, 0.6)
+    r["decode_energy_j"] = r["energy_j"] - r["prefill_energy_j"]
+    if rng.random() < 0.15:
+        r[rng.choice(["input_tokens", "output_tokens"])] = None
 
 
 def _rollup_table(url: str) -> dict:

@@ -1,7 +1,8 @@
-"""Schema version 1 -> 5: a database written by footprint before the per-record energy
+"""Schema version 1 -> 7: a database written by footprint before the per-record energy
 uncertainty bound (2), the lost-energy, ownership and GPU-price-source columns (3), the
-daemon's span key with its index (4) and the trace context (5) is migrated in place,
-rows and rollups intact, on SQLite and PostgreSQL.
+daemon's span key with its index (4), the trace context (5), the devices table (6) and
+the energy split at the first token (7) is migrated in place, rows and rollups intact, on
+SQLite and PostgreSQL.
 
 The version-1 schema is created from the SQL in ``tests/schema_v1/`` (what SQLAlchemy
 emitted for the version-1 models), filled with version-1 rows and rollups, then opened by
@@ -31,8 +32,16 @@ V1_SQL = Path(__file__).resolve().parent / "schema_v1"
 PRICE_KEYS = {"ownership", "gpu_price_source"}  # version 3: nullable, on records and rollups
 SPAN_KEY = "span_key"  # version 4: nullable, on records, indexed
 TRACE_KEYS = {"trace_id", "span_id"}  # version 5: nullable, on records, trace_id indexed
-NEW_QUERY_COLUMNS = {"energy_uncertainty_j", *PRICE_KEYS, SPAN_KEY, *TRACE_KEYS}
-NEW_ROLLUP_COLUMNS = {"energy_uncertainty_j", "uncertainty_queries", *PRICE_KEYS}
+PHASE_KEYS = {"prefill_energy_j", "decode_energy_j"}  # version 7: nullable, on records
+# version 7, on rollups: sums over the records carrying both phases and both token counts
+PHASE_ROLLUP_KEYS = {"phase_queries", *PHASE_KEYS, "phase_input_tokens", "phase_output_tokens"}
+NEW_QUERY_COLUMNS = {"energy_uncertainty_j", *PRICE_KEYS, SPAN_KEY, *TRACE_KEYS, *PHASE_KEYS}
+NEW_ROLLUP_COLUMNS = {
+    "energy_uncertainty_j",
+    "uncertainty_queries",
+    *PRICE_KEYS,
+    *PHASE_ROLLUP_KEYS,
+}
 NEW_IDLE_COLUMNS = {"lost_energy_j", "measured_s"}
 
 
@@ -128,6 +137,8 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
     old = _random_records(31, 200)
     for r in old:
         r.pop("energy_uncertainty_j", None)  # version 1 had no such key
+        r.pop("prefill_energy_j", None)
+        r.pop("decode_energy_j", None)
     # SQLite rolled up lazily: 150 rows summed, 50 still above the watermark. PostgreSQL
     # rolled up every write in its transaction.
     rows = make_v1_database(db_url, old, rolled_up=150 if is_sqlite else 200)
@@ -174,6 +185,10 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
     assert all(r[k] is None for r in queries_after + rollups_after for k in PRICE_KEYS)
     assert all(r[SPAN_KEY] is None for r in queries_after)
     assert all(r[k] is None for r in queries_after for k in TRACE_KEYS)
+    assert all(r[k] is None for r in queries_after for k in PHASE_KEYS)
+    assert all(r[k] == 0 for r in rollups_after for k in PHASE_ROLLUP_KEYS)
+    for name in PHASE_KEYS:
+        assert _columns(db_url, "queries")[name] == (True, False)  # nullable, no default
     assert [{k: r[k] for k in before} for r, before in zip(rollups_after, rollups_before)] == (
         rollups_before
     )
@@ -184,6 +199,10 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
     # New records carry bounds; the rollups are the sums of every record, old ones included.
     new = _with_bounds(make_records(120, seed=8), seed=8)
     new[0]["input_tokens"], new[1]["output_tokens"] = 2**40, 2**62  # over 32 bits
+    for i, r in enumerate(new):  # version 7: the energy split at the first token
+        if i % 4 and r["energy_j"] is not None:
+            r["prefill_energy_j"] = r["energy_j"] * 0.25
+            r["decode_energy_j"] = r["energy_j"] * 0.75
     start = dt.datetime(2026, 5, 1, 2, tzinfo=dt.timezone.utc)
     for i, r in enumerate(new):
         r["started_at"] = start + dt.timedelta(seconds=97 * i)
@@ -229,6 +248,13 @@ def test_version_1_database_is_migrated_with_rows_and_rollups_intact(db_url, tmp
     assert slow["totals"]["energy_uncertainty_kwh"] == pytest.approx(bounds / 3.6e6, rel=1e-9)
     measured_old = sum(r["energy_j"] is not None for r in rows)
     assert report["measurement"]["uncertainty_queries"] == len(new)
+    split = [r for r in new if r.get("prefill_energy_j") is not None]
+    phase = report["totals"]["per_1m_phase_tokens"]
+    assert phase["queries"] == len(split) == slow["totals"]["per_1m_phase_tokens"]["queries"]
+    assert phase["input"]["energy_j"] == pytest.approx(
+        sum(r["prefill_energy_j"] for r in split) / sum(r["input_tokens"] for r in split) * 1e6,
+        rel=1e-9,
+    )
     assert any(
         f"{measured_old:,} of the {measured_old + len(new):,} queries with GPU energy" in n
         for n in report["notes"]
@@ -269,3 +295,4 @@ def test_version_1_sql_is_the_version_1_models_less_the_new_columns():
     assert "energy_uncertainty_j" not in pg and "CREATE TABLE query_rollups" in pg
     assert not any(name in pg for name in PRICE_KEYS) and SPAN_KEY not in pg
     assert not any(name in pg for name in TRACE_KEYS)
+    assert not any(name in pg for name in PHASE_ROLLUP_KEYS)

@@ -183,6 +183,9 @@ class DeviceResolver:
         span.end_s = end_s
         self._seq += 1
         self._new_events.append((end_s, END, self._seq, span))  # type: ignore[arg-type]
+        if isinstance(span, OpenSpan) and tokens is not None and tokens.ttft_s is not None:
+            assert isinstance(self._shares, RunningShares)
+            self._shares.first_token(span, span.start_s + tokens.ttft_s)
         if isinstance(span, TokenSpan) and tokens is not None:
             self._place(span, end_s, tokens)
 

@@ -9,6 +9,7 @@ does not depend on how many spans run at once: each start and end is one step.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -55,6 +56,7 @@ class OpenSpan:
         "bound_at_start_j",
         "started",
         "partial",
+        "first_s",
     )
 
     def __init__(self, key: Hashable, start_s: float) -> None:
@@ -66,6 +68,7 @@ class OpenSpan:
         self.bound_at_start_j = 0.0
         self.started = False
         self.partial = False
+        self.first_s: float | None = None  # its first token, once its end told it
 
 
 Event = tuple[float, int, int, OpenSpan]  # (time s, START or END, sequence, span)
@@ -80,6 +83,52 @@ class RunningShares:
         self._energy_per_span_j = 0.0  # running integrals per active span since a rebase
         self._gpu_s_per_span = 0.0
         self._bound_per_span_j = 0.0
+        # The per-span energy integral at each event and interval edge since the rebase
+        # (it is linear in between): what a span had received by its first token, which
+        # is only told with its end, after the sweep may have passed it.
+        self._history_s: list[float] = []
+        self._history_j: list[float] = []
+        self._history_limit = 4096
+
+    def first_token(self, span: OpenSpan, first_s: float) -> None:
+        """``span``'s first token came at ``first_s`` (told with its end): its energy
+        splits there into prefill and decode. Ignored outside the span."""
+        if span.start_s < first_s < span.end_s:
+            span.first_s = first_s
+
+    def _energy_at(self, t_s: float) -> float:
+        """The per-span energy integral at ``t_s`` (inside the recorded history)."""
+        times, values = self._history_s, self._history_j
+        i = bisect_right(times, t_s)
+        if i == 0:
+            return values[0] if values else 0.0
+        if i == len(times):
+            return values[-1]
+        t0, t1 = times[i - 1], times[i]
+        e0, e1 = values[i - 1], values[i]
+        if t1 <= t0:
+            return e1
+        return e0 + (e1 - e0) * (t_s - t0) / (t1 - t0)
+
+    def _phases(self, span: OpenSpan, energy_j: float) -> tuple[float | None, float | None]:
+        """(prefill J, decode J) of a span that ends now with ``energy_j``; (None, None)
+        without a first-token time, or where part of it was not measured."""
+        if span.first_s is None or span.partial:
+            return None, None
+        return split_phases(energy_j, self._energy_at(span.first_s) - span.energy_at_start_j)
+
+    def _record(self, t_s: float, energy_j: float) -> None:
+        self._history_s.append(t_s)
+        self._history_j.append(energy_j)
+
+    def _prune_history(self) -> None:
+        """Forget the history before the earliest start of the spans running."""
+        starts = [span.start_s for span in self.spans.values() if span.started]
+        keep_from = bisect_right(self._history_s, min(starts)) - 1 if starts else 0
+        if keep_from > 0:
+            del self._history_s[:keep_from]
+            del self._history_j[:keep_from]
+        self._history_limit = max(4096, 2 * len(self._history_s))
 
     def sweep(
         self,
@@ -111,6 +160,7 @@ class RunningShares:
                 gpu_s += share_s
                 bound += bound_per_s * share_s
             cursor = t
+            self._record(t, energy)
             if kind == START:
                 span.energy_at_start_j = energy
                 span.gpu_s_at_start = gpu_s
@@ -120,20 +170,29 @@ class RunningShares:
             else:
                 active -= 1
                 del self.spans[span.key]
+                energy_j = energy - span.energy_at_start_j
+                prefill_j, decode_j = self._phases(span, energy_j)
                 done[span.key] = SpanShare(
-                    energy - span.energy_at_start_j,
+                    energy_j,
                     gpu_s - span.gpu_s_at_start,
                     bound - span.bound_at_start_j,
                     span.partial,
                     span.start_s < estimated_before_s,
+                    prefill_j,
+                    decode_j,
                 )
         if active > 0:
             share_s = (t1 - cursor) / active
             energy += energy_per_s * share_s
             gpu_s += share_s
             bound += bound_per_s * share_s
+            self._record(t1, energy)
+            if len(self._history_s) > self._history_limit:
+                self._prune_history()
         else:
             energy = gpu_s = bound = 0.0  # nobody holds a start value: rebase (precision)
+            self._history_s.clear()
+            self._history_j.clear()
         self._energy_per_span_j, self._gpu_s_per_span, self._bound_per_span_j = energy, gpu_s, bound
         self.active = active
 
@@ -165,3 +224,10 @@ class RunningShares:
             self._bound_per_span_j - span.bound_at_start_j,
             partial=True,
         )
+
+
+def split_phases(energy_j: float, prefill_j: float) -> tuple[float, float]:
+    """(prefill J, decode J) of a span's ``energy_j`` given what it had received by its
+    first token, held inside [0, energy_j] (rounding) so that the two sum to it."""
+    prefill_j = min(max(prefill_j, 0.0), energy_j) if energy_j > 0 else 0.0
+    return prefill_j, energy_j - prefill_j

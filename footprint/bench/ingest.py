@@ -76,6 +76,9 @@ def make_records(rows: int, seed: int = 0) -> list[dict[str, Any]]:
                 "span_key": None,  # written in-process
                 "trace_id": None,  # called with no trace context
                 "span_id": None,
+                # split at the first token (a tenth of the call in)
+                "prefill_energy_j": energy_j * 0.1,
+                "decode_energy_j": energy_j * 0.9,
             }
         )
     return out

@@ -113,6 +113,26 @@ def _print_summary(summary: dict[str, Any], db: str, out: str, written: Sequence
             f"Priced as the report prices it: ${gpus['usd_per_gpu_hour']:.2f}/GPU-hour ({what}); "
             f"$ per 1M output tokens: {per_1m}"
         )
+    phases = [
+        f"{name} {_j(p['input']['energy_j'])} and {_usd(p['input']['cost_usd'])} per 1M input, "
+        f"{_j(p['output']['energy_j'])} and {_usd(p['output']['cost_usd'])} per 1M output"
+        for name, m in summary["models"].items()
+        if (p := m.get("per_1m_phase_tokens")) and p["queries"]
+    ]
+    if phases:
+        console.print(
+            "Split at the first token (prefill per input token, decode per output token): "
+            + "; ".join(phases)
+            + " (the report sets them beside hosted API prices)"
+        )
     html_files = [str(p) for p in written if p.suffix == ".html"]
     console.print(f"Report: {html_files[0] if html_files else out} (and .md, .csv, .json)")
     console.print(f"Report it again, by team: {report_command(db)}", soft_wrap=True)
+
+
+def _j(joules: float | None) -> str:
+    return "-" if joules is None else f"{joules / 3600:.3g} Wh"
+
+
+def _usd(usd: float | None) -> str:
+    return "-" if usd is None else f"${usd:.3g}"

@@ -162,7 +162,8 @@ def add_report_figures(summary: dict[str, Any], report: dict[str, Any]) -> None:
     """The money of the report built from the demo's database, so that the demo and its
     report quote one price: the $/GPU-hour the records were priced with (None if they
     carry several) and its source, and per model the report's $ per 1M output tokens
-    (``busy``: attributed cost, ``held``: fully loaded with the idle GPU time held)."""
+    (``busy``: attributed cost, ``held``: fully loaded with the idle GPU time held) and its
+    J and $ per 1M input tokens (prefill) and per 1M output tokens (decode)."""
     prices = {(f["usd_per_gpu_hour"], f["sources"].get("gpu_price_ref")) for f in report["factors"]}
     price, source = prices.pop() if len(prices) == 1 else (None, None)
     summary.setdefault("gpus", {}).update(
@@ -179,6 +180,20 @@ def add_report_figures(summary: dict[str, Any], report: dict[str, Any]) -> None:
             m["usd_per_1m_output_tokens"] = {
                 "busy": per_1m["cost_usd"],
                 "held": per_1m["fully_loaded_cost_usd"],
+            }
+            # The report's prefill energy per 1M input tokens and decode energy per 1M
+            # output tokens, with their cost (the queries split at their first token).
+            phase = entry["per_1m_phase_tokens"]
+            m["per_1m_phase_tokens"] = {
+                "queries": phase["queries"],
+                "input": {
+                    "energy_j": phase["input"]["energy_j"],
+                    "cost_usd": phase["input"]["cost_usd"],
+                },
+                "output": {
+                    "energy_j": phase["output"]["energy_j"],
+                    "cost_usd": phase["output"]["cost_usd"],
+                },
             }
 
 

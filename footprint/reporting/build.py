@@ -36,6 +36,7 @@ from footprint.reporting.figures import (
 from footprint.reporting.grouped import first_last, read_sums
 from footprint.reporting.overlap import overlap_note
 from footprint.reporting.percentiles import percentiles
+from footprint.reporting.references import references
 from footprint.reporting.request import (
     ReportError,
     ReportRequest,
@@ -237,6 +238,8 @@ def assemble(
             "uncertainty_queries": bounded,  # of them, with an energy uncertainty bound
             "accuracy": published_accuracy(),
         },
+        # published prices and energy per 1M tokens of the models that have some
+        "references": references([m["model"] for m in models]),
         "factors": factor_list(fold.factor_sets),
         "what_if": what_if(totals, fold.zones, sources, compare_zones),
         "notes": notes,

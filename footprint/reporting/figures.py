@@ -128,6 +128,8 @@ def figures(
         # (input + output), of the attributed and the fully loaded cost.
         "per_1m_output_tokens": per_million(cost, fl_cost, out_tokens),
         "per_1m_tokens": per_million(cost, fl_cost, out_tokens + int(acc["input_tokens"])),
+        # by tag: the tag scan sums no phases (absent then)
+        **({"per_1m_phase_tokens": per_million_phase(acc)} if "phase_n" in acc else {}),
         "sci": {
             "per_query_g": div(sci, sci_n),
             "per_1k_output_tokens_g": div(None if sci is None else sci * 1000, out_tokens),
@@ -171,6 +173,36 @@ def per_million(cost: float | None, fl_cost: float | None, tokens: int) -> dict[
         "cost_usd": div(None if cost is None else cost * 1e6, tokens),
         "fully_loaded_cost_usd": div(None if fl_cost is None else fl_cost * 1e6, tokens),
     }
+
+
+def per_million_phase(acc: dict[str, Any]) -> dict[str, Any]:
+    """Per 1M input tokens (the prefill energy: start to first token) and per 1M output
+    tokens (the decode energy: first token to end), in J, kWh, gCO2e and $, over the
+    queries that carry both phase energies and both token counts (``queries``); the CO2e
+    and cost are the phase energy's share of its queries' (see ``sums.phase_sums``)."""
+    n = int(acc["phase_n"])
+    out: dict[str, Any] = {
+        "queries": n,
+        "prefill_energy_j": acc["prefill_j"] if n else None,
+        "decode_energy_j": acc["decode_j"] if n else None,
+        "input_tokens": int(acc["phase_input_tokens"]),
+        "output_tokens": int(acc["phase_output_tokens"]),
+    }
+    for side, energy_key, tokens_key in (
+        ("input", "prefill", "phase_input_tokens"),
+        ("output", "decode", "phase_output_tokens"),
+    ):
+        tokens = int(acc[tokens_key]) if n else 0
+        energy_j = div(acc[f"{energy_key}_j"] * 1e6, tokens)
+        co2e = acc[f"{energy_key}_co2e_g"] if acc["phase_co2e_n"] else None
+        cost = acc[f"{energy_key}_cost_usd"] if acc["phase_cost_n"] else None
+        out[side] = {
+            "energy_j": energy_j,
+            "energy_kwh": kwh(energy_j),
+            "co2e_g": div(None if co2e is None else co2e * 1e6, tokens),
+            "cost_usd": div(None if cost is None else cost * 1e6, tokens),
+        }
+    return out
 
 
 def wh(joules: float | None) -> float | None:

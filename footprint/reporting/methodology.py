@@ -239,6 +239,7 @@ def methodology(report: dict[str, Any]) -> list[tuple[str, list[str | Table]]]:
                 "tokens by the input and output tokens together.",
             ],
         ),
+        _phase_method(report),
         *_group_method(report),
         (
             "What if elsewhere",
@@ -279,6 +280,60 @@ def methodology(report: dict[str, Any]) -> list[tuple[str, list[str | Table]]]:
             ],
         ),
     ]
+
+
+def _phase_method(report: dict[str, Any]) -> tuple[str, list[str | Table]]:
+    """How the per-1M-input-token and per-1M-output-token figures are made, and the
+    token-aware rule behind the split (its constants read from the code)."""
+    from footprint.attribution.tokens import WINDOW_S
+    from footprint.attribution.weights import BLOCK_S, MIN_BLOCKS, SPAN_BLOCKS
+
+    totals = report.get("totals", {})
+    phase = totals.get("per_1m_phase_tokens") or {}
+    split = int(phase.get("queries") or 0)
+    queries = int(totals.get("queries") or 0)
+    return (
+        "Prefill and decode: per 1M input and output tokens",
+        [
+            "Each record's GPU energy is split at the call's first token: prefill_energy_j "
+            "is what its GPUs gave it from its start to its first token (reading the "
+            "prompt), decode_energy_j from its first token to its end (writing the answer); "
+            "the two sum to energy_j. A call is split when it tells its time to first token "
+            "and its token counts (the attribution is told both with its end); under the "
+            "equal rule, not when part of it went unmeasured. Per 1M input tokens = Σ "
+            "prefill energy / Σ input tokens × 10^6 and per 1M output tokens = Σ decode "
+            "energy / Σ output tokens × 10^6, both over the same queries: those carrying "
+            "both phase energies and both "
+            f"token counts ({split:,} of the {queries:,} queries in this report). The first "
+            "token is made by the prefill, so it counts in the prefill energy, while the "
+            "output tokens divide the decode energy whole: the usual way providers price.",
+            "CO2e and cost are split in the same proportion as energy: the phase energy is "
+            "priced at the CO2e and the attributed cost (GPU time, plus electricity for owned "
+            "GPUs) per joule of its queries' energy, per hourly rollup row (the same model, "
+            "GPUs and factors). Fully loaded idle energy is not included.",
+            "How a call's energy is split in time follows the attribution rule. Under the "
+            "equal rule the busy energy of each instant is shared equally among the calls "
+            "running, and a call's prefill energy is what it received before its first "
+            'token. Under the token rule (`attribution = "tokens"`, or `"auto"`, the '
+            "default, from the first call that ends with token counts) the GPU's busy power "
+            "is modelled as P = F·steps/s + α·Σ prefill tokens/s + β·Σ decode tokens/s + "
+            "γ·Σ decode tokens/s × context: each call carries its input tokens in its "
+            "prefill, before its first token, and its output tokens in its decode, after "
+            "it, and is charged its own terms plus an equal share of the fixed term F with "
+            "the calls it ran with (the Shapley value of that additive model). The weights "
+            "F, α, β and γ are learned per GPU from the energy counter by non-negative, "
+            "exponentially weighted least squares of the busy energy on the token work, "
+            f"over rows of {SPAN_BLOCKS} consecutive blocks of about "
+            f"{units.number(BLOCK_S)} busy seconds, and used once {MIN_BLOCKS} rows "
+            "determine them (busy energy that no fit shares is split equally, and counted). "
+            "The measured busy energy is shared over windows of about "
+            f"{units.number(WINDOW_S)} busy seconds in proportion to each call's predicted "
+            "energy, so the shares of a window sum to what the counter measured, and a "
+            "call's prefill energy is its share before its first token. The fitted weights "
+            "are not a report figure: `footprint bench batching` measures how far each "
+            "rule's split is from the truth on a simulated server.",
+        ],
+    )
 
 
 def _group_method(report: dict[str, Any]) -> list[tuple[str, list[str | Table]]]:

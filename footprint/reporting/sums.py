@@ -36,6 +36,23 @@ from footprint.reporting.request import ReportRequest
 
 JOULES_PER_KWH = 3_600_000.0
 
+# The queries carrying both phase energies and both token counts (``phase_n``): their
+# prefill and decode energy, input and output tokens; that energy's CO2e and cost, priced
+# at the CO2e and cost per joule of the grouped row it is in (same model, hour, GPUs and
+# factors), with the count of the rows where each was known.
+PHASE_KEYS = (
+    "phase_n",
+    "prefill_j",
+    "decode_j",
+    "phase_input_tokens",
+    "phase_output_tokens",
+    "prefill_co2e_g",
+    "decode_co2e_g",
+    "phase_co2e_n",
+    "prefill_cost_usd",
+    "decode_cost_usd",
+    "phase_cost_n",
+)
 SUM_KEYS = (
     "queries",
     "errors",
@@ -73,6 +90,7 @@ SUM_KEYS = (
     "idle_gpu_s",
     "idle_compute_cost_usd",
     "idle_embodied_co2e_g",
+    *PHASE_KEYS,
 )
 # Per set of GPUs, what idle shares are computed from: GPU-seconds, GPU-seconds × CO2e per
 # joule, × energy cost per joule, × billed energy cost per joule; compute cost; embodied.
@@ -90,6 +108,40 @@ def add(into: dict[str, Any], row: dict[str, Any]) -> None:
     """Add the sums of ``row`` to ``into`` (both accumulators)."""
     for key in SUM_KEYS:
         into[key] += row[key]
+
+
+def phase_sums(row: dict[str, Any], sums: dict[str, Any]) -> dict[str, Any]:
+    """A grouped row's phase sums (``PHASE_KEYS``), given its other ``sums``: its phase
+    energy priced like the rest of its energy, per joule (the row's CO2e and attributed
+    cost over its energy). A row from a source without phase columns (a tag scan) has
+    none."""
+    prefill_j = row.get("prefill_energy_j") or 0.0
+    decode_j = row.get("decode_energy_j") or 0.0
+    out: dict[str, Any] = {
+        "phase_n": row.get("phase_queries") or 0,
+        "prefill_j": prefill_j,
+        "decode_j": decode_j,
+        "phase_input_tokens": row.get("phase_input_tokens") or 0,
+        "phase_output_tokens": row.get("phase_output_tokens") or 0,
+        "prefill_co2e_g": 0.0,
+        "decode_co2e_g": 0.0,
+        "phase_co2e_n": 0,
+        "prefill_cost_usd": 0.0,
+        "decode_cost_usd": 0.0,
+        "phase_cost_n": 0,
+    }
+    energy_j = sums["energy_j"]
+    if not out["phase_n"] or not energy_j or energy_j <= 0:
+        return out
+    if sums["co2e_n"]:
+        per_j = sums["co2e_g"] / energy_j
+        out.update(prefill_co2e_g=prefill_j * per_j, decode_co2e_g=decode_j * per_j)
+        out["phase_co2e_n"] = 1
+    if sums["compute_n"] or sums["billed_energy_cost_n"]:
+        per_j = (sums["compute_cost_usd"] + sums["billed_energy_cost_usd"]) / energy_j
+        out.update(prefill_cost_usd=prefill_j * per_j, decode_cost_usd=decode_j * per_j)
+        out["phase_cost_n"] = 1
+    return out
 
 
 def split_gpus(gpus: str | None) -> list[str]:
@@ -197,7 +249,7 @@ class Fold:
             compute_n = n
         ownership = row.get("ownership")
         billed = bills_energy(ownership)
-        return {
+        sums = {
             "queries": n,
             "errors": row["errors"],
             "input_tokens": row["input_tokens"],
@@ -234,6 +286,8 @@ class Fold:
             "idle_compute_cost_usd": 0.0,
             "idle_embodied_co2e_g": 0.0,
         }
+        sums.update(phase_sums(row, sums))
+        return sums
 
     @staticmethod
     def spread_of(sums: dict[str, Any], row: dict[str, Any]) -> list[float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from footprint.reporting import units
 from footprint.reporting.content import Table
 from footprint.reporting.figures import TOP_MODELS, shown_models
 from footprint.reporting.request import group_key, tag_name
@@ -70,6 +71,15 @@ SERVING_COLUMNS = (
     ("per_1m_tokens.cost_usd", "$ /1M tok (in + out)", "money"),
     ("per_1m_tokens.fully_loaded_cost_usd", "$ /1M tok (in + out, fully loaded)", "money"),
 )
+PHASE_COLUMNS = (
+    ("per_1m_phase_tokens.queries", "Queries split", "count"),
+    ("per_1m_phase_tokens.input.energy_kwh", "Energy /1M input tok", "energy"),
+    ("per_1m_phase_tokens.input.co2e_g", "CO2e /1M input tok", "mass"),
+    ("per_1m_phase_tokens.input.cost_usd", "$ /1M input tok", "money"),
+    ("per_1m_phase_tokens.output.energy_kwh", "Energy /1M output tok", "energy"),
+    ("per_1m_phase_tokens.output.co2e_g", "CO2e /1M output tok", "mass"),
+    ("per_1m_phase_tokens.output.cost_usd", "$ /1M output tok", "money"),
+)
 GROUP_COLUMNS = (
     ("queries", "Queries", "count"),
     ("output_tokens", "Output tokens", "count"),
@@ -130,7 +140,77 @@ def model_tables(report: dict[str, Any]) -> list[tuple[str, str, Table]]:
             _model_table(report, INTENSITY_COLUMNS, False),
         ),
         ("Latency, tokens and $ per 1M tokens", serving_lead, _serving_table(report)),
+        (
+            "Per 1M input tokens and per 1M output tokens",
+            PHASE_LEAD,
+            _model_table(report, PHASE_COLUMNS, True),
+        ),
+        *reference_tables(report),
     ]
+
+
+def _range(low: float, high: float, show: Any) -> str:
+    return f"{show(low)}–{show(high)}"
+
+
+def reference_tables(report: dict[str, Any]) -> list[tuple[str, str, Table]]:
+    """The models' per-1M-token figures beside published ones (``references``), when the
+    report has models with published figures."""
+    found = report.get("references") or []
+    if not found:
+        return []
+    rows = []
+    for ref in found:
+        path = f"models.{ref['index']}.per_1m_phase_tokens"
+        j_low, j_high = ref["output_energy_j_per_1m"]["low"], ref["output_energy_j_per_1m"]["high"]
+        rows.append(
+            [
+                ref["model"],
+                (f"{path}.input.cost_usd", "money"),
+                _range(
+                    ref["input_usd_per_1m"]["low"], ref["input_usd_per_1m"]["high"], units.money
+                ),
+                (f"{path}.output.cost_usd", "money"),
+                _range(
+                    ref["output_usd_per_1m"]["low"], ref["output_usd_per_1m"]["high"], units.money
+                ),
+                (f"{path}.output.energy_kwh", "energy"),
+                _range(j_low / 3.6e6, j_high / 3.6e6, units.energy),
+            ]
+        )
+    table = Table(
+        headers=[
+            "Model",
+            "$ /1M input tok",
+            "hosted APIs",
+            "$ /1M output tok",
+            "hosted APIs",
+            "Energy /1M output tok",
+            "ML.ENERGY",
+        ],
+        rows=rows,
+    )
+    first = found[0]
+    lead = (
+        "This report's cost and energy per 1M input and per 1M output tokens (above) beside "
+        "published figures for the same models: the range of hosted API list prices "
+        f"({first['prices_source']}), and the range of GPU energy per output token measured "
+        f"over batch sizes ({first['energy_source']}), which counts a whole request's "
+        "energy (prefill included) per output token where the decode column here counts "
+        "the decode alone. A hosted price is a provider's list price, margins included: a "
+        "comparison, not a check."
+    )
+    return [("Beside published figures", lead, table)]
+
+
+PHASE_LEAD = (
+    "The way providers price: each query's energy split at its first token, the prefill "
+    "(start to first token) charged to its input tokens and the decode (first token to "
+    "end) to its output tokens, then summed per model and divided by the tokens. Only the "
+    "queries that carry both the split and both token counts count here (Queries split; "
+    "a query needs a time to first token and token counts); their CO2e and cost are split "
+    "in the same proportion as their energy. – : no such query. See Prefill and decode."
+)
 
 
 def _serving_table(report: dict[str, Any]) -> Table:

@@ -22,6 +22,18 @@ class _GpuEnergy(NamedTuple):
     gpu_seconds: float | None
     uncertainty_j: float | None
     source: str
+    prefill_energy_j: float | None = None
+    decode_energy_j: float | None = None
+
+
+def _phase_energy(gpu_shares: list[SpanShare]) -> tuple[float | None, float | None]:
+    """The GPUs' prefill and decode energy summed; None unless every GPU split its share."""
+    if any(s.prefill_energy_j is None or s.decode_energy_j is None for s in gpu_shares):
+        return None, None
+    return (
+        sum(s.prefill_energy_j or 0.0 for s in gpu_shares),
+        sum(s.decode_energy_j or 0.0 for s in gpu_shares),
+    )
 
 
 # energy_source of a record whose energy is the CPU's (no GPU measured where it ran):
@@ -40,17 +52,18 @@ def _gpu_energy(device_set: DeviceSet, shares: dict[int, SpanShare]) -> _GpuEner
     energy_j = gpu_seconds = bound_j = 0.0
     partial = False
     estimated = False
-    for share in [shares[s] for s in device_set.gpu_slots]:
+    gpu_shares = [shares[s] for s in device_set.gpu_slots]
+    for share in gpu_shares:
         energy_j += share.energy_j
         gpu_seconds += share.gpu_s
         bound_j += share.uncertainty_j
         partial = partial or share.partial
         estimated = estimated or share.estimated
-    if partial:  # part of it was not measured: no bound
+    if partial:  # part of it was not measured: no bound, no phases
         return _GpuEnergy(energy_j, gpu_seconds, None, "estimated")
     # Part of it extrapolated: estimated, and the bound covers it.
     source = "estimated" if estimated else device_set.gpu_source
-    return _GpuEnergy(energy_j, gpu_seconds, bound_j, source)
+    return _GpuEnergy(energy_j, gpu_seconds, bound_j, source, *_phase_energy(gpu_shares))
 
 
 def _cpu_as_model_energy(device_set: DeviceSet, shares: dict[int, SpanShare]) -> _GpuEnergy:
@@ -148,6 +161,8 @@ class RecordMaker:
             "span_key": span.key,
             "trace_id": None if trace is None else trace[0],
             "span_id": None if trace is None else trace[1],
+            "prefill_energy_j": gpu.prefill_energy_j,
+            "decode_energy_j": gpu.decode_energy_j,
             **self._unpriced,
         }
         if pricer is not None:

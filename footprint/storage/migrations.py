@@ -163,12 +163,41 @@ def _v5_to_v6(conn: Connection) -> None:
     devices_v6.create(conn, checkfirst=True)
 
 
+def _v6_to_v7(conn: Connection) -> None:
+    """Version 7: each record's energy split at its first token (``prefill_energy_j``,
+    ``decode_energy_j``), and in the rollups their sums with the count and token sums of
+    the queries carrying them. Older records have none (NULL); their rollup rows get 0
+    over 0 queries, exactly the sums of those records, so no rollup is rebuilt."""
+    _add_columns(
+        conn,
+        "queries",
+        [
+            ("prefill_energy_j", "FLOAT", "DOUBLE PRECISION"),
+            ("decode_energy_j", "FLOAT", "DOUBLE PRECISION"),
+        ],
+    )
+    zero_float = ("FLOAT NOT NULL DEFAULT 0", "DOUBLE PRECISION NOT NULL DEFAULT 0")
+    zero_int = ("BIGINT NOT NULL DEFAULT 0", "BIGINT NOT NULL DEFAULT 0")
+    _add_columns(
+        conn,
+        "query_rollups",
+        [
+            ("phase_queries", *zero_int),
+            ("prefill_energy_j", *zero_float),
+            ("decode_energy_j", *zero_float),
+            ("phase_input_tokens", *zero_int),
+            ("phase_output_tokens", *zero_int),
+        ],
+    )
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _v1_to_v2,
     2: _v2_to_v3,
     3: _v3_to_v4,
     4: _v4_to_v5,
     5: _v5_to_v6,
+    6: _v6_to_v7,
 }
 
 

@@ -28,8 +28,9 @@ __all__ = [
 
 # 2: energy_uncertainty_j (queries, query_rollups); 3: lost_energy_j, and ownership and
 # gpu_price_source (queries, query_rollups); 4: span_key (queries), indexed; 5: trace_id
-# (indexed) and span_id (queries); 6: devices
-SCHEMA_VERSION = 6
+# (indexed) and span_id (queries); 6: devices; 7: prefill_energy_j and decode_energy_j
+# (queries), their sums and the token counts of the queries carrying them (query_rollups)
+SCHEMA_VERSION = 7
 
 
 def _utc_column(index: bool = False) -> Column:
@@ -76,6 +77,12 @@ class QueryRecord(SQLModel, table=True):
     HTTP request came with (middleware, proxy), in lowercase hex (32 and 16 digits), to
     join a record with its trace (``ix_queries_trace_id``). NULL when the call had none,
     and before version 5.
+
+    ``prefill_energy_j`` and ``decode_energy_j`` (schema version 7) split ``energy_j`` at
+    the call's first token: what its GPUs gave it before (the prefill: reading the
+    prompt) and after (the decode: writing the answer); they sum to ``energy_j``. NULL
+    when the call has no time to first token or token counts (the attribution is told
+    both with the call's end), when part of it was not measured, and before version 7.
     """
 
     __tablename__ = "queries"
@@ -130,6 +137,9 @@ class QueryRecord(SQLModel, table=True):
     # Schema version 5, last for the same reason: the caller's trace context (see above).
     trace_id: str | None = None
     span_id: str | None = None
+    # Schema version 7, last for the same reason: energy_j split at the first token.
+    prefill_energy_j: float | None = None
+    decode_energy_j: float | None = None
 
 
 class IdleEnergy(SQLModel, table=True):
@@ -211,6 +221,21 @@ class QueryRollup(SQLModel, table=True):
     # Key columns of schema version 3 (NULL on older rollup rows), last like in queries.
     ownership: str | None = None
     gpu_price_source: str | None = None
+    # Schema version 7: over the queries carrying both phase energies and both token
+    # counts (``phase_queries``), Σ prefill_energy_j, Σ decode_energy_j, Σ input_tokens
+    # and Σ output_tokens (what per-1M-token figures divide). 0 on older rollup rows:
+    # exactly the sums of their records, which carry no phase energy.
+    phase_queries: int = Field(
+        default=0, sa_type=BigInteger, sa_column_kwargs={"server_default": text("0")}
+    )
+    prefill_energy_j: float = Field(default=0.0, sa_column_kwargs={"server_default": text("0")})
+    decode_energy_j: float = Field(default=0.0, sa_column_kwargs={"server_default": text("0")})
+    phase_input_tokens: int = Field(
+        default=0, sa_type=BigInteger, sa_column_kwargs={"server_default": text("0")}
+    )
+    phase_output_tokens: int = Field(
+        default=0, sa_type=BigInteger, sa_column_kwargs={"server_default": text("0")}
+    )
 
 
 class Loss(SQLModel, table=True):

@@ -55,6 +55,15 @@ KEY_COLUMNS = (
     "ownership",
     "gpu_price_source",
 )
+# Schema version 7: over the queries carrying both phase energies and both token counts,
+# their count and sums (rollup column <- queries column).
+PHASE_SOURCES = {
+    "prefill_energy_j": "prefill_energy_j",
+    "decode_energy_j": "decode_energy_j",
+    "phase_input_tokens": "input_tokens",
+    "phase_output_tokens": "output_tokens",
+}
+PHASE_SUMS = ("phase_queries", *PHASE_SOURCES)
 SUM_COLUMNS = (
     "queries",
     "errors",
@@ -75,6 +84,7 @@ SUM_COLUMNS = (
     "duration_s",
     "energy_uncertainty_j",
     "uncertainty_queries",
+    *PHASE_SUMS,
 )
 _PLAIN_SUMS = {  # rollup column <- queries column, NULLs skipped
     "input_tokens": "input_tokens",
@@ -91,7 +101,25 @@ _PLAIN_SUMS = {  # rollup column <- queries column, NULLs skipped
 }
 _strict_key_of = itemgetter(*KEY_COLUMNS)
 # Keys a record may lack (producers older than the column): read as None.
-OPTIONAL_KEYS = frozenset({"energy_uncertainty_j", "ownership", "gpu_price_source"})
+OPTIONAL_KEYS = frozenset(
+    {"energy_uncertainty_j", "ownership", "gpu_price_source", "prefill_energy_j", "decode_energy_j"}
+)
+_PHASE_NEEDS = ("prefill_energy_j", "decode_energy_j", "input_tokens", "output_tokens")
+
+
+def _phase_sums(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """Set ``row``'s phase sums (``PHASE_SUMS``) over the ``rows`` that carry both phase
+    energies and both token counts."""
+    row.update(dict.fromkeys(PHASE_SUMS, 0))
+    if _column(rows, "prefill_energy_j").count(None) == len(rows):
+        return  # the common case of records without phases: one C-level count
+    for record in rows:
+        values = [record.get(name) for name in _PHASE_NEEDS]
+        if None in values:
+            continue
+        row["phase_queries"] += 1
+        for target, value in zip(PHASE_SOURCES, values):
+            row[target] += value
 
 
 def _key_of(record: dict[str, Any]) -> tuple:
@@ -178,6 +206,7 @@ def aggregate(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             intensities = [v for v in intensities if v is not None]
         row["intensity_min"] = min(intensities) if intensities else None
         row["intensity_max"] = max(intensities) if intensities else None
+        _phase_sums(rows, row)
         out.append(row)
     out.sort(key=_row_order)
     return out
@@ -191,6 +220,7 @@ def query_sums() -> list[Any]:
     intensity): what the rollups hold, and what a report computes when it scans."""
     q = table_of(QueryRecord).c
     unconverted = and_(q.energy_cost_usd.is_(None), q.energy_cost.is_not(None))
+    phase = and_(*(q[name].is_not(None) for name in _PHASE_NEEDS))
     return [
         func.count().label("queries"),
         *(func.coalesce(func.sum(q[src]), 0).label(dst) for dst, src in _PLAIN_SUMS.items()),
@@ -205,6 +235,11 @@ def query_sums() -> list[Any]:
         func.count(case((unconverted, 1))).label("unconverted_queries"),
         func.min(q.intensity_g_per_kwh).label("intensity_min"),
         func.max(q.intensity_g_per_kwh).label("intensity_max"),
+        func.count(case((phase, 1))).label("phase_queries"),
+        *(
+            func.coalesce(func.sum(case((phase, q[src]))), 0).label(dst)
+            for dst, src in PHASE_SOURCES.items()
+        ),
     ]
 
 
