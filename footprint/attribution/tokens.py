@@ -12,7 +12,9 @@ running set's predicted busy power is
     P(t) = F·steps/s + α·Σ prefill rate + β·Σ decode rate + γ·Σ decode rate × context
 
 (``TokenWeights`` learns F, α, β, γ from the counter; ``steps/s``, the server's step
-rate, is the mean decode rate of the spans decoding: each makes a token a step), and
+rate, is the mean decode rate of the spans decoding: each makes a token a step; for the
+fit, each span's rate weighs 1 / the square of the seconds it is averaged over, as a
+short span's rate is the more local one), and
 span ``i``'s own part of it is ``p_i = F·steps/s / N + (its α, β, γ terms)``: the fixed
 energy of a step shared equally among the ``N`` spans served (prefilling or decoding,
 not waiting: the Shapley value of the additive model), the rest its own. A span with no
