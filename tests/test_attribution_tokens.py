@@ -82,8 +82,10 @@ def serve(calls, theta, idle_w, end_s, period_s=0.1):
     return [(t, counter[t]) for t in samples_at if t in counter]
 
 
-def traffic(seed, count, lead_s=3.0):
-    """Overlapping calls, 1-8 at once, of varied prompts and answers."""
+def traffic(seed, count, lead_s=3.0, steps_per_s=None):
+    """Overlapping calls, 1-8 at once, of varied prompts and answers; each decodes at its
+    own pace, or all at the server's ``steps_per_s`` (a batching server steps them
+    together)."""
     rng = random.Random(seed)
     calls, t_s = [], lead_s
     for key in range(count):
@@ -91,7 +93,11 @@ def traffic(seed, count, lead_s=3.0):
         n_in = int(math.exp(rng.uniform(math.log(16), math.log(6000))))
         n_out = int(math.exp(rng.uniform(math.log(4), math.log(800))))
         ttft_s = rng.uniform(0.05, 0.6)
-        duration_s = ttft_s + n_out / rng.uniform(20, 40)
+        pace = rng.uniform(20, 40)
+        if steps_per_s is None:
+            duration_s = ttft_s + n_out / pace
+        else:  # its first token made by the prefill, the rest a step each
+            duration_s = ttft_s + (n_out - 1) / steps_per_s
         calls.append(Call(key, t_s, t_s + duration_s, n_in, n_out, ttft_s))
     return calls
 
@@ -127,9 +133,10 @@ def _books(resolver, shares):
 
 
 def test_the_weights_are_learned_from_the_counter_and_each_call_gets_its_own_work():
-    """A GPU drawing exactly the model's power: the fit finds the weights, and once it
-    has them each call's share is its own energy (where equal split is far off)."""
-    calls = traffic(seed=4, count=900)
+    """A GPU drawing exactly the model's power (the calls stepped together, as a batching
+    server does): the fit finds the weights, and once it has them each call's share is
+    its own energy (where equal split is far off)."""
+    calls = traffic(seed=4, count=900, steps_per_s=30.0)
     end_s = max(c.end_s for c in calls) + 3.0
     samples = serve(calls, TRUE_THETA, idle_w=0.0, end_s=end_s)
     resolver = DeviceResolver(rule="tokens")
@@ -537,3 +544,36 @@ def test_the_token_rule_says_what_a_call_received_before_and_after_its_first_tok
     for key in ("no-ttft", "none"):
         assert shares[key].prefill_energy_j is None and shares[key].decode_energy_j is None
     assert sum(s.energy_j for s in shares.values()) == pytest.approx(300.0 * 4.0, rel=1e-9)
+
+
+class _Recorder:
+    """Stands in for the weights: keeps what each interval taught, fits nothing."""
+
+    theta = None
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[float, float]] = []
+
+    def observe(self, held, busy_j) -> None:
+        self.rows.append((held.busy_s, held.steps))
+
+
+def test_the_fits_step_rate_follows_the_short_calls_that_say_where_the_server_stood():
+    """A long call's decode rate is its average over a life that took in slow stretches;
+    a short call beside it says what the server's step rate was at its moment. The
+    steps the fit counts while both decode lean to the short call's rate (the plain mean
+    of the two would put it halfway)."""
+    resolver = DeviceResolver(rule="tokens", max_wait_s=60.0)
+    recorder = _Recorder()
+    resolver.weights = recorder  # type: ignore[assignment]
+    resolver.begin("long", 1.0)
+    resolver.begin("short", 5.0)
+    resolver.end("short", 6.05, SpanTokens(100, 31, 0.05))  # 30 tokens/s over 1 s
+    resolver.end("long", 11.1, SpanTokens(100, 100, 0.1))  # 9.9 tokens/s over 10 s
+    resolver.add_samples([(round(0.1 * i, 9), 100.0 * 0.1 * i) for i in range(130)])
+    resolver.resolve(until_s=13.0)
+    # 5.1 s to 6.0 s: both decode (one row per busy 0.1-s interval, from 1 s on)
+    both = recorder.rows[41:50]
+    assert all(busy_s == pytest.approx(0.1) for busy_s, _ in both)
+    rate = sum(steps for _, steps in both) / sum(busy_s for busy_s, _ in both)
+    assert rate > 27.0, rate

@@ -147,6 +147,19 @@ def test_equal_split_overcharges_the_light_calls_of_two_kinds():
     assert abs(result["truth"]["conservation_residual_j"]) < 1e-6
 
 
+def test_the_token_rule_reports_its_learned_weights_against_the_cost_model_and_its_bound():
+    """The benchmark says how far the fit is from the engine's own step costs (the
+    weights that would make each share right), and how wide the bounds are."""
+    scenario = next(s for s in SCENARIOS if s.name == "two-kinds/llama-3.1-8b")
+    result = run_scenario(scenario, requests=1200, seed=1)
+    tokens, equal = result["rules"]["tokens"], result["rules"]["equal"]
+    ratios = tokens["weights_over_model"]
+    assert set(ratios) == {"fixed", "prefill", "decode", "context"}
+    assert 0.8 < ratios["fixed"] < 1.25 and 0.8 < ratios["prefill"] < 1.25, ratios
+    assert "weights_over_model" not in equal  # the equal split learns nothing
+    assert 0.0 < tokens["median_bound_over_energy"] < 2.0
+
+
 _FIGURES = {
     "type": "object",
     "required": [
@@ -172,6 +185,12 @@ _FIGURES = {
         "bound_coverage_pct": {"type": "number", "minimum": 0, "maximum": 100},
         "runtime_us_per_span": {"type": "number", "exclusiveMinimum": 0},
         "cycles_us_per_span": {"type": "number", "minimum": 0},
+        "median_bound_over_energy": {"type": ["number", "null"], "minimum": 0},
+        "weights_over_model": {
+            "type": "object",
+            "required": ["fixed", "prefill", "decode", "context"],
+            "additionalProperties": {"type": "number"},
+        },
     },
 }
 SCHEMA = {

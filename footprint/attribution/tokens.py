@@ -12,7 +12,9 @@ running set's predicted busy power is
     P(t) = F·steps/s + α·Σ prefill rate + β·Σ decode rate + γ·Σ decode rate × context
 
 (``TokenWeights`` learns F, α, β, γ from the counter; ``steps/s``, the server's step
-rate, is the mean decode rate of the spans decoding: each makes a token a step), and
+rate, is the mean decode rate of the spans decoding: each makes a token a step; for the
+fit, each span's rate weighs 1 / the square of the seconds it is averaged over, as a
+short span's rate is the more local one), and
 span ``i``'s own part of it is ``p_i = F·steps/s / N + (its α, β, γ terms)``: the fixed
 energy of a step shared equally among the ``N`` spans served (prefilling or decoding,
 not waiting: the Shapley value of the additive model), the rest its own. A span with no
@@ -191,6 +193,7 @@ class TokenSpan:
         "carried",  # (energy, gpu-s, bound) received under the equal split before
         "carried_until_s",  # up to where
         "ramp",  # its decode context term as it grows: (constant, slope) for the fit
+        "pace_w",  # how much its step rate counts in the server's (1 / its phase's s)
     )
 
     def __init__(self, key: Hashable, start_s: float) -> None:
@@ -212,6 +215,7 @@ class TokenSpan:
         self.carried: tuple[float, float, float] | None = None
         self.carried_until_s = -math.inf
         self.ramp = (0.0, 0.0)
+        self.pace_w = 0.0
 
 
 Event = tuple[float, int, int, TokenSpan]
@@ -265,6 +269,9 @@ class TokenShares:
         self.weighed = 0  # of which with known rates
         self.serving = 0  # of those, served (not waiting)
         self.sums = [0.0, 0.0, 0.0, 0.0]  # their rates, summed
+        # For the fit: the server's step rate, each served span's weighted by how local
+        # its rate is (1 / the time it is averaged over): Σ w·steps/s and Σ w
+        self.pace = [0.0, 0.0]
         # For the fit: Σ decode rate × context, which grows as each answer does (a + b·t)
         self.ramp = [0.0, 0.0]
         self._origin_s: float | None = None  # the time ``t`` counts from
@@ -389,6 +396,11 @@ class TokenShares:
         sums[2] += rates[2] - old[2]
         sums[3] += rates[3] - old[3]
         span.rates = rates
+        w = span.pace_w
+        if w:
+            pace = self.pace
+            pace[0] += w * (rates[3] - old[3])
+            pace[1] += w * ((rates[3] > 0.0) - (old[3] > 0.0))
 
     # -- sweeping --------------------------------------------------------------------
     def sweep(
@@ -468,7 +480,8 @@ class TokenShares:
         sums[5] += known * dt
         sums[6] += self.serving * dt
         sums[7] += (n - known) * dt
-        held[0] += steps
+        pace = self.pace
+        held[0] += pace[0] * dt / pace[1] if pace[1] > 0.0 else steps
         held[1] += s0 * dt
         held[2] += s1 * dt
         ramp = self.ramp
@@ -580,6 +593,7 @@ class TokenShares:
         if placed is not None:
             span.weighed = True
             self.weighed += 1
+            span.pace_w = _pace_weight(span.end_s, placed)
             if placed.serve_s <= span.start_s:
                 self._serve(span, piece=False)
 
@@ -639,6 +653,7 @@ class TokenShares:
                     self.ramp[1] -= span.ramp[1]
                 if self.weighed == 0:
                     self.sums = [0.0, 0.0, 0.0, 0.0]  # nobody's rates left (precision)
+                    self.pace = [0.0, 0.0]
                     self.ramp = [0.0, 0.0]
 
     # -- leaving early ---------------------------------------------------------------
@@ -665,6 +680,14 @@ class TokenShares:
             del self.spans[span.key]
             span.partial = True
             self._win.ending.append((span, False))
+
+
+def _pace_weight(end_s: float, placed: Placement) -> float:
+    """How much a span's step rate counts in the server's: 1 / the seconds its decode
+    rate is averaged over (a short call's rate says more about its moment than a long
+    one's), the same in its prefill step."""
+    span_s = end_s - placed.first_s if placed.second is not None else end_s - placed.serve_s
+    return 1.0 / (span_s * span_s) if span_s > 0.0 else 0.0
 
 
 def _advance(

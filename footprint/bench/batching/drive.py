@@ -15,7 +15,7 @@ import json
 import random
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,8 @@ class Driven:
     cycles_process_s: float  # of which the writer's cycles: resolving, pricing, writing
     counter_j: float  # what the GPUs drew over the run, exactly (from ORIGIN_S)
     counted_s: float  # how long that run was
+    # The token rule's weights per GPU at the end (F, α, β, γ; None: not learned)
+    weights: list[tuple[float, float, float, float] | None] = field(default_factory=list)
 
 
 def load_gpus(gpus: list[SimulatedGpu], served: Served, costs: StepCosts, origin_s: float) -> None:
@@ -141,11 +143,18 @@ def drive(served: Served, costs: StepCosts, rule: Rule, seed: int) -> Driven:
         setup_s = time.process_time() - started
         load_gpus(gpu_sensor.gpus, served, costs, origin_s)
         process_s, cycles_s = _replay(runtime, tracker, clock, served, costs, origin_s, seed)
+        weights = [resolver.weights.theta for resolver in runtime.resolvers]
         end_s = origin_s + served.end_s + TAIL_S
         counter_j = sum(gpu.true_energy_j(ORIGIN_S, end_s) for gpu in gpu_sensor.gpus)
     by_id = {json.loads(r["tags"])["request"]: r for r in records}
     return Driven(
-        by_id, len(served.requests), process_s + setup_s, cycles_s, counter_j, end_s - ORIGIN_S
+        by_id,
+        len(served.requests),
+        process_s + setup_s,
+        cycles_s,
+        counter_j,
+        end_s - ORIGIN_S,
+        weights,
     )
 
 

@@ -34,6 +34,7 @@ def judge(requests: list[Request], driven: Driven) -> dict[str, Any]:
     errors_pct: list[float] = []
     by_kind: dict[str, list[float]] = defaultdict(list)
     covered = missing = 0
+    bound_ratios: list[float] = []
     energy_sum_j = truth_sum_j = 0.0
     for request in requests:
         record = driven.records.get(request.id)
@@ -50,6 +51,8 @@ def judge(requests: list[Request], driven: Driven) -> dict[str, Any]:
         uncertainty_j = record.get("energy_uncertainty_j")
         if uncertainty_j is not None and abs(energy_j - truth_j) <= uncertainty_j:
             covered += 1
+        if uncertainty_j is not None and energy_j > 0:
+            bound_ratios.append(uncertainty_j / energy_j)
     absolute = [abs(e) for e in errors_pct] or [math.nan]
     judged = len(errors_pct)
     return {
@@ -67,8 +70,29 @@ def judge(requests: list[Request], driven: Driven) -> dict[str, Any]:
         if truth_sum_j
         else None,
         "bound_coverage_pct": _round(covered / judged * 100.0, 2) if judged else None,
+        "median_bound_over_energy": _round(percentile(bound_ratios, 50)) if bound_ratios else None,
         "runtime_us_per_span": _round(driven.process_s / max(1, driven.spans) * 1e6, 2),
         "cycles_us_per_span": _round(driven.cycles_process_s / max(1, driven.spans) * 1e6, 2),
+    }
+
+
+def weights_over_model(driven: Driven, costs: StepCosts) -> dict[str, float] | None:
+    """The token rule's learned weights over the cost model's (per GPU, averaged over
+    the GPUs that learned them): how far the fit is from the truth; None if none did."""
+    learned = [theta for theta in driven.weights if theta is not None]
+    if not learned:
+        return None
+    gpus = costs.gpus
+    model = (
+        costs.fixed_j / gpus,
+        costs.prefill_j_per_token / gpus,
+        costs.seq_j / gpus,
+        costs.seq_j_per_context_token / gpus,
+    )
+    names = ("fixed", "prefill", "decode", "context")
+    return {
+        name: _round(sum(theta[i] for theta in learned) / len(learned) / model[i])
+        for i, name in enumerate(names)
     }
 
 
@@ -123,6 +147,9 @@ def run_scenario(
         driven = drive(served, costs, rule, seed)
         residual_j = conservation_residual_j(served, costs, driven)
         results[rule.name] = judge(served.requests, driven)
+        ratios = weights_over_model(driven, costs)
+        if ratios is not None:
+            results[rule.name]["weights_over_model"] = ratios
     return {
         "name": scenario.name,
         "model": scenario.model.name,
