@@ -94,8 +94,9 @@ def test_html_markdown_show_twelve_and_the_others_csv_every_model(thirty_out):
     check_html(thirty_out / "footprint-report.html", report)  # every figure is the JSON's
     models = re.search(r'<section id="models">(.*?)</section>', html, re.S).group(1)
     tables = re.findall(r"<tbody>(.*?)</tbody>", models, re.S)
-    # energy and CO2e, cost and capacity, per query and per 1k tokens, latency and $ per 1M
-    assert len(tables) == 4
+    # energy and CO2e, cost and capacity, per query and per 1k tokens, latency and $ per 1M,
+    # per 1M input and per 1M output tokens
+    assert len(tables) == 5
     for body in tables:
         names = re.findall(r"<tr><td>(?:<span[^>]*></span>)?([^<]*)</td>", body)
         assert names == [m["model"] for m in report["models"][:12]] + ["all others (18 models)"]
