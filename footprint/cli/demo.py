@@ -123,7 +123,10 @@ def _print_summary(summary: dict[str, Any], db: str, out: str, written: Sequence
         console.print(
             "Split at the first token (prefill per input token, decode per output token): "
             + "; ".join(phases)
-            + " (the report sets them beside hosted API prices)"
+            + " (the report sets them beside hosted API prices). The demo's simulated GPUs "
+            "draw power by batch size only (ML.ENERGY's measurements, prefill folded in), so "
+            "its prompts cost little extra and the per-input-token figures are low; "
+            "`footprint bench batching` simulates prefill energy step by step"
         )
     html_files = [str(p) for p in written if p.suffix == ".html"]
     console.print(f"Report: {html_files[0] if html_files else out} (and .md, .csv, .json)")
