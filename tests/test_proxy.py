@@ -63,8 +63,22 @@ def proxy(loop, upstream, tracked_db):
         yield running
 
 
+_OPEN_CLIENTS: list[openai.OpenAI] = []
+
+
 def client(base: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base + "/v1", api_key="sk-test", max_retries=0, timeout=30)
+    """An OpenAI client, closed after the test (an unclosed one leaves its connection to
+    be collected later, in whichever test the garbage collector then runs)."""
+    opened = openai.OpenAI(base_url=base + "/v1", api_key="sk-test", max_retries=0, timeout=30)
+    _OPEN_CLIENTS.append(opened)
+    return opened
+
+
+@pytest.fixture(autouse=True)
+def _close_clients():
+    yield
+    while _OPEN_CLIENTS:
+        _OPEN_CLIENTS.pop().close()
 
 
 def request(
