@@ -58,6 +58,27 @@ def test_no_first_token_time_no_split():
         assert shares[key].prefill_energy_j is None and shares[key].decode_energy_j is None
 
 
+def test_a_span_shorter_than_a_nanosecond_gets_a_finite_share():
+    """A span 5e-311 s long (hypothesis found it) at the start of a 1 W interval: its
+    busy power, J over a denormal s, overflowed to inf W, so the span got inf J and a NaN
+    bound. Too short to tell a power from, it gets its time share, bounded by the whole
+    interval, and its power is not carried to the next interval's bound."""
+    resolver = DeviceResolver(rule="equal", extrapolate_start=True)
+    resolver.add_samples([(0.0, 0.0)])
+    resolver.begin("short", 0.0)
+    resolver.begin("later", 1.2)
+    resolver.add_samples([(0.5, 0.5), (1.0, 0.5)])
+    resolver.end("short", 5.4535291827857e-311)
+    resolver.add_samples([(0.5 * i, 0.5 + 2.0 * (i - 2)) for i in range(3, 12)])
+    resolver.end("later", 4.2)
+    shares = resolver.resolve(final=True)
+    short, later = shares["short"], shares["later"]
+    assert 0.0 <= short.energy_j <= 1e-300
+    assert math.isfinite(short.uncertainty_j) and 0.0 <= short.uncertainty_j <= 0.5
+    assert 0.0 < later.energy_j <= 18.5  # all the energy measured
+    assert math.isfinite(later.uncertainty_j) and later.uncertainty_j <= 18.5
+
+
 @st.composite
 def traces(draw):
     """Counter samples (a random power each interval) and spans with random first-token
@@ -112,6 +133,7 @@ def test_prefill_plus_decode_is_the_energy_and_the_energy_is_unchanged(case):
     assert set(split) == set(plain) == set(range(len(spans)))
     for key, (start, end, ttft) in enumerate(spans):
         share, base = split[key], plain[key]
+        assert all(math.isfinite(x) for x in (share.energy_j, share.gpu_s, share.uncertainty_j))
         assert (share.energy_j, share.gpu_s, share.uncertainty_j) == (
             base.energy_j,
             base.gpu_s,

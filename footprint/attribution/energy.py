@@ -16,6 +16,9 @@ from footprint.attribution.idle import IdleEstimate
 # What the counter's whole-unit readings can hide, per sample (NVML and the simulator
 # count whole millijoules).
 QUANTUM_J = 0.001
+# Busy time shorter than this tells no power (J over it can overflow): below any clock
+# footprint stamps with.
+MIN_POWER_BUSY_S = 1e-9
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,10 @@ class BusyEnergy:
             return 0.0, 0.0  # a counter going backwards: all to idle, nothing invented
         if busy_s <= 0.0:
             return 0.0, 0.0
+        if busy_s < MIN_POWER_BUSY_S:
+            # Too short to tell a power from: its time share, the whole interval its bound.
+            self.oddities["instant_busy_intervals"] += 1
+            return delta_j * busy_s / duration_s, delta_j
         if interval.end_s <= self.extrapolated_until_s:  # not measured
             busy_j = delta_j * busy_s / duration_s
             # Anything from no power to the device's maximum over the busy time.
@@ -184,5 +191,5 @@ class BusyEnergy:
         compares its busy power with this one's."""
         busy_s = interval.busy_s
         self.prev = interval
-        if busy_s > 0 and busy_j > 0:
+        if busy_s >= MIN_POWER_BUSY_S and busy_j > 0:
             self.last_busy_w = busy_j / busy_s

@@ -101,6 +101,7 @@ class DeviceResolver:
             "negative_deltas": 0,
             "below_idle_intervals": 0,
             "unknown_idle_intervals": 0,
+            "instant_busy_intervals": 0,  # busy less than a nanosecond: no power told
             "ends_before_start": 0,
             "late_starts": 0,
             "extrapolated_starts": 0,  # began before the first sample, measured back to it

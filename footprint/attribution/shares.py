@@ -145,8 +145,8 @@ class RunningShares:
         ``done`` (``estimated`` when they began before ``estimated_before_s``)."""
         t0, t1 = interval.start_s, interval.end_s
         busy_s = interval.busy_s
-        energy_per_s = busy_j / busy_s if busy_s > 0 else 0.0
-        bound_per_s = bound_j / busy_s if busy_s > 0 else 0.0
+        # A stretch gets its fraction of the busy time: never J/s, which can overflow
+        # over a tiny busy time.
         energy = self._energy_per_span_j
         gpu_s = self._gpu_s_per_span
         bound = self._bound_per_span_j
@@ -156,9 +156,10 @@ class RunningShares:
             t, kind, _, span = events[j]
             if active > 0:
                 share_s = (t - cursor) / active
-                energy += energy_per_s * share_s
+                if busy_s > 0:
+                    energy += busy_j * (share_s / busy_s)
+                    bound += bound_j * (share_s / busy_s)
                 gpu_s += share_s
-                bound += bound_per_s * share_s
             cursor = t
             self._record(t, energy)
             if kind == START:
@@ -183,9 +184,10 @@ class RunningShares:
                 )
         if active > 0:
             share_s = (t1 - cursor) / active
-            energy += energy_per_s * share_s
+            if busy_s > 0:
+                energy += busy_j * (share_s / busy_s)
+                bound += bound_j * (share_s / busy_s)
             gpu_s += share_s
-            bound += bound_per_s * share_s
             self._record(t1, energy)
             if len(self._history_s) > self._history_limit:
                 self._prune_history()

@@ -282,7 +282,9 @@ class TokenShares:
         self._win = _Window(0)
         self._held: list[_Window] = []  # closed, waiting for the weights
         self._theta: Theta | None = None  # the weights last seen
-        self._k = self._kb = 0.0  # the interval's busy power and its bound's, per s
+        # The interval's busy J, its bound's and busy s: a segment of dt s gets dt/busy_s
+        # of each (a fraction, never a power: J over a tiny busy time can overflow).
+        self._busy_j = self._bound_j = self._busy_s = 0.0
         self._base: dict[int, tuple[float, ...]] = {0: _ZERO}
         self._coef: dict[int, tuple[float, ...]] = {}
         # The share of a span's token energy the weights' spread may move (its bound).
@@ -424,8 +426,7 @@ class TokenShares:
         self._theta = theta
         win = self._win
         busy_s = interval.busy_s
-        self._k = busy_j / busy_s if busy_s > 0 else 0.0
-        self._kb = bound_j / busy_s if busy_s > 0 else 0.0
+        self._busy_j, self._bound_j, self._busy_s = busy_j, bound_j, busy_s
         t0, t1 = interval.start_s, interval.end_s
         if win.from_s != win.from_s:  # NaN: its first interval
             win.from_s = t0
@@ -467,8 +468,10 @@ class TokenShares:
         if served:
             raw[1] += dt / served
         raw[2] += dt / n
-        raw[3] += self._k * dt / n
-        raw[4] += self._kb * dt / n
+        if self._busy_s > 0:
+            fraction = dt / self._busy_s / n
+            raw[3] += self._busy_j * fraction
+            raw[4] += self._bound_j * fraction
         sums = win.sums
         steps = s3 * dt / serving if serving else 0.0  # the server's steps: their mean
         sums[0] += steps
