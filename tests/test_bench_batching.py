@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from footprint.bench.batching.calibration import check
-from footprint.bench.batching.costs import COSTS, StepCosts
+from footprint.demo.costs import COSTS, StepCosts
 from footprint.bench.batching.drive import load_gpus
 from footprint.bench.batching.engine import Engine, Request
 from footprint.bench.batching.measure import run, run_scenario

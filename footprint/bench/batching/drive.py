@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from footprint._clock import ManualClock
-from footprint.bench.batching.costs import StepCosts
+from footprint.demo.costs import StepCosts
 from footprint.bench.batching.engine import Request, Served
 from footprint.config import Settings
 from footprint.demo.models import GPU_NAME

@@ -22,7 +22,7 @@ import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
-from footprint.bench.batching.costs import StepCosts
+from footprint.demo.costs import StepCosts
 
 
 @dataclass(eq=False)

@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from footprint.bench.batching.costs import COSTS, StepCosts
+from footprint.demo.costs import COSTS, StepCosts
 from footprint.bench.batching.drive import RULES, Driven, Rule, drive
 from footprint.bench.batching.engine import Engine, Request, Served
 from footprint.bench.batching.traffic import SCENARIOS, Scenario

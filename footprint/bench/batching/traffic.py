@@ -21,7 +21,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from footprint.bench.batching.costs import COSTS
+from footprint.demo.costs import COSTS
 from footprint.bench.batching.engine import Engine, Request
 from footprint.demo.models import MODELS, DemoModel
 
