@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from footprint.bench.batching.calibration import check
-from footprint.demo.costs import COSTS, StepCosts
 from footprint.bench.batching.drive import load_gpus
 from footprint.bench.batching.engine import Engine, Request
 from footprint.bench.batching.measure import run, run_scenario
 from footprint.bench.batching.traffic import SCENARIOS
 from footprint.cli import main
+from footprint.demo.costs import COSTS, StepCosts
 from footprint.sensors.simulated import SimulatedGpu, SimulatedGpuSpec
 
 MODELS = sorted(COSTS)

@@ -120,13 +120,20 @@ def _print_summary(summary: dict[str, Any], db: str, out: str, written: Sequence
         if (p := m.get("per_1m_phase_tokens")) and p["queries"]
     ]
     if phases:
+        prompts = ", ".join(
+            f"{name} {_j(m['model_prefill_j_per_1m_input_tokens'])}"
+            for name, m in summary["models"].items()
+            if m.get("model_prefill_j_per_1m_input_tokens") is not None
+        )
         console.print(
             "Split at the first token (prefill per input token, decode per output token): "
             + "; ".join(phases)
-            + " (the report sets them beside hosted API prices). The demo's simulated GPUs "
-            "draw power by batch size only (ML.ENERGY's measurements, prefill folded in), so "
-            "its prompts cost little extra and the per-input-token figures are low; "
-            "`footprint bench batching` simulates prefill energy step by step"
+            + " (the report sets them beside hosted API prices): footprint's attribution of "
+            "what the simulated GPUs measured. They draw each engine step's energy by the "
+            "step cost model of footprint/demo/costs.py, calibrated on ML.ENERGY's "
+            "measurements, in which a prompt token takes 2 × parameters FLOP at half the "
+            "H100's peak, near its power cap (Splitwise, ISCA 2024): per 1M input tokens "
+            f"{prompts}"
         )
     html_files = [str(p) for p in written if p.suffix == ".html"]
     console.print(f"Report: {html_files[0] if html_files else out} (and .md, .csv, .json)")

@@ -11,9 +11,13 @@ What is simulated is what serving looks like, one module each:
 * ``models``: Llama 3.1 8B on one H100 per replica and 70B on four (tensor parallel),
   served by a vLLM-like engine, with the speed and GPU power the ML.ENERGY benchmark
   measured for them at each batch size, and the price of an H100 (with their sources).
+* ``costs``: what one engine step costs, energy and time, from its prompt tokens and its
+  decoding sequences and their contexts, calibrated on those measurements (the GPUs draw
+  it; ``footprint bench batching`` serves on it too).
 * ``workload``: bursts of requests over the week, their hours and sizes.
-* ``scheduler``: continuous batching on replicas that a queue-driven autoscaler holds and
-  releases from a pool of H100 80GB GPUs (``gpus``, 8 by default: one HGX node).
+* ``scheduler``: continuous batching, step by step, on replicas that a queue-driven
+  autoscaler holds and releases from a pool of H100 80GB GPUs (``gpus``, 8 by default:
+  one HGX node).
 * ``replay``: each replica's held window run through a real ``Runtime`` whose simulated
   sensor is that replica's GPUs, from provisioning to release: only held GPUs are
   measured.

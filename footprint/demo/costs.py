@@ -1,5 +1,7 @@
 """What one engine step of a continuously batching server costs: energy and time, as
-known functions of its batch, calibrated on the ML.ENERGY v3.0 measurements.
+known functions of its batch, calibrated on the ML.ENERGY v3.0 measurements. The demo's
+simulated GPUs draw it (``footprint.demo.scheduler``), and ``footprint bench batching``
+serves on it with each request's true energy.
 
 Energy of a step, all its GPUs, their idle floor included (J)::
 
@@ -47,6 +49,7 @@ from footprint.demo.models import (
     INPUT_TOKENS,
     MODELS,
     OUTPUT_TOKENS,
+    PREFILL_CHUNK_TOKENS,
     DemoModel,
 )
 
@@ -54,7 +57,7 @@ H100_DENSE_BF16_FLOPS = 989e12  # NVIDIA H100 SXM datasheet, dense BF16
 PREFILL_MFU = 0.5  # assumption: share of peak FLOP/s a prefill reaches
 PREFILL_CAP_SHARE = 0.9  # assumption: prefill power above idle, share of the cap's
 CONTEXT_SHARE = 0.5  # assumption: part of a decoding sequence's cost that grows with context
-TOKEN_BUDGET = 2048  # tokens one step schedules (decodes first, then prompt chunks)
+TOKEN_BUDGET = PREFILL_CHUNK_TOKENS  # tokens one step schedules (decodes, then prompt chunks)
 PARAMETERS = {"llama-3.1-8b": 8.0e9, "llama-3.1-70b": 70.6e9}
 
 

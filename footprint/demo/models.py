@@ -13,7 +13,9 @@ Figures and where they come from (the demo's own choices are marked *assumption*
   5147 tokens/s = 0.12 J (0.20 J with vLLM 0.5.4 in v2.0). Method: J.-W. Chung et al.,
   "The ML.ENERGY Benchmark", NeurIPS 2025 Datasets and Benchmarks, arXiv:2505.06371.
   Below the smallest measured batch (16) throughput scales with the batch and power is
-  interpolated linearly to idle (*assumption*: no measurement there).
+  interpolated linearly to idle (*assumption*: no measurement there). The simulated GPUs
+  do not draw ``P(B)`` itself but each step's energy by ``footprint.demo.costs``, whose
+  step cost model is fitted to these points (prompts then cost what they cost).
 * Batch limits (``max_num_seqs``): 128 for 8B (18 ms per step, 55 tokens/s per request)
   and 384 for 70B (72 ms per step): inside the 50 and 100 ms median inter-token latency
   constraints ML.ENERGY v3.0 compares configurations at (J.-W. Chung, "Reading the
@@ -106,15 +108,6 @@ class DemoModel:
     def power_w(self, batch: int) -> float:
         """Average W of one replica's GPUs together with ``batch`` requests running."""
         return _interpolate(self.measured, batch, 2, GPU_IDLE_W * self.gpus_per_replica)
-
-    def gpu_load(self, batch: int) -> float:
-        """The simulator's load (0..1 of idle-to-TDP) of each GPU at that batch size."""
-        per_gpu_w = self.power_w(batch) / self.gpus_per_replica
-        return max(0.0, min(1.0, (per_gpu_w - GPU_IDLE_W) / (GPU_TDP_W - GPU_IDLE_W)))
-
-    def step_s(self, batch: int) -> float:
-        """Time of one engine step (one token for every request in the batch)."""
-        return batch / self.throughput(batch)
 
     @property
     def requests_per_s(self) -> float:

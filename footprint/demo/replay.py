@@ -2,9 +2,10 @@
 
 One ``Runtime`` per replica window, whose simulated sensor is the replica's GPUs: what it
 measures is exactly the GPUs the scheduler held, for as long as it held them. Every
-membership change of the batch moves the simulated GPUs to the batch's power
-(``SimulatedGpu.add_step``), so the sampled counters see what a batched server draws, and
-footprint's attribution splits it among the requests in the batch. The requests enter and
+engine step moves the simulated GPUs to that step's power (``Replica.power_steps``, the
+cost model's step energy over its time; ``SimulatedGpu.add_step``), so the sampled
+counters see what a batched server draws, prompts included, and footprint's attribution
+splits it among the requests in the batch. The requests enter and
 leave ``footprint.query`` at their simulated admission and end. The runtime is driven
 only through its manual-clock API (``Runtime.sample``, ``next_sample_wait_s``, ``step``),
 as its sampler and writer threads would drive it.
@@ -179,9 +180,10 @@ class Replay:
         tracking.install_runtime(runtime)
         for device in sensor.devices:
             self.devices[device.uuid] = model.name
+        per_gpu_w = model.gpus_per_replica * (GPU_TDP_W - GPU_IDLE_W)
         previous = 0.0
-        for t, size in replica.load_steps:
-            load = model.gpu_load(size)
+        for t, above_idle_w in replica.power_steps:
+            load = above_idle_w / per_gpu_w  # 0..1: each step draws within idle..cap
             for gpu in sensor.gpus:
                 gpu.add_step(CLOCK_ORIGIN_S + t, load - previous)
             previous = load

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from footprint.demo.costs import COSTS
 from footprint.demo.models import (
     GPU_IDLE_W,
     GPU_NAME,
@@ -154,6 +155,8 @@ def _model_serving(
         busy_gpu_hours=busy_h,
         idle_energy_j=idle_j,
         j_per_output_token_fully_loaded=(m["energy_j"] + idle_j) / tokens if tokens else None,
+        # What the simulated GPUs draw for a prompt token (the cost model's a), per 1M.
+        model_prefill_j_per_1m_input_tokens=COSTS[model.name].prefill_j_per_token * 1e6,
     )
     return held_h
 

@@ -21,7 +21,6 @@ from footprint.demo.models import (
     INPUT_TOKENS,
     MODELS,
     OUTPUT_TOKENS,
-    PREFILL_CHUNK_TOKENS,
     DemoModel,
 )
 
@@ -77,22 +76,20 @@ class Request:
     input_tokens: int
     output_tokens: int
     fails: bool
-    fail_at: float = 1.0  # share of its steps done when a failing request gives up
+    fail_at: float = 1.0  # share of its output tokens made when a failing request gives up
     team: str = ""  # the team whose burst it belongs to (its ``team`` tag)
     admit_s: float = math.nan  # joined a replica's batch
     first_s: float | None = None  # first output token
     end_s: float = math.nan
+    prefilled: int = 0  # prompt tokens processed so far (the scheduler's)
 
     @property
-    def prefill_steps(self) -> int:
-        return max(1, math.ceil(self.input_tokens / PREFILL_CHUNK_TOKENS))
-
-    @property
-    def steps(self) -> float:
-        """Engine steps from admission to the end (the first output token comes out of
-        the last prefill step)."""
-        full = self.prefill_steps + self.output_tokens - 1
-        return max(1.0, full * self.fail_at) if self.fails else float(full)
+    def served_tokens(self) -> int:
+        """Output tokens it gets before it ends: all of them, or, for a request whose
+        client gives up, its ``fail_at`` share of them (at least the first)."""
+        if self.fails:
+            return max(1, math.floor(self.output_tokens * self.fail_at))
+        return self.output_tokens
 
 
 def plan_workload(queries: int, seed: int, days: int = DEMO_DAYS) -> list[Request]:

@@ -9,8 +9,8 @@ import random
 from dataclasses import replace
 from typing import Any
 
-from footprint.demo.costs import COSTS, published_j_per_token
 from footprint.bench.batching.engine import Engine, Request
+from footprint.demo.costs import COSTS, published_j_per_token
 from footprint.demo.models import (
     INPUT_TOKENS,
     MEASUREMENTS_SOURCE,

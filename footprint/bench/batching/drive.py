@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from footprint._clock import ManualClock
-from footprint.demo.costs import StepCosts
 from footprint.bench.batching.engine import Request, Served
 from footprint.config import Settings
+from footprint.demo.costs import StepCosts
 from footprint.demo.models import GPU_NAME
 from footprint.runtime.local import Runtime
 from footprint.sensors.simulated import SimulatedGpu, SimulatedSensor

@@ -8,10 +8,10 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from footprint.demo.costs import COSTS, StepCosts
 from footprint.bench.batching.drive import RULES, Driven, Rule, drive
 from footprint.bench.batching.engine import Engine, Request, Served
 from footprint.bench.batching.traffic import SCENARIOS, Scenario
+from footprint.demo.costs import COSTS, StepCosts
 
 TARGET_P95_PCT = 5.0  # per-request p95 error, for a rule that weighs the work done
 TARGET_TOTAL_PCT = 1.0

@@ -21,8 +21,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from footprint.demo.costs import COSTS
 from footprint.bench.batching.engine import Engine, Request
+from footprint.demo.costs import COSTS
 from footprint.demo.models import MODELS, DemoModel
 
 TWO_KINDS = {"light": (128, 256), "heavy": (6144, 256)}  # (input, output tokens)
