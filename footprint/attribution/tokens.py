@@ -51,7 +51,7 @@ from footprint.attribution.energy import Interval
 from footprint.attribution.shares import END, START, SpanShare
 
 WINDOW_S = 60.0  # busy seconds per window
-HOLD_S = 600.0  # the most closed windows wait for the first weights (s of intervals)
+HOLD_S = 300.0  # the most closed windows wait for the first weights (s of intervals)
 MIN_PHASE_S = 1e-3  # a phase shorter than this is folded into the other one
 # The bound adds this share of how far the token rule moved a span's energy from the
 # equal split (the model's own error: ``footprint bench batching`` measures its coverage)

@@ -41,7 +41,7 @@ FORGET = 0.998  # weight kept by the blocks so far each time a block is added
 REFIT_ROWS = 5  # once determined, the weights are fitted again every this many rows
 # The first weights: no term's spread (2 standard errors) moves a typical row's energy
 # by more than this share
-DETERMINED = 0.05
+DETERMINED = 0.02
 _DIM = 4
 # The server's step time (``StepTimes``)
 STEP_FORGET = 0.999  # weight kept by the spans so far each time a span is added
