@@ -383,7 +383,7 @@ class TokenWeights:
         self._yy = FORGET * self._yy + y * y
         self.blocks = FORGET * self.blocks + 1.0
         self._rows += 1
-        if self.blocks >= MIN_BLOCKS and (self.theta is None or self._rows % REFIT_ROWS == 0):
+        if self.blocks >= MIN_BLOCKS and (self.tentative is None or self._rows % REFIT_ROWS == 0):
             self._fit()
 
     def _fit(self) -> None:
