@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from footprint.attribution import DeviceResolver
-from footprint.attribution.tokens import SpanTokens, span_tokens
+from footprint.attribution.tokens import HOLD_S, SpanTokens, span_tokens
 from footprint.attribution.weights import TokenWeights
 from footprint.config import Settings, load_env_settings
 
@@ -338,15 +338,15 @@ def test_intervals_wait_for_the_tokens_of_the_spans_running_in_them_up_to_a_limi
     """A call still running holds back the intervals after its start (its tokens come
     with its end); past ``max_wait_s`` they are handed out, the running call charged as
     one with no tokens, and counted."""
-    samples = [(0.1 * i, 300.0 * 0.1 * i) for i in range(2000)]
-    for max_wait_s, released in ((600.0, False), (5.0, True)):
+    samples = [(0.1 * i, 300.0 * 0.1 * i) for i in range(int((HOLD_S + 80.0) * 10))]
+    # (past its window's close, and the windows held for weights: ``HOLD_S``)
+    for max_wait_s, released, until_s in ((600.0, False, 190.0), (5.0, True, HOLD_S + 70.0)):
         resolver = DeviceResolver(rule="tokens", max_wait_s=max_wait_s)
         resolver.add_samples(samples)
         resolver.begin("long", 1.0)  # never ends
         resolver.begin("short", 2.0)
         resolver.end("short", 3.0, SpanTokens(100, 50, 0.2))
-        # (past its window's close, and the windows held for weights: ``HOLD_S``)
-        done = resolver.resolve(until_s=190.0)
+        done = resolver.resolve(until_s=until_s)
         assert ("short" in done) is released
         assert (resolver.oddities["token_wait_expired"] > 0) is released
         final = resolver.resolve(final=True)
@@ -550,12 +550,16 @@ class _Recorder:
     """Stands in for the weights: keeps what each interval taught, fits nothing."""
 
     theta = None
+    tentative = None
 
     def __init__(self) -> None:
         self.rows: list[tuple[float, float]] = []
 
-    def observe(self, held, busy_j) -> None:
+    def observe(self, held, busy_j, start_s=None, end_s=None) -> None:
         self.rows.append((held.busy_s, held.steps))
+
+    def add_span(self, first_s, end_s, decode_tokens) -> None:
+        pass
 
 
 def test_the_fits_step_rate_follows_the_short_calls_that_say_where_the_server_stood():

@@ -203,6 +203,8 @@ class DeviceResolver:
             self._new_events.append((placed.serve_s, SERVE, self._seq, span))  # type: ignore[arg-type]
         if tokens.ttft_s is not None:
             first_s = span.first_token_s = min(span.start_s + tokens.ttft_s, end_s)
+            # its decode phase made one token a step: the server's step time
+            self.weights.add_span(first_s, end_s, tokens.output_tokens - 1)
             if span.start_s < first_s < end_s:
                 self._seq += 1
                 self._new_events.append((first_s, PHASE, self._seq, span))  # type: ignore[arg-type]
@@ -439,6 +441,7 @@ class DeviceResolver:
     ) -> None:
         """The token rule's sweep of ``interval``; a measured one teaches the weights."""
         theta = self.weights.theta
+        shares.fallback = self.weights.tentative
         events = self._events
         held = shares.sweep(
             interval,
@@ -455,10 +458,11 @@ class DeviceResolver:
             and interval.energy_j >= 0
             and interval.end_s > self._busy.extrapolated_until_s
         )
+        t0, t1 = interval.start_s, interval.end_s
         if measured and held.busy_s > 0:
-            self.weights.observe(held, busy_j)
+            self.weights.observe(held, busy_j, t0, t1)
         elif held.busy_s > 0:
-            self.weights.observe(held._replace(unweighed_s=math.inf), busy_j)
+            self.weights.observe(held._replace(unweighed_s=math.inf), busy_j, t0, t1)
         self.oddities["token_equal_intervals"] = shares.equal_intervals
 
     def expire(self, ended_by_s: float) -> dict[Hashable, SpanShare]:

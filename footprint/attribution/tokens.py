@@ -51,7 +51,7 @@ from footprint.attribution.energy import Interval
 from footprint.attribution.shares import END, START, SpanShare
 
 WINDOW_S = 60.0  # busy seconds per window
-HOLD_S = 120.0  # the most closed windows wait for the first weights (s of intervals)
+HOLD_S = 300.0  # the most closed windows wait for the first weights (s of intervals)
 MIN_PHASE_S = 1e-3  # a phase shorter than this is folded into the other one
 # The bound adds this share of how far the token rule moved a span's energy from the
 # equal split (the model's own error: ``footprint bench batching`` measures its coverage)
@@ -192,7 +192,8 @@ class TokenSpan:
         "pieces",  # its past stretches
         "carried",  # (energy, gpu-s, bound) received under the equal split before
         "carried_until_s",  # up to where
-        "ramp",  # its decode context term as it grows: (constant, slope) for the fit
+        "ramp",  # its decode context term as it grows, for the fit: (constant, slope) of
+        # its decode rate × context, then of its context alone
         "pace_w",  # how much its step rate counts in the server's (1 / its phase's s)
     )
 
@@ -214,7 +215,7 @@ class TokenSpan:
         self.pieces: list[Piece] = []
         self.carried: tuple[float, float, float] | None = None
         self.carried_until_s = -math.inf
-        self.ramp = (0.0, 0.0)
+        self.ramp = (0.0, 0.0, 0.0, 0.0)
         self.pace_w = 0.0
 
 
@@ -230,8 +231,9 @@ _ZERO = (0.0,) * (2 * _TERMS + 4)
 
 class IntervalTokens(NamedTuple):
     """What an interval's busy time held, for learning the weights: busy seconds,
-    server steps, prefill tokens, decode tokens, decode tokens × context, and seconds of
-    spans whose tokens were not known (span-seconds)."""
+    server steps, prefill tokens, decode tokens, decode tokens × context, seconds of
+    spans whose tokens were not known (span-seconds), and, for the server's step time,
+    the decoding spans (span-seconds) and their contexts (token-seconds)."""
 
     busy_s: float
     steps: float
@@ -239,6 +241,8 @@ class IntervalTokens(NamedTuple):
     decode: float
     context: float
     unweighed_s: float
+    decoders_s: float = 0.0
+    contexts_s: float = 0.0
 
 
 class _Window:
@@ -274,6 +278,9 @@ class TokenShares:
         self.pace = [0.0, 0.0]
         # For the fit: Σ decode rate × context, which grows as each answer does (a + b·t)
         self.ramp = [0.0, 0.0]
+        # For the fit: the decoding spans, and Σ their contexts (a + b·t)
+        self.decoders = 0
+        self.contexts = [0.0, 0.0]
         self._origin_s: float | None = None  # the time ``t`` counts from
         self.unweighed_w = 1.0  # the last window's power per span with no tokens
         self.equal_intervals = 0  # busy intervals that were split equally
@@ -282,6 +289,9 @@ class TokenShares:
         self._win = _Window(0)
         self._held: list[_Window] = []  # closed, waiting for the weights
         self._theta: Theta | None = None  # the weights last seen
+        # The fit not determined yet, if any: the held windows are shared by it rather
+        # than split equally when they can wait no longer
+        self.fallback: Theta | None = None
         # The interval's busy J, its bound's and busy s: a segment of dt s gets dt/busy_s
         # of each (a fraction, never a power: J over a tiny busy time can overflow).
         self._busy_j = self._bound_j = self._busy_s = 0.0
@@ -430,7 +440,8 @@ class TokenShares:
         t0, t1 = interval.start_s, interval.end_s
         if win.from_s != win.from_s:  # NaN: its first interval
             win.from_s = t0
-        held = [0.0, 0.0, 0.0, 0.0, 0.0]  # ∫ steps/s, ∫ Σ rates (three), ∫ unweighed
+        # ∫ steps/s, ∫ Σ rates (three), ∫ unweighed, ∫ decoders, ∫ Σ their contexts
+        held = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
         cursor = t0
         for j in range(end_index):
             t, kind, _, span = events[j]
@@ -489,7 +500,11 @@ class TokenShares:
         held[2] += s1 * dt
         ramp = self.ramp
         if ramp[1]:  # each decoded token read against its context so far
-            held[3] += (ramp[0] + ramp[1] * (from_s + dt / 2 - self._origin_s)) * dt  # type: ignore[operator]
+            mid_s = from_s + dt / 2 - self._origin_s  # type: ignore[operator]
+            held[3] += (ramp[0] + ramp[1] * mid_s) * dt
+            contexts = self.contexts
+            held[5] += self.decoders * dt
+            held[6] += (contexts[0] + contexts[1] * mid_s) * dt
         held[4] += (n - known) * dt
 
     def _close(self, done: dict[Hashable, SpanShare], now_s: float) -> None:
@@ -513,9 +528,11 @@ class TokenShares:
         self.share_out(done)
 
     def share_out(self, done: dict[Hashable, SpanShare]) -> None:
-        """Share out the windows held, in order, under the weights last seen."""
+        """Share out the windows held, in order, under the weights last seen (the
+        tentative ones, ``fallback``, where none are determined yet)."""
+        theta = self._theta if self._theta is not None else self.fallback
         for win in self._held:
-            self._share_window(win, self._theta, done)
+            self._share_window(win, theta, done)
         self._held.clear()
         if self.active == 0:  # nobody holds a snapshot: rebase (precision, memory)
             self.sums = [0.0, 0.0, 0.0, 0.0]
@@ -638,10 +655,16 @@ class TokenShares:
             self._origin_s = placed.first_s
         y = placed.second[1]
         slope = y * y
-        constant = y * tokens.input_tokens - slope * (placed.first_s - self._origin_s)
-        span.ramp = (constant, slope)
+        since_s = placed.first_s - self._origin_s
+        constant = y * tokens.input_tokens - slope * since_s
+        context = tokens.input_tokens - y * since_s  # its context: input + y·(t − first)
+        span.ramp = (constant, slope, context, y)
         self.ramp[0] += constant
         self.ramp[1] += slope
+        if slope:
+            self.decoders += 1
+            self.contexts[0] += context
+            self.contexts[1] += y
 
     def _leave(self, span: TokenSpan) -> None:
         if span.started:
@@ -654,10 +677,15 @@ class TokenShares:
                 if span.ramp[1]:
                     self.ramp[0] -= span.ramp[0]
                     self.ramp[1] -= span.ramp[1]
+                    self.decoders -= 1
+                    self.contexts[0] -= span.ramp[2]
+                    self.contexts[1] -= span.ramp[3]
                 if self.weighed == 0:
                     self.sums = [0.0, 0.0, 0.0, 0.0]  # nobody's rates left (precision)
                     self.pace = [0.0, 0.0]
                     self.ramp = [0.0, 0.0]
+                    self.decoders = 0
+                    self.contexts = [0.0, 0.0]
 
     # -- leaving early ---------------------------------------------------------------
     def release(self, ended_by_s: float, done: dict[Hashable, SpanShare]) -> int:

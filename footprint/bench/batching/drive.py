@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from footprint._clock import ManualClock
+from footprint.attribution.weights import TokenWeights
 from footprint.bench.batching.engine import Request, Served
 from footprint.config import Settings
 from footprint.demo.costs import StepCosts
@@ -63,8 +64,15 @@ class Driven:
     cycles_process_s: float  # of which the writer's cycles: resolving, pricing, writing
     counter_j: float  # what the GPUs drew over the run, exactly (from ORIGIN_S)
     counted_s: float  # how long that run was
-    # The token rule's weights per GPU at the end (F, α, β, γ; None: not learned)
+    # The token rule's weights per GPU at the end (F, α, β, γ; the last fit where none
+    # was determined; None: not learned)
     weights: list[tuple[float, float, float, float] | None] = field(default_factory=list)
+
+
+def _weights_in_use(weights: TokenWeights) -> tuple[float, float, float, float] | None:
+    """The weights the token rule shares by: the determined fit, else the last one
+    (what held windows get once they can wait no longer)."""
+    return weights.theta if weights.theta is not None else weights.tentative
 
 
 def load_gpus(gpus: list[SimulatedGpu], served: Served, costs: StepCosts, origin_s: float) -> None:
@@ -143,7 +151,7 @@ def drive(served: Served, costs: StepCosts, rule: Rule, seed: int) -> Driven:
         setup_s = time.process_time() - started
         load_gpus(gpu_sensor.gpus, served, costs, origin_s)
         process_s, cycles_s = _replay(runtime, tracker, clock, served, costs, origin_s, seed)
-        weights = [resolver.weights.theta for resolver in runtime.resolvers]
+        weights = [_weights_in_use(resolver.weights) for resolver in runtime.resolvers]
         end_s = origin_s + served.end_s + TAIL_S
         counter_j = sum(gpu.true_energy_j(ORIGIN_S, end_s) for gpu in gpu_sensor.gpus)
     by_id = {json.loads(r["tags"])["request"]: r for r in records}
