@@ -233,7 +233,8 @@ class IntervalTokens(NamedTuple):
     """What an interval's busy time held, for learning the weights: busy seconds,
     server steps, prefill tokens, decode tokens, decode tokens × context, seconds of
     spans whose tokens were not known (span-seconds), and, for the server's step time,
-    the decoding spans (span-seconds) and their contexts (token-seconds)."""
+    the decoding spans (span-seconds) and their contexts (token-seconds); last, the
+    seconds of spans whose tokens were known (span-seconds)."""
 
     busy_s: float
     steps: float
@@ -243,6 +244,7 @@ class IntervalTokens(NamedTuple):
     unweighed_s: float
     decoders_s: float = 0.0
     contexts_s: float = 0.0
+    weighed_s: float = 0.0
 
 
 class _Window:
@@ -440,8 +442,9 @@ class TokenShares:
         t0, t1 = interval.start_s, interval.end_s
         if win.from_s != win.from_s:  # NaN: its first interval
             win.from_s = t0
-        # ∫ steps/s, ∫ Σ rates (three), ∫ unweighed, ∫ decoders, ∫ Σ their contexts
-        held = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        # ∫ steps/s, ∫ Σ rates (three), ∫ unweighed, ∫ decoders, ∫ Σ their contexts,
+        # ∫ weighed
+        held = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
         cursor = t0
         for j in range(end_index):
             t, kind, _, span = events[j]
@@ -506,6 +509,7 @@ class TokenShares:
             held[5] += self.decoders * dt
             held[6] += (contexts[0] + contexts[1] * mid_s) * dt
         held[4] += (n - known) * dt
+        held[7] += known * dt
 
     def _close(self, done: dict[Hashable, SpanShare], now_s: float) -> None:
         """The open window closes: shared out now, or held for the weights."""

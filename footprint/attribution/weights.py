@@ -38,6 +38,10 @@ BLOCK_S = 2.0  # busy seconds per block of intervals
 SPAN_BLOCKS = 4  # each fitted row sums this many consecutive blocks (overlapping rows)
 MIN_BLOCKS = 30  # rows (effective, after forgetting) before the fit is used
 FORGET = 0.998  # weight kept by the blocks so far each time a block is added
+# An interval in which spans without token counts (a caller's error path) held at most
+# this share of the span-seconds still teaches, as if they had done the mean work of the
+# others: in a batch of a hundred, one such span is almost always running.
+MAX_UNTOLD_SHARE = 0.05
 REFIT_ROWS = 5  # once determined, the weights are fitted again every this many rows
 # The first weights: no term's spread (2 standard errors) moves a typical row's energy
 # by more than this share
@@ -274,6 +278,31 @@ class StepTimes:
         return steps, decoders * steps, contexts * steps
 
 
+def as_if_told(held: IntervalTokens) -> IntervalTokens:
+    """``held`` as if its spans without token counts had done the mean work of the
+    others (their span-seconds scale the prefill, decode and decoders' terms), where
+    they held at most ``MAX_UNTOLD_SHARE`` of its span-seconds; else ``held`` as it is
+    (it cannot teach). The server's steps are the server's: not scaled."""
+    untold_s, told_s = held.unweighed_s, held.weighed_s
+    if (
+        untold_s <= 0.0
+        or told_s <= 0.0
+        or not math.isfinite(untold_s)
+        or untold_s > MAX_UNTOLD_SHARE * (told_s + untold_s)
+    ):
+        return held
+    scale = (told_s + untold_s) / told_s
+    return held._replace(
+        prefill=held.prefill * scale,
+        decode=held.decode * scale,
+        context=held.context * scale,
+        unweighed_s=0.0,
+        decoders_s=held.decoders_s * scale,
+        contexts_s=held.contexts_s * scale,
+        weighed_s=told_s + untold_s,
+    )
+
+
 class TokenWeights:
     """Online non-negative least squares of busy energy on the token work (see above)."""
 
@@ -307,6 +336,7 @@ class TokenWeights:
         """One handed-out interval (``start_s``..``end_s``: it teaches the step time
         too); intervals that cannot teach (a span whose tokens were unknown in it, or
         none busy) break the block being gathered."""
+        held = as_if_told(held)
         if start_s is not None and end_s is not None:
             self.step_times.observe(start_s, end_s, held)
         if not self._timed:

@@ -41,6 +41,7 @@ class Request:
     truth_j: float = 0.0
     prefilled: int = 0
     share_mark: float = 0.0  # the running sum of fixed shares when it began decoding
+    tells_tokens: bool = True  # False: its caller reports no token counts (an error path)
 
     def __post_init__(self) -> None:
         if self.input_tokens < 1 or self.output_tokens < 1:

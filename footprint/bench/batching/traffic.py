@@ -7,6 +7,9 @@
 * ``mixed``: short (16-512) or long (2,048-8,192) prompts and short (16-128) or long
   (512-2,048) answers, a quarter each (log-uniform within), arriving at 70 % of
   capacity as a Poisson stream plus bursts of 16-64 requests within a second.
+* ``untold``: the mixed traffic, but 1.5 % of the calls (the demo's error rate) report no
+  token counts, as a caller's error path does: a batch of a hundred almost always holds
+  one, and the token rule must still learn its weights around them.
 
 The mean arrival rate is the scenario's ``load`` times what the replica completes of the
 same traffic when every request waits from the start (its capacity: the engine kept
@@ -30,6 +33,7 @@ PROMPTS = {"short-prompt": (16, 512), "long-prompt": (2048, 8192)}
 ANSWERS = {"short-answer": (16, 128), "long-answer": (512, 2048)}
 BURST_SIZE = (16, 64)
 BURST_SHARE = 0.25  # of the mixed traffic's requests, arriving in bursts
+UNTOLD_SHARE = 0.015  # of the untold traffic's requests: no token counts reported
 CAPACITY_WAVES = 4  # capacity: this many batches' worth of requests, all waiting at 0
 
 
@@ -80,6 +84,16 @@ def mixed(count: int, rate: float, rng: random.Random) -> list[Request]:
     return out
 
 
+def untold(count: int, rate: float, rng: random.Random) -> list[Request]:
+    """The mixed traffic, ``UNTOLD_SHARE`` of it reporting no token counts."""
+    out = mixed(count, rate, rng)
+    for request in out:
+        if rng.random() < UNTOLD_SHARE:
+            request.tells_tokens = False
+            request.kind = "untold"
+    return out
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A traffic shape on one served model."""
@@ -108,4 +122,4 @@ SCENARIOS = tuple(
     Scenario(f"{shape}/{model.name}", model, traffic, load)
     for shape, traffic, load in (("two-kinds", two_kinds, 0.9), ("mixed", mixed, 0.7))
     for model in MODELS
-)
+) + (Scenario(f"untold/{MODELS[0].name}", MODELS[0], untold, 0.7),)
