@@ -299,38 +299,85 @@ class TokenShares:
     def _energy(self, pieces: Sequence[Piece]) -> tuple[float, float]:
         """(energy, bound) of ``pieces`` (their windows shared out): each running total
         (``_base``, scaled by ``_coef``, grown with the snapshot's integral ``_BY``
-        names) at a stretch's end less at its start, times the span's rates."""
+        names) at a stretch's end less at its start, times the span's rates. A stretch
+        inside one window (most) is its scale factors times its own integrals: the
+        running totals' difference without their rounding."""
         base, coef = self._base, self._coef
         energy_j = bound_j = 0.0
         for rates, lo, hi in pieces:
-            b0, c0, b1, c1 = base[lo[0]], coef[lo[0]], base[hi[0]], coef[hi[0]]
-            t0, t1 = lo[1], hi[1]
-            if rates is None:
-                energy_j += b1[4] + c1[4] * t1 - b0[4] - c0[4] * t0
-                bound_j += b1[10] + c1[10] * t1 - b0[10] - c0[10] * t0
+            w = lo[0]
+            if w == hi[0]:
+                c = coef[w]
+                dt = hi[1] - lo[1]
+                if rates is None:
+                    energy_j += c[4] * dt
+                    bound_j += c[10] * dt
+                    continue
+                x, y, z, steps = rates
+                per_s_j, per_s_bound_j = c[5], c[11]
+                if x:
+                    per_s_j += x * c[0]
+                    per_s_bound_j += x * c[6]
+                if y:
+                    per_s_j += y * c[1] + z * c[2]
+                    per_s_bound_j += y * c[7] + z * c[8]
+                energy_j += per_s_j * dt
+                bound_j += per_s_bound_j * dt
+                if steps:  # its share of the fixed term: its steps over the spans served
+                    df = hi[2] - lo[2]
+                    energy_j += steps * c[3] * df
+                    bound_j += steps * c[9] * df
                 continue
-            energy_j += b1[5] + c1[5] * t1 - b0[5] - c0[5] * t0
-            bound_j += b1[11] + c1[11] * t1 - b0[11] - c0[11] * t0
-            x, y, z, steps = rates
-            if steps:  # its share of the fixed term: its steps over the spans served
-                f0, f1 = lo[2], hi[2]
-                energy_j += steps * (b1[3] + c1[3] * f1 - b0[3] - c0[3] * f0)
-                bound_j += steps * (b1[9] + c1[9] * f1 - b0[9] - c0[9] * f0)
-            if x:
-                energy_j += x * (b1[0] + c1[0] * t1 - b0[0] - c0[0] * t0)
-                bound_j += x * (b1[6] + c1[6] * t1 - b0[6] - c0[6] * t0)
-            if y:
-                energy_j += y * (b1[1] + c1[1] * t1 - b0[1] - c0[1] * t0)
-                energy_j += z * (b1[2] + c1[2] * t1 - b0[2] - c0[2] * t0)
-                bound_j += y * (b1[7] + c1[7] * t1 - b0[7] - c0[7] * t0)
-                bound_j += z * (b1[8] + c1[8] * t1 - b0[8] - c0[8] * t0)
+            e, b = self._across(rates, lo, hi, base, coef)
+            energy_j += e
+            bound_j += b
+        return energy_j, bound_j
+
+    @staticmethod
+    def _across(
+        rates: Rates | None,
+        lo: Snap,
+        hi: Snap,
+        base: dict[int, tuple[float, ...]],
+        coef: dict[int, tuple[float, ...]],
+    ) -> tuple[float, float]:
+        """(energy, bound) of a stretch across windows: the running totals at its end
+        less at its start."""
+        b0, c0, b1, c1 = base[lo[0]], coef[lo[0]], base[hi[0]], coef[hi[0]]
+        t0, t1 = lo[1], hi[1]
+        if rates is None:
+            return (
+                b1[4] + c1[4] * t1 - b0[4] - c0[4] * t0,
+                b1[10] + c1[10] * t1 - b0[10] - c0[10] * t0,
+            )
+        energy_j = b1[5] + c1[5] * t1 - b0[5] - c0[5] * t0
+        bound_j = b1[11] + c1[11] * t1 - b0[11] - c0[11] * t0
+        x, y, z, steps = rates
+        if steps:  # its share of the fixed term: its steps over the spans served
+            f0, f1 = lo[2], hi[2]
+            energy_j += steps * (b1[3] + c1[3] * f1 - b0[3] - c0[3] * f0)
+            bound_j += steps * (b1[9] + c1[9] * f1 - b0[9] - c0[9] * f0)
+        if x:
+            energy_j += x * (b1[0] + c1[0] * t1 - b0[0] - c0[0] * t0)
+            bound_j += x * (b1[6] + c1[6] * t1 - b0[6] - c0[6] * t0)
+        if y:
+            energy_j += y * (b1[1] + c1[1] * t1 - b0[1] - c0[1] * t0)
+            energy_j += z * (b1[2] + c1[2] * t1 - b0[2] - c0[2] * t0)
+            bound_j += y * (b1[7] + c1[7] * t1 - b0[7] - c0[7] * t0)
+            bound_j += z * (b1[8] + c1[8] * t1 - b0[8] - c0[8] * t0)
         return energy_j, bound_j
 
     def _equal(self, lo: Snap, hi: Snap) -> tuple[float, float, float, float]:
         """(GPU-seconds, equal split's energy where it applied, its bound, the equal
         split's energy had it applied throughout) per span from ``lo`` to ``hi``."""
-        base, coef = self._base, self._coef
-        b0, c0, b1, c1 = base[lo[0]], coef[lo[0]], base[hi[0]], coef[hi[0]]
+        coef = self._coef
+        w = lo[0]
+        if w == hi[0]:  # inside one window: its own integrals
+            c = coef[w]
+            even_j = hi[4] - lo[4]
+            return hi[3] - lo[3], c[13] * even_j, c[14] * (hi[5] - lo[5]), even_j
+        base = self._base
+        b0, c0, b1, c1 = base[w], coef[w], base[hi[0]], coef[hi[0]]
         return (
             b1[12] + c1[12] * hi[3] - b0[12] - c0[12] * lo[3],
             b1[13] + c1[13] * hi[4] - b0[13] - c0[13] * lo[4],
@@ -432,16 +479,17 @@ class TokenShares:
             win.from_s = t0
         held = [0.0, 0.0, 0.0, 0.0, 0.0]  # ∫ steps/s, ∫ Σ rates (three), ∫ unweighed
         cursor = t0
+        segment, spans = self._segment, self.spans
         for j in range(end_index):
             t, kind, _, span = events[j]
-            if self.active > 0 and t > cursor:
-                self._segment(t - cursor, held, cursor)
+            if t > cursor and self.active > 0:
+                segment(t - cursor, held, cursor)
             cursor = t
             if kind == START:
                 self._start(span)
             elif kind == END:
                 self._end(span, estimated_before_s)
-            elif self.spans.get(span.key) is span and span.started:
+            elif span.started and spans.get(span.key) is span:
                 if kind == SERVE:
                     self._serve(span)
                 else:
@@ -456,41 +504,47 @@ class TokenShares:
         return IntervalTokens(interval.busy_s, *held)
 
     def _segment(self, dt: float, held: list[float], from_s: float) -> None:
-        """A stretch of ``dt`` s with the same spans in the same phases."""
+        """A stretch of ``dt`` s with the same spans in the same phases (each product
+        computed once, in the same order as summed: the hot path of the sweep)."""
         s0, s1, s2, s3 = self.sums
         n = self.active
         known = self.weighed
         serving = self.serving
-        served = serving + n - known  # spans with no tokens count as served
+        unknown = n - known
+        served = serving + unknown  # spans with no tokens count as served
         win = self._win
         raw = win.raw
         raw[0] += dt
         if served:
             raw[1] += dt / served
         raw[2] += dt / n
-        if self._busy_s > 0:
-            fraction = dt / self._busy_s / n
+        busy_s = self._busy_s
+        if busy_s > 0:
+            fraction = dt / busy_s / n
             raw[3] += self._busy_j * fraction
             raw[4] += self._bound_j * fraction
         sums = win.sums
         steps = s3 * dt / serving if serving else 0.0  # the server's steps: their mean
+        prefill = s0 * dt
+        decode = s1 * dt
+        unknown_s = unknown * dt
         sums[0] += steps
-        sums[1] += s0 * dt
-        sums[2] += s1 * dt
+        sums[1] += prefill
+        sums[2] += decode
         sums[3] += s2 * dt
         if served:
             sums[4] += s3 * dt / served
         sums[5] += known * dt
-        sums[6] += self.serving * dt
-        sums[7] += (n - known) * dt
+        sums[6] += serving * dt
+        sums[7] += unknown_s
         pace = self.pace
         held[0] += pace[0] * dt / pace[1] if pace[1] > 0.0 else steps
-        held[1] += s0 * dt
-        held[2] += s1 * dt
+        held[1] += prefill
+        held[2] += decode
         ramp = self.ramp
         if ramp[1]:  # each decoded token read against its context so far
             held[3] += (ramp[0] + ramp[1] * (from_s + dt / 2 - self._origin_s)) * dt  # type: ignore[operator]
-        held[4] += (n - known) * dt
+        held[4] += unknown_s
 
     def _close(self, done: dict[Hashable, SpanShare], now_s: float) -> None:
         """The open window closes: shared out now, or held for the weights."""
