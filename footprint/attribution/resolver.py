@@ -20,8 +20,7 @@ from footprint.attribution.tokens import (
     SpanTokens,
     TokenShares,
     TokenSpan,
-    phases,
-    step_of,
+    placement,
 )
 from footprint.attribution.weights import TokenWeights
 from footprint.sampling.timeline import Sample
@@ -194,10 +193,10 @@ class DeviceResolver:
         """The token rule: where ``span``'s tokens go in time (``phases``), and the
         events of its service start and first token."""
         span.tokens = tokens
-        step_s = step_of(span.start_s, end_s, tokens)
+        placed, step_s = placement(span.start_s, end_s, tokens, self._step_s)
         if step_s is not None:
             self._step_s = step_s
-        placed = span.placed = phases(span.start_s, end_s, tokens, self._step_s)
+        span.placed = placed
         if placed is not None and placed.serve_s > span.start_s:
             self._seq += 1
             self._new_events.append((placed.serve_s, SERVE, self._seq, span))  # type: ignore[arg-type]

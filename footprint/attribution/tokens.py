@@ -130,32 +130,56 @@ def phases(
     token inside the span, one phase carries all the tokens at constant rates over all
     of it.
     """
-    decode = max(tokens.output_tokens - 1, 0)
-    context = context_of(tokens)
+    return placement(start_s, end_s, tokens, step_s)[0]
+
+
+_new_tuple = tuple.__new__  # a named tuple without its ``__new__``'s Python frame
+
+
+def placement(
+    start_s: float, end_s: float, tokens: SpanTokens, step_s: float | None
+) -> tuple[Placement | None, float | None]:
+    """``phases`` and the span's own step time (``step_of``), in one pass: the resolver
+    places every span that ends with tokens (the same operations, in the same order,
+    as the two)."""
+    input_tokens, output_tokens, ttft_s = tokens
+    decode = output_tokens - 1
     duration_s = end_s - start_s
-    ttft_s = tokens.ttft_s
+    own_step_s = None
+    if ttft_s is not None and decode >= 1:
+        decode_s = duration_s - ttft_s
+        if decode_s >= MIN_PHASE_S:
+            own_step_s = decode_s / decode
     if duration_s < MIN_PHASE_S:
-        return None
+        return None, own_step_s
+    if decode < 0:
+        decode = 0
+    context = input_tokens + output_tokens / 2.0  # ``context_of``
     if ttft_s is None or ttft_s < MIN_PHASE_S:
         rate = decode / duration_s
         steps = (decode + 1) / duration_s
-        whole = (tokens.input_tokens / duration_s, rate, rate * context, steps)
-        return Placement(start_s, whole, end_s, None)
-    own_step_s = step_of(start_s, end_s, tokens)
-    step_s = own_step_s if own_step_s is not None else step_s
-    first_s = min(start_s + ttft_s, end_s)
+        whole = (input_tokens / duration_s, rate, rate * context, steps)
+        return _new_tuple(Placement, (start_s, whole, end_s, None)), own_step_s
+    if own_step_s is not None:
+        step_s = own_step_s
+    first_s = start_s + ttft_s
+    if end_s < first_s:
+        first_s = end_s
     serve_s = start_s
-    if step_s is not None:
-        serve_s = max(start_s, first_s - max(step_s, MIN_PHASE_S))
+    if step_s is not None:  # the prefill's step: at least ``MIN_PHASE_S``
+        queued_until_s = first_s - (MIN_PHASE_S if step_s < MIN_PHASE_S else step_s)
+        if queued_until_s > start_s:
+            serve_s = queued_until_s
     if end_s - first_s < MIN_PHASE_S:  # no decode phase: the prefill made all it answered
         served_s = end_s - serve_s
         rate = decode / served_s
-        whole = (tokens.input_tokens / served_s, rate, rate * context, (decode + 1) / served_s)
-        return Placement(serve_s, whole, end_s, None)
+        whole = (input_tokens / served_s, rate, rate * context, (decode + 1) / served_s)
+        return _new_tuple(Placement, (serve_s, whole, end_s, None)), own_step_s
     rate = decode / (end_s - first_s)
     prefill_s = first_s - serve_s
-    prefill = (tokens.input_tokens / prefill_s, 0.0, 0.0, 1.0 / prefill_s)
-    return Placement(serve_s, prefill, first_s, (0.0, rate, rate * context, rate))
+    prefill = (input_tokens / prefill_s, 0.0, 0.0, 1.0 / prefill_s)
+    second = (0.0, rate, rate * context, rate)
+    return _new_tuple(Placement, (serve_s, prefill, first_s, second)), own_step_s
 
 
 # (window, and within it: ∫ dt, ∫ dt/N_served, ∫ dt/N, ∫ k/N dt and ∫ k_bound/N dt of
@@ -166,6 +190,11 @@ Piece = tuple["Rates | None", Snap, Snap]
 
 
 _ORIGIN: Snap = (0, 0.0, 0.0, 0.0, 0.0, 0.0)
+# A span's stretches inside one window, summed before its first token and after it (six
+# each): seconds with no known tokens, seconds with tokens (the floor), prefill rate × s,
+# decode rate × s, decode rate × context × s, and steps × ∫ dt/N_served. Its energy there
+# is the window's scale factors times these, whatever the number of stretches.
+_ACC = 6
 # Which of a snapshot's integrals each running total grows with (1: ∫ dt, 2: ∫ dt /
 # N_served, 3: ∫ dt/N, 4 and 5: the equal split's energy and bound).
 _BY = (1, 1, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 3, 4, 5, 4)
@@ -189,7 +218,9 @@ class TokenSpan:
         "first",  # snapshot at its start
         "split",  # (pieces before its first token, snapshot at it), once reached
         "first_token_s",  # time of its first token, where it said
-        "pieces",  # its past stretches
+        "pieces",  # its past stretches across windows (None: none)
+        "acc",  # its stretches inside window ``acc_w``, summed (``_ACC``; None: none)
+        "acc_w",
         "carried",  # (energy, gpu-s, bound) received under the equal split before
         "carried_until_s",  # up to where
         "ramp",  # its decode context term as it grows: (constant, slope) for the fit
@@ -211,7 +242,9 @@ class TokenSpan:
         self.first: Snap = _ORIGIN
         self.split: tuple[int, Snap] | None = None
         self.first_token_s: float | None = None
-        self.pieces: list[Piece] = []
+        self.pieces: list[Piece] | None = None
+        self.acc: list[float] | None = None
+        self.acc_w = -1
         self.carried: tuple[float, float, float] | None = None
         self.carried_until_s = -math.inf
         self.ramp = (0.0, 0.0)
@@ -219,6 +252,52 @@ class TokenSpan:
 
 
 Event = tuple[float, int, int, TokenSpan]
+
+
+# What a span that ended keeps until its window is shared out (``ended``): the fields of
+# its ``TokenSpan`` that ``_share`` reads, in a plain tuple of numbers and plain tuples,
+# which the garbage collector stops tracking (it never untracks a named tuple or an
+# object): the tens of thousands of spans a window holds then cost none of its full
+# passes. key, start_s, partial, weighed, tokens (``SpanTokens`` as a plain tuple),
+# first, at, split, pieces, acc, acc_w, first_token_s, carried, carried_until_s.
+Ended = tuple[
+    Hashable,
+    float,
+    bool,
+    bool,
+    "tuple[int, int, float | None] | None",
+    Snap,
+    Snap,
+    "tuple[int, Snap] | None",
+    "list[Piece] | None",
+    "tuple[float, ...] | None",
+    int,
+    "float | None",
+    "tuple[float, float, float] | None",
+    float,
+]
+
+
+def ended(span: TokenSpan) -> Ended:
+    """``span``'s record for ``_share``, once it left the sweep."""
+    acc, tokens = span.acc, span.tokens
+    return (
+        span.key,
+        span.start_s,
+        span.partial,
+        span.weighed,
+        None if tokens is None else tuple(tokens),  # type: ignore[arg-type]
+        span.first,
+        span.at,
+        span.split,
+        span.pieces,
+        None if acc is None else tuple(acc),
+        span.acc_w,
+        span.first_token_s,
+        span.carried,
+        span.carried_until_s,
+    )
+
 
 # Per window, the running totals at its start and its scale factors, in the order: the
 # α, β, γ terms (per unit rate), the fixed term, the no-token term, the floor of the
@@ -255,7 +334,7 @@ class _Window:
         self.sums = [0.0] * 8
         self.busy_j = 0.0  # what the window's intervals measured busy, and its bound
         self.bound_j = 0.0
-        self.ending: list[tuple[TokenSpan, bool]] = []  # spans that ended in it
+        self.ending: list[tuple[Ended, bool]] = []  # spans that ended in it
         self.intervals = 0  # busy intervals in it
         self.from_s = math.nan  # where its first interval began
 
@@ -385,25 +464,33 @@ class TokenShares:
             b1[15] + c1[15] * hi[4] - b0[15] - c0[15] * lo[4],
         )
 
-    def _share(self, span: TokenSpan, partial: bool, estimated: bool = False) -> SpanShare:
+    def _share(self, span: Ended, partial: bool, estimated: bool = False) -> SpanShare:
         """What ``span`` received over its stretches (their windows shared out), and the
         part of it before its first token."""
-        pieces = span.pieces
-        split = span.split
-        if split is None:
-            before_j, bound_j = self._energy(pieces)
-            after_j = 0.0
-        else:
-            before_j, bound_j = self._energy(pieces[: split[0]])
-            after_j, after_bound_j = self._energy(pieces[split[0] :])
-            bound_j += after_bound_j
-        if span.weighed and span.tokens is not None:
-            bound_j += (before_j + after_j) * self.relative_spread(span.tokens)
+        (_, start_s, _, weighed, tokens, first, last, split) = span[:8]
+        (pieces, acc, acc_w, first_s, carried, carried_until_s) = span[8:]
+        before_j = bound_j = after_j = 0.0
+        if pieces is not None:
+            if split is None:
+                before_j, bound_j = self._energy(pieces)
+            else:
+                before_j, bound_j = self._energy(pieces[: split[0]])
+                after_j, after_bound_j = self._energy(pieces[split[0] :])
+                bound_j += after_bound_j
+        if acc is not None:  # (its half after the first token is 0 before one)
+            energy_j, acc_bound_j, more_j, more_bound_j = _scaled(self._coef[acc_w], acc)
+            before_j += energy_j
+            bound_j += acc_bound_j
+            after_j += more_j
+            bound_j += more_bound_j
+        if weighed and tokens is not None:
+            spread = self.relative_spread(_new_tuple(SpanTokens, tokens))
+            bound_j += (before_j + after_j) * spread
         gpu_s = 0.0
-        if pieces:  # per span over its life: GPU-seconds, and the equal split's
-            last = pieces[-1][2]
+        stretched = acc is not None or pieces is not None
+        if stretched:  # per span over its life: GPU-seconds, and the equal split's
             mid = split[1] if split is not None else last
-            gpu_s, equal_j, equal_bound_j, even_j = self._equal(span.first, mid)
+            gpu_s, equal_j, equal_bound_j, even_j = self._equal(first, mid)
             before_j += equal_j
             bound_j += equal_bound_j
             if split is not None:
@@ -415,41 +502,68 @@ class TokenShares:
             # The model's own error: a share of how far it moved the span from the
             # equal split (0 where the equal split applied).
             bound_j += MODEL_SHARE * abs(before_j + after_j - even_j)
-        if span.carried is not None:
-            before_j += span.carried[0]
-            gpu_s += span.carried[1]
-            bound_j += span.carried[2]
+        if carried is not None:
+            before_j += carried[0]
+            gpu_s += carried[1]
+            bound_j += carried[2]
         share = SpanShare(before_j + after_j, gpu_s, bound_j, partial, estimated)
-        first_s = span.first_token_s
-        if first_s is not None and not partial and (split is not None or pieces):
-            if span.carried is not None and first_s < span.carried_until_s:
+        if first_s is not None and not partial and (split is not None or stretched):
+            if carried is not None and first_s < carried_until_s:
                 return share  # the equal split before does not say which part was which
-            if split is None and first_s <= span.start_s + MIN_PHASE_S:
+            if split is None and first_s <= start_s + MIN_PHASE_S:
                 before_j, after_j = 0.0, before_j  # no stretch before its first token
             share.prefill_energy_j = before_j
             share.decode_energy_j = after_j
         return share
 
     def _close_piece(self, span: TokenSpan) -> None:
+        """The stretch since its last edge ends: summed into ``acc`` where it lies inside
+        one window (``acc``'s), kept as a piece where it does not."""
         raw = self._win.raw
-        now = (self.window, raw[0], raw[1], raw[2], raw[3], raw[4])
-        rates = span.rates if span.weighed else None
-        span.pieces.append((rates, span.at, now))
+        window = self.window
+        now = (window, raw[0], raw[1], raw[2], raw[3], raw[4])
+        at = span.at
+        acc = span.acc
+        if at[0] == window and (acc is None or span.acc_w == window):
+            if acc is None:
+                acc = span.acc = [0.0] * (2 * _ACC)
+                span.acc_w = window
+            half = 0 if span.split is None else _ACC
+            dt = now[1] - at[1]
+            if span.weighed:
+                x, y, z, steps = span.rates
+                acc[half + 1] += dt
+                if x:
+                    acc[half + 2] += x * dt
+                if y:
+                    acc[half + 3] += y * dt
+                    acc[half + 4] += z * dt
+                if steps:
+                    acc[half + 5] += steps * (now[2] - at[2])
+            else:
+                acc[half] += dt
+        else:
+            piece = (span.rates if span.weighed else None, at, now)
+            if span.pieces is None:
+                span.pieces = [piece]
+            else:
+                span.pieces.append(piece)
         span.at = now
 
     def _set_rates(self, span: TokenSpan, rates: Rates) -> None:
+        x, y, z, steps = rates
+        was_x, was_y, was_z, was_steps = span.rates
         sums = self.sums
-        old = span.rates
-        sums[0] += rates[0] - old[0]
-        sums[1] += rates[1] - old[1]
-        sums[2] += rates[2] - old[2]
-        sums[3] += rates[3] - old[3]
+        sums[0] += x - was_x
+        sums[1] += y - was_y
+        sums[2] += z - was_z
+        sums[3] += steps - was_steps
         span.rates = rates
         w = span.pace_w
         if w:
             pace = self.pace
-            pace[0] += w * (rates[3] - old[3])
-            pace[1] += w * ((rates[3] > 0.0) - (old[3] > 0.0))
+            pace[0] += w * (steps - was_steps)
+            pace[1] += w * ((steps > 0.0) - (was_steps > 0.0))
 
     # -- sweeping --------------------------------------------------------------------
     def sweep(
@@ -629,7 +743,7 @@ class TokenShares:
         self._coef[w] = co
         self._base[w + 1] = _advance(self._base[w], co, win.raw)
         for span, estimated in win.ending:
-            done[span.key] = self._share(span, span.partial, estimated)
+            done[span[0]] = self._share(span, span[2], estimated)
 
     def _prune(self) -> None:
         """Forget the windows no running span's snapshot is in."""
@@ -668,7 +782,7 @@ class TokenShares:
     def _first_token(self, span: TokenSpan) -> None:
         """Its first token: the decode phase from here."""
         self._close_piece(span)
-        span.split = (len(span.pieces), span.at)
+        span.split = (len(span.pieces) if span.pieces is not None else 0, span.at)
         placed = span.placed
         if span.weighed and placed is not None and placed.second is not None:
             if not span.serving:
@@ -681,7 +795,7 @@ class TokenShares:
         self._close_piece(span)
         self._leave(span)
         del self.spans[span.key]
-        self._win.ending.append((span, span.start_s < estimated_before_s))
+        self._win.ending.append((ended(span), span.start_s < estimated_before_s))
 
     def _set_ramp(self, span: TokenSpan, placed: Placement) -> None:
         """Its decode context term, for the fit: ``y·(input + y·(t − first))``."""
@@ -736,7 +850,48 @@ class TokenShares:
             self._leave(span)
             del self.spans[span.key]
             span.partial = True
-            self._win.ending.append((span, False))
+            self._win.ending.append((ended(span), False))
+
+
+def _scaled(co: tuple[float, ...], acc: Sequence[float]) -> tuple[float, float, float, float]:
+    """(energy, bound) of a span's stretches summed in ``acc`` under their window's scale
+    factors ``co``: before its first token, then after it (a sum that is 0 adds nothing,
+    whatever its factor)."""
+    unweighed_s, floor_s, prefill, decode, context, steps = acc[:_ACC]
+    energy_j = bound_j = 0.0
+    if unweighed_s:
+        energy_j += co[4] * unweighed_s
+        bound_j += co[10] * unweighed_s
+    if floor_s:
+        energy_j += co[5] * floor_s
+        bound_j += co[11] * floor_s
+    if prefill:
+        energy_j += co[0] * prefill
+        bound_j += co[6] * prefill
+    if decode:
+        energy_j += co[1] * decode + co[2] * context
+        bound_j += co[7] * decode + co[8] * context
+    if steps:
+        energy_j += co[3] * steps
+        bound_j += co[9] * steps
+    unweighed_s, floor_s, prefill, decode, context, steps = acc[_ACC:]
+    after_j = after_bound_j = 0.0
+    if unweighed_s:
+        after_j += co[4] * unweighed_s
+        after_bound_j += co[10] * unweighed_s
+    if floor_s:
+        after_j += co[5] * floor_s
+        after_bound_j += co[11] * floor_s
+    if prefill:
+        after_j += co[0] * prefill
+        after_bound_j += co[6] * prefill
+    if decode:
+        after_j += co[1] * decode + co[2] * context
+        after_bound_j += co[7] * decode + co[8] * context
+    if steps:
+        after_j += co[3] * steps
+        after_bound_j += co[9] * steps
+    return energy_j, bound_j, after_j, after_bound_j
 
 
 def _pace_weight(end_s: float, placed: Placement) -> float:
