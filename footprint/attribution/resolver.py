@@ -339,25 +339,33 @@ class DeviceResolver:
         self.oddities["extrapolated_starts"] += sum(t >= earliest_s for t in starts)
 
     def _merge_new_events(self) -> None:
-        if not self._new_events:
+        new = self._new_events
+        if not new:
             return
+        new.sort()
         floor_s = self.resolved_until_s
-        if floor_s is not None:
-            for n, (t, kind, seq, span) in enumerate(self._new_events):
-                if t < floor_s:
-                    # Began (or ended) inside what is already resolved: it only takes
-                    # its share from here on, and says so.
-                    if kind == START:
-                        self.oddities["late_starts"] += 1
-                        span.partial = True
-                    elif kind == END:
-                        self.oddities["late_ends"] += 1
-                    elif kind == PHASE:  # its first token is not where it said
-                        span.first_token_s = None  # type: ignore[attr-defined]
-                    self._new_events[n] = (floor_s, kind, seq, span)
-        self._events.extend(self._new_events)
-        self._new_events.clear()
-        self._events.sort()
+        if floor_s is not None and new[0][0] < floor_s:
+            for n, (t, kind, seq, span) in enumerate(new):
+                if t >= floor_s:
+                    break  # sorted: the rest are not inside what is resolved
+                # Began (or ended) inside what is already resolved: it only takes its
+                # share from here on, and says so.
+                if kind == START:
+                    self.oddities["late_starts"] += 1
+                    span.partial = True
+                elif kind == END:
+                    self.oddities["late_ends"] += 1
+                elif kind == PHASE:  # its first token is not where it said
+                    span.first_token_s = None  # type: ignore[attr-defined]
+                new[n] = (floor_s, kind, seq, span)
+            new.sort()  # those moved to the floor: in the order of their kinds
+        events = self._events
+        if events and events[-1] > new[0]:
+            events.extend(new)
+            events.sort()  # two sorted runs: one merge
+        else:
+            events.extend(new)
+        new.clear()
 
     def _scan(self, interval: Interval, j: int = 0, active: int | None = None) -> tuple[int, int]:
         """Fill ``interval``'s busy time and edge counts from the events from index ``j``
