@@ -216,14 +216,16 @@ class TokenSpan:
         "rates",  # its current phase's rates
         "at",  # snapshot at its last edge
         "first",  # snapshot at its start
-        "split",  # (pieces before its first token, snapshot at it), once reached
+        "split_n",  # pieces before its first token, once reached (-1: not yet)
+        "mid",  # snapshot at its first token, once reached
         "first_token_s",  # time of its first token, where it said
         "pieces",  # its past stretches across windows (None: none)
         "acc",  # its stretches inside window ``acc_w``, summed (``_ACC``; None: none)
         "acc_w",
         "carried",  # (energy, gpu-s, bound) received under the equal split before
         "carried_until_s",  # up to where
-        "ramp",  # its decode context term as it grows: (constant, slope) for the fit
+        "ramp_c",  # its decode context term as it grows, constant + slope·t: for the fit
+        "ramp_s",
         "pace_w",  # how much its step rate counts in the server's (1 / its phase's s)
     )
 
@@ -240,14 +242,15 @@ class TokenSpan:
         self.rates: Rates = _NONE
         self.at: Snap = _ORIGIN
         self.first: Snap = _ORIGIN
-        self.split: tuple[int, Snap] | None = None
+        self.split_n = -1
+        self.mid: Snap | None = None
         self.first_token_s: float | None = None
         self.pieces: list[Piece] | None = None
         self.acc: list[float] | None = None
         self.acc_w = -1
         self.carried: tuple[float, float, float] | None = None
         self.carried_until_s = -math.inf
-        self.ramp = (0.0, 0.0)
+        self.ramp_c = self.ramp_s = 0.0
         self.pace_w = 0.0
 
 
@@ -255,47 +258,37 @@ Event = tuple[float, int, int, TokenSpan]
 
 
 # What a span that ended keeps until its window is shared out (``ended``): the fields of
-# its ``TokenSpan`` that ``_share`` reads, in a plain tuple of numbers and plain tuples,
-# which the garbage collector stops tracking (it never untracks a named tuple or an
-# object): the tens of thousands of spans a window holds then cost none of its full
-# passes. key, start_s, partial, weighed, tokens (``SpanTokens`` as a plain tuple),
-# first, at, split, pieces, acc, acc_w, first_token_s, carried, carried_until_s.
-Ended = tuple[
-    Hashable,
-    float,
-    bool,
-    bool,
-    "tuple[int, int, float | None] | None",
-    Snap,
-    Snap,
-    "tuple[int, Snap] | None",
-    "list[Piece] | None",
-    "tuple[float, ...] | None",
-    int,
-    "float | None",
-    "tuple[float, float, float] | None",
-    float,
-]
+# its ``TokenSpan`` that ``_share`` reads, flat in a plain tuple of numbers and plain
+# tuples, which the garbage collector stops tracking (it never untracks an object or a
+# named tuple): the tens of thousands of spans a window holds then cost none of its
+# passes. key, start_s, partial, estimated, weighed, its token counts and time to first
+# token (input -1: none), first, at, split_n, mid, pieces, acc_w (-1: no ``acc``),
+# first_token_s, carried, carried_until_s, then ``acc``'s sums.
+Ended = tuple  # (Any, ...): its fields are listed above
+_NO_ACC = (0.0,) * (2 * _ACC)
+_NO_TOKENS = (-1, 0, None)
 
 
-def ended(span: TokenSpan) -> Ended:
+def ended(span: TokenSpan, estimated: bool) -> Ended:
     """``span``'s record for ``_share``, once it left the sweep."""
     acc, tokens = span.acc, span.tokens
     return (
         span.key,
         span.start_s,
         span.partial,
+        estimated,
         span.weighed,
-        None if tokens is None else tuple(tokens),  # type: ignore[arg-type]
+        *(_NO_TOKENS if tokens is None else tokens),
         span.first,
         span.at,
-        span.split,
+        span.split_n,
+        span.mid,
         span.pieces,
-        None if acc is None else tuple(acc),
-        span.acc_w,
+        span.acc_w if acc is not None else -1,
         span.first_token_s,
         span.carried,
         span.carried_until_s,
+        *(_NO_ACC if acc is None else acc),
     )
 
 
@@ -334,7 +327,7 @@ class _Window:
         self.sums = [0.0] * 8
         self.busy_j = 0.0  # what the window's intervals measured busy, and its bound
         self.bound_j = 0.0
-        self.ending: list[tuple[Ended, bool]] = []  # spans that ended in it
+        self.ending: list[Ended] = []  # spans that ended in it (``ended``)
         self.intervals = 0  # busy intervals in it
         self.from_s = math.nan  # where its first interval began
 
@@ -467,15 +460,16 @@ class TokenShares:
     def _share(self, span: Ended, partial: bool, estimated: bool = False) -> SpanShare:
         """What ``span`` received over its stretches (their windows shared out), and the
         part of it before its first token."""
-        (_, start_s, _, weighed, tokens, first, last, split) = span[:8]
-        (pieces, acc, acc_w, first_s, carried, carried_until_s) = span[8:]
+        (_, start_s, _, _, weighed, input_tokens, output_tokens, ttft_s) = span[:8]
+        (first, last, split_n, mid, pieces, acc_w, first_s, carried, carried_until_s) = span[8:17]
+        acc = span[17:] if acc_w >= 0 else None
         before_j = bound_j = after_j = 0.0
         if pieces is not None:
-            if split is None:
+            if split_n < 0:
                 before_j, bound_j = self._energy(pieces)
             else:
-                before_j, bound_j = self._energy(pieces[: split[0]])
-                after_j, after_bound_j = self._energy(pieces[split[0] :])
+                before_j, bound_j = self._energy(pieces[:split_n])
+                after_j, after_bound_j = self._energy(pieces[split_n:])
                 bound_j += after_bound_j
         if acc is not None:  # (its half after the first token is 0 before one)
             energy_j, acc_bound_j, more_j, more_bound_j = _scaled(self._coef[acc_w], acc)
@@ -483,17 +477,19 @@ class TokenShares:
             bound_j += acc_bound_j
             after_j += more_j
             bound_j += more_bound_j
-        if weighed and tokens is not None:
-            spread = self.relative_spread(_new_tuple(SpanTokens, tokens))
+        if weighed and input_tokens >= 0:
+            tokens = _new_tuple(SpanTokens, (input_tokens, output_tokens, ttft_s))
+            spread = self.relative_spread(tokens)
             bound_j += (before_j + after_j) * spread
         gpu_s = 0.0
         stretched = acc is not None or pieces is not None
         if stretched:  # per span over its life: GPU-seconds, and the equal split's
-            mid = split[1] if split is not None else last
+            if mid is None:
+                mid = last
             gpu_s, equal_j, equal_bound_j, even_j = self._equal(first, mid)
             before_j += equal_j
             bound_j += equal_bound_j
-            if split is not None:
+            if split_n >= 0:
                 more_s, equal_j, equal_bound_j, more_j = self._equal(mid, last)
                 gpu_s += more_s
                 after_j += equal_j
@@ -507,10 +503,10 @@ class TokenShares:
             gpu_s += carried[1]
             bound_j += carried[2]
         share = SpanShare(before_j + after_j, gpu_s, bound_j, partial, estimated)
-        if first_s is not None and not partial and (split is not None or stretched):
+        if first_s is not None and not partial and (split_n >= 0 or stretched):
             if carried is not None and first_s < carried_until_s:
                 return share  # the equal split before does not say which part was which
-            if split is None and first_s <= start_s + MIN_PHASE_S:
+            if split_n < 0 and first_s <= start_s + MIN_PHASE_S:
                 before_j, after_j = 0.0, before_j  # no stretch before its first token
             share.prefill_energy_j = before_j
             share.decode_energy_j = after_j
@@ -528,7 +524,7 @@ class TokenShares:
             if acc is None:
                 acc = span.acc = [0.0] * (2 * _ACC)
                 span.acc_w = window
-            half = 0 if span.split is None else _ACC
+            half = 0 if span.split_n < 0 else _ACC
             dt = now[1] - at[1]
             if span.weighed:
                 x, y, z, steps = span.rates
@@ -742,8 +738,8 @@ class TokenShares:
         )
         self._coef[w] = co
         self._base[w + 1] = _advance(self._base[w], co, win.raw)
-        for span, estimated in win.ending:
-            done[span[0]] = self._share(span, span[2], estimated)
+        for span in win.ending:
+            done[span[0]] = self._share(span, span[2], span[3])
 
     def _prune(self) -> None:
         """Forget the windows no running span's snapshot is in."""
@@ -782,7 +778,8 @@ class TokenShares:
     def _first_token(self, span: TokenSpan) -> None:
         """Its first token: the decode phase from here."""
         self._close_piece(span)
-        span.split = (len(span.pieces) if span.pieces is not None else 0, span.at)
+        span.split_n = len(span.pieces) if span.pieces is not None else 0
+        span.mid = span.at
         placed = span.placed
         if span.weighed and placed is not None and placed.second is not None:
             if not span.serving:
@@ -795,7 +792,7 @@ class TokenShares:
         self._close_piece(span)
         self._leave(span)
         del self.spans[span.key]
-        self._win.ending.append((ended(span), span.start_s < estimated_before_s))
+        self._win.ending.append(ended(span, span.start_s < estimated_before_s))
 
     def _set_ramp(self, span: TokenSpan, placed: Placement) -> None:
         """Its decode context term, for the fit: ``y·(input + y·(t − first))``."""
@@ -807,7 +804,7 @@ class TokenShares:
         y = placed.second[1]
         slope = y * y
         constant = y * tokens.input_tokens - slope * (placed.first_s - self._origin_s)
-        span.ramp = (constant, slope)
+        span.ramp_c, span.ramp_s = constant, slope
         self.ramp[0] += constant
         self.ramp[1] += slope
 
@@ -819,9 +816,9 @@ class TokenShares:
                 if span.serving:
                     self.serving -= 1
                 self._set_rates(span, _NONE)
-                if span.ramp[1]:
-                    self.ramp[0] -= span.ramp[0]
-                    self.ramp[1] -= span.ramp[1]
+                if span.ramp_s:
+                    self.ramp[0] -= span.ramp_c
+                    self.ramp[1] -= span.ramp_s
                 if self.weighed == 0:
                     self.sums = [0.0, 0.0, 0.0, 0.0]  # nobody's rates left (precision)
                     self.pace = [0.0, 0.0]
@@ -850,7 +847,7 @@ class TokenShares:
             self._leave(span)
             del self.spans[span.key]
             span.partial = True
-            self._win.ending.append((ended(span), False))
+            self._win.ending.append(ended(span, False))
 
 
 def _scaled(co: tuple[float, ...], acc: Sequence[float]) -> tuple[float, float, float, float]:
