@@ -587,74 +587,91 @@ class TokenShares:
         t0, t1 = interval.start_s, interval.end_s
         if win.from_s != win.from_s:  # NaN: its first interval
             win.from_s = t0
-        held = [0.0, 0.0, 0.0, 0.0, 0.0]  # ∫ steps/s, ∫ Σ rates (three), ∫ unweighed
-        cursor = t0
-        segment, spans = self._segment, self.spans
-        for j in range(end_index):
-            t, kind, _, span = events[j]
-            if t > cursor and self.active > 0:
-                segment(t - cursor, held, cursor)
-            cursor = t
-            if kind == START:
-                self._start(span)
-            elif kind == END:
-                self._end(span, estimated_before_s)
-            elif span.started and spans.get(span.key) is span:
-                if kind == SERVE:
-                    self._serve(span)
-                else:
-                    self._first_token(span)
-        if self.active > 0 and t1 > cursor:
-            self._segment(t1 - cursor, held, cursor)
+        held = self._sweep_events(events, end_index, t0, t1, estimated_before_s)
         win.busy_j += busy_j
         win.bound_j += bound_j
         win.intervals += busy_s > 0
         if self.active == 0 or win.raw[0] >= WINDOW_S:
             self._close(done, t1)
-        return IntervalTokens(interval.busy_s, *held)
+        return IntervalTokens(busy_s, *held)
 
-    def _segment(self, dt: float, held: list[float], from_s: float) -> None:
-        """A stretch of ``dt`` s with the same spans in the same phases (each product
-        computed once, in the same order as summed: the hot path of the sweep)."""
-        s0, s1, s2, s3 = self.sums
-        n = self.active
-        known = self.weighed
-        serving = self.serving
-        unknown = n - known
-        served = serving + unknown  # spans with no tokens count as served
+    def _sweep_events(
+        self, events: list[Event], end_index: int, t0: float, t1: float, estimated_before_s: float
+    ) -> tuple[float, float, float, float, float]:
+        """The interval from ``t0`` to ``t1`` and its events ``events[:end_index]``, in
+        order: each stretch between two of them (the same spans in the same phases) grows
+        the window's integrals, then the event changes who runs at what rates. Returns
+        the interval's ∫ steps/s, ∫ Σ rates (prefill, decode, decode × context) and ∫
+        spans with no tokens, for the fit.
+
+        The hot path of the token rule: the window's and the interval's sums are locals
+        for the interval (each the same sum, in the same order, as one ``+=`` a stretch);
+        the snapshots read ``raw``, which grows in place."""
         win = self._win
         raw = win.raw
-        raw[0] += dt
-        if served:
-            raw[1] += dt / served
-        raw[2] += dt / n
-        busy_s = self._busy_s
-        if busy_s > 0:
-            fraction = dt / busy_s / n
-            raw[3] += self._busy_j * fraction
-            raw[4] += self._bound_j * fraction
-        sums = win.sums
-        steps = s3 * dt / serving if serving else 0.0  # the server's steps: their mean
-        prefill = s0 * dt
-        decode = s1 * dt
-        unknown_s = unknown * dt
-        sums[0] += steps
-        sums[1] += prefill
-        sums[2] += decode
-        sums[3] += s2 * dt
-        if served:
-            sums[4] += s3 * dt / served
-        sums[5] += known * dt
-        sums[6] += serving * dt
-        sums[7] += unknown_s
-        pace = self.pace
-        held[0] += pace[0] * dt / pace[1] if pace[1] > 0.0 else steps
-        held[1] += prefill
-        held[2] += decode
-        ramp = self.ramp
-        if ramp[1]:  # each decoded token read against its context so far
-            held[3] += (ramp[0] + ramp[1] * (from_s + dt / 2 - self._origin_s)) * dt  # type: ignore[operator]
-        held[4] += unknown_s
+        w0, w1, w2, w3, w4, w5, w6, w7 = win.sums
+        h0 = h1 = h2 = h3 = h4 = 0.0
+        busy_s, busy_j, bound_j = self._busy_s, self._busy_j, self._bound_j
+        start, end, other = self._start, self._end, self._phase_event
+        cursor = t0
+        for j in range(end_index + 1):
+            if j < end_index:
+                t, kind, _, span = events[j]
+            else:  # the stretch from the last event to the interval's end
+                t, kind, span = t1, -1, None
+            n = self.active
+            if t > cursor and n > 0:
+                dt = t - cursor
+                s0, s1, s2, s3 = self.sums
+                known = self.weighed
+                serving = self.serving
+                unknown = n - known
+                served = serving + unknown  # spans with no tokens count as served
+                raw[0] += dt
+                raw[2] += dt / n
+                if busy_s > 0:
+                    fraction = dt / busy_s / n
+                    raw[3] += busy_j * fraction
+                    raw[4] += bound_j * fraction
+                steps = s3 * dt / serving if serving else 0.0  # the server's: their mean
+                prefill = s0 * dt
+                decode = s1 * dt
+                unknown_s = unknown * dt
+                w0 += steps
+                w1 += prefill
+                w2 += decode
+                w3 += s2 * dt
+                if served:
+                    raw[1] += dt / served
+                    w4 += s3 * dt / served
+                w5 += known * dt
+                w6 += serving * dt
+                w7 += unknown_s
+                pace_w, pace = self.pace
+                h0 += pace_w * dt / pace if pace > 0.0 else steps
+                h1 += prefill
+                h2 += decode
+                ramp, slope = self.ramp
+                if slope:  # each decoded token read against its context so far
+                    h3 += (ramp + slope * (cursor + dt / 2 - self._origin_s)) * dt  # type: ignore[operator]
+                h4 += unknown_s
+            cursor = t
+            if kind == START:
+                start(span)  # type: ignore[arg-type]
+            elif kind == END:
+                end(span, estimated_before_s)  # type: ignore[arg-type]
+            elif span is not None:
+                other(kind, span)
+        win.sums = [w0, w1, w2, w3, w4, w5, w6, w7]
+        return h0, h1, h2, h3, h4
+
+    def _phase_event(self, kind: int, span: TokenSpan) -> None:
+        """A service start or first token of a span still in the sweep."""
+        if span.started and self.spans.get(span.key) is span:
+            if kind == SERVE:
+                self._serve(span)
+            else:
+                self._first_token(span)
 
     def _close(self, done: dict[Hashable, SpanShare], now_s: float) -> None:
         """The open window closes: shared out now, or held for the weights."""
