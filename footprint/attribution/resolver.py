@@ -374,9 +374,12 @@ class DeviceResolver:
         events, t1 = self._events, interval.end_s
         active = self._shares.active if active is None else active
         cursor, busy_s, changes, first = interval.start_s, 0.0, 0, j
-        n = len(events)
-        while j < n and events[j][0] <= t1:
-            t, kind = events[j][0], events[j][1]
+        after = len(events)
+        for k in range(j, after):
+            t, kind, _, _ = events[k]
+            if t > t1:
+                after = k
+                break
             if active > 0:
                 busy_s += t - cursor
                 changes += kind == START or active > 1
@@ -385,7 +388,7 @@ class DeviceResolver:
                 active += 1
             elif kind == END:
                 active -= 1
-            j += 1
+        j = after
         if active > 0:
             busy_s += t1 - cursor
         interval.busy_s = busy_s
