@@ -517,7 +517,8 @@ class TokenShares:
         one window (``acc``'s), kept as a piece where it does not."""
         raw = self._win.raw
         window = self.window
-        now = (window, raw[0], raw[1], raw[2], raw[3], raw[4])
+        t, f = raw[0], raw[1]
+        now = (window, t, f, raw[2], raw[3], raw[4])
         at = span.at
         acc = span.acc
         if at[0] == window and (acc is None or span.acc_w == window):
@@ -525,9 +526,14 @@ class TokenShares:
                 acc = span.acc = [0.0] * (2 * _ACC)
                 span.acc_w = window
             half = 0 if span.split_n < 0 else _ACC
-            dt = now[1] - at[1]
-            if span.weighed:
-                x, y, z, steps = span.rates
+            dt = t - at[1]
+            rates = span.rates
+            if not span.weighed:
+                acc[half] += dt
+            elif rates is _NONE:  # waiting in the queue: its floor only
+                acc[half + 1] += dt
+            else:
+                x, y, z, steps = rates
                 acc[half + 1] += dt
                 if x:
                     acc[half + 2] += x * dt
@@ -535,9 +541,7 @@ class TokenShares:
                     acc[half + 3] += y * dt
                     acc[half + 4] += z * dt
                 if steps:
-                    acc[half + 5] += steps * (now[2] - at[2])
-            else:
-                acc[half] += dt
+                    acc[half + 5] += steps * (f - at[2])
         else:
             piece = (span.rates if span.weighed else None, at, now)
             if span.pieces is None:
@@ -612,7 +616,8 @@ class TokenShares:
         w0, w1, w2, w3, w4, w5, w6, w7 = win.sums
         h0 = h1 = h2 = h3 = h4 = 0.0
         busy_s, busy_j, bound_j = self._busy_s, self._busy_j, self._bound_j
-        start, end, other = self._start, self._end, self._phase_event
+        start, end, serve, first_token = self._start, self._end, self._serve, self._first_token
+        spans = self.spans
         cursor = t0
         for j in range(end_index + 1):
             if j < end_index:
@@ -660,18 +665,13 @@ class TokenShares:
                 start(span)  # type: ignore[arg-type]
             elif kind == END:
                 end(span, estimated_before_s)  # type: ignore[arg-type]
-            elif span is not None:
-                other(kind, span)
+            elif span is not None and span.started and spans.get(span.key) is span:
+                if kind == SERVE:
+                    serve(span)
+                else:
+                    first_token(span)
         win.sums = [w0, w1, w2, w3, w4, w5, w6, w7]
         return h0, h1, h2, h3, h4
-
-    def _phase_event(self, kind: int, span: TokenSpan) -> None:
-        """A service start or first token of a span still in the sweep."""
-        if span.started and self.spans.get(span.key) is span:
-            if kind == SERVE:
-                self._serve(span)
-            else:
-                self._first_token(span)
 
     def _close(self, done: dict[Hashable, SpanShare], now_s: float) -> None:
         """The open window closes: shared out now, or held for the weights."""
@@ -769,12 +769,12 @@ class TokenShares:
             self._coef.pop(w, None)
 
     def _start(self, span: TokenSpan) -> None:
-        now = self.snap()
+        raw = self._win.raw
+        span.at = span.first = (self.window, raw[0], raw[1], raw[2], raw[3], raw[4])
         span.started = True
-        span.at = span.first = now
         self.active += 1
-        placed = span.placed if span.tokens is not None and span.end_s != math.inf else None
-        if placed is not None:
+        placed = span.placed
+        if placed is not None and span.tokens is not None and span.end_s != math.inf:
             span.weighed = True
             self.weighed += 1
             span.pace_w = _pace_weight(span.end_s, placed)
