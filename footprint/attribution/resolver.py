@@ -342,12 +342,10 @@ class DeviceResolver:
         new = self._new_events
         if not new:
             return
-        new.sort()
         floor_s = self.resolved_until_s
-        if floor_s is not None and new[0][0] < floor_s:
-            for n, (t, kind, seq, span) in enumerate(new):
-                if t >= floor_s:
-                    break  # sorted: the rest are not inside what is resolved
+        if floor_s is not None:
+            for n in [n for n, event in enumerate(new) if event[0] < floor_s]:
+                _, kind, seq, span = new[n]
                 # Began (or ended) inside what is already resolved: it only takes its
                 # share from here on, and says so.
                 if kind == START:
@@ -358,13 +356,11 @@ class DeviceResolver:
                 elif kind == PHASE:  # its first token is not where it said
                     span.first_token_s = None  # type: ignore[attr-defined]
                 new[n] = (floor_s, kind, seq, span)
-            new.sort()  # those moved to the floor: in the order of their kinds
+        new.sort()
         events = self._events
-        if events and events[-1] > new[0]:
-            events.extend(new)
-            events.sort()  # two sorted runs: one merge
-        else:
-            events.extend(new)
+        events.extend(new)
+        if len(events) > len(new) and events[-len(new) - 1] > new[0]:
+            events.sort()  # the two sorted runs interleave: one merge
         new.clear()
 
     def _scan(self, interval: Interval, j: int = 0, active: int | None = None) -> tuple[int, int]:
