@@ -4,6 +4,7 @@ weights yet, spans with no tokens, spans still running), ``auto``, and the setti
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 import subprocess
@@ -581,3 +582,30 @@ def test_the_fits_step_rate_follows_the_short_calls_that_say_where_the_server_st
     assert all(busy_s == pytest.approx(0.1) for busy_s, _ in both)
     rate = sum(steps for _, steps in both) / sum(busy_s for busy_s, _ in both)
     assert rate > 27.0, rate
+
+
+def _tracked_with_ended_spans(count: int) -> int:
+    """Objects the garbage collector tracks once ``count`` spans ended with tokens and
+    wait for their window to close (a long call keeps it open)."""
+    resolver = DeviceResolver(rule="tokens", max_wait_s=0.5)
+    resolver.weights = _trained()
+    resolver.add_samples([(0.1 * i, 30.0 * i) for i in range(25)])
+    for i in range(count):
+        resolver.begin(i, 0.0001 * i)
+        resolver.end(i, 0.0001 * i + 0.3, SpanTokens(100 + i % 7, 50, 0.1))
+    resolver.begin("long", 0.25)
+    assert resolver.resolve(until_s=2.0) == {}  # they wait for the window
+    gc.collect()
+    gc.collect()  # a tuple is untracked once what it holds is: a pass may see it first
+    tracked = len(gc.get_objects())
+    assert resolver.open_spans == 1
+    return tracked
+
+
+def test_spans_waiting_for_their_window_are_not_objects_the_garbage_collector_tracks():
+    """A window holds the spans that ended in it until it closes (a minute of busy time:
+    tens of thousands at a thousand calls running). Held as objects the garbage
+    collector tracks, each of its full passes walked them all: its cost per span grew
+    with the window. Held as plain tuples of numbers, it stops tracking them."""
+    few, many = _tracked_with_ended_spans(200), _tracked_with_ended_spans(2200)
+    assert many - few < 200

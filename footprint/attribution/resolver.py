@@ -20,8 +20,7 @@ from footprint.attribution.tokens import (
     SpanTokens,
     TokenShares,
     TokenSpan,
-    phases,
-    step_of,
+    placement,
 )
 from footprint.attribution.weights import TokenWeights
 from footprint.sampling.timeline import Sample
@@ -194,10 +193,10 @@ class DeviceResolver:
         """The token rule: where ``span``'s tokens go in time (``phases``), and the
         events of its service start and first token."""
         span.tokens = tokens
-        step_s = step_of(span.start_s, end_s, tokens)
+        placed, step_s = placement(span.start_s, end_s, tokens, self._step_s)
         if step_s is not None:
             self._step_s = step_s
-        placed = span.placed = phases(span.start_s, end_s, tokens, self._step_s)
+        span.placed = placed
         if placed is not None and placed.serve_s > span.start_s:
             self._seq += 1
             self._new_events.append((placed.serve_s, SERVE, self._seq, span))  # type: ignore[arg-type]
@@ -342,25 +341,29 @@ class DeviceResolver:
         self.oddities["extrapolated_starts"] += sum(t >= earliest_s for t in starts)
 
     def _merge_new_events(self) -> None:
-        if not self._new_events:
+        new = self._new_events
+        if not new:
             return
         floor_s = self.resolved_until_s
         if floor_s is not None:
-            for n, (t, kind, seq, span) in enumerate(self._new_events):
-                if t < floor_s:
-                    # Began (or ended) inside what is already resolved: it only takes
-                    # its share from here on, and says so.
-                    if kind == START:
-                        self.oddities["late_starts"] += 1
-                        span.partial = True
-                    elif kind == END:
-                        self.oddities["late_ends"] += 1
-                    elif kind == PHASE:  # its first token is not where it said
-                        span.first_token_s = None  # type: ignore[attr-defined]
-                    self._new_events[n] = (floor_s, kind, seq, span)
-        self._events.extend(self._new_events)
-        self._new_events.clear()
-        self._events.sort()
+            for n in [n for n, event in enumerate(new) if event[0] < floor_s]:
+                _, kind, seq, span = new[n]
+                # Began (or ended) inside what is already resolved: it only takes its
+                # share from here on, and says so.
+                if kind == START:
+                    self.oddities["late_starts"] += 1
+                    span.partial = True
+                elif kind == END:
+                    self.oddities["late_ends"] += 1
+                elif kind == PHASE:  # its first token is not where it said
+                    span.first_token_s = None  # type: ignore[attr-defined]
+                new[n] = (floor_s, kind, seq, span)
+        new.sort()
+        events = self._events
+        events.extend(new)
+        if len(events) > len(new) and events[-len(new) - 1] > new[0]:
+            events.sort()  # the two sorted runs interleave: one merge
+        new.clear()
 
     def _scan(self, interval: Interval, j: int = 0, active: int | None = None) -> tuple[int, int]:
         """Fill ``interval``'s busy time and edge counts from the events from index ``j``
@@ -369,9 +372,12 @@ class DeviceResolver:
         events, t1 = self._events, interval.end_s
         active = self._shares.active if active is None else active
         cursor, busy_s, changes, first = interval.start_s, 0.0, 0, j
-        n = len(events)
-        while j < n and events[j][0] <= t1:
-            t, kind = events[j][0], events[j][1]
+        after = len(events)
+        for k in range(j, after):
+            t, kind, _, _ = events[k]
+            if t > t1:
+                after = k
+                break
             if active > 0:
                 busy_s += t - cursor
                 changes += kind == START or active > 1
@@ -380,7 +386,7 @@ class DeviceResolver:
                 active += 1
             elif kind == END:
                 active -= 1
-            j += 1
+        j = after
         if active > 0:
             busy_s += t1 - cursor
         interval.busy_s = busy_s

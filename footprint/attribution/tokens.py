@@ -130,32 +130,56 @@ def phases(
     token inside the span, one phase carries all the tokens at constant rates over all
     of it.
     """
-    decode = max(tokens.output_tokens - 1, 0)
-    context = context_of(tokens)
+    return placement(start_s, end_s, tokens, step_s)[0]
+
+
+_new_tuple = tuple.__new__  # a named tuple without its ``__new__``'s Python frame
+
+
+def placement(
+    start_s: float, end_s: float, tokens: SpanTokens, step_s: float | None
+) -> tuple[Placement | None, float | None]:
+    """``phases`` and the span's own step time (``step_of``), in one pass: the resolver
+    places every span that ends with tokens (the same operations, in the same order,
+    as the two)."""
+    input_tokens, output_tokens, ttft_s = tokens
+    decode = output_tokens - 1
     duration_s = end_s - start_s
-    ttft_s = tokens.ttft_s
+    own_step_s = None
+    if ttft_s is not None and decode >= 1:
+        decode_s = duration_s - ttft_s
+        if decode_s >= MIN_PHASE_S:
+            own_step_s = decode_s / decode
     if duration_s < MIN_PHASE_S:
-        return None
+        return None, own_step_s
+    if decode < 0:
+        decode = 0
+    context = input_tokens + output_tokens / 2.0  # ``context_of``
     if ttft_s is None or ttft_s < MIN_PHASE_S:
         rate = decode / duration_s
         steps = (decode + 1) / duration_s
-        whole = (tokens.input_tokens / duration_s, rate, rate * context, steps)
-        return Placement(start_s, whole, end_s, None)
-    own_step_s = step_of(start_s, end_s, tokens)
-    step_s = own_step_s if own_step_s is not None else step_s
-    first_s = min(start_s + ttft_s, end_s)
+        whole = (input_tokens / duration_s, rate, rate * context, steps)
+        return _new_tuple(Placement, (start_s, whole, end_s, None)), own_step_s
+    if own_step_s is not None:
+        step_s = own_step_s
+    first_s = start_s + ttft_s
+    if end_s < first_s:
+        first_s = end_s
     serve_s = start_s
-    if step_s is not None:
-        serve_s = max(start_s, first_s - max(step_s, MIN_PHASE_S))
+    if step_s is not None:  # the prefill's step: at least ``MIN_PHASE_S``
+        queued_until_s = first_s - (MIN_PHASE_S if step_s < MIN_PHASE_S else step_s)
+        if queued_until_s > start_s:
+            serve_s = queued_until_s
     if end_s - first_s < MIN_PHASE_S:  # no decode phase: the prefill made all it answered
         served_s = end_s - serve_s
         rate = decode / served_s
-        whole = (tokens.input_tokens / served_s, rate, rate * context, (decode + 1) / served_s)
-        return Placement(serve_s, whole, end_s, None)
+        whole = (input_tokens / served_s, rate, rate * context, (decode + 1) / served_s)
+        return _new_tuple(Placement, (serve_s, whole, end_s, None)), own_step_s
     rate = decode / (end_s - first_s)
     prefill_s = first_s - serve_s
-    prefill = (tokens.input_tokens / prefill_s, 0.0, 0.0, 1.0 / prefill_s)
-    return Placement(serve_s, prefill, first_s, (0.0, rate, rate * context, rate))
+    prefill = (input_tokens / prefill_s, 0.0, 0.0, 1.0 / prefill_s)
+    second = (0.0, rate, rate * context, rate)
+    return _new_tuple(Placement, (serve_s, prefill, first_s, second)), own_step_s
 
 
 # (window, and within it: ∫ dt, ∫ dt/N_served, ∫ dt/N, ∫ k/N dt and ∫ k_bound/N dt of
@@ -166,6 +190,11 @@ Piece = tuple["Rates | None", Snap, Snap]
 
 
 _ORIGIN: Snap = (0, 0.0, 0.0, 0.0, 0.0, 0.0)
+# A span's stretches inside one window, summed before its first token and after it (six
+# each): seconds with no known tokens, seconds with tokens (the floor), prefill rate × s,
+# decode rate × s, decode rate × context × s, and steps × ∫ dt/N_served. Its energy there
+# is the window's scale factors times these, whatever the number of stretches.
+_ACC = 6
 # Which of a snapshot's integrals each running total grows with (1: ∫ dt, 2: ∫ dt /
 # N_served, 3: ∫ dt/N, 4 and 5: the equal split's energy and bound).
 _BY = (1, 1, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 3, 4, 5, 4)
@@ -187,13 +216,18 @@ class TokenSpan:
         "rates",  # its current phase's rates
         "at",  # snapshot at its last edge
         "first",  # snapshot at its start
-        "split",  # (pieces before its first token, snapshot at it), once reached
+        "split_n",  # pieces before its first token, once reached (-1: not yet)
+        "mid",  # snapshot at its first token, once reached
         "first_token_s",  # time of its first token, where it said
-        "pieces",  # its past stretches
+        "pieces",  # its past stretches across windows (None: none)
+        "acc",  # its stretches inside window ``acc_w``, summed (``_ACC``; None: none)
+        "acc_w",
         "carried",  # (energy, gpu-s, bound) received under the equal split before
         "carried_until_s",  # up to where
-        "ramp",  # its decode context term as it grows, for the fit: (constant, slope) of
-        # its decode rate × context, then of its context alone
+        "ramp_c",  # its decode context term as it grows, constant + slope·t: for the fit
+        "ramp_s",
+        "ctx_c",  # its context as it grows, constant + y·t: for the step time's fit
+        "ctx_y",
         "pace_w",  # how much its step rate counts in the server's (1 / its phase's s)
     )
 
@@ -210,16 +244,55 @@ class TokenSpan:
         self.rates: Rates = _NONE
         self.at: Snap = _ORIGIN
         self.first: Snap = _ORIGIN
-        self.split: tuple[int, Snap] | None = None
+        self.split_n = -1
+        self.mid: Snap | None = None
         self.first_token_s: float | None = None
-        self.pieces: list[Piece] = []
+        self.pieces: list[Piece] | None = None
+        self.acc: list[float] | None = None
+        self.acc_w = -1
         self.carried: tuple[float, float, float] | None = None
         self.carried_until_s = -math.inf
-        self.ramp = (0.0, 0.0, 0.0, 0.0)
+        self.ramp_c = self.ramp_s = self.ctx_c = self.ctx_y = 0.0
         self.pace_w = 0.0
 
 
 Event = tuple[float, int, int, TokenSpan]
+
+
+# What a span that ended keeps until its window is shared out (``ended``): the fields of
+# its ``TokenSpan`` that ``_share`` reads, flat in a plain tuple of numbers and plain
+# tuples, which the garbage collector stops tracking (it never untracks an object or a
+# named tuple): the tens of thousands of spans a window holds then cost none of its
+# passes. key, start_s, partial, estimated, weighed, its token counts and time to first
+# token (input -1: none), first, at, split_n, mid, pieces, acc_w (-1: no ``acc``),
+# first_token_s, carried, carried_until_s, then ``acc``'s sums.
+Ended = tuple  # (Any, ...): its fields are listed above
+_NO_ACC = (0.0,) * (2 * _ACC)
+_NO_TOKENS = (-1, 0, None)
+
+
+def ended(span: TokenSpan, estimated: bool) -> Ended:
+    """``span``'s record for ``_share``, once it left the sweep."""
+    acc, tokens = span.acc, span.tokens
+    return (
+        span.key,
+        span.start_s,
+        span.partial,
+        estimated,
+        span.weighed,
+        *(_NO_TOKENS if tokens is None else tokens),
+        span.first,
+        span.at,
+        span.split_n,
+        span.mid,
+        span.pieces,
+        span.acc_w if acc is not None else -1,
+        span.first_token_s,
+        span.carried,
+        span.carried_until_s,
+        *(_NO_ACC if acc is None else acc),
+    )
+
 
 # Per window, the running totals at its start and its scale factors, in the order: the
 # α, β, γ terms (per unit rate), the fixed term, the no-token term, the floor of the
@@ -261,7 +334,7 @@ class _Window:
         self.sums = [0.0] * 8
         self.busy_j = 0.0  # what the window's intervals measured busy, and its bound
         self.bound_j = 0.0
-        self.ending: list[tuple[TokenSpan, bool]] = []  # spans that ended in it
+        self.ending: list[Ended] = []  # spans that ended in it (``ended``)
         self.intervals = 0  # busy intervals in it
         self.from_s = math.nan  # where its first interval began
 
@@ -311,38 +384,85 @@ class TokenShares:
     def _energy(self, pieces: Sequence[Piece]) -> tuple[float, float]:
         """(energy, bound) of ``pieces`` (their windows shared out): each running total
         (``_base``, scaled by ``_coef``, grown with the snapshot's integral ``_BY``
-        names) at a stretch's end less at its start, times the span's rates."""
+        names) at a stretch's end less at its start, times the span's rates. A stretch
+        inside one window (most) is its scale factors times its own integrals: the
+        running totals' difference without their rounding."""
         base, coef = self._base, self._coef
         energy_j = bound_j = 0.0
         for rates, lo, hi in pieces:
-            b0, c0, b1, c1 = base[lo[0]], coef[lo[0]], base[hi[0]], coef[hi[0]]
-            t0, t1 = lo[1], hi[1]
-            if rates is None:
-                energy_j += b1[4] + c1[4] * t1 - b0[4] - c0[4] * t0
-                bound_j += b1[10] + c1[10] * t1 - b0[10] - c0[10] * t0
+            w = lo[0]
+            if w == hi[0]:
+                c = coef[w]
+                dt = hi[1] - lo[1]
+                if rates is None:
+                    energy_j += c[4] * dt
+                    bound_j += c[10] * dt
+                    continue
+                x, y, z, steps = rates
+                per_s_j, per_s_bound_j = c[5], c[11]
+                if x:
+                    per_s_j += x * c[0]
+                    per_s_bound_j += x * c[6]
+                if y:
+                    per_s_j += y * c[1] + z * c[2]
+                    per_s_bound_j += y * c[7] + z * c[8]
+                energy_j += per_s_j * dt
+                bound_j += per_s_bound_j * dt
+                if steps:  # its share of the fixed term: its steps over the spans served
+                    df = hi[2] - lo[2]
+                    energy_j += steps * c[3] * df
+                    bound_j += steps * c[9] * df
                 continue
-            energy_j += b1[5] + c1[5] * t1 - b0[5] - c0[5] * t0
-            bound_j += b1[11] + c1[11] * t1 - b0[11] - c0[11] * t0
-            x, y, z, steps = rates
-            if steps:  # its share of the fixed term: its steps over the spans served
-                f0, f1 = lo[2], hi[2]
-                energy_j += steps * (b1[3] + c1[3] * f1 - b0[3] - c0[3] * f0)
-                bound_j += steps * (b1[9] + c1[9] * f1 - b0[9] - c0[9] * f0)
-            if x:
-                energy_j += x * (b1[0] + c1[0] * t1 - b0[0] - c0[0] * t0)
-                bound_j += x * (b1[6] + c1[6] * t1 - b0[6] - c0[6] * t0)
-            if y:
-                energy_j += y * (b1[1] + c1[1] * t1 - b0[1] - c0[1] * t0)
-                energy_j += z * (b1[2] + c1[2] * t1 - b0[2] - c0[2] * t0)
-                bound_j += y * (b1[7] + c1[7] * t1 - b0[7] - c0[7] * t0)
-                bound_j += z * (b1[8] + c1[8] * t1 - b0[8] - c0[8] * t0)
+            e, b = self._across(rates, lo, hi, base, coef)
+            energy_j += e
+            bound_j += b
+        return energy_j, bound_j
+
+    @staticmethod
+    def _across(
+        rates: Rates | None,
+        lo: Snap,
+        hi: Snap,
+        base: dict[int, tuple[float, ...]],
+        coef: dict[int, tuple[float, ...]],
+    ) -> tuple[float, float]:
+        """(energy, bound) of a stretch across windows: the running totals at its end
+        less at its start."""
+        b0, c0, b1, c1 = base[lo[0]], coef[lo[0]], base[hi[0]], coef[hi[0]]
+        t0, t1 = lo[1], hi[1]
+        if rates is None:
+            return (
+                b1[4] + c1[4] * t1 - b0[4] - c0[4] * t0,
+                b1[10] + c1[10] * t1 - b0[10] - c0[10] * t0,
+            )
+        energy_j = b1[5] + c1[5] * t1 - b0[5] - c0[5] * t0
+        bound_j = b1[11] + c1[11] * t1 - b0[11] - c0[11] * t0
+        x, y, z, steps = rates
+        if steps:  # its share of the fixed term: its steps over the spans served
+            f0, f1 = lo[2], hi[2]
+            energy_j += steps * (b1[3] + c1[3] * f1 - b0[3] - c0[3] * f0)
+            bound_j += steps * (b1[9] + c1[9] * f1 - b0[9] - c0[9] * f0)
+        if x:
+            energy_j += x * (b1[0] + c1[0] * t1 - b0[0] - c0[0] * t0)
+            bound_j += x * (b1[6] + c1[6] * t1 - b0[6] - c0[6] * t0)
+        if y:
+            energy_j += y * (b1[1] + c1[1] * t1 - b0[1] - c0[1] * t0)
+            energy_j += z * (b1[2] + c1[2] * t1 - b0[2] - c0[2] * t0)
+            bound_j += y * (b1[7] + c1[7] * t1 - b0[7] - c0[7] * t0)
+            bound_j += z * (b1[8] + c1[8] * t1 - b0[8] - c0[8] * t0)
         return energy_j, bound_j
 
     def _equal(self, lo: Snap, hi: Snap) -> tuple[float, float, float, float]:
         """(GPU-seconds, equal split's energy where it applied, its bound, the equal
         split's energy had it applied throughout) per span from ``lo`` to ``hi``."""
-        base, coef = self._base, self._coef
-        b0, c0, b1, c1 = base[lo[0]], coef[lo[0]], base[hi[0]], coef[hi[0]]
+        coef = self._coef
+        w = lo[0]
+        if w == hi[0]:  # inside one window: its own integrals
+            c = coef[w]
+            even_j = hi[4] - lo[4]
+            return hi[3] - lo[3], c[13] * even_j, c[14] * (hi[5] - lo[5]), even_j
+        base = self._base
+        b0, c0, b1, c1 = base[w], coef[w], base[hi[0]], coef[hi[0]]
         return (
             b1[12] + c1[12] * hi[3] - b0[12] - c0[12] * lo[3],
             b1[13] + c1[13] * hi[4] - b0[13] - c0[13] * lo[4],
@@ -350,28 +470,39 @@ class TokenShares:
             b1[15] + c1[15] * hi[4] - b0[15] - c0[15] * lo[4],
         )
 
-    def _share(self, span: TokenSpan, partial: bool, estimated: bool = False) -> SpanShare:
+    def _share(self, span: Ended, partial: bool, estimated: bool = False) -> SpanShare:
         """What ``span`` received over its stretches (their windows shared out), and the
         part of it before its first token."""
-        pieces = span.pieces
-        split = span.split
-        if split is None:
-            before_j, bound_j = self._energy(pieces)
-            after_j = 0.0
-        else:
-            before_j, bound_j = self._energy(pieces[: split[0]])
-            after_j, after_bound_j = self._energy(pieces[split[0] :])
-            bound_j += after_bound_j
-        if span.weighed and span.tokens is not None:
-            bound_j += (before_j + after_j) * self.relative_spread(span.tokens)
+        (_, start_s, _, _, weighed, input_tokens, output_tokens, ttft_s) = span[:8]
+        (first, last, split_n, mid, pieces, acc_w, first_s, carried, carried_until_s) = span[8:17]
+        acc = span[17:] if acc_w >= 0 else None
+        before_j = bound_j = after_j = 0.0
+        if pieces is not None:
+            if split_n < 0:
+                before_j, bound_j = self._energy(pieces)
+            else:
+                before_j, bound_j = self._energy(pieces[:split_n])
+                after_j, after_bound_j = self._energy(pieces[split_n:])
+                bound_j += after_bound_j
+        if acc is not None:  # (its half after the first token is 0 before one)
+            energy_j, acc_bound_j, more_j, more_bound_j = _scaled(self._coef[acc_w], acc)
+            before_j += energy_j
+            bound_j += acc_bound_j
+            after_j += more_j
+            bound_j += more_bound_j
+        if weighed and input_tokens >= 0:
+            tokens = _new_tuple(SpanTokens, (input_tokens, output_tokens, ttft_s))
+            spread = self.relative_spread(tokens)
+            bound_j += (before_j + after_j) * spread
         gpu_s = 0.0
-        if pieces:  # per span over its life: GPU-seconds, and the equal split's
-            last = pieces[-1][2]
-            mid = split[1] if split is not None else last
-            gpu_s, equal_j, equal_bound_j, even_j = self._equal(span.first, mid)
+        stretched = acc is not None or pieces is not None
+        if stretched:  # per span over its life: GPU-seconds, and the equal split's
+            if mid is None:
+                mid = last
+            gpu_s, equal_j, equal_bound_j, even_j = self._equal(first, mid)
             before_j += equal_j
             bound_j += equal_bound_j
-            if split is not None:
+            if split_n >= 0:
                 more_s, equal_j, equal_bound_j, more_j = self._equal(mid, last)
                 gpu_s += more_s
                 after_j += equal_j
@@ -380,41 +511,72 @@ class TokenShares:
             # The model's own error: a share of how far it moved the span from the
             # equal split (0 where the equal split applied).
             bound_j += MODEL_SHARE * abs(before_j + after_j - even_j)
-        if span.carried is not None:
-            before_j += span.carried[0]
-            gpu_s += span.carried[1]
-            bound_j += span.carried[2]
+        if carried is not None:
+            before_j += carried[0]
+            gpu_s += carried[1]
+            bound_j += carried[2]
         share = SpanShare(before_j + after_j, gpu_s, bound_j, partial, estimated)
-        first_s = span.first_token_s
-        if first_s is not None and not partial and (split is not None or pieces):
-            if span.carried is not None and first_s < span.carried_until_s:
+        if first_s is not None and not partial and (split_n >= 0 or stretched):
+            if carried is not None and first_s < carried_until_s:
                 return share  # the equal split before does not say which part was which
-            if split is None and first_s <= span.start_s + MIN_PHASE_S:
+            if split_n < 0 and first_s <= start_s + MIN_PHASE_S:
                 before_j, after_j = 0.0, before_j  # no stretch before its first token
             share.prefill_energy_j = before_j
             share.decode_energy_j = after_j
         return share
 
     def _close_piece(self, span: TokenSpan) -> None:
+        """The stretch since its last edge ends: summed into ``acc`` where it lies inside
+        one window (``acc``'s), kept as a piece where it does not."""
         raw = self._win.raw
-        now = (self.window, raw[0], raw[1], raw[2], raw[3], raw[4])
-        rates = span.rates if span.weighed else None
-        span.pieces.append((rates, span.at, now))
+        window = self.window
+        t, f = raw[0], raw[1]
+        now = (window, t, f, raw[2], raw[3], raw[4])
+        at = span.at
+        acc = span.acc
+        if at[0] == window and (acc is None or span.acc_w == window):
+            if acc is None:
+                acc = span.acc = [0.0] * (2 * _ACC)
+                span.acc_w = window
+            half = 0 if span.split_n < 0 else _ACC
+            dt = t - at[1]
+            rates = span.rates
+            if not span.weighed:
+                acc[half] += dt
+            elif rates is _NONE:  # waiting in the queue: its floor only
+                acc[half + 1] += dt
+            else:
+                x, y, z, steps = rates
+                acc[half + 1] += dt
+                if x:
+                    acc[half + 2] += x * dt
+                if y:
+                    acc[half + 3] += y * dt
+                    acc[half + 4] += z * dt
+                if steps:
+                    acc[half + 5] += steps * (f - at[2])
+        else:
+            piece = (span.rates if span.weighed else None, at, now)
+            if span.pieces is None:
+                span.pieces = [piece]
+            else:
+                span.pieces.append(piece)
         span.at = now
 
     def _set_rates(self, span: TokenSpan, rates: Rates) -> None:
+        x, y, z, steps = rates
+        was_x, was_y, was_z, was_steps = span.rates
         sums = self.sums
-        old = span.rates
-        sums[0] += rates[0] - old[0]
-        sums[1] += rates[1] - old[1]
-        sums[2] += rates[2] - old[2]
-        sums[3] += rates[3] - old[3]
+        sums[0] += x - was_x
+        sums[1] += y - was_y
+        sums[2] += z - was_z
+        sums[3] += steps - was_steps
         span.rates = rates
         w = span.pace_w
         if w:
             pace = self.pace
-            pace[0] += w * (rates[3] - old[3])
-            pace[1] += w * ((rates[3] > 0.0) - (old[3] > 0.0))
+            pace[0] += w * (steps - was_steps)
+            pace[1] += w * ((steps > 0.0) - (was_steps > 0.0))
 
     # -- sweeping --------------------------------------------------------------------
     def sweep(
@@ -442,74 +604,93 @@ class TokenShares:
         t0, t1 = interval.start_s, interval.end_s
         if win.from_s != win.from_s:  # NaN: its first interval
             win.from_s = t0
-        # ∫ steps/s, ∫ Σ rates (three), ∫ unweighed, ∫ decoders, ∫ Σ their contexts,
-        # ∫ weighed
-        held = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-        cursor = t0
-        for j in range(end_index):
-            t, kind, _, span = events[j]
-            if self.active > 0 and t > cursor:
-                self._segment(t - cursor, held, cursor)
-            cursor = t
-            if kind == START:
-                self._start(span)
-            elif kind == END:
-                self._end(span, estimated_before_s)
-            elif self.spans.get(span.key) is span and span.started:
-                if kind == SERVE:
-                    self._serve(span)
-                else:
-                    self._first_token(span)
-        if self.active > 0 and t1 > cursor:
-            self._segment(t1 - cursor, held, cursor)
+        held = self._sweep_events(events, end_index, t0, t1, estimated_before_s)
         win.busy_j += busy_j
         win.bound_j += bound_j
         win.intervals += busy_s > 0
         if self.active == 0 or win.raw[0] >= WINDOW_S:
             self._close(done, t1)
-        return IntervalTokens(interval.busy_s, *held)
+        return IntervalTokens(busy_s, *held)
 
-    def _segment(self, dt: float, held: list[float], from_s: float) -> None:
-        """A stretch of ``dt`` s with the same spans in the same phases."""
-        s0, s1, s2, s3 = self.sums
-        n = self.active
-        known = self.weighed
-        serving = self.serving
-        served = serving + n - known  # spans with no tokens count as served
+    def _sweep_events(
+        self, events: list[Event], end_index: int, t0: float, t1: float, estimated_before_s: float
+    ) -> tuple[float, float, float, float, float, float, float, float]:
+        """The interval from ``t0`` to ``t1`` and its events ``events[:end_index]``, in
+        order: each stretch between two of them (the same spans in the same phases) grows
+        the window's integrals, then the event changes who runs at what rates. Returns
+        the interval's ∫ steps/s, ∫ Σ rates (prefill, decode, decode × context), ∫
+        spans with no tokens, ∫ decoders and ∫ Σ their contexts, ∫ spans with tokens,
+        for the fit (``IntervalTokens`` less its busy seconds).
+
+        The hot path of the token rule: the window's and the interval's sums are locals
+        for the interval (each the same sum, in the same order, as one ``+=`` a stretch);
+        the snapshots read ``raw``, which grows in place."""
         win = self._win
         raw = win.raw
-        raw[0] += dt
-        if served:
-            raw[1] += dt / served
-        raw[2] += dt / n
-        if self._busy_s > 0:
-            fraction = dt / self._busy_s / n
-            raw[3] += self._busy_j * fraction
-            raw[4] += self._bound_j * fraction
-        sums = win.sums
-        steps = s3 * dt / serving if serving else 0.0  # the server's steps: their mean
-        sums[0] += steps
-        sums[1] += s0 * dt
-        sums[2] += s1 * dt
-        sums[3] += s2 * dt
-        if served:
-            sums[4] += s3 * dt / served
-        sums[5] += known * dt
-        sums[6] += self.serving * dt
-        sums[7] += (n - known) * dt
-        pace = self.pace
-        held[0] += pace[0] * dt / pace[1] if pace[1] > 0.0 else steps
-        held[1] += s0 * dt
-        held[2] += s1 * dt
-        ramp = self.ramp
-        if ramp[1]:  # each decoded token read against its context so far
-            mid_s = from_s + dt / 2 - self._origin_s  # type: ignore[operator]
-            held[3] += (ramp[0] + ramp[1] * mid_s) * dt
-            contexts = self.contexts
-            held[5] += self.decoders * dt
-            held[6] += (contexts[0] + contexts[1] * mid_s) * dt
-        held[4] += (n - known) * dt
-        held[7] += known * dt
+        w0, w1, w2, w3, w4, w5, w6, w7 = win.sums
+        h0 = h1 = h2 = h3 = h4 = h5 = h6 = h7 = 0.0
+        busy_s, busy_j, bound_j = self._busy_s, self._busy_j, self._bound_j
+        start, end, serve, first_token = self._start, self._end, self._serve, self._first_token
+        spans = self.spans
+        cursor = t0
+        for j in range(end_index + 1):
+            if j < end_index:
+                t, kind, _, span = events[j]
+            else:  # the stretch from the last event to the interval's end
+                t, kind, span = t1, -1, None
+            n = self.active
+            if t > cursor and n > 0:
+                dt = t - cursor
+                s0, s1, s2, s3 = self.sums
+                known = self.weighed
+                serving = self.serving
+                unknown = n - known
+                served = serving + unknown  # spans with no tokens count as served
+                raw[0] += dt
+                raw[2] += dt / n
+                if busy_s > 0:
+                    fraction = dt / busy_s / n
+                    raw[3] += busy_j * fraction
+                    raw[4] += bound_j * fraction
+                steps = s3 * dt / serving if serving else 0.0  # the server's: their mean
+                prefill = s0 * dt
+                decode = s1 * dt
+                unknown_s = unknown * dt
+                w0 += steps
+                w1 += prefill
+                w2 += decode
+                w3 += s2 * dt
+                if served:
+                    raw[1] += dt / served
+                    w4 += s3 * dt / served
+                w5 += known * dt
+                w6 += serving * dt
+                w7 += unknown_s
+                pace_w, pace = self.pace
+                h0 += pace_w * dt / pace if pace > 0.0 else steps
+                h1 += prefill
+                h2 += decode
+                ramp, slope = self.ramp
+                if slope:  # each decoded token read against its context so far
+                    mid_s = cursor + dt / 2 - self._origin_s  # type: ignore[operator]
+                    h3 += (ramp + slope * mid_s) * dt
+                    c0, c1 = self.contexts
+                    h5 += self.decoders * dt
+                    h6 += (c0 + c1 * mid_s) * dt
+                h4 += unknown_s
+                h7 += known * dt
+            cursor = t
+            if kind == START:
+                start(span)  # type: ignore[arg-type]
+            elif kind == END:
+                end(span, estimated_before_s)  # type: ignore[arg-type]
+            elif span is not None and span.started and spans.get(span.key) is span:
+                if kind == SERVE:
+                    serve(span)
+                else:
+                    first_token(span)
+        win.sums = [w0, w1, w2, w3, w4, w5, w6, w7]
+        return h0, h1, h2, h3, h4, h5, h6, h7
 
     def _close(self, done: dict[Hashable, SpanShare], now_s: float) -> None:
         """The open window closes: shared out now, or held for the weights."""
@@ -595,8 +776,8 @@ class TokenShares:
         )
         self._coef[w] = co
         self._base[w + 1] = _advance(self._base[w], co, win.raw)
-        for span, estimated in win.ending:
-            done[span.key] = self._share(span, span.partial, estimated)
+        for span in win.ending:
+            done[span[0]] = self._share(span, span[2], span[3])
 
     def _prune(self) -> None:
         """Forget the windows no running span's snapshot is in."""
@@ -609,12 +790,12 @@ class TokenShares:
             self._coef.pop(w, None)
 
     def _start(self, span: TokenSpan) -> None:
-        now = self.snap()
+        raw = self._win.raw
+        span.at = span.first = (self.window, raw[0], raw[1], raw[2], raw[3], raw[4])
         span.started = True
-        span.at = span.first = now
         self.active += 1
-        placed = span.placed if span.tokens is not None and span.end_s != math.inf else None
-        if placed is not None:
+        placed = span.placed
+        if placed is not None and span.tokens is not None and span.end_s != math.inf:
             span.weighed = True
             self.weighed += 1
             span.pace_w = _pace_weight(span.end_s, placed)
@@ -635,7 +816,8 @@ class TokenShares:
     def _first_token(self, span: TokenSpan) -> None:
         """Its first token: the decode phase from here."""
         self._close_piece(span)
-        span.split = (len(span.pieces), span.at)
+        span.split_n = len(span.pieces) if span.pieces is not None else 0
+        span.mid = span.at
         placed = span.placed
         if span.weighed and placed is not None and placed.second is not None:
             if not span.serving:
@@ -648,7 +830,7 @@ class TokenShares:
         self._close_piece(span)
         self._leave(span)
         del self.spans[span.key]
-        self._win.ending.append((span, span.start_s < estimated_before_s))
+        self._win.ending.append(ended(span, span.start_s < estimated_before_s))
 
     def _set_ramp(self, span: TokenSpan, placed: Placement) -> None:
         """Its decode context term, for the fit: ``y·(input + y·(t − first))``."""
@@ -662,7 +844,8 @@ class TokenShares:
         since_s = placed.first_s - self._origin_s
         constant = y * tokens.input_tokens - slope * since_s
         context = tokens.input_tokens - y * since_s  # its context: input + y·(t − first)
-        span.ramp = (constant, slope, context, y)
+        span.ramp_c, span.ramp_s = constant, slope
+        span.ctx_c, span.ctx_y = context, y
         self.ramp[0] += constant
         self.ramp[1] += slope
         if slope:
@@ -677,13 +860,23 @@ class TokenShares:
                 self.weighed -= 1
                 if span.serving:
                     self.serving -= 1
-                self._set_rates(span, _NONE)
-                if span.ramp[1]:
-                    self.ramp[0] -= span.ramp[0]
-                    self.ramp[1] -= span.ramp[1]
+                sums, (x, y, z, steps) = self.sums, span.rates
+                sums[0] -= x  # its rates leave the sums (``_set_rates`` to none)
+                sums[1] -= y
+                sums[2] -= z
+                sums[3] -= steps
+                span.rates = _NONE
+                w = span.pace_w
+                if w:
+                    pace = self.pace
+                    pace[0] += w * -steps
+                    pace[1] += w * -(steps > 0.0)
+                if span.ramp_s:
+                    self.ramp[0] -= span.ramp_c
+                    self.ramp[1] -= span.ramp_s
                     self.decoders -= 1
-                    self.contexts[0] -= span.ramp[2]
-                    self.contexts[1] -= span.ramp[3]
+                    self.contexts[0] -= span.ctx_c
+                    self.contexts[1] -= span.ctx_y
                 if self.weighed == 0:
                     self.sums = [0.0, 0.0, 0.0, 0.0]  # nobody's rates left (precision)
                     self.pace = [0.0, 0.0]
@@ -714,7 +907,48 @@ class TokenShares:
             self._leave(span)
             del self.spans[span.key]
             span.partial = True
-            self._win.ending.append((span, False))
+            self._win.ending.append(ended(span, False))
+
+
+def _scaled(co: tuple[float, ...], acc: Sequence[float]) -> tuple[float, float, float, float]:
+    """(energy, bound) of a span's stretches summed in ``acc`` under their window's scale
+    factors ``co``: before its first token, then after it (a sum that is 0 adds nothing,
+    whatever its factor)."""
+    unweighed_s, floor_s, prefill, decode, context, steps = acc[:_ACC]
+    energy_j = bound_j = 0.0
+    if unweighed_s:
+        energy_j += co[4] * unweighed_s
+        bound_j += co[10] * unweighed_s
+    if floor_s:
+        energy_j += co[5] * floor_s
+        bound_j += co[11] * floor_s
+    if prefill:
+        energy_j += co[0] * prefill
+        bound_j += co[6] * prefill
+    if decode:
+        energy_j += co[1] * decode + co[2] * context
+        bound_j += co[7] * decode + co[8] * context
+    if steps:
+        energy_j += co[3] * steps
+        bound_j += co[9] * steps
+    unweighed_s, floor_s, prefill, decode, context, steps = acc[_ACC:]
+    after_j = after_bound_j = 0.0
+    if unweighed_s:
+        after_j += co[4] * unweighed_s
+        after_bound_j += co[10] * unweighed_s
+    if floor_s:
+        after_j += co[5] * floor_s
+        after_bound_j += co[11] * floor_s
+    if prefill:
+        after_j += co[0] * prefill
+        after_bound_j += co[6] * prefill
+    if decode:
+        after_j += co[1] * decode + co[2] * context
+        after_bound_j += co[7] * decode + co[8] * context
+    if steps:
+        after_j += co[3] * steps
+        after_bound_j += co[9] * steps
+    return energy_j, bound_j, after_j, after_bound_j
 
 
 def _pace_weight(end_s: float, placed: Placement) -> float:

@@ -39,7 +39,10 @@ def resolve_cost(
     starts = [1000.0 + i * arrival_gap_s for i in range(spans)]
     horizon_s = starts[-1] + duration_s + 2 * SAMPLE_PERIOD_S
     resolver = DeviceResolver(rule=rule)
-    tokens: list[SpanTokens | None] = [None] * spans
+    # Plain tuples, made into ``SpanTokens`` at each end as a caller does: a list of
+    # named tuples would hold ``spans`` objects the garbage collector keeps tracking,
+    # and its passes over them would be timed as the resolver's.
+    tokens: list[tuple[int, int, float] | None] = [None] * spans
     if rule == "tokens":
         resolver.weights.theta = GIVEN_THETA
         resolver.weights.covariance = [
@@ -47,8 +50,7 @@ def resolve_cost(
             for i in range(len(GIVEN_THETA))
         ]
         tokens = [
-            SpanTokens(rng.randint(16, 4096), rng.randint(2, 1024), duration_s / 4)
-            for _ in range(spans)
+            (rng.randint(16, 4096), rng.randint(2, 1024), duration_s / 4) for _ in range(spans)
         ]
     energy_j, t_s = 0.0, 999.95
     resolver.add_samples([(t_s, energy_j)])
@@ -69,7 +71,8 @@ def resolve_cost(
             begin(next_start, starts[next_start])
             next_start += 1
         while next_end < next_start and starts[next_end] + duration_s < cycle_end_s:
-            end(next_end, starts[next_end] + duration_s, tokens[next_end])
+            counts = tokens[next_end]
+            end(next_end, starts[next_end] + duration_s, counts and SpanTokens(*counts))
             next_end += 1
         samples = []
         while t_s + SAMPLE_PERIOD_S <= min(cycle_end_s, horizon_s + SAMPLE_PERIOD_S):
