@@ -51,6 +51,9 @@ _DIM = 4
 STEP_FORGET = 0.999  # weight kept by the spans so far each time a span is added
 MIN_SPANS = 50  # spans (effective) before the step time is used
 REFIT_SPANS = 20  # it is fitted again every this many spans
+# ... or this many where it misfits (calls at their own pace: not used, so rarely refitted;
+# a fit solves up to 15 small systems)
+MISFIT_REFIT_SPANS = 500
 STEP_MISFIT = 0.15  # the most misfit (root mean square share) of a step time to use
 MIN_DECODE_S = 0.05  # a shorter decode phase says too little about its steps
 REPLAY = 20_000  # the most intervals kept to be gathered again once it is known
@@ -256,7 +259,8 @@ class StepTimes:
         self._yy = STEP_FORGET * self._yy + step_s * step_s
         self.spans = STEP_FORGET * self.spans + 1.0
         self._count += 1
-        if self.spans >= MIN_SPANS and (self.tau is None or self._count % REFIT_SPANS == 0):
+        every = REFIT_SPANS if self.misfit <= STEP_MISFIT else MISFIT_REFIT_SPANS
+        if self.spans >= MIN_SPANS and (self.tau is None or self._count % every == 0):
             fitted = _nonnegative(xx, xy, self._yy)
             if fitted is not None and fitted[0][0] > 0.0:
                 tau, _, sse = fitted
