@@ -122,7 +122,9 @@ def _run(tmp_path: Path, argv: list[str], port: int, actions: list[tuple[float, 
     try:
         _wait_listening(port, proc)
         clients = _Clients(port, 4)
-        for delay_s, signum in actions + [(0.6, signal.SIGTERM)]:
+        # The last SIGTERM after 2 s: the runtime has opened its database by then (its
+        # first second: sensors, pricing, the store's imports, slower on a loaded machine)
+        for delay_s, signum in actions + [(2.0, signal.SIGTERM)]:
             time.sleep(delay_s)
             proc.send_signal(signum)
         proc.wait(60)

@@ -240,6 +240,11 @@ class Runtime(SpanQueue):
                 # killed meanwhile leaves its count too. Not before the first samples.
                 self._open_journal(early=True)
                 self._open_services()
+                # The database now, not at the first flush: a server that ends its worker
+                # with SIGTERM's default action soon after starting (uvicorn) leaves a
+                # database that counts the calls its journal saw, and a bad --db says so
+                # at once.
+                self.writer.open_store()
             except Exception as exc:  # calls are still recorded, with no energy
                 self.warn_once("open", f"footprint: no energy will be recorded: {exc!r}")
                 opened = getattr(self, "measuring", None)
