@@ -75,7 +75,7 @@ class Settings:
     # How each instant's busy GPU energy is shared among the calls running: "tokens" by
     # their token work (weights learned from the counter), "equal" equally, "auto" by
     # tokens once calls with token counts are seen, equally before.
-    attribution: str = "equal"  # tokens: opt-in (docs/accuracy.md#token-aware-attribution)
+    attribution: str = "auto"  # the token rule from the first call with token counts
     # Pricing: where it runs and the user's overrides of the shipped factors
     # (footprint.pricing.PRICING_OVERRIDES names them).
     detect_cloud: bool = False

@@ -363,7 +363,7 @@ def test_span_tokens_of_what_a_call_reported():
 
 
 def test_the_attribution_setting_is_checked():
-    assert Settings().attribution == "equal"  # the token rule is opt-in (docs/accuracy.md)
+    assert Settings().attribution == "auto"  # the token rule once calls tell counts
     assert Settings(attribution="equal").attribution == "equal"
     with pytest.raises(ValueError, match="attribution must be one of auto, tokens, equal"):
         Settings(attribution="shapley")
@@ -494,6 +494,31 @@ def test_the_first_windows_wait_for_the_weights_and_are_shared_by_them():
     equal = run(DeviceResolver(rule="equal"), calls, samples)
     equal_errors = sorted(abs(equal[c.key].energy_j - c.truth_j) / c.truth_j for c in early)
     assert equal_errors[len(equal_errors) // 2] > 0.2
+
+
+def test_the_default_rule_holds_no_window_for_the_weights():
+    """``auto`` is the default: a record waits for its share window only, never for the
+    weights (up to ``HOLD_S`` under ``tokens``), so a fresh process or daemon stores its
+    first calls' records as their windows close (split equally, or by the last fit,
+    until the weights settle). Before: ``auto`` held them as ``tokens`` does."""
+    assert Settings().attribution == "auto"
+    calls = traffic(seed=5, count=300)
+    end_s = max(c.end_s for c in calls) + 3.0
+    samples = serve(calls, TRUE_THETA, idle_w=0.0, end_s=end_s)
+    early = [c for c in calls if c.end_s < 40.0]
+    assert len(early) > 20
+    for rule, resolved_by_100_s in (("auto", True), ("tokens", False)):
+        resolver = DeviceResolver(rule=rule)
+        resolver.add_samples([s for s in samples if s[0] <= 100.0])
+        for call in calls:
+            if call.start_s <= 100.0:
+                resolver.begin(call.key, call.start_s)
+        for call in calls:
+            if call.end_s <= 100.0:
+                resolver.end(call.key, call.end_s, SpanTokens(call.n_in, call.n_out, call.ttft_s))
+        shares = resolver.resolve(until_s=100.0)
+        assert all(c.key in shares for c in early) == resolved_by_100_s, rule
+        assert resolver.weights.theta is None  # not settled yet either way
 
 
 def test_a_call_waiting_in_the_queue_gets_no_share_of_the_work_until_its_prompt_runs():

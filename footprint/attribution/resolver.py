@@ -211,6 +211,10 @@ class DeviceResolver:
     def _token_shares(self) -> TokenShares:
         shares = TokenShares()
         shares.relative_spread = self.weights.relative_spread
+        if self.rule == "auto":
+            # The default rule holds no window for the weights: a record waits for its
+            # window only, split equally (or by the last fit) until the weights settle.
+            shares.hold_s = 0.0
         return shares
 
     def _switch_to_tokens(self) -> None:

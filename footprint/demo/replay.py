@@ -87,8 +87,9 @@ def _foreign_queries(path: str) -> int:
 def demo_settings(path: str) -> Settings:
     """The runtime settings of every window (its sensor is set per replica). No CPU
     sampler: ``Runtime.sample`` then reads the simulated GPUs alone. The token rule
-    (``attribution="auto"``, opt-in elsewhere): every demo request reports its tokens and
-    first token, and its records' wait for their share window costs nothing here."""
+    (``attribution="tokens"``, which holds the first windows for the weights where the
+    default ``auto`` splits them equally): every demo request reports its tokens and
+    first token, and its records' wait costs nothing here."""
     return Settings(
         db=path,
         sensor="none",
@@ -96,7 +97,7 @@ def demo_settings(path: str) -> Settings:
         cpu=False,
         sampling_period_s=POLL_S,
         flush_interval_s=CYCLE_S,
-        attribution="auto",
+        attribution="tokens",
     )
 
 
