@@ -240,11 +240,7 @@ class Runtime(SpanQueue):
                 # killed meanwhile leaves its count too. Not before the first samples.
                 self._open_journal(early=True)
                 self._open_services()
-                # The database now, not at the first flush: a server that ends its worker
-                # with SIGTERM's default action soon after starting (uvicorn) leaves a
-                # database that counts the calls its journal saw, and a bad --db says so
-                # at once.
-                self.writer.open_store()
+                self._open_store_early()
             except Exception as exc:  # calls are still recorded, with no energy
                 self.warn_once("open", f"footprint: no energy will be recorded: {exc!r}")
                 opened = getattr(self, "measuring", None)
@@ -256,6 +252,14 @@ class Runtime(SpanQueue):
         else:
             self.measuring.start()
         self.worker.pace(self.settings.flush_interval_s, self._paced_cycle)
+
+    def _open_store_early(self) -> None:
+        """The database now, not at the first flush: a server that ends its worker with
+        SIGTERM's default action soon after starting (uvicorn) leaves a database that
+        counts the calls its journal saw. One that cannot be opened is the first
+        flush's to report (it keeps the rows): measuring goes on."""
+        with contextlib.suppress(Exception):  # the flush says why
+            self.writer.open_store()
 
     def _paced_cycle(self, flush_all: bool) -> None:
         """The writer thread's step: what is due, or (``flush_all``) all that ended."""
