@@ -71,11 +71,14 @@ class FakeDaemon:
             except OSError:
                 return
             with self._lock:
+                if self._server is None:  # accepted as it stopped: nobody would close it
+                    conn.close()
+                    return
                 self._conns.append(conn)
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError), conn.makefile("rb") as lines:
+        with conn, contextlib.suppress(OSError), conn.makefile("rb") as lines:
             for line in lines:
                 try:
                     decode_batch(line)  # what the daemon would refuse, the client never sends
@@ -89,10 +92,10 @@ class FakeDaemon:
                     conn.sendall(answer)
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
         with self._lock:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
             for conn in self._conns:
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)

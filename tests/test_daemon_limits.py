@@ -269,14 +269,21 @@ def test_http_connections_are_capped_with_a_503(folder):
             sock.close()
         idle.clear()
 
+        refused_polls = []
+
         def healthy() -> dict | None:
+            # Until the daemon has seen the idle connections close, a poll may be
+            # refused too (and counted): a loaded machine is slow to tell.
             status, body = http_get(daemon.url("/healthz"))
+            if status == 503 and b'"overloaded"' in body:
+                refused_polls.append(body)
             return json.loads(body) if status == 200 else None
 
         health = wait_for(healthy)
         assert health and "connection_limit" in health["reasons"], health
         text = metrics_text(daemon)
-        assert metric(text, "footprint_connections_refused_total", reason="http") == 1
+        refused = metric(text, "footprint_connections_refused_total", reason="http")
+        assert refused == 1 + len(refused_polls), (refused, refused_polls)
     finally:
         for sock in idle:
             sock.close()
