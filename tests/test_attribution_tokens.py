@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from footprint.attribution import DeviceResolver
-from footprint.attribution.tokens import HOLD_S, SpanTokens, span_tokens
+from footprint.attribution.tokens import HOLD_S, WINDOW_S, SpanTokens, span_tokens
 from footprint.attribution.weights import TokenWeights
 from footprint.config import Settings, load_env_settings
 
@@ -507,17 +507,19 @@ def test_the_default_rule_holds_no_window_for_the_weights():
     samples = serve(calls, TRUE_THETA, idle_w=0.0, end_s=end_s)
     early = [c for c in calls if c.end_s < 40.0]
     assert len(early) > 20
-    for rule, resolved_by_100_s in (("auto", True), ("tokens", False)):
+    now_s = WINDOW_S + 60.0  # the first window closed, the hold not over
+    assert now_s < HOLD_S and end_s > now_s
+    for rule, resolved_by_now in (("auto", True), ("tokens", False)):
         resolver = DeviceResolver(rule=rule)
-        resolver.add_samples([s for s in samples if s[0] <= 100.0])
+        resolver.add_samples([s for s in samples if s[0] <= now_s])
         for call in calls:
-            if call.start_s <= 100.0:
+            if call.start_s <= now_s:
                 resolver.begin(call.key, call.start_s)
         for call in calls:
-            if call.end_s <= 100.0:
+            if call.end_s <= now_s:
                 resolver.end(call.key, call.end_s, SpanTokens(call.n_in, call.n_out, call.ttft_s))
-        shares = resolver.resolve(until_s=100.0)
-        assert all(c.key in shares for c in early) == resolved_by_100_s, rule
+        shares = resolver.resolve(until_s=now_s)
+        assert all(c.key in shares for c in early) == resolved_by_now, rule
         assert resolver.weights.theta is None  # not settled yet either way
 
 
@@ -577,6 +579,7 @@ class _Recorder:
 
     theta = None
     tentative = None
+    prefill_s_per_token = 0.0
 
     def __init__(self) -> None:
         self.rows: list[tuple[float, float]] = []

@@ -193,7 +193,9 @@ class DeviceResolver:
         """The token rule: where ``span``'s tokens go in time (``phases``), and the
         events of its service start and first token."""
         span.tokens = tokens
-        placed, step_s = placement(span.start_s, end_s, tokens, self._step_s)
+        placed, step_s = placement(
+            span.start_s, end_s, tokens, self._step_s, self.weights.prefill_s_per_token
+        )
         if step_s is not None:
             self._step_s = step_s
         span.placed = placed

@@ -50,7 +50,7 @@ from typing import NamedTuple
 from footprint.attribution.energy import Interval
 from footprint.attribution.shares import END, START, SpanShare
 
-WINDOW_S = 60.0  # busy seconds per window
+WINDOW_S = 120.0  # busy seconds per window
 HOLD_S = 300.0  # the most closed windows wait for the first weights (s of intervals)
 MIN_PHASE_S = 1e-3  # a phase shorter than this is folded into the other one
 # The bound adds this share of how far the token rule moved a span's energy from the
@@ -107,39 +107,40 @@ class Placement(NamedTuple):
     second: Rates | None
 
 
-def step_of(start_s: float, end_s: float, tokens: SpanTokens) -> float | None:
-    """How long one server step took for this span: its decode time over its decode
-    tokens (None without a decode phase)."""
-    decode = tokens.output_tokens - 1
-    if tokens.ttft_s is None or decode < 1:
-        return None
-    decode_s = end_s - start_s - tokens.ttft_s
-    return decode_s / decode if decode_s >= MIN_PHASE_S else None
-
-
 def phases(
-    start_s: float, end_s: float, tokens: SpanTokens, step_s: float | None = None
+    start_s: float,
+    end_s: float,
+    tokens: SpanTokens,
+    step_s: float | None = None,
+    prefill_s_per_token: float = 0.0,
 ) -> Placement | None:
     """Where the span's tokens go, or None for a span shorter than ``MIN_PHASE_S`` (its
     tokens cannot be placed in time: it is charged as a span with no tokens).
 
-    The first token is made by the prefill, in the step before it (``step_s``, its own
-    when it decoded, else the server's last known; without one, the whole time to first
-    token); the decode phase makes the rest, each read against a context of the prompt
+    The first token is made by the prefill, in the steps before it: one step
+    (``step_s``, its own when it decoded, else the server's last known; without one, the
+    whole time to first token) and the time its prompt takes the server
+    (``prefill_s_per_token``, the step time's ``τa``: a long prompt is run in chunks over
+    several steps); the decode phase makes the rest, each read against a context of the prompt
     and the answer so far (``input + output/2`` on average). Without a time to first
     token inside the span, one phase carries all the tokens at constant rates over all
     of it.
     """
-    return placement(start_s, end_s, tokens, step_s)[0]
+    return placement(start_s, end_s, tokens, step_s, prefill_s_per_token)[0]
 
 
 _new_tuple = tuple.__new__  # a named tuple without its ``__new__``'s Python frame
 
 
 def placement(
-    start_s: float, end_s: float, tokens: SpanTokens, step_s: float | None
+    start_s: float,
+    end_s: float,
+    tokens: SpanTokens,
+    step_s: float | None,
+    prefill_s_per_token: float = 0.0,
 ) -> tuple[Placement | None, float | None]:
-    """``phases`` and the span's own step time (``step_of``), in one pass: the resolver
+    """``phases`` and the span's own step time (its decode time over its decode tokens;
+    None without a decode phase), in one pass: the resolver
     places every span that ends with tokens (the same operations, in the same order,
     as the two)."""
     input_tokens, output_tokens, ttft_s = tokens
@@ -166,8 +167,9 @@ def placement(
     if end_s < first_s:
         first_s = end_s
     serve_s = start_s
-    if step_s is not None:  # the prefill's step: at least ``MIN_PHASE_S``
-        queued_until_s = first_s - (MIN_PHASE_S if step_s < MIN_PHASE_S else step_s)
+    if step_s is not None:  # the prefill's steps: at least ``MIN_PHASE_S``
+        prefill_s = step_s + prefill_s_per_token * input_tokens
+        queued_until_s = first_s - (MIN_PHASE_S if prefill_s < MIN_PHASE_S else prefill_s)
         if queued_until_s > start_s:
             serve_s = queued_until_s
     if end_s - first_s < MIN_PHASE_S:  # no decode phase: the prefill made all it answered
@@ -912,9 +914,16 @@ class TokenShares:
 
 def _scaled(co: tuple[float, ...], acc: Sequence[float]) -> tuple[float, float, float, float]:
     """(energy, bound) of a span's stretches summed in ``acc`` under their window's scale
-    factors ``co``: before its first token, then after it (a sum that is 0 adds nothing,
-    whatever its factor)."""
-    unweighed_s, floor_s, prefill, decode, context, steps = acc[:_ACC]
+    factors ``co``: before its first token, then after it."""
+    energy_j, bound_j = _scaled_half(co, acc[:_ACC])
+    after_j, after_bound_j = _scaled_half(co, acc[_ACC:])
+    return energy_j, bound_j, after_j, after_bound_j
+
+
+def _scaled_half(co: tuple[float, ...], sums: Sequence[float]) -> tuple[float, float]:
+    """(energy, bound) of one half of ``acc`` (``_ACC`` sums); a sum that is 0 adds
+    nothing, whatever its factor."""
+    unweighed_s, floor_s, prefill, decode, context, steps = sums
     energy_j = bound_j = 0.0
     if unweighed_s:
         energy_j += co[4] * unweighed_s
@@ -931,24 +940,7 @@ def _scaled(co: tuple[float, ...], acc: Sequence[float]) -> tuple[float, float, 
     if steps:
         energy_j += co[3] * steps
         bound_j += co[9] * steps
-    unweighed_s, floor_s, prefill, decode, context, steps = acc[_ACC:]
-    after_j = after_bound_j = 0.0
-    if unweighed_s:
-        after_j += co[4] * unweighed_s
-        after_bound_j += co[10] * unweighed_s
-    if floor_s:
-        after_j += co[5] * floor_s
-        after_bound_j += co[11] * floor_s
-    if prefill:
-        after_j += co[0] * prefill
-        after_bound_j += co[6] * prefill
-    if decode:
-        after_j += co[1] * decode + co[2] * context
-        after_bound_j += co[7] * decode + co[8] * context
-    if steps:
-        after_j += co[3] * steps
-        after_bound_j += co[9] * steps
-    return energy_j, bound_j, after_j, after_bound_j
+    return energy_j, bound_j
 
 
 def _pace_weight(end_s: float, placed: Placement) -> float:

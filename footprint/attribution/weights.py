@@ -30,6 +30,7 @@ import bisect
 import heapq
 import math
 from collections import deque
+from collections.abc import Sequence
 from itertools import combinations
 
 from footprint.attribution.tokens import IntervalTokens, SpanTokens, Theta, context_of
@@ -46,17 +47,29 @@ REFIT_ROWS = 5  # once determined, the weights are fitted again every this many 
 # The first weights: no term's spread (2 standard errors) moves a typical row's energy
 # by more than this share
 DETERMINED = 0.02
+# ... and the last this many fits (``REFIT_ROWS`` rows apart) agree that closely: a fit
+# on features that are still off (the step time not learned yet) can be tight and wrong
+STABLE_FITS = 10
 _DIM = 4
+_BLOCK = 8  # what a block gathers (``TokenWeights._block``)
 # The server's step time (``StepTimes``)
 STEP_FORGET = 0.999  # weight kept by the spans so far each time a span is added
 MIN_SPANS = 50  # spans (effective) before the step time is used
 REFIT_SPANS = 20  # it is fitted again every this many spans
+# ... twice as many (up to this) each time a fit moved it by at most this share
+MAX_REFIT_SPANS = 640
+STEADY_STEP_SHARE = 0.005
 # ... or this many where it misfits (calls at their own pace: not used, so rarely refitted;
 # a fit solves up to 15 small systems)
 MISFIT_REFIT_SPANS = 500
+# A fit whose τ moves a typical step by more than this share learns its spans again
+RESTEP_SHARE = 0.1
+# ... and the weights' rows are counted again once τ moved this far from what they were
+REBUILD_SHARE = 0.02
 STEP_MISFIT = 0.15  # the most misfit (root mean square share) of a step time to use
 MIN_DECODE_S = 0.05  # a shorter decode phase says too little about its steps
-REPLAY = 20_000  # the most intervals kept to be gathered again once it is known
+MIN_WORK_SHARE = 0.05  # the least share of a busy second left to decoding by the prefill
+HISTORY_BLOCKS = 2_000  # the most blocks kept to count the rows again by a new step time
 MAX_PENDING = 10_000  # spans waiting for the intervals up to their end
 HISTORY_S = 900.0  # how far back the intervals are kept (s): longer spans do not teach
 
@@ -152,6 +165,45 @@ def _determined(
     )
 
 
+def _forget_update(
+    xx: list[list[float]],
+    xy: list[float],
+    x: Sequence[float],
+    y: float,
+    forget: float,
+    weight: float,
+) -> None:
+    """Add the row ``x`` → ``y`` (weighing ``weight``) to the normal equations ``xx``,
+    ``xy`` (4 terms) in place, after scaling what they held by ``forget``."""
+    x0, x1, x2, x3 = x
+    w0, w1, w2, w3 = weight * x0, weight * x1, weight * x2, weight * x3
+    xy[0] = forget * xy[0] + w0 * y
+    xy[1] = forget * xy[1] + w1 * y
+    xy[2] = forget * xy[2] + w2 * y
+    xy[3] = forget * xy[3] + w3 * y
+    r0, r1, r2, r3 = xx
+    r0[0] = forget * r0[0] + w0 * x0
+    r1[1] = forget * r1[1] + w1 * x1
+    r2[2] = forget * r2[2] + w2 * x2
+    r3[3] = forget * r3[3] + w3 * x3
+    r0[1] = r1[0] = forget * r0[1] + w0 * x1
+    r0[2] = r2[0] = forget * r0[2] + w0 * x2
+    r0[3] = r3[0] = forget * r0[3] + w0 * x3
+    r1[2] = r2[1] = forget * r1[2] + w1 * x2
+    r1[3] = r3[1] = forget * r1[3] + w1 * x3
+    r2[3] = r3[2] = forget * r2[3] + w2 * x3
+
+
+def _moved(old: Sequence[float], new: Sequence[float], xx: list[list[float]]) -> float:
+    """How far ``new`` parameters moved from ``old``: the most one term's change moves
+    a typical row's prediction (each term at its root mean square), as a share of it."""
+    typical = [math.sqrt(max(xx[i][i], 0.0) / xx[0][0]) for i in range(len(new))]
+    predicted = sum(v * x for v, x in zip(new, typical, strict=True))
+    if predicted <= 0.0:
+        return math.inf
+    return max(abs(a - b) * x for a, b, x in zip(new, old, typical, strict=True)) / predicted
+
+
 def _inverse(matrix: list[list[float]]) -> list[list[float]] | None:
     n = len(matrix)
     columns = []
@@ -171,26 +223,32 @@ class StepTimes:
     time is taken as ``τF + τb·decoders + τc·Σ contexts`` of the spans decoding in it,
     stretched by the prefill that shares it (``τa`` s per prompt token:
     ``steps/s = (1 − τa·prefill tokens/s) / (τF + τb·decoders + τc·Σ contexts)``), so a
-    span's mean step time is ``τF + τb·n̄ + τc·C̄ + τa·p̄·m`` with ``n̄``, ``C̄``, ``p̄`` the
-    means over its decode phase of what the intervals held. The non-negative, forgetting
-    least squares over the spans gives τ; the server's steps in an interval follow from
-    what it held, not from the spans' mean rates, which smear each span's tokens over
-    its whole decode phase (the fit of the weights needs the steps, and the decode
-    tokens, which are the decoders times the steps, where they were).
+    span's mean step time is ``τF + τb·n̄ + τc·C̄ + τa·P/m`` with ``n̄`` and ``C̄`` the
+    means over the steps of its decode phase of what the intervals held, ``P`` the prompt
+    tokens run beside it and ``m`` its decode tokens (its steps). The means are over
+    steps, not time: a long step (a big batch) counts once, as it does in the span's
+    decode time; each interval's steps come from the last τ (the time while none is
+    known). The non-negative, forgetting least squares over the spans gives τ; the
+    server's steps in an interval follow from what it held, not from the spans' mean
+    rates, which smear each span's tokens over its whole decode phase (the fit of the
+    weights needs the steps, and the decode tokens, which are the decoders times the
+    steps, where they were).
     """
 
     def __init__(self) -> None:
-        # The intervals seen, as cumulative integrals at their edges: time (s), and
-        # ∫ decoders dt, ∫ Σ contexts dt, prefill tokens up to it
+        # The intervals seen, as cumulative sums at their edges: time (s), and the steps
+        # (by the last τ), Σ decoders and Σ contexts over those steps, prefill tokens
         self._t: list[float] = []
-        self._cum: list[tuple[float, float, float]] = []
-        self._total = (0.0, 0.0, 0.0)
+        self._cum: list[tuple[float, float, float, float]] = []
+        self._total = (0.0, 0.0, 0.0, 0.0)
         self._pending: list[tuple[float, float, int]] = []  # (end, first token, decode)
         self._xx = [[0.0] * _DIM for _ in range(_DIM)]
         self._xy = [0.0] * _DIM
         self._yy = 0.0
         self.spans = 0.0  # effective number of spans learned from
         self._count = 0
+        self._next_fit = 0  # ``_count`` at which τ is fitted next
+        self._gap = REFIT_SPANS  # spans between fits
         self.tau: tuple[float, float, float, float] | None = None  # τF, τb, τc, τa
         self.misfit = math.inf  # root mean square of its misfit, share of the mean step time
 
@@ -213,8 +271,14 @@ class StepTimes:
             cum.clear()
             times.append(start_s)
             cum.append(self._total)
-        n, c, p = self._total
-        self._total = (n + held.decoders_s, c + held.contexts_s, p + held.prefill)
+        steps, n, c, p = self._total
+        busy_s = held.busy_s
+        if busy_s > 0.0:
+            weight = self._steps_per_s(held) * busy_s  # its steps (or seconds)
+            steps += weight
+            n += held.decoders_s / busy_s * weight
+            c += held.contexts_s / busy_s * weight
+        self._total = (steps, n, c, p + held.prefill)
         times.append(end_s)
         cum.append(self._total)
         pending = self._pending
@@ -226,7 +290,18 @@ class StepTimes:
             del times[:cut]
             del cum[:cut]
 
-    def _at(self, t_s: float) -> tuple[float, float, float] | None:
+    def _steps_per_s(self, held: IntervalTokens) -> float:
+        """An interval's steps per busy second by the last τ (1 while none is known:
+        the means are over time then), what its decoders and contexts weigh."""
+        tau = self.tau
+        if tau is None:
+            return 1.0
+        busy_s = held.busy_s
+        work = 1.0 - tau[3] * held.prefill / busy_s
+        step_s = tau[0] + (tau[1] * held.decoders_s + tau[2] * held.contexts_s) / busy_s
+        return max(work, MIN_WORK_SHARE) / step_s
+
+    def _at(self, t_s: float) -> tuple[float, float, float, float] | None:
         times, cum = self._t, self._cum
         i = bisect.bisect_left(times, t_s)
         if i >= len(times) or (i == 0 and times[0] > t_s):
@@ -236,49 +311,103 @@ class StepTimes:
         t0, t1 = times[i - 1], times[i]
         w = (t_s - t0) / (t1 - t0)
         a, b = cum[i - 1], cum[i]
-        return (a[0] + w * (b[0] - a[0]), a[1] + w * (b[1] - a[1]), a[2] + w * (b[2] - a[2]))
+        return (
+            a[0] + w * (b[0] - a[0]),
+            a[1] + w * (b[1] - a[1]),
+            a[2] + w * (b[2] - a[2]),
+            a[3] + w * (b[3] - a[3]),
+        )
 
     def _learn(self, first_s: float, end_s: float, decode: int) -> None:
         lo, hi = self._at(first_s), self._at(end_s)
         if lo is None or hi is None:
             return
-        span_s = end_s - first_s
-        step_s = span_s / decode
+        steps = hi[0] - lo[0]
+        if steps <= 0.0:
+            return
+        step_s = (end_s - first_s) / decode
         x = (
             1.0,
-            (hi[0] - lo[0]) / span_s,
-            (hi[1] - lo[1]) / span_s,
-            (hi[2] - lo[2]) / span_s * step_s,
+            (hi[1] - lo[1]) / steps,
+            (hi[2] - lo[2]) / steps,
+            (hi[3] - lo[3]) / decode,
         )
-        xx, xy = self._xx, self._xy
-        for i in range(_DIM):
-            xy[i] = STEP_FORGET * xy[i] + x[i] * step_s
-            row = xx[i]
-            for j in range(_DIM):
-                row[j] = STEP_FORGET * row[j] + x[i] * x[j]
-        self._yy = STEP_FORGET * self._yy + step_s * step_s
+        # A span weighs its steps: its mean is over that many, and a long decode phase's
+        # composition is the less off for where its edges' prompts were placed
+        _forget_update(self._xx, self._xy, x, step_s, STEP_FORGET, float(decode))
+        self._yy = STEP_FORGET * self._yy + decode * step_s * step_s
         self.spans = STEP_FORGET * self.spans + 1.0
         self._count += 1
-        every = REFIT_SPANS if self.misfit <= STEP_MISFIT else MISFIT_REFIT_SPANS
-        if self.spans >= MIN_SPANS and (self.tau is None or self._count % every == 0):
-            fitted = _nonnegative(xx, xy, self._yy)
-            if fitted is not None and fitted[0][0] > 0.0:
-                tau, _, sse = fitted
-                self.misfit = math.sqrt(sse * self.spans) / xy[0]
-                self.tau = (tau[0], tau[1], tau[2], tau[3])
+        if self.spans >= MIN_SPANS and self._count >= self._next_fit:
+            self._refit()
 
-    def steps(self, held: IntervalTokens) -> tuple[float, float, float] | None:
+    def _refit(self) -> None:
+        """Fit τ; the spans are learned again where it moved far. The next fit comes
+        soon while τ moves, less and less often once it holds still, rarely where it
+        does not follow the spans (or no fit comes out: calls at their own pace, no
+        batching server)."""
+        xx, xy = self._xx, self._xy
+        fitted = _nonnegative(xx, xy, self._yy)
+        if fitted is None or fitted[0][0] <= 0.0:
+            self._gap = min(2 * self._gap, MISFIT_REFIT_SPANS)
+            self._next_fit = self._count + self._gap
+            return
+        tau, _, sse = fitted
+        misfit = math.sqrt(sse * xx[0][0]) / xy[0]  # xx[0][0]: Σ weights
+        new = (tau[0], tau[1], tau[2], tau[3])
+        old = self.tau
+        moved = math.inf if old is None else _moved(old, new, xx)
+        self.tau, self.misfit = new, misfit
+        if moved > RESTEP_SHARE:
+            # The spans so far were averaged over steps counted by a τ this far off
+            # (over time, before the first): they are learned again
+            self._xx = [[0.0] * _DIM for _ in range(_DIM)]
+            self._xy = [0.0] * _DIM
+            self._yy = 0.0
+            self.spans = 0.0
+        if misfit > STEP_MISFIT:
+            self._gap = MISFIT_REFIT_SPANS
+        elif moved <= STEADY_STEP_SHARE:
+            self._gap = min(2 * self._gap, MAX_REFIT_SPANS)
+        else:
+            self._gap = REFIT_SPANS
+        self._next_fit = self._count + self._gap
+
+    @property
+    def prefill_s_per_token(self) -> float:
+        """How long the server takes per prompt token (``τa``, s), where its step time
+        is known; else 0."""
+        tau = self.usable_tau
+        return tau[3] if tau is not None else 0.0
+
+    @property
+    def usable_tau(self) -> tuple[float, float, float, float] | None:
+        """τ where the spans' step times follow it; else None."""
+        return self.tau if self.misfit <= STEP_MISFIT else None
+
+    def moved(self, old: Sequence[float]) -> float:
+        """How far τ moved from ``old``: the most one term's change moves a typical
+        span's step, as a share of it."""
+        if self.tau is None:
+            return math.inf
+        return _moved(old, self.tau, self._xx) if self._xx[0][0] > 0.0 else math.inf
+
+    def steps(
+        self, held: IntervalTokens, tau: Sequence[float] | None = None
+    ) -> tuple[float, float, float] | None:
         """The server's steps in an interval that held ``held``, its decode tokens and
-        decode tokens × context; None before τ is known, where the spans' step times
-        do not follow it (calls that each go at their own pace: no batching server), or
-        without busy time."""
-        tau = self.tau
+        decode tokens × context, by ``tau`` (default: the one learned); None before τ
+        is known, where the spans' step times do not follow it (calls that each go at
+        their own pace: no batching server), or without busy time."""
+        if tau is None:
+            tau = self.usable_tau
         busy_s = held.busy_s
-        if tau is None or self.misfit > STEP_MISFIT or busy_s <= 0.0:
+        if tau is None or busy_s <= 0.0:
             return None
         decoders = held.decoders_s / busy_s
         contexts = held.contexts_s / busy_s
-        steps = (busy_s - tau[3] * held.prefill) / (tau[0] + tau[1] * decoders + tau[2] * contexts)
+        work_s = max(busy_s - tau[3] * held.prefill, MIN_WORK_SHARE * busy_s)
+        steps = work_s / (tau[0] + tau[1] * decoders + tau[2] * contexts)
         return steps, decoders * steps, contexts * steps
 
 
@@ -315,9 +444,11 @@ class TokenWeights:
         self._xy = [0.0] * _DIM
         self._yy = 0.0
         self.blocks = 0.0  # effective number of blocks
-        self._block = [0.0] * (_DIM + 1)  # the block being gathered: features and J
-        self._block_s = 0.0  # its busy seconds
-        self._recent: deque[list[float]] = deque(maxlen=SPAN_BLOCKS)  # blocks, in a row
+        # The block being gathered: sums of its intervals' busy s, steps (the spans'
+        # rates), prefill, decode, context, decoders' and contexts' seconds, then J
+        self._block = [0.0] * _BLOCK
+        # The last blocks (steps, prefill, decode, context, J): a row sums them
+        self._recent: deque[tuple[float, ...]] = deque(maxlen=SPAN_BLOCKS)
         self._rows = 0
         self.theta: Theta | None = None  # F (J/step), α, β, γ; None: not determined yet
         self.covariance: list[list[float]] | None = None  # of theta, 4x4
@@ -326,9 +457,12 @@ class TokenWeights:
         self.tentative: Theta | None = None
         self._tentative_covariance: list[list[float]] | None = None
         self.step_times = StepTimes()
-        self._timed = False  # the rows so far have the step time's steps
-        # Until then, the intervals seen: gathered again once it is known
-        self._early: deque[tuple[IntervalTokens, float]] = deque(maxlen=REPLAY)
+        self._tau: tuple[float, float, float, float] | None = None  # the step time in use
+        self._rows_tau: tuple[float, float, float, float] | None = None  # the rows' last
+        # The last blocks (``_block``; None: a break), to count the rows again by
+        self._history: deque[list[float] | None] = deque(maxlen=HISTORY_BLOCKS)
+        self.rebuilds = 0  # how many times the rows were counted again
+        self._fits: deque[Theta] = deque(maxlen=STABLE_FITS)  # the last fits, first weights
 
     def observe(
         self,
@@ -343,81 +477,96 @@ class TokenWeights:
         held = as_if_told(held)
         if start_s is not None and end_s is not None:
             self.step_times.observe(start_s, end_s, held)
-        if not self._timed:
-            if self.step_times.steps(held) is None:
-                self._early.append((held, busy_j))
-                self._gather(held, busy_j, None)
-                return
-            # From here, the step time's steps: the rows so far are gathered again
-            self._timed = True
-            self._restart()
-            early, self._early = self._early, deque()
-            for old_held, old_j in early:
-                self._gather(old_held, old_j, self.step_times.steps(old_held))
-        self._gather(held, busy_j, self.step_times.steps(held))
-
-    def _gather(
-        self,
-        held: IntervalTokens,
-        busy_j: float,
-        timed: tuple[float, float, float] | None,
-    ) -> None:
-        """Add an interval to the block being gathered (``timed``: its steps, decode
-        tokens and decode tokens × context by the step time; None: by the spans'
-        rates)."""
+        history = self._history
         if held.unweighed_s > 0.0 or not math.isfinite(busy_j):
-            self._block = [0.0] * (_DIM + 1)
-            self._block_s = 0.0
+            self._block = [0.0] * _BLOCK
             self._recent.clear()
+            if history and history[-1] is not None:
+                history.append(None)
             return
         block = self._block
-        if timed is not None:
-            block[0] += timed[0]
-            block[2] += timed[1]
-            block[3] += timed[2]
-        else:
-            block[0] += held.steps
-            block[2] += held.decode
-            block[3] += held.context
-        block[1] += held.prefill
-        block[4] += busy_j
-        self._block_s += held.busy_s
-        if self._block_s >= BLOCK_S:
-            self._block_s = 0.0
-            self._block = [0.0] * (_DIM + 1)
-            recent = self._recent
-            recent.append(block)
-            if len(recent) == SPAN_BLOCKS:
-                row = [sum(b[i] for b in recent) for i in range(_DIM + 1)]
-                self._add(row[:_DIM], row[_DIM])
+        block[0] += held.busy_s
+        block[1] += held.steps
+        block[2] += held.prefill
+        block[3] += held.decode
+        block[4] += held.context
+        block[5] += held.decoders_s
+        block[6] += held.contexts_s
+        block[7] += busy_j
+        if block[0] < BLOCK_S:
+            return
+        self._block = [0.0] * _BLOCK
+        history.append(block)
+        tau, rows_tau = self.step_times.usable_tau, self._rows_tau
+        self._tau = tau
+        if tau != rows_tau and (
+            rows_tau is None or tau is None or self.step_times.moved(rows_tau) > REBUILD_SHARE
+        ):
+            self._rows_tau = tau
+            self._rebuild()
+            return
+        self._gather(block, fit=True)
 
-    def add_span(self, first_s: float, end_s: float, decode_tokens: int) -> None:
-        """A span with a decode phase ended: see ``StepTimes.add_span``."""
-        self.step_times.add_span(first_s, end_s, decode_tokens)
+    def _gather(self, block: list[float], fit: bool) -> None:
+        """A full block's row terms: its steps, decode tokens and their context from the
+        step time over the whole block (where it is known), not interval by interval (a
+        prompt placed a step off moves a short interval's steps, hardly a block's); else
+        the spans' mean rates. Every ``SPAN_BLOCKS`` in a row make a row."""
+        busy_s, steps, prefill, decode, context, decoders_s, contexts_s, block_j = block
+        if self._tau is not None:
+            timed = self.step_times.steps(
+                IntervalTokens(
+                    busy_s, steps, prefill, decode, context, 0.0, decoders_s, contexts_s
+                ),
+                self._tau,
+            )
+            if timed is not None:
+                steps, decode, context = timed
+        recent = self._recent
+        recent.append((steps, prefill, decode, context, block_j))
+        if len(recent) == SPAN_BLOCKS:
+            row = [sum(b[i] for b in recent) for i in range(_DIM + 1)]
+            self._add(row[:_DIM], row[_DIM], fit)
 
-    def _restart(self) -> None:
-        """Forget the rows so far (their steps were the spans' mean rates); the weights
-        fitted on them stay until the new rows determine the fit."""
+    def _rebuild(self) -> None:
+        """The rows again from the blocks kept, under the step time now known (it moved
+        far from the one they were counted by, or there was none): the weights fitted
+        on the old rows stay until the new ones determine the fit."""
         self._xx = [[0.0] * _DIM for _ in range(_DIM)]
         self._xy = [0.0] * _DIM
         self._yy = 0.0
         self.blocks = 0.0
         self._rows = 0
-        self._block = [0.0] * (_DIM + 1)
-        self._block_s = 0.0
         self._recent.clear()
+        self.rebuilds += 1
+        for block in self._history:
+            if block is None:
+                self._recent.clear()
+            else:
+                self._gather(block, fit=False)
+        if self.blocks >= MIN_BLOCKS:
+            self._fit()
 
-    def _add(self, x: list[float], y: float) -> None:
-        xx, xy = self._xx, self._xy
-        for i in range(_DIM):
-            xy[i] = FORGET * xy[i] + x[i] * y
-            row = xx[i]
-            for j in range(_DIM):
-                row[j] = FORGET * row[j] + x[i] * x[j]
+    @property
+    def prefill_s_per_token(self) -> float:
+        """How long the server takes per prompt token (s; 0 where not known): where a
+        span's prompt is placed (``tokens.placement``)."""
+        return self.step_times.prefill_s_per_token
+
+    def add_span(self, first_s: float, end_s: float, decode_tokens: int) -> None:
+        """A span with a decode phase ended: see ``StepTimes.add_span``."""
+        self.step_times.add_span(first_s, end_s, decode_tokens)
+
+    def _add(self, x: list[float], y: float, fit: bool) -> None:
+        _forget_update(self._xx, self._xy, x, y, FORGET, 1.0)
         self._yy = FORGET * self._yy + y * y
         self.blocks = FORGET * self.blocks + 1.0
         self._rows += 1
-        if self.blocks >= MIN_BLOCKS and (self.tentative is None or self._rows % REFIT_ROWS == 0):
+        if (
+            fit
+            and self.blocks >= MIN_BLOCKS
+            and (self.tentative is None or self._rows % REFIT_ROWS == 0)
+        ):
             self._fit()
 
     def _fit(self) -> None:
@@ -429,7 +578,13 @@ class TokenWeights:
         covariance = self._covariance(free, sse)
         self.tentative = (theta[0], theta[1], theta[2], theta[3])
         self._tentative_covariance = covariance
-        if self.theta is None and not _determined(theta, free, covariance, self._xx):
+        fits = self._fits
+        fits.append(self.tentative)
+        if self.theta is None and not (
+            _determined(theta, free, covariance, self._xx)
+            and len(fits) == STABLE_FITS
+            and all(_moved(old, theta, self._xx) <= DETERMINED for old in fits)
+        ):
             return
         self.theta = self.tentative
         self.covariance = covariance
