@@ -281,10 +281,8 @@ def _fitted_on_blocks(prompt_in_one_interval: bool) -> tuple[float, ...] | None:
         steps = (2.0 - TAU[3] * prefill) / (TAU[0] + TAU[1] * decoders + TAU[2] * contexts)
         block_j = f_j * steps + alpha * prefill + (beta * decoders + gamma * contexts) * steps
         for i in range(20):
-            if prompt_in_one_interval:
-                placed = prefill if i == 0 else 0.0
-            else:
-                placed = prefill / 20
+            whole = prefill if i == 0 else 0.0  # all of it in the block's first interval
+            placed = whole if prompt_in_one_interval else prefill / 20
             held = IntervalTokens(
                 0.1, 0.0, placed, 0.0, 0.0, 0.0, decoders * 0.1, contexts * 0.1, 0.1 * decoders
             )
