@@ -234,6 +234,41 @@ SCHEMA = {
 }
 
 
+def test_several_seeds_sum_up_each_rules_p95_per_scenario(capsys):
+    """``--seeds 3``: the scenario is run under seeds 5, 6 and 7; the figures in full are
+    seed 5's, and each rule's per-request p95 comes per seed with its mean and max (the
+    token rule's p95 moves with the traffic: one seed's figure is not the rule's)."""
+    main(
+        [
+            "bench",
+            "batching",
+            "--json",
+            "--requests",
+            "40",
+            "--seed",
+            "5",
+            "--seeds",
+            "3",
+            "--scenario",
+            "two-kinds/llama-3.1-8b",
+        ]
+    )
+    result = json.loads(capsys.readouterr().out)
+    jsonschema.validate(result, SCHEMA)
+    assert result["seed"] == 5 and len(result["scenarios"]) == 1
+    spread = result["across_seeds"]
+    assert spread["seeds"] == [5, 6, 7]
+    for rule in ("equal", "tokens"):
+        figures = spread["per_request_p95_pct"]["two-kinds/llama-3.1-8b"][rule]
+        assert len(figures["by_seed"]) == 3
+        first = result["scenarios"][0]["rules"][rule]["per_request_error_pct"]["p95"]
+        assert figures["by_seed"][0] == first
+        assert figures["max"] == max(figures["by_seed"])
+        assert figures["mean"] == pytest.approx(sum(figures["by_seed"]) / 3, abs=1e-3)
+        assert figures["seeds_within_target"] == sum(v <= 5.0 for v in figures["by_seed"])
+    assert len(set(spread["per_request_p95_pct"]["two-kinds/llama-3.1-8b"]["equal"]["by_seed"])) > 1
+
+
 def test_json_output_follows_its_schema_with_a_column_per_rule(capsys):
     main(
         [

@@ -246,6 +246,12 @@ def bench_batching(
         list[str] | None,
         typer.Option("--scenario", help="Run only this scenario (repeatable)."),
     ] = None,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            min=1, max=100, help="Run under this many seeds (from --seed) and sum up each p95."
+        ),
+    ] = 1,
 ) -> None:
     """Attribution on a continuously batching model server against each request's true
     energy: a step-by-step engine calibrated on published H100 measurements, run
@@ -257,7 +263,9 @@ def bench_batching(
     for name in scenario or []:
         if name not in known:
             raise InputError(f"unknown scenario {name!r}; known: {', '.join(known)}")
-    result = run(requests=requests, seed=seed, names=scenario or None, progress=_progress)
+    result = run(
+        requests=requests, seed=seed, names=scenario or None, progress=_progress, seeds=seeds
+    )
     show(result, as_json, _print_batching)
 
 
@@ -283,6 +291,17 @@ def _print_batching(result: dict[str, Any]) -> None:
                 f"per span ({figures['cycles_us_per_span']:.0f} in cycles)"
             )
             console.print(f"    mean signed error by kind: {kinds}")
+    spread = result.get("across_seeds")
+    if spread is not None:
+        seeds = spread["seeds"]
+        console.print(f"per-request p95 across seeds {seeds[0]}-{seeds[-1]}:")
+        for name, rules_figures in spread["per_request_p95_pct"].items():
+            line = "; ".join(
+                f"{rule} mean {f['mean']:.1f}% max {f['max']:.1f}% "
+                f"({f['seeds_within_target']}/{len(f['by_seed'])} within target)"
+                for rule, f in rules_figures.items()
+            )
+            console.print(f"  {name}: {line}")
     for model in result["calibration"]:
         lo, hi = model["published_range_j_per_token"]
         points = ", ".join(

@@ -159,30 +159,64 @@ def run_scenario(
     }
 
 
+def across_seeds(runs: Sequence[dict[str, Any]], seeds: Sequence[int]) -> dict[str, Any]:
+    """Per scenario and rule, the per-request p95 error of each seed's run (``runs``:
+    ``run_scenario`` results, seed by seed), its mean and its largest, and how many
+    seeds met the p95 target: the figure a seed's traffic and jitter move."""
+    by_name: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for result in runs:
+        for rule, figures in result["rules"].items():
+            by_name[result["name"]][rule].append(figures["per_request_error_pct"]["p95"])
+    return {
+        "seeds": list(seeds),
+        "per_request_p95_pct": {
+            name: {
+                rule: {
+                    "by_seed": values,
+                    "mean": _round(sum(values) / len(values)),
+                    "max": max(values),
+                    "seeds_within_target": sum(v <= TARGET_P95_PCT for v in values),
+                }
+                for rule, values in rules.items()
+            }
+            for name, rules in by_name.items()
+        },
+    }
+
+
 def run(
     requests: int = 2000,
     seed: int = 1,
     names: Sequence[str] | None = None,
     rules: Sequence[Rule] = RULES,
     progress: Callable[[str], None] | None = None,
+    seeds: int = 1,
 ) -> dict[str, Any]:
-    """Every scenario (or those named) with ``requests`` requests each."""
+    """Every scenario (or those named) with ``requests`` requests each; with ``seeds``
+    above 1, again under the next seeds (``seed + 1``, ...), summed up in
+    ``across_seeds``."""
     from footprint.bench.batching.calibration import check
 
     started = time.monotonic()
     scenarios = []
-    for scenario in SCENARIOS:
-        if names and scenario.name not in names:
-            continue
-        if progress is not None:
-            progress(f"{scenario.name}: {requests} requests")
-        scenarios.append(run_scenario(scenario, requests, seed, rules))
+    runs = []
+    chosen = [s for s in SCENARIOS if not names or s.name in names]
+    for offset in range(seeds):
+        for scenario in chosen:
+            if progress is not None:
+                progress(f"{scenario.name}: {requests} requests, seed {seed + offset}")
+            result = run_scenario(scenario, requests, seed + offset, rules)
+            runs.append(result)
+            if offset == 0:
+                scenarios.append(result)
+    extra = {"across_seeds": across_seeds(runs, range(seed, seed + seeds))} if seeds > 1 else {}
     return {
         "benchmark": "batching",
         "seed": seed,
         "requests_per_scenario": requests,
         "rules": [rule.name for rule in rules],
         "scenarios": scenarios,
+        **extra,
         "calibration": check(seed),
         "targets": {
             "per_request_p95_pct": TARGET_P95_PCT,
