@@ -234,27 +234,21 @@ SCHEMA = {
 }
 
 
+def _bench_json(capsys, *options_and_scenario: str) -> dict:
+    """``footprint bench batching --json`` on 40 requests of one scenario (the last
+    argument), its output checked against ``SCHEMA``."""
+    *options, scenario = options_and_scenario
+    main(["bench", "batching", "--json", "--requests", "40", *options, "--scenario", scenario])
+    result = json.loads(capsys.readouterr().out)
+    jsonschema.validate(result, SCHEMA)
+    return result
+
+
 def test_several_seeds_sum_up_each_rules_p95_per_scenario(capsys):
     """``--seeds 3``: the scenario is run under seeds 5, 6 and 7; the figures in full are
     seed 5's, and each rule's per-request p95 comes per seed with its mean and max (the
     token rule's p95 moves with the traffic: one seed's figure is not the rule's)."""
-    main(
-        [
-            "bench",
-            "batching",
-            "--json",
-            "--requests",
-            "40",
-            "--seed",
-            "5",
-            "--seeds",
-            "3",
-            "--scenario",
-            "two-kinds/llama-3.1-8b",
-        ]
-    )
-    result = json.loads(capsys.readouterr().out)
-    jsonschema.validate(result, SCHEMA)
+    result = _bench_json(capsys, "--seed", "5", "--seeds", "3", "two-kinds/llama-3.1-8b")
     assert result["seed"] == 5 and len(result["scenarios"]) == 1
     spread = result["across_seeds"]
     assert spread["seeds"] == [5, 6, 7]
@@ -270,21 +264,7 @@ def test_several_seeds_sum_up_each_rules_p95_per_scenario(capsys):
 
 
 def test_json_output_follows_its_schema_with_a_column_per_rule(capsys):
-    main(
-        [
-            "bench",
-            "batching",
-            "--json",
-            "--requests",
-            "40",
-            "--seed",
-            "3",
-            "--scenario",
-            "mixed/llama-3.1-70b",
-        ]
-    )
-    result = json.loads(capsys.readouterr().out)
-    jsonschema.validate(result, SCHEMA)
+    result = _bench_json(capsys, "--seed", "3", "mixed/llama-3.1-70b")
     (scenario,) = result["scenarios"]
     assert scenario["name"] == "mixed/llama-3.1-70b" and scenario["gpus"] == 4
     assert result["rules"] == ["equal", "tokens"] and set(scenario["rules"]) == {"equal", "tokens"}
