@@ -158,6 +158,11 @@ def test_the_token_rule_reports_its_learned_weights_against_the_cost_model_and_i
     assert 0.8 < ratios["fixed"] < 1.25 and 0.8 < ratios["prefill"] < 1.25, ratios
     assert "weights_over_model" not in equal  # the equal split learns nothing
     assert 0.0 < tokens["median_bound_over_energy"] < 2.0
+    # The default rule (no window held for the weights) is reported beside them, and
+    # it is the token rule's figure a user gets by default, not the equal split's
+    auto = result["rules"]["auto"]
+    assert "weights_over_model" in auto
+    assert auto["per_request_error_pct"]["p95"] < equal["per_request_error_pct"]["p95"] / 10
 
 
 _FIGURES = {
@@ -252,7 +257,7 @@ def test_several_seeds_sum_up_each_rules_p95_per_scenario(capsys):
     assert result["seed"] == 5 and len(result["scenarios"]) == 1
     spread = result["across_seeds"]
     assert spread["seeds"] == [5, 6, 7]
-    for rule in ("equal", "tokens"):
+    for rule in ("equal", "tokens", "auto"):
         figures = spread["per_request_p95_pct"]["two-kinds/llama-3.1-8b"][rule]
         assert len(figures["by_seed"]) == 3
         first = result["scenarios"][0]["rules"][rule]["per_request_error_pct"]["p95"]
@@ -267,9 +272,10 @@ def test_json_output_follows_its_schema_with_a_column_per_rule(capsys):
     result = _bench_json(capsys, "--seed", "3", "mixed/llama-3.1-70b")
     (scenario,) = result["scenarios"]
     assert scenario["name"] == "mixed/llama-3.1-70b" and scenario["gpus"] == 4
-    assert result["rules"] == ["equal", "tokens"] and set(scenario["rules"]) == {"equal", "tokens"}
-    assert scenario["rules"]["equal"]["records"] == 40
-    assert scenario["rules"]["tokens"]["records"] == 40
+    assert result["rules"] == ["equal", "tokens", "auto"]
+    assert set(scenario["rules"]) == {"equal", "tokens", "auto"}
+    for rule in ("equal", "tokens", "auto"):
+        assert scenario["rules"][rule]["records"] == 40
     assert scenario["truth"]["requests"] == 40
 
 

@@ -51,6 +51,9 @@ class Rule:
 RULES = (
     Rule("equal", {"attribution": "equal"}),  # equal split of each instant's busy energy
     Rule("tokens", {"attribution": "tokens"}),  # by token work, weights learned online
+    # the default: by token work, no window held for the weights (split equally, or by
+    # the last fit, until they settle)
+    Rule("auto", {"attribution": "auto"}),
 )
 
 
