@@ -204,6 +204,21 @@ def _moved(old: Sequence[float], new: Sequence[float], xx: list[list[float]]) ->
     return max(abs(a - b) * x for a, b, x in zip(new, old, typical, strict=True)) / predicted
 
 
+def _step_count(
+    tau: Sequence[float], busy_s: float, prefill: float, decoders_s: float, contexts_s: float
+) -> float:
+    """The server's steps in ``busy_s`` busy seconds by the step time ``tau`` (τF, τb,
+    τc, τa), with ``prefill`` prompt tokens sharing them and ``decoders_s`` decoders'
+    and ``contexts_s`` contexts' seconds (per step: their means over the busy time)."""
+    work_s = max(busy_s - tau[3] * prefill, MIN_WORK_SHARE * busy_s)
+    return work_s / (tau[0] + (tau[1] * decoders_s + tau[2] * contexts_s) / busy_s)
+
+
+def _empty_normal_equations() -> tuple[list[list[float]], list[float], float]:
+    """Normal equations (``xx``, ``xy``, ``yy``) that have seen no row."""
+    return [[0.0] * _DIM for _ in range(_DIM)], [0.0] * _DIM, 0.0
+
+
 def _inverse(matrix: list[list[float]]) -> list[list[float]] | None:
     n = len(matrix)
     columns = []
@@ -242,9 +257,7 @@ class StepTimes:
         self._cum: list[tuple[float, float, float, float]] = []
         self._total = (0.0, 0.0, 0.0, 0.0)
         self._pending: list[tuple[float, float, int]] = []  # (end, first token, decode)
-        self._xx = [[0.0] * _DIM for _ in range(_DIM)]
-        self._xy = [0.0] * _DIM
-        self._yy = 0.0
+        self._xx, self._xy, self._yy = _empty_normal_equations()
         self.spans = 0.0  # effective number of spans learned from
         self._count = 0
         self._next_fit = 0  # ``_count`` at which τ is fitted next
@@ -272,9 +285,15 @@ class StepTimes:
             times.append(start_s)
             cum.append(self._total)
         steps, n, c, p = self._total
-        busy_s = held.busy_s
+        busy_s, tau = held.busy_s, self.tau
         if busy_s > 0.0:
-            weight = self._steps_per_s(held) * busy_s  # its steps (or seconds)
+            # its steps by the last τ (its seconds while none is known: the means are
+            # over time then)
+            weight = (
+                busy_s
+                if tau is None
+                else _step_count(tau, busy_s, held.prefill, held.decoders_s, held.contexts_s)
+            )
             steps += weight
             n += held.decoders_s / busy_s * weight
             c += held.contexts_s / busy_s * weight
@@ -289,17 +308,6 @@ class StepTimes:
             cut = bisect.bisect_left(times, times[-1] - HISTORY_S)
             del times[:cut]
             del cum[:cut]
-
-    def _steps_per_s(self, held: IntervalTokens) -> float:
-        """An interval's steps per busy second by the last τ (1 while none is known:
-        the means are over time then), what its decoders and contexts weigh."""
-        tau = self.tau
-        if tau is None:
-            return 1.0
-        busy_s = held.busy_s
-        work = 1.0 - tau[3] * held.prefill / busy_s
-        step_s = tau[0] + (tau[1] * held.decoders_s + tau[2] * held.contexts_s) / busy_s
-        return max(work, MIN_WORK_SHARE) / step_s
 
     def _at(self, t_s: float) -> tuple[float, float, float, float] | None:
         times, cum = self._t, self._cum
@@ -361,9 +369,7 @@ class StepTimes:
         if moved > RESTEP_SHARE:
             # The spans so far were averaged over steps counted by a τ this far off
             # (over time, before the first): they are learned again
-            self._xx = [[0.0] * _DIM for _ in range(_DIM)]
-            self._xy = [0.0] * _DIM
-            self._yy = 0.0
+            self._xx, self._xy, self._yy = _empty_normal_equations()
             self.spans = 0.0
         if misfit > STEP_MISFIT:
             self._gap = MISFIT_REFIT_SPANS
@@ -404,11 +410,8 @@ class StepTimes:
         busy_s = held.busy_s
         if tau is None or busy_s <= 0.0:
             return None
-        decoders = held.decoders_s / busy_s
-        contexts = held.contexts_s / busy_s
-        work_s = max(busy_s - tau[3] * held.prefill, MIN_WORK_SHARE * busy_s)
-        steps = work_s / (tau[0] + tau[1] * decoders + tau[2] * contexts)
-        return steps, decoders * steps, contexts * steps
+        steps = _step_count(tau, busy_s, held.prefill, held.decoders_s, held.contexts_s)
+        return steps, held.decoders_s / busy_s * steps, held.contexts_s / busy_s * steps
 
 
 def as_if_told(held: IntervalTokens) -> IntervalTokens:
@@ -440,9 +443,7 @@ class TokenWeights:
     """Online non-negative least squares of busy energy on the token work (see above)."""
 
     def __init__(self) -> None:
-        self._xx = [[0.0] * _DIM for _ in range(_DIM)]
-        self._xy = [0.0] * _DIM
-        self._yy = 0.0
+        self._xx, self._xy, self._yy = _empty_normal_equations()
         self.blocks = 0.0  # effective number of blocks
         # The block being gathered: sums of its intervals' busy s, steps (the spans'
         # rates), prefill, decode, context, decoders' and contexts' seconds, then J
@@ -457,11 +458,9 @@ class TokenWeights:
         self.tentative: Theta | None = None
         self._tentative_covariance: list[list[float]] | None = None
         self.step_times = StepTimes()
-        self._tau: tuple[float, float, float, float] | None = None  # the step time in use
         self._rows_tau: tuple[float, float, float, float] | None = None  # the rows' last
         # The last blocks (``_block``; None: a break), to count the rows again by
         self._history: deque[list[float] | None] = deque(maxlen=HISTORY_BLOCKS)
-        self.rebuilds = 0  # how many times the rows were counted again
         self._fits: deque[Theta] = deque(maxlen=STABLE_FITS)  # the last fits, first weights
 
     def observe(
@@ -498,52 +497,43 @@ class TokenWeights:
         self._block = [0.0] * _BLOCK
         history.append(block)
         tau, rows_tau = self.step_times.usable_tau, self._rows_tau
-        self._tau = tau
         if tau != rows_tau and (
             rows_tau is None or tau is None or self.step_times.moved(rows_tau) > REBUILD_SHARE
         ):
             self._rows_tau = tau
-            self._rebuild()
+            self._rebuild(tau)
             return
-        self._gather(block, fit=True)
+        self._gather(block, tau, fit=True)
 
-    def _gather(self, block: list[float], fit: bool) -> None:
+    def _gather(self, block: list[float], tau: Sequence[float] | None, fit: bool) -> None:
         """A full block's row terms: its steps, decode tokens and their context from the
         step time over the whole block (where it is known), not interval by interval (a
         prompt placed a step off moves a short interval's steps, hardly a block's); else
         the spans' mean rates. Every ``SPAN_BLOCKS`` in a row make a row."""
         busy_s, steps, prefill, decode, context, decoders_s, contexts_s, block_j = block
-        if self._tau is not None:
-            timed = self.step_times.steps(
-                IntervalTokens(
-                    busy_s, steps, prefill, decode, context, 0.0, decoders_s, contexts_s
-                ),
-                self._tau,
-            )
-            if timed is not None:
-                steps, decode, context = timed
+        if tau is not None:
+            steps = _step_count(tau, busy_s, prefill, decoders_s, contexts_s)
+            decode = decoders_s / busy_s * steps
+            context = contexts_s / busy_s * steps
         recent = self._recent
         recent.append((steps, prefill, decode, context, block_j))
         if len(recent) == SPAN_BLOCKS:
             row = [sum(b[i] for b in recent) for i in range(_DIM + 1)]
             self._add(row[:_DIM], row[_DIM], fit)
 
-    def _rebuild(self) -> None:
+    def _rebuild(self, tau: Sequence[float] | None) -> None:
         """The rows again from the blocks kept, under the step time now known (it moved
         far from the one they were counted by, or there was none): the weights fitted
         on the old rows stay until the new ones determine the fit."""
-        self._xx = [[0.0] * _DIM for _ in range(_DIM)]
-        self._xy = [0.0] * _DIM
-        self._yy = 0.0
+        self._xx, self._xy, self._yy = _empty_normal_equations()
         self.blocks = 0.0
         self._rows = 0
         self._recent.clear()
-        self.rebuilds += 1
         for block in self._history:
             if block is None:
                 self._recent.clear()
             else:
-                self._gather(block, fit=False)
+                self._gather(block, tau, fit=False)
         if self.blocks >= MIN_BLOCKS:
             self._fit()
 
