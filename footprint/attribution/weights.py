@@ -67,6 +67,9 @@ RESTEP_SHARE = 0.1
 # ... and the weights' rows are counted again once τ moved this far from what they were
 REBUILD_SHARE = 0.02
 STEP_MISFIT = 0.15  # the most misfit (root mean square share) of a step time to use
+# A term moves by its own part of a typical prediction, or this share of the whole for a
+# smaller term (``_moved``)
+MOVED_FLOOR = 0.1
 MIN_DECODE_S = 0.05  # a shorter decode phase says too little about its steps
 MIN_WORK_SHARE = 0.05  # the least share of a busy second left to decoding by the prefill
 HISTORY_BLOCKS = 2_000  # the most blocks kept to count the rows again by a new step time
@@ -194,16 +197,6 @@ def _forget_update(
     r2[3] = r3[2] = forget * r2[3] + w2 * x3
 
 
-def _moved(old: Sequence[float], new: Sequence[float], xx: list[list[float]]) -> float:
-    """How far ``new`` parameters moved from ``old``: the most one term's change moves
-    a typical row's prediction (each term at its root mean square), as a share of it."""
-    typical = [math.sqrt(max(xx[i][i], 0.0) / xx[0][0]) for i in range(len(new))]
-    predicted = sum(v * x for v, x in zip(new, typical, strict=True))
-    if predicted <= 0.0:
-        return math.inf
-    return max(abs(a - b) * x for a, b, x in zip(new, old, typical, strict=True)) / predicted
-
-
 def _step_count(
     tau: Sequence[float], busy_s: float, prefill: float, decoders_s: float, contexts_s: float
 ) -> float:
@@ -214,9 +207,46 @@ def _step_count(
     return work_s / (tau[0] + (tau[1] * decoders_s + tau[2] * contexts_s) / busy_s)
 
 
+def _counted(
+    total: tuple[float, float, float, float],
+    raw: tuple[float, float, float, float],
+    tau: Sequence[float] | None,
+) -> tuple[float, float, float, float]:
+    """``total`` (steps, Σ decoders and Σ contexts over them, prefill tokens) after an
+    interval that held ``raw`` (busy s, prefill, decoders' and contexts' seconds): its
+    steps by ``tau``, its seconds while none is known (the means are over time then)."""
+    steps, n, c, p = total
+    busy_s, prefill, decoders_s, contexts_s = raw
+    if busy_s > 0.0:
+        weight = (
+            busy_s if tau is None else _step_count(tau, busy_s, prefill, decoders_s, contexts_s)
+        )
+        steps += weight
+        n += decoders_s / busy_s * weight
+        c += contexts_s / busy_s * weight
+    return (steps, n, c, p + prefill)
+
+
 def _empty_normal_equations() -> tuple[list[list[float]], list[float], float]:
     """Normal equations (``xx``, ``xy``, ``yy``) that have seen no row."""
     return [[0.0] * _DIM for _ in range(_DIM)], [0.0] * _DIM, 0.0
+
+
+def _moved(old: Sequence[float], new: Sequence[float], xx: list[list[float]]) -> float:
+    """How far ``new`` parameters moved from ``old``: the most one term's change moves
+    its own part of a typical row's prediction (each term at its root mean square), as
+    a share of that part, or of ``MOVED_FLOOR`` of the prediction for a smaller one. A
+    share of the whole prediction would hide a small term's moves behind a large one
+    (the prompt time of a step behind its per-decoder time), and each term decides
+    whole kinds of calls' shares."""
+    typical = [math.sqrt(max(xx[i][i], 0.0) / xx[0][0]) for i in range(len(new))]
+    predicted = sum(v * x for v, x in zip(new, typical, strict=True))
+    if predicted <= 0.0:
+        return math.inf
+    floor = MOVED_FLOOR * predicted
+    return max(
+        abs(a - b) * x / max(b * x, floor) for a, b, x in zip(new, old, typical, strict=True)
+    )
 
 
 def _inverse(matrix: list[list[float]]) -> list[list[float]] | None:
@@ -255,8 +285,14 @@ class StepTimes:
         # (by the last τ), Σ decoders and Σ contexts over those steps, prefill tokens
         self._t: list[float] = []
         self._cum: list[tuple[float, float, float, float]] = []
+        # ... and what each edge's interval held (busy s, prefill, decoders' and
+        # contexts' seconds; None at the start of a run of intervals): to count its
+        # steps again by a new τ
+        self._held: list[tuple[float, float, float, float] | None] = []
         self._total = (0.0, 0.0, 0.0, 0.0)
         self._pending: list[tuple[float, float, int]] = []  # (end, first token, decode)
+        # The spans learned from (first token, end, decode), to learn them again
+        self._learned: deque[tuple[float, float, int]] = deque(maxlen=MAX_PENDING)
         self._xx, self._xy, self._yy = _empty_normal_equations()
         self.spans = 0.0  # effective number of spans learned from
         self._count = 0
@@ -275,39 +311,35 @@ class StepTimes:
 
     def observe(self, start_s: float, end_s: float, held: IntervalTokens) -> None:
         """An interval handed out (``start_s``..``end_s``) and what its busy time held."""
-        times, cum = self._t, self._cum
+        times, cum, kept = self._t, self._cum, self._held
         if not times or start_s > times[-1]:
             times.append(start_s)
             cum.append(self._total)
+            kept.append(None)
         elif start_s < times[-1]:  # out of order: start over
             times.clear()
             cum.clear()
+            kept.clear()
+            self._learned.clear()
             times.append(start_s)
             cum.append(self._total)
-        steps, n, c, p = self._total
-        busy_s, tau = held.busy_s, self.tau
-        if busy_s > 0.0:
-            # its steps by the last τ (its seconds while none is known: the means are
-            # over time then)
-            weight = (
-                busy_s
-                if tau is None
-                else _step_count(tau, busy_s, held.prefill, held.decoders_s, held.contexts_s)
-            )
-            steps += weight
-            n += held.decoders_s / busy_s * weight
-            c += held.contexts_s / busy_s * weight
-        self._total = (steps, n, c, p + held.prefill)
+            kept.append(None)
+        raw = (held.busy_s, held.prefill, held.decoders_s, held.contexts_s)
+        self._total = _counted(self._total, raw, self.tau)
         times.append(end_s)
         cum.append(self._total)
+        kept.append(raw)
         pending = self._pending
         while pending and pending[0][0] <= end_s:
             span_end_s, first_s, decode = heapq.heappop(pending)
+            self._learned.append((first_s, span_end_s, decode))
             self._learn(first_s, span_end_s, decode)
         if times[-1] - times[0] > 2 * HISTORY_S:  # forget what no span reaches back to
             cut = bisect.bisect_left(times, times[-1] - HISTORY_S)
             del times[:cut]
             del cum[:cut]
+            del kept[:cut]
+            kept[0] = None
 
     def _at(self, t_s: float) -> tuple[float, float, float, float] | None:
         times, cum = self._t, self._cum
@@ -326,7 +358,24 @@ class StepTimes:
             a[3] + w * (b[3] - a[3]),
         )
 
-    def _learn(self, first_s: float, end_s: float, decode: int) -> None:
+    def _recount(self) -> None:
+        """The intervals' steps counted again by the last τ, and the spans learned again
+        from them: a fit that moved τ far was made on means over steps it counted wrong
+        (a fresh start would leave the next fits too few spans to tell the per-decoder
+        term from the per-context one, and τ would swing between them)."""
+        tau, cum = self.tau, self._cum
+        total = (0.0, 0.0, 0.0, 0.0)
+        for i, raw in enumerate(self._held):
+            if raw is not None:
+                total = _counted(total, raw, tau)
+            cum[i] = total
+        self._total = total
+        self._xx, self._xy, self._yy = _empty_normal_equations()
+        self.spans = 0.0
+        for first_s, end_s, decode in self._learned:
+            self._learn(first_s, end_s, decode, fit=False)
+
+    def _learn(self, first_s: float, end_s: float, decode: int, fit: bool = True) -> None:
         lo, hi = self._at(first_s), self._at(end_s)
         if lo is None or hi is None:
             return
@@ -345,6 +394,8 @@ class StepTimes:
         _forget_update(self._xx, self._xy, x, step_s, STEP_FORGET, float(decode))
         self._yy = STEP_FORGET * self._yy + decode * step_s * step_s
         self.spans = STEP_FORGET * self.spans + 1.0
+        if not fit:
+            return
         self._count += 1
         if self.spans >= MIN_SPANS and self._count >= self._next_fit:
             self._refit()
@@ -368,9 +419,13 @@ class StepTimes:
         self.tau, self.misfit = new, misfit
         if moved > RESTEP_SHARE:
             # The spans so far were averaged over steps counted by a τ this far off
-            # (over time, before the first): they are learned again
-            self._xx, self._xy, self._yy = _empty_normal_equations()
-            self.spans = 0.0
+            # (over time, before the first): they are learned again, and τ fitted on them
+            self._recount()
+            fitted = _nonnegative(self._xx, self._xy, self._yy)
+            if fitted is not None and fitted[0][0] > 0.0:
+                tau, _, sse = fitted
+                self.tau = (tau[0], tau[1], tau[2], tau[3])
+                self.misfit = misfit = math.sqrt(sse * self._xx[0][0]) / self._xy[0]
         if misfit > STEP_MISFIT:
             self._gap = MISFIT_REFIT_SPANS
         elif moved <= STEADY_STEP_SHARE:
