@@ -453,7 +453,7 @@ class DeviceResolver:
     ) -> None:
         """The token rule's sweep of ``interval``; a measured one teaches the weights."""
         theta = self.weights.theta
-        shares.fallback = self.weights.tentative
+        shares.fallback = self.weights.fallback
         events = self._events
         held = shares.sweep(
             interval,

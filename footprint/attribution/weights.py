@@ -19,9 +19,10 @@ spans' step times do not follow a batching server's, the mean rates are used.
 
 Until the fit is determined (too few blocks, or blocks too alike to tell the terms
 apart: ``_determined``) there are no weights: the resolver holds its windows (up to
-``tokens.HOLD_S``), then shares them by the last fit (``tentative``), or splits equally
-where there is none. The parameters' covariance says how far the weights may be off; the
-resolver widens each record's bound by what that moves its share.
+``tokens.HOLD_S``), then shares them by the last fit (``tentative``), or, before any
+fit, by the step time alone (``prior``), or splits equally where neither is known. The
+parameters' covariance says how far the weights may be off; the resolver widens each
+record's bound by what that moves its share.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ MIN_DECODE_S = 0.05  # a shorter decode phase says too little about its steps
 MIN_WORK_SHARE = 0.05  # the least share of a busy second left to decoding by the prefill
 HISTORY_BLOCKS = 2_000  # the most blocks kept to count the rows again by a new step time
 MAX_PENDING = 10_000  # spans waiting for the intervals up to their end
+# The spans kept to learn again after a far move: by the oldest, what they taught is
+# forgotten to 5 % (``STEP_FORGET`` ** 3,000)
+MAX_LEARNED = 3_000
 HISTORY_S = 900.0  # how far back the intervals are kept (s): longer spans do not teach
 
 
@@ -292,7 +296,7 @@ class StepTimes:
         self._total = (0.0, 0.0, 0.0, 0.0)
         self._pending: list[tuple[float, float, int]] = []  # (end, first token, decode)
         # The spans learned from (first token, end, decode), to learn them again
-        self._learned: deque[tuple[float, float, int]] = deque(maxlen=MAX_PENDING)
+        self._learned: deque[tuple[float, float, int]] = deque(maxlen=MAX_LEARNED)
         self._xx, self._xy, self._yy = _empty_normal_equations()
         self.spans = 0.0  # effective number of spans learned from
         self._count = 0
@@ -517,6 +521,8 @@ class TokenWeights:
         # The last blocks (``_block``; None: a break), to count the rows again by
         self._history: deque[list[float] | None] = deque(maxlen=HISTORY_BLOCKS)
         self._fits: deque[Theta] = deque(maxlen=STABLE_FITS)  # the last fits, first weights
+        self._busy_j = 0.0  # what the intervals that taught drew while busy (J) ...
+        self._busy_s = 0.0  # ... and in how long (s): the busy power, for ``prior``
 
     def observe(
         self,
@@ -538,6 +544,8 @@ class TokenWeights:
             if history and history[-1] is not None:
                 history.append(None)
             return
+        self._busy_j += busy_j
+        self._busy_s += held.busy_s
         block = self._block
         block[0] += held.busy_s
         block[1] += held.steps
@@ -591,6 +599,23 @@ class TokenWeights:
                 self._gather(block, tau, fit=False)
         if self.blocks >= MIN_BLOCKS:
             self._fit()
+
+    @property
+    def prior(self) -> Theta | None:
+        """Weights before any fit, from the step time alone: the busy power times each
+        part of the step (a call's energy follows the time its work takes in the
+        step), where the step time is known; else None."""
+        tau = self.step_times.usable_tau
+        if tau is None or self._busy_s <= 0.0:
+            return None
+        power_w = self._busy_j / self._busy_s
+        return (power_w * tau[0], power_w * tau[3], power_w * tau[1], power_w * tau[2])
+
+    @property
+    def fallback(self) -> Theta | None:
+        """What windows are shared by where no weights are determined: the last fit,
+        else ``prior``."""
+        return self.tentative if self.tentative is not None else self.prior
 
     @property
     def prefill_s_per_token(self) -> float:
