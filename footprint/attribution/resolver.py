@@ -199,6 +199,8 @@ class DeviceResolver:
         if step_s is not None:
             self._step_s = step_s
         span.placed = placed
+        if span.started and isinstance(self._shares, TokenShares):
+            self._shares.weigh_started(span)
         if placed is not None and placed.serve_s > span.start_s:
             self._seq += 1
             self._new_events.append((placed.serve_s, SERVE, self._seq, span))  # type: ignore[arg-type]
@@ -215,14 +217,16 @@ class DeviceResolver:
         shares.relative_spread = self.weights.relative_spread
         if self.rule == "auto":
             # The default rule holds no window for the weights: a record waits for its
-            # window only, split equally (or by the last fit) until the weights settle.
+            # window only, shared by the last fit (or the step time, or split equally)
+            # until the weights settle.
             shares.hold_s = 0.0
         return shares
 
     def _switch_to_tokens(self) -> None:
         """``auto``: the first span with token counts ended; from the sweep's position on,
         intervals are shared by the token rule. The spans running carry what the equal
-        split gave them so far, and are charged as spans with no tokens from here."""
+        split gave them so far, and are charged as spans with no tokens from here until
+        they end with theirs (``TokenShares.weigh_started``)."""
         old = self._shares
         assert isinstance(old, RunningShares)
         new = self._token_shares()

@@ -804,6 +804,27 @@ class TokenShares:
             if placed.serve_s <= span.start_s:
                 self._serve(span, piece=False)
 
+    def weigh_started(self, span: TokenSpan) -> None:
+        """``span`` ran before its tokens were known (it was running when the default
+        rule switched from the equal split, or past the wait for tokens) and has ended
+        with them: from the sweep's position on it runs at its own rates, not the mean
+        of the others (its phase events behind the sweep come at once)."""
+        placed = span.placed
+        if (
+            span.weighed
+            or not span.started
+            or placed is None
+            or span.tokens is None
+            or span.end_s == math.inf
+            or self.spans.get(span.key) is not span
+        ):
+            return
+        span.weighed = True
+        self.weighed += 1
+        span.pace_w = _pace_weight(span.end_s, placed)
+        if placed.serve_s <= span.start_s:
+            self._serve(span)
+
     def _serve(self, span: TokenSpan, piece: bool = True) -> None:
         """Its prefill begins: it is served from here, at its first phase's rates."""
         placed = span.placed

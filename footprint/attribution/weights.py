@@ -295,6 +295,9 @@ class StepTimes:
         self._held: list[tuple[float, float, float, float] | None] = []
         self._total = (0.0, 0.0, 0.0, 0.0)
         self._pending: list[tuple[float, float, int]] = []  # (end, first token, decode)
+        # Where the last interval whose calls were not all known ended (s): a span
+        # decoding over it was averaged over a batch that lacked some of its calls
+        self._blind_until_s = -math.inf
         # The spans learned from (first token, end, decode), to learn them again
         self._learned: deque[tuple[float, float, int]] = deque(maxlen=MAX_LEARNED)
         self._xx, self._xy, self._yy = _empty_normal_equations()
@@ -328,6 +331,8 @@ class StepTimes:
             times.append(start_s)
             cum.append(self._total)
             kept.append(None)
+        if held.unweighed_s > 0.0:
+            self._blind_until_s = end_s
         raw = (held.busy_s, held.prefill, held.decoders_s, held.contexts_s)
         self._total = _counted(self._total, raw, self.tau)
         times.append(end_s)
@@ -336,7 +341,8 @@ class StepTimes:
         pending = self._pending
         while pending and pending[0][0] <= end_s:
             span_end_s, first_s, decode = heapq.heappop(pending)
-            self._learned.append((first_s, span_end_s, decode))
+            if first_s >= self._blind_until_s:  # else taught until the next far move only
+                self._learned.append((first_s, span_end_s, decode))
             self._learn(first_s, span_end_s, decode)
         if times[-1] - times[0] > 2 * HISTORY_S:  # forget what no span reaches back to
             cut = bisect.bisect_left(times, times[-1] - HISTORY_S)
