@@ -51,8 +51,8 @@ class Rule:
 RULES = (
     Rule("equal", {"attribution": "equal"}),  # equal split of each instant's busy energy
     Rule("tokens", {"attribution": "tokens"}),  # by token work, weights learned online
-    # the default: by token work, no window held for the weights (split equally, or by
-    # the last fit, until they settle)
+    # the default: by token work, no window held for the weights (shared by the last
+    # fit, or the step time, or split equally, until they settle)
     Rule("auto", {"attribution": "auto"}),
 )
 
