@@ -199,7 +199,7 @@ class DeviceResolver:
         if step_s is not None:
             self._step_s = step_s
         span.placed = placed
-        if span.started and isinstance(self._shares, TokenShares):
+        if isinstance(self._shares, TokenShares):  # a span started before its tokens
             self._shares.weigh_started(span)
         if placed is not None and placed.serve_s > span.start_s:
             self._seq += 1

@@ -410,33 +410,38 @@ class StepTimes:
         if self.spans >= MIN_SPANS and self._count >= self._next_fit:
             self._refit()
 
+    def _fitted(self) -> tuple[tuple[float, float, float, float], float] | None:
+        """τ fitted on the spans learned so far, and its misfit (root mean square, share
+        of the mean step time); None where no fit with a positive fixed term comes out."""
+        xx, xy = self._xx, self._xy
+        fitted = _nonnegative(xx, xy, self._yy)
+        if fitted is None or fitted[0][0] <= 0.0:
+            return None
+        tau, _, sse = fitted
+        misfit = math.sqrt(sse * xx[0][0]) / xy[0]  # xx[0][0]: Σ weights
+        return (tau[0], tau[1], tau[2], tau[3]), misfit
+
     def _refit(self) -> None:
         """Fit τ; the spans are learned again where it moved far. The next fit comes
         soon while τ moves, less and less often once it holds still, rarely where it
         does not follow the spans (or no fit comes out: calls at their own pace, no
         batching server)."""
-        xx, xy = self._xx, self._xy
-        fitted = _nonnegative(xx, xy, self._yy)
-        if fitted is None or fitted[0][0] <= 0.0:
+        fitted = self._fitted()
+        if fitted is None:
             self._gap = min(2 * self._gap, MISFIT_REFIT_SPANS)
             self._next_fit = self._count + self._gap
             return
-        tau, _, sse = fitted
-        misfit = math.sqrt(sse * xx[0][0]) / xy[0]  # xx[0][0]: Σ weights
-        new = (tau[0], tau[1], tau[2], tau[3])
         old = self.tau
-        moved = math.inf if old is None else _moved(old, new, xx)
-        self.tau, self.misfit = new, misfit
+        self.tau, self.misfit = fitted
+        moved = math.inf if old is None else _moved(old, self.tau, self._xx)
         if moved > RESTEP_SHARE:
             # The spans so far were averaged over steps counted by a τ this far off
             # (over time, before the first): they are learned again, and τ fitted on them
             self._recount()
-            fitted = _nonnegative(self._xx, self._xy, self._yy)
-            if fitted is not None and fitted[0][0] > 0.0:
-                tau, _, sse = fitted
-                self.tau = (tau[0], tau[1], tau[2], tau[3])
-                self.misfit = misfit = math.sqrt(sse * self._xx[0][0]) / self._xy[0]
-        if misfit > STEP_MISFIT:
+            fitted = self._fitted()
+            if fitted is not None:
+                self.tau, self.misfit = fitted
+        if self.misfit > STEP_MISFIT:
             self._gap = MISFIT_REFIT_SPANS
         elif moved <= STEADY_STEP_SHARE:
             self._gap = min(2 * self._gap, MAX_REFIT_SPANS)
