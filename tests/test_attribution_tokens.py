@@ -578,7 +578,7 @@ class _Recorder:
     """Stands in for the weights: keeps what each interval taught, fits nothing."""
 
     theta = None
-    tentative = fallback = None
+    tentative = fallback = step_time = None
     prefill_s_per_token = 0.0
 
     def __init__(self) -> None:

@@ -458,6 +458,7 @@ class DeviceResolver:
         """The token rule's sweep of ``interval``; a measured one teaches the weights."""
         theta = self.weights.theta
         shares.fallback = self.weights.fallback
+        shares.step_time = self.weights.step_time
         events = self._events
         held = shares.sweep(
             interval,

@@ -12,33 +12,40 @@ running set's predicted busy power is
     P(t) = F·steps/s + α·Σ prefill rate + β·Σ decode rate + γ·Σ decode rate × context
 
 (``TokenWeights`` learns F, α, β, γ from the counter; ``steps/s``, the server's step
-rate, is the mean decode rate of the spans decoding: each makes a token a step; for the
-fit, each span's rate weighs 1 / the square of the seconds it is averaged over, as a
-short span's rate is the more local one), and
-span ``i``'s own part of it is ``p_i = F·steps/s / N + (its α, β, γ terms)``: the fixed
-energy of a step shared equally among the ``N`` spans served (prefilling or decoding,
-not waiting: the Shapley value of the additive model), the rest its own. A span with no
-token counts (or whose counts are not known when its time is handed out) is charged the
-mean ``p`` of the spans served with counts in the window before: where no span has
-counts, or the weights are not known yet, the rule is the equal split. Each stretch's
-busy energy is shared in proportion to ``p_i / P``, so the shares of an instant sum to
-its busy energy exactly.
+rate, is for the fit the mean decode rate of the spans decoding: each makes a token a
+step, and each span's rate weighs 1 / the square of the seconds it is averaged over, as
+a short span's rate is the more local one). Span ``i``'s own part of it is its α, β, γ
+terms, and an equal share of the fixed energy ``F`` of each step that served it
+(prefilling or decoding, not waiting: the Shapley value of the additive model). Its
+steps are its own (a step for its prompt, one per decode token), but where they fell
+in its phase is not: they are placed as the server stepped, at the step rate ``r(t)``
+its step time gives for what runs (``r = (1 − τa·prompt tokens/s) / (τF + τb·decoders
++ τc·Σ contexts)``; the spans' local mean rate before the step time is known), so that
+a span that ran while its batch grew and the steps slowed takes the mean of ``1/N``
+over its steps, not over time. A span with no token counts (or whose counts are not
+known when its time is handed out) is charged the mean power of the spans served with
+counts in the window before: where no span has counts, or the weights are not known
+yet, the rule is the equal split.
 
 The busy energy is shared over windows of consecutive intervals (about ``WINDOW_S`` busy
 seconds, or up to a moment with no span running), not interval by interval: a span's
-share is ``K · ∫ p_i dt`` with ``K`` the window's busy energy over its predicted energy
-``∫ P dt``. Locally the predicted power is a poor guide (a GPU at its power cap draws the
-same power whatever it runs), and normalising each short interval by it would charge a
-call's own prompt against itself; over a window the prediction holds, and a call alone
-in its window still gets exactly what the counter measured. The shares of a window sum
-to its busy energy, so energy stays conserved exactly. While the weights are not known
-yet, closed windows are held (up to ``HOLD_S`` s) so that they are shared by the first
-fitted weights; past that they are split equally.
+share is ``K`` times its predicted energy in the window, with ``K`` the window's busy
+energy over the predicted energy of all its spans. Locally the predicted power is a poor
+guide (a GPU at its power cap draws the same power whatever it runs), and normalising
+each short interval by it would charge a call's own prompt against itself; over a
+window the prediction holds, and a call alone in its window still gets exactly what the
+counter measured. The shares of a window sum to its busy energy, so energy stays
+conserved exactly. While the weights are not known yet, closed windows are held (up to
+``HOLD_S`` s) so that they are shared by the first fitted weights; past that they are
+split equally.
 
 Each phase's rates are constant, so a span's share is its rates times differences of
-running integrals (time, ``∫ steps/s / N dt``, ``∫ dt/N``) between its phase edges, each
-scaled by its window's ``K`` once the window closes: O(1) per start, service start,
-first token and end, whatever the number of spans running, like ``RunningShares``.
+running integrals (time, ``∫ dt/N``) between its edges, and its steps in each window and
+phase times ``∫ r/N_served dt / ∫ r dt`` over them; each scaled by its window's ``K``
+once the window closes. A window's close cuts the stretches of the spans running, so
+that each lies in one window and the window's fixed term is complete: O(1) per start,
+service start, first token and end, whatever the number of spans running, like
+``RunningShares``.
 """
 
 from __future__ import annotations
@@ -57,6 +64,9 @@ MIN_PHASE_S = 1e-3  # a phase shorter than this is folded into the other one
 # equal split (the model's own error: ``footprint bench batching`` measures its coverage)
 MODEL_SHARE = 0.5
 FLOOR_W = 1e-6  # predicted power of any span with tokens, on top of its work (W)
+# The server's step rate by its step time: the least share of a busy second left to
+# decoding by the prompts run beside it
+MIN_WORK_SHARE = 0.05
 PHASE = 2  # event kind: a span's first token (sorts after starts and ends at an instant)
 SERVE = 3  # event kind: a span's prefill begins (it waited in the queue before)
 
@@ -184,22 +194,26 @@ def placement(
     return _new_tuple(Placement, (serve_s, prefill, first_s, second)), own_step_s
 
 
-# (window, and within it: ∫ dt, ∫ dt/N_served, ∫ dt/N, ∫ k/N dt and ∫ k_bound/N dt of
-# the equal split while the weights are not known, k an interval's busy power)
+# (window, and within it: ∫ dt, ∫ r/N_served dt with r the server's step rate, ∫ dt/N,
+# ∫ k/N dt and ∫ k_bound/N dt of the equal split while the weights are not known, k an
+# interval's busy power)
 Snap = tuple[int, float, float, float, float, float]
 # A stretch of a span's life: its rates (None: no known tokens), from and to snapshots.
 Piece = tuple["Rates | None", Snap, Snap]
 
 
 _ORIGIN: Snap = (0, 0.0, 0.0, 0.0, 0.0, 0.0)
-# A span's stretches inside one window, summed before its first token and after it (six
+# A span's stretches inside one window, summed before its first token and after it (five
 # each): seconds with no known tokens, seconds with tokens (the floor), prefill rate × s,
-# decode rate × s, decode rate × context × s, and steps × ∫ dt/N_served. Its energy there
-# is the window's scale factors times these, whatever the number of stretches.
-_ACC = 6
-# Which of a snapshot's integrals each running total grows with (1: ∫ dt, 2: ∫ dt /
-# N_served, 3: ∫ dt/N, 4 and 5: the equal split's energy and bound).
-_BY = (1, 1, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 3, 4, 5, 4)
+# decode rate × s, decode rate × context × s. Its energy there is the window's scale
+# factors times these, whatever the number of stretches (its fixed term: ``fixed``).
+_ACC = 5
+# The running totals across windows (GPU-seconds per span, the equal split's energy and
+# bound where it applied, and had it applied throughout): which of a snapshot's
+# integrals each grows with (3: ∫ dt/N, 4 and 5: the equal split's energy and bound),
+# under which of a window's scale factors.
+_BY = (3, 4, 5, 4)
+_BY_COEF = (12, 13, 14, 15)
 
 
 class TokenSpan:
@@ -231,6 +245,13 @@ class TokenSpan:
         "ctx_c",  # its context as it grows, constant + y·t: for the step time's fit
         "ctx_y",
         "pace_w",  # how much its step rate counts in the server's (1 / its phase's s)
+        # Its fixed term in the window and phase it is in (``_settle``): its own steps
+        # there, and the server's over them (∫ r dt), and shared (∫ r/N_served dt) ...
+        "own_steps",
+        "server_steps",
+        "shared_steps",
+        "r_at",  # ... ∫ r dt of the window at its last edge
+        "fixed",  # its fixed term, settled: window, after its first token (1.0), steps, ...
     )
 
     def __init__(self, key: Hashable, start_s: float) -> None:
@@ -256,6 +277,8 @@ class TokenSpan:
         self.carried_until_s = -math.inf
         self.ramp_c = self.ramp_s = self.ctx_c = self.ctx_y = 0.0
         self.pace_w = 0.0
+        self.own_steps = self.server_steps = self.shared_steps = self.r_at = 0.0
+        self.fixed: list[float] | None = None
 
 
 Event = tuple[float, int, int, TokenSpan]
@@ -267,7 +290,7 @@ Event = tuple[float, int, int, TokenSpan]
 # named tuple): the tens of thousands of spans a window holds then cost none of its
 # passes. key, start_s, partial, estimated, weighed, its token counts and time to first
 # token (input -1: none), first, at, split_n, mid, pieces, acc_w (-1: no ``acc``),
-# first_token_s, carried, carried_until_s, then ``acc``'s sums.
+# first_token_s, carried, carried_until_s, fixed, then ``acc``'s sums.
 Ended = tuple  # (Any, ...): its fields are listed above
 _NO_ACC = (0.0,) * (2 * _ACC)
 _NO_TOKENS = (-1, 0, None)
@@ -292,16 +315,17 @@ def ended(span: TokenSpan, estimated: bool) -> Ended:
         span.first_token_s,
         span.carried,
         span.carried_until_s,
+        None if span.fixed is None else tuple(span.fixed),
         *(_NO_ACC if acc is None else acc),
     )
 
 
-# Per window, the running totals at its start and its scale factors, in the order: the
-# α, β, γ terms (per unit rate), the fixed term, the no-token term, the floor of the
-# spans with tokens; energy, then bound; then, unscaled, GPU-seconds per span and the
-# equal split's energy and bound per span.
+# Per window, its scale factors, in the order: the α, β, γ terms (per unit rate), the
+# fixed term (per step), the no-token term, the floor of the spans with tokens; energy,
+# then bound; then, unscaled, GPU-seconds per span and the equal split's energy and
+# bound per span (where it applied, and had it applied throughout: ``_BY_COEF``).
 _TERMS = 6
-_ZERO = (0.0,) * (2 * _TERMS + 4)
+_ZERO = (0.0,) * len(_BY)
 
 
 class IntervalTokens(NamedTuple):
@@ -326,14 +350,26 @@ class _Window:
     """A window's integrals, which do not depend on the weights: they are applied when
     it is shared out (at its close, or once the weights are known)."""
 
-    __slots__ = ("index", "raw", "sums", "busy_j", "bound_j", "ending", "intervals", "from_s")
+    __slots__ = (
+        "index",
+        "raw",
+        "sums",
+        "fixed_steps",
+        "busy_j",
+        "bound_j",
+        "ending",
+        "intervals",
+        "from_s",
+    )
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.raw = [0.0] * 5  # see ``Snap``
-        # ∫ steps/s, ∫ Σ prefill, decode, context rates; ∫ steps/s × served/N (the fixed
-        # term of the spans with tokens); span-seconds with tokens, served, without tokens
-        self.sums = [0.0] * 8
+        # See ``Snap``; last, ∫ r dt: the server's steps by its step rate
+        self.raw = [0.0] * 6
+        # ∫ steps/s, ∫ Σ prefill, decode, context rates; span-seconds with tokens,
+        # served, without tokens
+        self.sums = [0.0] * 7
+        self.fixed_steps = 0.0  # the spans' steps, each over the spans served (``_settle``)
         self.busy_j = 0.0  # what the window's intervals measured busy, and its bound
         self.bound_j = 0.0
         self.ending: list[Ended] = []  # spans that ended in it (``ended``)
@@ -372,8 +408,13 @@ class TokenShares:
         # The interval's busy J, its bound's and busy s: a segment of dt s gets dt/busy_s
         # of each (a fraction, never a power: J over a tiny busy time can overflow).
         self._busy_j = self._bound_j = self._busy_s = 0.0
+        # Per window, the running totals at its start (``_BY``) and its scale factors
         self._base: dict[int, tuple[float, ...]] = {0: _ZERO}
         self._coef: dict[int, tuple[float, ...]] = {}
+        # The server's step time (τF, τb, τc, τa: ``weights.StepTimes``; None: not known)
+        # and its last step rate: where each span's steps are placed in its phase
+        self.step_time: tuple[float, float, float, float] | None = None
+        self._rate = 1.0
         # The share of a span's token energy the weights' spread may move (its bound).
         self.relative_spread: Callable[[SpanTokens], float] = lambda _tokens: 0.0
 
@@ -384,74 +425,29 @@ class TokenShares:
         return (self.window, raw[0], raw[1], raw[2], raw[3], raw[4])
 
     def _energy(self, pieces: Sequence[Piece]) -> tuple[float, float]:
-        """(energy, bound) of ``pieces`` (their windows shared out): each running total
-        (``_base``, scaled by ``_coef``, grown with the snapshot's integral ``_BY``
-        names) at a stretch's end less at its start, times the span's rates. A stretch
-        inside one window (most) is its scale factors times its own integrals: the
-        running totals' difference without their rounding."""
-        base, coef = self._base, self._coef
+        """(energy, bound) of ``pieces`` (their windows shared out), each inside one
+        window (a window's close cuts the stretches of the spans running): its scale
+        factors times the span's rates and the stretch's seconds. Not the fixed term
+        (``fixed``)."""
+        coef = self._coef
         energy_j = bound_j = 0.0
         for rates, lo, hi in pieces:
-            w = lo[0]
-            if w == hi[0]:
-                c = coef[w]
-                dt = hi[1] - lo[1]
-                if rates is None:
-                    energy_j += c[4] * dt
-                    bound_j += c[10] * dt
-                    continue
-                x, y, z, steps = rates
-                per_s_j, per_s_bound_j = c[5], c[11]
-                if x:
-                    per_s_j += x * c[0]
-                    per_s_bound_j += x * c[6]
-                if y:
-                    per_s_j += y * c[1] + z * c[2]
-                    per_s_bound_j += y * c[7] + z * c[8]
-                energy_j += per_s_j * dt
-                bound_j += per_s_bound_j * dt
-                if steps:  # its share of the fixed term: its steps over the spans served
-                    df = hi[2] - lo[2]
-                    energy_j += steps * c[3] * df
-                    bound_j += steps * c[9] * df
+            c = coef[lo[0]]
+            dt = hi[1] - lo[1]
+            if rates is None:
+                energy_j += c[4] * dt
+                bound_j += c[10] * dt
                 continue
-            e, b = self._across(rates, lo, hi, base, coef)
-            energy_j += e
-            bound_j += b
-        return energy_j, bound_j
-
-    @staticmethod
-    def _across(
-        rates: Rates | None,
-        lo: Snap,
-        hi: Snap,
-        base: dict[int, tuple[float, ...]],
-        coef: dict[int, tuple[float, ...]],
-    ) -> tuple[float, float]:
-        """(energy, bound) of a stretch across windows: the running totals at its end
-        less at its start."""
-        b0, c0, b1, c1 = base[lo[0]], coef[lo[0]], base[hi[0]], coef[hi[0]]
-        t0, t1 = lo[1], hi[1]
-        if rates is None:
-            return (
-                b1[4] + c1[4] * t1 - b0[4] - c0[4] * t0,
-                b1[10] + c1[10] * t1 - b0[10] - c0[10] * t0,
-            )
-        energy_j = b1[5] + c1[5] * t1 - b0[5] - c0[5] * t0
-        bound_j = b1[11] + c1[11] * t1 - b0[11] - c0[11] * t0
-        x, y, z, steps = rates
-        if steps:  # its share of the fixed term: its steps over the spans served
-            f0, f1 = lo[2], hi[2]
-            energy_j += steps * (b1[3] + c1[3] * f1 - b0[3] - c0[3] * f0)
-            bound_j += steps * (b1[9] + c1[9] * f1 - b0[9] - c0[9] * f0)
-        if x:
-            energy_j += x * (b1[0] + c1[0] * t1 - b0[0] - c0[0] * t0)
-            bound_j += x * (b1[6] + c1[6] * t1 - b0[6] - c0[6] * t0)
-        if y:
-            energy_j += y * (b1[1] + c1[1] * t1 - b0[1] - c0[1] * t0)
-            energy_j += z * (b1[2] + c1[2] * t1 - b0[2] - c0[2] * t0)
-            bound_j += y * (b1[7] + c1[7] * t1 - b0[7] - c0[7] * t0)
-            bound_j += z * (b1[8] + c1[8] * t1 - b0[8] - c0[8] * t0)
+            x, y, z, _ = rates
+            per_s_j, per_s_bound_j = c[5], c[11]
+            if x:
+                per_s_j += x * c[0]
+                per_s_bound_j += x * c[6]
+            if y:
+                per_s_j += y * c[1] + z * c[2]
+                per_s_bound_j += y * c[7] + z * c[8]
+            energy_j += per_s_j * dt
+            bound_j += per_s_bound_j * dt
         return energy_j, bound_j
 
     def _equal(self, lo: Snap, hi: Snap) -> tuple[float, float, float, float]:
@@ -466,10 +462,10 @@ class TokenShares:
         base = self._base
         b0, c0, b1, c1 = base[w], coef[w], base[hi[0]], coef[hi[0]]
         return (
-            b1[12] + c1[12] * hi[3] - b0[12] - c0[12] * lo[3],
-            b1[13] + c1[13] * hi[4] - b0[13] - c0[13] * lo[4],
-            b1[14] + c1[14] * hi[5] - b0[14] - c0[14] * lo[5],
-            b1[15] + c1[15] * hi[4] - b0[15] - c0[15] * lo[4],
+            b1[0] + c1[12] * hi[3] - b0[0] - c0[12] * lo[3],
+            b1[1] + c1[13] * hi[4] - b0[1] - c0[13] * lo[4],
+            b1[2] + c1[14] * hi[5] - b0[2] - c0[14] * lo[5],
+            b1[3] + c1[15] * hi[4] - b0[3] - c0[15] * lo[4],
         )
 
     def _share(self, span: Ended, partial: bool, estimated: bool = False) -> SpanShare:
@@ -477,7 +473,8 @@ class TokenShares:
         part of it before its first token."""
         (_, start_s, _, _, weighed, input_tokens, output_tokens, ttft_s) = span[:8]
         (first, last, split_n, mid, pieces, acc_w, first_s, carried, carried_until_s) = span[8:17]
-        acc = span[17:] if acc_w >= 0 else None
+        fixed = span[17]
+        acc = span[18:] if acc_w >= 0 else None
         before_j = bound_j = after_j = 0.0
         if pieces is not None:
             if split_n < 0:
@@ -486,6 +483,16 @@ class TokenShares:
                 before_j, bound_j = self._energy(pieces[:split_n])
                 after_j, after_bound_j = self._energy(pieces[split_n:])
                 bound_j += after_bound_j
+        if fixed is not None:  # its share of each step's fixed energy
+            coef = self._coef
+            for i in range(0, len(fixed), 3):
+                w, after, steps = fixed[i], fixed[i + 1], fixed[i + 2]
+                c = coef[w]
+                bound_j += c[9] * steps
+                if after:
+                    after_j += c[3] * steps
+                else:
+                    before_j += c[3] * steps
         if acc is not None:  # (its half after the first token is 0 before one)
             energy_j, acc_bound_j, more_j, more_bound_j = _scaled(self._coef[acc_w], acc)
             before_j += energy_j
@@ -497,7 +504,7 @@ class TokenShares:
             spread = self.relative_spread(tokens)
             bound_j += (before_j + after_j) * spread
         gpu_s = 0.0
-        stretched = acc is not None or pieces is not None
+        stretched = acc is not None or pieces is not None or fixed is not None
         if stretched:  # per span over its life: GPU-seconds, and the equal split's
             if mid is None:
                 mid = last
@@ -528,35 +535,40 @@ class TokenShares:
         return share
 
     def _close_piece(self, span: TokenSpan) -> None:
-        """The stretch since its last edge ends: summed into ``acc`` where it lies inside
-        one window (``acc``'s), kept as a piece where it does not."""
+        """The stretch since its last edge ends (inside the open window: a window's close
+        cuts the stretches of the spans running): summed into ``acc`` where it is
+        ``acc``'s window, kept as a piece where it is a later one; while it is served,
+        its steps and the server's over them grow its fixed term (``_settle``)."""
         raw = self._win.raw
         window = self.window
         t, f = raw[0], raw[1]
         now = (window, t, f, raw[2], raw[3], raw[4])
         at = span.at
+        rates = span.rates
+        if span.weighed and rates[3]:
+            span.own_steps += rates[3] * (t - at[1])
+            span.server_steps += raw[5] - span.r_at
+            span.shared_steps += f - at[2]
+        span.r_at = raw[5]
         acc = span.acc
-        if at[0] == window and (acc is None or span.acc_w == window):
+        if acc is None or span.acc_w == window:
             if acc is None:
                 acc = span.acc = [0.0] * (2 * _ACC)
                 span.acc_w = window
             half = 0 if span.split_n < 0 else _ACC
             dt = t - at[1]
-            rates = span.rates
             if not span.weighed:
                 acc[half] += dt
             elif rates is _NONE:  # waiting in the queue: its floor only
                 acc[half + 1] += dt
             else:
-                x, y, z, steps = rates
+                x, y, z, _ = rates
                 acc[half + 1] += dt
                 if x:
                     acc[half + 2] += x * dt
                 if y:
                     acc[half + 3] += y * dt
                     acc[half + 4] += z * dt
-                if steps:
-                    acc[half + 5] += steps * (f - at[2])
         else:
             piece = (span.rates if span.weighed else None, at, now)
             if span.pieces is None:
@@ -564,6 +576,26 @@ class TokenShares:
             else:
                 span.pieces.append(piece)
         span.at = now
+
+    def _settle(self, span: TokenSpan) -> None:
+        """Its fixed term in the open window, for the phase it is in (before its first
+        token or after it), is settled: its own steps there (exact, but spread evenly
+        over the phase by its mean rate), placed in time as the server's steps were
+        (its step rate ``r``), each with an equal share of that step's fixed energy
+        (``∫ r/N_served dt`` over its steps: the Shapley value), i.e. its steps times
+        the mean of ``1/N_served`` over the server's steps while it was served, not
+        over time (a batch that grew slowed its steps)."""
+        own, server = span.own_steps, span.server_steps
+        if own > 0.0 and server > 0.0:
+            steps = own / server * span.shared_steps
+            self._win.fixed_steps += steps
+            # flat: a tuple of numbers is one the garbage collector stops tracking
+            entry = (self.window, 1.0 if span.split_n >= 0 else 0.0, steps)
+            if span.fixed is None:
+                span.fixed = list(entry)
+            else:
+                span.fixed.extend(entry)
+        span.own_steps = span.server_steps = span.shared_steps = 0.0
 
     def _set_rates(self, span: TokenSpan, rates: Rates) -> None:
         x, y, z, steps = rates
@@ -629,9 +661,10 @@ class TokenShares:
         the snapshots read ``raw``, which grows in place."""
         win = self._win
         raw = win.raw
-        w0, w1, w2, w3, w4, w5, w6, w7 = win.sums
+        w0, w1, w2, w3, w5, w6, w7 = win.sums
         h0 = h1 = h2 = h3 = h4 = h5 = h6 = h7 = 0.0
         busy_s, busy_j, bound_j = self._busy_s, self._busy_j, self._bound_j
+        tau = self.step_time
         start, end, serve, first_token = self._start, self._end, self._serve, self._first_token
         spans = self.spans
         cursor = t0
@@ -662,23 +695,37 @@ class TokenShares:
                 w1 += prefill
                 w2 += decode
                 w3 += s2 * dt
-                if served:
-                    raw[1] += dt / served
-                    w4 += s3 * dt / served
                 w5 += known * dt
                 w6 += serving * dt
                 w7 += unknown_s
                 pace_w, pace = self.pace
-                h0 += pace_w * dt / pace if pace > 0.0 else steps
+                local = pace_w / pace if pace > 0.0 else steps / dt
+                h0 += local * dt
                 h1 += prefill
                 h2 += decode
                 ramp, slope = self.ramp
+                contexts = 0.0
                 if slope:  # each decoded token read against its context so far
                     mid_s = cursor + dt / 2 - self._origin_s  # type: ignore[operator]
                     h3 += (ramp + slope * mid_s) * dt
                     c0, c1 = self.contexts
+                    contexts = c0 + c1 * mid_s
                     h5 += self.decoders * dt
-                    h6 += (c0 + c1 * mid_s) * dt
+                    h6 += contexts * dt
+                if serving:  # the server's step rate: by its step time, else the spans'
+                    if tau is not None:
+                        work = 1.0 - tau[3] * s0
+                        rate = (work if work > MIN_WORK_SHARE else MIN_WORK_SHARE) / (
+                            tau[0] + tau[1] * self.decoders + tau[2] * contexts
+                        )
+                    else:
+                        rate = local
+                    self._rate = rate
+                else:
+                    rate = self._rate
+                raw[5] += rate * dt
+                if served:
+                    raw[1] += rate * dt / served
                 h4 += unknown_s
                 h7 += known * dt
             cursor = t
@@ -691,15 +738,12 @@ class TokenShares:
                     serve(span)
                 else:
                     first_token(span)
-        win.sums = [w0, w1, w2, w3, w4, w5, w6, w7]
+        win.sums = [w0, w1, w2, w3, w5, w6, w7]
         return h0, h1, h2, h3, h4, h5, h6, h7
 
     def _close(self, done: dict[Hashable, SpanShare], now_s: float) -> None:
         """The open window closes: shared out now, or held for the weights."""
-        win = self._win
-        self._held.append(win)
-        self.window = win.index + 1
-        self._win = _Window(self.window)
+        self._next_window()
         held_s = now_s - self._held[0].from_s
         if self._theta is not None or held_s >= self.hold_s or not self.hold_s:
             self.share_out(done)
@@ -709,10 +753,25 @@ class TokenShares:
         (split equally where the weights are not known yet); the spans that ended in
         them go to ``done``."""
         if self._win.from_s == self._win.from_s or self._win.ending:
-            self._held.append(self._win)
-            self.window += 1
-            self._win = _Window(self.window)
+            self._next_window()
         self.share_out(done)
+
+    def _next_window(self) -> None:
+        """The open window is held and the next one opens. The stretches of the spans
+        running are cut at the edge, and their fixed terms in it settled: a window's
+        factors then cover all its spans' work (energy stays conserved), and each
+        stretch lies inside one window."""
+        running = [span for span in self.spans.values() if span.started]
+        for span in running:
+            self._close_piece(span)
+            self._settle(span)
+        self._held.append(self._win)
+        self.window += 1
+        self._win = _Window(self.window)
+        edge = (self.window, 0.0, 0.0, 0.0, 0.0, 0.0)
+        for span in running:
+            span.at = edge
+            span.r_at = 0.0
 
     def share_out(self, done: dict[Hashable, SpanShare]) -> None:
         """Share out the windows held, in order, under the weights last seen (the
@@ -734,7 +793,7 @@ class TokenShares:
         """Window ``win``'s scale factors under ``theta``, then the spans that ended in it."""
         w = win.index
         sums = win.sums
-        known_s, served_s, unweighed_s = sums[5], sums[6], sums[7]
+        known_s, served_s, unweighed_s = sums[4], sums[5], sums[6]
         # Split equally, instant by instant: with no weights, or no span with tokens.
         equal = theta is None or not known_s
         if equal:
@@ -745,7 +804,7 @@ class TokenShares:
             assert theta is not None
             f_j, alpha, beta, gamma = theta
             weighed_j = (
-                f_j * sums[4]
+                f_j * win.fixed_steps
                 + alpha * sums[1]
                 + beta * sums[2]
                 + gamma * sums[3]
@@ -764,7 +823,7 @@ class TokenShares:
                 alpha if sums[1] else 0.0,
                 beta if sums[2] else 0.0,
                 gamma if sums[3] else 0.0,
-                f_j if sums[4] else 0.0,
+                f_j if win.fixed_steps else 0.0,
                 unweighed_w if unweighed_s else 0.0,
                 FLOOR_W,
             )
@@ -794,6 +853,7 @@ class TokenShares:
     def _start(self, span: TokenSpan) -> None:
         raw = self._win.raw
         span.at = span.first = (self.window, raw[0], raw[1], raw[2], raw[3], raw[4])
+        span.r_at = raw[5]
         span.started = True
         self.active += 1
         placed = span.placed
@@ -839,6 +899,7 @@ class TokenShares:
     def _first_token(self, span: TokenSpan) -> None:
         """Its first token: the decode phase from here."""
         self._close_piece(span)
+        self._settle(span)
         span.split_n = len(span.pieces) if span.pieces is not None else 0
         span.mid = span.at
         placed = span.placed
@@ -851,6 +912,7 @@ class TokenShares:
 
     def _end(self, span: TokenSpan, estimated_before_s: float) -> None:
         self._close_piece(span)
+        self._settle(span)
         self._leave(span)
         del self.spans[span.key]
         self._win.ending.append(ended(span, span.start_s < estimated_before_s))
@@ -927,6 +989,7 @@ class TokenShares:
         for span in spans:
             if span.started:
                 self._close_piece(span)
+                self._settle(span)
             self._leave(span)
             del self.spans[span.key]
             span.partial = True
@@ -944,7 +1007,7 @@ def _scaled(co: tuple[float, ...], acc: Sequence[float]) -> tuple[float, float, 
 def _scaled_half(co: tuple[float, ...], sums: Sequence[float]) -> tuple[float, float]:
     """(energy, bound) of one half of ``acc`` (``_ACC`` sums); a sum that is 0 adds
     nothing, whatever its factor."""
-    unweighed_s, floor_s, prefill, decode, context, steps = sums
+    unweighed_s, floor_s, prefill, decode, context = sums
     energy_j = bound_j = 0.0
     if unweighed_s:
         energy_j += co[4] * unweighed_s
@@ -958,9 +1021,6 @@ def _scaled_half(co: tuple[float, ...], sums: Sequence[float]) -> tuple[float, f
     if decode:
         energy_j += co[1] * decode + co[2] * context
         bound_j += co[7] * decode + co[8] * context
-    if steps:
-        energy_j += co[3] * steps
-        bound_j += co[9] * steps
     return energy_j, bound_j
 
 
@@ -977,4 +1037,6 @@ def _advance(
 ) -> tuple[float, ...]:
     """The running totals ``base`` moved on by a window's raw integrals ``raw`` (as in
     ``Snap``, less its window) under its scale factors ``co``."""
-    return tuple(base[i] + co[i] * raw[by - 1] for i, by in enumerate(_BY))
+    return tuple(
+        base[i] + co[c] * raw[by - 1] for i, (by, c) in enumerate(zip(_BY, _BY_COEF, strict=True))
+    )

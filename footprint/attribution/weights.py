@@ -629,6 +629,12 @@ class TokenWeights:
         return self.tentative if self.tentative is not None else self.prior
 
     @property
+    def step_time(self) -> tuple[float, float, float, float] | None:
+        """The server's step time (τF, τb, τc, τa: ``StepTimes``) where the spans' step
+        times follow it; else None: where the shares place each span's steps."""
+        return self.step_times.usable_tau
+
+    @property
     def prefill_s_per_token(self) -> float:
         """How long the server takes per prompt token (s; 0 where not known): where a
         span's prompt is placed (``tokens.placement``)."""
