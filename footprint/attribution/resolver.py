@@ -46,6 +46,12 @@ RULES = ("auto", "tokens", "equal")
 # spans still running are charged for that interval as spans with no tokens.
 MAX_TOKEN_WAIT_S = 600.0
 
+# The default rule holds a window that filled up (a busy server's) for the weights this
+# long (s of intervals), not ``tokens.HOLD_S``: its records wait less. A window that
+# closed at a moment with no call running is not held (its few calls are shared alike
+# by any weights).
+AUTO_HOLD_S = 240.0
+
 
 class DeviceResolver:
     """Streaming resolver for one device.
@@ -216,10 +222,11 @@ class DeviceResolver:
         shares = TokenShares()
         shares.relative_spread = self.weights.relative_spread
         if self.rule == "auto":
-            # The default rule holds no window for the weights: a record waits for its
-            # window only, shared by the last fit (or the step time, or split equally)
-            # until the weights settle.
-            shares.hold_s = 0.0
+            # The default rule holds only full windows, and not as long: until the
+            # weights settle, the others are shared by the last fit (or the step time,
+            # or split equally).
+            shares.hold_s = AUTO_HOLD_S
+            shares.hold_full_only = True
         return shares
 
     def _switch_to_tokens(self) -> None:

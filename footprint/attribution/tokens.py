@@ -398,6 +398,7 @@ class TokenShares:
         self.unweighed_w = 1.0  # the last window's power per span with no tokens
         self.equal_intervals = 0  # busy intervals that were split equally
         self.hold_s = HOLD_S
+        self.hold_full_only = False  # hold only windows closed full (``WINDOW_S``)
         self.window = 0
         self._win = _Window(0)
         self._held: list[_Window] = []  # closed, waiting for the weights
@@ -644,6 +645,8 @@ class TokenShares:
         win.intervals += busy_s > 0
         if self.active == 0 or win.raw[0] >= WINDOW_S:
             self._close(done, t1)
+        elif self._held and t1 - self._held[0].from_s >= self.hold_s:
+            self.share_out(done)  # held as long as they may be
         return IntervalTokens(busy_s, *held)
 
     def _sweep_events(
@@ -745,7 +748,11 @@ class TokenShares:
         """The open window closes: shared out now, or held for the weights."""
         self._next_window()
         held_s = now_s - self._held[0].from_s
-        if self._theta is not None or held_s >= self.hold_s or not self.hold_s:
+        if (
+            self._theta is not None
+            or held_s >= self.hold_s
+            or (self.hold_full_only and not any(win.raw[0] >= WINDOW_S for win in self._held))
+        ):
             self.share_out(done)
 
     def close_window(self, done: dict[Hashable, SpanShare]) -> None:
