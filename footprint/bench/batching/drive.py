@@ -51,8 +51,9 @@ class Rule:
 RULES = (
     Rule("equal", {"attribution": "equal"}),  # equal split of each instant's busy energy
     Rule("tokens", {"attribution": "tokens"}),  # by token work, weights learned online
-    # the default: by token work, no window held for the weights (shared by the last
-    # fit, or the step time, or split equally, until they settle)
+    # the default: by token work from the first call with counts; only full windows
+    # wait for the weights, up to 240 s (then the last fit, or the step time, or split
+    # equally, until they settle)
     Rule("auto", {"attribution": "auto"}),
 )
 
