@@ -336,6 +336,28 @@ def test_auto_is_bit_identical_to_equal_until_a_span_has_tokens():
     assert switched.by_tokens
 
 
+def test_auto_waits_for_the_first_span_to_end_before_it_hands_an_interval_out():
+    """Until a span ends, ``auto`` cannot know which rule its calls want: the intervals
+    after the first start wait (up to ``max_wait_s``), and a flush does not."""
+    for max_wait_s, until_s, waited_to_s in ((600.0, 6.0, 1.0), (2.0, 6.0, 4.0)):
+        resolver = DeviceResolver(rule="auto", max_wait_s=max_wait_s)
+        resolver.add_samples(SAMPLES)
+        resolver.begin("a", 1.0)
+        resolver.begin("b", 1.5)
+        assert resolver.resolve(until_s=until_s) == {}
+        assert resolver.resolved_until_s == pytest.approx(waited_to_s, abs=0.1)
+    resolver.resolve(until_s=6.0, drain_all=True)
+    assert resolver.resolved_until_s == pytest.approx(6.0)
+    resolver = DeviceResolver(rule="auto")
+    resolver.add_samples(SAMPLES)
+    resolver.begin("a", 1.0)
+    resolver.begin("b", 1.5)
+    resolver.end("b", 3.0, None)  # the first to end tells no counts: the equal split
+    resolver.resolve(until_s=6.0)
+    assert resolver.resolved_until_s == pytest.approx(5.9, abs=0.1)
+    assert not resolver.by_tokens
+
+
 def test_intervals_wait_for_the_tokens_of_the_spans_running_in_them_up_to_a_limit():
     """A call still running holds back the intervals after its start (its tokens come
     with its end); past ``max_wait_s`` they are handed out, the running call charged as
@@ -533,6 +555,36 @@ def test_the_default_rule_holds_a_busy_servers_first_windows_for_the_weights_not
     ):
         shares = _resolved_by(rule, calls, samples, now_s)
         assert all(c.key in shares for c in early) == resolved, (rule, now_s)
+
+
+def test_a_call_running_when_the_default_rule_switches_runs_at_its_own_rates_once_known():
+    """The first call to end tells no counts, so ``auto`` splits equally; a later one
+    ends with counts and it switches to the token rule while a light call runs beside
+    heavy ones. Charged as a call without counts (the others' mean) for the rest of its
+    life, the light call got +98 %; at its own rates once its counts are known, -2 %."""
+    calls = [
+        Call("c", 3.0, 3.5, 200, 20, 0.1),  # ends first, tells no counts
+        Call("b", 3.6, 10.0, 50, 150, 0.1),  # running at the switch
+        Call("a", 3.7, 4.5, 8000, 10, 0.3),  # ends with counts: the switch
+        Call("d", 4.6, 9.9, 6000, 150, 0.2),  # beside b after the switch
+    ]
+    samples = serve(calls, TRUE_THETA, idle_w=0.0, end_s=12.0)
+    resolver = DeviceResolver(rule="auto")
+    resolver.weights = _trained()
+    for call in calls:
+        resolver.begin(call.key, call.start_s)
+    resolver.add_samples(samples)
+    shares = {}
+    for call in sorted(calls, key=lambda c: c.end_s):
+        told = None if call.key == "c" else SpanTokens(call.n_in, call.n_out, call.ttft_s)
+        resolver.end(call.key, call.end_s, told)
+        assert resolver.by_tokens is (call.key != "c")
+        shares.update(resolver.resolve(until_s=call.end_s + 0.3))
+    shares.update(resolver.resolve(final=True))
+    light = calls[1]
+    assert shares["b"].energy_j == pytest.approx(light.truth_j, rel=0.05)
+    books = _books(resolver, shares)
+    assert books[0] + books[1] == pytest.approx(books[2], rel=1e-9)
 
 
 def test_a_window_is_held_no_longer_than_the_hold_while_the_next_one_fills():

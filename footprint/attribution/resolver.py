@@ -96,6 +96,7 @@ class DeviceResolver:
         self._new_events: list[Event] = []
         self._seq = 0
         self._step_s: float | None = None  # the server's last step time seen (token rule)
+        self._span_ended = False  # whether a span has ended (``auto``: the rule is decided)
         self.estimator = estimator or IdlePowerEstimator(part_time=bool(counter_window_s))
         self.first_sample_s: float | None = None
         self.resolved_until_s: float | None = None
@@ -180,6 +181,7 @@ class DeviceResolver:
         span = self._shares.spans.get(key)
         if span is None or span.end_s != math.inf:
             return
+        self._span_ended = True
         if tokens is not None and self.rule == "auto" and not self.by_tokens:
             self._switch_to_tokens()
             span = self._shares.spans[key]
@@ -272,6 +274,21 @@ class DeviceResolver:
             return until_s - self.max_wait_s
         return min(start_s, until_s)
 
+    def _undecided_horizon_s(self, until_s: float) -> float:
+        """``auto`` before any span ended: where intervals stop waiting to learn which
+        rule shares them. The first span to end says (with token counts: the token rule
+        from the start; without, the equal split), so the calls running then are not
+        split equally until the switch (a light call that ran beside heavy ones for a
+        minute got 8× its energy). No record waits for it: none is complete before a
+        span ends."""
+        starts = [span.start_s for span in self._shares.spans.values()]
+        if not starts:
+            return until_s
+        start_s = min(starts)
+        if start_s < until_s - self.max_wait_s:
+            return until_s - self.max_wait_s
+        return min(start_s, until_s)
+
     @property
     def open_spans(self) -> int:
         return len(self._shares.spans)
@@ -293,6 +310,8 @@ class DeviceResolver:
         self._merge_new_events()
         if self.by_tokens and not (drain_all or final):
             until_s = self._token_horizon_s(until_s)
+        elif self.rule == "auto" and not self._span_ended and not (drain_all or final):
+            until_s = self._undecided_horizon_s(until_s)
         last = len(self._samples) - (1 if drain_all or final else 2)
         lookahead: list[Interval] | None = None
         lookahead_from = 0
