@@ -36,8 +36,9 @@ each short interval by it would charge a call's own prompt against itself; over 
 window the prediction holds, and a call alone in its window still gets exactly what the
 counter measured. The shares of a window sum to its busy energy, so energy stays
 conserved exactly. While the weights are not known yet, closed windows are held (up to
-``HOLD_S`` s) so that they are shared by the first fitted weights; past that they are
-split equally.
+``hold_s``: ``HOLD_S`` s, or the default rule's shorter hold of full windows only) so
+that they are shared by the first settled weights; past that by the last fit
+(``fallback``), or split equally where there is none.
 
 Each phase's rates are constant, so a span's share is its rates times differences of
 running integrals (time, ``∫ dt/N``) between its edges, and its steps in each window and
