@@ -98,6 +98,18 @@ def span_tokens(input_tokens: object, output_tokens: object, ttft_s: object) -> 
     return SpanTokens(n_in or 0, n_out or 0, None if ttft is None or ttft < 0 else float(ttft))
 
 
+def step_rate(
+    tau: Sequence[float], prefill_per_s: float, decoders: float, contexts: float
+) -> float:
+    """The server's steps per second by its step time ``tau`` (τF, τb, τc, τa) with
+    ``decoders`` spans decoding, their contexts summing to ``contexts`` tokens, and
+    ``prefill_per_s`` prompt tokens a second sharing the steps."""
+    work = 1.0 - tau[3] * prefill_per_s
+    return (work if work > MIN_WORK_SHARE else MIN_WORK_SHARE) / (
+        tau[0] + tau[1] * decoders + tau[2] * contexts
+    )
+
+
 def context_of(tokens: SpanTokens) -> float:
     """The mean context a decoded token is read against: the prompt and half the answer."""
     return tokens.input_tokens + tokens.output_tokens / 2.0
@@ -645,8 +657,8 @@ class TokenShares:
         win.bound_j += bound_j
         win.intervals += busy_s > 0
         if self.active == 0 or win.raw[0] >= WINDOW_S:
-            self._close(done, t1)
-        elif self._held and t1 - self._held[0].from_s >= self.hold_s:
+            self._close(done)
+        if self._held and t1 - self._held[0].from_s >= self.hold_s:
             self.share_out(done)  # held as long as they may be
         return IntervalTokens(busy_s, *held)
 
@@ -717,7 +729,7 @@ class TokenShares:
                     h5 += self.decoders * dt
                     h6 += contexts * dt
                 if serving:  # the server's step rate: by its step time, else the spans'
-                    if tau is not None:
+                    if tau is not None:  # ``step_rate``, inline: the hot path
                         work = 1.0 - tau[3] * s0
                         rate = (work if work > MIN_WORK_SHARE else MIN_WORK_SHARE) / (
                             tau[0] + tau[1] * self.decoders + tau[2] * contexts
@@ -745,14 +757,12 @@ class TokenShares:
         win.sums = [w0, w1, w2, w3, w5, w6, w7]
         return h0, h1, h2, h3, h4, h5, h6, h7
 
-    def _close(self, done: dict[Hashable, SpanShare], now_s: float) -> None:
-        """The open window closes: shared out now, or held for the weights."""
+    def _close(self, done: dict[Hashable, SpanShare]) -> None:
+        """The open window closes: shared out now, or held for the weights (``sweep``
+        shares the held windows out once their hold is over)."""
         self._next_window()
-        held_s = now_s - self._held[0].from_s
-        if (
-            self._theta is not None
-            or held_s >= self.hold_s
-            or (self.hold_full_only and not any(win.raw[0] >= WINDOW_S for win in self._held))
+        if self._theta is not None or (
+            self.hold_full_only and not any(win.raw[0] >= WINDOW_S for win in self._held)
         ):
             self.share_out(done)
 

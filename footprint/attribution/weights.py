@@ -34,7 +34,13 @@ from collections import deque
 from collections.abc import Sequence
 from itertools import combinations
 
-from footprint.attribution.tokens import IntervalTokens, SpanTokens, Theta, context_of
+from footprint.attribution.tokens import (
+    IntervalTokens,
+    SpanTokens,
+    Theta,
+    context_of,
+    step_rate,
+)
 
 BLOCK_S = 2.0  # busy seconds per block of intervals
 SPAN_BLOCKS = 4  # each fitted row sums this many consecutive blocks (overlapping rows)
@@ -72,7 +78,6 @@ STEP_MISFIT = 0.15  # the most misfit (root mean square share) of a step time to
 # smaller term (``_moved``)
 MOVED_FLOOR = 0.1
 MIN_DECODE_S = 0.05  # a shorter decode phase says too little about its steps
-MIN_WORK_SHARE = 0.05  # the least share of a busy second left to decoding by the prefill
 HISTORY_BLOCKS = 2_000  # the most blocks kept to count the rows again by a new step time
 MAX_PENDING = 10_000  # spans waiting for the intervals up to their end
 # The spans kept to learn again after a far move: by the oldest, what they taught is
@@ -207,8 +212,7 @@ def _step_count(
     """The server's steps in ``busy_s`` busy seconds by the step time ``tau`` (τF, τb,
     τc, τa), with ``prefill`` prompt tokens sharing them and ``decoders_s`` decoders'
     and ``contexts_s`` contexts' seconds (per step: their means over the busy time)."""
-    work_s = max(busy_s - tau[3] * prefill, MIN_WORK_SHARE * busy_s)
-    return work_s / (tau[0] + (tau[1] * decoders_s + tau[2] * contexts_s) / busy_s)
+    return busy_s * step_rate(tau, prefill / busy_s, decoders_s / busy_s, contexts_s / busy_s)
 
 
 def _counted(
