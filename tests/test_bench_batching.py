@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import replace
 
 import jsonschema
@@ -13,13 +14,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from footprint._clock import ManualClock
 from footprint.bench.batching.calibration import check
-from footprint.bench.batching.drive import load_gpus
+from footprint.bench.batching.counters import counters
+from footprint.bench.batching.drive import REGION, RULES, load_gpus
 from footprint.bench.batching.engine import Engine, Request
 from footprint.bench.batching.measure import run, run_scenario
 from footprint.bench.batching.traffic import SCENARIOS
 from footprint.cli import main
+from footprint.config import Settings
 from footprint.demo.costs import COSTS, StepCosts
+from footprint.runtime.local import Runtime
+from footprint.sensors.nvml import NvmlSensor
 from footprint.sensors.simulated import SimulatedGpu, SimulatedGpuSpec
 
 MODELS = sorted(COSTS)
@@ -165,6 +171,57 @@ def test_the_token_rule_reports_its_learned_weights_against_the_cost_model_and_i
     assert auto["per_request_error_pct"]["p95"] < equal["per_request_error_pct"]["p95"] / 10
 
 
+def test_the_nvml_paths_read_the_engines_power_through_footprints_nvml_sensor(tmp_path):
+    """``--path nvml-part-time``: the runtime opens its real ``NvmlSensor`` over a fake
+    ``pynvml`` for the run (told the counter's 25 ms window), whose counter counts the
+    load the engine puts on the GPUs; the module imported before is back after it."""
+    costs = COSTS["llama-3.1-70b"]
+    before = sys.modules.get("pynvml")
+    clock = ManualClock(monotonic_s=1000.0)
+    with counters("nvml-part-time", costs, clock, seed=3) as gpus:
+        assert sys.modules["pynvml"] is not before
+        settings = replace(
+            Settings(db=str(tmp_path / "n.db"), cpu=False, region=REGION), **gpus.settings
+        )
+        runtime = Runtime(settings, clock)
+        try:
+            assert isinstance(runtime.gpu_sensor, NvmlSensor)
+            assert len(runtime.gpu_sensor.devices) == costs.gpus
+            loads = gpus.loads(runtime)
+            for load in loads:
+                load.add_step(1001.0, 0.5)  # half the dynamic range from 1 s on
+            first = runtime.gpu_sensor.read_energy_j()
+            clock.advance(10.0)
+            last = runtime.gpu_sensor.read_energy_j()
+            read_j = sum(b - a for a, b in zip(first, last, strict=True))  # type: ignore[operator]
+            true_j = gpus.true_energy_j(runtime, 1000.0, 1010.0)
+            expected_w = costs.gpus * (costs.idle_w + 0.5 * (costs.cap_w - costs.idle_w))
+            assert true_j == pytest.approx(costs.gpus * costs.idle_w + 9 * expected_w, rel=1e-9)
+            # a counter read between its 100 ms ticks: within a tick of each end
+            assert read_j == pytest.approx(true_j, abs=0.2 * expected_w)
+        finally:
+            runtime.shutdown()
+    assert sys.modules.get("pynvml") is before
+    with pytest.raises(ValueError, match="unknown path 'rocm'"), counters("rocm", costs, clock, 3):
+        pass
+
+
+def test_the_token_rule_splits_by_the_work_on_the_nvml_path_too():
+    """The same served traffic read through the NVML sensor, its counter seeing 25 ms of
+    each 100 ms in whole mJ: the token rule's records are each request's own energy as
+    on the simulated sensor (the equal split's light-call overcharge is there too)."""
+    scenario = next(s for s in SCENARIOS if s.name == "two-kinds/llama-3.1-8b")
+    rules = [rule for rule in RULES if rule.name in ("equal", "tokens")]
+    result = run_scenario(scenario, requests=600, seed=1, rules=rules, path="nvml-part-time")
+    tokens, equal = result["rules"]["tokens"], result["rules"]["equal"]
+    assert tokens["records"] == 600 and tokens["missing"] == 0
+    assert abs(tokens["total_error_pct"]) < 1.0
+    assert tokens["per_request_error_pct"]["p95"] <= 5.0
+    assert all(abs(v) < 3.0 for v in tokens["signed_mean_error_pct"].values())
+    assert tokens["bound_coverage_pct"] >= 95.0
+    assert equal["signed_mean_error_pct"]["light"] > 50.0
+
+
 _FIGURES = {
     "type": "object",
     "required": [
@@ -289,6 +346,14 @@ def test_same_seed_same_figures():
                 figures.pop("runtime_us_per_span")
                 figures.pop("cycles_us_per_span")
     assert a == b
+
+
+def test_unknown_path_exits_2_with_one_line(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "batching", "--path", "rocm", "--requests", "10"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown path 'rocm'" in err and err.count("\n") == 1
 
 
 def test_unknown_scenario_exits_2_with_one_line(capsys):

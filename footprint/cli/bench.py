@@ -252,19 +252,34 @@ def bench_batching(
             min=1, max=100, help="Run under this many seeds (from --seed) and sum up each p95."
         ),
     ] = 1,
+    path: Annotated[
+        str,
+        typer.Option(
+            "--path",
+            help="How the GPUs are read: simulated, nvml or nvml-part-time (a fake pynvml).",
+        ),
+    ] = "simulated",
 ) -> None:
     """Attribution on a continuously batching model server against each request's true
     energy: a step-by-step engine calibrated on published H100 measurements, run
     through the real runtime under each attribution rule."""
+    from footprint.bench.batching.counters import PATHS
     from footprint.bench.batching.measure import run
     from footprint.bench.batching.traffic import SCENARIOS
 
+    if path not in PATHS:
+        raise InputError(f"unknown path {path!r}; known: {', '.join(PATHS)}")
     known = [s.name for s in SCENARIOS]
     for name in scenario or []:
         if name not in known:
             raise InputError(f"unknown scenario {name!r}; known: {', '.join(known)}")
     result = run(
-        requests=requests, seed=seed, names=scenario or None, progress=_progress, seeds=seeds
+        requests=requests,
+        seed=seed,
+        names=scenario or None,
+        progress=_progress,
+        seeds=seeds,
+        path=path,
     )
     show(result, as_json, _print_batching)
 

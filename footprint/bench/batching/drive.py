@@ -1,7 +1,7 @@
-"""The served requests through the real runtime, on a manual clock and simulated GPUs.
-
-The simulated GPUs (``workload=manual``, no noise) draw exactly the engine's power: each
-step's energy spread over its time, idle power when no step runs. Each request is a
+"""The served requests through the real runtime, on a manual clock and GPUs that draw
+exactly the engine's power: each step's energy spread over its time, idle power when no
+step runs. The runtime reads them on one of the code paths users run (``counters``: the
+simulated sensor, or the NVML sensor over a fake ``pynvml``). Each request is a
 ``footprint.query`` that starts at its arrival (what a client or proxy sees: queueing
 included), marks its first token and ends with its token counts. The runtime is driven
 as its sampler and writer threads would drive it (``Runtime.sample`` at the sampler's
@@ -21,12 +21,11 @@ from typing import Any
 
 from footprint._clock import ManualClock
 from footprint.attribution.weights import TokenWeights
+from footprint.bench.batching.counters import Loadable, counters
 from footprint.bench.batching.engine import Request, Served
 from footprint.config import Settings
 from footprint.demo.costs import StepCosts
-from footprint.demo.models import GPU_NAME
 from footprint.runtime.local import Runtime
-from footprint.sensors.simulated import SimulatedGpu, SimulatedSensor
 from footprint.tracking import Tracker
 
 ORIGIN_S = 1000.0  # monotonic time of the engine's time 0 on the simulated clock
@@ -34,10 +33,6 @@ WALL_ORIGIN_S = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 LEAD_S = 20.0  # idle before the first request: the resolver learns idle power
 TAIL_S = 5.0  # after the last end, before the exit flush
 REGION = "aws:us-east-1"
-SENSOR = (
-    "simulated:gpus={gpus},idle_w={idle:g},busy_w={cap:g},noise=0,seed={seed},"
-    "workload=manual,name={name}"
-)
 
 
 @dataclass(frozen=True)
@@ -79,7 +74,7 @@ def _weights_in_use(weights: TokenWeights) -> tuple[float, float, float, float] 
     return weights.theta if weights.theta is not None else weights.tentative
 
 
-def load_gpus(gpus: list[SimulatedGpu], served: Served, costs: StepCosts, origin_s: float) -> None:
+def load_gpus(gpus: list[Loadable], served: Served, costs: StepCosts, origin_s: float) -> None:
     """Make each GPU draw its share of the engine's power above idle, from ``origin_s``."""
     per_gpu_w = costs.gpus * (costs.cap_w - costs.idle_w)
     previous = 0.0
@@ -132,32 +127,34 @@ class _Driver:
         clock.advance(max(0.0, t_s - clock.monotonic_s()))
 
 
-def drive(served: Served, costs: StepCosts, rule: Rule, seed: int) -> Driven:
-    """Run ``served`` through a fresh runtime under ``rule``; its records by request."""
-    with tempfile.TemporaryDirectory(prefix="footprint-batching-") as tmp:
+def drive(
+    served: Served, costs: StepCosts, rule: Rule, seed: int, path: str = "simulated"
+) -> Driven:
+    """Run ``served`` through a fresh runtime under ``rule``, its GPUs read on ``path``
+    (``counters.PATHS``); its records by request."""
+    clock = ManualClock(monotonic_s=ORIGIN_S, wall_s=WALL_ORIGIN_S)
+    with (
+        tempfile.TemporaryDirectory(prefix="footprint-batching-") as tmp,
+        counters(path, costs, clock, seed) as gpus,
+    ):
         origin_s = ORIGIN_S + LEAD_S
-        clock = ManualClock(monotonic_s=ORIGIN_S, wall_s=WALL_ORIGIN_S)
-        sensor = SENSOR.format(
-            gpus=costs.gpus, idle=costs.idle_w, cap=costs.cap_w, seed=seed, name=GPU_NAME
-        )
         settings = replace(
-            Settings(db=str(Path(tmp) / "batching.db"), sensor=sensor, cpu=False, region=REGION),
+            Settings(db=str(Path(tmp) / "batching.db"), cpu=False, region=REGION),
+            **gpus.settings,
             **rule.overrides,
         )
         started = time.process_time()
         runtime = Runtime(settings, clock)
-        gpu_sensor = runtime.gpu_sensor
-        assert isinstance(gpu_sensor, SimulatedSensor)
         tracker = Tracker(clock=clock)
         tracker.install(runtime)
         records: list[dict[str, Any]] = []
         runtime.on_records.append(lambda batch, _idle: records.extend(batch))
         setup_s = time.process_time() - started
-        load_gpus(gpu_sensor.gpus, served, costs, origin_s)
+        load_gpus(gpus.loads(runtime), served, costs, origin_s)
         process_s, cycles_s = _replay(runtime, tracker, clock, served, costs, origin_s, seed)
         weights = [_weights_in_use(resolver.weights) for resolver in runtime.resolvers]
         end_s = origin_s + served.end_s + TAIL_S
-        counter_j = sum(gpu.true_energy_j(ORIGIN_S, end_s) for gpu in gpu_sensor.gpus)
+        counter_j = gpus.true_energy_j(runtime, ORIGIN_S, end_s)
     by_id = {json.loads(r["tags"])["request"]: r for r in records}
     return Driven(
         by_id,

@@ -136,15 +136,20 @@ def truth_summary(served: Served, costs: StepCosts, residual_j: float) -> dict[s
 
 
 def run_scenario(
-    scenario: Scenario, requests: int, seed: int, rules: Sequence[Rule] = RULES
+    scenario: Scenario,
+    requests: int,
+    seed: int,
+    rules: Sequence[Rule] = RULES,
+    path: str = "simulated",
 ) -> dict[str, Any]:
-    """One scenario: the served truth, then each rule's figures against it."""
+    """One scenario: the served truth, then each rule's figures against it, its GPUs
+    read on ``path`` (``counters.PATHS``)."""
     costs = COSTS[scenario.model.name]
     served = Engine(costs).run(scenario.requests(requests, seed))
     results = {}
     residual_j = math.nan
     for rule in rules:
-        driven = drive(served, costs, rule, seed)
+        driven = drive(served, costs, rule, seed, path)
         residual_j = conservation_residual_j(served, costs, driven)
         results[rule.name] = judge(served.requests, driven)
         ratios = weights_over_model(driven, costs)
@@ -191,10 +196,11 @@ def run(
     rules: Sequence[Rule] = RULES,
     progress: Callable[[str], None] | None = None,
     seeds: int = 1,
+    path: str = "simulated",
 ) -> dict[str, Any]:
-    """Every scenario (or those named) with ``requests`` requests each; with ``seeds``
-    above 1, again under the next seeds (``seed + 1``, ...), summed up in
-    ``across_seeds``."""
+    """Every scenario (or those named) with ``requests`` requests each, the GPUs read on
+    ``path``; with ``seeds`` above 1, again under the next seeds (``seed + 1``, ...),
+    summed up in ``across_seeds``."""
     from footprint.bench.batching.calibration import check
 
     started = time.monotonic()
@@ -205,13 +211,14 @@ def run(
         for scenario in chosen:
             if progress is not None:
                 progress(f"{scenario.name}: {requests} requests, seed {seed + offset}")
-            result = run_scenario(scenario, requests, seed + offset, rules)
+            result = run_scenario(scenario, requests, seed + offset, rules, path)
             runs.append(result)
             if offset == 0:
                 scenarios.append(result)
     extra = {"across_seeds": across_seeds(runs, range(seed, seed + seeds))} if seeds > 1 else {}
     return {
         "benchmark": "batching",
+        "path": path,
         "seed": seed,
         "requests_per_scenario": requests,
         "rules": [rule.name for rule in rules],
