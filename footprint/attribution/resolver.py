@@ -496,8 +496,11 @@ class DeviceResolver:
             done,
             theta,
         )
+        # Busy throughout, its energy is all busy energy whatever the idle power: a
+        # server busy from the first sample teaches the weights from the start.
+        busy_throughout = interval.busy_s >= interval.end_s - interval.start_s
         measured = (
-            estimate is not None
+            (estimate is not None or busy_throughout)
             and interval.energy_j >= 0
             and interval.end_s > self._busy.extrapolated_until_s
         )

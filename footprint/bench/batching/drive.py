@@ -30,7 +30,6 @@ from footprint.tracking import Tracker
 
 ORIGIN_S = 1000.0  # monotonic time of the engine's time 0 on the simulated clock
 WALL_ORIGIN_S = 1_767_225_600.0  # 2026-01-01T00:00:00Z
-LEAD_S = 20.0  # idle before the first request: the resolver learns idle power
 TAIL_S = 5.0  # after the last end, before the exit flush
 REGION = "aws:us-east-1"
 
@@ -128,16 +127,24 @@ class _Driver:
 
 
 def drive(
-    served: Served, costs: StepCosts, rule: Rule, seed: int, path: str = "simulated"
+    served: Served,
+    costs: StepCosts,
+    rule: Rule,
+    seed: int,
+    path: str = "simulated",
+    lead_s: float = 0.0,
 ) -> Driven:
     """Run ``served`` through a fresh runtime under ``rule``, its GPUs read on ``path``
-    (``counters.PATHS``); its records by request."""
+    (``counters.PATHS``), its first request ``lead_s`` after the runtime's first sample
+    (idle until then); its records by request."""
     clock = ManualClock(monotonic_s=ORIGIN_S, wall_s=WALL_ORIGIN_S)
     with (
         tempfile.TemporaryDirectory(prefix="footprint-batching-") as tmp,
         counters(path, costs, clock, seed) as gpus,
     ):
-        origin_s = ORIGIN_S + LEAD_S
+        # The first request arrives as the runtime takes its first sample (a fresh
+        # process whose first footprint action is the call), or ``lead_s`` after it
+        origin_s = ORIGIN_S + lead_s - min(r.arrival_s for r in served.requests)
         settings = replace(
             Settings(db=str(Path(tmp) / "batching.db"), cpu=False, region=REGION),
             **gpus.settings,

@@ -141,15 +141,17 @@ def run_scenario(
     seed: int,
     rules: Sequence[Rule] = RULES,
     path: str = "simulated",
+    lead_s: float = 0.0,
 ) -> dict[str, Any]:
     """One scenario: the served truth, then each rule's figures against it, its GPUs
-    read on ``path`` (``counters.PATHS``)."""
+    read on ``path`` (``counters.PATHS``), the first request ``lead_s`` after the
+    runtime's first sample (0: a fresh process whose first footprint action is it)."""
     costs = COSTS[scenario.model.name]
     served = Engine(costs).run(scenario.requests(requests, seed))
     results = {}
     residual_j = math.nan
     for rule in rules:
-        driven = drive(served, costs, rule, seed, path)
+        driven = drive(served, costs, rule, seed, path, lead_s)
         residual_j = conservation_residual_j(served, costs, driven)
         results[rule.name] = judge(served.requests, driven)
         ratios = weights_over_model(driven, costs)
