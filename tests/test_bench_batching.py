@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from footprint._clock import ManualClock
 from footprint.bench.batching.calibration import check
 from footprint.bench.batching.counters import counters
-from footprint.bench.batching.drive import REGION, RULES, load_gpus
+from footprint.bench.batching.drive import REGION, RULES, drive, load_gpus
 from footprint.bench.batching.engine import Engine, Request
 from footprint.bench.batching.measure import run, run_scenario
 from footprint.bench.batching.traffic import SCENARIOS
@@ -222,6 +222,28 @@ def test_the_token_rule_splits_by_the_work_on_the_nvml_path_too():
     assert equal["signed_mean_error_pct"]["light"] > 50.0
 
 
+def test_calls_that_do_not_mark_their_first_token_are_still_shared_by_their_tokens():
+    """``--no-first-token`` (calls not streamed: only their token counts come back): each
+    call carries its tokens over its whole time, queueing included, and the server's
+    step time (learned from first tokens) is not known. The token rule is then far from
+    the 5 % target but still far closer to each call's own energy than the equal split,
+    its bounds say so, and no record claims a prefill/decode split."""
+    scenario = next(s for s in SCENARIOS if s.name == "two-kinds/llama-3.1-8b")
+    costs = COSTS[scenario.model.name]
+    served = Engine(costs).run(scenario.requests(600, 1))
+    tokens_rule = next(rule for rule in RULES if rule.name == "tokens")
+    driven = drive(served, costs, tokens_rule, seed=1, first_token=False)
+    assert len(driven.records) == 600
+    assert all(r["prefill_energy_j"] is None for r in driven.records.values())
+    result = run_scenario(
+        scenario, requests=600, seed=1, rules=[RULES[0], tokens_rule], first_token=False
+    )
+    tokens, equal = result["rules"]["tokens"], result["rules"]["equal"]
+    assert tokens["missing"] == 0 and abs(tokens["total_error_pct"]) < 1.0
+    assert tokens["per_request_error_pct"]["p95"] < equal["per_request_error_pct"]["p95"] / 4
+    assert tokens["bound_coverage_pct"] >= 90.0
+
+
 _FIGURES = {
     "type": "object",
     "required": [
@@ -257,9 +279,20 @@ _FIGURES = {
 }
 SCHEMA = {
     "type": "object",
-    "required": ["benchmark", "seed", "requests_per_scenario", "rules", "scenarios", "targets"],
+    "required": [
+        "benchmark",
+        "path",
+        "first_token",
+        "seed",
+        "requests_per_scenario",
+        "rules",
+        "scenarios",
+        "targets",
+    ],
     "properties": {
         "benchmark": {"const": "batching"},
+        "path": {"enum": ["simulated", "nvml", "nvml-part-time"]},
+        "first_token": {"type": "boolean"},
         "rules": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         "scenarios": {
             "type": "array",
@@ -334,6 +367,15 @@ def test_json_output_follows_its_schema_with_a_column_per_rule(capsys):
     for rule in ("equal", "tokens", "auto"):
         assert scenario["rules"][rule]["records"] == 40
     assert scenario["truth"]["requests"] == 40
+    assert result["path"] == "simulated" and result["first_token"] is True
+
+
+def test_the_path_and_first_token_options_reach_the_json(capsys):
+    result = _bench_json(
+        capsys, "--path", "nvml", "--no-first-token", "--seed", "2", "two-kinds/llama-3.1-8b"
+    )
+    assert result["path"] == "nvml" and result["first_token"] is False
+    assert result["scenarios"][0]["rules"]["tokens"]["records"] == 40
 
 
 def test_same_seed_same_figures():

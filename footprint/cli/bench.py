@@ -259,6 +259,14 @@ def bench_batching(
             help="How the GPUs are read: simulated, nvml or nvml-part-time (a fake pynvml).",
         ),
     ] = "simulated",
+    first_token: Annotated[
+        bool,
+        typer.Option(
+            "--first-token/--no-first-token",
+            help="Whether the requests mark their first token (--no-first-token: not "
+            "streamed, only token counts).",
+        ),
+    ] = True,
 ) -> None:
     """Attribution on a continuously batching model server against each request's true
     energy: a step-by-step engine calibrated on published H100 measurements, run
@@ -280,6 +288,7 @@ def bench_batching(
         progress=_progress,
         seeds=seeds,
         path=path,
+        first_token=first_token,
     )
     show(result, as_json, _print_batching)
 

@@ -84,11 +84,15 @@ def load_gpus(gpus: list[Loadable], served: Served, costs: StepCosts, origin_s: 
         previous = load
 
 
-def _events(requests: list[Request]) -> list[tuple[float, int, int, str, Request]]:
+def _events(
+    requests: list[Request], first_token: bool = True
+) -> list[tuple[float, int, int, str, Request]]:
+    """Each request's start, first token (unless not ``first_token``) and end, in order."""
     events = []
     for r in requests:
         events.append((r.arrival_s, 2, r.id, "start", r))
-        events.append((r.first_s, 1, r.id, "first", r))
+        if first_token:
+            events.append((r.first_s, 1, r.id, "first", r))
         events.append((r.end_s, 0, r.id, "end", r))
     events.sort(key=lambda e: e[:3])
     return events
@@ -133,10 +137,12 @@ def drive(
     seed: int,
     path: str = "simulated",
     lead_s: float = 0.0,
+    first_token: bool = True,
 ) -> Driven:
     """Run ``served`` through a fresh runtime under ``rule``, its GPUs read on ``path``
     (``counters.PATHS``), its first request ``lead_s`` after the runtime's first sample
-    (idle until then); its records by request."""
+    (idle until then); its records by request. Without ``first_token`` no request marks
+    its first token (a call not streamed: only its token counts come back)."""
     clock = ManualClock(monotonic_s=ORIGIN_S, wall_s=WALL_ORIGIN_S)
     with (
         tempfile.TemporaryDirectory(prefix="footprint-batching-") as tmp,
@@ -158,7 +164,9 @@ def drive(
         runtime.on_records.append(lambda batch, _idle: records.extend(batch))
         setup_s = time.process_time() - started
         load_gpus(gpus.loads(runtime), served, costs, origin_s)
-        process_s, cycles_s = _replay(runtime, tracker, clock, served, costs, origin_s, seed)
+        process_s, cycles_s = _replay(
+            runtime, tracker, clock, served, costs, origin_s, seed, first_token
+        )
         weights = [_weights_in_use(resolver.weights) for resolver in runtime.resolvers]
         end_s = origin_s + served.end_s + TAIL_S
         counter_j = gpus.true_energy_j(runtime, ORIGIN_S, end_s)
@@ -182,6 +190,7 @@ def _replay(
     costs: StepCosts,
     origin_s: float,
     seed: int,
+    first_token: bool = True,
 ) -> tuple[float, float]:
     """The requests' calls on the clock; returns the CPU time footprint's work took, and
     the part of it its cycles took (the exit flush included)."""
@@ -193,7 +202,7 @@ def _replay(
     spent_s += cpu() - t0
     gpus = list(range(costs.gpus))
     handles: dict[int, Any] = {}
-    for t_s, _, request_id, kind, request in _events(served.requests):
+    for t_s, _, request_id, kind, request in _events(served.requests, first_token):
         t0 = cpu()
         driver.advance_to(origin_s + t_s)
         if kind == "start":

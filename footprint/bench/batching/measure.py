@@ -142,16 +142,18 @@ def run_scenario(
     rules: Sequence[Rule] = RULES,
     path: str = "simulated",
     lead_s: float = 0.0,
+    first_token: bool = True,
 ) -> dict[str, Any]:
     """One scenario: the served truth, then each rule's figures against it, its GPUs
     read on ``path`` (``counters.PATHS``), the first request ``lead_s`` after the
-    runtime's first sample (0: a fresh process whose first footprint action is it)."""
+    runtime's first sample (0: a fresh process whose first footprint action is it);
+    without ``first_token``, no request marks its first token (not streamed)."""
     costs = COSTS[scenario.model.name]
     served = Engine(costs).run(scenario.requests(requests, seed))
     results = {}
     residual_j = math.nan
     for rule in rules:
-        driven = drive(served, costs, rule, seed, path, lead_s)
+        driven = drive(served, costs, rule, seed, path, lead_s, first_token)
         residual_j = conservation_residual_j(served, costs, driven)
         results[rule.name] = judge(served.requests, driven)
         ratios = weights_over_model(driven, costs)
@@ -199,10 +201,12 @@ def run(
     progress: Callable[[str], None] | None = None,
     seeds: int = 1,
     path: str = "simulated",
+    first_token: bool = True,
 ) -> dict[str, Any]:
     """Every scenario (or those named) with ``requests`` requests each, the GPUs read on
-    ``path``; with ``seeds`` above 1, again under the next seeds (``seed + 1``, ...),
-    summed up in ``across_seeds``."""
+    ``path`` (without ``first_token``: no request marks its first token); with ``seeds``
+    above 1, again under the next seeds (``seed + 1``, ...), summed up in
+    ``across_seeds``."""
     from footprint.bench.batching.calibration import check
 
     started = time.monotonic()
@@ -213,7 +217,9 @@ def run(
         for scenario in chosen:
             if progress is not None:
                 progress(f"{scenario.name}: {requests} requests, seed {seed + offset}")
-            result = run_scenario(scenario, requests, seed + offset, rules, path)
+            result = run_scenario(
+                scenario, requests, seed + offset, rules, path, first_token=first_token
+            )
             runs.append(result)
             if offset == 0:
                 scenarios.append(result)
@@ -221,6 +227,7 @@ def run(
     return {
         "benchmark": "batching",
         "path": path,
+        "first_token": first_token,
         "seed": seed,
         "requests_per_scenario": requests,
         "rules": [rule.name for rule in rules],
