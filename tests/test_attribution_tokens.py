@@ -16,8 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from footprint.attribution import DeviceResolver
+from footprint.attribution import tokens as tokens_module
 from footprint.attribution.resolver import AUTO_HOLD_S
-from footprint.attribution.tokens import HOLD_S, WINDOW_S, SpanTokens, span_tokens
+from footprint.attribution.tokens import (
+    HOLD_S,
+    MAX_WINDOW_S,
+    SPAN_WINDOWS,
+    WINDOW_S,
+    SpanTokens,
+    span_tokens,
+)
 from footprint.attribution.weights import TokenWeights
 from footprint.config import Settings, load_env_settings
 
@@ -213,7 +221,21 @@ def token_traces(draw):
 def test_energy_is_conserved_under_the_token_rule(case):
     """Σ span J + Σ idle J = the counter's delta, with or without weights, tokens mixed
     with no tokens, streamed in chunks; every share ≥ 0 and no longer than its span."""
-    samples, spans, chunk, trained, auto = case
+    _check_conserved(*case)
+
+
+@given(token_traces())
+@settings(max_examples=200, deadline=None)
+def test_energy_is_conserved_when_windows_close_while_calls_run(case):
+    """The same with windows of a second or two: they close while calls decode, whose
+    tokens are then placed in each window as the server stepped, the rest in the last."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tokens_module, "WINDOW_S", 0.5)
+        patch.setattr(tokens_module, "MAX_WINDOW_S", 2.0)
+        _check_conserved(*case)
+
+
+def _check_conserved(samples, spans, chunk, trained, auto) -> None:
     resolver = DeviceResolver(rule="auto" if auto else "tokens")
     if trained:
         resolver.weights = _trained()
@@ -731,3 +753,37 @@ def test_spans_waiting_for_their_window_are_not_objects_the_garbage_collector_tr
     with the window. Held as plain tuples of numbers, it stops tracking them."""
     few, many = _tracked_with_ended_spans(200), _tracked_with_ended_spans(2200)
     assert many - few < 200
+
+
+def _handed_out_by(calls, samples, now_s: float) -> set:
+    """The calls the token rule (weights known) hands out by ``now_s``."""
+    resolver = DeviceResolver(rule="tokens")
+    resolver.weights = _trained()
+    resolver.add_samples([s for s in samples if s[0] <= now_s])
+    for call in calls:
+        if call.start_s <= now_s:
+            resolver.begin(call.key, call.start_s)
+    for call in calls:
+        if call.end_s <= now_s:
+            resolver.end(call.key, call.end_s, SpanTokens(call.n_in, call.n_out, call.ttft_s))
+    return set(resolver.resolve(until_s=now_s))
+
+
+@pytest.mark.parametrize(("length_s", "closes_s"), [(5.0, WINDOW_S), (60.0, 6 * 60.0)])
+def test_a_window_lasts_several_times_the_calls_that_run_in_it(length_s, closes_s):
+    """A window closes after ``WINDOW_S`` busy seconds, or ``SPAN_WINDOWS`` times the
+    length of its calls where they are long: a call straddling its edge has its tokens
+    placed in time by a model of the server's steps, whose error moves the window's
+    scale factor the more, the larger a share of it the straddling calls hold."""
+    assert SPAN_WINDOWS * 5.0 < WINDOW_S < SPAN_WINDOWS * 60.0 <= MAX_WINDOW_S
+    calls = [
+        Call(key, 3.0 + 2.0 * key, 3.0 + 2.0 * key + length_s, 800, 300, 0.2)
+        for key in range(int((closes_s + length_s + 60.0) / 2.0))
+    ]
+    end_s = max(c.end_s for c in calls) + 3.0
+    samples = serve(calls, TRUE_THETA, idle_w=0.0, end_s=end_s)
+    # the window closes once the sweep is there: once the calls running then have ended
+    closed_s = 3.0 + closes_s + length_s
+    first = calls[0].key
+    assert first not in _handed_out_by(calls, samples, closed_s - 10.0)
+    assert first in _handed_out_by(calls, samples, closed_s + 10.0)

@@ -27,8 +27,11 @@ known when its time is handed out) is charged the mean power of the spans served
 counts in the window before: where no span has counts, or the weights are not known
 yet, the rule is the equal split.
 
-The busy energy is shared over windows of consecutive intervals (about ``WINDOW_S`` busy
-seconds, or up to a moment with no span running), not interval by interval: a span's
+The busy energy is shared over windows of consecutive intervals (``WINDOW_S`` busy
+seconds, longer where long calls run: ``SPAN_WINDOWS`` times their length, up to
+``MAX_WINDOW_S``; or up to a moment with no span running), not interval by interval:
+a call straddling a window's edge has its tokens placed evenly over its phase, not as
+the server stepped, and the longer the window the less that moves ``K``. A span's
 share is ``K`` times its predicted energy in the window, with ``K`` the window's busy
 energy over the predicted energy of all its spans. Locally the predicted power is a poor
 guide (a GPU at its power cap draws the same power whatever it runs), and normalising
@@ -58,7 +61,12 @@ from typing import NamedTuple
 from footprint.attribution.energy import Interval
 from footprint.attribution.shares import END, START, SpanShare
 
-WINDOW_S = 120.0  # busy seconds per window
+WINDOW_S = 120.0  # busy seconds per window, at least
+# ... and at least this many times the length of the calls that ended in it (weighted by
+# length: Σ L² / Σ L, the length of a call running at a random instant), up to
+# ``MAX_WINDOW_S``: a call straddling its edge carries its placement's error into it
+SPAN_WINDOWS = 6.0
+MAX_WINDOW_S = 600.0
 HOLD_S = 300.0  # the most closed windows wait for the first weights (s of intervals)
 MIN_PHASE_S = 1e-3  # a phase shorter than this is folded into the other one
 # The bound adds this share of how far the token rule moved a span's energy from the
@@ -265,6 +273,11 @@ class TokenSpan:
         "shared_steps",
         "r_at",  # ... ∫ r dt of the window at its last edge
         "fixed",  # its fixed term, settled: window, after its first token (1.0), steps, ...
+        # Its decode phase (``_place_decode``): its decode tokens, the context the first
+        # is read against, and how many are not placed in a window yet
+        "decode_tokens",
+        "context_tokens",
+        "unplaced",
     )
 
     def __init__(self, key: Hashable, start_s: float) -> None:
@@ -292,6 +305,7 @@ class TokenSpan:
         self.pace_w = 0.0
         self.own_steps = self.server_steps = self.shared_steps = self.r_at = 0.0
         self.fixed: list[float] | None = None
+        self.decode_tokens = self.context_tokens = self.unplaced = 0.0
 
 
 Event = tuple[float, int, int, TokenSpan]
@@ -373,6 +387,9 @@ class _Window:
         "ending",
         "intervals",
         "from_s",
+        "calls_s",
+        "calls_s2",
+        "moved",
     )
 
     def __init__(self, index: int) -> None:
@@ -388,6 +405,18 @@ class _Window:
         self.ending: list[Ended] = []  # spans that ended in it (``ended``)
         self.intervals = 0  # busy intervals in it
         self.from_s = math.nan  # where its first interval began
+        self.calls_s = 0.0  # Σ L and Σ L² of the calls that ended in it (s, s²)
+        self.calls_s2 = 0.0
+        # What placing the decode tokens as the server stepped moved into it, from the
+        # spans' even rates: decode tokens, decode tokens × context (``_place_decode``)
+        self.moved = [0.0, 0.0]
+
+    def length_s(self) -> float:
+        """How many busy seconds it lasts (``WINDOW_S``, ``SPAN_WINDOWS``)."""
+        if self.calls_s <= 0.0:
+            return WINDOW_S
+        by_calls_s = SPAN_WINDOWS * self.calls_s2 / self.calls_s
+        return min(max(WINDOW_S, by_calls_s), MAX_WINDOW_S)
 
 
 class TokenShares:
@@ -408,6 +437,7 @@ class TokenShares:
         self.decoders = 0
         self.contexts = [0.0, 0.0]
         self._origin_s: float | None = None  # the time ``t`` counts from
+        self._sweep_s = 0.0  # where the sweep is (s)
         self.unweighed_w = 1.0  # the last window's power per span with no tokens
         self.equal_intervals = 0  # busy intervals that were split equally
         self.hold_s = HOLD_S
@@ -559,6 +589,8 @@ class TokenShares:
         now = (window, t, f, raw[2], raw[3], raw[4])
         at = span.at
         rates = span.rates
+        if span.decode_tokens and span.weighed and rates[1] and t > at[1]:  # decoding
+            rates = self._place_decode(span, rates, t - at[1], raw[5] - span.r_at)
         if span.weighed and rates[3]:
             span.own_steps += rates[3] * (t - at[1])
             span.server_steps += raw[5] - span.r_at
@@ -584,12 +616,34 @@ class TokenShares:
                     acc[half + 3] += y * dt
                     acc[half + 4] += z * dt
         else:
-            piece = (span.rates if span.weighed else None, at, now)
+            piece = (rates if span.weighed else None, at, now)
             if span.pieces is None:
                 span.pieces = [piece]
             else:
                 span.pieces.append(piece)
         span.at = now
+
+    def _place_decode(self, span: TokenSpan, rates: Rates, dt: float, server_steps: float) -> Rates:
+        """The rates of a stretch of ``span``'s decode phase (``dt`` s, in which the
+        server made ``server_steps`` steps: ``∫ r dt``) once placed as the server
+        stepped: a decoding call makes a token a step, so the stretch gets as many of
+        its tokens as the server made steps, read against its context there, and its
+        last stretch the rest (its tokens stay its own, whatever the error of ``r``).
+        Placed evenly over its phase instead, a call straddling a window's edge put its
+        tokens where the server ran slower (a batch that grew) as where it ran faster,
+        and moved the scale factor of each window by the error."""
+        unplaced = span.unplaced
+        placed = unplaced
+        if span.end_s > self._sweep_s and server_steps < unplaced:
+            placed = server_steps
+        span.unplaced = unplaced - placed
+        context = span.context_tokens + span.decode_tokens - unplaced + placed / 2.0
+        y, z = rates[1], rates[2]
+        moved = self._win.moved
+        moved[0] += placed - y * dt
+        moved[1] += placed * context - z * dt
+        rate = placed / dt
+        return (0.0, rate, rate * context, rate)
 
     def _settle(self, span: TokenSpan) -> None:
         """Its fixed term in the open window, for the phase it is in (before its first
@@ -656,7 +710,7 @@ class TokenShares:
         win.busy_j += busy_j
         win.bound_j += bound_j
         win.intervals += busy_s > 0
-        if self.active == 0 or win.raw[0] >= WINDOW_S:
+        if self.active == 0 or win.raw[0] >= win.length_s():
             self._close(done)
         if self._held and t1 - self._held[0].from_s >= self.hold_s:
             self.share_out(done)  # held as long as they may be
@@ -745,6 +799,7 @@ class TokenShares:
                 h4 += unknown_s
                 h7 += known * dt
             cursor = t
+            self._sweep_s = t
             if kind == START:
                 start(span)  # type: ignore[arg-type]
             elif kind == END:
@@ -812,6 +867,8 @@ class TokenShares:
         w = win.index
         sums = win.sums
         known_s, served_s, unweighed_s = sums[4], sums[5], sums[6]
+        moved = win.moved
+        decode, context = sums[2] + moved[0], sums[3] + moved[1]
         # Split equally, instant by instant: with no weights, or no span with tokens.
         equal = theta is None or not known_s
         if equal:
@@ -824,8 +881,8 @@ class TokenShares:
             weighed_j = (
                 f_j * win.fixed_steps
                 + alpha * sums[1]
-                + beta * sums[2]
-                + gamma * sums[3]
+                + beta * decode
+                + gamma * context
                 + FLOOR_W * known_s
             )
             if served_s > 0:  # spans with no tokens: the mean power of those served
@@ -839,8 +896,8 @@ class TokenShares:
             # precision).
             terms = (
                 alpha if sums[1] else 0.0,
-                beta if sums[2] else 0.0,
-                gamma if sums[3] else 0.0,
+                beta if decode else 0.0,
+                gamma if context else 0.0,
                 f_j if win.fixed_steps else 0.0,
                 unweighed_w if unweighed_s else 0.0,
                 FLOOR_W,
@@ -926,6 +983,14 @@ class TokenShares:
                 span.serving = True
                 self.serving += 1
             self._set_rates(span, placed.second)
+            tokens = span.tokens
+            if tokens is not None:  # (weighed: it is)
+                decode_tokens = placed.second[1] * (span.end_s - placed.first_s)
+                span.decode_tokens = span.unplaced = decode_tokens
+                # ``context_of`` at its mean token: its first is read against this
+                span.context_tokens = (
+                    tokens.input_tokens + tokens.output_tokens / 2.0 - (decode_tokens / 2.0)
+                )
             self._set_ramp(span, placed)
 
     def _end(self, span: TokenSpan, estimated_before_s: float) -> None:
@@ -933,7 +998,11 @@ class TokenShares:
         self._settle(span)
         self._leave(span)
         del self.spans[span.key]
-        self._win.ending.append(ended(span, span.start_s < estimated_before_s))
+        win = self._win
+        length_s = span.end_s - span.start_s
+        win.calls_s += length_s
+        win.calls_s2 += length_s * length_s
+        win.ending.append(ended(span, span.start_s < estimated_before_s))
 
     def _set_ramp(self, span: TokenSpan, placed: Placement) -> None:
         """Its decode context term, for the fit: ``y·(input + y·(t − first))``."""

@@ -285,7 +285,7 @@ def methodology(report: dict[str, Any]) -> list[tuple[str, list[str | Table]]]:
 def _phase_method(report: dict[str, Any]) -> tuple[str, list[str | Table]]:
     """How the per-1M-input-token and per-1M-output-token figures are made, and the
     token-aware rule behind the split (its constants read from the code)."""
-    from footprint.attribution.tokens import WINDOW_S
+    from footprint.attribution.tokens import MAX_WINDOW_S, SPAN_WINDOWS, WINDOW_S
     from footprint.attribution.weights import BLOCK_S, MIN_BLOCKS, SPAN_BLOCKS
 
     totals = report.get("totals", {})
@@ -326,10 +326,15 @@ def _phase_method(report: dict[str, Any]) -> tuple[str, list[str | Table]]:
             f"over rows of {SPAN_BLOCKS} consecutive blocks of about "
             f"{units.number(BLOCK_S)} busy seconds, and used once {MIN_BLOCKS} rows "
             "determine them (busy energy that no fit shares is split equally, and counted). "
-            "The measured busy energy is shared over windows of about "
-            f"{units.number(WINDOW_S)} busy seconds in proportion to each call's predicted "
+            "The measured busy energy is shared over windows of "
+            f"{units.number(WINDOW_S)} busy seconds (longer where the calls are long: "
+            f"{units.number(SPAN_WINDOWS)} times their length, up to "
+            f"{units.number(MAX_WINDOW_S)} s) in proportion to each call's predicted "
             "energy, so the shares of a window sum to what the counter measured, and a "
-            "call's prefill energy is its share before its first token. The fitted weights "
+            "call's prefill energy is its share before its first token. A call running "
+            "across a window's edge has its output tokens placed on either side as the "
+            "server stepped (a token a step, by its step time fitted on the calls' own "
+            "decode times). The fitted weights "
             "are not a report figure: `footprint bench batching` measures how far each "
             "rule's split is from the truth on a simulated server.",
         ],
