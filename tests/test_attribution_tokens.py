@@ -541,9 +541,12 @@ def test_the_first_windows_wait_for_the_weights_and_are_shared_by_them():
     assert equal_errors[len(equal_errors) // 2] > 0.2
 
 
-def _resolved_by(rule: str, calls, samples, now_s: float) -> dict:
-    """What ``rule`` hands out of ``calls`` by ``now_s`` (every call seen so far)."""
+def _resolved_by(rule: str, calls, samples, now_s: float, trained: bool = False) -> dict:
+    """What ``rule`` hands out of ``calls`` by ``now_s`` (every call seen so far), its
+    weights not settled yet (or ``trained``: known from the start)."""
     resolver = DeviceResolver(rule=rule)
+    if trained:
+        resolver.weights = _trained()
     resolver.add_samples([s for s in samples if s[0] <= now_s])
     for call in calls:
         if call.start_s <= now_s:
@@ -552,7 +555,7 @@ def _resolved_by(rule: str, calls, samples, now_s: float) -> dict:
         if call.end_s <= now_s:
             resolver.end(call.key, call.end_s, SpanTokens(call.n_in, call.n_out, call.ttft_s))
     shares = resolver.resolve(until_s=now_s)
-    assert resolver.weights.theta is None  # not settled yet
+    assert (resolver.weights.theta is None) is not trained
     return shares
 
 
@@ -755,20 +758,6 @@ def test_spans_waiting_for_their_window_are_not_objects_the_garbage_collector_tr
     assert many - few < 200
 
 
-def _handed_out_by(calls, samples, now_s: float) -> set:
-    """The calls the token rule (weights known) hands out by ``now_s``."""
-    resolver = DeviceResolver(rule="tokens")
-    resolver.weights = _trained()
-    resolver.add_samples([s for s in samples if s[0] <= now_s])
-    for call in calls:
-        if call.start_s <= now_s:
-            resolver.begin(call.key, call.start_s)
-    for call in calls:
-        if call.end_s <= now_s:
-            resolver.end(call.key, call.end_s, SpanTokens(call.n_in, call.n_out, call.ttft_s))
-    return set(resolver.resolve(until_s=now_s))
-
-
 @pytest.mark.parametrize(("length_s", "closes_s"), [(5.0, WINDOW_S), (60.0, 6 * 60.0)])
 def test_a_window_lasts_several_times_the_calls_that_run_in_it(length_s, closes_s):
     """A window closes after ``WINDOW_S`` busy seconds, or ``SPAN_WINDOWS`` times the
@@ -785,5 +774,5 @@ def test_a_window_lasts_several_times_the_calls_that_run_in_it(length_s, closes_
     # the window closes once the sweep is there: once the calls running then have ended
     closed_s = 3.0 + closes_s + length_s
     first = calls[0].key
-    assert first not in _handed_out_by(calls, samples, closed_s - 10.0)
-    assert first in _handed_out_by(calls, samples, closed_s + 10.0)
+    assert first not in _resolved_by("tokens", calls, samples, closed_s - 10.0, trained=True)
+    assert first in _resolved_by("tokens", calls, samples, closed_s + 10.0, trained=True)

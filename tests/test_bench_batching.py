@@ -20,7 +20,7 @@ from footprint.bench.batching.calibration import check
 from footprint.bench.batching.counters import counters
 from footprint.bench.batching.drive import REGION, RULES, drive, load_gpus
 from footprint.bench.batching.engine import Engine, Request
-from footprint.bench.batching.measure import run, run_scenario
+from footprint.bench.batching.measure import model_weights, run, run_scenario
 from footprint.bench.batching.traffic import SCENARIOS
 from footprint.cli import main
 from footprint.config import Settings
@@ -180,14 +180,7 @@ def test_with_the_cost_models_own_weights_each_request_gets_its_own_energy(monke
     decode tokens): per-request p95 6.9 % at seed 5. Windows that last several times the
     calls in them, and tokens placed as the server stepped: 1.2 %."""
     scenario = next(s for s in SCENARIOS if s.name == "mixed/llama-3.1-70b")
-    costs = COSTS[scenario.model.name]
-    gpus = costs.gpus
-    own = (
-        costs.fixed_j / gpus,
-        costs.prefill_j_per_token / gpus,
-        costs.seq_j / gpus,
-        costs.seq_j_per_context_token / gpus,
-    )
+    own = model_weights(COSTS[scenario.model.name])
     learn = TokenWeights.observe
 
     def pinned(self, *args, **kwargs):

@@ -76,19 +76,25 @@ def judge(requests: list[Request], driven: Driven) -> dict[str, Any]:
     }
 
 
+def model_weights(costs: StepCosts) -> tuple[float, float, float, float]:
+    """The weights that would make each share right: the engine's own step costs per
+    GPU (F J per step, α and β J per token, γ J per token of context)."""
+    gpus = costs.gpus
+    return (
+        costs.fixed_j / gpus,
+        costs.prefill_j_per_token / gpus,
+        costs.seq_j / gpus,
+        costs.seq_j_per_context_token / gpus,
+    )
+
+
 def weights_over_model(driven: Driven, costs: StepCosts) -> dict[str, float] | None:
     """The token rule's learned weights over the cost model's (per GPU, averaged over
     the GPUs that learned them): how far the fit is from the truth; None if none did."""
     learned = [theta for theta in driven.weights if theta is not None]
     if not learned:
         return None
-    gpus = costs.gpus
-    model = (
-        costs.fixed_j / gpus,
-        costs.prefill_j_per_token / gpus,
-        costs.seq_j / gpus,
-        costs.seq_j_per_context_token / gpus,
-    )
+    model = model_weights(costs)
     names = ("fixed", "prefill", "decode", "context")
     return {
         name: _round(sum(theta[i] for theta in learned) / len(learned) / model[i])
