@@ -30,8 +30,8 @@ yet, the rule is the equal split.
 The busy energy is shared over windows of consecutive intervals (``WINDOW_S`` busy
 seconds, longer where long calls run: ``SPAN_WINDOWS`` times their length, up to
 ``MAX_WINDOW_S``; or up to a moment with no span running), not interval by interval:
-a call straddling a window's edge has its tokens placed evenly over its phase, not as
-the server stepped, and the longer the window the less that moves ``K``. A span's
+a call straddling a window's edge carries the error of where its tokens were placed
+into ``K``, and the longer the window the less that moves it. A span's
 share is ``K`` times its predicted energy in the window, with ``K`` the window's busy
 energy over the predicted energy of all its spans. Locally the predicted power is a poor
 guide (a GPU at its power cap draws the same power whatever it runs), and normalising
@@ -49,7 +49,9 @@ phase times ``∫ r/N_served dt / ∫ r dt`` over them; each scaled by its windo
 once the window closes. A window's close cuts the stretches of the spans running, so
 that each lies in one window and the window's fixed term is complete: O(1) per start,
 service start, first token and end, whatever the number of spans running, like
-``RunningShares``.
+``RunningShares``. A decode phase that a close cut is not at constant rates: each of
+its stretches gets a token per server step (``∫ r dt``), its last the rest
+(``_place_decode``), so that its tokens follow the server's pace across windows.
 """
 
 from __future__ import annotations
