@@ -391,7 +391,7 @@ class _Window:
         "from_s",
         "calls_s",
         "calls_s2",
-        "moved",
+        "placed",
     )
 
     def __init__(self, index: int) -> None:
@@ -409,9 +409,9 @@ class _Window:
         self.from_s = math.nan  # where its first interval began
         self.calls_s = 0.0  # Σ L and Σ L² of the calls that ended in it (s, s²)
         self.calls_s2 = 0.0
-        # What placing the decode tokens as the server stepped moved into it, from the
-        # spans' even rates: decode tokens, decode tokens × context (``_place_decode``)
-        self.moved = [0.0, 0.0]
+        # The decode tokens, and decode tokens × context, placed in it as the server
+        # stepped (``_place_decode``); ``sums`` has the rest's, at even rates
+        self.placed = [0.0, 0.0]
 
     def length_s(self) -> float:
         """How many busy seconds it lasts (``WINDOW_S``, ``SPAN_WINDOWS``)."""
@@ -430,6 +430,9 @@ class TokenShares:
         self.weighed = 0  # of which with known rates
         self.serving = 0  # of those, served (not waiting)
         self.sums = [0.0, 0.0, 0.0, 0.0]  # their rates, summed
+        # Σ decode and Σ decode × context rates of those not in a decode phase placed
+        # by the steps (``_place_decode``): what the windows' even-rate sums grow by
+        self.even = [0.0, 0.0]
         # For the fit: the server's step rate, each served span's weighted by how local
         # its rate is (1 / the time it is averaged over): Σ w·steps/s and Σ w
         self.pace = [0.0, 0.0]
@@ -640,10 +643,9 @@ class TokenShares:
             placed = server_steps
         span.unplaced = unplaced - placed
         context = span.context_tokens + span.decode_tokens - unplaced + placed / 2.0
-        y, z = rates[1], rates[2]
-        moved = self._win.moved
-        moved[0] += placed - y * dt
-        moved[1] += placed * context - z * dt
+        placed_sums = self._win.placed
+        placed_sums[0] += placed
+        placed_sums[1] += placed * context
         rate = placed / dt
         return (0.0, rate, rate * context, rate)
 
@@ -675,6 +677,10 @@ class TokenShares:
         sums[1] += y - was_y
         sums[2] += z - was_z
         sums[3] += steps - was_steps
+        if not span.decode_tokens:
+            even = self.even
+            even[0] += y - was_y
+            even[1] += z - was_z
         span.rates = rates
         w = span.pace_w
         if w:
@@ -765,8 +771,9 @@ class TokenShares:
                 unknown_s = unknown * dt
                 w0 += steps
                 w1 += prefill
-                w2 += decode
-                w3 += s2 * dt
+                e1, e2 = self.even
+                w2 += e1 * dt
+                w3 += e2 * dt
                 w5 += known * dt
                 w6 += serving * dt
                 w7 += unknown_s
@@ -857,6 +864,7 @@ class TokenShares:
         self._held.clear()
         if self.active == 0:  # nobody holds a snapshot: rebase (precision, memory)
             self.sums = [0.0, 0.0, 0.0, 0.0]
+            self.even = [0.0, 0.0]
             self._base = {self.window: _ZERO}
             self._coef = {}
         elif len(self._base) > 512:
@@ -869,8 +877,8 @@ class TokenShares:
         w = win.index
         sums = win.sums
         known_s, served_s, unweighed_s = sums[4], sums[5], sums[6]
-        moved = win.moved
-        decode, context = sums[2] + moved[0], sums[3] + moved[1]
+        placed = win.placed
+        decode, context = sums[2] + placed[0], sums[3] + placed[1]
         # Split equally, instant by instant: with no weights, or no span with tokens.
         equal = theta is None or not known_s
         if equal:
@@ -984,15 +992,15 @@ class TokenShares:
             if not span.serving:
                 span.serving = True
                 self.serving += 1
-            self._set_rates(span, placed.second)
             tokens = span.tokens
-            if tokens is not None:  # (weighed: it is)
+            if tokens is not None:  # (weighed: it is) before its rates: not in ``even``
                 decode_tokens = placed.second[1] * (span.end_s - placed.first_s)
                 span.decode_tokens = span.unplaced = decode_tokens
                 # ``context_of`` at its mean token: its first is read against this
                 span.context_tokens = (
                     tokens.input_tokens + tokens.output_tokens / 2.0 - (decode_tokens / 2.0)
                 )
+            self._set_rates(span, placed.second)
             self._set_ramp(span, placed)
 
     def _end(self, span: TokenSpan, estimated_before_s: float) -> None:
@@ -1039,6 +1047,10 @@ class TokenShares:
                 sums[1] -= y
                 sums[2] -= z
                 sums[3] -= steps
+                if not span.decode_tokens:
+                    even = self.even
+                    even[0] -= y
+                    even[1] -= z
                 span.rates = _NONE
                 w = span.pace_w
                 if w:
@@ -1053,6 +1065,7 @@ class TokenShares:
                     self.contexts[1] -= span.ctx_y
                 if self.weighed == 0:
                     self.sums = [0.0, 0.0, 0.0, 0.0]  # nobody's rates left (precision)
+                    self.even = [0.0, 0.0]
                     self.pace = [0.0, 0.0]
                     self.ramp = [0.0, 0.0]
                     self.decoders = 0
@@ -1072,6 +1085,7 @@ class TokenShares:
         self._drop(list(self.spans.values()))
         self.close_window(done)
         self.sums = [0.0, 0.0, 0.0, 0.0]
+        self.even = [0.0, 0.0]
 
     def _drop(self, spans: list[TokenSpan]) -> None:
         """``spans`` leave now, partial: they complete when the window closes."""
