@@ -594,8 +594,8 @@ class TokenShares:
         now = (window, t, f, raw[2], raw[3], raw[4])
         at = span.at
         rates = span.rates
-        if span.decode_tokens and span.weighed and rates[1] and t > at[1]:  # decoding
-            rates = self._place_decode(span, rates, t - at[1], raw[5] - span.r_at)
+        if span.decode_tokens and t > at[1]:  # decoding (weighed: only then has it any)
+            rates = self._place_decode(span, t - at[1], raw[5] - span.r_at)
         if span.weighed and rates[3]:
             span.own_steps += rates[3] * (t - at[1])
             span.server_steps += raw[5] - span.r_at
@@ -628,7 +628,7 @@ class TokenShares:
                 span.pieces.append(piece)
         span.at = now
 
-    def _place_decode(self, span: TokenSpan, rates: Rates, dt: float, server_steps: float) -> Rates:
+    def _place_decode(self, span: TokenSpan, dt: float, server_steps: float) -> Rates:
         """The rates of a stretch of ``span``'s decode phase (``dt`` s, in which the
         server made ``server_steps`` steps: ``∫ r dt``) once placed as the server
         stepped: a decoding call makes a token a step, so the stretch gets as many of
@@ -996,10 +996,8 @@ class TokenShares:
             if tokens is not None:  # (weighed: it is) before its rates: not in ``even``
                 decode_tokens = placed.second[1] * (span.end_s - placed.first_s)
                 span.decode_tokens = span.unplaced = decode_tokens
-                # ``context_of`` at its mean token: its first is read against this
-                span.context_tokens = (
-                    tokens.input_tokens + tokens.output_tokens / 2.0 - (decode_tokens / 2.0)
-                )
+                # its mean token is read against ``context_of``: its first against this
+                span.context_tokens = context_of(tokens) - decode_tokens / 2.0
             self._set_rates(span, placed.second)
             self._set_ramp(span, placed)
 
