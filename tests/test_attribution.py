@@ -80,6 +80,19 @@ def test_idle_interval_goes_to_idle_and_busy_to_the_only_span():
     assert sum(p.energy_j for p in resolver.idle) == pytest.approx(120.0)
 
 
+def test_an_interval_busy_to_float_rounding_is_busy_throughout():
+    """A call that began a float's rounding after the sample at 0.3 s covers the interval:
+    all its energy is the call's, with no idle power known yet and no guess in its bound."""
+    resolver = DeviceResolver()
+    resolver.add_samples([(0.3, 0.0), (1.0, 70.0)])
+    resolver.begin("q", 0.3 + 4e-16)  # busy 0.6999999999999996 s of 0.7
+    resolver.end("q", 1.0)
+    done = resolver.resolve(final=True)
+    assert done["q"].energy_j == pytest.approx(70.0)
+    assert done["q"].uncertainty_j < 1.0  # not the whole delta: nothing is unknown
+    assert resolver.oddities["unknown_idle_intervals"] == 0
+
+
 def test_step_inside_an_interval_uses_neighbouring_power():
     """Idle 60 W then 400 W from t=1.5: the split follows power, not just time."""
     resolver = DeviceResolver()

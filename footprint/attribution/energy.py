@@ -19,6 +19,9 @@ QUANTUM_J = 0.001
 # Busy time shorter than this tells no power (J over it can overflow): below any clock
 # footprint stamps with.
 MIN_POWER_BUSY_S = 1e-9
+# An interval busy for all but this share of it (float rounding of its events' times)
+# is busy throughout: all its energy is busy energy, whatever the idle power.
+BUSY_THROUGHOUT_SLACK = 1e-9
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,11 @@ class Interval:
     @property
     def busy_fraction(self) -> float:
         return self.busy_s / (self.end_s - self.start_s)
+
+    @property
+    def busy_throughout(self) -> bool:
+        """Busy all of it, to float rounding (``BUSY_THROUGHOUT_SLACK``)."""
+        return self.busy_s >= (self.end_s - self.start_s) * (1.0 - BUSY_THROUGHOUT_SLACK)
 
 
 class BusyEnergy:
@@ -100,7 +108,7 @@ class BusyEnergy:
             ceiling_j = (self.max_power_w or 0.0) * busy_s
             return busy_j, max(busy_j, ceiling_j - busy_j)
         quantum_j = 2 * QUANTUM_J
-        if idle_s <= 0.0:
+        if interval.busy_throughout:
             busy_w = delta_j / busy_s
             return delta_j, (
                 quantum_j
@@ -111,7 +119,7 @@ class BusyEnergy:
         time_split_j = delta_j * busy_s / duration_s
         if estimate is None:
             prev = self.prev
-            full = [x for x in (prev, neighbour) if x is not None and x.busy_fraction >= 1.0]
+            full = [x for x in (prev, neighbour) if x is not None and x.busy_throughout]
             if full:
                 busy_w = full[0].power_w
                 busy_j = min(delta_j, max(busy_w * busy_s, time_split_j))

@@ -52,11 +52,6 @@ MAX_TOKEN_WAIT_S = 600.0
 # by any weights).
 AUTO_HOLD_S = 240.0
 
-# An interval busy for all but this share of it (float rounding of its events' times)
-# counts as busy throughout: its energy teaches the token rule's weights before the
-# idle power is known.
-BUSY_THROUGHOUT_SLACK = 1e-9
-
 
 class DeviceResolver:
     """Streaming resolver for one device.
@@ -501,12 +496,10 @@ class DeviceResolver:
             done,
             theta,
         )
-        # Busy throughout (to float rounding), its energy is all busy energy whatever
-        # the idle power: a server busy from the first sample teaches the weights.
-        duration_s = interval.end_s - interval.start_s
-        busy_throughout = interval.busy_s >= duration_s * (1.0 - BUSY_THROUGHOUT_SLACK)
+        # Busy throughout, its energy is all busy energy whatever the idle power: a
+        # server busy from the first sample teaches the weights.
         measured = (
-            (estimate is not None or busy_throughout)
+            (estimate is not None or interval.busy_throughout)
             and interval.energy_j >= 0
             and interval.end_s > self._busy.extrapolated_until_s
         )
