@@ -1040,21 +1040,7 @@ class TokenShares:
                 self.weighed -= 1
                 if span.serving:
                     self.serving -= 1
-                sums, (x, y, z, steps) = self.sums, span.rates
-                sums[0] -= x  # its rates leave the sums (``_set_rates`` to none)
-                sums[1] -= y
-                sums[2] -= z
-                sums[3] -= steps
-                if not span.decode_tokens:
-                    even = self.even
-                    even[0] -= y
-                    even[1] -= z
-                span.rates = _NONE
-                w = span.pace_w
-                if w:
-                    pace = self.pace
-                    pace[0] += w * -steps
-                    pace[1] += w * -(steps > 0.0)
+                self._set_rates(span, _NONE)  # its rates leave the sums
                 if span.ramp_s:
                     self.ramp[0] -= span.ramp_c
                     self.ramp[1] -= span.ramp_s
