@@ -24,9 +24,21 @@ class MinuteEnergy(NamedTuple):
 
 def split_by_minute(piece: EnergyPiece, wall_offset_s: float) -> list[MinuteEnergy]:
     """Each minute the piece overlaps (``wall_offset_s`` turns its monotonic times into
-    epoch seconds), with the piece's energy shared in proportion to time."""
+    epoch seconds), with the piece's energy shared in proportion to time.
+
+    A piece too short for epoch seconds to resolve (two samples 1e-13 s apart) lands
+    whole in its start's minute: its energy is measured, never dropped."""
     start = piece.start_s + wall_offset_s
     end = piece.end_s + wall_offset_s
+    if end <= start:
+        minute_start = start - start % 60.0
+        return [
+            MinuteEnergy(
+                datetime.fromtimestamp(minute_start, timezone.utc),
+                piece.energy_j,
+                max(piece.end_s - piece.start_s, 0.0),
+            )
+        ]
     out = []
     cursor = start
     while cursor < end:
