@@ -433,6 +433,11 @@ class TokenShares:
         # Σ decode and Σ decode × context rates of those not in a decode phase placed
         # by the steps (``_place_decode``): what the windows' even-rate sums grow by
         self.even = [0.0, 0.0]
+        # How many spans have a prefill, a decode and a step rate in ``sums``, and a
+        # decode rate in ``even``: a sum nobody is in is exactly 0, not what rounding
+        # left of the rates that went (a window would count a term nobody ran, and
+        # scale its spans by a prediction that rounding moved)
+        self.rated = [0, 0, 0, 0]
         # For the fit: the server's step rate, each served span's weighted by how local
         # its rate is (1 / the time it is averaged over): Σ w·steps/s and Σ w
         self.pace = [0.0, 0.0]
@@ -677,16 +682,33 @@ class TokenShares:
         sums[1] += y - was_y
         sums[2] += z - was_z
         sums[3] += steps - was_steps
+        rated = self.rated
+        decoding = y != 0.0 or z != 0.0
+        was_decoding = was_y != 0.0 or was_z != 0.0
+        rated[0] += (x != 0.0) - (was_x != 0.0)
+        rated[1] += decoding - was_decoding
+        rated[2] += (steps != 0.0) - (was_steps != 0.0)
+        if not rated[0]:
+            sums[0] = 0.0
+        if not rated[1]:
+            sums[1] = sums[2] = 0.0
+        if not rated[2]:
+            sums[3] = 0.0
         if not span.decode_tokens:
             even = self.even
             even[0] += y - was_y
             even[1] += z - was_z
+            rated[3] += decoding - was_decoding
+            if not rated[3]:
+                even[0] = even[1] = 0.0
         span.rates = rates
         w = span.pace_w
         if w:
             pace = self.pace
             pace[0] += w * (steps - was_steps)
             pace[1] += w * ((steps > 0.0) - (was_steps > 0.0))
+            if not pace[1]:
+                pace[0] = 0.0
 
     # -- sweeping --------------------------------------------------------------------
     def sweep(
@@ -863,8 +885,6 @@ class TokenShares:
             self._share_window(win, theta, done)
         self._held.clear()
         if self.active == 0:  # nobody holds a snapshot: rebase (precision, memory)
-            self.sums = [0.0, 0.0, 0.0, 0.0]
-            self.even = [0.0, 0.0]
             self._base = {self.window: _ZERO}
             self._coef = {}
         elif len(self._base) > 512:
@@ -1047,13 +1067,9 @@ class TokenShares:
                     self.decoders -= 1
                     self.contexts[0] -= span.ctx_c
                     self.contexts[1] -= span.ctx_y
-                if self.weighed == 0:
-                    self.sums = [0.0, 0.0, 0.0, 0.0]  # nobody's rates left (precision)
-                    self.even = [0.0, 0.0]
-                    self.pace = [0.0, 0.0]
-                    self.ramp = [0.0, 0.0]
-                    self.decoders = 0
-                    self.contexts = [0.0, 0.0]
+                    if not self.decoders:  # nobody decoding: exactly 0 (precision)
+                        self.ramp = [0.0, 0.0]
+                        self.contexts = [0.0, 0.0]
 
     # -- leaving early ---------------------------------------------------------------
     def release(self, ended_by_s: float, done: dict[Hashable, SpanShare]) -> int:
@@ -1068,8 +1084,6 @@ class TokenShares:
         """At exit: spans not complete get what they have so far, flagged partial."""
         self._drop(list(self.spans.values()))
         self.close_window(done)
-        self.sums = [0.0, 0.0, 0.0, 0.0]
-        self.even = [0.0, 0.0]
 
     def _drop(self, spans: list[TokenSpan]) -> None:
         """``spans`` leave now, partial: they complete when the window closes."""
