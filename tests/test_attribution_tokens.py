@@ -17,15 +17,9 @@ from hypothesis import strategies as st
 
 from footprint.attribution import DeviceResolver
 from footprint.attribution import tokens as tokens_module
+from footprint.attribution.placement import SpanTokens, span_tokens
 from footprint.attribution.resolver import AUTO_HOLD_S
-from footprint.attribution.tokens import (
-    HOLD_S,
-    MAX_WINDOW_S,
-    SPAN_WINDOWS,
-    WINDOW_S,
-    SpanTokens,
-    span_tokens,
-)
+from footprint.attribution.tokens import HOLD_S, MAX_WINDOW_S, SPAN_WINDOWS, WINDOW_S
 from footprint.attribution.weights import TokenWeights
 from footprint.config import Settings, load_env_settings
 

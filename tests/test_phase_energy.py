@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from footprint.attribution import DeviceResolver
-from footprint.attribution.tokens import SpanTokens
+from footprint.attribution.placement import SpanTokens
 from footprint.config import Settings
 
 SENSOR = "simulated:gpus=1,idle_w=60,busy_w=400,noise=0.0,seed=5"

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from footprint.attribution import DeviceResolver
-from footprint.attribution.tokens import IntervalTokens, SpanTokens, phases
+from footprint.attribution.placement import SpanTokens, phases
+from footprint.attribution.tokens import IntervalTokens
 from footprint.attribution.weights import (
     STEP_FORGET,
     StepTimes,

@@ -13,15 +13,9 @@ from collections.abc import Hashable
 
 from footprint.attribution.energy import BusyEnergy, EnergyPiece, Interval
 from footprint.attribution.idle import IdleEstimate, IdlePowerEstimator
+from footprint.attribution.placement import SpanTokens, placement
 from footprint.attribution.shares import END, START, Event, OpenSpan, RunningShares, SpanShare
-from footprint.attribution.tokens import (
-    PHASE,
-    SERVE,
-    SpanTokens,
-    TokenShares,
-    TokenSpan,
-    placement,
-)
+from footprint.attribution.tokens import PHASE, SERVE, TokenShares, TokenSpan
 from footprint.attribution.weights import TokenWeights
 from footprint.sampling.timeline import Sample
 

@@ -34,13 +34,8 @@ from collections import deque
 from collections.abc import Sequence
 from itertools import combinations
 
-from footprint.attribution.tokens import (
-    IntervalTokens,
-    SpanTokens,
-    Theta,
-    context_of,
-    step_rate,
-)
+from footprint.attribution.placement import SpanTokens, context_of, step_rate
+from footprint.attribution.tokens import IntervalTokens, Theta
 
 BLOCK_S = 2.0  # busy seconds per block of intervals
 SPAN_BLOCKS = 4  # each fitted row sums this many consecutive blocks (overlapping rows)
@@ -641,7 +636,7 @@ class TokenWeights:
     @property
     def prefill_s_per_token(self) -> float:
         """How long the server takes per prompt token (s; 0 where not known): where a
-        span's prompt is placed (``tokens.placement``)."""
+        span's prompt is placed (``placement.placement``)."""
         return self.step_times.prefill_s_per_token
 
     def add_span(self, first_s: float, end_s: float, decode_tokens: int) -> None:

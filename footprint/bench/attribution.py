@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from footprint.attribution import DeviceResolver
-from footprint.attribution.tokens import SpanTokens
+from footprint.attribution.placement import SpanTokens
 
 SAMPLE_PERIOD_S = 0.1
 CYCLE_S = 1.0

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable
 
 from footprint.attribution import DeviceResolver, EnergyPiece, SpanShare
-from footprint.attribution.tokens import span_tokens
+from footprint.attribution.placement import span_tokens
 from footprint.runtime.devices import DeviceSlots
 from footprint.runtime.idle import IdleLedger
 from footprint.runtime.spans import EndedSpan, SpanQueue
